@@ -1,0 +1,429 @@
+//! Signaling protocol v1: the JSON messages exchanged over the `/ws` WebSocket.
+//!
+//! Every frame is one JSON object with a `type` field. Clients send [`ClientMessage`]s, the
+//! server answers with [`ServerMessage`]s. The protocol is a public API that browser and app
+//! clients code against, so it is versioned ([`PROTOCOL_VERSION`]) and documented in
+//! `signaling/PROTOCOL.md`; change both together.
+//!
+//! Parsing is split in two steps so that a bad frame gets the most useful error: first the
+//! frame must be a JSON object with a string `type` ([`ProtocolError::BadJson`],
+//! [`ProtocolError::MissingType`]), then the type must be known
+//! ([`ProtocolError::UnknownType`]) and its fields valid ([`ProtocolError::InvalidMessage`]).
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks. A `join` with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest accepted text frame, in bytes. SDP offers with many m-lines stay well below it.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// Longest accepted room name, in bytes.
+pub const MAX_ROOM_NAME_BYTES: usize = 128;
+
+/// Longest accepted display name, in bytes.
+pub const MAX_DISPLAY_NAME_BYTES: usize = 128;
+
+/// A message from a client to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Enter a room. Must be the first message on a socket, and is accepted once.
+    Join {
+        /// Protocol version the client speaks; must equal [`PROTOCOL_VERSION`].
+        v: u32,
+        /// Room to join; created on first join.
+        room: String,
+        /// Name shown to the other participants.
+        display_name: String,
+        /// Access token. Reserved for signed identities (clinic issue); ignored in v1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// An SDP offer from the client (it adds or removes its own tracks).
+    Offer {
+        /// The session description.
+        sdp: String,
+    },
+    /// The client's answer to a server [`ServerMessage::Offer`].
+    Answer {
+        /// The session description.
+        sdp: String,
+    },
+    /// A trickled ICE candidate of the client. An empty `candidate` means end of candidates.
+    Candidate {
+        /// The `candidate:` attribute line, as `RTCIceCandidate.candidate` gives it.
+        candidate: String,
+        /// The media id the candidate belongs to (informational; the server is bundle-only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        /// The m-line index the candidate belongs to (informational).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_m_line_index: Option<u16>,
+    },
+    /// Leave the room; the server removes the client's tracks and closes the socket.
+    Leave {},
+    /// Keep-alive; answered with [`ServerMessage::Pong`].
+    Ping {},
+}
+
+/// A participant as other participants see it. Never carries anything but the display name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Server-assigned id, unique for the server's lifetime (not a patient or user id).
+    pub id: String,
+    /// Name chosen at join.
+    pub display_name: String,
+}
+
+/// Kind of a media track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    /// Opus audio.
+    Audio,
+    /// Video (VP8, VP9 or H.264); a participant may publish several (camera, screen share).
+    Video,
+}
+
+/// A message from the server to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The join succeeded. The client now sends its first `offer`.
+    Joined {
+        /// Protocol version of the server.
+        v: u32,
+        /// The id the server gave this participant.
+        participant_id: String,
+        /// The room joined.
+        room: String,
+        /// Everyone already in the room.
+        participants: Vec<ParticipantInfo>,
+    },
+    /// Someone entered the room.
+    ParticipantJoined {
+        /// Who.
+        participant: ParticipantInfo,
+    },
+    /// Someone left the room (their tracks were removed before this is sent).
+    ParticipantLeft {
+        /// Who.
+        participant_id: String,
+    },
+    /// A server offer (renegotiation: tracks to receive were added or removed).
+    Offer {
+        /// The session description.
+        sdp: String,
+    },
+    /// The server's answer to a client offer.
+    Answer {
+        /// The session description.
+        sdp: String,
+    },
+    /// A track of another participant is now sent to this client on `mid`.
+    TrackAdded {
+        /// Publisher of the track.
+        participant_id: String,
+        /// Server-assigned track id, stable for the track's life.
+        track_id: String,
+        /// The media id of the transceiver this client receives it on.
+        mid: String,
+        /// Audio or video.
+        kind: TrackKind,
+    },
+    /// A track this client received is gone (publisher left or stopped it).
+    TrackRemoved {
+        /// Publisher of the track.
+        participant_id: String,
+        /// The track id from the matching `track_added`.
+        track_id: String,
+        /// The media id it was received on.
+        mid: String,
+    },
+    /// A request could not be served. The socket stays open unless the error says otherwise.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable detail (English).
+        message: String,
+    },
+    /// The server removed this participant (timeout, shutdown); the socket closes after it.
+    Bye {
+        /// Why.
+        reason: String,
+    },
+    /// Answer to `ping`.
+    Pong {},
+}
+
+/// Machine-readable error codes of [`ServerMessage::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not a JSON object with a string `type`, or too large.
+    BadJson,
+    /// The `type` is not one this protocol version knows.
+    UnknownType,
+    /// Known type, but fields missing, of the wrong type, or out of range.
+    InvalidMessage,
+    /// `join` with an unsupported protocol version.
+    UnsupportedVersion,
+    /// A message that needs a joined socket arrived before `join`.
+    NotJoined,
+    /// A second `join` on the same socket.
+    AlreadyJoined,
+    /// The SDP could not be parsed or negotiated.
+    InvalidSdp,
+    /// An ICE candidate could not be parsed.
+    InvalidCandidate,
+    /// An `answer` arrived while the server had no offer outstanding.
+    NoPendingOffer,
+    /// The room has reached its participant limit.
+    RoomFull,
+    /// The server is at its participant limit or shutting down.
+    Unavailable,
+    /// A server-side failure; the detail is logged on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name, also used as the `code` label of the error metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::InvalidSdp => "invalid_sdp",
+            ErrorCode::InvalidCandidate => "invalid_candidate",
+            ErrorCode::NoPendingOffer => "no_pending_offer",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Why a client frame was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not JSON, not an object, or too large.
+    #[error("frame is not a JSON object: {0}")]
+    BadJson(String),
+    /// The object lacks a string `type` field.
+    #[error("frame has no string \"type\" field")]
+    MissingType,
+    /// The `type` is unknown.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// The fields do not match the type.
+    #[error("invalid {kind} message: {detail}")]
+    InvalidMessage {
+        /// The message type.
+        kind: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// `join` with an unsupported version.
+    #[error("protocol version {0} is not supported (server speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u32),
+}
+
+impl ProtocolError {
+    /// The error code sent to the client for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::BadJson(_) | ProtocolError::MissingType => ErrorCode::BadJson,
+            ProtocolError::UnknownType(_) => ErrorCode::UnknownType,
+            ProtocolError::InvalidMessage { .. } => ErrorCode::InvalidMessage,
+            ProtocolError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+        }
+    }
+}
+
+const CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "leave", "ping"];
+
+/// Parse and validate one client text frame.
+pub fn parse_client_message(frame: &str) -> Result<ClientMessage, ProtocolError> {
+    if frame.len() > MAX_FRAME_BYTES {
+        return Err(ProtocolError::BadJson(format!(
+            "frame of {} bytes exceeds the {MAX_FRAME_BYTES} byte limit",
+            frame.len()
+        )));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(frame).map_err(|e| ProtocolError::BadJson(e.to_string()))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| ProtocolError::BadJson("top-level value is not an object".into()))?;
+    let kind = object
+        .get("type")
+        .and_then(|t| t.as_str())
+        .ok_or(ProtocolError::MissingType)?
+        .to_owned();
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        return Err(ProtocolError::UnknownType(truncate(&kind, 64)));
+    }
+    let message: ClientMessage =
+        serde_json::from_value(value).map_err(|e| ProtocolError::InvalidMessage {
+            kind: kind.clone(),
+            detail: e.to_string(),
+        })?;
+    validate(&message)?;
+    Ok(message)
+}
+
+fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
+    let invalid = |detail: String| ProtocolError::InvalidMessage {
+        kind: "join".into(),
+        detail,
+    };
+    if let ClientMessage::Join {
+        v,
+        room,
+        display_name,
+        ..
+    } = message
+    {
+        if *v != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion(*v));
+        }
+        if room.is_empty() || room.len() > MAX_ROOM_NAME_BYTES {
+            return Err(invalid(format!(
+                "room must be 1..={MAX_ROOM_NAME_BYTES} bytes"
+            )));
+        }
+        if room.chars().any(|c| c.is_control()) {
+            return Err(invalid("room must not contain control characters".into()));
+        }
+        if display_name.len() > MAX_DISPLAY_NAME_BYTES {
+            return Err(invalid(format!(
+                "display_name must be at most {MAX_DISPLAY_NAME_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+impl ServerMessage {
+    /// Serialize to the JSON text frame sent on the socket.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.into()
+        })
+    }
+
+    /// Build an error frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_join_with_and_without_token() {
+        let m = parse_client_message(
+            r#"{"type":"join","v":1,"room":"r1","display_name":"Dr. Li"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Join {
+                v: 1,
+                room: "r1".into(),
+                display_name: "Dr. Li".into(),
+                token: None
+            }
+        );
+        let m = parse_client_message(
+            r#"{"type":"join","v":1,"room":"r1","display_name":"x","token":"abc"}"#,
+        )
+        .unwrap();
+        assert!(matches!(m, ClientMessage::Join { token: Some(t), .. } if t == "abc"));
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        assert_eq!(
+            parse_client_message("{not json").unwrap_err().code(),
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            parse_client_message("[1,2]").unwrap_err().code(),
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            parse_client_message(r#"{"sdp":"x"}"#).unwrap_err(),
+            ProtocolError::MissingType
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"dance"}"#).unwrap_err(),
+            ProtocolError::UnknownType("dance".into())
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"offer"}"#).unwrap_err().code(),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"offer","sdp":5}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"join","v":2,"room":"r","display_name":"d"}"#)
+                .unwrap_err(),
+            ProtocolError::UnsupportedVersion(2)
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"join","v":1,"room":"","display_name":"d"}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidMessage
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_refused() {
+        let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
+        assert_eq!(parse_client_message(&big).unwrap_err().code(), ErrorCode::BadJson);
+    }
+
+    #[test]
+    fn server_messages_serialize_with_snake_case_type() {
+        let json = ServerMessage::TrackAdded {
+            participant_id: "p1".into(),
+            track_id: "t1".into(),
+            mid: "3".into(),
+            kind: TrackKind::Video,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"track_added","participant_id":"p1","track_id":"t1","mid":"3","kind":"video"}"#
+        );
+        let json = ServerMessage::error(ErrorCode::InvalidSdp, "bad").to_json();
+        assert_eq!(json, r#"{"type":"error","code":"invalid_sdp","message":"bad"}"#);
+        assert_eq!(ServerMessage::Pong {}.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn leave_and_ping_need_no_fields() {
+        assert_eq!(parse_client_message(r#"{"type":"leave"}"#).unwrap(), ClientMessage::Leave {});
+        assert_eq!(parse_client_message(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping {});
+    }
+}

@@ -1,0 +1,317 @@
+//! Typed server configuration.
+//!
+//! Every field has a default that runs on one machine (`huizhen serve` needs no file); a TOML
+//! file (documented field by field in `configs/huizhen.toml`) overrides them. Values are checked
+//! once at start-up by [`Config::validate`] and a bad one is reported with its dotted field name,
+//! so an operator never finds out about a typo from a half-working server.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message, naming the field and line.
+        message: String,
+    },
+    /// A field has a value outside its allowed range.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Dotted field name, e.g. `media.keyframe_throttle_ms`.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP, WebSocket and TLS settings.
+    pub http: HttpConfig,
+    /// Media (SFU) settings.
+    pub media: MediaConfig,
+    /// Logging settings.
+    pub log: LogConfig,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for HTTP/WebSocket (signaling, web client, metrics).
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, serve HTTPS/WSS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Most simultaneous WebSocket connections.
+    pub max_connections: usize,
+}
+
+/// Media (SFU) settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The one UDP socket all media flows through.
+    pub udp_listen: SocketAddr,
+    /// The one TCP socket for ICE-TCP (RFC 4571 framing); bound only when `announce_tcp`.
+    pub tcp_listen: SocketAddr,
+    /// Addresses announced in ICE candidates (public IP behind a 1:1 NAT, or 127.0.0.1).
+    pub announce: Vec<IpAddr>,
+    /// Announce UDP host candidates.
+    pub announce_udp: bool,
+    /// Announce passive TCP host candidates (needs `tcp_listen`).
+    pub announce_tcp: bool,
+    /// Most participants in one room.
+    pub max_participants_per_room: usize,
+    /// Most participants on the server.
+    pub max_participants: usize,
+    /// Minimum interval between keyframe requests to one published track, in milliseconds.
+    pub keyframe_throttle_ms: u64,
+    /// A connected participant that sends nothing (not even ICE checks) for this long is removed.
+    pub peer_timeout_ms: u64,
+    /// A participant that has not connected ICE/DTLS this long after joining is removed.
+    pub connect_timeout_ms: u64,
+    /// Frames queued towards one ICE-TCP connection before further frames are dropped.
+    pub tcp_queue_frames: usize,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            media: MediaConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            tls_cert: None,
+            tls_key: None,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            udp_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7882)),
+            tcp_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7881)),
+            announce: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            announce_udp: true,
+            announce_tcp: true,
+            max_participants_per_room: 50,
+            max_participants: 2_000,
+            keyframe_throttle_ms: 500,
+            peer_timeout_ms: 4_000,
+            connect_timeout_ms: 20_000,
+            tcp_queue_frames: 1_024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Everything on 127.0.0.1 with OS-chosen ports: for tests.
+    pub fn loopback_for_tests() -> Config {
+        let any_local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Config {
+            http: HttpConfig {
+                listen: any_local,
+                ..HttpConfig::default()
+            },
+            media: MediaConfig {
+                udp_listen: any_local,
+                tcp_listen: any_local,
+                announce: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                ..MediaConfig::default()
+            },
+            log: LogConfig::default(),
+        }
+    }
+
+    /// Check ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return invalid(
+                "http.tls_cert",
+                "tls_cert and tls_key must be set together (or both left out)",
+            );
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
+        }
+        let m = &self.media;
+        if m.announce.is_empty() {
+            return invalid("media.announce", "needs at least one IP address");
+        }
+        if let Some(ip) = m.announce.iter().find(|ip| ip.is_unspecified()) {
+            return invalid(
+                "media.announce",
+                &format!("{ip} is not an address clients can reach; give the host's IP"),
+            );
+        }
+        if !m.announce_udp && !m.announce_tcp {
+            return invalid(
+                "media.announce_udp",
+                "announce_udp and announce_tcp are both false: clients could not connect",
+            );
+        }
+        if m.max_participants_per_room < 2 {
+            return invalid("media.max_participants_per_room", "must be at least 2");
+        }
+        if m.max_participants == 0 {
+            return invalid("media.max_participants", "must be at least 1");
+        }
+        if !(50..=10_000).contains(&m.keyframe_throttle_ms) {
+            return invalid("media.keyframe_throttle_ms", "must be within 50..=10000");
+        }
+        if !(1_000..=60_000).contains(&m.peer_timeout_ms) {
+            return invalid("media.peer_timeout_ms", "must be within 1000..=60000");
+        }
+        if !(1_000..=300_000).contains(&m.connect_timeout_ms) {
+            return invalid("media.connect_timeout_ms", "must be within 1000..=300000");
+        }
+        if m.tcp_queue_frames == 0 {
+            return invalid("media.tcp_queue_frames", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl MediaConfig {
+    /// Keyframe throttle as a duration.
+    pub fn keyframe_throttle(&self) -> Duration {
+        Duration::from_millis(self.keyframe_throttle_ms)
+    }
+    /// Peer inactivity timeout as a duration.
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+    /// Connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        Config::loopback_for_tests().validate().unwrap();
+    }
+
+    #[test]
+    fn shipped_config_file_parses_and_equals_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/huizhen.toml");
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::from_toml("[media]\nudp_lisen = \"1.2.3.4:5\"\n").unwrap_err();
+        assert!(err.to_string().contains("udp_lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_field() {
+        let err = Config::from_toml("[media]\nkeyframe_throttle_ms = 1\n").unwrap_err();
+        assert!(err.to_string().contains("media.keyframe_throttle_ms"), "{err}");
+        let err = Config::from_toml("[media]\nannounce = [\"0.0.0.0\"]\n").unwrap_err();
+        assert!(err.to_string().contains("media.announce"), "{err}");
+        let err = Config::from_toml("[http]\ntls_cert = \"/x.pem\"\n").unwrap_err();
+        assert!(err.to_string().contains("http.tls_cert"), "{err}");
+        let err = Config::from_toml("[media]\nudp_listen = \"nope\"\n").unwrap_err();
+        assert!(err.to_string().contains("udp_listen"), "{err}");
+    }
+
+    #[test]
+    fn tcp_only_announcement_is_allowed() {
+        let c = Config::from_toml("[media]\nannounce_udp = false\n").unwrap();
+        assert!(!c.media.announce_udp && c.media.announce_tcp);
+    }
+}

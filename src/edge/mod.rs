@@ -1,0 +1,384 @@
+//! The thin async edge around the sans-IO [`Sfu`] core.
+//!
+//! One task owns the core and its UDP socket: it receives datagrams, signaling commands and
+//! ICE-TCP frames, feeds them to the core with the current time, and carries out what the core
+//! asks (send a datagram, deliver a signaling message, close a session). Every queue towards a
+//! single client is bounded and non-blocking, so a slow or dead client costs only its own
+//! packets: the UDP socket is written with `try_send_to`, each ICE-TCP connection and each
+//! signaling socket has its own bounded channel, and a full one drops (and counts) rather than
+//! waits.
+
+pub mod ice_tcp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use huizhen_signaling::protocol::ServerMessage;
+use str0m::net::Protocol;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::sfu::{
+    DropReason, LeaveReason, ParticipantId, Sfu, SfuError, SfuMetrics, SfuOutput, SignalInput,
+    Transmit,
+};
+
+/// Capacity of the command channel into the media task.
+const COMMAND_QUEUE: usize = 4_096;
+/// Capacity of each signaling session's outgoing queue.
+pub const SIGNAL_QUEUE: usize = 256;
+/// Largest datagram read from the UDP socket.
+const MAX_DATAGRAM: usize = 2_048;
+/// Longest the task sleeps without looking at timers.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// A request to the media task.
+#[derive(Debug)]
+pub enum MediaCommand {
+    /// Join a room; the session's messages go to `events`.
+    Join {
+        /// Room name.
+        room: String,
+        /// Display name.
+        display_name: String,
+        /// Where this participant's signaling messages go.
+        events: mpsc::Sender<ServerMessage>,
+        /// The outcome.
+        reply: oneshot::Sender<Result<ParticipantId, SfuError>>,
+    },
+    /// Signaling from a joined participant; errors come back as `error` frames.
+    Signal {
+        /// Who.
+        participant: ParticipantId,
+        /// What.
+        input: SignalInput,
+    },
+    /// Remove a participant.
+    Leave {
+        /// Who.
+        participant: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A new ICE-TCP connection; frames for `peer` go to `writer`.
+    TcpOpened {
+        /// Remote address.
+        peer: SocketAddr,
+        /// Bounded queue of frames to write.
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    /// One RFC 4571 frame received on an ICE-TCP connection.
+    TcpFrame {
+        /// Remote address.
+        peer: SocketAddr,
+        /// Local address.
+        local: SocketAddr,
+        /// Frame payload.
+        data: Vec<u8>,
+    },
+    /// An ICE-TCP connection closed.
+    TcpClosed {
+        /// Remote address.
+        peer: SocketAddr,
+    },
+}
+
+/// Cheap, clonable handle to the media task.
+#[derive(Clone)]
+pub struct MediaHandle {
+    commands: mpsc::Sender<MediaCommand>,
+    alive: Arc<AtomicBool>,
+}
+
+/// The media task is gone (shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the media engine is not running")]
+pub struct MediaGone;
+
+impl MediaHandle {
+    /// Join a room.
+    pub async fn join(
+        &self,
+        room: String,
+        display_name: String,
+        events: mpsc::Sender<ServerMessage>,
+    ) -> Result<Result<ParticipantId, SfuError>, MediaGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(MediaCommand::Join {
+            room,
+            display_name,
+            events,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| MediaGone)
+    }
+
+    /// Send any command.
+    pub async fn send(&self, command: MediaCommand) -> Result<(), MediaGone> {
+        self.commands.send(command).await.map_err(|_| MediaGone)
+    }
+
+    /// True while the media task runs.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed) && !self.commands.is_closed()
+    }
+}
+
+/// Sockets and core for [`run`].
+pub struct MediaTask {
+    /// The core.
+    pub sfu: Sfu,
+    /// The media UDP socket.
+    pub udp: UdpSocket,
+    /// The addresses announced in candidates; see [`LocalAddress`].
+    pub local: LocalAddress,
+}
+
+/// Which local address to report to the core as a received datagram's destination.
+///
+/// str0m accepts ICE checks only on addresses it announced, and behind a 1:1 NAT the socket's
+/// own address is not the announced one. The announced address of the sender's IP family is
+/// used, so one announced address per family is supported.
+#[derive(Debug, Clone)]
+pub struct LocalAddress {
+    /// Announced IPs.
+    pub announce: Vec<std::net::IpAddr>,
+}
+
+impl LocalAddress {
+    /// The announced address (with `port`) matching `source`'s IP family.
+    pub fn for_source(&self, source: SocketAddr, port: u16) -> SocketAddr {
+        let ip = self
+            .announce
+            .iter()
+            .find(|ip| ip.is_ipv4() == source.is_ipv4())
+            .or(self.announce.first())
+            .copied()
+            .unwrap_or(source.ip());
+        SocketAddr::new(ip, port)
+    }
+}
+
+/// Start the media task; returns its handle and the task's join handle.
+pub fn spawn(
+    task: MediaTask,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> (MediaHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let alive = Arc::new(AtomicBool::new(true));
+    let handle = MediaHandle {
+        commands: tx,
+        alive: alive.clone(),
+    };
+    let join = tokio::spawn(async move {
+        run(task, rx, shutdown).await;
+        alive.store(false, Ordering::Relaxed);
+    });
+    (handle, join)
+}
+
+struct Edge {
+    sfu: Sfu,
+    metrics: SfuMetrics,
+    udp: UdpSocket,
+    udp_port: u16,
+    local: LocalAddress,
+    sessions: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+}
+
+async fn run(
+    task: MediaTask,
+    mut commands: mpsc::Receiver<MediaCommand>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let metrics = task.sfu.metrics().clone();
+    let mut edge = Edge {
+        sfu: task.sfu,
+        metrics,
+        udp_port: task.udp.local_addr().map(|a| a.port()).unwrap_or(0),
+        udp: task.udp,
+        local: task.local,
+        sessions: HashMap::new(),
+        tcp: HashMap::new(),
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    info!(udp_port = edge.udp_port, "media engine running");
+    loop {
+        let now = Instant::now();
+        let wake = edge
+            .sfu
+            .poll_timeout()
+            .map_or(now + MAX_SLEEP, |t| t.min(now + MAX_SLEEP));
+        tokio::select! {
+            received = edge.udp.recv_from(&mut buf) => match received {
+                Ok((n, source)) => {
+                    edge.metrics.datagrams_received.with_label_values(&["udp"]).inc();
+                    let local = edge.local.for_source(source, edge.udp_port);
+                    edge.sfu.handle_datagram(Instant::now(), Protocol::Udp, source, local, &buf[..n]);
+                }
+                Err(e) => debug!(error = %e, "udp receive failed"),
+            },
+            command = commands.recv() => match command {
+                Some(command) => edge.handle_command(command),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = shutdown.changed() => break,
+        }
+        let now = Instant::now();
+        if edge.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            edge.sfu.handle_timeout(now);
+        }
+        edge.flush();
+    }
+    edge.shutdown();
+    info!("media engine stopped");
+}
+
+impl Edge {
+    fn handle_command(&mut self, command: MediaCommand) {
+        let now = Instant::now();
+        match command {
+            MediaCommand::Join {
+                room,
+                display_name,
+                events,
+                reply,
+            } => {
+                let result = self.sfu.join(now, &room, &display_name);
+                if let Ok(id) = result {
+                    self.sessions.insert(id, events);
+                }
+                if reply.send(result.clone()).is_err() {
+                    // The socket closed while joining.
+                    if let Ok(id) = result {
+                        self.sfu.leave(now, id, LeaveReason::SignalingClosed);
+                    }
+                }
+            }
+            MediaCommand::Signal { participant, input } => {
+                if let Err(e) = self.sfu.handle_signal(now, participant, input) {
+                    debug!(%participant, error = %e, "signaling request refused");
+                    self.deliver(participant, ServerMessage::error(e.code(), e.to_string()));
+                }
+            }
+            MediaCommand::Leave {
+                participant,
+                reason,
+            } => self.sfu.leave(now, participant, reason),
+            MediaCommand::TcpOpened { peer, writer } => {
+                self.metrics.ice_tcp_connections.inc();
+                self.tcp.insert(peer, writer);
+            }
+            MediaCommand::TcpFrame { peer, local, data } => {
+                self.metrics.datagrams_received.with_label_values(&["tcp"]).inc();
+                let local = self.local.for_source(peer, local.port());
+                self.sfu.handle_datagram(now, Protocol::Tcp, peer, local, &data);
+            }
+            MediaCommand::TcpClosed { peer } => {
+                if self.tcp.remove(&peer).is_some() {
+                    self.metrics.ice_tcp_connections.dec();
+                }
+                self.sfu.tcp_closed(peer);
+            }
+        }
+    }
+
+    /// Carry out everything the core asked for.
+    fn flush(&mut self) {
+        while let Some(output) = self.sfu.poll_output() {
+            match output {
+                SfuOutput::Transmit(t) => self.transmit(t),
+                SfuOutput::Signal { to, message } => self.deliver(to, message),
+                SfuOutput::Removed {
+                    participant,
+                    reason,
+                } => {
+                    if let Some(events) = self.sessions.remove(&participant) {
+                        let _ = events.try_send(ServerMessage::Bye {
+                            reason: reason.as_str().into(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        let sent = match t.proto {
+            Protocol::Udp => match self.udp.try_send_to(&t.contents, t.destination) {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.metrics.drop_packet(DropReason::SocketFull);
+                    false
+                }
+                Err(e) => {
+                    debug!(error = %e, "udp send failed");
+                    self.metrics.drop_packet(DropReason::NoRoute);
+                    false
+                }
+            },
+            _ => match self.tcp.get(&t.destination) {
+                Some(writer) => match writer.try_send(t.contents) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.drop_packet(DropReason::TcpQueueFull);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.metrics.drop_packet(DropReason::NoRoute);
+                        false
+                    }
+                },
+                None => {
+                    self.metrics.drop_packet(DropReason::NoRoute);
+                    false
+                }
+            },
+        };
+        if sent {
+            let label = if t.proto == Protocol::Udp { "udp" } else { "tcp" };
+            self.metrics.datagrams_sent.with_label_values(&[label]).inc();
+            if let Some(received) = t.forwarded_from {
+                self.metrics
+                    .forward_latency
+                    .observe(received.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Queue a signaling message; a client that does not read its socket is removed rather
+    /// than allowed to hold up the media task.
+    fn deliver(&mut self, to: ParticipantId, message: ServerMessage) {
+        let Some(events) = self.sessions.get(&to) else {
+            return;
+        };
+        match events.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(participant = %to, "signaling queue full; removing participant");
+                self.sessions.remove(&to);
+                self.sfu.leave(Instant::now(), to, LeaveReason::SignalingClosed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sessions.remove(&to);
+                self.sfu.leave(Instant::now(), to, LeaveReason::SignalingClosed);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<ParticipantId> = self.sessions.keys().copied().collect();
+        let now = Instant::now();
+        for id in ids {
+            self.sfu.leave(now, id, LeaveReason::Shutdown);
+        }
+        self.flush();
+    }
+}

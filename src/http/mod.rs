@@ -1,0 +1,98 @@
+//! The HTTP front: signaling WebSocket, the browser client, metrics and health probes.
+
+pub mod assets;
+pub mod ws;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use huizhen_signaling::protocol::MAX_FRAME_BYTES;
+use tokio::sync::Semaphore;
+
+use crate::edge::MediaHandle;
+use crate::telemetry::Metrics;
+use ws::SignalingMetrics;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The media task.
+    pub media: MediaHandle,
+    /// All metric registries.
+    pub metrics: Metrics,
+    /// Signaling metrics.
+    pub signaling: SignalingMetrics,
+    /// Caps simultaneous WebSockets.
+    pub connections: Arc<Semaphore>,
+    /// Set when shutdown starts: `/readyz` turns 503 so load balancers drain.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::temporary("/room/demo") }))
+        .route("/ws", get(websocket))
+        .route("/room/{name}", get(room_page))
+        .route("/static/{file}", get(static_file))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
+    if state.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    upgrade
+        // Frames above the protocol limit still reach the parser, which answers with an error
+        // frame; only absurd sizes are cut off by the WebSocket layer.
+        .max_message_size(MAX_FRAME_BYTES * 4)
+        .on_upgrade(move |socket| async move {
+            ws::serve(socket, state.media.clone(), state.signaling.clone()).await;
+            drop(permit);
+        })
+}
+
+async fn room_page(Path(_name): Path<String>) -> Html<&'static str> {
+    Html(assets::ROOM_HTML)
+}
+
+async fn static_file(Path(file): Path<String>) -> Response {
+    match assets::find(&file) {
+        Some(a) => (
+            [
+                (header::CONTENT_TYPE, a.content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            a.body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.media.is_alive() && !state.draining.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}

@@ -1,0 +1,277 @@
+//! SFU metrics, registered into the SFU's own `huizhen_sfu_` sub-registry.
+//!
+//! Labels carry only bounded, non-personal values (media kind, drop reason, request kind):
+//! never room names, display names or participant ids.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Why a packet was dropped; the `reason` label of `huizhen_sfu_dropped_packets_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not STUN, DTLS, RTP or RTCP.
+    Malformed,
+    /// From an address no participant owns, and not a STUN check for a known ufrag.
+    UnknownSource,
+    /// A participant's WebRTC stack refused it (bad SRTP, failed DTLS, ...).
+    Rejected,
+    /// The UDP socket's send buffer was full.
+    SocketFull,
+    /// The ICE-TCP connection's bounded queue was full (slow subscriber).
+    TcpQueueFull,
+    /// No connection exists for the destination (the peer went away).
+    NoRoute,
+    /// Arrived before the subscription started (reordered across a subscribe).
+    BeforeSubscribe,
+    /// The subscriber's stack could not take it (track not negotiated yet).
+    NotWritable,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::Rejected => "rejected",
+            DropReason::SocketFull => "socket_full",
+            DropReason::TcpQueueFull => "tcp_queue_full",
+            DropReason::NoRoute => "no_route",
+            DropReason::BeforeSubscribe => "before_subscribe",
+            DropReason::NotWritable => "not_writable",
+        }
+    }
+}
+
+/// All SFU counters and gauges.
+#[derive(Clone)]
+pub struct SfuMetrics {
+    /// Rooms with at least one participant.
+    pub rooms: IntGauge,
+    /// Participants joined.
+    pub participants: IntGauge,
+    /// Tracks being published, by kind.
+    pub published_tracks: IntGaugeVec,
+    /// Tracks being forwarded to a subscriber, by kind.
+    pub subscribed_tracks: IntGaugeVec,
+    /// RTP packets received from publishers, by kind.
+    pub rtp_packets_received: IntCounterVec,
+    /// RTP payload bytes received from publishers, by kind.
+    pub rtp_bytes_received: IntCounterVec,
+    /// RTP packets forwarded to subscribers, by kind.
+    pub rtp_packets_sent: IntCounterVec,
+    /// RTP payload bytes forwarded to subscribers, by kind.
+    pub rtp_bytes_sent: IntCounterVec,
+    /// NACKs received from subscribers.
+    pub nacks_received: IntCounter,
+    /// NACKs sent to publishers.
+    pub nacks_sent: IntCounter,
+    /// Keyframe requests sent to publishers, by kind (pli, fir).
+    pub keyframe_requests_sent: IntCounterVec,
+    /// Keyframe requests received from subscribers, by kind (pli, fir).
+    pub keyframe_requests_received: IntCounterVec,
+    /// Keyframe requests not sent because of the per-track throttle.
+    pub keyframe_requests_throttled: IntCounter,
+    /// Dropped packets, by reason.
+    pub dropped_packets: IntCounterVec,
+    /// Datagrams (UDP) and frames (ICE-TCP) sent, by protocol.
+    pub datagrams_sent: IntCounterVec,
+    /// Datagrams (UDP) and frames (ICE-TCP) received, by protocol.
+    pub datagrams_received: IntCounterVec,
+    /// Participants removed, by reason.
+    pub leaves: IntCounterVec,
+    /// Joins accepted.
+    pub joins: IntCounter,
+    /// Joins refused, by reason.
+    pub joins_refused: IntCounterVec,
+    /// Time from receiving a media datagram to sending the forwarded copies.
+    pub forward_latency: Histogram,
+    /// Open ICE-TCP connections.
+    pub ice_tcp_connections: IntGauge,
+    /// Offers sent to clients by the server.
+    pub renegotiations: IntCounter,
+    by_kind_cache: [ByKind; 2],
+}
+
+/// Pre-resolved per-kind counters so the forwarding path does no label lookups.
+#[derive(Clone)]
+pub struct ByKind {
+    /// Packets received.
+    pub packets_in: IntCounter,
+    /// Bytes received.
+    pub bytes_in: IntCounter,
+    /// Packets sent.
+    pub packets_out: IntCounter,
+    /// Bytes sent.
+    pub bytes_out: IntCounter,
+    /// Published track gauge.
+    pub published: IntGauge,
+    /// Subscribed track gauge.
+    pub subscribed: IntGauge,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl SfuMetrics {
+    /// Create the metrics and register them in `registry` (use a `huizhen_sfu`-prefixed one).
+    pub fn new(registry: &Registry) -> SfuMetrics {
+        let r = registry;
+        let published_tracks = gauge_vec(r, "published_tracks", "Tracks being published", "kind");
+        let subscribed_tracks =
+            gauge_vec(r, "subscribed_tracks", "Tracks forwarded to subscribers", "kind");
+        let rtp_packets_received = counter_vec(
+            r,
+            "rtp_packets_received_total",
+            "RTP packets received from publishers",
+            "kind",
+        );
+        let rtp_bytes_received = counter_vec(
+            r,
+            "rtp_bytes_received_total",
+            "RTP payload bytes received from publishers",
+            "kind",
+        );
+        let rtp_packets_sent = counter_vec(
+            r,
+            "rtp_packets_sent_total",
+            "RTP packets forwarded to subscribers",
+            "kind",
+        );
+        let rtp_bytes_sent = counter_vec(
+            r,
+            "rtp_bytes_sent_total",
+            "RTP payload bytes forwarded to subscribers",
+            "kind",
+        );
+        let forward_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "forward_latency_seconds",
+                "Time a media packet spends inside the server, receive to send",
+            )
+            .buckets(vec![
+                0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+                0.025, 0.05, 0.1,
+            ]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(forward_latency.clone()))
+            .expect("unique metric");
+        let by_kind = |kind: &str| ByKind {
+            packets_in: rtp_packets_received.with_label_values(&[kind]),
+            bytes_in: rtp_bytes_received.with_label_values(&[kind]),
+            packets_out: rtp_packets_sent.with_label_values(&[kind]),
+            bytes_out: rtp_bytes_sent.with_label_values(&[kind]),
+            published: published_tracks.with_label_values(&[kind]),
+            subscribed: subscribed_tracks.with_label_values(&[kind]),
+        };
+        let by_kind_cache = [by_kind("audio"), by_kind("video")];
+        let dropped_packets =
+            counter_vec(r, "dropped_packets_total", "Packets dropped, by reason", "reason");
+        let keyframe_requests_sent = counter_vec(
+            r,
+            "keyframe_requests_sent_total",
+            "Keyframe requests (PLI/FIR) sent to publishers",
+            "kind",
+        );
+        let keyframe_requests_received = counter_vec(
+            r,
+            "keyframe_requests_received_total",
+            "Keyframe requests (PLI/FIR) received from subscribers",
+            "kind",
+        );
+        let metrics = SfuMetrics {
+            rooms: gauge(r, "rooms", "Rooms with at least one participant"),
+            participants: gauge(r, "participants", "Participants joined"),
+            published_tracks,
+            subscribed_tracks,
+            rtp_packets_received,
+            rtp_bytes_received,
+            rtp_packets_sent,
+            rtp_bytes_sent,
+            nacks_received: counter(r, "nacks_received_total", "NACKs received from subscribers"),
+            nacks_sent: counter(r, "nacks_sent_total", "NACKs sent to publishers"),
+            keyframe_requests_sent,
+            keyframe_requests_received,
+            keyframe_requests_throttled: counter(
+                r,
+                "keyframe_requests_throttled_total",
+                "Keyframe requests suppressed by the per-track throttle",
+            ),
+            dropped_packets,
+            datagrams_sent: counter_vec(
+                r,
+                "datagrams_sent_total",
+                "Datagrams (UDP) or frames (ICE-TCP) sent",
+                "protocol",
+            ),
+            datagrams_received: counter_vec(
+                r,
+                "datagrams_received_total",
+                "Datagrams (UDP) or frames (ICE-TCP) received",
+                "protocol",
+            ),
+            leaves: counter_vec(r, "leaves_total", "Participants removed, by reason", "reason"),
+            joins: counter(r, "joins_total", "Joins accepted"),
+            joins_refused: counter_vec(r, "joins_refused_total", "Joins refused", "reason"),
+            forward_latency,
+            ice_tcp_connections: gauge(r, "ice_tcp_connections", "Open ICE-TCP connections"),
+            renegotiations: counter(r, "renegotiations_total", "Offers sent by the server"),
+            by_kind_cache,
+        };
+        for reason in [
+            DropReason::Malformed,
+            DropReason::UnknownSource,
+            DropReason::Rejected,
+            DropReason::SocketFull,
+            DropReason::TcpQueueFull,
+            DropReason::NoRoute,
+            DropReason::BeforeSubscribe,
+            DropReason::NotWritable,
+        ] {
+            metrics.dropped_packets.with_label_values(&[reason.label()]);
+        }
+        for kind in ["pli", "fir"] {
+            metrics.keyframe_requests_sent.with_label_values(&[kind]);
+            metrics.keyframe_requests_received.with_label_values(&[kind]);
+        }
+        metrics
+    }
+
+    /// Metrics in a private registry, for unit tests and benchmarks.
+    pub fn unregistered() -> SfuMetrics {
+        SfuMetrics::new(&Registry::new())
+    }
+
+    /// Count a dropped packet.
+    pub fn drop_packet(&self, reason: DropReason) {
+        self.dropped_packets.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// Per-kind counters; `video` selects video, otherwise audio.
+    pub fn kind(&self, video: bool) -> &ByKind {
+        &self.by_kind_cache[usize::from(video)]
+    }
+}

@@ -1,0 +1,1118 @@
+//! The sans-IO routing core of the SFU.
+//!
+//! [`Sfu`] owns every participant's str0m [`Rtc`] and the rooms they are in. It is driven
+//! entirely from outside with time passed in: datagrams ([`Sfu::handle_datagram`]), signaling
+//! ([`Sfu::join`], [`Sfu::handle_signal`], [`Sfu::leave`]) and timers
+//! ([`Sfu::handle_timeout`]); it answers through [`Sfu::poll_output`] with datagrams to send,
+//! signaling messages for clients and removals. It never reads a clock or touches a socket,
+//! so the whole forwarding path runs in tests over an in-memory network with virtual time.
+//!
+//! Data flow: a publisher's SRTP packet is decrypted by its `Rtc` (RTP mode, no
+//! depacketizing), mapped to the published track by its mid, and written to every subscriber's
+//! `Rtc` on the mid negotiated for that track, with sequence numbers rebased per subscriber.
+//! Each subscriber's `Rtc` encrypts and emits its own datagram; NACK/RTX and RTCP reports are
+//! handled hop by hop by str0m on both legs.
+
+pub mod demux;
+pub mod forwarder;
+pub mod keyframe;
+pub mod metrics;
+mod participant;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use huizhen_signaling::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackKind};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, TcpType};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tracing::{debug, info, warn};
+
+pub use demux::Demux;
+pub use metrics::{DropReason, SfuMetrics};
+pub use participant::LeaveReason;
+use participant::{Participant, TrackIn, TrackOut, TrackOutState};
+
+
+/// Server-assigned participant id. Not a user id: it means nothing outside this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u64);
+
+impl fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+/// Server-assigned id of a published track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId(pub u64);
+
+impl fmt::Display for TrackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
+/// Internal room handle (room names are user input and may be personal: not logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoomKey(u64);
+
+/// Core settings, resolved from the config and the bound sockets.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// UDP host candidates to announce.
+    pub udp_candidates: Vec<SocketAddr>,
+    /// Passive TCP host candidates to announce.
+    pub tcp_candidates: Vec<SocketAddr>,
+    /// Most participants per room.
+    pub max_participants_per_room: usize,
+    /// Most participants in total.
+    pub max_participants: usize,
+    /// Minimum interval between keyframe requests to one track.
+    pub keyframe_throttle: Duration,
+    /// Remove a connected participant silent this long.
+    pub peer_timeout: Duration,
+    /// Remove a participant not connected this long after joining.
+    pub connect_timeout: Duration,
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    /// UDP or TCP.
+    pub proto: Protocol,
+    /// Local address it leaves from.
+    pub source: SocketAddr,
+    /// Peer address.
+    pub destination: SocketAddr,
+    /// The bytes (one datagram; one RFC 4571 frame's payload on TCP).
+    pub contents: Vec<u8>,
+    /// When the media packet it forwards was received, for the latency histogram.
+    pub forwarded_from: Option<Instant>,
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug)]
+pub enum SfuOutput {
+    /// Send a datagram.
+    Transmit(Transmit),
+    /// Send a signaling message to a participant.
+    Signal {
+        /// Recipient.
+        to: ParticipantId,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// A participant is gone; close its signaling socket.
+    Removed {
+        /// Who.
+        participant: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+}
+
+/// Signaling input for a joined participant.
+#[derive(Debug, Clone)]
+pub enum SignalInput {
+    /// Client SDP offer.
+    Offer(String),
+    /// Client SDP answer.
+    Answer(String),
+    /// Client trickle candidate (empty = end of candidates).
+    Candidate(String),
+}
+
+/// Why a request to the core failed. Grouped by fault; [`SfuError::code`] gives the wire code.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SfuError {
+    /// The room is at its participant limit.
+    #[error("the room is full ({0} participants)")]
+    RoomFull(usize),
+    /// The server is at its participant limit.
+    #[error("the server is at its participant limit")]
+    ServerFull,
+    /// The participant is not (or no longer) known.
+    #[error("unknown participant")]
+    UnknownParticipant,
+    /// The client's SDP was unparsable or could not be negotiated.
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    /// The client's ICE candidate was unparsable.
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+    /// An answer without an outstanding server offer.
+    #[error("no server offer is outstanding")]
+    NoPendingOffer,
+}
+
+impl SfuError {
+    /// Wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SfuError::RoomFull(_) => ErrorCode::RoomFull,
+            SfuError::ServerFull => ErrorCode::Unavailable,
+            SfuError::UnknownParticipant => ErrorCode::NotJoined,
+            SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
+            SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
+            SfuError::NoPendingOffer => ErrorCode::NoPendingOffer,
+        }
+    }
+}
+
+struct Room {
+    members: Vec<ParticipantId>,
+}
+
+/// Work found while draining one participant that touches other participants.
+enum Deferred {
+    Forward(RtpPacket),
+    TrackPublished(Mid, MediaKind),
+    TrackUnpublished(Mid),
+    KeyframeWanted(KeyframeRequest),
+    Remove(LeaveReason),
+}
+
+/// The SFU routing core. See the module docs.
+pub struct Sfu {
+    config: SfuConfig,
+    metrics: SfuMetrics,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<String, RoomKey>,
+    room_members: HashMap<RoomKey, Room>,
+    demux: Demux<ParticipantId>,
+    outputs: VecDeque<SfuOutput>,
+    next_participant: u64,
+    next_track: u64,
+    next_room: u64,
+    /// Reused buffers so the forwarding path does not allocate per packet.
+    deferred: Vec<(ParticipantId, Deferred)>,
+    dirty: Vec<ParticipantId>,
+}
+
+impl Sfu {
+    /// A core with no participants.
+    pub fn new(config: SfuConfig, metrics: SfuMetrics) -> Sfu {
+        Sfu {
+            config,
+            metrics,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            room_members: HashMap::new(),
+            demux: Demux::default(),
+            outputs: VecDeque::new(),
+            next_participant: 1,
+            next_track: 1,
+            next_room: 1,
+            deferred: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The metrics this core updates.
+    pub fn metrics(&self) -> &SfuMetrics {
+        &self.metrics
+    }
+
+    /// Participants currently joined.
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// Rooms with at least one participant.
+    pub fn room_count(&self) -> usize {
+        self.room_members.len()
+    }
+
+    /// Entries in the demultiplexer (ufrags, transport addresses): zero when everyone left.
+    pub fn demux_entries(&self) -> (usize, usize) {
+        self.demux.len()
+    }
+
+    /// Tracks (published, received) across all participants: for leak tests.
+    pub fn track_counts(&self) -> (usize, usize) {
+        self.participants.values().fold((0, 0), |(i, o), p| {
+            (i + p.tracks_in.len(), o + p.tracks_out.len())
+        })
+    }
+
+    /// Add a participant to `room` (created on first join).
+    pub fn join(
+        &mut self,
+        now: Instant,
+        room: &str,
+        display_name: &str,
+    ) -> Result<ParticipantId, SfuError> {
+        if self.participants.len() >= self.config.max_participants {
+            self.metrics.joins_refused.with_label_values(&["server_full"]).inc();
+            return Err(SfuError::ServerFull);
+        }
+        let room_key = self.room_key(room);
+        let members = self
+            .room_members
+            .get(&room_key)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        if members.len() >= self.config.max_participants_per_room {
+            self.metrics.joins_refused.with_label_values(&["room_full"]).inc();
+            return Err(SfuError::RoomFull(self.config.max_participants_per_room));
+        }
+        let id = ParticipantId(self.next_participant);
+        self.next_participant += 1;
+        let participant = self.new_participant(now, id, room_key, display_name);
+        self.demux.insert_ufrag(participant.ufrag.clone(), id);
+        self.participants.insert(id, participant);
+        if members.is_empty() {
+            self.room_members.insert(room_key, Room { members: vec![] });
+            self.metrics.rooms.inc();
+        }
+        self.announce_join(id, room_key, room, &members);
+        self.subscribe_to_existing(id, &members);
+        if let Some(room) = self.room_members.get_mut(&room_key) {
+            room.members.push(id);
+        }
+        self.metrics.participants.inc();
+        self.metrics.joins.inc();
+        info!(participant = %id, room = room_key.0, "participant joined");
+        Ok(id)
+    }
+
+    fn room_key(&mut self, room: &str) -> RoomKey {
+        if let Some(key) = self.rooms.get(room) {
+            return *key;
+        }
+        let key = RoomKey(self.next_room);
+        self.next_room += 1;
+        self.rooms.insert(room.to_owned(), key);
+        key
+    }
+
+    fn new_participant(
+        &self,
+        now: Instant,
+        id: ParticipantId,
+        room: RoomKey,
+        display_name: &str,
+    ) -> Participant {
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        for addr in &self.config.udp_candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot announce UDP candidate"),
+            }
+        }
+        for addr in &self.config.tcp_candidates {
+            match Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build()
+            {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot announce TCP candidate"),
+            }
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Participant {
+            id,
+            room,
+            display_name: display_name.to_owned(),
+            rtc,
+            ufrag,
+            tracks_in: Vec::new(),
+            tracks_out: Vec::new(),
+            ssrc_mid: HashMap::new(),
+            pending: None,
+            negotiated_once: false,
+            connected: false,
+            joined_at: now,
+            last_rx: now,
+            next_timeout: now,
+            stats: Default::default(),
+        }
+    }
+
+    fn announce_join(
+        &mut self,
+        id: ParticipantId,
+        room_key: RoomKey,
+        room: &str,
+        members: &[ParticipantId],
+    ) {
+        let me = ParticipantInfo {
+            id: id.to_string(),
+            display_name: self.participants[&id].display_name.clone(),
+        };
+        let others: Vec<ParticipantInfo> = members
+            .iter()
+            .filter_map(|m| self.participants.get(m))
+            .map(|p| ParticipantInfo {
+                id: p.id.to_string(),
+                display_name: p.display_name.clone(),
+            })
+            .collect();
+        let _ = room_key;
+        self.signal(
+            id,
+            ServerMessage::Joined {
+                v: huizhen_signaling::protocol::PROTOCOL_VERSION,
+                participant_id: id.to_string(),
+                room: room.to_owned(),
+                participants: others,
+            },
+        );
+        for member in members {
+            self.signal(
+                *member,
+                ServerMessage::ParticipantJoined {
+                    participant: me.clone(),
+                },
+            );
+        }
+    }
+
+    /// Give a newcomer a (to be negotiated) subscription to every track already published.
+    fn subscribe_to_existing(&mut self, id: ParticipantId, members: &[ParticipantId]) {
+        let mut wanted = Vec::new();
+        for member in members {
+            if let Some(p) = self.participants.get(member) {
+                for t in &p.tracks_in {
+                    wanted.push(new_track_out(t.id, t.mid, t.kind, p.id));
+                }
+            }
+        }
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.tracks_out.extend(wanted);
+        }
+    }
+
+    /// Handle signaling from a joined participant.
+    pub fn handle_signal(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        input: SignalInput,
+    ) -> Result<(), SfuError> {
+        if !self.participants.contains_key(&id) {
+            return Err(SfuError::UnknownParticipant);
+        }
+        match input {
+            SignalInput::Offer(sdp) => self.handle_offer(now, id, &sdp)?,
+            SignalInput::Answer(sdp) => self.handle_answer(now, id, &sdp)?,
+            SignalInput::Candidate(c) => self.handle_candidate(id, &c)?,
+        }
+        Ok(())
+    }
+
+    fn handle_offer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
+        if p.pending.is_some() {
+            // Glare: the server is the impolite peer and keeps its own offer; the client (polite)
+            // rolls back, answers ours and offers again afterwards.
+            debug!(participant = %id, "ignoring client offer that collides with a server offer");
+            return Ok(());
+        }
+        let answer = p
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        p.negotiated_once = true;
+        self.signal(id, ServerMessage::Answer { sdp: answer.to_sdp_string() });
+        self.drain_and_settle(now, id, None);
+        Ok(())
+    }
+
+    fn handle_answer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
+        let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let pending = p.pending.take().ok_or(SfuError::NoPendingOffer)?;
+        if let Err(e) = p.rtc.sdp_api().accept_answer(pending, answer) {
+            // Our offer is void: what was being opened is offered again on the next change.
+            for t in &mut p.tracks_out {
+                match t.state {
+                    TrackOutState::Negotiating(_) => t.state = TrackOutState::ToOpen,
+                    TrackOutState::NegotiatingStop(m) => t.state = TrackOutState::ToStop(m),
+                    _ => {}
+                }
+            }
+            return Err(SfuError::InvalidSdp(e.to_string()));
+        }
+        let mut opened = Vec::new();
+        for t in &mut p.tracks_out {
+            if let TrackOutState::Negotiating(m) = t.state {
+                if t.stop_when_open {
+                    t.state = TrackOutState::ToStop(m);
+                } else {
+                    t.state = TrackOutState::Open(m);
+                    self.metrics.kind(t.kind == MediaKind::Video).subscribed.inc();
+                    opened.push((t.publisher, t.source_mid, t.kind));
+                }
+            }
+        }
+        p.tracks_out
+            .retain(|t| !matches!(t.state, TrackOutState::NegotiatingStop(_)));
+        for (publisher, mid, kind) in opened {
+            if kind == MediaKind::Video {
+                // A new subscriber needs a keyframe to start decoding.
+                self.request_keyframe(now, publisher, mid, KeyframeRequestKind::Pli);
+            }
+        }
+        self.drain_and_settle(now, id, None);
+        Ok(())
+    }
+
+    fn handle_candidate(&mut self, id: ParticipantId, candidate: &str) -> Result<(), SfuError> {
+        let candidate = candidate.trim();
+        let candidate = candidate.strip_prefix("a=").unwrap_or(candidate);
+        if candidate.is_empty() {
+            return Ok(());
+        }
+        let parsed = Candidate::from_sdp_string(candidate)
+            .map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
+        let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
+        p.rtc.add_remote_candidate(parsed);
+        Ok(())
+    }
+
+    /// Remove a participant and everything it published.
+    pub fn leave(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) {
+        let Some(mut p) = self.participants.remove(&id) else {
+            return;
+        };
+        p.rtc.disconnect();
+        self.demux.remove(id, &p.ufrag);
+        let members = match self.room_members.get_mut(&p.room) {
+            Some(room) => {
+                room.members.retain(|m| *m != id);
+                room.members.clone()
+            }
+            None => Vec::new(),
+        };
+        if members.is_empty() && self.room_members.remove(&p.room).is_some() {
+            self.rooms.retain(|_, key| *key != p.room);
+            self.metrics.rooms.dec();
+        }
+        for t in &p.tracks_in {
+            self.metrics.kind(t.kind == MediaKind::Video).published.dec();
+        }
+        for t in &p.tracks_out {
+            if matches!(t.state, TrackOutState::Open(_) | TrackOutState::ToStop(_)) {
+                self.metrics.kind(t.kind == MediaKind::Video).subscribed.dec();
+            }
+        }
+        let track_ids: Vec<_> = p.tracks_in.iter().map(|t| t.id).collect();
+        for member in &members {
+            for track in &track_ids {
+                self.unsubscribe(*member, id, *track);
+            }
+            self.signal(
+                *member,
+                ServerMessage::ParticipantLeft {
+                    participant_id: id.to_string(),
+                },
+            );
+        }
+        self.metrics.participants.dec();
+        self.metrics.leaves.with_label_values(&[reason.as_str()]).inc();
+        info!(participant = %id, reason = reason.as_str(), "participant removed");
+        self.outputs.push_back(SfuOutput::Removed {
+            participant: id,
+            reason,
+        });
+        for member in members {
+            self.drain_and_settle(now, member, None);
+        }
+    }
+
+    /// Stop forwarding `track` of `publisher` to `subscriber`, telling the subscriber.
+    fn unsubscribe(&mut self, subscriber: ParticipantId, publisher: ParticipantId, track: TrackId) {
+        let Some(s) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        let Some(pos) = s.tracks_out.iter().position(|t| t.track == track) else {
+            return;
+        };
+        let t = &mut s.tracks_out[pos];
+        let mid = t.mid();
+        match t.state {
+            TrackOutState::ToOpen => {
+                s.tracks_out.remove(pos);
+            }
+            TrackOutState::Negotiating(_) => t.stop_when_open = true,
+            TrackOutState::Open(m) => {
+                t.state = TrackOutState::ToStop(m);
+            }
+            TrackOutState::ToStop(_) | TrackOutState::NegotiatingStop(_) => {}
+        }
+        if let Some(mid) = mid {
+            self.signal(
+                subscriber,
+                ServerMessage::TrackRemoved {
+                    participant_id: publisher.to_string(),
+                    track_id: track.to_string(),
+                    mid: mid.to_string(),
+                },
+            );
+        }
+    }
+
+    /// Feed one received datagram (UDP datagram or ICE-TCP frame payload).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let Ok(contents) = bytes.try_into() else {
+            self.metrics.drop_packet(DropReason::Malformed);
+            return;
+        };
+        let Some(id) = self.demux.lookup(proto, source, bytes) else {
+            self.metrics.drop_packet(DropReason::UnknownSource);
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let Some(p) = self.participants.get_mut(&id) else {
+            self.metrics.drop_packet(DropReason::UnknownSource);
+            return;
+        };
+        if !p.rtc.accepts(&input) {
+            self.metrics.drop_packet(DropReason::UnknownSource);
+            return;
+        }
+        let is_stun = demux::classify(bytes) == demux::PacketClass::Stun;
+        if let Err(e) = p.rtc.handle_input(input) {
+            // A forged or corrupt packet must not cost the participant its call.
+            debug!(participant = %id, error = %e, "datagram rejected");
+            self.metrics.drop_packet(DropReason::Rejected);
+            return;
+        }
+        p.last_rx = now;
+        if is_stun && self.demux.learn_source(proto, source, id) {
+            debug!(participant = %id, ?proto, "learnt transport address");
+        }
+        self.drain_and_settle(now, id, Some(now));
+    }
+
+    /// An ICE-TCP connection closed: its address no longer routes anywhere.
+    pub fn tcp_closed(&mut self, source: SocketAddr) {
+        self.demux.forget_source(Protocol::Tcp, source);
+    }
+
+    /// Advance time: str0m timers, liveness checks.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        let mut due = Vec::new();
+        for p in self.participants.values() {
+            if p.connected && now.saturating_duration_since(p.last_rx) > self.config.peer_timeout {
+                expired.push((p.id, LeaveReason::Timeout));
+            } else if !p.connected
+                && now.saturating_duration_since(p.joined_at) > self.config.connect_timeout
+            {
+                expired.push((p.id, LeaveReason::ConnectTimeout));
+            } else if p.next_timeout <= now {
+                due.push(p.id);
+            }
+        }
+        for (id, reason) in expired {
+            self.leave(now, id, reason);
+        }
+        for id in due {
+            if let Some(p) = self.participants.get_mut(&id) {
+                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                    warn!(participant = %id, error = %e, "timeout handling failed");
+                }
+            }
+            self.drain_and_settle(now, id, None);
+        }
+    }
+
+    /// The earliest time [`Sfu::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.participants
+            .values()
+            .map(|p| {
+                let liveness = if p.connected {
+                    p.last_rx + self.config.peer_timeout
+                } else {
+                    p.joined_at + self.config.connect_timeout
+                };
+                p.next_timeout.min(liveness + Duration::from_millis(1))
+            })
+            .min()
+    }
+
+    /// Next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<SfuOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn signal(&mut self, to: ParticipantId, message: ServerMessage) {
+        self.outputs.push_back(SfuOutput::Signal { to, message });
+    }
+
+    /// Drain `id`'s output, act on what it produced (forwarding marks subscribers dirty), then
+    /// drain every dirty subscriber, and renegotiate wherever tracks changed.
+    fn drain_and_settle(&mut self, now: Instant, id: ParticipantId, received_at: Option<Instant>) {
+        self.drain(now, id, None);
+        loop {
+            if !self.deferred.is_empty() {
+                let mut batch = std::mem::take(&mut self.deferred);
+                for (pid, d) in batch.drain(..) {
+                    self.apply_deferred(now, pid, d);
+                }
+                if self.deferred.is_empty() {
+                    self.deferred = batch;
+                }
+                continue;
+            }
+            if !self.dirty.is_empty() {
+                let mut batch = std::mem::take(&mut self.dirty);
+                for sub in batch.drain(..) {
+                    if let Some(p) = self.participants.get_mut(&sub) {
+                        if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                            warn!(participant = %sub, error = %e, "send failed");
+                        }
+                        self.drain(now, sub, received_at);
+                    }
+                }
+                if self.dirty.is_empty() {
+                    self.dirty = batch;
+                }
+                continue;
+            }
+            break;
+        }
+        self.negotiate_all();
+    }
+
+    fn apply_deferred(&mut self, now: Instant, id: ParticipantId, deferred: Deferred) {
+        match deferred {
+            Deferred::Forward(packet) => self.forward(id, packet),
+            Deferred::TrackPublished(mid, kind) => self.publish(id, mid, kind),
+            Deferred::TrackUnpublished(mid) => self.unpublish(id, mid),
+            Deferred::KeyframeWanted(req) => self.relay_keyframe_request(now, id, req),
+            Deferred::Remove(reason) => self.leave(now, id, reason),
+        }
+    }
+
+    /// Poll one participant's `Rtc` until it has nothing but a timeout to say.
+    fn drain(&mut self, now: Instant, id: ParticipantId, received_at: Option<Instant>) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        loop {
+            let output = match p.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(participant = %id, error = %e, "participant session failed");
+                    self.deferred.push((id, Deferred::Remove(LeaveReason::Disconnected)));
+                    return;
+                }
+            };
+            match output {
+                Output::Timeout(t) => {
+                    p.next_timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => {
+                    let is_media = demux::classify(&t.contents) == demux::PacketClass::Rtp;
+                    self.outputs.push_back(SfuOutput::Transmit(Transmit {
+                        proto: t.proto,
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                        forwarded_from: if is_media { received_at } else { None },
+                    }));
+                }
+                Output::Event(event) => {
+                    if let Some(d) = on_event(p, &self.metrics, now, event) {
+                        self.deferred.push((id, d));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A publisher offered a new receiving m-line: announce it to the room.
+    fn publish(&mut self, id: ParticipantId, mid: Mid, kind: MediaKind) {
+        let track_id = TrackId(self.next_track);
+        self.next_track += 1;
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if p.tracks_in.iter().any(|t| t.mid == mid) {
+            return;
+        }
+        let track = TrackIn {
+            id: track_id,
+            mid,
+            kind,
+            keyframe: Default::default(),
+            last_params: None,
+        };
+        let room = p.room;
+        p.tracks_in.push(track);
+        self.metrics.kind(kind == MediaKind::Video).published.inc();
+        debug!(participant = %id, track = %track_id, ?kind, "track published");
+        let members = self.members_except(room, id);
+        for m in members {
+            if let Some(s) = self.participants.get_mut(&m) {
+                s.tracks_out.push(new_track_out(track_id, mid, kind, id));
+            }
+        }
+    }
+
+    fn unpublish(&mut self, id: ParticipantId, mid: Mid) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let Some(pos) = p.tracks_in.iter().position(|t| t.mid == mid) else {
+            return;
+        };
+        let track = p.tracks_in.remove(pos);
+        let room = p.room;
+        self.metrics.kind(track.kind == MediaKind::Video).published.dec();
+        for m in self.members_except(room, id) {
+            self.unsubscribe(m, id, track.id);
+        }
+    }
+
+    fn members_except(&self, room: RoomKey, id: ParticipantId) -> Vec<ParticipantId> {
+        self.room_members
+            .get(&room)
+            .map(|r| r.members.iter().copied().filter(|m| *m != id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Write one received RTP packet to every subscriber of its track.
+    fn forward(&mut self, id: ParticipantId, packet: RtpPacket) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let ssrc = packet.header.ssrc;
+        let mid = match p.ssrc_mid.get(&ssrc) {
+            Some(mid) => *mid,
+            None => {
+                let Some(mid) = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                    return;
+                };
+                p.ssrc_mid.insert(ssrc, mid);
+                mid
+            }
+        };
+        let pt = packet.header.payload_type;
+        let codec_config_params = {
+            let cached = p
+                .tracks_in
+                .iter()
+                .find(|t| t.mid == mid)
+                .and_then(|t| t.last_params.filter(|(cpt, _)| *cpt == pt));
+            match cached {
+                Some((_, params)) => Some(params),
+                None => p.rtc.codec_config().find(|c| c.pt() == pt).copied(),
+            }
+        };
+        let Some(track) = p.tracks_in.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        let Some(params) = codec_config_params else {
+            return;
+        };
+        track.last_params = Some((pt, params));
+        let track_id = track.id;
+        let video = track.kind == MediaKind::Video;
+        let room = p.room;
+        let kind_metrics = self.metrics.kind(video);
+        kind_metrics.packets_in.inc();
+        kind_metrics.bytes_in.inc_by(packet.payload.len() as u64);
+
+        let Some(members) = self.room_members.get(&room) else {
+            return;
+        };
+        let ext = forwarded_extensions(&packet.header.ext_vals);
+        for sub_id in &members.members {
+            if *sub_id == id {
+                continue;
+            }
+            let Some(s) = self.participants.get_mut(sub_id) else {
+                continue;
+            };
+            let Some(t) = s.tracks_out.iter_mut().find(|t| t.track == track_id) else {
+                continue;
+            };
+            let TrackOutState::Open(out_mid) = t.state else {
+                continue;
+            };
+            let Some(seq) = t.seq.rewrite(*ssrc, *packet.seq_no) else {
+                self.metrics.drop_packet(DropReason::BeforeSubscribe);
+                continue;
+            };
+            let pt_out = match t.pt_map {
+                Some((pin, pout)) if pin == pt => pout,
+                _ => match s.rtc.codec_config().match_params(params) {
+                    Some(local) => {
+                        t.pt_map = Some((pt, local.pt()));
+                        local.pt()
+                    }
+                    None => {
+                        self.metrics.drop_packet(DropReason::NotWritable);
+                        continue;
+                    }
+                },
+            };
+            let mut api = s.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
+                self.metrics.drop_packet(DropReason::NotWritable);
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(
+                    pt_out,
+                    seq.into(),
+                    packet.header.timestamp,
+                    packet.timestamp,
+                    packet.payload.clone(),
+                )
+                .marker(packet.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(video),
+            );
+            kind_metrics.packets_out.inc();
+            kind_metrics.bytes_out.inc_by(packet.payload.len() as u64);
+            if !self.dirty.contains(sub_id) {
+                self.dirty.push(*sub_id);
+            }
+        }
+    }
+
+    /// A subscriber asked for a keyframe on one of its received tracks.
+    fn relay_keyframe_request(&mut self, now: Instant, id: ParticipantId, req: KeyframeRequest) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        let Some(t) = p.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) else {
+            return;
+        };
+        let (publisher, mid) = (t.publisher, t.source_mid);
+        self.request_keyframe(now, publisher, mid, req.kind);
+    }
+
+    /// Ask `publisher` for a keyframe on `mid`, at most once per throttle interval.
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantId,
+        mid: Mid,
+        kind: KeyframeRequestKind,
+    ) {
+        let interval = self.config.keyframe_throttle;
+        let Some(p) = self.participants.get_mut(&publisher) else {
+            return;
+        };
+        let Some(track) = p.track_in_mut(mid) else {
+            return;
+        };
+        if !track.keyframe.allow(now, interval) {
+            self.metrics.keyframe_requests_throttled.inc();
+            return;
+        }
+        let mut api = p.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+            return;
+        };
+        rx.request_keyframe(kind);
+        self.metrics
+            .keyframe_requests_sent
+            .with_label_values(&[keyframe_kind_label(kind)])
+            .inc();
+        if !self.dirty.contains(&publisher) {
+            self.dirty.push(publisher);
+        }
+    }
+
+    /// Send a server offer to everyone whose subscriptions changed and who can take one.
+    fn negotiate_all(&mut self) {
+        let ids: Vec<ParticipantId> = self
+            .participants
+            .values()
+            .filter(|p| p.negotiated_once && p.pending.is_none() && needs_negotiation(p))
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.negotiate(id);
+        }
+    }
+
+    fn negotiate(&mut self, id: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let mut change = p.rtc.sdp_api();
+        let mut added = Vec::new();
+        for t in &mut p.tracks_out {
+            match t.state {
+                TrackOutState::ToOpen => {
+                    let mid = change.add_media(
+                        t.kind,
+                        Direction::SendOnly,
+                        Some(t.publisher.to_string()),
+                        Some(t.track.to_string()),
+                        None,
+                    );
+                    t.state = TrackOutState::Negotiating(mid);
+                    added.push(ServerMessage::TrackAdded {
+                        participant_id: t.publisher.to_string(),
+                        track_id: t.track.to_string(),
+                        mid: mid.to_string(),
+                        kind: track_kind(t.kind),
+                    });
+                }
+                TrackOutState::ToStop(mid) => {
+                    change.stop_media(mid);
+                    t.state = TrackOutState::NegotiatingStop(mid);
+                    self.metrics.kind(t.kind == MediaKind::Video).subscribed.dec();
+                }
+                _ => {}
+            }
+        }
+        let Some((offer, pending)) = change.apply() else {
+            return;
+        };
+        p.pending = Some(pending);
+        self.metrics.renegotiations.inc();
+        for m in added {
+            self.signal(id, m);
+        }
+        self.signal(id, ServerMessage::Offer { sdp: offer.to_sdp_string() });
+    }
+}
+
+fn needs_negotiation(p: &Participant) -> bool {
+    p.tracks_out
+        .iter()
+        .any(|t| matches!(t.state, TrackOutState::ToOpen | TrackOutState::ToStop(_)))
+}
+
+fn new_track_out(track: TrackId, source_mid: Mid, kind: MediaKind, publisher: ParticipantId) -> TrackOut {
+    TrackOut {
+        track,
+        publisher,
+        source_mid,
+        kind,
+        state: TrackOutState::ToOpen,
+        stop_when_open: false,
+        seq: Default::default(),
+        pt_map: None,
+    }
+}
+
+fn track_kind(kind: MediaKind) -> TrackKind {
+    match kind {
+        MediaKind::Audio => TrackKind::Audio,
+        MediaKind::Video => TrackKind::Video,
+    }
+}
+
+fn keyframe_kind_label(kind: KeyframeRequestKind) -> &'static str {
+    match kind {
+        KeyframeRequestKind::Pli => "pli",
+        KeyframeRequestKind::Fir => "fir",
+    }
+}
+
+/// Header extensions that describe the media itself and so travel with it. Transport-level
+/// ones (transport-cc, abs-send-time, mid, rid) are per hop and set by the subscriber's stack.
+fn forwarded_extensions(ext: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: ext.audio_level,
+        voice_activity: ext.voice_activity,
+        video_orientation: ext.video_orientation,
+        video_content_type: ext.video_content_type,
+        ..Default::default()
+    }
+}
+
+/// React to one str0m event of participant `p`; cross-participant work is returned.
+fn on_event(
+    p: &mut Participant,
+    metrics: &SfuMetrics,
+    now: Instant,
+    event: Event,
+) -> Option<Deferred> {
+    match event {
+        Event::Connected => {
+            p.connected = true;
+            p.last_rx = now;
+            info!(participant = %p.id, "media connected");
+            None
+        }
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            Some(Deferred::Remove(LeaveReason::Disconnected))
+        }
+        Event::MediaAdded(m) if m.direction.is_receiving() => {
+            Some(Deferred::TrackPublished(m.mid, m.kind))
+        }
+        Event::MediaChanged(m) => {
+            let published = p.tracks_in.iter().any(|t| t.mid == m.mid);
+            match (published, m.direction.is_receiving()) {
+                (true, false) => Some(Deferred::TrackUnpublished(m.mid)),
+                (false, true) => {
+                    let kind = p.rtc.media(m.mid).map(|media| media.kind())?;
+                    Some(Deferred::TrackPublished(m.mid, kind))
+                }
+                _ => None,
+            }
+        }
+        Event::RtpPacket(packet) => Some(Deferred::Forward(packet)),
+        Event::KeyframeRequest(req) => {
+            metrics
+                .keyframe_requests_received
+                .with_label_values(&[keyframe_kind_label(req.kind)])
+                .inc();
+            Some(Deferred::KeyframeWanted(req))
+        }
+        Event::MediaEgressStats(s) => {
+            let last = p.stats.nacks.insert((s.mid, true), s.nacks).unwrap_or(0);
+            metrics.nacks_received.inc_by(s.nacks.saturating_sub(last));
+            None
+        }
+        Event::MediaIngressStats(s) => {
+            let last = p.stats.nacks.insert((s.mid, false), s.nacks).unwrap_or(0);
+            metrics.nacks_sent.inc_by(s.nacks.saturating_sub(last));
+            None
+        }
+        _ => None,
+    }
+}
+

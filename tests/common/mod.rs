@@ -1,0 +1,167 @@
+//! Helpers shared by the integration tests: an in-process server, a WebSocket signaling
+//! client, and a webrtc-rs peer ([`rs_client::RsPeer`]) that joins through `/ws`, publishes
+//! synthetic Opus + VP8 RTP and verifies what it receives.
+//!
+//! Everything binds to 127.0.0.1; no packet leaves the loopback network.
+#![allow(dead_code)]
+
+pub mod media;
+pub mod rs_client;
+pub mod rtc_shim;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use huizhen_signaling::protocol::{ClientMessage, ParticipantInfo, ServerMessage, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A client WebSocket to the server's `/ws`.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Default time to wait for one signaling reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Log to the test output when `RUST_LOG` is set (server `tracing` and webrtc-rs `log`
+/// records both end up here). Safe to call from every test.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// TEMP stub
+pub struct Stub;
+impl Stub { pub fn http_addr(&self) -> SocketAddr { "127.0.0.1:1".parse().unwrap() } pub async fn shutdown(self) {} }
+pub async fn start_server() -> Stub { Stub }
+
+/// A room name no other test uses.
+pub fn unique_room(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Open a WebSocket to `ws://{http_addr}/ws`.
+pub async fn connect_ws(http_addr: SocketAddr) -> Ws {
+    let url = format!("ws://{http_addr}/ws");
+    let (ws, _response) = tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(&url))
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+        .unwrap_or_else(|e| panic!("connecting to {url} failed: {e}"));
+    ws
+}
+
+/// Send a raw text frame (for malformed-input tests).
+pub async fn send_text(ws: &mut Ws, text: impl Into<String>) {
+    ws.send(Message::text(text.into()))
+        .await
+        .expect("sending a WebSocket text frame");
+}
+
+/// Send one protocol message.
+pub async fn send_msg(ws: &mut Ws, msg: &ClientMessage) {
+    let json = serde_json::to_string(msg).expect("ClientMessage serializes");
+    send_text(ws, json).await;
+}
+
+/// What the socket produced next.
+#[derive(Debug)]
+pub enum WsEvent {
+    /// A server message.
+    Msg(ServerMessage),
+    /// A text frame that is not a valid [`ServerMessage`] (a server bug).
+    Unparsable(String),
+    /// The server closed the socket (close frame, EOF or error).
+    Closed(String),
+}
+
+/// Next text frame / close from the socket, skipping pings, pongs and binary frames.
+/// `None` on timeout.
+pub async fn next_event(ws: &mut Ws, timeout: Duration) -> Option<WsEvent> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next()).await.ok()?;
+        return Some(match next {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
+                Ok(m) => WsEvent::Msg(m),
+                Err(_) => WsEvent::Unparsable(text.to_string()),
+            },
+            Some(Ok(Message::Close(frame))) => WsEvent::Closed(format!("close frame {frame:?}")),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => WsEvent::Closed(format!("error {e}")),
+            None => WsEvent::Closed("end of stream".into()),
+        });
+    }
+}
+
+/// Next server message; panics on timeout, close or an unparsable frame.
+pub async fn recv_msg(ws: &mut Ws) -> ServerMessage {
+    match next_event(ws, REPLY_TIMEOUT).await {
+        Some(WsEvent::Msg(m)) => m,
+        Some(other) => panic!("expected a server message, got {other:?}"),
+        None => panic!("no server message within {REPLY_TIMEOUT:?}"),
+    }
+}
+
+/// Read messages until one matches; the skipped ones are returned too, in order.
+pub async fn recv_until(
+    ws: &mut Ws,
+    timeout: Duration,
+    mut pred: impl FnMut(&ServerMessage) -> bool,
+) -> (ServerMessage, Vec<ServerMessage>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut skipped = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_event(ws, left).await {
+            Some(WsEvent::Msg(m)) if pred(&m) => return (m, skipped),
+            Some(WsEvent::Msg(m)) => skipped.push(m),
+            Some(other) => panic!("waiting for a message, got {other:?}; before it: {skipped:?}"),
+            None => panic!("no matching message within {timeout:?}; got {skipped:?}"),
+        }
+    }
+}
+
+/// The server's `joined` reply.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// Our participant id.
+    pub participant_id: String,
+    /// Who was already in the room.
+    pub participants: Vec<ParticipantInfo>,
+}
+
+/// The `join` message for protocol v1.
+pub fn join_msg(room: &str, display_name: &str) -> ClientMessage {
+    ClientMessage::Join {
+        v: PROTOCOL_VERSION,
+        room: room.to_owned(),
+        display_name: display_name.to_owned(),
+        token: None,
+    }
+}
+
+/// Send `join` and wait for `joined` (panics on anything else first).
+pub async fn join(ws: &mut Ws, room: &str, display_name: &str) -> Joined {
+    send_msg(ws, &join_msg(room, display_name)).await;
+    match recv_msg(ws).await {
+        ServerMessage::Joined {
+            v,
+            participant_id,
+            room: joined_room,
+            participants,
+        } => {
+            assert_eq!(v, PROTOCOL_VERSION, "server protocol version");
+            assert_eq!(joined_room, room, "joined names the room we asked for");
+            Joined {
+                participant_id,
+                participants,
+            }
+        }
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
