@@ -254,6 +254,9 @@ impl Edge {
                 let result = self.sfu.join(now, &room, &display_name);
                 if let Ok(id) = result {
                     self.sessions.insert(id, events);
+                    // `joined` must be queued before the session learns the join succeeded,
+                    // so it precedes any reply to the client's next frame.
+                    self.flush();
                 }
                 if reply.send(result.clone()).is_err() {
                     // The socket closed while joining.

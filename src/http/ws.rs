@@ -80,6 +80,19 @@ pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetr
     };
     loop {
         tokio::select! {
+            // Server messages first: replies to a frame must not overtake what the media task
+            // queued before it (e.g. `joined`).
+            biased;
+            event = events.recv() => {
+                let Some(message) = event else { break };
+                let bye = matches!(message, ServerMessage::Bye { .. });
+                if send(&mut sink, &message).await.is_err() || bye {
+                    if bye {
+                        session.participant = None;
+                    }
+                    break;
+                }
+            }
             frame = stream.next() => {
                 let next = match frame {
                     Some(Ok(Message::Text(text))) => session.on_text(&text).await,
@@ -98,16 +111,6 @@ pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetr
                         }
                     }
                     Next::Close => break,
-                }
-            }
-            event = events.recv() => {
-                let Some(message) = event else { break };
-                let bye = matches!(message, ServerMessage::Bye { .. });
-                if send(&mut sink, &message).await.is_err() || bye {
-                    if bye {
-                        session.participant = None;
-                    }
-                    break;
                 }
             }
         }

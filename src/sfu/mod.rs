@@ -423,7 +423,7 @@ impl Sfu {
     }
 
     fn handle_offer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
         let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
         if p.pending.is_some() {
             // Glare: the server is the impolite peer and keeps its own offer; the client (polite)
@@ -444,7 +444,7 @@ impl Sfu {
 
     fn handle_answer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
         let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(sdp_error)?;
         let pending = p.pending.take().ok_or(SfuError::NoPendingOffer)?;
         if let Err(e) = p.rtc.sdp_api().accept_answer(pending, answer) {
             // Our offer is void: what was being opened is offered again on the next change.
@@ -1018,6 +1018,17 @@ impl Sfu {
     }
 }
 
+/// An SDP error for the client: the parser's message without its internal pointer dump.
+fn sdp_error(e: impl fmt::Display) -> SfuError {
+    let text = e.to_string();
+    let detail: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("PointerOffset"))
+        .collect();
+    SfuError::InvalidSdp(detail.join("; "))
+}
+
 fn needs_negotiation(p: &Participant) -> bool {
     p.tracks_out
         .iter()
@@ -1116,3 +1127,9 @@ fn on_event(
     }
 }
 
+
+#[doc(hidden)]
+pub mod sim;
+
+#[cfg(test)]
+mod tests;

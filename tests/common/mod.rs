@@ -35,10 +35,13 @@ pub fn init_tracing() {
     }
 }
 
-/// TEMP stub
-pub struct Stub;
-impl Stub { pub fn http_addr(&self) -> SocketAddr { "127.0.0.1:1".parse().unwrap() } pub async fn shutdown(self) {} }
-pub async fn start_server() -> Stub { Stub }
+/// Start a server on loopback with ephemeral ports.
+pub async fn start_server() -> huizhen::server::ServerHandle {
+    let config = huizhen::config::Config::loopback_for_tests();
+    huizhen::server::start(config)
+        .await
+        .expect("huizhen server starts on loopback")
+}
 
 /// A room name no other test uses.
 pub fn unique_room(prefix: &str) -> String {

@@ -1,0 +1,441 @@
+//! In-memory network with virtual time for exercising the SFU core with real str0m peers.
+//!
+//! Clients are str0m `Rtc`s in RTP mode speaking the same signaling the WebSocket carries (as
+//! [`SignalInput`]s and [`ServerMessage`]s), so ICE, DTLS, SRTP, NACK/RTX and RTCP all run for
+//! real; only the sockets and the clock are simulated. Loss is drawn from a seeded generator,
+//! so every run of a test sees the same packets dropped. Used by the core's unit tests and the
+//! forwarding benchmark; not part of the server.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use huizhen_signaling::protocol::{ServerMessage, TrackKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use super::{LeaveReason, ParticipantId, Sfu, SfuConfig, SfuMetrics, SfuOutput, SignalInput};
+
+/// Address the simulated server announces and receives on.
+pub const SERVER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 7882);
+
+/// A small deterministic PRNG (xorshift64*), enough for loss decisions.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator (seed 0 is remapped).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (v >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One received RTP packet, as a client saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Mid it arrived on (client's session).
+    pub mid: Mid,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// RTP sequence number (low 16 bits).
+    pub seq: u16,
+}
+
+/// A simulated client.
+pub struct SimClient {
+    /// Its participant id.
+    pub id: ParticipantId,
+    /// Its WebRTC stack.
+    pub rtc: Rtc,
+    /// Its transport address.
+    pub addr: SocketAddr,
+    /// Signaling messages received, in order.
+    pub signals: Vec<ServerMessage>,
+    /// Media received.
+    pub received: Vec<Received>,
+    /// Keyframe requests received for its own tracks.
+    pub keyframe_requests: usize,
+    /// Mids it publishes on: (audio, video).
+    pub publish_mids: Vec<(MediaKind, Mid)>,
+    /// Its outstanding offer.
+    pending: Option<SdpPendingOffer>,
+    /// Next sequence number per published mid.
+    next_seq: HashMap<Mid, u64>,
+    /// Removed by the server.
+    pub removed: Option<LeaveReason>,
+    /// Drop everything this client sends (simulates a dead peer).
+    pub mute_network: bool,
+    next_timeout: Instant,
+}
+
+struct InFlight {
+    at: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// The simulated world: the SFU core, its clients and the wire between them.
+pub struct SimNet {
+    /// Virtual now.
+    pub now: Instant,
+    /// The core under test.
+    pub sfu: Sfu,
+    /// Clients by index.
+    pub clients: Vec<SimClient>,
+    rng: Rng,
+    /// Probability that an RTP/RTCP datagram is lost (STUN/DTLS are never dropped).
+    pub media_loss: f64,
+    /// One-way delay.
+    pub latency: Duration,
+    wire: VecDeque<InFlight>,
+    /// Datagrams dropped by the simulated loss.
+    pub lost: usize,
+}
+
+/// SFU settings for simulations.
+pub fn sim_config() -> SfuConfig {
+    SfuConfig {
+        udp_candidates: vec![SERVER_ADDR],
+        tcp_candidates: vec![],
+        max_participants_per_room: 200,
+        max_participants: 1_000,
+        keyframe_throttle: Duration::from_millis(500),
+        peer_timeout: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(20),
+    }
+}
+
+impl SimNet {
+    /// A world with no clients.
+    pub fn new(seed: u64) -> SimNet {
+        SimNet::with_config(seed, sim_config())
+    }
+
+    /// A world with a custom core configuration.
+    pub fn with_config(seed: u64, config: SfuConfig) -> SimNet {
+        let now = Instant::now();
+        SimNet {
+            now,
+            sfu: Sfu::new(config, SfuMetrics::unregistered()),
+            clients: Vec::new(),
+            rng: Rng::new(seed),
+            media_loss: 0.0,
+            latency: Duration::from_millis(5),
+            wire: VecDeque::new(),
+            lost: 0,
+        }
+    }
+
+    /// Join `room`, publish the given kinds, and run until negotiated. Returns the index.
+    pub fn add_client(&mut self, room: &str, publish: &[MediaKind]) -> usize {
+        let index = self.clients.len();
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
+        let id = self
+            .sfu
+            .join(self.now, room, &format!("client-{index}"))
+            .expect("join accepted");
+        let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        let mut change = rtc.sdp_api();
+        let mut publish_mids = Vec::new();
+        for kind in publish {
+            let mid = change.add_media(*kind, Direction::SendOnly, None, None, None);
+            publish_mids.push((*kind, mid));
+        }
+        if publish.is_empty() {
+            change.add_channel("control".into());
+        }
+        let (offer, pending) = change.apply().expect("client offer");
+        self.clients.push(SimClient {
+            id,
+            rtc,
+            addr,
+            signals: Vec::new(),
+            received: Vec::new(),
+            keyframe_requests: 0,
+            publish_mids,
+            pending: Some(pending),
+            next_seq: HashMap::new(),
+            removed: None,
+            mute_network: false,
+            next_timeout: self.now,
+        });
+        self.route_outputs();
+        self.sfu
+            .handle_signal(self.now, id, SignalInput::Offer(offer.to_sdp_string()))
+            .expect("offer accepted");
+        self.route_outputs();
+        self.run_for(Duration::from_millis(300));
+        index
+    }
+
+    /// Payload type the client uses for `kind`.
+    pub fn pt(&self, client: usize, kind: MediaKind) -> Pt {
+        let codec = if kind == MediaKind::Audio {
+            Codec::Opus
+        } else {
+            Codec::Vp8
+        };
+        self.clients[client]
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == codec)
+            .expect("codec configured")
+            .pt()
+    }
+
+    /// Have `client` send one RTP packet on its published track of `kind`.
+    pub fn send_rtp(&mut self, client: usize, kind: MediaKind, payload: &[u8], marker: bool) {
+        let pt = self.pt(client, kind);
+        let now = self.now;
+        let c = &mut self.clients[client];
+        let Some((_, mid)) = c.publish_mids.iter().find(|(k, _)| *k == kind).copied() else {
+            return;
+        };
+        let seq = c.next_seq.entry(mid).or_insert(1);
+        let this_seq = *seq;
+        *seq += 1;
+        let clock = if kind == MediaKind::Audio { 48 } else { 90 };
+        let mut api = c.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(pt, this_seq.into(), (this_seq * 20 * clock) as u32, now, payload.to_vec())
+                .marker(marker)
+                .nackable(true),
+        );
+        let _ = c.rtc.handle_input(Input::Timeout(now));
+        self.drain_client(client);
+    }
+
+    /// Advance virtual time by `d`, delivering datagrams and firing timers.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step(end);
+        }
+    }
+
+    fn step(&mut self, end: Instant) {
+        let mut next = end;
+        if let Some(t) = self.sfu.poll_timeout() {
+            next = next.min(t);
+        }
+        for c in &self.clients {
+            if c.removed.is_none() {
+                next = next.min(c.next_timeout);
+            }
+        }
+        if let Some(p) = self.wire.front() {
+            next = next.min(p.at);
+        }
+        // Always make progress, in steps no larger than 10 ms of virtual time.
+        let next = next.max(self.now + Duration::from_micros(100)).min(self.now + Duration::from_millis(10));
+        self.now = next.min(end).max(self.now);
+        self.deliver_due();
+        self.sfu.handle_timeout(self.now);
+        self.route_outputs();
+        for i in 0..self.clients.len() {
+            if self.clients[i].removed.is_none() && self.clients[i].next_timeout <= self.now {
+                let now = self.now;
+                let _ = self.clients[i].rtc.handle_input(Input::Timeout(now));
+                self.drain_client(i);
+            }
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        while self.wire.front().is_some_and(|p| p.at <= self.now) {
+            let Some(p) = self.wire.pop_front() else { break };
+            if p.destination == SERVER_ADDR {
+                self.sfu
+                    .handle_datagram(self.now, Protocol::Udp, p.source, p.destination, &p.bytes);
+                self.route_outputs();
+            } else if let Some(i) = self.clients.iter().position(|c| c.addr == p.destination) {
+                let Ok(contents) = p.bytes.as_slice().try_into() else {
+                    continue;
+                };
+                let input = Input::Receive(
+                    self.now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: p.source,
+                        destination: p.destination,
+                        contents,
+                    },
+                );
+                if self.clients[i].removed.is_none() {
+                    let _ = self.clients[i].rtc.handle_input(input);
+                    self.drain_client(i);
+                }
+            }
+        }
+    }
+
+    fn put_on_wire(&mut self, source: SocketAddr, destination: SocketAddr, bytes: Vec<u8>) {
+        let is_media = matches!(bytes.first(), Some(128..=191));
+        if is_media && self.media_loss > 0.0 && self.rng.next_f64() < self.media_loss {
+            self.lost += 1;
+            return;
+        }
+        self.wire.push_back(InFlight {
+            at: self.now + self.latency,
+            source,
+            destination,
+            bytes,
+        });
+    }
+
+    /// Inject raw bytes to the server from `source` (bad-input tests).
+    pub fn inject(&mut self, source: SocketAddr, bytes: &[u8]) {
+        self.sfu
+            .handle_datagram(self.now, Protocol::Udp, source, SERVER_ADDR, bytes);
+        self.route_outputs();
+    }
+
+    /// Move the core's outputs to the wire and to the clients' signaling inboxes.
+    pub fn route_outputs(&mut self) {
+        let mut signals = Vec::new();
+        while let Some(out) = self.sfu.poll_output() {
+            match out {
+                SfuOutput::Transmit(t) => {
+                    self.put_on_wire(t.source, t.destination, t.contents);
+                }
+                SfuOutput::Signal { to, message } => signals.push((to, message)),
+                SfuOutput::Removed {
+                    participant,
+                    reason,
+                } => {
+                    if let Some(c) = self.clients.iter_mut().find(|c| c.id == participant) {
+                        c.removed = Some(reason);
+                    }
+                }
+            }
+        }
+        for (to, message) in signals {
+            self.on_signal(to, message);
+        }
+    }
+
+    fn on_signal(&mut self, to: ParticipantId, message: ServerMessage) {
+        let Some(i) = self.clients.iter().position(|c| c.id == to) else {
+            return;
+        };
+        if self.clients[i].removed.is_some() {
+            self.clients[i].signals.push(message);
+            return;
+        }
+        let reply = match &message {
+            ServerMessage::Answer { sdp } => {
+                let c = &mut self.clients[i];
+                if let Some(pending) = c.pending.take() {
+                    let answer = SdpAnswer::from_sdp_string(sdp).expect("server answer parses");
+                    c.rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+                }
+                None
+            }
+            ServerMessage::Offer { sdp } => {
+                let c = &mut self.clients[i];
+                let offer = SdpOffer::from_sdp_string(sdp).expect("server offer parses");
+                let answer = c.rtc.sdp_api().accept_offer(offer).expect("offer accepted");
+                Some(answer.to_sdp_string())
+            }
+            _ => None,
+        };
+        self.clients[i].signals.push(message);
+        self.drain_client(i);
+        if let Some(answer) = reply {
+            let id = self.clients[i].id;
+            self.sfu
+                .handle_signal(self.now, id, SignalInput::Answer(answer))
+                .expect("answer accepted by server");
+            self.route_outputs();
+        }
+    }
+
+    fn drain_client(&mut self, i: usize) {
+        loop {
+            let c = &mut self.clients[i];
+            let out = match c.rtc.poll_output() {
+                Ok(o) => o,
+                Err(_) => return,
+            };
+            match out {
+                Output::Timeout(t) => {
+                    c.next_timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => {
+                    if c.mute_network {
+                        continue;
+                    }
+                    let (s, d) = (t.source, t.destination);
+                    self.put_on_wire(s, d, t.contents.into());
+                }
+                Output::Event(Event::RtpPacket(p)) => {
+                    let mid = c
+                        .rtc
+                        .direct_api()
+                        .stream_rx(&p.header.ssrc)
+                        .map(|s| s.mid());
+                    if let Some(mid) = mid {
+                        c.received.push(Received {
+                            mid,
+                            payload: p.payload.to_vec(),
+                            seq: p.header.sequence_number,
+                        });
+                    }
+                }
+                Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    /// Mids on which `client` receives `publisher`'s tracks of `kind`, from `track_added`s
+    /// not followed by `track_removed`.
+    pub fn mids_from(&self, client: usize, publisher: usize, kind: TrackKind) -> Vec<Mid> {
+        let pid = self.clients[publisher].id.to_string();
+        let mut mids = Vec::new();
+        for s in &self.clients[client].signals {
+            match s {
+                ServerMessage::TrackAdded {
+                    participant_id,
+                    mid,
+                    kind: k,
+                    ..
+                } if *participant_id == pid && *k == kind => mids.push(Mid::from(mid.as_str())),
+                ServerMessage::TrackRemoved { mid, .. } => {
+                    mids.retain(|m| m.to_string() != *mid);
+                }
+                _ => {}
+            }
+        }
+        mids
+    }
+
+    /// Payloads `client` received from `publisher`'s track of `kind`.
+    pub fn payloads_from(&self, client: usize, publisher: usize, kind: TrackKind) -> Vec<&[u8]> {
+        let mids = self.mids_from(client, publisher, kind);
+        self.clients[client]
+            .received
+            .iter()
+            .filter(|r| mids.contains(&r.mid))
+            .map(|r| r.payload.as_slice())
+            .collect()
+    }
+}

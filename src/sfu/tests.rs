@@ -1,0 +1,258 @@
+//! Core tests: real str0m peers and the SFU over the simulated network (see `sim`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use huizhen_signaling::protocol::{ServerMessage, TrackKind};
+use str0m::media::MediaKind;
+
+use super::sim::SimNet;
+use super::LeaveReason;
+
+const AV: &[MediaKind] = &[MediaKind::Audio, MediaKind::Video];
+
+/// A payload that names its sender and sequence and carries a checksum.
+fn payload(sender: usize, seq: u32, len: usize) -> Vec<u8> {
+    let mut p = vec![sender as u8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend((0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8));
+    let sum = p.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    p.push(sum);
+    p
+}
+
+fn intact(p: &[u8]) -> bool {
+    let (body, sum) = p.split_at(p.len() - 1);
+    body.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == sum[0]
+}
+
+/// Send `n` audio and `n` video packets from each of `senders`, 20 ms apart.
+fn send_media(net: &mut SimNet, senders: &[usize], n: u32) {
+    send_media_from(net, senders, 0, n)
+}
+
+/// Like [`send_media`], numbering payloads from `start`.
+fn send_media_from(net: &mut SimNet, senders: &[usize], start: u32, n: u32) {
+    for seq in start..start + n {
+        for &s in senders {
+            net.send_rtp(s, MediaKind::Audio, &payload(s, seq, 60), false);
+            net.send_rtp(s, MediaKind::Video, &payload(s, seq, 900), true);
+        }
+        net.run_for(Duration::from_millis(20));
+    }
+    net.run_for(Duration::from_millis(500));
+}
+
+fn seqs(payloads: &[&[u8]]) -> Vec<u32> {
+    let mut v: Vec<u32> = payloads
+        .iter()
+        .map(|p| u32::from_be_bytes(p[1..5].try_into().unwrap()))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn forwards_audio_and_video_between_two_participants() {
+    let mut net = SimNet::new(1);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    assert!(net.clients[a].rtc.is_connected() && net.clients[b].rtc.is_connected());
+    send_media(&mut net, &[a, b], 50);
+    for (rx, tx) in [(a, b), (b, a)] {
+        for kind in [TrackKind::Audio, TrackKind::Video] {
+            let got = net.payloads_from(rx, tx, kind);
+            assert!(got.iter().all(|p| intact(p) && p[0] == tx as u8), "corrupt payload");
+            let s = seqs(&got);
+            assert!(s.len() >= 48, "{rx} got {} {kind:?} packets from {tx}", s.len());
+        }
+    }
+    let m = net.sfu.metrics();
+    assert!(m.kind(true).packets_out.get() >= 96);
+    assert!(m.kind(false).packets_out.get() >= 96);
+    assert_eq!(m.kind(true).published.get(), 2);
+    assert_eq!(m.kind(true).subscribed.get(), 2);
+}
+
+#[test]
+fn late_joiner_gets_a_keyframe_request_sent_and_throttled() {
+    let mut net = SimNet::new(2);
+    let a = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    let before = net.clients[a].keyframe_requests;
+    // Three subscribers arrive together: one keyframe request reaches the publisher, not three.
+    let b = net.add_client("room", &[]);
+    let _c = net.add_client("room", &[]);
+    let _d = net.add_client("room", &[]);
+    net.run_for(Duration::from_millis(100));
+    let after = net.clients[a].keyframe_requests;
+    assert!(after > before, "publisher got no keyframe request on subscribe");
+    assert!(after - before <= 2, "throttle let {} requests through", after - before);
+    assert!(net.sfu.metrics().keyframe_requests_throttled.get() >= 1);
+    send_media(&mut net, &[a], 10);
+    assert!(seqs(&net.payloads_from(b, a, TrackKind::Video)).len() >= 9);
+}
+
+#[test]
+fn nack_recovers_lost_video_packets() {
+    let mut net = SimNet::new(3);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", &[]);
+    net.run_for(Duration::from_secs(1));
+    net.media_loss = 0.1;
+    for seq in 0..200 {
+        net.send_rtp(a, MediaKind::Video, &payload(a, seq, 900), true);
+        net.run_for(Duration::from_millis(10));
+    }
+    net.media_loss = 0.0;
+    net.run_for(Duration::from_secs(2));
+    assert!(net.lost > 10, "the simulated network dropped only {} packets", net.lost);
+    let got = seqs(&net.payloads_from(b, a, TrackKind::Video));
+    // Without retransmission about 19% would be missing (loss on both legs).
+    assert!(got.len() >= 196, "only {} of 200 video packets arrived", got.len());
+    let m = net.sfu.metrics();
+    assert!(m.nacks_received.get() > 0, "no NACK from the subscriber was counted");
+    assert!(m.nacks_sent.get() > 0, "no NACK to the publisher was counted");
+}
+
+#[test]
+fn leave_removes_tracks_from_everyone_and_frees_state() {
+    let mut net = SimNet::new(4);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    let c = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, b, c], 5);
+    assert_eq!(net.sfu.track_counts(), (6, 12));
+    let c_id = net.clients[c].id;
+    net.sfu.leave(net.now, c_id, LeaveReason::Left);
+    net.route_outputs();
+    net.run_for(Duration::from_millis(500));
+    for rx in [a, b] {
+        assert!(net.mids_from(rx, c, TrackKind::Video).is_empty());
+        assert!(net.mids_from(rx, c, TrackKind::Audio).is_empty());
+        assert!(net.clients[rx].signals.iter().any(|s| matches!(
+            s, ServerMessage::ParticipantLeft { participant_id } if *participant_id == c_id.to_string()
+        )));
+    }
+    assert_eq!(net.sfu.track_counts(), (4, 4));
+    send_media_from(&mut net, &[a, b], 100, 5);
+    assert!(seqs(&net.payloads_from(a, b, TrackKind::Video)).len() >= 9);
+    for id in [net.clients[a].id, net.clients[b].id] {
+        net.sfu.leave(net.now, id, LeaveReason::Left);
+    }
+    net.route_outputs();
+    assert_eq!(net.sfu.participant_count(), 0);
+    assert_eq!(net.sfu.room_count(), 0);
+    assert_eq!(net.sfu.demux_entries(), (0, 0));
+    assert_eq!(net.sfu.track_counts(), (0, 0));
+    let m = net.sfu.metrics();
+    assert_eq!(m.participants.get(), 0);
+    assert_eq!(m.rooms.get(), 0);
+    assert_eq!(m.kind(true).published.get(), 0);
+    assert_eq!(m.kind(true).subscribed.get(), 0);
+}
+
+#[test]
+fn silent_peer_is_removed_within_five_seconds() {
+    let mut net = SimNet::new(5);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    net.clients[b].mute_network = true;
+    let muted_at = net.now;
+    let b_id = net.clients[b].id.to_string();
+    let mut removed_after = None;
+    for _ in 0..100 {
+        net.run_for(Duration::from_millis(100));
+        let gone = net.clients[a].signals.iter().any(|s| {
+            matches!(s, ServerMessage::ParticipantLeft { participant_id } if *participant_id == b_id)
+        });
+        if gone {
+            removed_after = Some(net.now - muted_at);
+            break;
+        }
+    }
+    let after = removed_after.expect("silent participant never removed");
+    assert!(after <= Duration::from_secs(5), "removed after {after:?}");
+    assert!(net.mids_from(a, b, TrackKind::Video).is_empty());
+    assert_eq!(net.clients[b].removed, Some(LeaveReason::Timeout));
+    assert_eq!(net.sfu.participant_count(), 1);
+}
+
+#[test]
+fn garbage_datagrams_are_counted_and_do_not_disturb_the_room() {
+    let mut net = SimNet::new(6);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+    let b_addr = net.clients[b].addr;
+    let mut rng = super::sim::Rng::new(99);
+    for i in 0..500 {
+        let len = (rng.next_f64() * 1400.0) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| (rng.next_f64() * 256.0) as u8).collect();
+        // From nowhere, and spoofed as a real participant (SRTP auth must reject it).
+        net.inject(stranger, &bytes);
+        let mut rtp_like = bytes.clone();
+        if let Some(first) = rtp_like.first_mut() {
+            *first = 0x80 | (i as u8 & 0x3f);
+        }
+        net.inject(b_addr, &rtp_like);
+    }
+    let dropped: u64 = ["malformed", "unknown_source", "rejected"]
+        .iter()
+        .map(|r| net.sfu.metrics().dropped_packets.with_label_values(&[r]).get())
+        .sum();
+    assert!(dropped >= 500, "only {dropped} garbage datagrams counted");
+    assert_eq!(net.sfu.participant_count(), 2);
+    send_media(&mut net, &[a, b], 20);
+    assert!(seqs(&net.payloads_from(a, b, TrackKind::Video)).len() >= 19);
+    assert!(seqs(&net.payloads_from(b, a, TrackKind::Audio)).len() >= 19);
+}
+
+#[test]
+fn bad_sdp_and_candidates_get_typed_errors() {
+    use super::{SfuError, SignalInput};
+    let mut net = SimNet::new(7);
+    let a = net.add_client("room", AV);
+    let id = net.clients[a].id;
+    let now = net.now;
+    let err = net
+        .sfu
+        .handle_signal(now, id, SignalInput::Offer("v=0\r\nnonsense".into()))
+        .unwrap_err();
+    assert!(matches!(err, SfuError::InvalidSdp(_)), "{err:?}");
+    let err = net
+        .sfu
+        .handle_signal(now, id, SignalInput::Answer("v=0\r\n".into()))
+        .unwrap_err();
+    assert!(matches!(err, SfuError::InvalidSdp(_) | SfuError::NoPendingOffer), "{err:?}");
+    let err = net
+        .sfu
+        .handle_signal(now, id, SignalInput::Candidate("candidate:garbage".into()))
+        .unwrap_err();
+    assert!(matches!(err, SfuError::InvalidCandidate(_)), "{err:?}");
+    assert!(net
+        .sfu
+        .handle_signal(now, id, SignalInput::Candidate(String::new()))
+        .is_ok());
+    assert_eq!(net.sfu.participant_count(), 1);
+}
+
+#[test]
+fn room_limit_is_enforced() {
+    let mut config = super::sim::sim_config();
+    config.max_participants_per_room = 2;
+    let mut net = SimNet::with_config(8, config);
+    net.add_client("full", &[]);
+    net.add_client("full", &[]);
+    let now = net.now;
+    assert_eq!(
+        net.sfu.join(now, "full", "third"),
+        Err(super::SfuError::RoomFull(2))
+    );
+    assert!(net.sfu.join(now, "other", "third").is_ok());
+}
