@@ -347,6 +347,7 @@ impl Sfu {
             last_rx: now,
             next_timeout: now,
             stats: Default::default(),
+            dirty: false,
         }
     }
 
@@ -700,6 +701,7 @@ impl Sfu {
                 let mut batch = std::mem::take(&mut self.dirty);
                 for sub in batch.drain(..) {
                     if let Some(p) = self.participants.get_mut(&sub) {
+                        p.dirty = false;
                         if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                             warn!(participant = %sub, error = %e, "send failed");
                         }
@@ -910,7 +912,8 @@ impl Sfu {
             );
             kind_metrics.packets_out.inc();
             kind_metrics.bytes_out.inc_by(packet.payload.len() as u64);
-            if !self.dirty.contains(sub_id) {
+            if !s.dirty {
+                s.dirty = true;
                 self.dirty.push(*sub_id);
             }
         }
@@ -956,7 +959,8 @@ impl Sfu {
             .keyframe_requests_sent
             .with_label_values(&[keyframe_kind_label(kind)])
             .inc();
-        if !self.dirty.contains(&publisher) {
+        if !p.dirty {
+            p.dirty = true;
             self.dirty.push(publisher);
         }
     }

@@ -150,6 +150,8 @@ pub struct Participant {
     pub next_timeout: Instant,
     /// Stats bookkeeping.
     pub stats: StatsMemory,
+    /// Queued in the core's dirty list (has new output to drain).
+    pub dirty: bool,
 }
 
 impl Participant {

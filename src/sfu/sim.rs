@@ -300,6 +300,20 @@ impl SimNet {
         });
     }
 
+    /// Take every datagram in flight towards the server off the wire (benchmarks replay them).
+    pub fn take_datagrams_to_server(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut taken = Vec::new();
+        self.wire.retain_mut(|p| {
+            if p.destination == SERVER_ADDR {
+                taken.push((p.source, std::mem::take(&mut p.bytes)));
+                false
+            } else {
+                true
+            }
+        });
+        taken
+    }
+
     /// Inject raw bytes to the server from `source` (bad-input tests).
     pub fn inject(&mut self, source: SocketAddr, bytes: &[u8]) {
         self.sfu
