@@ -96,12 +96,34 @@ impl ServerHandle {
     }
 }
 
+/// Socket buffer asked for on the media UDP socket: bursts of keyframes from many publishers
+/// must queue in the kernel rather than be dropped while the media task is busy.
+const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
-    UdpSocket::bind(addr).await.map_err(|source| ServerError::Bind {
+    let socket = UdpSocket::bind(addr).await.map_err(|source| ServerError::Bind {
         what: "media UDP",
         addr,
         source,
-    })
+    })?;
+    let sock = socket2::SockRef::from(&socket);
+    for (what, result) in [
+        ("receive", sock.set_recv_buffer_size(UDP_BUFFER_BYTES)),
+        ("send", sock.set_send_buffer_size(UDP_BUFFER_BYTES)),
+    ] {
+        if let Err(e) = result {
+            warn!(error = %e, "cannot enlarge the media UDP {what} buffer");
+        }
+    }
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    if granted < UDP_BUFFER_BYTES {
+        info!(
+            granted,
+            wanted = UDP_BUFFER_BYTES,
+            "kernel capped the media UDP receive buffer (raise net.core.rmem_max for heavy load)"
+        );
+    }
+    Ok(socket)
 }
 
 async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {

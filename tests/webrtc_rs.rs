@@ -22,8 +22,12 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 const SIGNALING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long media is measured.
 const MEDIA_WINDOW: Duration = Duration::from_secs(3);
-/// Share of the packets sent in the window that every receiver must get.
+/// Share of the packets sent that every receiver must get.
 const MIN_DELIVERY: f64 = 0.8;
+/// Opus packet interval (50 packets/s).
+const OPUS_PTIME: Duration = Duration::from_millis(20);
+/// Time for the last packets sent to arrive.
+const DRAIN: Duration = Duration::from_millis(500);
 
 fn track_kind(kind: Kind) -> TrackKind {
     match kind {
@@ -35,7 +39,7 @@ fn track_kind(kind: Kind) -> TrackKind {
 /// `who` was announced exactly one audio and one video track of `publisher`.
 async fn expect_tracks_of(who: &RsPeer, publisher: &RsPeer) -> Vec<RemoteTrack> {
     let tracks = who
-        .wait_remote_tracks(&publisher.participant_id, 2, SIGNALING_TIMEOUT)
+        .wait_tracks_of(&publisher.participant_id, 2, SIGNALING_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     let mut kinds: Vec<TrackKind> = tracks.iter().map(|t| t.kind).collect();
@@ -62,7 +66,10 @@ async fn check_routing(receiver: &RsPeer, publishers: &[&RsPeer]) {
                 continue;
             }
             let publisher = by_index.get(&publisher).unwrap_or_else(|| {
-                panic!("{} received packets of unknown publisher {publisher}", receiver.name)
+                panic!(
+                    "{} received packets of unknown publisher {publisher}",
+                    receiver.name
+                )
             });
             let mid = mids.get(&track_id).unwrap_or_else(|| {
                 panic!(
@@ -94,6 +101,15 @@ async fn check_routing(receiver: &RsPeer, publishers: &[&RsPeer]) {
     }
 }
 
+/// The `m=` section of `sdp` with `a=mid:{mid}`, if any.
+fn media_section<'a>(sdp: &'a str, mid: &str) -> Option<&'a str> {
+    let needle = format!("a=mid:{mid}\r\n");
+    let needle_lf = format!("a=mid:{mid}\n");
+    sdp.split("m=")
+        .skip(1)
+        .find(|s| s.contains(&needle) || s.contains(&needle_lf))
+}
+
 /// Wait until every receiver has media of both kinds from every other publisher.
 async fn wait_media_flowing(peers: &[&RsPeer], min: usize) {
     for receiver in peers {
@@ -102,14 +118,17 @@ async fn wait_media_flowing(peers: &[&RsPeer], min: usize) {
                 receiver
                     .wait_received(publisher.index, min, SIGNALING_TIMEOUT)
                     .await
-                    .unwrap_or_else(|e| panic!("media from {} to {}: {e:#}", publisher.name, receiver.name));
+                    .unwrap_or_else(|e| {
+                        panic!("media from {} to {}: {e:#}", publisher.name, receiver.name)
+                    });
             }
         }
     }
 }
 
-/// Each receiver got at least `MIN_DELIVERY` of what each other publisher sent in the window.
-fn check_delivery(peers: &[&RsPeer], windows: &HashMap<u8, (Sent, Sent)>) {
+/// Each receiver got at least `MIN_DELIVERY` of the packets each other publisher sent between
+/// the two counter snapshots in `windows`.
+fn check_delivery(what: &str, peers: &[&RsPeer], windows: &HashMap<u8, (Sent, Sent)>) {
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for receiver in peers {
@@ -121,14 +140,12 @@ fn check_delivery(peers: &[&RsPeer], windows: &HashMap<u8, (Sent, Sent)>) {
             for kind in [Kind::Audio, Kind::Video] {
                 let sent = end.of(kind) - start.of(kind);
                 let got = receiver.received_in(publisher.index, kind, start.of(kind)..end.of(kind));
-                let total = receiver.received_from(publisher.index, kind);
                 let ratio = got as f64 / f64::from(sent.max(1));
                 let line = format!(
-                    "{} <- {} {kind:?}: {got}/{sent} in window ({:.1}%), {total}/{} overall",
+                    "{} <- {} {kind:?}: {got}/{sent} ({:.1}%)",
                     receiver.name,
                     publisher.name,
                     ratio * 100.0,
-                    end.of(kind)
                 );
                 if sent == 0 || ratio < MIN_DELIVERY {
                     failures.push(line.clone());
@@ -137,13 +154,17 @@ fn check_delivery(peers: &[&RsPeer], windows: &HashMap<u8, (Sent, Sent)>) {
             }
         }
     }
-    println!("delivery:\n  {}", report.join("\n  "));
+    println!("delivery ({what}):\n  {}", report.join("\n  "));
     assert!(
         failures.is_empty(),
-        "delivery below {:.0}%:\n  {}\n{}",
+        "delivery ({what}) below {:.0}%:\n  {}\n{}",
         MIN_DELIVERY * 100.0,
         failures.join("\n  "),
-        peers.iter().map(|p| p.diagnostics()).collect::<Vec<_>>().join("\n")
+        peers
+            .iter()
+            .map(|p| p.diagnostics())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -169,25 +190,36 @@ fn check_clean(peers: &[&RsPeer]) {
 /// Publish on all `peers` until media flows everywhere, then measure a `MEDIA_WINDOW` and
 /// check delivery. Returns the running publishers.
 async fn run_media(peers: &[&RsPeer]) -> Vec<(u8, common::rs_client::MediaHandle)> {
-    let handles: Vec<_> = peers.iter().map(|p| (p.index, p.start_media())).collect();
+    let handles: Vec<_> = peers
+        .iter()
+        .map(|p| (p.index, p.start_media(OPUS_PTIME)))
+        .collect();
     // Warm-up: subscriptions and the first key frames settle before the window opens.
     wait_media_flowing(peers, 5).await;
     let starts: HashMap<u8, Sent> = handles.iter().map(|(i, h)| (*i, h.sent())).collect();
     tokio::time::sleep(MEDIA_WINDOW).await;
     let ends: HashMap<u8, Sent> = handles.iter().map(|(i, h)| (*i, h.sent())).collect();
     // Let the window's last packets arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(DRAIN).await;
     let windows = starts
         .iter()
         .map(|(i, s)| (*i, (*s, ends[i])))
         .collect::<HashMap<_, _>>();
-    check_delivery(peers, &windows);
+    check_delivery(
+        &format!("{MEDIA_WINDOW:?} window after warm-up"),
+        peers,
+        &windows,
+    );
     handles
 }
 
 #[test]
 fn payload_marker_round_trip() {
-    for (kind, first) in [(Kind::Audio, false), (Kind::Video, true), (Kind::Video, false)] {
+    for (kind, first) in [
+        (Kind::Audio, false),
+        (Kind::Video, true),
+        (Kind::Video, false),
+    ] {
         let p = media::build_payload(3, kind, 77, first);
         let m = media::parse_payload(&p, kind).expect("valid payload");
         assert_eq!((m.publisher, m.kind, m.seq), (3, kind, 77));
@@ -199,7 +231,9 @@ fn payload_marker_round_trip() {
     let key = media::build_payload(0, Kind::Video, 0, true);
     assert_eq!(&key[..1], &[0x10]);
     assert_eq!(&key[4..7], &[0x9d, 0x01, 0x2a]);
-    assert!(media::parse_payload(&media::build_payload(1, Kind::Audio, 1, false), Kind::Video).is_err());
+    assert!(
+        media::parse_payload(&media::build_payload(1, Kind::Audio, 1, false), Kind::Video).is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,14 +250,17 @@ async fn two_clients() {
     let room = common::unique_room("rs-two");
 
     // One client trickles its candidates, the other puts them in the offer.
-    let alice = RsPeer::connect(http, &room, "alice", 0, CandidateMode::Trickle)
+    let alice = RsPeer::connect_with(http, &room, "alice", 0, CandidateMode::Trickle)
         .await
         .unwrap_or_else(|e| panic!("alice: {e:#}"));
-    let bob = RsPeer::connect(http, &room, "bob", 1, CandidateMode::InOffer)
+    let bob = RsPeer::connect_with(http, &room, "bob", 1, CandidateMode::InOffer)
         .await
         .unwrap_or_else(|e| panic!("bob: {e:#}"));
 
-    assert!(alice.joined_participants.is_empty(), "alice joined an empty room");
+    assert!(
+        alice.joined_participants.is_empty(),
+        "alice joined an empty room"
+    );
     assert_eq!(
         bob.joined_participants
             .iter()
@@ -245,9 +282,13 @@ async fn two_clients() {
 
     let peers = [&alice, &bob];
     let handles = run_media(&peers).await;
-    for (_, h) in handles {
-        h.stop().await;
+    // Then over the whole run, from each publisher's first packet.
+    let mut totals = HashMap::new();
+    for (index, h) in handles {
+        totals.insert(index, (Sent::default(), h.stop().await));
     }
+    tokio::time::sleep(DRAIN).await;
+    check_delivery("whole run", &peers, &totals);
     check_routing(&alice, &peers).await;
     check_routing(&bob, &peers).await;
     check_clean(&peers);
@@ -270,16 +311,20 @@ async fn three_clients() {
     let http = server.http_addr();
     let room = common::unique_room("rs-three");
 
-    let a = RsPeer::connect(http, &room, "amy", 0, CandidateMode::Trickle)
+    let a = RsPeer::connect_with(http, &room, "amy", 0, CandidateMode::Trickle)
         .await
         .unwrap_or_else(|e| panic!("amy: {e:#}"));
-    let b = RsPeer::connect(http, &room, "ben", 1, CandidateMode::InOffer)
+    let b = RsPeer::connect_with(http, &room, "ben", 1, CandidateMode::InOffer)
         .await
         .unwrap_or_else(|e| panic!("ben: {e:#}"));
-    let c = RsPeer::connect(http, &room, "cal", 2, CandidateMode::Trickle)
+    let c = RsPeer::connect_with(http, &room, "cal", 2, CandidateMode::Trickle)
         .await
         .unwrap_or_else(|e| panic!("cal: {e:#}"));
-    assert_eq!(c.joined_participants.len(), 2, "cal's joined lists amy and ben");
+    assert_eq!(
+        c.joined_participants.len(),
+        2,
+        "cal's joined lists amy and ben"
+    );
 
     let all = [&a, &b, &c];
     for receiver in all {
@@ -309,6 +354,7 @@ async fn three_clients() {
         .collect();
     let mut handles: HashMap<u8, _> = handles.into_iter().collect();
     handles.remove(&c.index).expect("cal's media").stop().await;
+    let answered_before: Vec<u32> = [&a, &b].iter().map(|p| p.offers_answered()).collect();
     let left_at = Instant::now();
     c.leave();
 
@@ -351,10 +397,30 @@ async fn three_clients() {
             );
         }
         assert!(
-            p.remote_tracks().values().all(|t| t.participant_id != c.participant_id),
+            p.remote_tracks()
+                .values()
+                .all(|t| t.participant_id != c.participant_id),
             "{name} still has tracks of cal: {:?}",
             p.remote_tracks()
         );
+    }
+    // The server renegotiates the removal: a new offer in which it no longer sends on cal's mids.
+    for ((p, (name, tracks)), before) in [&a, &b].into_iter().zip(&cal_tracks).zip(answered_before)
+    {
+        p.wait_offers_answered(before, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: no renegotiation after cal left: {e:#}"));
+        let sdp = p.last_remote_sdp();
+        for t in tracks {
+            let section = media_section(&sdp, &t.mid);
+            if let Some(section) = section {
+                assert!(
+                    !section.contains("a=sendonly") && !section.contains("a=sendrecv"),
+                    "{name}: after cal left the server still offers to send on mid {}:\n{sdp}",
+                    t.mid
+                );
+            }
+        }
     }
     let closed = c
         .wait_closed(Duration::from_secs(5))

@@ -86,7 +86,7 @@ pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetr
             event = events.recv() => {
                 let Some(message) = event else { break };
                 let bye = matches!(message, ServerMessage::Bye { .. });
-                if send(&mut sink, &message).await.is_err() || bye {
+                if send(&mut sink, &metrics, &message).await.is_err() || bye {
                     if bye {
                         session.participant = None;
                     }
@@ -106,7 +106,7 @@ pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetr
                 match next {
                     Next::Continue => {}
                     Next::Reply(message) => {
-                        if send(&mut sink, &message).await.is_err() {
+                        if send(&mut sink, &metrics, &message).await.is_err() {
                             break;
                         }
                     }
@@ -128,16 +128,20 @@ pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetr
     metrics.connections.dec();
 }
 
+/// Write one message; every error frame, whoever produced it, is counted here.
 async fn send(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    metrics: &SignalingMetrics,
     message: &ServerMessage,
 ) -> Result<(), axum::Error> {
+    if let ServerMessage::Error { code, .. } = message {
+        metrics.errors.with_label_values(&[code.as_str()]).inc();
+    }
     sink.send(Message::Text(Utf8Bytes::from(message.to_json()))).await
 }
 
 impl Session {
     fn error(&self, code: ErrorCode, message: String) -> ServerMessage {
-        self.metrics.errors.with_label_values(&[code.as_str()]).inc();
         debug!(code = code.as_str(), "signaling error");
         ServerMessage::error(code, message)
     }

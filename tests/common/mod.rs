@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use huizhen_signaling::protocol::{ClientMessage, ParticipantInfo, ServerMessage, PROTOCOL_VERSION};
+use huizhen_signaling::protocol::{
+    ClientMessage, ParticipantInfo, ServerMessage, PROTOCOL_VERSION,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -51,10 +53,11 @@ pub fn unique_room(prefix: &str) -> String {
 /// Open a WebSocket to `ws://{http_addr}/ws`.
 pub async fn connect_ws(http_addr: SocketAddr) -> Ws {
     let url = format!("ws://{http_addr}/ws");
-    let (ws, _response) = tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(&url))
-        .await
-        .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
-        .unwrap_or_else(|e| panic!("connecting to {url} failed: {e}"));
+    let (ws, _response) =
+        tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(&url))
+            .await
+            .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+            .unwrap_or_else(|e| panic!("connecting to {url} failed: {e}"));
     ws
 }
 

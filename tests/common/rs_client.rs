@@ -36,9 +36,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
     SettingEngineBuilder,
 };
-use webrtc::rtp_transceiver::{
-    RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender,
-};
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
 use super::media::{self, Kind};
 use super::rtc_shim;
@@ -133,7 +131,9 @@ impl PeerConnectionEventHandler for Handler {
         Box::pin(async move {
             match event.candidate.to_json() {
                 Ok(init) => {
-                    let _ = self.candidates.send(CandidateEvent::Candidate(init.candidate));
+                    let _ = self
+                        .candidates
+                        .send(CandidateEvent::Candidate(init.candidate));
                 }
                 Err(e) => eprintln!("[{}] cannot serialize local candidate: {e}", self.name),
             }
@@ -203,7 +203,11 @@ async fn read_track(track: Arc<dyn TrackRemote>, rx: Arc<Mutex<HashMap<String, T
         stats.packets += 1;
         match verdict {
             Ok(marker) => {
-                stats.seqs.entry(marker.publisher).or_default().insert(marker.seq);
+                stats
+                    .seqs
+                    .entry(marker.publisher)
+                    .or_default()
+                    .insert(marker.seq);
             }
             Err(e) => {
                 stats.corrupt += 1;
@@ -319,7 +323,12 @@ async fn build_peer_connection(handler: Handler) -> anyhow::Result<Arc<dyn PeerC
         .with_multicast_dns_mode(rtc_shim::mdns_disabled(
             SettingEngineBuilder::with_multicast_dns_mode,
         ))
-        .with_network_types(rtc_shim::udp4_only(SettingEngineBuilder::with_network_types))
+        // Filters local *and* remote candidates: the server's ICE-TCP candidate is ignored.
+        .with_network_types(rtc_shim::udp4_only(
+            SettingEngineBuilder::with_network_types,
+        ))
+        // Not read by webrtc-rs 0.21 (host candidates come from the bound sockets, see
+        // `with_udp_addrs` below); set for versions that filter loopback again.
         .with_include_loopback_candidate(true)
         .build();
 
@@ -391,9 +400,19 @@ async fn negotiated_payload_type(sender: &Arc<dyn RtpSender>, mime: &str) -> any
 }
 
 impl RsPeer {
-    /// Join `room` and complete the initial negotiation (offer with two sendonly tracks →
-    /// answer → ICE + DTLS connected).
+    /// [`RsPeer::connect_with`] trickling candidates.
     pub async fn connect(
+        http_addr: SocketAddr,
+        room: &str,
+        name: &str,
+        index: u8,
+    ) -> anyhow::Result<RsPeer> {
+        RsPeer::connect_with(http_addr, room, name, index, CandidateMode::Trickle).await
+    }
+
+    /// Join `room` and complete the initial negotiation (offer with two sendonly tracks →
+    /// answer → ICE + DTLS connected). `index` is carried in every payload this peer sends.
+    pub async fn connect_with(
         http_addr: SocketAddr,
         room: &str,
         name: &str,
@@ -532,9 +551,11 @@ impl RsPeer {
             trickle,
         };
 
-        peer.wait_until("the answer to the first offer is applied", NEGOTIATION_TIMEOUT, |s| {
-            s.initial_answer_applied
-        })
+        peer.wait_until(
+            "the answer to the first offer is applied",
+            NEGOTIATION_TIMEOUT,
+            |s| s.initial_answer_applied,
+        )
         .await?;
         let mut connection = peer.connection.clone();
         let state = *tokio::time::timeout(
@@ -584,7 +605,13 @@ impl RsPeer {
 
     /// Every server message received so far.
     pub fn messages(&self) -> Vec<ServerMessage> {
-        self.shared.lock().unwrap().log.iter().map(|(_, m)| m.clone()).collect()
+        self.shared
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     /// Remote tracks currently announced, by mid.
@@ -600,6 +627,21 @@ impl RsPeer {
     /// Server offers answered so far.
     pub fn offers_answered(&self) -> u32 {
         self.shared.lock().unwrap().offers_answered
+    }
+
+    /// The last SDP the server sent (offer or answer).
+    pub fn last_remote_sdp(&self) -> String {
+        self.shared.lock().unwrap().last_remote_sdp.clone()
+    }
+
+    /// Wait until more than `count` server offers have been answered.
+    pub async fn wait_offers_answered(&self, count: u32, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_until(
+            &format!("more than {count} answered offers"),
+            timeout,
+            |s| s.offers_answered > count,
+        )
+        .await
     }
 
     /// Client-side failures plus any `error` the server sent.
@@ -674,19 +716,41 @@ impl RsPeer {
                 }
                 if !s.failures.is_empty() {
                     drop(s);
-                    bail!("[{}] failed while waiting for {what}: {}", self.name, self.diagnostics());
+                    bail!(
+                        "[{}] failed while waiting for {what}: {}",
+                        self.name,
+                        self.diagnostics()
+                    );
                 }
             }
             if Instant::now() >= deadline {
-                bail!("[{}] timed out after {timeout:?} waiting for {what}: {}", self.name, self.diagnostics());
+                bail!(
+                    "[{}] timed out after {timeout:?} waiting for {what}: {}",
+                    self.name,
+                    self.diagnostics()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Wait until the server announced `count` tracks of `participant_id` and the offer that
-    /// carries them is answered.
+    /// Wait until the server announced `count` remote tracks (of anyone) and answered at least
+    /// one server offer.
     pub async fn wait_remote_tracks(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<RemoteTrack>> {
+        self.wait_until(&format!("{count} remote tracks"), timeout, |s| {
+            s.tracks.len() >= count && s.offers_answered > 0
+        })
+        .await?;
+        Ok(self.remote_tracks().into_values().collect())
+    }
+
+    /// Wait until the server announced `count` tracks of `participant_id` and answered at
+    /// least one server offer.
+    pub async fn wait_tracks_of(
         &self,
         participant_id: &str,
         count: usize,
@@ -696,7 +760,11 @@ impl RsPeer {
             &format!("{count} tracks of {participant_id}"),
             timeout,
             |s| {
-                s.tracks.values().filter(|t| t.participant_id == participant_id).count() >= count
+                s.tracks
+                    .values()
+                    .filter(|t| t.participant_id == participant_id)
+                    .count()
+                    >= count
                     && s.offers_answered > 0
             },
         )
@@ -755,6 +823,11 @@ impl RsPeer {
             .sum()
     }
 
+    /// RTP packets received so far, over all tracks (valid or not, duplicates included).
+    pub fn received_total(&self) -> u64 {
+        self.rx.lock().unwrap().values().map(|t| t.packets).sum()
+    }
+
     /// Packets that failed payload verification, over all tracks.
     pub fn corrupt_packets(&self) -> u64 {
         self.rx.lock().unwrap().values().map(|t| t.corrupt).sum()
@@ -804,14 +877,20 @@ impl RsPeer {
         map
     }
 
-    /// Start publishing: Opus every 20 ms, VP8 at 30 frames/s of 3 packets, until stopped.
-    pub fn start_media(&self) -> MediaHandle {
+    /// Start publishing until stopped: one Opus packet every `audio_interval` (20 ms is the
+    /// usual Opus frame, 50 packets/s) and VP8 at 30 frames/s of 3 packets each.
+    pub fn start_media(&self, audio_interval: Duration) -> MediaHandle {
         let stop = Arc::new(AtomicBool::new(false));
         let counters: Arc<[AtomicU32; 2]> = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
         let mut tasks = Vec::new();
         for t in &self.local {
             let (pt, interval, packets_per_tick, ts_step) = match t.kind {
-                Kind::Audio => (self.audio_pt, Duration::from_millis(20), 1u32, 960u32),
+                Kind::Audio => (
+                    self.audio_pt,
+                    audio_interval,
+                    1u32,
+                    (audio_interval.as_micros() * 48 / 1000) as u32,
+                ),
                 Kind::Video => (self.video_pt, Duration::from_micros(33_333), 3, 3000),
             };
             let track = Arc::clone(&t.track);
@@ -839,7 +918,8 @@ impl RsPeer {
                             Kind::Audio => seq == 0,
                             Kind::Video => i + 1 == packets_per_tick,
                         };
-                        packet.payload = Bytes::from(media::build_payload(publisher, kind, seq, i == 0));
+                        packet.payload =
+                            Bytes::from(media::build_payload(publisher, kind, seq, i == 0));
                         track
                             .write_rtp(packet)
                             .await
@@ -888,6 +968,23 @@ fn check_loopback_only(sdp: &str) -> anyhow::Result<()> {
     for line in sdp.lines().filter(|l| l.starts_with("a=candidate:")) {
         if !candidate_is_loopback_udp(&line[2..]) {
             bail!("non-loopback candidate in local SDP: {line}");
+        }
+    }
+    Ok(())
+}
+
+/// The server's SDP may only announce 127.0.0.1 host candidates (UDP or ICE-TCP) in these
+/// loopback tests.
+fn check_remote_candidates(sdp: &str) -> anyhow::Result<()> {
+    for line in sdp.lines().filter(|l| l.starts_with("a=candidate:")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let loopback = fields.len() >= 8
+            && fields[4]
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            && fields[7] == "host";
+        if !loopback {
+            bail!("non-loopback candidate: {line}");
         }
     }
     Ok(())
@@ -962,6 +1059,9 @@ async fn signaling_task(
                 match msg {
                     ServerMessage::Answer { sdp } => {
                         shared.lock().unwrap().last_remote_sdp = sdp.clone();
+                        if let Err(e) = check_remote_candidates(&sdp) {
+                            fail(format!("server answer: {e}"));
+                        }
                         let result = async {
                             pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await
                         }
@@ -976,6 +1076,9 @@ async fn signaling_task(
                             fail("server sent an offer before answering our first offer".into());
                         }
                         shared.lock().unwrap().last_remote_sdp = sdp.clone();
+                        if let Err(e) = check_remote_candidates(&sdp) {
+                            fail(format!("server offer: {e}"));
+                        }
                         match answer_offer(&pc, sdp).await {
                             Ok(answer) => {
                                 shared.lock().unwrap().last_local_sdp = answer.clone();
@@ -1042,4 +1145,3 @@ async fn send_msg_checked(
     let json = serde_json::to_string(msg).expect("ClientMessage serializes");
     ws.send(Message::text(json)).await
 }
-

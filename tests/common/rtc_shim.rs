@@ -38,7 +38,11 @@ pub fn default_arg2_of4<A, B: Default, C, D, R>(_f: fn(A, B, C, D) -> R) -> B {
 /// future renumbering.
 pub fn udp4_only<S, T: From<u8> + Display>(_with_network_types: fn(S, Vec<T>) -> S) -> Vec<T> {
     let udp4 = T::from(1);
-    assert_eq!(udp4.to_string(), "udp4", "webrtc-rs NetworkType numbering changed");
+    assert_eq!(
+        udp4.to_string(),
+        "udp4",
+        "webrtc-rs NetworkType numbering changed"
+    );
     vec![udp4]
 }
 
@@ -54,16 +58,31 @@ pub fn udp4_only<S, T: From<u8> + Display>(_with_network_types: fn(S, Vec<T>) ->
 pub fn mdns_disabled<S, M: Copy + Debug + Default + PartialEq>(
     _with_multicast_dns_mode: fn(S, M) -> S,
 ) -> M {
-    assert_eq!(std::mem::size_of::<M>(), 1, "MulticastDnsMode layout changed");
+    assert_eq!(
+        std::mem::size_of::<M>(),
+        1,
+        "MulticastDnsMode layout changed"
+    );
     let default = M::default();
-    assert_eq!(format!("{default:?}"), "QueryOnly", "MulticastDnsMode default changed");
+    assert_eq!(
+        format!("{default:?}"),
+        "QueryOnly",
+        "MulticastDnsMode default changed"
+    );
     // SAFETY: reading the byte of a valid one-byte value is always sound.
     let default_tag: u8 = unsafe { std::mem::transmute_copy(&default) };
-    assert_eq!(default_tag, 1, "MulticastDnsMode is not tagged by its discriminant");
+    assert_eq!(
+        default_tag, 1,
+        "MulticastDnsMode is not tagged by its discriminant"
+    );
     // SAFETY: `M` is a one-byte field-less enum tagged by its declared discriminant (checked
     // above: the second variant is stored as 1), so 0 is the tag of its first variant.
     let disabled: M = unsafe { std::mem::transmute_copy(&0u8) };
-    assert_eq!(format!("{disabled:?}"), "Disabled", "MulticastDnsMode variants changed");
+    assert_eq!(
+        format!("{disabled:?}"),
+        "Disabled",
+        "MulticastDnsMode variants changed"
+    );
     assert!(disabled != default);
     disabled
 }

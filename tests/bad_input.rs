@@ -1,0 +1,188 @@
+//! Bad input over real sockets: malformed signaling frames, invalid SDP, a second join, and
+//! random bytes on the media ports. Each must get a typed error or be dropped and counted,
+//! while the server keeps serving and the room's other participants keep their media.
+
+mod common;
+
+use std::time::Duration;
+
+use common::rs_client::RsPeer;
+use common::*;
+use huizhen_signaling::protocol::{ErrorCode, ServerMessage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sum of a metric's samples whose line starts with `prefix`.
+fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+async fn expect_error(ws: &mut Ws, code: ErrorCode) -> String {
+    match recv_msg(ws).await {
+        ServerMessage::Error { code: got, message } => {
+            assert_eq!(got, code, "error code (message: {message})");
+            assert!(!message.is_empty());
+            message
+        }
+        other => panic!("expected error {code:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_signaling_gets_typed_errors_and_the_socket_survives() {
+    init_tracing();
+    let server = start_server().await;
+    let mut ws = connect_ws(server.http_addr()).await;
+
+    send_text(&mut ws, "{this is not json").await;
+    expect_error(&mut ws, ErrorCode::BadJson).await;
+    send_text(&mut ws, "[1,2,3]").await;
+    expect_error(&mut ws, ErrorCode::BadJson).await;
+    send_text(&mut ws, r#"{"no_type":true}"#).await;
+    expect_error(&mut ws, ErrorCode::BadJson).await;
+    send_text(&mut ws, r#"{"type":"teleport","to":"mars"}"#).await;
+    expect_error(&mut ws, ErrorCode::UnknownType).await;
+    send_text(&mut ws, r#"{"type":"offer","sdp":"v=0"}"#).await;
+    expect_error(&mut ws, ErrorCode::NotJoined).await;
+    send_text(&mut ws, r#"{"type":"join","v":99,"room":"r","display_name":"x"}"#).await;
+    expect_error(&mut ws, ErrorCode::UnsupportedVersion).await;
+    send_text(&mut ws, r#"{"type":"join","v":1,"room":42}"#).await;
+    expect_error(&mut ws, ErrorCode::InvalidMessage).await;
+
+    let room = unique_room("bad");
+    join(&mut ws, &room, "patient").await;
+    send_msg(&mut ws, &join_msg(&room, "again")).await;
+    expect_error(&mut ws, ErrorCode::AlreadyJoined).await;
+    send_text(&mut ws, r#"{"type":"offer","sdp":"this is not sdp"}"#).await;
+    let message = expect_error(&mut ws, ErrorCode::InvalidSdp).await;
+    assert!(!message.contains("PointerOffset"), "internal detail leaked: {message}");
+    send_text(&mut ws, r#"{"type":"answer","sdp":"v=0\r\n"}"#).await;
+    let reply = recv_msg(&mut ws).await;
+    assert!(
+        matches!(reply, ServerMessage::Error { code: ErrorCode::InvalidSdp | ErrorCode::NoPendingOffer, .. }),
+        "{reply:?}"
+    );
+    send_text(&mut ws, r#"{"type":"candidate","candidate":"candidate:nonsense"}"#).await;
+    expect_error(&mut ws, ErrorCode::InvalidCandidate).await;
+    let huge = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "x".repeat(300 * 1024));
+    send_text(&mut ws, huge).await;
+    expect_error(&mut ws, ErrorCode::BadJson).await;
+
+    // Still alive and joined.
+    send_text(&mut ws, r#"{"type":"ping"}"#).await;
+    assert_eq!(recv_msg(&mut ws).await, ServerMessage::Pong {});
+    let metrics = server.render_metrics();
+    assert!(metric_sum(&metrics, "huizhen_signaling_errors_total") >= 12.0);
+    assert!(metric_sum(&metrics, "huizhen_signaling_errors_total{code=\"invalid_sdp\"}") >= 1.0);
+    assert_eq!(metric_sum(&metrics, "huizhen_sfu_participants"), 1.0);
+
+    send_text(&mut ws, r#"{"type":"leave"}"#).await;
+    let (bye, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { .. })).await;
+    assert_eq!(bye, ServerMessage::Bye { reason: "left".into() });
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_media_ports_is_counted_and_the_room_keeps_its_media() {
+    init_tracing();
+    let server = start_server().await;
+    let room = unique_room("garbage");
+    let a = RsPeer::connect(server.http_addr(), &room, "a", 0).await.expect("peer a");
+    let b = RsPeer::connect(server.http_addr(), &room, "b", 1).await.expect("peer b");
+    a.wait_remote_tracks(2, Duration::from_secs(20)).await.expect("a sees b's tracks");
+    b.wait_remote_tracks(2, Duration::from_secs(20)).await.expect("b sees a's tracks");
+    let media_a = a.start_media(Duration::from_millis(20));
+    let media_b = b.start_media(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_a = a.received_total();
+    let before_b = b.received_total();
+
+    // Random datagrams from a stranger, and shaped like STUN/DTLS/RTP by their first byte.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut seed = 0x1234_5678_u32;
+    for i in 0..2_000u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let len = (seed % 1200) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|j| (seed >> (j % 24)) as u8 ^ j as u8).collect();
+        if let Some(first) = bytes.first_mut() {
+            *first = [0u8, 1, 23, 128, 200, 255][(i % 6) as usize];
+        }
+        let _ = udp.send_to(&bytes, server.udp_addr()).await;
+        if i % 100 == 99 {
+            // Paced, so the kernel's socket buffer does not drop what the test wants counted.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Garbage on ICE-TCP: a frame of junk, then a truncated frame and a hang-up.
+    let tcp_addr = server.tcp_addr().expect("ICE-TCP enabled");
+    let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+    tcp.write_all(&[0, 5, 1, 2, 3, 4, 5, 0xff, 0xff, 9]).await.unwrap();
+    drop(tcp);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_a = a.received_total();
+    let after_b = b.received_total();
+    assert!(after_a > before_a + 50, "a's media stalled: {before_a} -> {after_a}");
+    assert!(after_b > before_b + 50, "b's media stalled: {before_b} -> {after_b}");
+    let metrics = server.render_metrics();
+    let dropped = metric_sum(&metrics, "huizhen_sfu_dropped_packets_total");
+    assert!(dropped >= 1_500.0, "only {dropped} garbage datagrams counted:\n{metrics}");
+    assert_eq!(metric_sum(&metrics, "huizhen_sfu_participants"), 2.0);
+    let (status, _) = http_get(server.http_addr(), "/healthz").await;
+    assert_eq!(status, 200);
+    media_a.stop().await;
+    media_b.stop().await;
+    a.close().await;
+    b.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_client_pages_are_served() {
+    let server = start_server().await;
+    let addr = server.http_addr();
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let (status, page) = http_get(addr, "/room/consult-1").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("/static/room.js"));
+    assert_eq!(http_get(addr, "/static/room.js").await.0, 200);
+    assert_eq!(http_get(addr, "/static/../Cargo.toml").await.0, 404);
+    let (status, metrics) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "huizhen_sfu_rooms",
+        "huizhen_sfu_participants",
+        "huizhen_sfu_published_tracks",
+        "huizhen_sfu_rtp_packets_received_total",
+        "huizhen_sfu_rtp_bytes_sent_total",
+        "huizhen_sfu_nacks_received_total",
+        "huizhen_sfu_keyframe_requests_sent_total",
+        "huizhen_sfu_dropped_packets_total",
+        "huizhen_sfu_forward_latency_seconds_bucket",
+        "huizhen_signaling_connections",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    server.shutdown().await;
+}
