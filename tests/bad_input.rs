@@ -184,5 +184,21 @@ async fn health_metrics_and_client_pages_are_served() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    // Every metric the shipped Grafana dashboard charts must exist.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let mut charted = 0;
+    for (i, _) in dashboard.match_indices("huizhen_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(metrics.contains(&name), "dashboard charts {name}, which /metrics lacks");
+        charted += 1;
+    }
+    assert!(charted >= 15, "dashboard references only {charted} metrics");
     server.shutdown().await;
 }

@@ -188,6 +188,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for pre-registering metric label values.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadJson,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidMessage,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::NotJoined,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::InvalidSdp,
+        ErrorCode::InvalidCandidate,
+        ErrorCode::NoPendingOffer,
+        ErrorCode::RoomFull,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
     /// The wire name, also used as the `code` label of the error metric.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -45,6 +45,12 @@ impl SignalingMetrics {
         registry.register(Box::new(connections.clone())).expect("metric");
         registry.register(Box::new(messages.clone())).expect("metric");
         registry.register(Box::new(errors.clone())).expect("metric");
+        for code in ErrorCode::ALL {
+            errors.with_label_values(&[code.as_str()]);
+        }
+        for kind in ["join", "offer", "answer", "candidate", "leave", "ping", "invalid"] {
+            messages.with_label_values(&[kind]);
+        }
         SignalingMetrics {
             connections,
             messages,

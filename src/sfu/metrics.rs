@@ -253,6 +253,16 @@ impl SfuMetrics {
         ] {
             metrics.dropped_packets.with_label_values(&[reason.label()]);
         }
+        for reason in super::LeaveReason::ALL {
+            metrics.leaves.with_label_values(&[reason.as_str()]);
+        }
+        for reason in ["room_full", "server_full"] {
+            metrics.joins_refused.with_label_values(&[reason]);
+        }
+        for proto in ["udp", "tcp"] {
+            metrics.datagrams_sent.with_label_values(&[proto]);
+            metrics.datagrams_received.with_label_values(&[proto]);
+        }
         for kind in ["pli", "fir"] {
             metrics.keyframe_requests_sent.with_label_values(&[kind]);
             metrics.keyframe_requests_received.with_label_values(&[kind]);

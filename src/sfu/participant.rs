@@ -98,6 +98,16 @@ pub enum LeaveReason {
 }
 
 impl LeaveReason {
+    /// Every reason, for pre-registering metric label values.
+    pub const ALL: [LeaveReason; 6] = [
+        LeaveReason::Left,
+        LeaveReason::SignalingClosed,
+        LeaveReason::Timeout,
+        LeaveReason::ConnectTimeout,
+        LeaveReason::Disconnected,
+        LeaveReason::Shutdown,
+    ];
+
     /// Label for the leaves metric and the `bye` reason.
     pub fn as_str(self) -> &'static str {
         match self {
