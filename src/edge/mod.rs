@@ -232,7 +232,7 @@ async fn run(
             _ = shutdown.changed() => break,
         }
         let now = Instant::now();
-        if edge.sfu.poll_timeout().is_some_and(|t| t <= now) {
+        if now >= wake || edge.sfu.poll_timeout().is_some_and(|t| t <= now) {
             edge.sfu.handle_timeout(now);
         }
         edge.flush();

@@ -19,7 +19,8 @@ pub mod keyframe;
 pub mod metrics;
 mod participant;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -193,7 +194,17 @@ pub struct Sfu {
     /// Reused buffers so the forwarding path does not allocate per packet.
     deferred: Vec<(ParticipantId, Deferred)>,
     dirty: Vec<ParticipantId>,
+    /// Participants' str0m wake-up times; entries are lazily invalidated (see `poll_timeout`).
+    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    /// Some participant's subscriptions or negotiation state changed: look for offers to send.
+    renegotiate: bool,
+    /// Next liveness sweep (`None` until the first `handle_timeout`).
+    next_sweep: Option<Instant>,
 }
+
+/// How often silent or never-connected participants are looked for. With the 4 s default peer
+/// timeout this removes a dead peer within 4.25 s.
+const LIVENESS_SWEEP: Duration = Duration::from_millis(250);
 
 impl Sfu {
     /// A core with no participants.
@@ -211,6 +222,9 @@ impl Sfu {
             next_room: 1,
             deferred: Vec::new(),
             dirty: Vec::new(),
+            timers: BinaryHeap::new(),
+            next_sweep: None,
+            renegotiate: false,
         }
     }
 
@@ -266,6 +280,7 @@ impl Sfu {
         self.next_participant += 1;
         let participant = self.new_participant(now, id, room_key, display_name);
         self.demux.insert_ufrag(participant.ufrag.clone(), id);
+        self.timers.push(Reverse((participant.next_timeout, id)));
         self.participants.insert(id, participant);
         if members.is_empty() {
             self.room_members.insert(room_key, Room { members: vec![] });
@@ -403,6 +418,7 @@ impl Sfu {
         if let Some(p) = self.participants.get_mut(&id) {
             p.tracks_out.extend(wanted);
         }
+        self.renegotiate = true;
     }
 
     /// Handle signaling from a joined participant.
@@ -438,6 +454,7 @@ impl Sfu {
             .accept_offer(offer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         p.negotiated_once = true;
+        self.renegotiate = true;
         self.signal(id, ServerMessage::Answer { sdp: answer.to_sdp_string() });
         self.drain_and_settle(now, id, None);
         Ok(())
@@ -472,6 +489,7 @@ impl Sfu {
         }
         p.tracks_out
             .retain(|t| !matches!(t.state, TrackOutState::NegotiatingStop(_)));
+        self.renegotiate = true;
         for (publisher, mid, kind) in opened {
             if kind == MediaKind::Video {
                 // A new subscriber needs a keyframe to start decoding.
@@ -547,6 +565,7 @@ impl Sfu {
 
     /// Stop forwarding `track` of `publisher` to `subscriber`, telling the subscriber.
     fn unsubscribe(&mut self, subscriber: ParticipantId, publisher: ParticipantId, track: TrackId) {
+        self.renegotiate = true;
         let Some(s) = self.participants.get_mut(&subscriber) else {
             return;
         };
@@ -630,47 +649,77 @@ impl Sfu {
         self.demux.forget_source(Protocol::Tcp, source);
     }
 
-    /// Advance time: str0m timers, liveness checks.
+    /// Advance time: str0m timers (from the timer heap) and the periodic liveness sweep.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        let mut due = Vec::new();
-        for p in self.participants.values() {
-            if p.connected && now.saturating_duration_since(p.last_rx) > self.config.peer_timeout {
-                expired.push((p.id, LeaveReason::Timeout));
-            } else if !p.connected
-                && now.saturating_duration_since(p.joined_at) > self.config.connect_timeout
-            {
-                expired.push((p.id, LeaveReason::ConnectTimeout));
-            } else if p.next_timeout <= now {
-                due.push(p.id);
+        if self.next_sweep.is_none_or(|t| now >= t) {
+            self.next_sweep = Some(now + LIVENESS_SWEEP);
+            self.sweep_liveness(now);
+        }
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
             }
-        }
-        for (id, reason) in expired {
-            self.leave(now, id, reason);
-        }
-        for id in due {
-            if let Some(p) = self.participants.get_mut(&id) {
-                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
-                    warn!(participant = %id, error = %e, "timeout handling failed");
-                }
+            self.timers.pop();
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            if p.next_timeout != at {
+                continue; // Superseded by a later entry.
+            }
+            if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                warn!(participant = %id, error = %e, "timeout handling failed");
             }
             self.drain_and_settle(now, id, None);
         }
+        if self.timers.len() > 64 + 4 * self.participants.len() {
+            self.timers = self
+                .participants
+                .values()
+                .map(|p| Reverse((p.next_timeout, p.id)))
+                .collect();
+        }
     }
 
-    /// The earliest time [`Sfu::handle_timeout`] has work to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.participants
+    /// Remove participants that went silent or never connected.
+    fn sweep_liveness(&mut self, now: Instant) {
+        let expired: Vec<_> = self
+            .participants
             .values()
-            .map(|p| {
-                let liveness = if p.connected {
-                    p.last_rx + self.config.peer_timeout
+            .filter_map(|p| {
+                if p.connected && now.saturating_duration_since(p.last_rx) > self.config.peer_timeout {
+                    Some((p.id, LeaveReason::Timeout))
+                } else if !p.connected
+                    && now.saturating_duration_since(p.joined_at) > self.config.connect_timeout
+                {
+                    Some((p.id, LeaveReason::ConnectTimeout))
                 } else {
-                    p.joined_at + self.config.connect_timeout
-                };
-                p.next_timeout.min(liveness + Duration::from_millis(1))
+                    None
+                }
             })
-            .min()
+            .collect();
+        for (id, reason) in expired {
+            self.leave(now, id, reason);
+        }
+    }
+
+    /// The earliest time [`Sfu::handle_timeout`] has work to do; `None` with no participants.
+    ///
+    /// Amortised O(log n): stale heap entries are discarded here.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.participants.is_empty() {
+            return None;
+        }
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            match self.participants.get(&id) {
+                Some(p) if p.next_timeout == at => {
+                    return Some(self.next_sweep.map_or(at, |sweep| at.min(sweep)));
+                }
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        self.next_sweep
     }
 
     /// Next thing for the driver to do.
@@ -715,7 +764,9 @@ impl Sfu {
             }
             break;
         }
-        self.negotiate_all();
+        if std::mem::take(&mut self.renegotiate) {
+            self.negotiate_all();
+        }
     }
 
     fn apply_deferred(&mut self, now: Instant, id: ParticipantId, deferred: Deferred) {
@@ -744,7 +795,10 @@ impl Sfu {
             };
             match output {
                 Output::Timeout(t) => {
-                    p.next_timeout = t;
+                    if p.next_timeout != t {
+                        p.next_timeout = t;
+                        self.timers.push(Reverse((t, id)));
+                    }
                     return;
                 }
                 Output::Transmit(t) => {
@@ -786,6 +840,7 @@ impl Sfu {
         let room = p.room;
         p.tracks_in.push(track);
         self.metrics.kind(kind == MediaKind::Video).published.inc();
+        self.renegotiate = true;
         debug!(participant = %id, track = %track_id, ?kind, "track published");
         let members = self.members_except(room, id);
         for m in members {
