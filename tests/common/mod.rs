@@ -7,7 +7,6 @@
 
 pub mod media;
 pub mod rs_client;
-pub mod rtc_shim;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -12,20 +12,25 @@
 //! disabled (no multicast socket). webrtc-rs has no UPnP.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use async_trait::async_trait;
 use bytes::Bytes;
 use huizhen_signaling::protocol::{ClientMessage, ParticipantInfo, ServerMessage, TrackKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -39,7 +44,6 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
 use super::media::{self, Kind};
-use super::rtc_shim;
 use super::{connect_ws, join, Ws};
 
 /// How the client delivers its ICE candidates.
@@ -107,8 +111,6 @@ enum CandidateEvent {
     Complete,
 }
 
-type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
 struct Handler {
     name: String,
     candidates: mpsc::UnboundedSender<CandidateEvent>,
@@ -117,71 +119,34 @@ struct Handler {
     rx: Arc<Mutex<HashMap<String, TrackRx>>>,
 }
 
-// `PeerConnectionEventHandler` is declared with `#[async_trait]`; this package does not depend
-// on the `async-trait` crate, so the methods are written in the form that macro expands to.
+#[async_trait]
 impl PeerConnectionEventHandler for Handler {
-    fn on_ice_candidate<'life0, 'async_trait>(
-        &'life0 self,
-        event: RTCPeerConnectionIceEvent,
-    ) -> BoxFuture<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            match event.candidate.to_json() {
-                Ok(init) => {
-                    let _ = self
-                        .candidates
-                        .send(CandidateEvent::Candidate(init.candidate));
-                }
-                Err(e) => eprintln!("[{}] cannot serialize local candidate: {e}", self.name),
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let _ = self
+                    .candidates
+                    .send(CandidateEvent::Candidate(init.candidate));
             }
-        })
+            Err(e) => eprintln!("[{}] cannot serialize local candidate: {e}", self.name),
+        }
     }
 
-    fn on_ice_gathering_state_change<'life0, 'async_trait>(
-        &'life0 self,
-        state: RTCIceGatheringState,
-    ) -> BoxFuture<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            if state == RTCIceGatheringState::Complete {
-                let _ = self.candidates.send(CandidateEvent::Complete);
-            }
-            self.gathering.send_replace(state);
-        })
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.candidates.send(CandidateEvent::Complete);
+        }
+        self.gathering.send_replace(state);
     }
 
-    fn on_connection_state_change<'life0, 'async_trait>(
-        &'life0 self,
-        state: RTCPeerConnectionState,
-    ) -> BoxFuture<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.connection.send_replace(state);
-        })
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.connection.send_replace(state);
     }
 
-    fn on_track<'life0, 'async_trait>(
-        &'life0 self,
-        track: Arc<dyn TrackRemote>,
-    ) -> BoxFuture<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            // Runs on the connection's driver task: hand the track to a reader task at once.
-            let rx = Arc::clone(&self.rx);
-            tokio::spawn(read_track(track, rx));
-        })
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // Runs on the connection's driver task: hand the track to a reader task at once.
+        let rx = Arc::clone(&self.rx);
+        tokio::spawn(read_track(track, rx));
     }
 }
 
@@ -315,18 +280,16 @@ async fn build_peer_connection(handler: Handler) -> anyhow::Result<Arc<dyn PeerC
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
     // The defaults register the sdes:mid header extension for video only; offer it for audio
     // too so the server can tag every forwarded stream with its mid.
-    let mut mid_ext = rtc_shim::default_arg2_of4(MediaEngine::register_header_extension);
-    mid_ext.uri = "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned();
-    media_engine.register_header_extension(mid_ext, "audio".into(), None)?;
+    let mid_ext = RTCRtpHeaderExtensionCapability {
+        uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned(),
+    };
+    media_engine.register_header_extension(mid_ext, RtpCodecKind::Audio, None)?;
 
     let setting_engine = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(rtc_shim::mdns_disabled(
-            SettingEngineBuilder::with_multicast_dns_mode,
-        ))
+        // No mDNS: nothing binds 0.0.0.0:5353 or joins the multicast group.
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         // Filters local *and* remote candidates: the server's ICE-TCP candidate is ignored.
-        .with_network_types(rtc_shim::udp4_only(
-            SettingEngineBuilder::with_network_types,
-        ))
+        .with_network_types(vec![NetworkType::Udp4])
         // Not read by webrtc-rs 0.21 (host candidates come from the bound sockets, see
         // `with_udp_addrs` below); set for versions that filter loopback again.
         .with_include_loopback_candidate(true)
@@ -352,9 +315,7 @@ async fn build_peer_connection(handler: Handler) -> anyhow::Result<Arc<dyn PeerC
 
 /// A sendonly local track with a fixed SSRC and one codec.
 fn local_track(name: &str, kind: Kind, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
-    let mut codings = rtc_shim::default_arg5_of5(MediaStreamTrack::new);
-    codings.push(Default::default());
-    let coding = &mut codings[0];
+    let mut coding = RTCRtpEncodingParameters::default();
     coding.rtp_coding_parameters.ssrc = Some(ssrc);
     match kind {
         Kind::Audio => {
@@ -372,8 +333,11 @@ fn local_track(name: &str, kind: Kind, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
         format!("{name}-stream"),
         format!("{name}-{}", kind.as_str()),
         format!("{name} {}", kind.as_str()),
-        kind.as_str().into(),
-        codings,
+        match kind {
+            Kind::Audio => RtpCodecKind::Audio,
+            Kind::Video => RtpCodecKind::Video,
+        },
+        vec![coding],
     );
     Arc::new(TrackLocalStaticRTP::new(track))
 }
@@ -907,8 +871,7 @@ impl RsPeer {
                 while !stop.load(Ordering::SeqCst) {
                     ticker.tick().await;
                     for i in 0..packets_per_tick {
-                        // `rtp::Packet`, obtained by inference (see `rtc_shim`).
-                        let mut packet = rtc_shim::default_arg1(TrackRemoteEvent::OnRtpPacket);
+                        let mut packet = rtp::Packet::default();
                         packet.header.version = 2;
                         packet.header.payload_type = pt;
                         packet.header.sequence_number = rtp_seq;
