@@ -65,11 +65,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, media: MediaHandl
     });
     let mut reader = BufReader::new(read_half);
     let mut buf = vec![0u8; MAX_FRAME];
-    loop {
-        let len = match reader.read_u16().await {
-            Ok(len) => usize::from(len),
-            Err(_) => break,
-        };
+    while let Ok(len) = reader.read_u16().await {
+        let len = usize::from(len);
         if reader.read_exact(&mut buf[..len]).await.is_err() {
             break;
         }
