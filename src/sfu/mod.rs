@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use huizhen_signaling::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackKind};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -941,12 +942,14 @@ impl Sfu {
             };
             let pt_out = match t.pt_map {
                 Some((pin, pout)) if pin == pt => pout,
-                _ => match s.rtc.codec_config().match_params(params) {
+                _ => match negotiated_pt(&s.rtc, out_mid, params) {
                     Some(local) => {
-                        t.pt_map = Some((pt, local.pt()));
-                        local.pt()
+                        t.pt_map = Some((pt, local));
+                        local
                     }
                     None => {
+                        // The subscriber cannot decode the publisher's codec (an SFU does not
+                        // transcode): counted, and the subscriber's other tracks carry on.
                         self.metrics.drop_packet(DropReason::NotWritable);
                         continue;
                     }
@@ -1090,6 +1093,14 @@ fn sdp_error(e: impl fmt::Display) -> SfuError {
         .filter(|l| !l.is_empty() && !l.contains("PointerOffset"))
         .collect();
     SfuError::InvalidSdp(detail.join("; "))
+}
+
+/// The subscriber-side payload type for `params`, if the subscriber accepted that codec on
+/// `mid` in its answer.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, params: PayloadParams) -> Option<Pt> {
+    let local = rtc.codec_config().match_params(params)?.pt();
+    let media = rtc.media(mid)?;
+    media.remote_pts().contains(&local).then_some(local)
 }
 
 fn needs_negotiation(p: &Participant) -> bool {

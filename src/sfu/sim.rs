@@ -141,13 +141,36 @@ impl SimNet {
 
     /// Join `room`, publish the given kinds, and run until negotiated. Returns the index.
     pub fn add_client(&mut self, room: &str, publish: &[MediaKind]) -> usize {
+        self.add_client_with_codec(room, publish, Some(Codec::Vp8))
+    }
+
+    /// Like [`SimNet::add_client`], with `video_codec` as the client's only video codec
+    /// (`None`: str0m's default codec set).
+    pub fn add_client_with_codec(
+        &mut self,
+        room: &str,
+        publish: &[MediaKind],
+        video_codec: Option<Codec>,
+    ) -> usize {
         let index = self.clients.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
         let id = self
             .sfu
             .join(self.now, room, &format!("client-{index}"))
             .expect("join accepted");
-        let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
+        let builder = Rtc::builder().set_rtp_mode(true);
+        let builder = match video_codec {
+            None => builder,
+            Some(codec) => {
+                let b = builder.clear_codecs().enable_opus(true, false);
+                match codec {
+                    Codec::H264 => b.enable_h264(true),
+                    Codec::Vp9 => b.enable_vp9(true),
+                    _ => b.enable_vp8(true),
+                }
+            }
+        };
+        let mut rtc = builder.build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
         let mut change = rtc.sdp_api();
         let mut publish_mids = Vec::new();
@@ -184,15 +207,17 @@ impl SimNet {
 
     /// Payload type the client uses for `kind`.
     pub fn pt(&self, client: usize, kind: MediaKind) -> Pt {
-        let codec = if kind == MediaKind::Audio {
-            Codec::Opus
-        } else {
-            Codec::Vp8
-        };
         self.clients[client]
             .rtc
             .codec_config()
-            .find(|p| p.spec().codec == codec)
+            .find(|p| {
+                let codec = p.spec().codec;
+                if kind == MediaKind::Audio {
+                    codec == Codec::Opus
+                } else {
+                    codec.is_video()
+                }
+            })
             .expect("codec configured")
             .pt()
     }

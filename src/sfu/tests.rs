@@ -256,3 +256,39 @@ fn room_limit_is_enforced() {
     );
     assert!(net.sfu.join(now, "other", "third").is_ok());
 }
+
+#[test]
+fn forwards_h264_and_vp9() {
+    use str0m::format::Codec;
+    for codec in [Codec::H264, Codec::Vp9] {
+        let mut net = SimNet::new(9);
+        let a = net.add_client_with_codec("room", AV, Some(codec));
+        let b = net.add_client_with_codec("room", &[], None);
+        net.run_for(Duration::from_secs(1));
+        send_media(&mut net, &[a], 30);
+        let got = net.payloads_from(b, a, TrackKind::Video);
+        assert!(got.iter().all(|p| intact(p)));
+        assert!(seqs(&got).len() >= 29, "{codec:?}: {} packets", seqs(&got).len());
+    }
+}
+
+#[test]
+fn subscriber_without_the_publishers_codec_is_skipped_not_broken() {
+    use str0m::format::Codec;
+    let mut net = SimNet::new(10);
+    let a = net.add_client_with_codec("room", AV, Some(Codec::H264));
+    let b = net.add_client_with_codec("room", AV, Some(Codec::Vp8));
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, b], 20);
+    // Audio (Opus) flows both ways; H.264 cannot reach a VP8-only subscriber and is counted.
+    assert!(seqs(&net.payloads_from(b, a, TrackKind::Audio)).len() >= 19);
+    assert!(seqs(&net.payloads_from(a, b, TrackKind::Audio)).len() >= 19);
+    assert!(net.payloads_from(b, a, TrackKind::Video).is_empty());
+    let not_writable = net
+        .sfu
+        .metrics()
+        .dropped_packets
+        .with_label_values(&["not_writable"])
+        .get();
+    assert!(not_writable >= 19, "{not_writable}");
+}
