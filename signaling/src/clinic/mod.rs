@@ -301,6 +301,34 @@ struct ClinicState {
     recent_lengths_ms: VecDeque<u64>,
 }
 
+/// A clinic with its live waiting room, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClinicRecord {
+    /// The clinic.
+    pub clinic: Clinic,
+    /// Its waiting room.
+    pub queue: WaitingRoom,
+    /// Its open consultation.
+    pub active: Option<ConsultationId>,
+    /// Lengths of its recent consultations (wait estimates).
+    pub recent_lengths_ms: Vec<u64>,
+}
+
+/// Everything the engine knows, in plain records: what the store persists and restores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    /// Clinics and their queues.
+    pub clinics: Vec<ClinicRecord>,
+    /// Appointments.
+    pub appointments: Vec<Appointment>,
+    /// Consultations (all, including ended ones).
+    pub consultations: Vec<Consultation>,
+    /// Outstanding invitations.
+    pub invitations: Vec<Invitation>,
+    /// Id counter, so restored engines never reuse an id.
+    pub next_id: u64,
+}
+
 /// How many recent consultation lengths feed the wait estimate.
 const RECENT_LENGTHS: usize = 5;
 
@@ -329,6 +357,68 @@ impl ClinicEngine {
             events: VecDeque::new(),
             next_id: 1,
         }
+    }
+
+    /// Plain records of the whole state.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            clinics: self
+                .clinics
+                .values()
+                .map(|s| ClinicRecord {
+                    clinic: s.clinic.clone(),
+                    queue: s.queue.clone(),
+                    active: s.active.clone(),
+                    recent_lengths_ms: s.recent_lengths_ms.iter().copied().collect(),
+                })
+                .collect(),
+            appointments: self.appointments.values().cloned().collect(),
+            consultations: self.consultations.values().cloned().collect(),
+            invitations: self.invitations.values().cloned().collect(),
+            next_id: self.next_id,
+        }
+    }
+
+    /// Rebuild after a restart at `now`. Nobody is connected any more, so everyone waiting or
+    /// seated starts their reconnect grace period now and keeps their place if they return.
+    pub fn from_snapshot(settings: ClinicSettings, snapshot: EngineSnapshot, now: Millis) -> ClinicEngine {
+        let mut engine = ClinicEngine::new(settings);
+        engine.next_id = snapshot.next_id.max(1);
+        for record in snapshot.clinics {
+            let mut queue = record.queue;
+            let patients: Vec<UserId> = queue.ordered().iter().map(|e| e.patient.clone()).collect();
+            for p in patients {
+                if let Some(e) = queue.get_mut(&p) {
+                    e.disconnected_since.get_or_insert(now);
+                }
+            }
+            engine.clinics.insert(
+                record.clinic.id.clone(),
+                ClinicState {
+                    clinic: record.clinic,
+                    queue,
+                    doctor_connected: false,
+                    away: false,
+                    active: record.active,
+                    recent_lengths_ms: record.recent_lengths_ms.into_iter().collect(),
+                },
+            );
+        }
+        for a in snapshot.appointments {
+            engine.appointments.insert(a.id.clone(), a);
+        }
+        for mut c in snapshot.consultations {
+            if c.state != ConsultationState::Ended {
+                for seat in &mut c.seats {
+                    seat.disconnected_since.get_or_insert(now);
+                }
+            }
+            engine.consultations.insert(c.id.clone(), c);
+        }
+        for i in snapshot.invitations {
+            engine.invitations.insert(i.id.clone(), i);
+        }
+        engine
     }
 
     /// Settings in force.

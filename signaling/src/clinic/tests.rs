@@ -385,3 +385,30 @@ fn state_survives_a_serde_round_trip() {
         w.engine.patient_view(Millis(NINE), &"b".into())
     );
 }
+
+#[test]
+fn snapshot_restore_keeps_places_for_the_grace_period() {
+    let mut w = World::new();
+    w.book("a", NINE);
+    w.book("b", NINE);
+    w.check_in(NINE - 10 * MIN, "a");
+    w.check_in(NINE - 9 * MIN, "b");
+    let doctor = w.doctor.clone();
+    let first = w.engine.invite(Millis(NINE - MIN), &doctor, &"cardio".into(), None).unwrap();
+    w.engine.cancel_invitation(&doctor, &first.id).unwrap();
+    let restart = NINE;
+    let mut restored = ClinicEngine::from_snapshot(ClinicSettings::default(), w.engine.snapshot(), Millis(restart));
+    assert_eq!(restored.snapshot().appointments, w.engine.snapshot().appointments);
+    // b reconnects in time and keeps place 2; a never comes back and is dropped after grace.
+    let view = restored
+        .check_in(Millis(restart + 60_000), &patient("b"), &"appt-b".into())
+        .unwrap();
+    assert_eq!(view.position, Some(2));
+    restored.handle_timeout(Millis(restart + 120_000));
+    assert_eq!(restored.patient_view(Millis(restart + 120_001), &"b".into()).unwrap().position, Some(1));
+    assert!(restored.patient_view(Millis(restart + 120_001), &"a".into()).is_none());
+    // Ids are never reused after a restart.
+    let after = restored.invite(Millis(restart + 130_000), &doctor, &"cardio".into(), None).unwrap();
+    assert_ne!(after.id, first.id);
+    assert_ne!(after.consultation, first.consultation);
+}
