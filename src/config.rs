@@ -50,6 +50,118 @@ pub struct Config {
     pub media: MediaConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Signaling settings.
+    pub signaling: SignalingConfig,
+    /// Clinic (waiting room, invitations) settings.
+    pub clinic: ClinicConfig,
+    /// Identity tokens.
+    pub auth: crate::auth::AuthConfig,
+    /// REST admin API.
+    pub api: ApiConfig,
+    /// Where state lives.
+    pub storage: StorageConfig,
+    /// Webhooks to the hospital's system.
+    pub webhook: crate::webhook::WebhookConfig,
+}
+
+/// Signaling settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// Allow `join` by room name without a clinic consultation (development, open meetings).
+    pub open_rooms: bool,
+    /// Base URL printed in links (`http(s)://host:port`); derived from `http.listen` if unset.
+    pub public_url: Option<String>,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            open_rooms: true,
+            public_url: None,
+        }
+    }
+}
+
+/// Clinic settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClinicConfig {
+    /// Check-in opens this many minutes before the slot.
+    pub checkin_window_minutes: u64,
+    /// A dropped patient keeps their place and seat this many seconds.
+    pub grace_seconds: u64,
+    /// Unanswered invitations lapse after this many seconds.
+    pub invite_timeout_seconds: u64,
+    /// Most admitted participants per consultation.
+    pub max_participants: usize,
+    /// `slot_then_arrival` or `arrival`.
+    pub queue_order: huizhen_signaling::clinic::QueueOrder,
+    /// Seed a demo clinic and print doctor/patient links at start (development).
+    pub seed_demo: bool,
+}
+
+impl Default for ClinicConfig {
+    fn default() -> Self {
+        ClinicConfig {
+            checkin_window_minutes: 30,
+            grace_seconds: 120,
+            invite_timeout_seconds: 60,
+            max_participants: 12,
+            queue_order: huizhen_signaling::clinic::QueueOrder::SlotThenArrival,
+            seed_demo: true,
+        }
+    }
+}
+
+impl ClinicConfig {
+    /// Engine settings.
+    pub fn settings(&self) -> huizhen_signaling::clinic::ClinicSettings {
+        huizhen_signaling::clinic::ClinicSettings {
+            checkin_window_ms: self.checkin_window_minutes * 60_000,
+            grace_ms: self.grace_seconds * 1000,
+            invite_timeout_ms: self.invite_timeout_seconds * 1000,
+            max_participants: self.max_participants,
+            queue_order: self.queue_order,
+            ..Default::default()
+        }
+    }
+}
+
+/// REST admin API settings.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// API key (`Authorization: Bearer <key>`). Unset: generated once and kept in the data
+    /// directory (development).
+    pub key: Option<String>,
+    /// File holding the API key (preferred over `key`).
+    pub key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("key_file", &self.key_file)
+            .finish()
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory for the SQLite database (`huizhen.db`) and generated development secrets.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("huizhen-data"),
+        }
+    }
 }
 
 /// HTTP server settings.
@@ -182,7 +294,14 @@ impl Config {
                 announce: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
                 ..MediaConfig::default()
             },
-            log: LogConfig::default(),
+            storage: StorageConfig {
+                data_dir: std::env::temp_dir().join(format!(
+                    "huizhen-test-{}-{:08x}",
+                    std::process::id(),
+                    rand::random::<u32>()
+                )),
+            },
+            ..Config::default()
         }
     }
 
@@ -237,6 +356,45 @@ impl Config {
         if m.tcp_queue_frames == 0 {
             return invalid("media.tcp_queue_frames", "must be at least 1");
         }
+        let c = &self.clinic;
+        if !(1..=24 * 60).contains(&c.checkin_window_minutes) {
+            return invalid("clinic.checkin_window_minutes", "must be within 1..=1440");
+        }
+        if !(5..=3600).contains(&c.grace_seconds) {
+            return invalid("clinic.grace_seconds", "must be within 5..=3600");
+        }
+        if !(5..=600).contains(&c.invite_timeout_seconds) {
+            return invalid("clinic.invite_timeout_seconds", "must be within 5..=600");
+        }
+        if !(2..=m.max_participants_per_room).contains(&c.max_participants) {
+            return invalid(
+                "clinic.max_participants",
+                "must be at least 2 and at most media.max_participants_per_room",
+            );
+        }
+        if let Some(url) = &self.signaling.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid("signaling.public_url", "must start with http:// or https://");
+            }
+        }
+        if let Some(key) = &self.api.key {
+            if key.len() < 16 {
+                return invalid("api.key", "must be at least 16 characters");
+            }
+        }
+        self.auth.validate().map_err(|e| ConfigError::Invalid {
+            field: e.field(),
+            message: e.to_string(),
+        })?;
+        self.webhook.validate().map_err(|e| match e {
+            crate::webhook::WebhookError::Config { field, message } => {
+                ConfigError::Invalid { field, message }
+            }
+            other => ConfigError::Invalid {
+                field: "webhook",
+                message: other.to_string(),
+            },
+        })?;
         Ok(())
     }
 }

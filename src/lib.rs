@@ -10,3 +10,8 @@ pub mod http;
 pub mod redact;
 pub mod server;
 pub mod telemetry;
+pub mod audit;
+pub mod auth;
+pub mod store;
+pub mod webhook;
+pub mod clinic;

@@ -17,7 +17,14 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::edge::{self, LocalAddress, MediaHandle, MediaTask};
+use crate::auth::{AuthConfig, TokenMinter, TokenVerifier};
+use crate::clinic::ClinicParts;
+use crate::http::api::ApiState;
+use crate::http::ws::SessionDeps;
 use crate::http::{self, ws::SignalingMetrics, AppState};
+use crate::store::Store;
+use crate::webhook::Webhooks;
+use huizhen_signaling::clinic::ClinicEngine;
 use crate::sfu::{Sfu, SfuConfig, SfuMetrics};
 use crate::telemetry::Metrics;
 
@@ -40,6 +47,32 @@ pub enum ServerError {
     /// TLS certificate or key unusable.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The database could not be opened or read.
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Token keys could not be loaded.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// A secret file could not be read.
+    #[error("cannot read {path}: {source}")]
+    SecretFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Webhooks could not start.
+    #[error("webhooks: {0}")]
+    Webhook(#[from] crate::webhook::WebhookError),
+}
+
+/// What development mode generated, for printing at start.
+#[derive(Debug, Clone)]
+pub struct DevInfo {
+    /// Demo links (doctor, patient, companion).
+    pub links: crate::clinic::dev::DemoLinks,
+    /// The API key, when it was generated rather than configured.
+    pub generated_api_key: Option<String>,
 }
 
 /// A running server.
@@ -53,6 +86,9 @@ pub struct ServerHandle {
     tasks: Vec<JoinHandle<()>>,
     media: MediaHandle,
     metrics: Metrics,
+    dev: Option<DevInfo>,
+    minter: Arc<TokenMinter>,
+    api_key: String,
 }
 
 impl ServerHandle {
@@ -79,6 +115,18 @@ impl ServerHandle {
     /// Current metrics in Prometheus text format.
     pub fn render_metrics(&self) -> String {
         self.metrics.render()
+    }
+    /// Development mode's demo links and generated key.
+    pub fn dev_info(&self) -> Option<&DevInfo> {
+        self.dev.as_ref()
+    }
+    /// Mints tokens with the server's key (tests, the CLI, expert links).
+    pub fn minter(&self) -> &TokenMinter {
+        &self.minter
+    }
+    /// The REST API key in force.
+    pub fn api_key(&self) -> &str {
+        &self.api_key
     }
 
     /// Stop: refuse new sessions, tell every participant `bye`, then end all tasks.
@@ -158,6 +206,15 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             source,
         })?;
 
+    let store = open_store(&config)?;
+    let (auth, generated_secret) = resolve_auth(&config, &store)?;
+    let (api_key, generated_api_key) = resolve_api_key(&config, &store)?;
+    let verifier = Arc::new(TokenVerifier::new(&auth)?);
+    let minter = Arc::new(TokenMinter::new(&auth)?);
+    if generated_secret {
+        warn!("auth: no token key configured; using a generated development secret (tokens from a hospital system will not verify)");
+    }
+
     let sfu_config = sfu_config(&config, udp_addr, tcp_addr);
     let sfu = Sfu::new(sfu_config, sfu_metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -174,13 +231,51 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             shutdown_rx.clone(),
         )));
     }
+    let webhooks = Webhooks::spawn(config.webhook.clone(), &metrics.component("webhook"), shutdown_rx.clone())?;
+    let now = crate::clinic::now_ms();
+    let snapshot = tokio::task::block_in_place(|| store.load_snapshot())?;
+    let mut engine = ClinicEngine::from_snapshot(config.clinic.settings(), snapshot, now);
+    let base_url = public_url(&config, http_addr);
+    let dev = if config.clinic.seed_demo {
+        let appointment = crate::clinic::dev::seed(&mut engine, now);
+        let links = crate::clinic::dev::links(&minter, &base_url, now.0 / 1000, &appointment)
+            .map_err(|e| ServerError::Tls(format!("cannot mint demo tokens: {e}")))?;
+        Some(DevInfo {
+            links,
+            generated_api_key: generated_api_key.then(|| api_key.clone()),
+        })
+    } else {
+        None
+    };
+    let (clinic, clinic_task) = crate::clinic::spawn(
+        ClinicParts {
+            engine,
+            store: store.clone(),
+            minter: minter.clone(),
+            media: media.clone(),
+            webhooks,
+            registry: metrics.component("clinic"),
+        },
+        shutdown_rx.clone(),
+    );
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
-        media: media.clone(),
+        session: SessionDeps {
+            media: media.clone(),
+            clinic: clinic.clone(),
+            verifier,
+            metrics: signaling,
+            open_rooms: config.signaling.open_rooms,
+        },
         metrics: metrics.clone(),
-        signaling,
         connections: Arc::new(Semaphore::new(config.http.max_connections)),
         draining: draining.clone(),
+        api: ApiState {
+            clinic,
+            minter: minter.clone(),
+            key: api_key.clone(),
+            store: store.clone(),
+        },
     };
     let app = http::router(state);
     let tls = config.http.tls_cert.is_some();
@@ -198,6 +293,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     };
     // The media task stops last so that sessions still get their `bye`.
     tasks.insert(0, http_task);
+    tasks.push(clinic_task);
     tasks.push(media_task);
     info!(%http_addr, %udp_addr, tcp = ?tcp_addr, tls, "huizhen listening");
     Ok(ServerHandle {
@@ -210,7 +306,74 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         tasks,
         media,
         metrics,
+        dev,
+        minter,
+        api_key,
     })
+}
+
+fn open_store(config: &Config) -> Result<Store, ServerError> {
+    let path = config.storage.data_dir.join("huizhen.db");
+    Ok(Store::open(&path)?)
+}
+
+/// The auth config in force: in development (no key configured) a secret generated once and
+/// kept in the database, so printed links survive restarts. Returns whether it was generated.
+pub fn resolve_auth(config: &Config, store: &Store) -> Result<(AuthConfig, bool), ServerError> {
+    let mut auth = config.auth.clone();
+    if !auth.is_dev_mode() {
+        return Ok((auth, false));
+    }
+    let secret = match store.get_meta(DEV_SECRET_KEY)? {
+        Some(secret) => secret,
+        None => {
+            let secret = crate::auth::generate_dev_secret();
+            store.set_meta(DEV_SECRET_KEY, &secret)?;
+            secret
+        }
+    };
+    auth.hs256_secret = Some(secret);
+    Ok((auth, true))
+}
+
+/// The API key: configured, from a file, or generated once and kept in the database.
+fn resolve_api_key(config: &Config, store: &Store) -> Result<(String, bool), ServerError> {
+    if let Some(path) = &config.api.key_file {
+        let key = std::fs::read_to_string(path).map_err(|source| ServerError::SecretFile {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok((key.trim_end_matches(['\r', '\n']).to_owned(), false));
+    }
+    if let Some(key) = &config.api.key {
+        return Ok((key.clone(), false));
+    }
+    let key = match store.get_meta(DEV_API_KEY)? {
+        Some(key) => key,
+        None => {
+            let key = crate::auth::generate_dev_secret();
+            store.set_meta(DEV_API_KEY, &key)?;
+            key
+        }
+    };
+    Ok((key, true))
+}
+
+const DEV_SECRET_KEY: &str = "dev_hs256_secret";
+const DEV_API_KEY: &str = "dev_api_key";
+
+/// Base URL for printed links.
+fn public_url(config: &Config, http: SocketAddr) -> String {
+    if let Some(url) = &config.signaling.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
+    let host = if http.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), http.port())
+    } else {
+        http
+    };
+    format!("{scheme}://{host}")
 }
 
 fn sfu_config(config: &Config, udp: SocketAddr, tcp: Option<SocketAddr>) -> SfuConfig {

@@ -28,6 +28,11 @@ fn serve_prints_links_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--tcp-listen",
             "127.0.0.1:0",
+            "--data-dir",
+            std::env::temp_dir()
+                .join(format!("huizhen-cli-serve-{}", std::process::id()))
+                .to_str()
+                .unwrap(),
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

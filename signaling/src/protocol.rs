@@ -65,6 +65,82 @@ pub enum ClientMessage {
     Leave {},
     /// Keep-alive; answered with [`ServerMessage::Pong`].
     Ping {},
+
+    // ----- clinic (protocol v1, clinic additions) -----
+    /// Identify with a signed token; needed before any clinic message.
+    Auth {
+        /// The JWT issued by the hospital system (or `huizhen token` in development).
+        token: String,
+    },
+    /// Patient: enter the waiting room of an appointment (again after a refresh: same place).
+    CheckIn {
+        /// The appointment id.
+        appointment: String,
+    },
+    /// Patient: leave the waiting room.
+    LeaveQueue {},
+    /// Doctor: mark yourself away (or back).
+    SetAway {
+        /// The clinic.
+        clinic: String,
+        /// Away or available.
+        away: bool,
+    },
+    /// Doctor: call the next patient, or a chosen one.
+    Invite {
+        /// The clinic.
+        clinic: String,
+        /// A patient's user id; the next in line if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient: Option<String>,
+    },
+    /// Doctor: withdraw an unanswered invitation.
+    CancelInvitation {
+        /// The invitation.
+        invitation: String,
+    },
+    /// Doctor: move a waiting patient to the front.
+    MoveUp {
+        /// The clinic.
+        clinic: String,
+        /// The patient's user id.
+        patient: String,
+    },
+    /// Patient: answer the ringing invitation.
+    AcceptInvitation {
+        /// The invitation.
+        invitation: String,
+    },
+    /// Patient: decline the ringing invitation.
+    DeclineInvitation {
+        /// The invitation.
+        invitation: String,
+    },
+    /// Enter a consultation's call (doctor, expert, companion, observer; patient on rejoin).
+    JoinConsultation {
+        /// The consultation.
+        consultation: String,
+    },
+    /// Doctor: admit a waiting companion.
+    Admit {
+        /// The consultation.
+        consultation: String,
+        /// The companion's user id.
+        user: String,
+    },
+    /// Doctor: create a one-time link for a remote expert.
+    InviteExpert {
+        /// The consultation.
+        consultation: String,
+        /// Name shown for the expert.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display_name: Option<String>,
+    },
+    /// Doctor: end the consultation; the room closes for everyone.
+    EndConsultation {
+        /// The consultation.
+        consultation: String,
+    },
 }
 
 /// A participant as other participants see it. Never carries anything but the display name.
@@ -155,6 +231,117 @@ pub enum ServerMessage {
     },
     /// Answer to `ping`.
     Pong {},
+
+    // ----- clinic -----
+    /// The token was accepted.
+    Authenticated {
+        /// User id from the token.
+        user_id: String,
+        /// Display name from the token.
+        display_name: String,
+        /// Role from the token.
+        role: String,
+        /// Clinics the token grants.
+        clinics: Vec<String>,
+        /// Consultations where this user still holds a seat (reconnect within the grace period).
+        seats: Vec<String>,
+    },
+    /// Patient: your place in the waiting room (sent on every change).
+    Waiting {
+        /// The clinic.
+        clinic: String,
+        /// 1-based place, absent while being called.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<u32>,
+        /// Expected wait in milliseconds.
+        estimated_wait_ms: u64,
+        /// `online`, `in_consultation` or `away`.
+        doctor_status: String,
+    },
+    /// Doctor: the waiting room of a clinic (sent on every change).
+    Queue {
+        /// The clinic.
+        clinic: String,
+        /// Waiting patients in order.
+        patients: Vec<QueueEntryInfo>,
+        /// The doctor's own status as patients see it.
+        doctor_status: String,
+    },
+    /// Patient: the doctor is calling. Answer with `accept_invitation` or `decline_invitation`.
+    Ringing {
+        /// The invitation.
+        invitation: String,
+        /// The consultation it opens.
+        consultation: String,
+        /// Lapses at this wall-clock time (ms since the epoch).
+        expires_at_ms: u64,
+    },
+    /// Doctor: what became of an invitation (`sent`, `answered`, `declined`, `expired`, `cancelled`).
+    InvitationStatus {
+        /// The invitation.
+        invitation: String,
+        /// The consultation.
+        consultation: String,
+        /// The patient.
+        patient: String,
+        /// What happened.
+        status: String,
+    },
+    /// The call of a consultation is open to you: send `join_consultation` (the patient's
+    /// client receives it after `accept_invitation`, a companion after being admitted).
+    ConsultationReady {
+        /// The consultation.
+        consultation: String,
+        /// Its SFU room.
+        room: String,
+    },
+    /// Companion: wait for the doctor to admit you.
+    WaitingForApproval {
+        /// The consultation.
+        consultation: String,
+    },
+    /// Doctor: a companion asks to be admitted.
+    CompanionWaiting {
+        /// The consultation.
+        consultation: String,
+        /// The companion's user id.
+        user: String,
+        /// Their display name.
+        display_name: String,
+    },
+    /// Doctor: the one-time link for a remote expert.
+    ExpertLink {
+        /// The consultation.
+        consultation: String,
+        /// Path (with token) to open on the expert's side, relative to this server.
+        path: String,
+        /// The link's token expires at this Unix time (seconds).
+        expires_at: u64,
+    },
+    /// The consultation ended; your media session in it is closed.
+    ConsultationEnded {
+        /// The consultation.
+        consultation: String,
+    },
+}
+
+/// One waiting patient as the doctor's console shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntryInfo {
+    /// The patient's user id.
+    pub patient: String,
+    /// Their display name.
+    pub display_name: String,
+    /// The appointment.
+    pub appointment: String,
+    /// Slot start (ms since the epoch).
+    pub slot_start_ms: u64,
+    /// How long they have waited (ms).
+    pub waited_ms: u64,
+    /// Being called now.
+    pub ringing: bool,
+    /// Disconnected; place kept for the grace period.
+    pub disconnected: bool,
 }
 
 /// Machine-readable error codes of [`ServerMessage::Error`].
@@ -185,11 +372,29 @@ pub enum ErrorCode {
     Unavailable,
     /// A server-side failure; the detail is logged on the server.
     Internal,
+    /// A clinic message before a successful `auth`.
+    NotAuthenticated,
+    /// The token is malformed, forged, or for another issuer or audience.
+    InvalidToken,
+    /// The token has expired.
+    ExpiredToken,
+    /// Your role or grants do not allow this.
+    Forbidden,
+    /// The appointment, clinic, invitation or consultation does not exist.
+    NotFound,
+    /// Check-in before the window opens.
+    TooEarly,
+    /// Not possible now (e.g. inviting while a consultation runs).
+    InvalidState,
+    /// The consultation has no free seat.
+    ConsultationFull,
+    /// An expert link used after its consultation ended.
+    LinkExpired,
 }
 
 impl ErrorCode {
     /// Every code, for pre-registering metric label values.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidMessage,
@@ -202,7 +407,29 @@ impl ErrorCode {
         ErrorCode::RoomFull,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::InvalidToken,
+        ErrorCode::ExpiredToken,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::TooEarly,
+        ErrorCode::InvalidState,
+        ErrorCode::ConsultationFull,
+        ErrorCode::LinkExpired,
     ];
+
+    /// The code for a clinic error code string ([`crate::clinic::ClinicError::code`]).
+    pub fn from_clinic(code: &str) -> ErrorCode {
+        match code {
+            "forbidden" => ErrorCode::Forbidden,
+            "not_found" => ErrorCode::NotFound,
+            "too_early" => ErrorCode::TooEarly,
+            "invalid_state" => ErrorCode::InvalidState,
+            "consultation_full" => ErrorCode::ConsultationFull,
+            "link_expired" => ErrorCode::LinkExpired,
+            _ => ErrorCode::Internal,
+        }
+    }
 
     /// The wire name, also used as the `code` label of the error metric.
     pub fn as_str(self) -> &'static str {
@@ -219,6 +446,15 @@ impl ErrorCode {
             ErrorCode::RoomFull => "room_full",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::ExpiredToken => "expired_token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooEarly => "too_early",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::ConsultationFull => "consultation_full",
+            ErrorCode::LinkExpired => "link_expired",
         }
     }
 }
@@ -260,7 +496,27 @@ impl ProtocolError {
     }
 }
 
-const CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "leave", "ping"];
+const CLIENT_TYPES: &[&str] = &[
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "leave",
+    "ping",
+    "auth",
+    "check_in",
+    "leave_queue",
+    "set_away",
+    "invite",
+    "cancel_invitation",
+    "move_up",
+    "accept_invitation",
+    "decline_invitation",
+    "join_consultation",
+    "admit",
+    "invite_expert",
+    "end_consultation",
+];
 
 /// Parse and validate one client text frame.
 pub fn parse_client_message(frame: &str) -> Result<ClientMessage, ProtocolError> {

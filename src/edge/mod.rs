@@ -45,6 +45,8 @@ pub enum MediaCommand {
         room: String,
         /// Display name.
         display_name: String,
+        /// False for observers: their offered tracks are refused.
+        may_publish: bool,
         /// Where this participant's signaling messages go.
         events: mpsc::Sender<ServerMessage>,
         /// The outcome.
@@ -56,6 +58,11 @@ pub enum MediaCommand {
         participant: ParticipantId,
         /// What.
         input: SignalInput,
+    },
+    /// Remove everyone from a room (its consultation ended).
+    CloseRoom {
+        /// The room.
+        room: String,
     },
     /// Remove a participant.
     Leave {
@@ -105,12 +112,14 @@ impl MediaHandle {
         &self,
         room: String,
         display_name: String,
+        may_publish: bool,
         events: mpsc::Sender<ServerMessage>,
     ) -> Result<Result<ParticipantId, SfuError>, MediaGone> {
         let (reply, answer) = oneshot::channel();
         self.send(MediaCommand::Join {
             room,
             display_name,
+            may_publish,
             events,
             reply,
         })
@@ -248,10 +257,11 @@ impl Edge {
             MediaCommand::Join {
                 room,
                 display_name,
+                may_publish,
                 events,
                 reply,
             } => {
-                let result = self.sfu.join(now, &room, &display_name);
+                let result = self.sfu.join(now, &room, &display_name, may_publish);
                 if let Ok(id) = result {
                     self.sessions.insert(id, events);
                     // `joined` must be queued before the session learns the join succeeded,
@@ -275,6 +285,7 @@ impl Edge {
                 participant,
                 reason,
             } => self.sfu.leave(now, participant, reason),
+            MediaCommand::CloseRoom { room } => self.sfu.close_room(now, &room),
             MediaCommand::TcpOpened { peer, writer } => {
                 self.metrics.ice_tcp_connections.inc();
                 self.tcp.insert(peer, writer);

@@ -1,5 +1,6 @@
 //! The HTTP front: signaling WebSocket, the browser client, metrics and health probes.
 
+pub mod api;
 pub mod assets;
 pub mod ws;
 
@@ -14,19 +15,18 @@ use axum::Router;
 use huizhen_signaling::protocol::MAX_FRAME_BYTES;
 use tokio::sync::Semaphore;
 
-use crate::edge::MediaHandle;
 use crate::telemetry::Metrics;
-use ws::SignalingMetrics;
+use ws::SessionDeps;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
-    /// The media task.
-    pub media: MediaHandle,
+    /// What signaling sessions need.
+    pub session: SessionDeps,
+    /// The REST API.
+    pub api: api::ApiState,
     /// All metric registries.
     pub metrics: Metrics,
-    /// Signaling metrics.
-    pub signaling: SignalingMetrics,
     /// Caps simultaneous WebSockets.
     pub connections: Arc<Semaphore>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers drain.
@@ -35,6 +35,7 @@ pub struct AppState {
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
+    let api = api::router(state.api.clone());
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/room/demo") }))
         .route("/ws", get(websocket))
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .nest("/api/v1", api)
 }
 
 async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
@@ -58,7 +60,7 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         // frame; only absurd sizes are cut off by the WebSocket layer.
         .max_message_size(MAX_FRAME_BYTES * 4)
         .on_upgrade(move |socket| async move {
-            ws::serve(socket, state.media.clone(), state.signaling.clone()).await;
+            ws::serve(socket, state.session.clone()).await;
             drop(permit);
         })
 }
@@ -90,7 +92,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.media.is_alive() && !state.draining.load(Ordering::Relaxed) {
+    if state.session.media.is_alive() && !state.draining.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

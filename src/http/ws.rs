@@ -10,9 +10,17 @@ use huizhen_signaling::protocol::{
     parse_client_message, ClientMessage, ErrorCode, ServerMessage,
 };
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use huizhen_signaling::clinic::{
+    Actor, AppointmentId, ClinicId, ConsultationId, InvitationId, UserId,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::auth::TokenVerifier;
+use crate::clinic::{ClinicCommand, ClinicHandle, ClinicRequest, CommandReply};
 use crate::edge::{MediaCommand, MediaHandle, SIGNAL_QUEUE};
 use crate::redact::Redacted;
 use crate::sfu::{LeaveReason, ParticipantId, SignalInput};
@@ -48,7 +56,7 @@ impl SignalingMetrics {
         for code in ErrorCode::ALL {
             errors.with_label_values(&[code.as_str()]);
         }
-        for kind in ["join", "offer", "answer", "candidate", "leave", "ping", "invalid"] {
+        for kind in MESSAGE_TYPES {
             messages.with_label_values(&[kind]);
         }
         SignalingMetrics {
@@ -59,11 +67,31 @@ impl SignalingMetrics {
     }
 }
 
+/// Everything a session needs from the server.
+#[derive(Clone)]
+pub struct SessionDeps {
+    /// The SFU.
+    pub media: MediaHandle,
+    /// The clinic.
+    pub clinic: ClinicHandle,
+    /// Verifies identity tokens.
+    pub verifier: Arc<TokenVerifier>,
+    /// Metrics.
+    pub metrics: SignalingMetrics,
+    /// Whether plain `join` by room name is allowed (development, open meetings).
+    pub open_rooms: bool,
+}
+
+/// Rooms of consultations: only reachable through `join_consultation`.
+pub const CONSULTATION_ROOM_PREFIX: &str = "consult-";
+
 struct Session {
-    media: MediaHandle,
-    metrics: SignalingMetrics,
+    id: u64,
+    deps: SessionDeps,
     events_tx: mpsc::Sender<ServerMessage>,
     participant: Option<ParticipantId>,
+    identity: Option<(Actor, String)>,
+    consultation: Option<ConsultationId>,
 }
 
 /// What to do after a client frame.
@@ -73,16 +101,24 @@ enum Next {
     Close,
 }
 
+fn next_session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Serve one WebSocket until either side ends it.
-pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetrics) {
+pub async fn serve(socket: WebSocket, deps: SessionDeps) {
+    let metrics = deps.metrics.clone();
     metrics.connections.inc();
     let (mut sink, mut stream) = socket.split();
     let (events_tx, mut events) = mpsc::channel(SIGNAL_QUEUE);
     let mut session = Session {
-        media,
-        metrics: metrics.clone(),
+        id: next_session_id(),
+        deps,
         events_tx,
         participant: None,
+        identity: None,
+        consultation: None,
     };
     loop {
         tokio::select! {
@@ -92,11 +128,17 @@ pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetr
             event = events.recv() => {
                 let Some(message) = event else { break };
                 let bye = matches!(message, ServerMessage::Bye { .. });
-                if send(&mut sink, &metrics, &message).await.is_err() || bye {
-                    if bye {
-                        session.participant = None;
-                    }
+                if send(&mut sink, &metrics, &message).await.is_err() {
                     break;
+                }
+                if bye {
+                    // The media session is over; an identified user keeps the socket for the
+                    // clinic (waiting room, next consultation), anyone else is done.
+                    session.participant = None;
+                    session.consultation = None;
+                    if session.identity.is_none() {
+                        break;
+                    }
                 }
             }
             frame = stream.next() => {
@@ -121,19 +163,10 @@ pub async fn serve(socket: WebSocket, media: MediaHandle, metrics: SignalingMetr
             }
         }
     }
-    if let Some(participant) = session.participant.take() {
-        let _ = session
-            .media
-            .send(MediaCommand::Leave {
-                participant,
-                reason: LeaveReason::SignalingClosed,
-            })
-            .await;
-    }
+    session.close().await;
     let _ = sink.send(Message::Close(None)).await;
     metrics.connections.dec();
 }
-
 /// Write one message; every error frame, whoever produced it, is counted here.
 async fn send(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
@@ -152,60 +185,96 @@ impl Session {
         ServerMessage::error(code, message)
     }
 
+    /// The socket closed: leave the SFU room; the clinic keeps places and seats for the
+    /// reconnect grace period.
+    async fn close(&mut self) {
+        if let Some(participant) = self.participant.take() {
+            let _ = self
+                .deps
+                .media
+                .send(MediaCommand::Leave {
+                    participant,
+                    reason: LeaveReason::SignalingClosed,
+                })
+                .await;
+        }
+        if self.identity.is_some() {
+            let _ = self
+                .deps
+                .clinic
+                .send(ClinicRequest::Disconnect { session: self.id })
+                .await;
+        }
+    }
+
     async fn on_text(&mut self, text: &str) -> Next {
         let message = match parse_client_message(text) {
             Ok(m) => m,
             Err(e) => {
-                self.metrics.messages.with_label_values(&["invalid"]).inc();
+                self.deps.metrics.messages.with_label_values(&["invalid"]).inc();
                 return Next::Reply(self.error(e.code(), e.to_string()));
             }
         };
-        self.metrics
+        self.deps
+            .metrics
             .messages
             .with_label_values(&[message_type(&message)])
             .inc();
-        match (message, self.participant) {
-            (ClientMessage::Ping {}, _) => Next::Reply(ServerMessage::Pong {}),
-            (ClientMessage::Join { .. }, Some(_)) => Next::Reply(self.error(
-                ErrorCode::AlreadyJoined,
-                "this socket has already joined a room; open a new socket to join another".into(),
-            )),
-            (
-                ClientMessage::Join {
-                    room, display_name, ..
-                },
-                None,
-            ) => self.join(room, display_name).await,
-            (_, None) => Next::Reply(self.error(
-                ErrorCode::NotJoined,
-                "send join before any other message".into(),
-            )),
-            (ClientMessage::Leave {}, Some(participant)) => {
-                let _ = self
-                    .media
-                    .send(MediaCommand::Leave {
-                        participant,
-                        reason: LeaveReason::Left,
-                    })
-                    .await;
-                // The media task answers with `bye`, which ends the session.
-                Next::Continue
+        match message {
+            ClientMessage::Ping {} => Next::Reply(ServerMessage::Pong {}),
+            ClientMessage::Join {
+                room,
+                display_name,
+                token,
+                ..
+            } => self.join_room(room, display_name, token).await,
+            ClientMessage::Auth { token } => self.authenticate(&token).await,
+            ClientMessage::Offer { sdp } => self.signal(SignalInput::Offer(sdp)).await,
+            ClientMessage::Answer { sdp } => self.signal(SignalInput::Answer(sdp)).await,
+            ClientMessage::Candidate { candidate, .. } => {
+                self.signal(SignalInput::Candidate(candidate)).await
             }
-            (ClientMessage::Offer { sdp }, Some(p)) => self.signal(p, SignalInput::Offer(sdp)).await,
-            (ClientMessage::Answer { sdp }, Some(p)) => {
-                self.signal(p, SignalInput::Answer(sdp)).await
-            }
-            (ClientMessage::Candidate { candidate, .. }, Some(p)) => {
-                self.signal(p, SignalInput::Candidate(candidate)).await
-            }
+            ClientMessage::Leave {} => self.leave().await,
+            other => self.clinic_message(other).await,
         }
     }
 
-    async fn join(&mut self, room: String, display_name: String) -> Next {
+    async fn join_room(&mut self, room: String, display_name: String, token: Option<String>) -> Next {
+        if self.participant.is_some() {
+            return Next::Reply(self.error(
+                ErrorCode::AlreadyJoined,
+                "this socket has already joined a room; open a new socket to join another".into(),
+            ));
+        }
+        if room.starts_with(CONSULTATION_ROOM_PREFIX) {
+            return Next::Reply(self.error(
+                ErrorCode::Forbidden,
+                "consultation rooms are entered with join_consultation".into(),
+            ));
+        }
+        if !self.deps.open_rooms {
+            return Next::Reply(self.error(
+                ErrorCode::Forbidden,
+                "joining rooms by name is disabled on this server (signaling.open_rooms)".into(),
+            ));
+        }
+        // With a token, the verified name wins over the one typed in.
+        let display_name = match token {
+            Some(token) => match self.verify(&token).await {
+                Ok((_, name)) => name,
+                Err(reply) => return reply,
+            },
+            None => display_name,
+        };
+        self.enter_room(room, display_name, true).await
+    }
+
+    async fn enter_room(&mut self, room: String, display_name: String, may_publish: bool) -> Next {
         info!(room = %Redacted(&room), display_name = %Redacted(&display_name), "join requested");
         match self
+            .deps
             .media
-            .join(room, display_name, self.events_tx.clone())
+            .join(room, display_name, may_publish, self.events_tx.clone())
             .await
         {
             Ok(Ok(id)) => {
@@ -213,25 +282,177 @@ impl Session {
                 Next::Continue
             }
             Ok(Err(e)) => Next::Reply(self.error(e.code(), e.to_string())),
-            Err(_) => {
-                let reply = self.error(ErrorCode::Unavailable, "the server is shutting down".into());
-                Next::Reply(reply)
+            Err(_) => Next::Reply(self.error(ErrorCode::Unavailable, "the server is shutting down".into())),
+        }
+    }
+
+    /// Verify a token; a refusal is answered, counted and audited.
+    async fn verify(&mut self, token: &str) -> Result<(Actor, String), Next> {
+        match self.deps.verifier.verify(token, unix_now()) {
+            Ok(v) => Ok((v.actor, v.display_name)),
+            Err(e) => {
+                let code = if e.code() == "expired_token" {
+                    ErrorCode::ExpiredToken
+                } else {
+                    ErrorCode::InvalidToken
+                };
+                let _ = self
+                    .deps
+                    .clinic
+                    .send(ClinicRequest::AuditRefusal {
+                        kind: "token_refused",
+                        actor: None,
+                        details: serde_json::json!({ "code": code.as_str(), "reason": e.to_string() }),
+                    })
+                    .await;
+                Err(Next::Reply(self.error(code, e.to_string())))
             }
         }
     }
 
-    async fn signal(&mut self, participant: ParticipantId, input: SignalInput) -> Next {
+    async fn authenticate(&mut self, token: &str) -> Next {
+        if self.identity.is_some() {
+            return Next::Reply(self.error(
+                ErrorCode::AlreadyJoined,
+                "this socket is already authenticated".into(),
+            ));
+        }
+        let (actor, display_name) = match self.verify(token).await {
+            Ok(v) => v,
+            Err(reply) => return reply,
+        };
+        let seats = match self
+            .deps
+            .clinic
+            .connect(self.id, actor.clone(), display_name.clone(), self.events_tx.clone())
+            .await
+        {
+            Ok(seats) => seats,
+            Err(_) => {
+                return Next::Reply(self.error(ErrorCode::Unavailable, "the server is shutting down".into()))
+            }
+        };
+        let reply = ServerMessage::Authenticated {
+            user_id: actor.user.0.clone(),
+            display_name: display_name.clone(),
+            role: actor.role.as_str().to_owned(),
+            clinics: actor.clinics.iter().map(|c| c.0.clone()).collect(),
+            seats,
+        };
+        self.identity = Some((actor, display_name));
+        Next::Reply(reply)
+    }
+
+    async fn leave(&mut self) -> Next {
+        let Some(participant) = self.participant else {
+            return Next::Reply(self.error(ErrorCode::NotJoined, "not in a room".into()));
+        };
+        if let (Some(consultation), Some((actor, _))) = (self.consultation.clone(), self.identity.clone()) {
+            let _ = self
+                .deps
+                .clinic
+                .command(actor, ClinicCommand::LeaveConsultation(consultation))
+                .await;
+        }
+        let _ = self
+            .deps
+            .media
+            .send(MediaCommand::Leave {
+                participant,
+                reason: LeaveReason::Left,
+            })
+            .await;
+        // The media task answers with `bye`.
+        Next::Continue
+    }
+
+    async fn signal(&mut self, input: SignalInput) -> Next {
+        let Some(participant) = self.participant else {
+            return Next::Reply(self.error(ErrorCode::NotJoined, "join a room before negotiating media".into()));
+        };
         match self
+            .deps
             .media
             .send(MediaCommand::Signal { participant, input })
             .await
         {
             Ok(()) => Next::Continue,
-            Err(_) => Next::Reply(
-                self.error(ErrorCode::Unavailable, "the server is shutting down".into()),
-            ),
+            Err(_) => Next::Reply(self.error(ErrorCode::Unavailable, "the server is shutting down".into())),
         }
     }
+
+    async fn clinic_message(&mut self, message: ClientMessage) -> Next {
+        let Some((actor, display_name)) = self.identity.clone() else {
+            return Next::Reply(self.error(
+                ErrorCode::NotAuthenticated,
+                "send auth with your token before clinic messages".into(),
+            ));
+        };
+        let Some(command) = clinic_command(message) else {
+            return Next::Reply(self.error(ErrorCode::InvalidMessage, "not a clinic message".into()));
+        };
+        let joining = match &command {
+            ClinicCommand::Join(c) => Some(c.clone()),
+            _ => None,
+        };
+        if joining.is_some() && self.participant.is_some() {
+            return Next::Reply(self.error(
+                ErrorCode::AlreadyJoined,
+                "already in a call on this socket".into(),
+            ));
+        }
+        match self.deps.clinic.command(actor, command).await {
+            Ok(CommandReply::Done) | Ok(CommandReply::WaitingForApproval) => Next::Continue,
+            Ok(CommandReply::EnterRoom { room, may_publish }) => match joining {
+                Some(consultation) => {
+                    self.consultation = Some(consultation);
+                    self.enter_room(room, display_name, may_publish).await
+                }
+                // accept_invitation: the client joins with join_consultation next.
+                None => Next::Continue,
+            },
+            Err((code, message)) => Next::Reply(self.error(code, message)),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The clinic command a clinic message asks for.
+fn clinic_command(message: ClientMessage) -> Option<ClinicCommand> {
+    Some(match message {
+        ClientMessage::CheckIn { appointment } => ClinicCommand::CheckIn(AppointmentId(appointment)),
+        ClientMessage::LeaveQueue {} => ClinicCommand::LeaveQueue,
+        ClientMessage::SetAway { clinic, away } => ClinicCommand::SetAway(ClinicId(clinic), away),
+        ClientMessage::Invite { clinic, patient } => {
+            ClinicCommand::Invite(ClinicId(clinic), patient.map(UserId))
+        }
+        ClientMessage::CancelInvitation { invitation } => {
+            ClinicCommand::CancelInvitation(InvitationId(invitation))
+        }
+        ClientMessage::MoveUp { clinic, patient } => {
+            ClinicCommand::MoveUp(ClinicId(clinic), UserId(patient))
+        }
+        ClientMessage::AcceptInvitation { invitation } => ClinicCommand::Accept(InvitationId(invitation)),
+        ClientMessage::DeclineInvitation { invitation } => ClinicCommand::Decline(InvitationId(invitation)),
+        ClientMessage::JoinConsultation { consultation } => {
+            ClinicCommand::Join(ConsultationId(consultation))
+        }
+        ClientMessage::Admit { consultation, user } => {
+            ClinicCommand::Admit(ConsultationId(consultation), UserId(user))
+        }
+        ClientMessage::InviteExpert {
+            consultation,
+            display_name,
+        } => ClinicCommand::InviteExpert(ConsultationId(consultation), display_name),
+        ClientMessage::EndConsultation { consultation } => ClinicCommand::End(ConsultationId(consultation)),
+        _ => return None,
+    })
 }
 
 fn message_type(message: &ClientMessage) -> &'static str {
@@ -242,5 +463,26 @@ fn message_type(message: &ClientMessage) -> &'static str {
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Leave {} => "leave",
         ClientMessage::Ping {} => "ping",
+        ClientMessage::Auth { .. } => "auth",
+        ClientMessage::CheckIn { .. } => "check_in",
+        ClientMessage::LeaveQueue {} => "leave_queue",
+        ClientMessage::SetAway { .. } => "set_away",
+        ClientMessage::Invite { .. } => "invite",
+        ClientMessage::CancelInvitation { .. } => "cancel_invitation",
+        ClientMessage::MoveUp { .. } => "move_up",
+        ClientMessage::AcceptInvitation { .. } => "accept_invitation",
+        ClientMessage::DeclineInvitation { .. } => "decline_invitation",
+        ClientMessage::JoinConsultation { .. } => "join_consultation",
+        ClientMessage::Admit { .. } => "admit",
+        ClientMessage::InviteExpert { .. } => "invite_expert",
+        ClientMessage::EndConsultation { .. } => "end_consultation",
     }
 }
+
+/// All message types, for pre-registering the metric's label values.
+const MESSAGE_TYPES: &[&str] = &[
+    "join", "offer", "answer", "candidate", "leave", "ping", "auth", "check_in", "leave_queue",
+    "set_away", "invite", "cancel_invitation", "move_up", "accept_invitation",
+    "decline_invitation", "join_consultation", "admit", "invite_expert", "end_consultation",
+    "invalid",
+];

@@ -260,12 +260,14 @@ impl Sfu {
         })
     }
 
-    /// Add a participant to `room` (created on first join).
+    /// Add a participant to `room` (created on first join). One that may not publish (an
+    /// observer) still receives everything, but its offered tracks are refused.
     pub fn join(
         &mut self,
         now: Instant,
         room: &str,
         display_name: &str,
+        may_publish: bool,
     ) -> Result<ParticipantId, SfuError> {
         if self.participants.len() >= self.config.max_participants {
             self.metrics.joins_refused.with_label_values(&["server_full"]).inc();
@@ -283,7 +285,8 @@ impl Sfu {
         }
         let id = ParticipantId(self.next_participant);
         self.next_participant += 1;
-        let participant = self.new_participant(now, id, room_key, display_name);
+        let mut participant = self.new_participant(now, id, room_key, display_name);
+        participant.may_publish = may_publish;
         self.demux.insert_ufrag(participant.ufrag.clone(), id);
         self.timers.push(Reverse((participant.next_timeout, id)));
         self.participants.insert(id, participant);
@@ -368,6 +371,7 @@ impl Sfu {
             next_timeout: now,
             stats: Default::default(),
             dirty: false,
+            may_publish: true,
         }
     }
 
@@ -565,6 +569,21 @@ impl Sfu {
         });
         for member in members {
             self.drain_and_settle(now, member, None);
+        }
+    }
+
+    /// Remove everyone from `room` (a consultation ended).
+    pub fn close_room(&mut self, now: Instant, room: &str) {
+        let Some(key) = self.rooms.get(room).copied() else {
+            return;
+        };
+        let members = self
+            .room_members
+            .get(&key)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for id in members {
+            self.leave(now, id, LeaveReason::RoomClosed);
         }
     }
 
@@ -833,6 +852,17 @@ impl Sfu {
             return;
         };
         if p.tracks_in.iter().any(|t| t.mid == mid) {
+            return;
+        }
+        if !p.may_publish {
+            debug!(participant = %id, "refusing a track from a participant who may not publish");
+            self.signal(
+                id,
+                ServerMessage::error(
+                    ErrorCode::Forbidden,
+                    "your role may not publish media; your tracks are not forwarded",
+                ),
+            );
             return;
         }
         let track = TrackIn {

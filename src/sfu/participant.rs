@@ -95,17 +95,20 @@ pub enum LeaveReason {
     Disconnected,
     /// The server is shutting down.
     Shutdown,
+    /// The room was closed (the consultation ended).
+    RoomClosed,
 }
 
 impl LeaveReason {
     /// Every reason, for pre-registering metric label values.
-    pub const ALL: [LeaveReason; 6] = [
+    pub const ALL: [LeaveReason; 7] = [
         LeaveReason::Left,
         LeaveReason::SignalingClosed,
         LeaveReason::Timeout,
         LeaveReason::ConnectTimeout,
         LeaveReason::Disconnected,
         LeaveReason::Shutdown,
+        LeaveReason::RoomClosed,
     ];
 
     /// Label for the leaves metric and the `bye` reason.
@@ -117,6 +120,7 @@ impl LeaveReason {
             LeaveReason::ConnectTimeout => "connect_timeout",
             LeaveReason::Disconnected => "disconnected",
             LeaveReason::Shutdown => "shutdown",
+            LeaveReason::RoomClosed => "room_closed",
         }
     }
 }
@@ -162,6 +166,8 @@ pub struct Participant {
     pub stats: StatsMemory,
     /// Queued in the core's dirty list (has new output to drain).
     pub dirty: bool,
+    /// May send media (observers may not).
+    pub may_publish: bool,
 }
 
 impl Participant {

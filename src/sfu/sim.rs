@@ -152,11 +152,26 @@ impl SimNet {
         publish: &[MediaKind],
         video_codec: Option<Codec>,
     ) -> usize {
+        self.add_client_full(room, publish, video_codec, true)
+    }
+
+    /// Add a client that tries to publish `publish` but joined without the right to publish.
+    pub fn add_observer(&mut self, room: &str, publish: &[MediaKind]) -> usize {
+        self.add_client_full(room, publish, Some(Codec::Vp8), false)
+    }
+
+    fn add_client_full(
+        &mut self,
+        room: &str,
+        publish: &[MediaKind],
+        video_codec: Option<Codec>,
+        may_publish: bool,
+    ) -> usize {
         let index = self.clients.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
         let id = self
             .sfu
-            .join(self.now, room, &format!("client-{index}"))
+            .join(self.now, room, &format!("client-{index}"), may_publish)
             .expect("join accepted");
         let builder = Rtc::builder().set_rtp_mode(true);
         let builder = match video_codec {

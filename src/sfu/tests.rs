@@ -251,10 +251,10 @@ fn room_limit_is_enforced() {
     net.add_client("full", &[]);
     let now = net.now;
     assert_eq!(
-        net.sfu.join(now, "full", "third"),
+        net.sfu.join(now, "full", "third", true),
         Err(super::SfuError::RoomFull(2))
     );
-    assert!(net.sfu.join(now, "other", "third").is_ok());
+    assert!(net.sfu.join(now, "other", "third", true).is_ok());
 }
 
 #[test]
@@ -291,4 +291,39 @@ fn subscriber_without_the_publishers_codec_is_skipped_not_broken() {
         .with_label_values(&["not_writable"])
         .get();
     assert!(not_writable >= 19, "{not_writable}");
+}
+
+#[test]
+fn observer_receives_but_its_tracks_are_refused() {
+    use huizhen_signaling::protocol::ErrorCode;
+    let mut net = SimNet::new(11);
+    let a = net.add_client("room", AV);
+    let o = net.add_observer("room", AV);
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, o], 20);
+    assert!(seqs(&net.payloads_from(o, a, TrackKind::Video)).len() >= 19, "observer receives");
+    assert!(net.mids_from(a, o, TrackKind::Video).is_empty(), "observer's video not forwarded");
+    assert!(net.payloads_from(a, o, TrackKind::Audio).is_empty());
+    assert!(net.clients[o].signals.iter().any(|s| matches!(
+        s,
+        ServerMessage::Error { code: ErrorCode::Forbidden, .. }
+    )));
+    assert_eq!(net.sfu.track_counts().0, 2, "only a's tracks are published");
+}
+
+#[test]
+fn closing_a_room_removes_everyone_in_it_only() {
+    let mut net = SimNet::new(12);
+    let a = net.add_client("consult-c1", AV);
+    let b = net.add_client("consult-c1", AV);
+    let c = net.add_client("elsewhere", AV);
+    net.run_for(Duration::from_millis(500));
+    let now = net.now;
+    net.sfu.close_room(now, "consult-c1");
+    net.route_outputs();
+    assert_eq!(net.clients[a].removed, Some(LeaveReason::RoomClosed));
+    assert_eq!(net.clients[b].removed, Some(LeaveReason::RoomClosed));
+    assert_eq!(net.clients[c].removed, None);
+    assert_eq!(net.sfu.participant_count(), 1);
+    assert_eq!(net.sfu.room_count(), 1);
 }

@@ -498,6 +498,14 @@ impl ClinicEngine {
         self.consultations.get(id)
     }
 
+    /// Consultations held (or being held) for an appointment.
+    pub fn consultations_of<'a>(
+        &'a self,
+        appointment: &'a AppointmentId,
+    ) -> impl Iterator<Item = &'a Consultation> + 'a {
+        self.consultations.values().filter(move |c| &c.appointment == appointment)
+    }
+
     /// An invitation.
     pub fn invitation(&self, id: &InvitationId) -> Option<&Invitation> {
         self.invitations.get(id)

@@ -1,0 +1,818 @@
+//! The clinic service: the async edge around the sans-IO [`ClinicEngine`].
+//!
+//! One task owns the engine. Signaling sessions and the REST API send it requests; it applies
+//! them with the wall-clock time, then acts on the engine's events: every event is appended to
+//! the hash-chained audit trail, the state is persisted to the store, affected users are told
+//! (queue positions, ringing, invitation results, consultation ready/ended), the SFU room of
+//! an ended consultation is closed, and the hospital's system gets webhooks when consultations
+//! start and end. Refused requests are answered with a typed error and audited too.
+
+pub mod dev;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use huizhen_signaling::clinic::{
+    Actor, Appointment, AppointmentId, Clinic, ClinicEngine, ClinicError, ClinicEvent, ClinicId,
+    ConsultationId, InvitationId, JoinOutcome, Millis, Role, UserId,
+};
+use huizhen_signaling::protocol::{ErrorCode, QueueEntryInfo, ServerMessage};
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::auth::{Claims, TokenMinter};
+use crate::edge::{MediaCommand, MediaHandle};
+use crate::store::Store;
+use crate::webhook::WebhookHandle;
+
+/// How long expert links stay valid at most (they also die when the consultation ends).
+const EXPERT_LINK_TTL_SECS: u64 = 4 * 3600;
+/// Capacity of the request channel.
+const REQUEST_QUEUE: usize = 1024;
+
+/// Current wall-clock time.
+pub fn now_ms() -> Millis {
+    Millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// A clinic action of an authenticated user (the clinic messages of the protocol).
+#[derive(Debug, Clone)]
+pub enum ClinicCommand {
+    /// Patient enters (or re-enters) the waiting room.
+    CheckIn(AppointmentId),
+    /// Patient leaves the waiting room.
+    LeaveQueue,
+    /// Doctor away / back.
+    SetAway(ClinicId, bool),
+    /// Doctor calls the next (or a chosen) patient.
+    Invite(ClinicId, Option<UserId>),
+    /// Doctor withdraws an invitation.
+    CancelInvitation(InvitationId),
+    /// Doctor moves a patient up.
+    MoveUp(ClinicId, UserId),
+    /// Patient answers.
+    Accept(InvitationId),
+    /// Patient declines.
+    Decline(InvitationId),
+    /// Take a seat in a consultation's call.
+    Join(ConsultationId),
+    /// Leave a consultation's call for good.
+    LeaveConsultation(ConsultationId),
+    /// Doctor admits a companion.
+    Admit(ConsultationId, UserId),
+    /// Doctor creates an expert link.
+    InviteExpert(ConsultationId, Option<String>),
+    /// Doctor ends the consultation.
+    End(ConsultationId),
+}
+
+impl ClinicCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            ClinicCommand::CheckIn(_) => "check_in",
+            ClinicCommand::LeaveQueue => "leave_queue",
+            ClinicCommand::SetAway(..) => "set_away",
+            ClinicCommand::Invite(..) => "invite",
+            ClinicCommand::CancelInvitation(_) => "cancel_invitation",
+            ClinicCommand::MoveUp(..) => "move_up",
+            ClinicCommand::Accept(_) => "accept_invitation",
+            ClinicCommand::Decline(_) => "decline_invitation",
+            ClinicCommand::Join(_) => "join_consultation",
+            ClinicCommand::LeaveConsultation(_) => "leave_consultation",
+            ClinicCommand::Admit(..) => "admit",
+            ClinicCommand::InviteExpert(..) => "invite_expert",
+            ClinicCommand::End(_) => "end_consultation",
+        }
+    }
+}
+
+/// A successful command's result for the requesting session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandReply {
+    /// Done; notifications carry the rest.
+    Done,
+    /// Join this SFU room.
+    EnterRoom {
+        /// The room.
+        room: String,
+        /// May send media.
+        may_publish: bool,
+    },
+    /// A companion waits for approval.
+    WaitingForApproval,
+}
+
+/// A refused command: wire code and message.
+pub type Refusal = (ErrorCode, String);
+
+/// Administrative requests from the REST API (already authorised by API key).
+#[derive(Debug)]
+pub enum AdminRequest {
+    /// Create or replace a clinic.
+    UpsertClinic(Clinic, oneshot::Sender<Result<(), Refusal>>),
+    /// Book an appointment.
+    AddAppointment(Appointment, oneshot::Sender<Result<(), Refusal>>),
+    /// All clinics.
+    ListClinics(oneshot::Sender<Vec<Clinic>>),
+    /// Appointments, optionally of one clinic.
+    ListAppointments(Option<ClinicId>, oneshot::Sender<Vec<Appointment>>),
+    /// One consultation as JSON.
+    GetConsultation(ConsultationId, oneshot::Sender<Option<serde_json::Value>>),
+}
+
+/// A request to the clinic task.
+#[derive(Debug)]
+pub enum ClinicRequest {
+    /// An authenticated socket opened.
+    Connect {
+        /// Session id (unique per socket).
+        session: u64,
+        /// Who.
+        actor: Actor,
+        /// Their display name.
+        display_name: String,
+        /// The socket's outgoing queue.
+        events: mpsc::Sender<ServerMessage>,
+        /// Consultations where the user holds a seat.
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// An authenticated socket closed.
+    Disconnect {
+        /// Session id.
+        session: u64,
+    },
+    /// A clinic command.
+    Command {
+        /// Who.
+        actor: Actor,
+        /// What.
+        command: ClinicCommand,
+        /// Outcome.
+        reply: oneshot::Sender<Result<CommandReply, Refusal>>,
+    },
+    /// Record a refusal that happened before the clinic (e.g. a bad token).
+    AuditRefusal {
+        /// Audit kind, e.g. `token_refused`.
+        kind: &'static str,
+        /// Who (if known).
+        actor: Option<String>,
+        /// Details.
+        details: serde_json::Value,
+    },
+    /// REST API.
+    Admin(AdminRequest),
+}
+
+/// Handle to the clinic task.
+#[derive(Clone)]
+pub struct ClinicHandle {
+    requests: mpsc::Sender<ClinicRequest>,
+}
+
+/// The clinic task is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the clinic service is not running")]
+pub struct ClinicGone;
+
+impl ClinicHandle {
+    /// Send a request.
+    pub async fn send(&self, request: ClinicRequest) -> Result<(), ClinicGone> {
+        self.requests.send(request).await.map_err(|_| ClinicGone)
+    }
+
+    /// Run a command and wait for its outcome.
+    pub async fn command(
+        &self,
+        actor: Actor,
+        command: ClinicCommand,
+    ) -> Result<CommandReply, Refusal> {
+        let (reply, outcome) = oneshot::channel();
+        let unavailable = || (ErrorCode::Unavailable, "the clinic service is not running".to_owned());
+        self.send(ClinicRequest::Command {
+            actor,
+            command,
+            reply,
+        })
+        .await
+        .map_err(|_| unavailable())?;
+        outcome.await.map_err(|_| unavailable())?
+    }
+
+    /// Register an authenticated socket; returns the user's seats.
+    pub async fn connect(
+        &self,
+        session: u64,
+        actor: Actor,
+        display_name: String,
+        events: mpsc::Sender<ServerMessage>,
+    ) -> Result<Vec<String>, ClinicGone> {
+        let (reply, seats) = oneshot::channel();
+        self.send(ClinicRequest::Connect {
+            session,
+            actor,
+            display_name,
+            events,
+            reply,
+        })
+        .await?;
+        seats.await.map_err(|_| ClinicGone)
+    }
+
+    /// Ask an admin question and wait for the answer.
+    pub async fn admin<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
+    ) -> Result<T, ClinicGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ClinicRequest::Admin(make(reply))).await?;
+        answer.await.map_err(|_| ClinicGone)
+    }
+}
+
+/// Clinic metrics (`huizhen_clinic_` registry); labels are command names and error codes.
+#[derive(Clone)]
+struct ClinicMetrics {
+    commands: IntCounterVec,
+    events: IntCounterVec,
+}
+
+impl ClinicMetrics {
+    fn new(registry: &Registry) -> ClinicMetrics {
+        let commands = IntCounterVec::new(
+            Opts::new("commands_total", "Clinic commands, by command and result"),
+            &["command", "result"],
+        )
+        .expect("metric");
+        let events = IntCounterVec::new(Opts::new("events_total", "Clinic events, by kind"), &["kind"])
+            .expect("metric");
+        registry.register(Box::new(commands.clone())).expect("metric");
+        registry.register(Box::new(events.clone())).expect("metric");
+        ClinicMetrics { commands, events }
+    }
+}
+
+struct Socket {
+    session: u64,
+    actor: Actor,
+    events: mpsc::Sender<ServerMessage>,
+}
+
+/// What the clinic task needs.
+pub struct ClinicParts {
+    /// The state machine (restored from the store).
+    pub engine: ClinicEngine,
+    /// Persistence and audit.
+    pub store: Store,
+    /// Mints expert links.
+    pub minter: Arc<TokenMinter>,
+    /// The SFU.
+    pub media: MediaHandle,
+    /// Webhooks to the hospital system.
+    pub webhooks: WebhookHandle,
+    /// Metrics registry (`huizhen_clinic_`).
+    pub registry: Registry,
+}
+
+struct Service {
+    engine: ClinicEngine,
+    store: Store,
+    minter: Arc<TokenMinter>,
+    media: MediaHandle,
+    webhooks: WebhookHandle,
+    metrics: ClinicMetrics,
+    sockets: Vec<Socket>,
+    names: HashMap<UserId, String>,
+}
+
+/// Start the clinic task.
+pub fn spawn(parts: ClinicParts, shutdown: watch::Receiver<bool>) -> (ClinicHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+    let service = Service {
+        metrics: ClinicMetrics::new(&parts.registry),
+        engine: parts.engine,
+        store: parts.store,
+        minter: parts.minter,
+        media: parts.media,
+        webhooks: parts.webhooks,
+        sockets: Vec::new(),
+        names: HashMap::new(),
+    };
+    let task = tokio::spawn(run(service, rx, shutdown));
+    (ClinicHandle { requests: tx }, task)
+}
+
+async fn run(
+    mut service: Service,
+    mut requests: mpsc::Receiver<ClinicRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let sleep = match service.engine.poll_timeout() {
+            Some(at) => Duration::from_millis(at.since(now_ms()).max(1)),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            request = requests.recv() => match request {
+                Some(r) => service.handle(r).await,
+                None => break,
+            },
+            _ = tokio::time::sleep(sleep) => {
+                let now = now_ms();
+                service.engine.handle_timeout(now);
+                service.after_change(now).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    service.persist();
+    info!("clinic service stopped");
+}
+
+fn refusal(e: &ClinicError) -> Refusal {
+    (ErrorCode::from_clinic(e.code()), e.to_string())
+}
+
+impl Service {
+    async fn handle(&mut self, request: ClinicRequest) {
+        let now = now_ms();
+        match request {
+            ClinicRequest::Connect {
+                session,
+                actor,
+                display_name,
+                events,
+                reply,
+            } => {
+                self.names.insert(actor.user.clone(), display_name);
+                let seats = self.engine.seats_of(&actor.user).iter().map(|c| c.0.clone()).collect();
+                let _ = reply.send(seats);
+                if actor.role == Role::Doctor {
+                    for clinic in actor.clinics.clone() {
+                        let _ = self.engine.set_doctor_presence(&actor, &clinic, true, false);
+                    }
+                }
+                self.sockets.push(Socket {
+                    session,
+                    actor: actor.clone(),
+                    events,
+                });
+                self.push_views_to(&actor, now);
+                self.after_change(now).await;
+            }
+            ClinicRequest::Disconnect { session } => {
+                let Some(pos) = self.sockets.iter().position(|s| s.session == session) else {
+                    return;
+                };
+                let socket = self.sockets.remove(pos);
+                let user = socket.actor.user.clone();
+                if !self.sockets.iter().any(|s| s.actor.user == user) {
+                    self.engine.disconnected(now, &user);
+                    if socket.actor.role == Role::Doctor {
+                        for clinic in socket.actor.clinics.clone() {
+                            let _ = self.engine.set_doctor_presence(&socket.actor, &clinic, false, false);
+                        }
+                    }
+                }
+                self.after_change(now).await;
+            }
+            ClinicRequest::Command {
+                actor,
+                command,
+                reply,
+            } => {
+                let name = command.name();
+                let result = self.execute(now, &actor, command.clone());
+                let label = match &result {
+                    Ok(_) => "ok",
+                    Err(_) => "refused",
+                };
+                self.metrics.commands.with_label_values(&[name, label]).inc();
+                if let Err((code, message)) = &result {
+                    self.audit(
+                        now,
+                        "refused",
+                        Some(actor.user.0.clone()),
+                        None,
+                        json!({ "command": name, "code": code.as_str(), "reason": message, "role": actor.role.as_str() }),
+                    );
+                }
+                let _ = reply.send(result);
+                self.after_change(now).await;
+            }
+            ClinicRequest::AuditRefusal { kind, actor, details } => {
+                self.audit(now, kind, actor, None, details);
+            }
+            ClinicRequest::Admin(admin) => {
+                self.admin(admin);
+                self.after_change(now).await;
+            }
+        }
+    }
+
+    fn admin(&mut self, request: AdminRequest) {
+        match request {
+            AdminRequest::UpsertClinic(clinic, reply) => {
+                self.engine.upsert_clinic(clinic);
+                let _ = reply.send(Ok(()));
+            }
+            AdminRequest::AddAppointment(appointment, reply) => {
+                let result = self.engine.add_appointment(appointment).map_err(|e| refusal(&e));
+                let _ = reply.send(result);
+            }
+            AdminRequest::ListClinics(reply) => {
+                let _ = reply.send(self.engine.clinics().cloned().collect());
+            }
+            AdminRequest::ListAppointments(clinic, reply) => {
+                let list = self
+                    .engine
+                    .appointments()
+                    .filter(|a| clinic.as_ref().is_none_or(|c| &a.clinic == c))
+                    .cloned()
+                    .collect();
+                let _ = reply.send(list);
+            }
+            AdminRequest::GetConsultation(id, reply) => {
+                let value = self
+                    .engine
+                    .consultation(&id)
+                    .and_then(|c| serde_json::to_value(c).ok());
+                let _ = reply.send(value);
+            }
+        }
+    }
+
+    fn execute(&mut self, now: Millis, actor: &Actor, command: ClinicCommand) -> Result<CommandReply, Refusal> {
+        let e = &mut self.engine;
+        let done = |r: Result<(), ClinicError>| r.map(|_| CommandReply::Done).map_err(|e| refusal(&e));
+        match command {
+            ClinicCommand::CheckIn(appointment) => {
+                let view = e.check_in(now, actor, &appointment).map_err(|e| refusal(&e))?;
+                if let Some(invitation) = &view.ringing {
+                    // A refresh while being called: ring again.
+                    if let Some(inv) = self.engine.invitation(invitation).cloned() {
+                        self.send_to_user(&actor.user, ringing(&inv));
+                    }
+                }
+                Ok(CommandReply::Done)
+            }
+            ClinicCommand::LeaveQueue => done(e.leave_queue(actor)),
+            ClinicCommand::SetAway(clinic, away) => done(e.set_doctor_presence(actor, &clinic, true, away)),
+            ClinicCommand::Invite(clinic, patient) => done(e.invite(now, actor, &clinic, patient.as_ref()).map(|_| ())),
+            ClinicCommand::CancelInvitation(inv) => done(e.cancel_invitation(actor, &inv)),
+            ClinicCommand::MoveUp(clinic, patient) => done(e.move_up(actor, &clinic, &patient)),
+            ClinicCommand::Accept(inv) => e.answer(now, actor, &inv).map(join_reply).map_err(|e| refusal(&e)),
+            ClinicCommand::Decline(inv) => done(e.decline(actor, &inv)),
+            ClinicCommand::Join(c) => e.join(now, actor, &c).map(join_reply).map_err(|e| refusal(&e)),
+            ClinicCommand::LeaveConsultation(c) => done(e.leave(actor, &c)),
+            ClinicCommand::Admit(c, user) => done(e.admit(actor, &c, &user).map(|_| ())),
+            ClinicCommand::InviteExpert(c, name) => self.invite_expert(now, actor, &c, name),
+            ClinicCommand::End(c) => done(e.end(now, actor, &c)),
+        }
+    }
+
+    fn invite_expert(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        consultation: &ConsultationId,
+        name: Option<String>,
+    ) -> Result<CommandReply, Refusal> {
+        let link = format!("x{:016x}", rand::random::<u64>());
+        self.engine
+            .invite_expert(actor, consultation, link.clone())
+            .map_err(|e| refusal(&e))?;
+        let now_secs = now.0 / 1000;
+        let mut claims = Claims::new(
+            format!("expert-{link}"),
+            name.unwrap_or_else(|| "Expert".to_owned()),
+            Role::Expert,
+            now_secs,
+            EXPERT_LINK_TTL_SECS,
+        );
+        claims.consultation = Some(consultation.0.clone());
+        claims.jti = Some(link);
+        let token = self
+            .minter
+            .mint(&claims)
+            .map_err(|e| (ErrorCode::Internal, format!("cannot mint the expert link: {e}")))?;
+        self.send_to_user(
+            &actor.user,
+            ServerMessage::ExpertLink {
+                consultation: consultation.0.clone(),
+                path: format!("/expert?token={token}&consultation={}", consultation.0),
+                expires_at: claims.exp,
+            },
+        );
+        Ok(CommandReply::Done)
+    }
+
+    /// Act on everything the engine did: audit, persist, notify, close rooms, webhooks.
+    async fn after_change(&mut self, now: Millis) {
+        let mut touched: BTreeSet<ClinicId> = BTreeSet::new();
+        let mut changed = false;
+        while let Some(event) = self.engine.poll_event() {
+            changed = true;
+            let (kind, actor, subject, details) = crate::audit::audit_fields(&event);
+            self.metrics.events.with_label_values(&[kind]).inc();
+            self.audit(now, kind, actor, subject, details);
+            self.notify(now, &event, &mut touched).await;
+        }
+        if changed {
+            self.persist();
+        }
+        for clinic in touched {
+            self.broadcast_clinic(now, &clinic);
+        }
+    }
+
+    async fn notify(&mut self, now: Millis, event: &ClinicEvent, touched: &mut BTreeSet<ClinicId>) {
+        match event {
+            ClinicEvent::CheckedIn { clinic, .. }
+            | ClinicEvent::Reconnected { clinic, .. }
+            | ClinicEvent::LeftQueue { clinic, .. }
+            | ClinicEvent::MovedUp { clinic, .. }
+            | ClinicEvent::DoctorStatus { clinic, .. } => {
+                touched.insert(clinic.clone());
+            }
+            ClinicEvent::Invited {
+                clinic,
+                patient,
+                invitation,
+                consultation,
+            } => {
+                touched.insert(clinic.clone());
+                if let Some(inv) = self.engine.invitation(invitation).cloned() {
+                    self.send_to_user(patient, ringing(&inv));
+                }
+                self.invitation_status(clinic, invitation, consultation, patient, "sent");
+            }
+            ClinicEvent::Answered {
+                invitation,
+                consultation,
+                patient,
+            } => {
+                if let Some(c) = self.engine.consultation(consultation).cloned() {
+                    touched.insert(c.clinic.clone());
+                    self.invitation_status(&c.clinic, invitation, consultation, patient, "answered");
+                    let ready = ServerMessage::ConsultationReady {
+                        consultation: c.id.0.clone(),
+                        room: c.room.clone(),
+                    };
+                    self.send_to_user(patient, ready.clone());
+                    self.send_to_clinic_doctors(&c.clinic, ready);
+                }
+            }
+            ClinicEvent::Declined { invitation, patient }
+            | ClinicEvent::InvitationExpired { invitation, patient }
+            | ClinicEvent::InvitationCancelled { invitation, patient } => {
+                let status = match event {
+                    ClinicEvent::Declined { .. } => "declined",
+                    ClinicEvent::InvitationExpired { .. } => "expired",
+                    _ => "cancelled",
+                };
+                if let Some(clinic) = self.engine.patient_view(now, patient).map(|v| v.clinic) {
+                    touched.insert(clinic.clone());
+                    self.invitation_status(&clinic, invitation, &ConsultationId(String::new()), patient, status);
+                }
+            }
+            ClinicEvent::ConsultationStarted { consultation, .. } => {
+                self.webhook("consultation.started", now, consultation);
+            }
+            ClinicEvent::CompanionWaiting { consultation, user } => {
+                if let Some(c) = self.engine.consultation(consultation).cloned() {
+                    let display_name = self.names.get(user).cloned().unwrap_or_else(|| "Companion".into());
+                    self.send_to_clinic_doctors(
+                        &c.clinic,
+                        ServerMessage::CompanionWaiting {
+                            consultation: consultation.0.clone(),
+                            user: user.0.clone(),
+                            display_name,
+                        },
+                    );
+                    self.send_to_user(
+                        user,
+                        ServerMessage::WaitingForApproval {
+                            consultation: consultation.0.clone(),
+                        },
+                    );
+                }
+            }
+            ClinicEvent::Admitted { consultation, user } => {
+                if let Some(c) = self.engine.consultation(consultation) {
+                    let ready = ServerMessage::ConsultationReady {
+                        consultation: c.id.0.clone(),
+                        room: c.room.clone(),
+                    };
+                    self.send_to_user(user, ready);
+                }
+            }
+            ClinicEvent::Left { consultation, user, .. } => {
+                let ended = self
+                    .engine
+                    .consultation(consultation)
+                    .is_some_and(|c| c.ended_at.is_some());
+                if ended {
+                    self.send_to_user(
+                        user,
+                        ServerMessage::ConsultationEnded {
+                            consultation: consultation.0.clone(),
+                        },
+                    );
+                }
+            }
+            ClinicEvent::ConsultationEnded { consultation, room, .. } => {
+                if let Some(c) = self.engine.consultation(consultation).cloned() {
+                    touched.insert(c.clinic);
+                }
+                let _ = self
+                    .media
+                    .send(MediaCommand::CloseRoom { room: room.clone() })
+                    .await;
+                self.webhook("consultation.ended", now, consultation);
+            }
+            ClinicEvent::Joined { .. } | ClinicEvent::ExpertInvited { .. } => {}
+        }
+    }
+
+    fn webhook(&self, event_type: &str, now: Millis, consultation: &ConsultationId) {
+        let Some(c) = self.engine.consultation(consultation) else {
+            return;
+        };
+        let participants: Vec<_> = c
+            .seats
+            .iter()
+            .map(|s| json!({ "user_id": s.user.0, "role": s.role.as_str() }))
+            .collect();
+        self.webhooks.send(
+            event_type,
+            now.0,
+            json!({
+                "consultation": c.id.0,
+                "clinic": c.clinic.0,
+                "appointment": c.appointment.0,
+                "started_at_ms": c.started_at.map(|t| t.0),
+                "ended_at_ms": c.ended_at.map(|t| t.0),
+                "participants": participants,
+            }),
+        );
+    }
+
+    fn invitation_status(
+        &self,
+        clinic: &ClinicId,
+        invitation: &InvitationId,
+        consultation: &ConsultationId,
+        patient: &UserId,
+        status: &str,
+    ) {
+        self.send_to_clinic_doctors(
+            clinic,
+            ServerMessage::InvitationStatus {
+                invitation: invitation.0.clone(),
+                consultation: consultation.0.clone(),
+                patient: patient.0.clone(),
+                status: status.to_owned(),
+            },
+        );
+    }
+
+    /// Fresh queue to the clinic's doctors and fresh places to its waiting patients.
+    fn broadcast_clinic(&self, now: Millis, clinic: &ClinicId) {
+        self.send_to_clinic_doctors(clinic, self.queue_message(now, clinic));
+        for patient in self.engine.waiting_patients(clinic) {
+            if let Some(view) = self.waiting_message(now, &patient) {
+                self.send_to_user(&patient, view);
+            }
+        }
+    }
+
+    /// On connect: what this user should see right away.
+    fn push_views_to(&self, actor: &Actor, now: Millis) {
+        match actor.role {
+            Role::Doctor => {
+                for clinic in &actor.clinics {
+                    self.send_to_user(&actor.user, self.queue_message(now, clinic));
+                }
+            }
+            Role::Patient => {
+                if let Some(view) = self.waiting_message(now, &actor.user) {
+                    self.send_to_user(&actor.user, view);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn queue_message(&self, now: Millis, clinic: &ClinicId) -> ServerMessage {
+        let patients = self
+            .engine
+            .queue_rows(now, clinic)
+            .into_iter()
+            .map(|r| QueueEntryInfo {
+                display_name: self.names.get(&r.patient).cloned().unwrap_or_else(|| "Patient".into()),
+                patient: r.patient.0,
+                appointment: r.appointment.0,
+                slot_start_ms: r.slot_start.0,
+                waited_ms: r.waited_ms,
+                ringing: r.ringing,
+                disconnected: r.disconnected,
+            })
+            .collect();
+        let status = self
+            .engine
+            .clinic_doctor_status(clinic)
+            .map(status_str)
+            .unwrap_or("away");
+        ServerMessage::Queue {
+            clinic: clinic.0.clone(),
+            patients,
+            doctor_status: status.to_owned(),
+        }
+    }
+
+    fn waiting_message(&self, now: Millis, patient: &UserId) -> Option<ServerMessage> {
+        let view = self.engine.patient_view(now, patient)?;
+        Some(ServerMessage::Waiting {
+            clinic: view.clinic.0,
+            position: view.position.map(|p| p as u32),
+            estimated_wait_ms: view.estimated_wait_ms,
+            doctor_status: status_str(view.doctor_status).to_owned(),
+        })
+    }
+
+    fn send_to_user(&self, user: &UserId, message: ServerMessage) {
+        for s in self.sockets.iter().filter(|s| &s.actor.user == user) {
+            if s.events.try_send(message.clone()).is_err() {
+                warn!(session = s.session, "clinic notification dropped: socket queue full");
+            }
+        }
+    }
+
+    fn send_to_clinic_doctors(&self, clinic: &ClinicId, message: ServerMessage) {
+        for s in self
+            .sockets
+            .iter()
+            .filter(|s| s.actor.role == Role::Doctor && s.actor.has_clinic(clinic))
+        {
+            if s.events.try_send(message.clone()).is_err() {
+                warn!(session = s.session, "clinic notification dropped: socket queue full");
+            }
+        }
+    }
+
+    fn audit(
+        &self,
+        now: Millis,
+        kind: &str,
+        actor: Option<String>,
+        subject: Option<String>,
+        details: serde_json::Value,
+    ) {
+        let store = self.store.clone();
+        let result = tokio::task::block_in_place(|| store.append_audit(now.0, kind, actor, subject, details));
+        if let Err(e) = result {
+            // The audit trail is a legal record: losing an entry must be loud.
+            tracing::error!(error = %e, kind, "AUDIT ENTRY NOT WRITTEN");
+        }
+    }
+
+    fn persist(&self) {
+        let snapshot = self.engine.snapshot();
+        let store = self.store.clone();
+        if let Err(e) = tokio::task::block_in_place(|| store.save_snapshot(&snapshot)) {
+            tracing::error!(error = %e, "clinic state not persisted");
+        }
+    }
+}
+
+fn join_reply(outcome: JoinOutcome) -> CommandReply {
+    match outcome {
+        JoinOutcome::Admitted { room, may_publish } => CommandReply::EnterRoom { room, may_publish },
+        JoinOutcome::WaitingForApproval => CommandReply::WaitingForApproval,
+    }
+}
+
+fn ringing(inv: &huizhen_signaling::clinic::Invitation) -> ServerMessage {
+    ServerMessage::Ringing {
+        invitation: inv.id.0.clone(),
+        consultation: inv.consultation.0.clone(),
+        expires_at_ms: inv.expires_at.0,
+    }
+}
+
+fn status_str(status: huizhen_signaling::clinic::DoctorStatus) -> &'static str {
+    use huizhen_signaling::clinic::DoctorStatus;
+    match status {
+        DoctorStatus::Online => "online",
+        DoctorStatus::InConsultation => "in_consultation",
+        DoctorStatus::Away => "away",
+    }
+}
