@@ -384,7 +384,7 @@ impl Config {
         }
         self.auth.validate().map_err(|e| ConfigError::Invalid {
             field: e.field(),
-            message: e.to_string(),
+            message: e.message(),
         })?;
         self.webhook.validate().map_err(|e| match e {
             crate::webhook::WebhookError::Config { field, message } => {

@@ -233,7 +233,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     }
     let webhooks = Webhooks::spawn(config.webhook.clone(), &metrics.component("webhook"), shutdown_rx.clone())?;
     let now = crate::clinic::now_ms();
-    let snapshot = tokio::task::block_in_place(|| store.load_snapshot())?;
+    let snapshot = crate::clinic::blocking(|| store.load_snapshot())?;
     let mut engine = ClinicEngine::from_snapshot(config.clinic.settings(), snapshot, now);
     let base_url = public_url(&config, http_addr);
     let dev = if config.clinic.seed_demo {

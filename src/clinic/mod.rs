@@ -33,6 +33,16 @@ const EXPERT_LINK_TTL_SECS: u64 = 4 * 3600;
 /// Capacity of the request channel.
 const REQUEST_QUEUE: usize = 1024;
 
+/// Run short blocking work (a SQLite write) from async code: on the multi-threaded runtime the
+/// worker hands its other tasks away first; elsewhere (tests on a current-thread runtime) the
+/// work simply runs, as it is short.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// Current wall-clock time.
 pub fn now_ms() -> Millis {
     Millis(
@@ -405,7 +415,7 @@ impl Service {
                     );
                 }
                 let _ = reply.send(result);
-                self.after_change(now).await;
+                self.after_change_by(now, Some(&actor.user)).await;
             }
             ClinicRequest::AuditRefusal { kind, actor, details } => {
                 self.audit(now, kind, actor, None, details);
@@ -516,11 +526,18 @@ impl Service {
 
     /// Act on everything the engine did: audit, persist, notify, close rooms, webhooks.
     async fn after_change(&mut self, now: Millis) {
+        self.after_change_by(now, None).await;
+    }
+
+    /// Like [`Service::after_change`]; `by` is the authenticated user whose command caused the
+    /// events, recorded as the actor where the event itself names none (doctor actions).
+    async fn after_change_by(&mut self, now: Millis, by: Option<&UserId>) {
         let mut touched: BTreeSet<ClinicId> = BTreeSet::new();
         let mut changed = false;
         while let Some(event) = self.engine.poll_event() {
             changed = true;
             let (kind, actor, subject, details) = crate::audit::audit_fields(&event);
+            let actor = actor.or_else(|| by.map(|u| u.0.clone()));
             self.metrics.events.with_label_values(&[kind]).inc();
             self.audit(now, kind, actor, subject, details);
             self.notify(now, &event, &mut touched).await;
@@ -777,7 +794,7 @@ impl Service {
         details: serde_json::Value,
     ) {
         let store = self.store.clone();
-        let result = tokio::task::block_in_place(|| store.append_audit(now.0, kind, actor, subject, details));
+        let result = blocking(|| store.append_audit(now.0, kind, actor, subject, details));
         if let Err(e) = result {
             // The audit trail is a legal record: losing an entry must be loud.
             tracing::error!(error = %e, kind, "AUDIT ENTRY NOT WRITTEN");
@@ -787,7 +804,7 @@ impl Service {
     fn persist(&self) {
         let snapshot = self.engine.snapshot();
         let store = self.store.clone();
-        if let Err(e) = tokio::task::block_in_place(|| store.save_snapshot(&snapshot)) {
+        if let Err(e) = blocking(|| store.save_snapshot(&snapshot)) {
             tracing::error!(error = %e, "clinic state not persisted");
         }
     }

@@ -266,10 +266,13 @@ async fn create_token(
     claims.clinics = new.clinics;
     claims.consultation = new.consultation;
     claims.appointment = new.appointment;
-    let token = state
-        .minter
-        .mint(&claims)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let token = state.minter.mint(&claims).map_err(|e| match e {
+        crate::auth::TokenError::SigningFailed => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        }
+        // Lifetime over the configured cap, missing or conflicting claims: the caller's to fix.
+        other => bad_request(other.to_string()),
+    })?;
     Ok((StatusCode::CREATED, Json(json!({ "token": token, "expires_at": claims.exp }))).into_response())
 }
 

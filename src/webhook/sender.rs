@@ -44,12 +44,18 @@ impl Webhooks {
         shutdown: watch::Receiver<bool>,
     ) -> Result<WebhookHandle, WebhookError> {
         config.validate()?;
+        // Checked before registering, so a failed start leaves the registry untouched.
+        let runtime = if config.enabled() {
+            let current = tokio::runtime::Handle::try_current();
+            Some(current.map_err(|_| WebhookError::NoRuntime)?)
+        } else {
+            None
+        };
         let metrics = WebhookMetrics::new(registry)?;
-        let Some(url) = config.url.as_deref() else {
+        let (Some(url), Some(runtime)) = (config.url.as_deref(), runtime) else {
             info!("webhooks disabled (no webhook.url)");
             return Ok(WebhookHandle { inner: None });
         };
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
         let url = check_url(url).map_err(|message| WebhookError::Config {
             field: "webhook.url",
             message,

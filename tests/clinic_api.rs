@@ -1,0 +1,367 @@
+//! The clinic over real HTTP and WebSocket on 127.0.0.1: the REST admin API, token checks and
+//! every grant rule. Each refused action must get the right error code and an audit entry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use huizhen::auth::Claims;
+use huizhen::server::ServerHandle;
+use huizhen_signaling::clinic::Role;
+use huizhen_signaling::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Minimal HTTP/1.1 client: (status, JSON body).
+async fn http(server: &ServerHandle, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let addr = server.http_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn token(server: &ServerHandle, claims: Claims) -> String {
+    server.minter().mint(&claims).unwrap()
+}
+
+fn claims(sub: &str, role: Role) -> Claims {
+    Claims::new(sub, format!("name of {sub}"), role, now_secs(), 3600)
+}
+
+/// A socket authenticated as `token`.
+async fn authed(server: &ServerHandle, token: String) -> Ws {
+    let mut ws = connect_ws(server.http_addr()).await;
+    send_msg(&mut ws, &ClientMessage::Auth { token }).await;
+    let (reply, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Authenticated { .. } | ServerMessage::Error { .. })
+    })
+    .await;
+    assert!(matches!(reply, ServerMessage::Authenticated { .. }), "{reply:?}");
+    ws
+}
+
+/// Send `msg` and expect an error with `code`, skipping notifications.
+async fn expect_refused(ws: &mut Ws, msg: ClientMessage, code: ErrorCode) {
+    send_msg(ws, &msg).await;
+    let (reply, _) = recv_until(ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Error { .. })).await;
+    match reply {
+        ServerMessage::Error { code: got, message } => {
+            assert_eq!(got, code, "{msg:?} refused with {message}")
+        }
+        _ => unreachable!(),
+    }
+}
+
+async fn audit_entries(server: &ServerHandle) -> Vec<Value> {
+    let (status, body) = http(server, "GET", "/api/v1/audit", Some(server.api_key()), None).await;
+    assert_eq!(status, 200);
+    body.as_array().cloned().unwrap_or_default()
+}
+
+/// Wait until the audit trail holds an entry matching `pred`.
+async fn expect_audit(server: &ServerHandle, what: &str, pred: impl Fn(&Value) -> bool) {
+    for _ in 0..50 {
+        if audit_entries(server).await.iter().any(&pred) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no audit entry for {what}: {:#?}", audit_entries(server).await);
+}
+
+fn refused_entry(command: &'static str, code: &'static str) -> impl Fn(&Value) -> bool {
+    move |e: &Value| {
+        e["kind"] == "refused" && e["details"]["command"] == command && e["details"]["code"] == code
+    }
+}
+
+async fn setup() -> ServerHandle {
+    init_tracing();
+    let mut config = huizhen::config::Config::loopback_for_tests();
+    config.clinic.seed_demo = false;
+    let server = huizhen::server::start(config).await.expect("server starts");
+    let key = server.api_key().to_owned();
+    for (id, doctor) in [("cardio", "dr-li"), ("derm", "dr-wu")] {
+        let (status, body) = http(
+            &server,
+            "POST",
+            "/api/v1/clinics",
+            Some(&key),
+            Some(json!({ "id": id, "doctor": doctor, "name": id })),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let soon = now_secs() * 1000 + 5 * 60_000;
+    for (id, patient) in [("appt-a", "pat-a"), ("appt-b", "pat-b")] {
+        let (status, body) = http(
+            &server,
+            "POST",
+            "/api/v1/appointments",
+            Some(&key),
+            Some(json!({ "id": id, "clinic": "cardio", "patient": patient, "slot_start_ms": soon })),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_api_needs_the_key_and_validates_input() {
+    let server = setup().await;
+    let key = server.api_key().to_owned();
+    assert_eq!(http(&server, "GET", "/api/v1/clinics", None, None).await.0, 401);
+    assert_eq!(http(&server, "GET", "/api/v1/clinics", Some("wrong-key-wrong-key"), None).await.0, 401);
+    let (status, clinics) = http(&server, "GET", "/api/v1/clinics", Some(&key), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(clinics.as_array().unwrap().len(), 2);
+    let (status, body) = http(&server, "POST", "/api/v1/clinics", Some(&key), Some(json!({ "id": "x y" }))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_request");
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/api/v1/appointments",
+        Some(&key),
+        Some(json!({ "id": "z", "clinic": "nope", "patient": "p", "slot_start_ms": 1 })),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/api/v1/tokens",
+        Some(&key),
+        Some(json!({ "sub": "pat-a", "name": "A", "role": "patient", "appointment": "appt-a" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let minted = body["token"].as_str().unwrap().to_owned();
+    let _ws = authed(&server, minted).await;
+    let (status, spec) = http(&server, "GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(spec["openapi"], "3.0.3");
+    assert!(spec["paths"]["/appointments"]["post"].is_object());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_and_audited() {
+    let server = setup().await;
+    let mut ws = connect_ws(server.http_addr()).await;
+    // Clinic messages need auth first.
+    expect_refused(
+        &mut ws,
+        ClientMessage::CheckIn { appointment: "appt-a".into() },
+        ErrorCode::NotAuthenticated,
+    )
+    .await;
+    // Forged: signed with another key.
+    let mut other = huizhen::auth::AuthConfig::default();
+    other.hs256_secret = Some("another-secret-another-secret-another-secret".into());
+    let forger = huizhen::auth::TokenMinter::new(&other).unwrap();
+    let forged = forger.mint(&claims("pat-a", Role::Patient)).unwrap();
+    expect_refused(&mut ws, ClientMessage::Auth { token: forged }, ErrorCode::InvalidToken).await;
+    // Expired an hour ago.
+    let old = Claims::new("pat-a", "A", Role::Patient, now_secs() - 7200, 3600);
+    expect_refused(&mut ws, ClientMessage::Auth { token: token(&server, old) }, ErrorCode::ExpiredToken).await;
+    expect_refused(&mut ws, ClientMessage::Auth { token: "not.a.jwt".into() }, ErrorCode::InvalidToken).await;
+    expect_audit(&server, "expired token", |e| e["kind"] == "token_refused" && e["details"]["code"] == "expired_token").await;
+    expect_audit(&server, "forged token", |e| e["kind"] == "token_refused" && e["details"]["code"] == "invalid_token").await;
+    // A token is also checked on a plain room join: the verified name is used.
+    let mut join = connect_ws(server.http_addr()).await;
+    send_text(&mut join, r#"{"type":"join","v":1,"room":"r","display_name":"x","token":"garbage"}"#).await;
+    let (reply, _) = recv_until(&mut join, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Error { .. })).await;
+    assert!(matches!(reply, ServerMessage::Error { code: ErrorCode::InvalidToken, .. }));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grant_rule_is_enforced_and_audited() {
+    let server = setup().await;
+    let mut doctor_claims = claims("dr-li", Role::Doctor);
+    doctor_claims.clinics = vec!["cardio".into()];
+    let mut a_claims = claims("pat-a", Role::Patient);
+    a_claims.appointment = Some("appt-a".into());
+    let mut doctor = authed(&server, token(&server, doctor_claims)).await;
+    let mut a = authed(&server, token(&server, a_claims)).await;
+    let mut b = authed(&server, token(&server, claims("pat-b", Role::Patient))).await;
+
+    // A patient cannot check in to another patient's appointment.
+    expect_refused(&mut b, ClientMessage::CheckIn { appointment: "appt-a".into() }, ErrorCode::Forbidden).await;
+    expect_audit(&server, "foreign check-in", refused_entry("check_in", "forbidden")).await;
+    // Unknown appointment.
+    expect_refused(&mut b, ClientMessage::CheckIn { appointment: "appt-zzz".into() }, ErrorCode::NotFound).await;
+
+    send_msg(&mut a, &ClientMessage::CheckIn { appointment: "appt-a".into() }).await;
+    let (waiting, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    assert!(matches!(waiting, ServerMessage::Waiting { position: Some(1), .. }), "{waiting:?}");
+    send_msg(&mut b, &ClientMessage::CheckIn { appointment: "appt-b".into() }).await;
+    recv_until(&mut b, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { position: Some(2), .. })).await;
+
+    // A patient cannot invite, move up, or end.
+    expect_refused(&mut b, ClientMessage::Invite { clinic: "cardio".into(), patient: None }, ErrorCode::Forbidden).await;
+    expect_audit(&server, "patient invites", refused_entry("invite", "forbidden")).await;
+    expect_refused(
+        &mut b,
+        ClientMessage::MoveUp { clinic: "cardio".into(), patient: "pat-b".into() },
+        ErrorCode::Forbidden,
+    )
+    .await;
+    // A doctor of another clinic cannot invite here.
+    let mut wu = claims("dr-wu", Role::Doctor);
+    wu.clinics = vec!["derm".into()];
+    let mut other_doctor = authed(&server, token(&server, wu)).await;
+    expect_refused(
+        &mut other_doctor,
+        ClientMessage::Invite { clinic: "cardio".into(), patient: None },
+        ErrorCode::Forbidden,
+    )
+    .await;
+
+    // The doctor invites the first in line: a rings.
+    send_msg(&mut doctor, &ClientMessage::Invite { clinic: "cardio".into(), patient: None }).await;
+    let (ringing, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
+    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
+    // b cannot answer a's invitation.
+    expect_refused(
+        &mut b,
+        ClientMessage::AcceptInvitation { invitation: invitation.clone() },
+        ErrorCode::Forbidden,
+    )
+    .await;
+    expect_audit(&server, "foreign answer", refused_entry("accept_invitation", "forbidden")).await;
+    // A second invitation while one is outstanding is refused.
+    expect_refused(
+        &mut doctor,
+        ClientMessage::Invite { clinic: "cardio".into(), patient: None },
+        ErrorCode::InvalidState,
+    )
+    .await;
+
+    send_msg(&mut a, &ClientMessage::AcceptInvitation { invitation }).await;
+    let (ready, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    let ServerMessage::ConsultationReady { room, .. } = ready else { unreachable!() };
+    assert!(room.starts_with("consult-"));
+
+    // Nobody reaches the consultation's room by name.
+    let mut sneaky = connect_ws(server.http_addr()).await;
+    send_msg(&mut sneaky, &join_msg(&room, "sneaky")).await;
+    let (reply, _) = recv_until(&mut sneaky, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Error { .. })).await;
+    assert!(matches!(reply, ServerMessage::Error { code: ErrorCode::Forbidden, .. }), "{reply:?}");
+    // b cannot join a's consultation.
+    expect_refused(
+        &mut b,
+        ClientMessage::JoinConsultation { consultation: consultation.clone() },
+        ErrorCode::Forbidden,
+    )
+    .await;
+    expect_audit(&server, "foreign join", refused_entry("join_consultation", "forbidden")).await;
+
+    // a and the doctor enter the call.
+    for ws in [&mut a, &mut doctor] {
+        send_msg(ws, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+        let (joined, _) = recv_until(ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+        assert!(matches!(joined, ServerMessage::Joined { room: r, .. } if r == room));
+    }
+
+    // A companion waits; the patient cannot admit; the doctor can.
+    let mut companion_claims = claims("son-of-a", Role::Companion);
+    companion_claims.appointment = Some("appt-a".into());
+    let mut companion = authed(&server, token(&server, companion_claims)).await;
+    send_msg(&mut companion, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::WaitingForApproval { .. })).await;
+    recv_until(&mut doctor, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::CompanionWaiting { .. })).await;
+    expect_refused(
+        &mut a,
+        ClientMessage::Admit { consultation: consultation.clone(), user: "son-of-a".into() },
+        ErrorCode::Forbidden,
+    )
+    .await;
+    expect_audit(&server, "patient admits", refused_entry("admit", "forbidden")).await;
+    send_msg(&mut doctor, &ClientMessage::Admit { consultation: consultation.clone(), user: "son-of-a".into() }).await;
+    recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+
+    // An observer may join (without publishing); an expert needs a real link.
+    let mut observer_claims = claims("student", Role::Observer);
+    observer_claims.consultation = Some(consultation.clone());
+    let mut observer = authed(&server, token(&server, observer_claims)).await;
+    send_msg(&mut observer, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut observer, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+    let mut fake_expert = claims("fake-expert", Role::Expert);
+    fake_expert.consultation = Some(consultation.clone());
+    fake_expert.jti = Some("made-up-link".into());
+    let mut fake = authed(&server, token(&server, fake_expert)).await;
+    expect_refused(
+        &mut fake,
+        ClientMessage::JoinConsultation { consultation: consultation.clone() },
+        ErrorCode::Forbidden,
+    )
+    .await;
+
+    // The doctor's expert link works, until the consultation ends.
+    send_msg(&mut doctor, &ClientMessage::InviteExpert { consultation: consultation.clone(), display_name: Some("Prof. Zhang".into()) }).await;
+    let (link, _) = recv_until(&mut doctor, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ExpertLink { .. })).await;
+    let ServerMessage::ExpertLink { path, .. } = link else { unreachable!() };
+    let expert_token = path.split("token=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let mut expert = authed(&server, expert_token.clone()).await;
+    send_msg(&mut expert, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut expert, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+
+    // Only the doctor ends.
+    expect_refused(
+        &mut a,
+        ClientMessage::EndConsultation { consultation: consultation.clone() },
+        ErrorCode::Forbidden,
+    )
+    .await;
+    expect_audit(&server, "patient ends", refused_entry("end_consultation", "forbidden")).await;
+    send_msg(&mut doctor, &ClientMessage::EndConsultation { consultation: consultation.clone() }).await;
+    for ws in [&mut a, &mut expert, &mut companion] {
+        recv_until(ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationEnded { .. })).await;
+    }
+    // Everyone's media session in the room is closed.
+    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { .. })).await;
+
+    // The expert link is dead now, even for its owner on a fresh socket.
+    let mut again = authed(&server, expert_token).await;
+    expect_refused(
+        &mut again,
+        ClientMessage::JoinConsultation { consultation: consultation.clone() },
+        ErrorCode::LinkExpired,
+    )
+    .await;
+    expect_audit(&server, "expired link", refused_entry("join_consultation", "link_expired")).await;
+
+    // The whole trail is a valid hash chain and names the flow's events.
+    let entries = audit_entries(&server).await;
+    for kind in ["checked_in", "invited", "answered", "joined", "admitted", "consultation_ended"] {
+        assert!(
+            entries.iter().any(|e| e["kind"] == kind),
+            "no {kind} entry in {entries:#?}"
+        );
+    }
+    let parsed: Vec<huizhen::audit::AuditEntry> = serde_json::from_value(Value::Array(entries)).unwrap();
+    huizhen::audit::verify(&parsed).expect("audit chain verifies");
+    server.shutdown().await;
+}
