@@ -31,8 +31,10 @@ function roomFromPath(pathname) {
 
 const params = new URLSearchParams(location.search);
 const ROOM = roomFromPath(location.pathname);
+// The server accepts display names of up to 128 bytes of UTF-8; 32 characters never exceed it.
 const DISPLAY_NAME =
-  (params.get('name') || '').trim() || `Guest-${String(Math.floor(1000 + Math.random() * 9000))}`;
+  [...(params.get('name') || '').trim()].slice(0, 32).join('') ||
+  `Guest-${String(Math.floor(1000 + Math.random() * 9000))}`;
 
 // ---------------------------------------------------------------------------------------------
 // State, exposed for tests and debugging as window.huizhen.
@@ -209,6 +211,7 @@ function connect() {
 }
 
 async function handleServerMessage(msg) {
+  if (huizhen.state === 'left' && msg.type !== 'bye') return; // late frames after our `leave`
   switch (msg.type) {
     case 'joined':
       return onJoined(msg);
@@ -238,6 +241,11 @@ async function handleServerMessage(msg) {
     case 'error':
       return onServerError(msg);
     case 'bye':
+      if (huizhen.state === 'left') {
+        // The expected reply to our `leave`.
+        ws?.close(1000, 'leave');
+        return;
+      }
       huizhen.state = 'closed';
       setStatus(`Removed by server: ${msg.reason}`, true);
       logLine(`bye: ${msg.reason}`, true);
@@ -265,7 +273,10 @@ function onServerError(msg) {
     // not loop.
     offerFailures += 1;
     clearTimeout(offerTimer);
-    return pc.setLocalDescription({ type: 'rollback' }).catch((err) => fail('rollback', err));
+    return pc
+      .setLocalDescription({ type: 'rollback' })
+      .then(() => reattachSenders(pc))
+      .catch((err) => fail('rollback', err));
   }
 }
 
@@ -349,6 +360,7 @@ async function offerTimedOut() {
   record('local', { type: 'offer_timeout' });
   // Returning to stable with changes still unnegotiated fires negotiationneeded again.
   await pc.setLocalDescription({ type: 'rollback' });
+  await reattachSenders(pc);
 }
 
 async function onServerOffer(sdp) {
@@ -364,7 +376,25 @@ async function onServerOffer(sdp) {
   await pc.setRemoteDescription({ type: 'offer', sdp });
   await pc.setLocalDescription();
   send({ type: 'answer', sdp: pc.localDescription.sdp });
+  if (collision) await reattachSenders(pc);
   renderRemoteTracks();
+}
+
+// Chromium (seen in 148) stops feeding the tracks of already negotiated senders to their
+// encoders after a rollback, implicit or explicit: packetsSent stays at 0 although the
+// transceivers remain sendonly. Re-attaching each track revives them; it needs no negotiation.
+async function reattachSenders(pc) {
+  for (const t of pc.getTransceivers()) {
+    const track = t.sender.track;
+    if (!track || t.stopped || track.readyState !== 'live') continue;
+    try {
+      await t.sender.replaceTrack(null);
+      await t.sender.replaceTrack(track);
+    } catch (err) {
+      fail('internal', err);
+    }
+  }
+  record('local', { type: 'senders_reattached' });
 }
 
 async function onServerAnswer(sdp) {
@@ -487,7 +517,6 @@ async function startScreenShare() {
   if (screenTransceiver && !screenTransceiver.stopped && screenTransceiver.currentDirection !== 'stopped') {
     // Reuse the m-line of an earlier share; changing the direction renegotiates.
     await screenTransceiver.sender.replaceTrack(track);
-    screenTransceiver.sender.setStreams?.(stream);
     screenTransceiver.direction = 'sendonly';
   } else {
     screenTransceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
@@ -522,16 +551,15 @@ async function stopScreenShare() {
 
 function leave() {
   if (huizhen.state === 'left') return;
-  send({ type: 'leave' });
+  const sent = send({ type: 'leave' });
   huizhen.state = 'left';
   setStatus('You left the room');
   logLine('left the room');
-  try {
-    ws?.close(1000, 'leave');
-  } catch {
-    // already closed
-  }
   teardown();
+  // The server answers `leave` with `bye` and closes the socket; close it ourselves if that
+  // does not happen soon.
+  const socket = ws;
+  setTimeout(() => socket?.close(1000, 'leave'), sent ? 2000 : 0);
 }
 
 function teardown() {

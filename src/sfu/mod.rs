@@ -1193,7 +1193,13 @@ fn on_event(
             None
         }
         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-            Some(Deferred::Remove(LeaveReason::Disconnected))
+            // Not final: before connecting, an ICE-lite agent reports Disconnected whenever it
+            // briefly has no candidate pair (e.g. only the client's UDP candidates arrived
+            // while the server announces TCP), and a connected agent can recover. A peer that
+            // really is gone stops sending and is removed by the liveness sweep within
+            // `peer_timeout` (or `connect_timeout` if it never connected).
+            debug!(participant = %p.id, connected = p.connected, "ICE reports disconnected");
+            None
         }
         Event::MediaAdded(m) if m.direction.is_receiving() => {
             Some(Deferred::TrackPublished(m.mid, m.kind))
