@@ -27,6 +27,14 @@ pub const ASSETS: &[Asset] = &[
     },
 ];
 
+/// Top-level pages (`/<name>`), each a plain HTML file in `static/`.
+pub const PAGES: &[(&str, &str)] = &[("room", ROOM_HTML)];
+
+/// The page served at `/<name>`, if there is one.
+pub fn page(name: &str) -> Option<&'static str> {
+    PAGES.iter().find(|(n, _)| *n == name).map(|(_, body)| *body)
+}
+
 /// Look up an embedded file.
 pub fn find(name: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.name == name)

@@ -41,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(websocket))
         .route("/room/{name}", get(room_page))
         .route("/static/{file}", get(static_file))
+        .route("/patient", get(|| clinic_page("patient")))
+        .route("/doctor", get(|| clinic_page("doctor")))
+        .route("/expert", get(|| clinic_page("expert")))
+        .route("/companion", get(|| clinic_page("companion")))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -67,6 +71,23 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
 
 async fn room_page(Path(_name): Path<String>) -> Html<&'static str> {
     Html(assets::ROOM_HTML)
+}
+
+/// A clinic page (the token travels in the query string and is read by the page's script).
+async fn clinic_page(name: &'static str) -> Response {
+    match assets::page(name) {
+        Some(body) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+                // Tokens are in the URL: never leak them in Referer headers.
+                (header::REFERRER_POLICY, "no-referrer"),
+            ],
+            body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
 }
 
 async fn static_file(Path(file): Path<String>) -> Response {
