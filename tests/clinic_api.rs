@@ -289,6 +289,9 @@ async fn every_grant_rule_is_enforced_and_audited() {
     let mut companion_claims = claims("son-of-a", Role::Companion);
     companion_claims.appointment = Some("appt-a".into());
     let mut companion = authed(&server, token(&server, companion_claims)).await;
+    // The companion learns which consultation to ask for.
+    let (open, _) = recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationOpen { .. })).await;
+    assert_eq!(open, ServerMessage::ConsultationOpen { consultation: consultation.clone() });
     send_msg(&mut companion, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
     recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::WaitingForApproval { .. })).await;
     recv_until(&mut doctor, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::CompanionWaiting { .. })).await;
@@ -301,6 +304,9 @@ async fn every_grant_rule_is_enforced_and_audited() {
     expect_audit(&server, "patient admits", refused_entry("admit", "forbidden")).await;
     send_msg(&mut doctor, &ClientMessage::Admit { consultation: consultation.clone(), user: "son-of-a".into() }).await;
     recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    // Admitted: joining again now enters the room.
+    send_msg(&mut companion, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
 
     // An observer may join (without publishing); an expert needs a real link.
     let mut observer_claims = claims("student", Role::Observer);

@@ -295,6 +295,12 @@ pub enum ServerMessage {
         /// Its SFU room.
         room: String,
     },
+    /// Companion: the consultation of the appointment you accompany is under way; send
+    /// `join_consultation` with this id to ask the doctor to admit you.
+    ConsultationOpen {
+        /// The consultation.
+        consultation: String,
+    },
     /// Companion: wait for the doctor to admit you.
     WaitingForApproval {
         /// The consultation.

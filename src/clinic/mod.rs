@@ -374,6 +374,9 @@ impl Service {
                     actor: actor.clone(),
                     events,
                 });
+                if let Some(open) = self.open_consultation_for(&actor) {
+                    self.send_to_user(&actor.user, open);
+                }
                 self.push_views_to(&actor, now);
                 self.after_change(now).await;
             }
@@ -585,6 +588,14 @@ impl Service {
                     };
                     self.send_to_user(patient, ready.clone());
                     self.send_to_clinic_doctors(&c.clinic, ready);
+                    let open = ServerMessage::ConsultationOpen {
+                        consultation: c.id.0.clone(),
+                    };
+                    for s in self.sockets.iter().filter(|s| {
+                        s.actor.role == Role::Companion && s.actor.appointment.as_ref() == Some(&c.appointment)
+                    }) {
+                        let _ = s.events.try_send(open.clone());
+                    }
                 }
             }
             ClinicEvent::Declined { invitation, patient }
@@ -726,6 +737,21 @@ impl Service {
             }
             _ => {}
         }
+    }
+
+    /// For a companion: the consultation under way for the appointment they accompany.
+    fn open_consultation_for(&self, actor: &Actor) -> Option<ServerMessage> {
+        if actor.role != Role::Companion {
+            return None;
+        }
+        let appointment = actor.appointment.as_ref()?;
+        let c = self
+            .engine
+            .consultations_of(appointment)
+            .find(|c| c.state == huizhen_signaling::clinic::ConsultationState::InProgress)?;
+        Some(ServerMessage::ConsultationOpen {
+            consultation: c.id.0.clone(),
+        })
     }
 
     fn queue_message(&self, now: Millis, clinic: &ClinicId) -> ServerMessage {
