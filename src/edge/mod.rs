@@ -396,3 +396,77 @@ impl Edge {
         self.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::sim::sim_config;
+
+    async fn edge() -> Edge {
+        let metrics = SfuMetrics::unregistered();
+        Edge {
+            sfu: Sfu::new(sim_config(), metrics.clone()),
+            metrics,
+            udp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            udp_port: 0,
+            local: LocalAddress {
+                announce: vec!["127.0.0.1".parse().unwrap()],
+            },
+            sessions: HashMap::new(),
+            tcp: HashMap::new(),
+        }
+    }
+
+    fn frame(to: SocketAddr) -> Transmit {
+        Transmit {
+            proto: Protocol::Tcp,
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: to,
+            contents: vec![0x80; 100],
+            forwarded_from: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_tcp_subscriber_loses_only_its_own_frames() {
+        let mut edge = edge().await;
+        let slow: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let fast: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        let (slow_tx, _slow_rx_never_read) = mpsc::channel(4);
+        let (fast_tx, mut fast_rx) = mpsc::channel(4);
+        edge.tcp.insert(slow, slow_tx);
+        edge.tcp.insert(fast, fast_tx);
+        for _ in 0..100 {
+            edge.transmit(frame(slow));
+            edge.transmit(frame(fast));
+            // The fast subscriber's writer keeps up.
+            while fast_rx.try_recv().is_ok() {}
+        }
+        let dropped = edge
+            .metrics
+            .dropped_packets
+            .with_label_values(&["tcp_queue_full"])
+            .get();
+        assert_eq!(dropped, 96, "the slow queue holds 4, the rest is dropped and counted");
+        assert_eq!(
+            edge.metrics.datagrams_sent.with_label_values(&["tcp"]).get(),
+            104,
+            "all 100 fast frames and 4 slow ones went out"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_signaling_client_that_stops_reading_is_removed_not_waited_for() {
+        let mut edge = edge().await;
+        let (tx, _rx_never_read) = mpsc::channel(2);
+        let now = Instant::now();
+        let id = edge.sfu.join(now, "room", "slow reader", true).unwrap();
+        edge.sessions.insert(id, tx);
+        for _ in 0..3 {
+            edge.deliver(id, ServerMessage::Pong {});
+        }
+        edge.flush();
+        assert_eq!(edge.sfu.participant_count(), 0);
+        assert!(edge.sessions.is_empty());
+    }
+}
