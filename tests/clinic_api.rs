@@ -371,3 +371,83 @@ async fn every_grant_rule_is_enforced_and_audited() {
     huizhen::audit::verify(&parsed).expect("audit chain verifies");
     server.shutdown().await;
 }
+
+/// A local receiver for the hospital-system webhooks: records verified bodies.
+async fn webhook_receiver(secret: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let store = store.clone();
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let ts: u64 = h(huizhen::webhook::HEADER_TIMESTAMP).parse().unwrap_or(0);
+                let sig = h(huizhen::webhook::HEADER_SIGNATURE);
+                if !huizhen::webhook::verify_signature(secret.as_bytes(), ts, &body, &sig) {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                store.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consultation_start_and_end_reach_the_hospital_system_signed() {
+    const SECRET: &str = "hook-secret-0123456789";
+    let (url, seen) = webhook_receiver(SECRET).await;
+    let mut config = huizhen::config::Config::loopback_for_tests();
+    config.clinic.seed_demo = false;
+    config.webhook.url = Some(url);
+    config.webhook.secret = Some(SECRET.into());
+    let server = huizhen::server::start(config).await.unwrap();
+    let key = server.api_key().to_owned();
+    let soon = now_secs() * 1000 + 60_000;
+    assert_eq!(http(&server, "POST", "/api/v1/clinics", Some(&key), Some(json!({"id": "ent", "doctor": "dr-e", "name": "ENT"}))).await.0, 201);
+    assert_eq!(
+        http(&server, "POST", "/api/v1/appointments", Some(&key), Some(json!({"id": "ap", "clinic": "ent", "patient": "pp", "slot_start_ms": soon}))).await.0,
+        201
+    );
+    let mut dc = claims("dr-e", Role::Doctor);
+    dc.clinics = vec!["ent".into()];
+    let mut doctor = authed(&server, token(&server, dc)).await;
+    let mut patient = authed(&server, token(&server, claims("pp", Role::Patient))).await;
+    send_msg(&mut patient, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
+    recv_until(&mut patient, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    send_msg(&mut doctor, &ClientMessage::Invite { clinic: "ent".into(), patient: None }).await;
+    let (ringing, _) = recv_until(&mut patient, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
+    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
+    send_msg(&mut patient, &ClientMessage::AcceptInvitation { invitation }).await;
+    recv_until(&mut doctor, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    send_msg(&mut doctor, &ClientMessage::EndConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut patient, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationEnded { .. })).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let types: Vec<String> = seen.lock().unwrap().iter().map(|v| v["type"].as_str().unwrap_or("").to_owned()).collect();
+        if types.contains(&"consultation.started".to_owned()) && types.contains(&"consultation.ended".to_owned()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "webhooks not received: {types:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = seen.lock().unwrap().iter().find(|v| v["type"] == "consultation.ended").cloned().unwrap();
+    assert_eq!(ended["data"]["consultation"], consultation.as_str());
+    assert_eq!(ended["data"]["clinic"], "ent");
+    assert!(ended["data"]["ended_at_ms"].as_u64().is_some());
+    let roles: Vec<&str> = ended["data"]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["patient"], "who took part is reported");
+    server.shutdown().await;
+}

@@ -1129,7 +1129,8 @@ impl ClinicEngine {
         c.ended_at = Some(now);
         let duration_ms = c.started_at.map_or(0, |s| now.since(s));
         let (room, clinic) = (c.room.clone(), c.clinic.clone());
-        let seats = std::mem::take(&mut c.seats);
+        // Seats stay on the record: who took part is part of the consultation's history.
+        let seats = c.seats.clone();
         if let Some(state) = self.clinics.get_mut(&clinic) {
             state.recent_lengths_ms.push_back(duration_ms);
             while state.recent_lengths_ms.len() > RECENT_LENGTHS {
@@ -1194,6 +1195,7 @@ impl ClinicEngine {
         let seats = self
             .consultations
             .values()
+            .filter(|c| c.state != ConsultationState::Ended)
             .flat_map(|c| c.seats.iter())
             .filter_map(|s| s.disconnected_since)
             .map(|t| t.plus(grace));
@@ -1233,7 +1235,11 @@ impl ClinicEngine {
             });
         }
         let mut gone_seats = Vec::new();
-        for c in self.consultations.values_mut() {
+        for c in self
+            .consultations
+            .values_mut()
+            .filter(|c| c.state != ConsultationState::Ended)
+        {
             let (gone, kept): (Vec<Seat>, Vec<Seat>) = std::mem::take(&mut c.seats)
                 .into_iter()
                 .partition(|s| s.disconnected_since.is_some_and(|t| t <= cutoff));
