@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::rs_client::RsPeer;
 use common::*;
 use huizhen_signaling::protocol::{ErrorCode, ServerMessage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Sum of a metric's samples whose line starts with `prefix`.
 fn metric_sum(metrics: &str, prefix: &str) -> f64 {
@@ -21,18 +21,7 @@ fn metric_sum(metrics: &str, prefix: &str) -> f64 {
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
+    http_text(&addr.to_string(), "GET", path, None, None).await
 }
 
 async fn expect_error(ws: &mut Ws, code: ErrorCode) -> String {

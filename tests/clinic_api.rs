@@ -11,7 +11,6 @@ use huizhen::server::ServerHandle;
 use huizhen_signaling::clinic::Role;
 use huizhen_signaling::protocol::{ClientMessage, ErrorCode, ServerMessage};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -20,23 +19,9 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// Minimal HTTP/1.1 client: (status, JSON body).
+/// HTTP to the server under test: (status, JSON body).
 async fn http(server: &ServerHandle, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let addr = server.http_addr();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    http_json(&server.http_addr().to_string(), method, path, key, body).await
 }
 
 fn token(server: &ServerHandle, claims: Claims) -> String {

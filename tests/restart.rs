@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use huizhen_signaling::protocol::{ClientMessage, ServerMessage};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_huizhen");
 
@@ -81,19 +80,7 @@ fn stop(mut running: Running) {
 }
 
 async fn http(base: &str, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut stream = tokio::net::TcpStream::connect(base).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    http_json(base, method, path, Some(key), body).await
 }
 
 fn mint(config: &Path, sub: &str, role: &str, extra: &[&str]) -> String {
