@@ -344,8 +344,12 @@ async fn every_grant_rule_is_enforced_and_audited() {
     .await;
     expect_audit(&server, "expired link", refused_entry("join_consultation", "link_expired")).await;
 
-    // The whole trail is a valid hash chain and names the flow's events.
+    // The whole trail is a valid hash chain and names the flow's events; every refusal above
+    // (12 by the clinic, 1 by the session: the room joined by name) left an entry.
+    expect_audit(&server, "room joined by name", refused_entry("join", "forbidden")).await;
     let entries = audit_entries(&server).await;
+    let refused = entries.iter().filter(|e| e["kind"] == "refused").count();
+    assert_eq!(refused, 13, "one audit entry per refused action");
     for kind in ["checked_in", "invited", "answered", "joined", "admitted", "consultation_ended"] {
         assert!(
             entries.iter().any(|e| e["kind"] == kind),

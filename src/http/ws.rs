@@ -247,16 +247,22 @@ impl Session {
             ));
         }
         if room.starts_with(CONSULTATION_ROOM_PREFIX) {
-            return Next::Reply(self.error(
-                ErrorCode::Forbidden,
-                "consultation rooms are entered with join_consultation".into(),
-            ));
+            return self
+                .refuse(
+                    "join",
+                    ErrorCode::Forbidden,
+                    "consultation rooms are entered with join_consultation",
+                )
+                .await;
         }
         if !self.deps.open_rooms {
-            return Next::Reply(self.error(
-                ErrorCode::Forbidden,
-                "joining rooms by name is disabled on this server (signaling.open_rooms)".into(),
-            ));
+            return self
+                .refuse(
+                    "join",
+                    ErrorCode::Forbidden,
+                    "joining rooms by name is disabled on this server (signaling.open_rooms)",
+                )
+                .await;
         }
         // With a token, the verified name wins over the one typed in.
         let display_name = match token {
@@ -284,6 +290,22 @@ impl Session {
             Ok(Err(e)) => Next::Reply(self.error(e.code(), e.to_string())),
             Err(_) => Next::Reply(self.error(ErrorCode::Unavailable, "the server is shutting down".into())),
         }
+    }
+
+    /// Refuse an action the session itself judged (before the clinic saw it): answered,
+    /// counted, and audited like the clinic's own refusals.
+    async fn refuse(&mut self, command: &str, code: ErrorCode, reason: &str) -> Next {
+        let actor = self.identity.as_ref().map(|(a, _)| a.user.0.clone());
+        let _ = self
+            .deps
+            .clinic
+            .send(ClinicRequest::AuditRefusal {
+                kind: "refused",
+                actor,
+                details: serde_json::json!({ "command": command, "code": code.as_str(), "reason": reason }),
+            })
+            .await;
+        Next::Reply(self.error(code, reason.to_owned()))
     }
 
     /// Verify a token; a refusal is answered, counted and audited.
@@ -383,10 +405,13 @@ impl Session {
 
     async fn clinic_message(&mut self, message: ClientMessage) -> Next {
         let Some((actor, display_name)) = self.identity.clone() else {
-            return Next::Reply(self.error(
-                ErrorCode::NotAuthenticated,
-                "send auth with your token before clinic messages".into(),
-            ));
+            return self
+                .refuse(
+                    message_type(&message),
+                    ErrorCode::NotAuthenticated,
+                    "send auth with your token before clinic messages",
+                )
+                .await;
         };
         let Some(command) = clinic_command(message) else {
             return Next::Reply(self.error(ErrorCode::InvalidMessage, "not a clinic message".into()));
