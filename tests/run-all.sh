@@ -25,7 +25,7 @@ log "Rust tests"
 cargo test --workspace --locked -- --test-threads=2
 
 log "browser tests (headless Chromium)"
-export HUIZHEN_BIN="$PWD/target/debug/huizhen"
+export HUIZHEN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/huizhen"
 (cd tests/browser && npm test)
 
 log "all tests passed"
