@@ -310,6 +310,8 @@ impl Edge {
             match output {
                 SfuOutput::Transmit(t) => self.transmit(t),
                 SfuOutput::Signal { to, message } => self.deliver(to, message),
+                // No recorder is attached yet: recording is not started for anyone.
+                SfuOutput::Record(_) => {}
                 SfuOutput::Removed {
                     participant,
                     reason,

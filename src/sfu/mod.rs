@@ -117,6 +117,35 @@ pub enum SfuOutput {
         /// Why.
         reason: LeaveReason,
     },
+    /// A media packet of a participant being recorded, for the recorder (never waited on).
+    Record(RecordedPacket),
+}
+
+/// One RTP packet of a recorded participant, as received (decrypted, not decoded).
+#[derive(Debug, Clone)]
+pub struct RecordedPacket {
+    /// Publisher.
+    pub participant: ParticipantId,
+    /// Published track.
+    pub track: TrackId,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Codec of this packet's payload type.
+    pub codec: str0m::format::Codec,
+    /// RTP clock rate (48000 for Opus, 90000 for video).
+    pub clock_rate: u32,
+    /// Publisher's SSRC (changes when the encoder restarts).
+    pub ssrc: u32,
+    /// Extended sequence number (reordering and loss are visible here).
+    pub seq: u64,
+    /// RTP timestamp.
+    pub rtp_time: u32,
+    /// RTP marker bit (end of a video frame).
+    pub marker: bool,
+    /// When it arrived: aligns tracks of different publishers.
+    pub arrival: Instant,
+    /// RTP payload.
+    pub payload: std::sync::Arc<[u8]>,
 }
 
 /// Signaling input for a joined participant.
@@ -372,6 +401,7 @@ impl Sfu {
             stats: Default::default(),
             dirty: false,
             may_publish: true,
+            recorded: false,
         }
     }
 
@@ -570,6 +600,29 @@ impl Sfu {
         for member in members {
             self.drain_and_settle(now, member, None);
         }
+    }
+
+    /// Start or stop handing `participant`'s media to the recorder (after consent, or when it
+    /// is withdrawn). Starting asks for keyframes so recordings begin decodable.
+    pub fn set_recorded(&mut self, now: Instant, participant: ParticipantId, recorded: bool) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&participant)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let was = std::mem::replace(&mut p.recorded, recorded);
+        if recorded && !was {
+            let video: Vec<Mid> = p
+                .tracks_in
+                .iter()
+                .filter(|t| t.kind == MediaKind::Video)
+                .map(|t| t.mid)
+                .collect();
+            for mid in video {
+                self.request_keyframe(now, participant, mid, KeyframeRequestKind::Pli);
+            }
+            self.drain_and_settle(now, participant, None);
+        }
+        Ok(())
     }
 
     /// Remove everyone from `room` (a consultation ended).
@@ -943,11 +996,29 @@ impl Sfu {
         };
         track.last_params = Some((pt, params));
         let track_id = track.id;
-        let video = track.kind == MediaKind::Video;
+        let kind = track.kind;
+        let video = kind == MediaKind::Video;
         let room = p.room;
+        let recorded = p.recorded;
         let kind_metrics = self.metrics.kind(video);
         kind_metrics.packets_in.inc();
         kind_metrics.bytes_in.inc_by(packet.payload.len() as u64);
+        if recorded {
+            let spec = params.spec();
+            self.outputs.push_back(SfuOutput::Record(RecordedPacket {
+                participant: id,
+                track: track_id,
+                kind,
+                codec: spec.codec,
+                clock_rate: spec.clock_rate.get(),
+                ssrc: *ssrc,
+                seq: *packet.seq_no,
+                rtp_time: packet.header.timestamp,
+                marker: packet.header.marker,
+                arrival: packet.timestamp,
+                payload: packet.payload.clone(),
+            }));
+        }
 
         let Some(members) = self.room_members.get(&room) else {
             return;

@@ -168,6 +168,8 @@ pub struct Participant {
     pub dirty: bool,
     /// May send media (observers may not).
     pub may_publish: bool,
+    /// Its media goes to the recorder (it consented to a recording in progress).
+    pub recorded: bool,
 }
 
 impl Participant {

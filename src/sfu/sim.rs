@@ -103,6 +103,8 @@ pub struct SimNet {
     wire: VecDeque<InFlight>,
     /// Datagrams dropped by the simulated loss.
     pub lost: usize,
+    /// Packets the core handed to the recorder.
+    pub recorded: Vec<super::RecordedPacket>,
 }
 
 /// SFU settings for simulations.
@@ -136,6 +138,7 @@ impl SimNet {
             latency: Duration::from_millis(5),
             wire: VecDeque::new(),
             lost: 0,
+            recorded: Vec::new(),
         }
     }
 
@@ -370,6 +373,7 @@ impl SimNet {
                     self.put_on_wire(t.source, t.destination, t.contents);
                 }
                 SfuOutput::Signal { to, message } => signals.push((to, message)),
+                SfuOutput::Record(packet) => self.recorded.push(packet),
                 SfuOutput::Removed {
                     participant,
                     reason,

@@ -327,3 +327,34 @@ fn closing_a_room_removes_everyone_in_it_only() {
     assert_eq!(net.sfu.participant_count(), 1);
     assert_eq!(net.sfu.room_count(), 1);
 }
+
+#[test]
+fn only_consenting_participants_are_handed_to_the_recorder() {
+    let mut net = SimNet::new(13);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    let (a_id, b_id) = (net.clients[a].id, net.clients[b].id);
+    let keyframes_before = net.clients[a].keyframe_requests;
+    let now = net.now;
+    net.sfu.set_recorded(now, a_id, true).unwrap();
+    net.route_outputs();
+    net.run_for(Duration::from_millis(100));
+    assert!(net.clients[a].keyframe_requests > keyframes_before, "recording starts at a keyframe");
+    send_media(&mut net, &[a, b], 10);
+    assert!(net.recorded.iter().all(|r| r.participant == a_id), "b did not consent");
+    let video = net.recorded.iter().filter(|r| r.kind == MediaKind::Video).count();
+    let audio = net.recorded.iter().filter(|r| r.kind == MediaKind::Audio).count();
+    assert_eq!((audio, video), (10, 10));
+    let first = &net.recorded[0];
+    assert!(intact(&first.payload) && first.payload[0] == a as u8, "payload untouched");
+    assert!(net.recorded.iter().any(|r| r.codec == str0m::format::Codec::Vp8 && r.clock_rate == 90_000));
+    // Withdrawn: nothing more is recorded.
+    let now = net.now;
+    net.sfu.set_recorded(now, a_id, false).unwrap();
+    let count = net.recorded.len();
+    send_media_from(&mut net, &[a], 100, 5);
+    assert_eq!(net.recorded.len(), count);
+    assert_eq!(net.sfu.set_recorded(now, super::ParticipantId(999), true), Err(super::SfuError::UnknownParticipant));
+    let _ = b_id;
+}
