@@ -348,6 +348,9 @@ pub struct QueueEntryInfo {
     pub ringing: bool,
     /// Disconnected; place kept for the grace period.
     pub disconnected: bool,
+    /// The invitation calling them (so any doctor console can cancel it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation: Option<String>,
 }
 
 /// Machine-readable error codes of [`ServerMessage::Error`].

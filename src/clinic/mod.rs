@@ -388,6 +388,10 @@ impl Service {
                 let user = socket.actor.user.clone();
                 if !self.sockets.iter().any(|s| s.actor.user == user) {
                     self.engine.disconnected(now, &user);
+                    // The doctor's queue shows who is disconnected right away.
+                    if let Some(view) = self.engine.patient_view(now, &user) {
+                        self.broadcast_clinic(now, &view.clinic);
+                    }
                     if socket.actor.role == Role::Doctor {
                         for clinic in socket.actor.clinics.clone() {
                             let _ = self.engine.set_doctor_presence(&socket.actor, &clinic, false, false);
@@ -625,12 +629,6 @@ impl Service {
                             display_name,
                         },
                     );
-                    self.send_to_user(
-                        user,
-                        ServerMessage::WaitingForApproval {
-                            consultation: consultation.0.clone(),
-                        },
-                    );
                 }
             }
             ClinicEvent::Admitted { consultation, user } => {
@@ -767,6 +765,7 @@ impl Service {
                 waited_ms: r.waited_ms,
                 ringing: r.ringing,
                 disconnected: r.disconnected,
+                invitation: r.invitation.map(|i| i.0),
             })
             .collect();
         let status = self

@@ -427,7 +427,15 @@ impl Session {
             ));
         }
         match self.deps.clinic.command(actor, command).await {
-            Ok(CommandReply::Done) | Ok(CommandReply::WaitingForApproval) => Next::Continue,
+            Ok(CommandReply::Done) => Next::Continue,
+            // Answered every time, so a companion who refreshes before being admitted is told
+            // again that they are waiting.
+            Ok(CommandReply::WaitingForApproval) => match joining {
+                Some(consultation) => Next::Reply(ServerMessage::WaitingForApproval {
+                    consultation: consultation.0,
+                }),
+                None => Next::Continue,
+            },
             Ok(CommandReply::EnterRoom { room, may_publish }) => match joining {
                 Some(consultation) => {
                     self.consultation = Some(consultation);

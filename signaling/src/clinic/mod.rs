@@ -273,6 +273,8 @@ pub struct QueueRow {
     pub waited_ms: u64,
     /// Being called right now.
     pub ringing: bool,
+    /// The invitation calling them, if any.
+    pub invitation: Option<InvitationId>,
     /// Currently disconnected (place kept for the grace period).
     pub disconnected: bool,
 }
@@ -670,6 +672,7 @@ impl ClinicEngine {
                 slot_start: e.slot_start,
                 waited_ms: now.since(e.arrived),
                 ringing: e.invited.is_some(),
+                invitation: e.invited.clone(),
                 disconnected: e.disconnected_since.is_some(),
             })
             .collect()
