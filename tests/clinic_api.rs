@@ -143,6 +143,27 @@ async fn rest_api_needs_the_key_and_validates_input() {
     assert_eq!(status, 201, "{body}");
     let minted = body["token"].as_str().unwrap().to_owned();
     let _ws = authed(&server, minted).await;
+    // Time slots: appointments must fit one with room left.
+    let nine = 1_900_000_000_000u64;
+    let (status, slots) = http(
+        &server,
+        "POST",
+        "/api/v1/clinics/derm/slots",
+        Some(&key),
+        Some(json!({ "start_ms": nine, "count": 3, "capacity": 1 })),
+    )
+    .await;
+    assert_eq!(status, 201, "{slots}");
+    assert_eq!(slots.as_array().unwrap().len(), 3);
+    let book = |id: &str, at: u64| json!({ "id": id, "clinic": "derm", "patient": id, "slot_start_ms": at });
+    assert_eq!(http(&server, "POST", "/api/v1/appointments", Some(&key), Some(book("s1", nine))).await.0, 201);
+    let (status, body) = http(&server, "POST", "/api/v1/appointments", Some(&key), Some(book("s2", nine))).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("invalid_state")), "{body}");
+    let (status, body) = http(&server, "POST", "/api/v1/appointments", Some(&key), Some(book("s3", nine + 1))).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (_, slots) = http(&server, "GET", "/api/v1/clinics/derm/slots", Some(&key), None).await;
+    assert_eq!(slots[0]["booked"], 1);
+    assert_eq!(slots[1]["booked"], 0);
     let (status, spec) = http(&server, "GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert_eq!(spec["openapi"], "3.0.3");

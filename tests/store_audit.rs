@@ -56,6 +56,7 @@ fn morning(mut after: impl FnMut(&mut ClinicEngine)) -> (ClinicEngine, Consultat
             doctor: dr.into(),
             name: name.into(),
             slot_minutes: 20,
+            slots: Vec::new(),
         });
     }
     let bookings = [
@@ -254,7 +255,10 @@ fn a_restart_restores_the_clinics_and_the_session_goes_on() {
     let store = Store::open(&path).unwrap();
     let after = store.load_snapshot().unwrap();
     assert_eq!(after, restored.snapshot());
-    assert!(after.consultations.iter().all(|c| c.seats.is_empty()));
+    // Ended consultations keep who took part: it is their history.
+    let ended = after.consultations.iter().find(|x| x.id == c).unwrap();
+    assert_eq!(ended.state, huizhen_signaling::clinic::ConsultationState::Ended);
+    assert!(!ended.seats.is_empty(), "participants stay on record after the end");
     assert_eq!(after.clinics[0].recent_lengths_ms.len(), 2);
 }
 

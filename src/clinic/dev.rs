@@ -35,6 +35,7 @@ pub fn seed(engine: &mut ClinicEngine, now: Millis) -> AppointmentId {
         doctor: DEMO_DOCTOR.into(),
         name: "Demo follow-up clinic".into(),
         slot_minutes: 30,
+        slots: Vec::new(),
     });
     let open = engine
         .appointments()

@@ -132,6 +132,19 @@ pub enum AdminRequest {
     AddAppointment(Appointment, oneshot::Sender<Result<(), Refusal>>),
     /// All clinics.
     ListClinics(oneshot::Sender<Vec<Clinic>>),
+    /// Add time slots to a clinic: start, count, capacity; answers all its slots and bookings.
+    AddSlots(
+        ClinicId,
+        Millis,
+        u32,
+        u32,
+        oneshot::Sender<Result<Vec<(huizhen_signaling::clinic::Slot, usize)>, Refusal>>,
+    ),
+    /// A clinic's slots with their bookings.
+    ListSlots(
+        ClinicId,
+        oneshot::Sender<Result<Vec<(huizhen_signaling::clinic::Slot, usize)>, Refusal>>,
+    ),
     /// Appointments, optionally of one clinic.
     ListAppointments(Option<ClinicId>, oneshot::Sender<Vec<Appointment>>),
     /// One consultation as JSON.
@@ -442,6 +455,21 @@ impl Service {
             }
             AdminRequest::AddAppointment(appointment, reply) => {
                 let result = self.engine.add_appointment(appointment).map_err(|e| refusal(&e));
+                let _ = reply.send(result);
+            }
+            AdminRequest::AddSlots(clinic, start, count, capacity, reply) => {
+                let result = self
+                    .engine
+                    .add_slots(&clinic, start, count, capacity)
+                    .map(|_| self.engine.slot_bookings(&clinic))
+                    .map_err(|e| refusal(&e));
+                let _ = reply.send(result);
+            }
+            AdminRequest::ListSlots(clinic, reply) => {
+                let result = match self.engine.clinic(&clinic) {
+                    Some(_) => Ok(self.engine.slot_bookings(&clinic)),
+                    None => Err(refusal(&ClinicError::NotFound("clinic"))),
+                };
                 let _ = reply.send(result);
             }
             AdminRequest::ListClinics(reply) => {

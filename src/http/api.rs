@@ -46,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/clinics", get(list_clinics).post(create_clinic))
+        .route("/clinics/{id}/slots", get(list_slots).post(create_slots))
         .route("/appointments", get(list_appointments).post(create_appointment))
         .route("/consultations/{id}", get(get_consultation))
         .route("/tokens", post(create_token))
@@ -142,6 +143,7 @@ async fn create_clinic(
         doctor: UserId(new.doctor),
         name: new.name,
         slot_minutes: new.slot_minutes,
+        slots: Vec::new(),
     };
     let result = state
         .clinic
@@ -160,6 +162,64 @@ async fn list_clinics(State(state): State<ApiState>, headers: HeaderMap) -> Resu
         .await
         .map_err(|_| unavailable())?;
     Ok(Json(clinics).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSlots {
+    start_ms: u64,
+    #[serde(default = "one")]
+    count: u32,
+    #[serde(default = "one")]
+    capacity: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn create_slots(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(clinic): Path<String>,
+    body: Result<Json<NewSlots>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(new) = body.map_err(|e| bad_request(e.body_text()))?;
+    if !(1..=200).contains(&new.count) || !(1..=100).contains(&new.capacity) {
+        return Err(bad_request("count must be within 1..=200 and capacity within 1..=100"));
+    }
+    let slots = state
+        .clinic
+        .admin(|r| AdminRequest::AddSlots(ClinicId(clinic), Millis(new.start_ms), new.count, new.capacity, r))
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(refused)?;
+    Ok((StatusCode::CREATED, Json(slots_json(&slots))).into_response())
+}
+
+async fn list_slots(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(clinic): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let slots = state
+        .clinic
+        .admin(|r| AdminRequest::ListSlots(ClinicId(clinic), r))
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(refused)?;
+    Ok(Json(slots_json(&slots)).into_response())
+}
+
+fn slots_json(slots: &[(huizhen_signaling::clinic::Slot, usize)]) -> serde_json::Value {
+    serde_json::Value::Array(
+        slots
+            .iter()
+            .map(|(s, booked)| json!({ "start_ms": s.start.0, "capacity": s.capacity, "booked": booked }))
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]

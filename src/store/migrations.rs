@@ -34,7 +34,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit log",
         sql: AUDIT_LOG,
     },
+    Migration {
+        version: 3,
+        name: "clinic time slots",
+        sql: CLINIC_SLOTS,
+    },
 ];
+
+/// A clinic session's time slots (start, capacity), read and written whole with the clinic.
+const CLINIC_SLOTS: &str = "
+ALTER TABLE clinics ADD COLUMN slots_json TEXT NOT NULL DEFAULT '[]';
+";
 
 /// The schema version this build writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -343,15 +343,17 @@ fn upsert_clinic(tx: &Transaction<'_>, record: &ClinicRecord) -> Result<(), Stor
     let c = &record.clinic;
     tx.prepare_cached(
         "INSERT INTO clinics (id, doctor, name, slot_minutes, queue_json, active_consultation,
-                              recent_lengths_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                              recent_lengths_json, slots_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (id) DO UPDATE SET
              doctor = excluded.doctor, name = excluded.name, slot_minutes = excluded.slot_minutes,
              queue_json = excluded.queue_json, active_consultation = excluded.active_consultation,
-             recent_lengths_json = excluded.recent_lengths_json
-         WHERE (doctor, name, slot_minutes, queue_json, active_consultation, recent_lengths_json)
+             recent_lengths_json = excluded.recent_lengths_json, slots_json = excluded.slots_json
+         WHERE (doctor, name, slot_minutes, queue_json, active_consultation, recent_lengths_json,
+                slots_json)
                IS NOT (excluded.doctor, excluded.name, excluded.slot_minutes, excluded.queue_json,
-                       excluded.active_consultation, excluded.recent_lengths_json)",
+                       excluded.active_consultation, excluded.recent_lengths_json,
+                       excluded.slots_json)",
     )?
     .execute(params![
         c.id.0,
@@ -361,6 +363,7 @@ fn upsert_clinic(tx: &Transaction<'_>, record: &ClinicRecord) -> Result<(), Stor
         to_json(&record.queue)?,
         record.active.as_ref().map(|a| &a.0),
         to_json(&record.recent_lengths_ms)?,
+        to_json(&c.slots)?,
     ])?;
     Ok(())
 }
@@ -528,11 +531,11 @@ fn save_invitations(tx: &Transaction<'_>, invitations: &[Invitation]) -> Result<
 // ----- loading -----
 
 fn load_clinics(tx: &Transaction<'_>) -> Result<Vec<ClinicRecord>, StoreError> {
-    type Row = (String, String, String, u32, String, Option<String>, String);
+    type Row = (String, String, String, u32, String, Option<String>, String, String);
     let rows: Vec<Row> = tx
         .prepare(
             "SELECT id, doctor, name, slot_minutes, queue_json, active_consultation,
-                    recent_lengths_json
+                    recent_lengths_json, slots_json
              FROM clinics ORDER BY id",
         )?
         .query_map([], |r| {
@@ -544,11 +547,12 @@ fn load_clinics(tx: &Transaction<'_>) -> Result<Vec<ClinicRecord>, StoreError> {
                 r.get(4)?,
                 r.get(5)?,
                 r.get(6)?,
+                r.get(7)?,
             ))
         })?
         .collect::<Result<_, _>>()?;
     rows.into_iter()
-        .map(|(id, doctor, name, slot_minutes, queue, active, lengths)| {
+        .map(|(id, doctor, name, slot_minutes, queue, active, lengths, slots)| {
             Ok(ClinicRecord {
                 queue: from_json(&format!("clinic {id} queue_json"), &queue)?,
                 recent_lengths_ms: from_json(
@@ -561,6 +565,7 @@ fn load_clinics(tx: &Transaction<'_>) -> Result<Vec<ClinicRecord>, StoreError> {
                     doctor: doctor.as_str().into(),
                     name,
                     slot_minutes,
+                    slots: from_json(&format!("clinic {id} slots_json"), &slots)?,
                 },
             })
         })
@@ -779,6 +784,10 @@ mod tests {
                 doctor: "dr-li".into(),
                 name: "Cardiology".into(),
                 slot_minutes: 20,
+                slots: vec![huizhen_signaling::clinic::Slot {
+                    start: huizhen_signaling::clinic::Millis(1_000_000),
+                    capacity: 3,
+                }],
             },
             queue: WaitingRoom::new(QueueOrder::Arrival),
             active: None,

@@ -449,8 +449,16 @@ impl ClinicEngine {
     pub fn upsert_clinic(&mut self, clinic: Clinic) {
         let order = self.settings.queue_order;
         match self.clinics.get_mut(&clinic.id) {
-            Some(state) => state.clinic = clinic,
+            Some(state) => {
+                let mut clinic = clinic;
+                if clinic.slots.is_empty() {
+                    // Replacing a clinic's details keeps the session's timetable.
+                    clinic.slots = std::mem::take(&mut state.clinic.slots);
+                }
+                state.clinic = clinic;
+            }
             None => {
+                let clinic = clinic;
                 self.clinics.insert(
                     clinic.id.clone(),
                     ClinicState {
@@ -467,12 +475,83 @@ impl ClinicEngine {
     }
 
     /// Book an appointment.
+    ///
+    /// When the clinic has slots, the appointment must start at one of them and the slot must
+    /// have room; rebooking an existing appointment id moves it.
     pub fn add_appointment(&mut self, appointment: Appointment) -> Result<(), ClinicError> {
-        if !self.clinics.contains_key(&appointment.clinic) {
-            return Err(ClinicError::NotFound("clinic"));
+        let clinic = &self
+            .clinics
+            .get(&appointment.clinic)
+            .ok_or(ClinicError::NotFound("clinic"))?
+            .clinic;
+        if !clinic.slots.is_empty() {
+            let slot = clinic
+                .slots
+                .iter()
+                .find(|s| s.start == appointment.slot_start)
+                .ok_or(ClinicError::NotFound("slot"))?;
+            let booked = self
+                .appointments
+                .values()
+                .filter(|a| {
+                    a.clinic == appointment.clinic
+                        && a.slot_start == slot.start
+                        && a.id != appointment.id
+                })
+                .count();
+            if booked >= slot.capacity as usize {
+                return Err(ClinicError::InvalidState("this slot is fully booked"));
+            }
         }
         self.appointments.insert(appointment.id.clone(), appointment);
         Ok(())
+    }
+
+    /// Add `count` consecutive slots of the clinic's slot length from `start`, each taking
+    /// `capacity` appointments. Existing slots are kept; overlapping starts are not duplicated.
+    pub fn add_slots(
+        &mut self,
+        clinic: &ClinicId,
+        start: Millis,
+        count: u32,
+        capacity: u32,
+    ) -> Result<Vec<Slot>, ClinicError> {
+        let state = self
+            .clinics
+            .get_mut(clinic)
+            .ok_or(ClinicError::NotFound("clinic"))?;
+        let length_ms = u64::from(state.clinic.slot_minutes) * 60_000;
+        for i in 0..u64::from(count) {
+            let slot_start = start.plus(i * length_ms);
+            if !state.clinic.slots.iter().any(|s| s.start == slot_start) {
+                state.clinic.slots.push(Slot {
+                    start: slot_start,
+                    capacity,
+                });
+            }
+        }
+        state.clinic.slots.sort_by_key(|s| s.start);
+        Ok(state.clinic.slots.clone())
+    }
+
+    /// Appointments booked into each slot of `clinic`: `(slot, booked)`.
+    pub fn slot_bookings(&self, clinic: &ClinicId) -> Vec<(Slot, usize)> {
+        let Some(state) = self.clinics.get(clinic) else {
+            return Vec::new();
+        };
+        state
+            .clinic
+            .slots
+            .iter()
+            .map(|slot| {
+                let booked = self
+                    .appointments
+                    .values()
+                    .filter(|a| &a.clinic == clinic && a.slot_start == slot.start)
+                    .count();
+                (*slot, booked)
+            })
+            .collect()
     }
 
     /// A clinic.

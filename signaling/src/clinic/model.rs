@@ -169,6 +169,19 @@ pub struct Clinic {
     pub name: String,
     /// Slot length in minutes.
     pub slot_minutes: u32,
+    /// The clinic session's time slots. Empty: appointments may start at any time.
+    #[serde(default)]
+    pub slots: Vec<Slot>,
+}
+
+/// A bookable time slot of a clinic session; several patients may share one (a 30-minute
+/// follow-up slot often holds a few short visits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Start of the slot.
+    pub start: Millis,
+    /// How many appointments it takes.
+    pub capacity: u32,
 }
 
 /// A booked time slot of a patient.

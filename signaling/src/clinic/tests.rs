@@ -24,6 +24,7 @@ impl World {
             doctor: "dr-li".into(),
             name: "Cardiology follow-up".into(),
             slot_minutes: 30,
+            slots: Vec::new(),
         });
         let mut doctor = Actor::new("dr-li", Role::Doctor);
         doctor.clinics.push("cardio".into());
@@ -411,4 +412,31 @@ fn snapshot_restore_keeps_places_for_the_grace_period() {
     let after = restored.invite(Millis(restart + 130_000), &doctor, &"cardio".into(), None).unwrap();
     assert_ne!(after.id, first.id);
     assert_ne!(after.consultation, first.consultation);
+}
+
+#[test]
+fn slots_bound_what_can_be_booked() {
+    let mut w = World::new();
+    let slots = w.engine.add_slots(&"cardio".into(), Millis(NINE), 4, 2).unwrap();
+    assert_eq!(slots.len(), 4);
+    assert_eq!(slots[1].start, Millis(NINE + 30 * MIN));
+    let book = |w: &mut World, id: &str, slot: u64| {
+        w.engine.add_appointment(Appointment {
+            id: id.into(),
+            clinic: "cardio".into(),
+            patient: id.into(),
+            slot_start: Millis(slot),
+        })
+    };
+    assert!(book(&mut w, "a", NINE).is_ok());
+    assert!(book(&mut w, "b", NINE).is_ok());
+    assert_eq!(book(&mut w, "c", NINE), Err(ClinicError::InvalidState("this slot is fully booked")));
+    assert_eq!(book(&mut w, "c", NINE + 7 * MIN), Err(ClinicError::NotFound("slot")));
+    assert!(book(&mut w, "c", NINE + 30 * MIN).is_ok());
+    // Moving an appointment within its own slot does not count it twice.
+    assert!(book(&mut w, "a", NINE).is_ok());
+    let bookings = w.engine.slot_bookings(&"cardio".into());
+    assert_eq!(bookings.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 1, 0, 0]);
+    // Adding overlapping slots does not duplicate them.
+    assert_eq!(w.engine.add_slots(&"cardio".into(), Millis(NINE), 2, 2).unwrap().len(), 4);
 }
