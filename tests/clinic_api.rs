@@ -461,3 +461,84 @@ async fn consultation_start_and_end_reach_the_hospital_system_signed() {
     assert_eq!(roles, ["patient"], "who took part is reported");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_asks_everyone_and_audits_each_decision() {
+    let server = setup().await;
+    let mut dc = claims("dr-li", Role::Doctor);
+    dc.clinics = vec!["cardio".into()];
+    let mut ac = claims("pat-a", Role::Patient);
+    ac.appointment = Some("appt-a".into());
+    let mut doctor = authed(&server, token(&server, dc)).await;
+    let mut a = authed(&server, token(&server, ac)).await;
+    send_msg(&mut a, &ClientMessage::CheckIn { appointment: "appt-a".into() }).await;
+    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    send_msg(&mut doctor, &ClientMessage::Invite { clinic: "cardio".into(), patient: None }).await;
+    let (ringing, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
+    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
+    send_msg(&mut a, &ClientMessage::AcceptInvitation { invitation }).await;
+    for ws in [&mut a, &mut doctor] {
+        send_msg(ws, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+        recv_until(ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+    }
+    // Only the doctor may start it.
+    expect_refused(&mut a, ClientMessage::StartRecording { consultation: consultation.clone() }, ErrorCode::Forbidden).await;
+    send_msg(&mut doctor, &ClientMessage::StartRecording { consultation: consultation.clone() }).await;
+    let (request, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsentRequest { .. })).await;
+    let ServerMessage::ConsentRequest { recording, .. } = request else { unreachable!() };
+    let (status, _) = recv_until(&mut doctor, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::ConsentStatus { user, .. } if user == "pat-a")
+    })
+    .await;
+    assert!(matches!(status, ServerMessage::ConsentStatus { ref decision, .. } if decision == "pending"));
+    // The patient refuses: told they are not recorded; the doctor sees it.
+    send_msg(&mut a, &ClientMessage::Consent { consultation: consultation.clone(), granted: false }).await;
+    let (mine, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { .. })).await;
+    assert_eq!(
+        mine,
+        ServerMessage::RecordingStatus {
+            consultation: consultation.clone(),
+            recording: recording.clone(),
+            active: true,
+            recorded: false
+        }
+    );
+    recv_until(&mut doctor, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::ConsentStatus { decision, .. } if decision == "refused")
+    })
+    .await;
+    // A companion admitted later is asked on entry.
+    let mut cc = claims("son-of-a", Role::Companion);
+    cc.appointment = Some("appt-a".into());
+    let mut companion = authed(&server, token(&server, cc)).await;
+    send_msg(&mut companion, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::WaitingForApproval { .. })).await;
+    send_msg(&mut doctor, &ClientMessage::Admit { consultation: consultation.clone(), user: "son-of-a".into() }).await;
+    recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    send_msg(&mut companion, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsentRequest { .. })).await;
+    send_msg(&mut companion, &ClientMessage::Consent { consultation: consultation.clone(), granted: true }).await;
+    recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { recorded: true, .. })).await;
+    // Stop: everyone is told.
+    send_msg(&mut doctor, &ClientMessage::StopRecording { consultation: consultation.clone() }).await;
+    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. })).await;
+    // Each decision is in the audit trail and in the consultation's record.
+    expect_audit(&server, "refusal", |e| {
+        e["kind"] == "consent_decided" && e["actor"] == "pat-a" && e["details"]["decision"] == "refused"
+    })
+    .await;
+    expect_audit(&server, "grant", |e| {
+        e["kind"] == "consent_decided" && e["actor"] == "son-of-a" && e["details"]["decision"] == "granted"
+    })
+    .await;
+    let (_, c) = http(&server, "GET", &format!("/api/v1/consultations/{consultation}"), Some(server.api_key()), None).await;
+    let consents = &c["recordings"][0]["consents"];
+    let decisions: Vec<(&str, &str)> = consents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["user"].as_str().unwrap(), x["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(decisions, [("dr-li", "granted"), ("pat-a", "refused"), ("son-of-a", "granted")]);
+    server.shutdown().await;
+}

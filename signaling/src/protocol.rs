@@ -141,6 +141,23 @@ pub enum ClientMessage {
         /// The consultation.
         consultation: String,
     },
+    /// Doctor: start recording; every participant is asked for consent first.
+    StartRecording {
+        /// The consultation.
+        consultation: String,
+    },
+    /// Doctor: stop recording.
+    StopRecording {
+        /// The consultation.
+        consultation: String,
+    },
+    /// Answer a `consent_request` (or change the answer: refusing stops your recording).
+    Consent {
+        /// The consultation.
+        consultation: String,
+        /// Agree to be recorded.
+        granted: bool,
+    },
 }
 
 /// A participant as other participants see it. Never carries anything but the display name.
@@ -328,6 +345,37 @@ pub enum ServerMessage {
     ConsultationEnded {
         /// The consultation.
         consultation: String,
+    },
+    /// May this call be recorded? Answer with `consent`. Until you agree, nothing of yours is.
+    ConsentRequest {
+        /// The consultation.
+        consultation: String,
+        /// The recording.
+        recording: String,
+    },
+    /// Whether a recording runs and whether your media is in it.
+    RecordingStatus {
+        /// The consultation.
+        consultation: String,
+        /// The recording.
+        recording: String,
+        /// The recording is running.
+        active: bool,
+        /// Your media is being recorded (you consented).
+        recorded: bool,
+    },
+    /// Doctor: a participant's consent decision (`pending`, `granted`, `refused`).
+    ConsentStatus {
+        /// The consultation.
+        consultation: String,
+        /// The recording.
+        recording: String,
+        /// The participant's user id.
+        user: String,
+        /// Their display name.
+        display_name: String,
+        /// Their decision.
+        decision: String,
     },
 }
 
@@ -525,6 +573,9 @@ const CLIENT_TYPES: &[&str] = &[
     "admit",
     "invite_expert",
     "end_consultation",
+    "start_recording",
+    "stop_recording",
+    "consent",
 ];
 
 /// Parse and validate one client text frame.

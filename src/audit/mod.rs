@@ -166,6 +166,10 @@ pub fn kind_of(event: &ClinicEvent) -> &'static str {
         ClinicEvent::ExpertInvited { .. } => "expert_invited",
         ClinicEvent::ConsultationEnded { .. } => "consultation_ended",
         ClinicEvent::DoctorStatus { .. } => "doctor_status",
+        ClinicEvent::RecordingStarted { .. } => "recording_started",
+        ClinicEvent::ConsentRequested { .. } => "consent_requested",
+        ClinicEvent::ConsentDecided { .. } => "consent_decided",
+        ClinicEvent::RecordingStopped { .. } => "recording_stopped",
     }
 }
 
@@ -198,7 +202,9 @@ fn event_actor(event: &ClinicEvent) -> Option<String> {
         E::LeftQueue {
             patient, reason, ..
         } if *reason == LeftReason::Left => patient,
-        E::Joined { user, .. } | E::CompanionWaiting { user, .. } => user,
+        E::Joined { user, .. }
+        | E::CompanionWaiting { user, .. }
+        | E::ConsentDecided { user, .. } => user,
         E::Left { user, reason, .. } if *reason == LeftReason::Left => user,
         _ => return None,
     };
@@ -216,7 +222,11 @@ fn event_subject(event: &ClinicEvent) -> Option<String> {
         | E::CompanionWaiting { consultation, .. }
         | E::Admitted { consultation, .. }
         | E::ExpertInvited { consultation, .. }
-        | E::ConsultationEnded { consultation, .. } => &consultation.0,
+        | E::ConsultationEnded { consultation, .. }
+        | E::RecordingStarted { consultation, .. }
+        | E::ConsentRequested { consultation, .. }
+        | E::ConsentDecided { consultation, .. }
+        | E::RecordingStopped { consultation, .. } => &consultation.0,
         E::CheckedIn { clinic, .. }
         | E::Reconnected { clinic, .. }
         | E::LeftQueue { clinic, .. }
@@ -314,6 +324,25 @@ mod tests {
             E::DoctorStatus {
                 clinic: "k".into(),
                 status: DoctorStatus::Online,
+            },
+            E::RecordingStarted {
+                consultation: "c".into(),
+                recording: "r1".into(),
+            },
+            E::ConsentRequested {
+                consultation: "c".into(),
+                recording: "r1".into(),
+                user: "u".into(),
+            },
+            E::ConsentDecided {
+                consultation: "c".into(),
+                recording: "r1".into(),
+                user: "u".into(),
+                decision: huizhen_signaling::clinic::ConsentDecision::Refused,
+            },
+            E::RecordingStopped {
+                consultation: "c".into(),
+                recording: "r1".into(),
             },
         ]
     }

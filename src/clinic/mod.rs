@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::auth::{Claims, TokenMinter};
 use crate::edge::{MediaCommand, MediaHandle};
+use crate::sfu::ParticipantId;
 use crate::store::Store;
 use crate::webhook::WebhookHandle;
 
@@ -82,6 +83,12 @@ pub enum ClinicCommand {
     InviteExpert(ConsultationId, Option<String>),
     /// Doctor ends the consultation.
     End(ConsultationId),
+    /// Doctor starts recording (consent is asked of everyone).
+    StartRecording(ConsultationId),
+    /// Doctor stops recording.
+    StopRecording(ConsultationId),
+    /// A participant's consent decision.
+    Consent(ConsultationId, bool),
 }
 
 impl ClinicCommand {
@@ -100,6 +107,9 @@ impl ClinicCommand {
             ClinicCommand::Admit(..) => "admit",
             ClinicCommand::InviteExpert(..) => "invite_expert",
             ClinicCommand::End(_) => "end_consultation",
+            ClinicCommand::StartRecording(_) => "start_recording",
+            ClinicCommand::StopRecording(_) => "stop_recording",
+            ClinicCommand::Consent(..) => "consent",
         }
     }
 }
@@ -180,6 +190,15 @@ pub enum ClinicRequest {
         command: ClinicCommand,
         /// Outcome.
         reply: oneshot::Sender<Result<CommandReply, Refusal>>,
+    },
+    /// A session entered a consultation's SFU room as `participant`.
+    InRoom {
+        /// Session id.
+        session: u64,
+        /// The consultation.
+        consultation: ConsultationId,
+        /// Its SFU participant.
+        participant: ParticipantId,
     },
     /// Record a refusal that happened before the clinic (e.g. a bad token).
     AuditRefusal {
@@ -305,6 +324,8 @@ pub struct ClinicParts {
 }
 
 struct Service {
+    /// SFU participants of sessions in a consultation's room.
+    in_room: HashMap<u64, (ConsultationId, ParticipantId)>,
     engine: ClinicEngine,
     store: Store,
     minter: Arc<TokenMinter>,
@@ -319,6 +340,7 @@ struct Service {
 pub fn spawn(parts: ClinicParts, shutdown: watch::Receiver<bool>) -> (ClinicHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let service = Service {
+        in_room: HashMap::new(),
         metrics: ClinicMetrics::new(&parts.registry),
         engine: parts.engine,
         store: parts.store,
@@ -393,7 +415,16 @@ impl Service {
                 self.push_views_to(&actor, now);
                 self.after_change(now).await;
             }
+            ClinicRequest::InRoom {
+                session,
+                consultation,
+                participant,
+            } => {
+                self.in_room.insert(session, (consultation.clone(), participant));
+                self.apply_recording(&consultation).await;
+            }
             ClinicRequest::Disconnect { session } => {
+                self.in_room.remove(&session);
                 let Some(pos) = self.sockets.iter().position(|s| s.session == session) else {
                     return;
                 };
@@ -520,6 +551,12 @@ impl Service {
             ClinicCommand::Admit(c, user) => done(e.admit(actor, &c, &user).map(|_| ())),
             ClinicCommand::InviteExpert(c, name) => self.invite_expert(now, actor, &c, name),
             ClinicCommand::End(c) => done(e.end(now, actor, &c)),
+            ClinicCommand::StartRecording(c) => {
+                let id = format!("rec-{}-{:08x}", now.0, rand::random::<u32>());
+                done(e.start_recording(now, actor, &c, id))
+            }
+            ClinicCommand::StopRecording(c) => done(e.stop_recording(now, actor, &c)),
+            ClinicCommand::Consent(c, granted) => done(e.decide_consent(now, actor, &c, granted)),
         }
     }
 
@@ -693,7 +730,114 @@ impl Service {
                 self.webhook("consultation.ended", now, consultation);
             }
             ClinicEvent::Joined { .. } | ClinicEvent::ExpertInvited { .. } => {}
+            ClinicEvent::RecordingStarted { consultation, .. }
+            | ClinicEvent::RecordingStopped { consultation, .. } => {
+                self.recording_status_to_all(consultation);
+                self.apply_recording(consultation).await;
+            }
+            ClinicEvent::ConsentRequested {
+                consultation,
+                recording,
+                user,
+            } => {
+                self.send_to_user(
+                    user,
+                    ServerMessage::ConsentRequest {
+                        consultation: consultation.0.clone(),
+                        recording: recording.clone(),
+                    },
+                );
+                self.consent_status_to_doctors(consultation, recording, user, "pending");
+            }
+            ClinicEvent::ConsentDecided {
+                consultation,
+                recording,
+                user,
+                decision,
+            } => {
+                let granted = *decision == huizhen_signaling::clinic::ConsentDecision::Granted;
+                self.send_to_user(
+                    user,
+                    ServerMessage::RecordingStatus {
+                        consultation: consultation.0.clone(),
+                        recording: recording.clone(),
+                        active: true,
+                        recorded: granted,
+                    },
+                );
+                let label = if granted { "granted" } else { "refused" };
+                self.consent_status_to_doctors(consultation, recording, user, label);
+                self.apply_recording(consultation).await;
+            }
         }
+    }
+
+    /// Tell the SFU, for every participant in the consultation's room, whether its media goes
+    /// to the recorder: only those who consented to the running recording.
+    async fn apply_recording(&self, consultation: &ConsultationId) {
+        let recorded = self.engine.recorded_users(consultation);
+        let sessions: Vec<(u64, ParticipantId)> = self
+            .in_room
+            .iter()
+            .filter(|(_, (c, _))| c == consultation)
+            .map(|(session, (_, p))| (*session, *p))
+            .collect();
+        for (session, participant) in sessions {
+            let Some(socket) = self.sockets.iter().find(|s| s.session == session) else {
+                continue;
+            };
+            let record = recorded.contains(&socket.actor.user);
+            let _ = self
+                .media
+                .send(MediaCommand::SetRecorded {
+                    participant,
+                    recorded: record,
+                })
+                .await;
+        }
+    }
+
+    fn recording_status_to_all(&self, consultation: &ConsultationId) {
+        let Some(c) = self.engine.consultation(consultation) else {
+            return;
+        };
+        let Some(rec) = c.recordings.last() else {
+            return;
+        };
+        for seat in c.seats.iter().filter(|s| s.admitted) {
+            self.send_to_user(
+                &seat.user,
+                ServerMessage::RecordingStatus {
+                    consultation: consultation.0.clone(),
+                    recording: rec.id.clone(),
+                    active: rec.stopped_at.is_none(),
+                    recorded: rec.records(&seat.user),
+                },
+            );
+        }
+    }
+
+    fn consent_status_to_doctors(
+        &self,
+        consultation: &ConsultationId,
+        recording: &str,
+        user: &UserId,
+        decision: &str,
+    ) {
+        let Some(c) = self.engine.consultation(consultation) else {
+            return;
+        };
+        let display_name = self.names.get(user).cloned().unwrap_or_else(|| user.0.clone());
+        self.send_to_clinic_doctors(
+            &c.clinic,
+            ServerMessage::ConsentStatus {
+                consultation: consultation.0.clone(),
+                recording: recording.to_owned(),
+                user: user.0.clone(),
+                display_name,
+                decision: decision.to_owned(),
+            },
+        );
     }
 
     fn webhook(&self, event_type: &str, now: Millis, consultation: &ConsultationId) {

@@ -59,6 +59,13 @@ pub enum MediaCommand {
         /// What.
         input: SignalInput,
     },
+    /// Hand a participant's media to the recorder, or stop (consent given or withdrawn).
+    SetRecorded {
+        /// Who.
+        participant: ParticipantId,
+        /// Record or not.
+        recorded: bool,
+    },
     /// Remove everyone from a room (its consultation ended).
     CloseRoom {
         /// The room.
@@ -286,6 +293,13 @@ impl Edge {
                 reason,
             } => self.sfu.leave(now, participant, reason),
             MediaCommand::CloseRoom { room } => self.sfu.close_room(now, &room),
+            MediaCommand::SetRecorded {
+                participant,
+                recorded,
+            } => {
+                // The participant may have left already; nothing to do then.
+                let _ = self.sfu.set_recorded(now, participant, recorded);
+            }
             MediaCommand::TcpOpened { peer, writer } => {
                 self.metrics.ice_tcp_connections.inc();
                 self.tcp.insert(peer, writer);
@@ -310,8 +324,14 @@ impl Edge {
             match output {
                 SfuOutput::Transmit(t) => self.transmit(t),
                 SfuOutput::Signal { to, message } => self.deliver(to, message),
-                // No recorder is attached yet: recording is not started for anyone.
-                SfuOutput::Record(_) => {}
+                SfuOutput::Record(_) => {
+                    // The recorder is not attached to the media task yet; count what it would
+                    // have been given so consent is observable end to end.
+                    self.metrics
+                        .recorder_packets
+                        .with_label_values(&["no_recorder"])
+                        .inc();
+                }
                 SfuOutput::Removed {
                     participant,
                     reason,

@@ -438,8 +438,21 @@ impl Session {
             },
             Ok(CommandReply::EnterRoom { room, may_publish }) => match joining {
                 Some(consultation) => {
-                    self.consultation = Some(consultation);
-                    self.enter_room(room, display_name, may_publish).await
+                    self.consultation = Some(consultation.clone());
+                    let next = self.enter_room(room, display_name, may_publish).await;
+                    if let Some(participant) = self.participant {
+                        // The clinic decides whether this participant's media is recorded.
+                        let _ = self
+                            .deps
+                            .clinic
+                            .send(ClinicRequest::InRoom {
+                                session: self.id,
+                                consultation,
+                                participant,
+                            })
+                            .await;
+                    }
+                    next
                 }
                 // accept_invitation: the client joins with join_consultation next.
                 None => Next::Continue,
@@ -484,6 +497,16 @@ fn clinic_command(message: ClientMessage) -> Option<ClinicCommand> {
             display_name,
         } => ClinicCommand::InviteExpert(ConsultationId(consultation), display_name),
         ClientMessage::EndConsultation { consultation } => ClinicCommand::End(ConsultationId(consultation)),
+        ClientMessage::StartRecording { consultation } => {
+            ClinicCommand::StartRecording(ConsultationId(consultation))
+        }
+        ClientMessage::StopRecording { consultation } => {
+            ClinicCommand::StopRecording(ConsultationId(consultation))
+        }
+        ClientMessage::Consent {
+            consultation,
+            granted,
+        } => ClinicCommand::Consent(ConsultationId(consultation), granted),
         _ => return None,
     })
 }
@@ -509,6 +532,9 @@ fn message_type(message: &ClientMessage) -> &'static str {
         ClientMessage::Admit { .. } => "admit",
         ClientMessage::InviteExpert { .. } => "invite_expert",
         ClientMessage::EndConsultation { .. } => "end_consultation",
+        ClientMessage::StartRecording { .. } => "start_recording",
+        ClientMessage::StopRecording { .. } => "stop_recording",
+        ClientMessage::Consent { .. } => "consent",
     }
 }
 
@@ -517,5 +543,5 @@ const MESSAGE_TYPES: &[&str] = &[
     "join", "offer", "answer", "candidate", "leave", "ping", "auth", "check_in", "leave_queue",
     "set_away", "invite", "cancel_invitation", "move_up", "accept_invitation",
     "decline_invitation", "join_consultation", "admit", "invite_expert", "end_consultation",
-    "invalid",
+    "start_recording", "stop_recording", "consent", "invalid",
 ];

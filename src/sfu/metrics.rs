@@ -91,6 +91,8 @@ pub struct SfuMetrics {
     pub ice_tcp_connections: IntGauge,
     /// Offers sent to clients by the server.
     pub renegotiations: IntCounter,
+    /// Packets of consenting participants handed towards the recorder, by result.
+    pub recorder_packets: IntCounterVec,
     by_kind_cache: [ByKind; 2],
 }
 
@@ -239,6 +241,12 @@ impl SfuMetrics {
             forward_latency,
             ice_tcp_connections: gauge(r, "ice_tcp_connections", "Open ICE-TCP connections"),
             renegotiations: counter(r, "renegotiations_total", "Offers sent by the server"),
+            recorder_packets: counter_vec(
+                r,
+                "recorder_packets_total",
+                "Media packets of consenting participants handed towards the recorder",
+                "result",
+            ),
             by_kind_cache,
         };
         for reason in [

@@ -39,7 +39,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "clinic time slots",
         sql: CLINIC_SLOTS,
     },
+    Migration {
+        version: 4,
+        name: "recordings and consent",
+        sql: RECORDINGS,
+    },
 ];
+
+/// A consultation's recordings with every participant's consent decision.
+const RECORDINGS: &str = "
+ALTER TABLE consultations ADD COLUMN recordings_json TEXT NOT NULL DEFAULT '[]';
+";
 
 /// A clinic session's time slots (start, capacity), read and written whole with the clinic.
 const CLINIC_SLOTS: &str = "

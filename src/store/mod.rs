@@ -407,15 +407,18 @@ fn save_consultations(
 fn upsert_consultation(tx: &Transaction<'_>, c: &Consultation) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO consultations (id, clinic, appointment, room, state, started_at_ms,
-                                    ended_at_ms, expert_links_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                                    ended_at_ms, expert_links_json, recordings_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (id) DO UPDATE SET
              clinic = excluded.clinic, appointment = excluded.appointment, room = excluded.room,
              state = excluded.state, started_at_ms = excluded.started_at_ms,
-             ended_at_ms = excluded.ended_at_ms, expert_links_json = excluded.expert_links_json
-         WHERE (clinic, appointment, room, state, started_at_ms, ended_at_ms, expert_links_json)
+             ended_at_ms = excluded.ended_at_ms, expert_links_json = excluded.expert_links_json,
+             recordings_json = excluded.recordings_json
+         WHERE (clinic, appointment, room, state, started_at_ms, ended_at_ms, expert_links_json,
+                recordings_json)
                IS NOT (excluded.clinic, excluded.appointment, excluded.room, excluded.state,
-                       excluded.started_at_ms, excluded.ended_at_ms, excluded.expert_links_json)",
+                       excluded.started_at_ms, excluded.ended_at_ms, excluded.expert_links_json,
+                       excluded.recordings_json)",
     )?
     .execute(params![
         c.id.0,
@@ -426,6 +429,7 @@ fn upsert_consultation(tx: &Transaction<'_>, c: &Consultation) -> Result<(), Sto
         opt_to_db("started_at", c.started_at)?,
         opt_to_db("ended_at", c.ended_at)?,
         to_json(&c.expert_links)?,
+        to_json(&c.recordings)?,
     ])?;
     Ok(())
 }
@@ -599,11 +603,12 @@ fn load_consultations(tx: &Transaction<'_>) -> Result<Vec<Consultation>, StoreEr
         Option<i64>,
         Option<i64>,
         String,
+        String,
     );
     let rows: Vec<Row> = tx
         .prepare(
             "SELECT id, clinic, appointment, room, state, started_at_ms, ended_at_ms,
-                    expert_links_json
+                    expert_links_json, recordings_json
              FROM consultations ORDER BY id",
         )?
         .query_map([], |r| {
@@ -616,13 +621,14 @@ fn load_consultations(tx: &Transaction<'_>) -> Result<Vec<Consultation>, StoreEr
                 r.get(5)?,
                 r.get(6)?,
                 r.get(7)?,
+                r.get(8)?,
             ))
         })?
         .collect::<Result<_, _>>()?;
     let mut seats = load_seats(tx)?;
     rows.into_iter()
         .map(
-            |(id, clinic, appointment, room, state, started, ended, links)| {
+            |(id, clinic, appointment, room, state, started, ended, links, recordings)| {
                 Ok(Consultation {
                     state: enum_from_db(&format!("consultation {id} state"), &state)?,
                     started_at: opt_from_db(&format!("consultation {id} started_at_ms"), started)?,
@@ -630,6 +636,10 @@ fn load_consultations(tx: &Transaction<'_>) -> Result<Vec<Consultation>, StoreEr
                     expert_links: from_json(
                         &format!("consultation {id} expert_links_json"),
                         &links,
+                    )?,
+                    recordings: from_json(
+                        &format!("consultation {id} recordings_json"),
+                        &recordings,
                     )?,
                     seats: seats.remove(&id).unwrap_or_default(),
                     id: id.as_str().into(),
@@ -815,6 +825,17 @@ mod tests {
                 ("jti-1".into(), Some("prof-zhang".into())),
                 ("jti-2".into(), None),
             ],
+            recordings: vec![huizhen_signaling::clinic::RecordingState {
+                id: "rec-1".into(),
+                started_at: Millis(2_000),
+                stopped_at: None,
+                consents: vec![huizhen_signaling::clinic::ConsentRecord {
+                    user: "dr-li".into(),
+                    role: Role::Doctor,
+                    decision: huizhen_signaling::clinic::ConsentDecision::Granted,
+                    at: Millis(2_000),
+                }],
+            }],
             started_at: (state == ConsultationState::InProgress).then_some(Millis(1_000)),
             ended_at: None,
         }

@@ -241,6 +241,40 @@ pub enum ClinicEvent {
         /// New status.
         status: DoctorStatus,
     },
+    /// The doctor started recording; participants are being asked.
+    RecordingStarted {
+        /// Consultation.
+        consultation: ConsultationId,
+        /// Recording id.
+        recording: String,
+    },
+    /// A participant must be asked for consent (on start, or on entering a recorded call).
+    ConsentRequested {
+        /// Consultation.
+        consultation: ConsultationId,
+        /// Recording id.
+        recording: String,
+        /// Who is asked.
+        user: UserId,
+    },
+    /// A participant answered.
+    ConsentDecided {
+        /// Consultation.
+        consultation: ConsultationId,
+        /// Recording id.
+        recording: String,
+        /// Who.
+        user: UserId,
+        /// Their answer.
+        decision: ConsentDecision,
+    },
+    /// The recording stopped (doctor, or the consultation ended).
+    RecordingStopped {
+        /// Consultation.
+        consultation: ConsultationId,
+        /// Recording id.
+        recording: String,
+    },
 }
 
 /// What a waiting patient sees.
@@ -877,6 +911,7 @@ impl ClinicEngine {
             state: ConsultationState::Invited,
             seats: Vec::new(),
             expert_links: Vec::new(),
+            recordings: Vec::new(),
             started_at: None,
             ended_at: None,
         };
@@ -1057,6 +1092,10 @@ impl ClinicEngine {
             if let Some(seat) = c.seats.iter_mut().find(|s| s.user == actor.user) {
                 seat.disconnected_since = None;
             }
+            if admitted {
+                // An admitted companion entering for the first time, or anyone returning.
+                self.ask_consent(now, consultation, &actor.user, actor.role);
+            }
             return Ok(if admitted {
                 JoinOutcome::Admitted { room, may_publish }
             } else {
@@ -1084,13 +1123,13 @@ impl ClinicEngine {
             admitted,
             disconnected_since: None,
         });
-        let _ = now;
         if admitted {
             self.emit(ClinicEvent::Joined {
                 consultation: consultation.clone(),
                 user: actor.user.clone(),
                 role: actor.role,
             });
+            self.ask_consent(now, consultation, &actor.user, actor.role);
             Ok(JoinOutcome::Admitted { room, may_publish })
         } else {
             self.emit(ClinicEvent::CompanionWaiting {
@@ -1206,6 +1245,7 @@ impl ClinicEngine {
             }
             ConsultationState::InProgress => {}
         }
+        self.stop_recording_at(now, consultation);
         let c = self.consultations.get_mut(consultation).expect("exists");
         c.state = ConsultationState::Ended;
         c.ended_at = Some(now);
@@ -1235,6 +1275,167 @@ impl ClinicEngine {
             duration_ms,
         });
         Ok(())
+    }
+
+    // ----- recording consent -----
+
+    /// The doctor starts recording: every admitted participant is asked; the doctor's own
+    /// request counts as their consent. Nobody's media is recorded before they agree.
+    pub fn start_recording(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        consultation: &ConsultationId,
+        recording: String,
+    ) -> Result<(), ClinicError> {
+        let c = self.consultation_of_doctor(actor, consultation)?;
+        if c.state != ConsultationState::InProgress {
+            return Err(ClinicError::InvalidState("only a running consultation can be recorded"));
+        }
+        if c.active_recording().is_some() {
+            return Err(ClinicError::InvalidState("a recording is already running"));
+        }
+        let asked: Vec<(UserId, Role)> = c
+            .seats
+            .iter()
+            .filter(|s| s.admitted && s.user != actor.user)
+            .map(|s| (s.user.clone(), s.role))
+            .collect();
+        let c = self.consultations.get_mut(consultation).expect("exists");
+        c.recordings.push(RecordingState {
+            id: recording.clone(),
+            started_at: now,
+            stopped_at: None,
+            consents: vec![ConsentRecord {
+                user: actor.user.clone(),
+                role: actor.role,
+                decision: ConsentDecision::Granted,
+                at: now,
+            }],
+        });
+        self.emit(ClinicEvent::RecordingStarted {
+            consultation: consultation.clone(),
+            recording: recording.clone(),
+        });
+        self.emit(ClinicEvent::ConsentDecided {
+            consultation: consultation.clone(),
+            recording,
+            user: actor.user.clone(),
+            decision: ConsentDecision::Granted,
+        });
+        for (user, role) in asked {
+            self.ask_consent(now, consultation, &user, role);
+        }
+        Ok(())
+    }
+
+    /// Ask `user` (who just took an admitted seat) if a recording runs and they were not asked.
+    fn ask_consent(&mut self, now: Millis, consultation: &ConsultationId, user: &UserId, role: Role) {
+        let Some(c) = self.consultations.get_mut(consultation) else {
+            return;
+        };
+        let Some(rec) = c.recordings.last_mut().filter(|r| r.stopped_at.is_none()) else {
+            return;
+        };
+        if rec.consents.iter().any(|x| &x.user == user) {
+            return;
+        }
+        rec.consents.push(ConsentRecord {
+            user: user.clone(),
+            role,
+            decision: ConsentDecision::Pending,
+            at: now,
+        });
+        let recording = rec.id.clone();
+        self.emit(ClinicEvent::ConsentRequested {
+            consultation: consultation.clone(),
+            recording,
+            user: user.clone(),
+        });
+    }
+
+    /// A participant answers (or changes their answer: a refusal stops their recording).
+    pub fn decide_consent(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        consultation: &ConsultationId,
+        granted: bool,
+    ) -> Result<(), ClinicError> {
+        let c = self
+            .consultations
+            .get_mut(consultation)
+            .ok_or(ClinicError::NotFound("consultation"))?;
+        let rec = c
+            .recordings
+            .last_mut()
+            .filter(|r| r.stopped_at.is_none())
+            .ok_or(ClinicError::InvalidState("no recording is running"))?;
+        let entry = rec
+            .consents
+            .iter_mut()
+            .find(|x| x.user == actor.user)
+            .ok_or(ClinicError::Forbidden("you were not asked for consent in this consultation"))?;
+        let decision = if granted {
+            ConsentDecision::Granted
+        } else {
+            ConsentDecision::Refused
+        };
+        entry.decision = decision;
+        entry.at = now;
+        let recording = rec.id.clone();
+        self.emit(ClinicEvent::ConsentDecided {
+            consultation: consultation.clone(),
+            recording,
+            user: actor.user.clone(),
+            decision,
+        });
+        Ok(())
+    }
+
+    /// The doctor stops the recording.
+    pub fn stop_recording(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        consultation: &ConsultationId,
+    ) -> Result<(), ClinicError> {
+        let c = self.consultation_of_doctor(actor, consultation)?;
+        if c.active_recording().is_none() {
+            return Err(ClinicError::InvalidState("no recording is running"));
+        }
+        self.stop_recording_at(now, consultation);
+        Ok(())
+    }
+
+    fn stop_recording_at(&mut self, now: Millis, consultation: &ConsultationId) {
+        let Some(c) = self.consultations.get_mut(consultation) else {
+            return;
+        };
+        let Some(rec) = c.recordings.last_mut().filter(|r| r.stopped_at.is_none()) else {
+            return;
+        };
+        rec.stopped_at = Some(now);
+        let recording = rec.id.clone();
+        self.emit(ClinicEvent::RecordingStopped {
+            consultation: consultation.clone(),
+            recording,
+        });
+    }
+
+    /// Users whose media the running recording of `consultation` takes.
+    pub fn recorded_users(&self, consultation: &ConsultationId) -> Vec<UserId> {
+        self.consultations
+            .get(consultation)
+            .and_then(|c| c.active_recording())
+            .map(|r| {
+                r.consents
+                    .iter()
+                    .filter(|x| x.decision == ConsentDecision::Granted)
+                    .map(|x| x.user.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     // ----- connectivity -----

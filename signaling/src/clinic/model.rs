@@ -227,13 +227,70 @@ pub struct Consultation {
     pub seats: Vec<Seat>,
     /// Registered one-time expert links (token ids) and who used each.
     pub expert_links: Vec<(String, Option<UserId>)>,
+    /// Recordings made of this consultation, the last one possibly running.
+    #[serde(default)]
+    pub recordings: Vec<RecordingState>,
     /// When the call started.
     pub started_at: Option<Millis>,
     /// When it ended.
     pub ended_at: Option<Millis>,
 }
 
+/// A participant's answer to "may this call be recorded?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentDecision {
+    /// Asked, no answer yet: not recorded.
+    Pending,
+    /// Agreed: their media is recorded.
+    Granted,
+    /// Refused: their media is never recorded.
+    Refused,
+}
+
+/// One consent decision, kept with the recording (and in the audit trail).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    /// Who.
+    pub user: UserId,
+    /// As what.
+    pub role: Role,
+    /// Their latest answer.
+    pub decision: ConsentDecision,
+    /// When they gave it (or were asked, while pending).
+    pub at: Millis,
+}
+
+/// A recording of a consultation, with the consent of each participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingState {
+    /// Recording id.
+    pub id: String,
+    /// Started by the doctor at.
+    pub started_at: Millis,
+    /// Stopped at (doctor, or the end of the consultation).
+    pub stopped_at: Option<Millis>,
+    /// Everyone asked, with their answer.
+    pub consents: Vec<ConsentRecord>,
+}
+
+impl RecordingState {
+    /// Whether `user` agreed to be recorded (and the recording runs).
+    pub fn records(&self, user: &UserId) -> bool {
+        self.stopped_at.is_none()
+            && self
+                .consents
+                .iter()
+                .any(|c| &c.user == user && c.decision == ConsentDecision::Granted)
+    }
+}
+
 impl Consultation {
+    /// The recording under way, if any.
+    pub fn active_recording(&self) -> Option<&RecordingState> {
+        self.recordings.last().filter(|r| r.stopped_at.is_none())
+    }
+
     /// The seat of `user`.
     pub fn seat(&self, user: &UserId) -> Option<&Seat> {
         self.seats.iter().find(|s| &s.user == user)

@@ -440,3 +440,54 @@ fn slots_bound_what_can_be_booked() {
     // Adding overlapping slots does not duplicate them.
     assert_eq!(w.engine.add_slots(&"cardio".into(), Millis(NINE), 2, 2).unwrap().len(), 4);
 }
+
+#[test]
+fn recording_needs_each_participants_consent() {
+    let mut w = World::new();
+    let c = start_call(&mut w, "a");
+    let doctor = w.doctor.clone();
+    w.drain();
+    // Only the doctor starts, and only a running consultation.
+    assert!(matches!(
+        w.engine.start_recording(Millis(NINE), &patient("a"), &c, "r1".into()),
+        Err(ClinicError::Forbidden(_))
+    ));
+    w.engine.start_recording(Millis(NINE + 2_000), &doctor, &c, "r1".into()).unwrap();
+    let events = w.drain();
+    assert!(events.iter().any(|e| matches!(e, ClinicEvent::ConsentRequested { user, .. } if user.0 == "a")));
+    assert!(!events.iter().any(|e| matches!(e, ClinicEvent::ConsentRequested { user, .. } if user.0 == "dr-li")));
+    // Until a answers, only the doctor is recorded.
+    assert_eq!(w.engine.recorded_users(&c), vec![UserId::from("dr-li")]);
+    w.engine.decide_consent(Millis(NINE + 3_000), &patient("a"), &c, true).unwrap();
+    assert_eq!(w.engine.recorded_users(&c).len(), 2);
+    // A late expert is asked on entry and refuses: never recorded.
+    w.engine.invite_expert(&doctor, &c, "l1".into()).unwrap();
+    let mut expert = Actor::new("prof", Role::Expert);
+    expert.consultation = Some(c.clone());
+    expert.token_id = Some("l1".into());
+    w.engine.join(Millis(NINE + 4_000), &expert, &c).unwrap();
+    assert!(w.drain().iter().any(|e| matches!(e, ClinicEvent::ConsentRequested { user, .. } if user.0 == "prof")));
+    w.engine.decide_consent(Millis(NINE + 5_000), &expert, &c, false).unwrap();
+    assert!(!w.engine.recorded_users(&c).contains(&UserId::from("prof")));
+    // Someone never asked cannot decide; asking again on a reconnect is not repeated.
+    assert!(matches!(
+        w.engine.decide_consent(Millis(NINE), &patient("stranger"), &c, true),
+        Err(ClinicError::Forbidden(_))
+    ));
+    w.engine.join(Millis(NINE + 6_000), &expert, &c).unwrap();
+    assert!(!w.drain().iter().any(|e| matches!(e, ClinicEvent::ConsentRequested { .. })));
+    // a changes their mind: no longer recorded.
+    w.engine.decide_consent(Millis(NINE + 7_000), &patient("a"), &c, false).unwrap();
+    assert_eq!(w.engine.recorded_users(&c), vec![UserId::from("dr-li")]);
+    // The consent records stay with the recording, and the end stops it.
+    w.engine.end(Millis(NINE + 60_000), &doctor, &c).unwrap();
+    assert!(w.drain().iter().any(|e| matches!(e, ClinicEvent::RecordingStopped { .. })));
+    let rec = &w.engine.consultation(&c).unwrap().recordings[0];
+    let decisions: Vec<_> = rec.consents.iter().map(|x| (x.user.0.as_str(), x.decision)).collect();
+    assert_eq!(
+        decisions,
+        [("dr-li", ConsentDecision::Granted), ("a", ConsentDecision::Refused), ("prof", ConsentDecision::Refused)]
+    );
+    assert_eq!(rec.stopped_at, Some(Millis(NINE + 60_000)));
+    assert!(w.engine.recorded_users(&c).is_empty());
+}
