@@ -15,3 +15,5 @@ pub mod auth;
 pub mod store;
 pub mod webhook;
 pub mod clinic;
+pub mod archive;
+pub mod vault;

@@ -18,6 +18,13 @@ fi
 log "installing browser test packages (playwright-core, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
+# The archive tests (tests/archive.rs) run against a real S3 server process that checks SigV4
+# signatures. Pinned: later s3s-fs releases need a newer compiler.
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  log "installing s3s-fs 0.14.1 (S3 server for the archive tests; takes a few minutes)"
+  cargo install s3s-fs@0.14.1 --locked --features binary
+fi
+
 log "building"
 cargo build --workspace --all-targets --locked
 
