@@ -17,3 +17,4 @@ pub mod webhook;
 pub mod clinic;
 pub mod archive;
 pub mod vault;
+pub mod recorder;
