@@ -145,6 +145,31 @@ pub fn read_jsonl<R: BufRead>(reader: R) -> Result<Vec<AuditEntry>, ReadJsonlErr
     Ok(entries)
 }
 
+/// Every kind [`kind_of`] returns, for pre-registering metric label values.
+pub const EVENT_KINDS: &[&str] = &[
+    "checked_in",
+    "reconnected",
+    "left_queue",
+    "moved_up",
+    "invited",
+    "answered",
+    "declined",
+    "invitation_expired",
+    "invitation_cancelled",
+    "consultation_started",
+    "joined",
+    "left",
+    "companion_waiting",
+    "admitted",
+    "expert_invited",
+    "consultation_ended",
+    "doctor_status",
+    "recording_started",
+    "consent_requested",
+    "consent_decided",
+    "recording_stopped",
+];
+
 /// The audit `kind` of a clinic event: its wire tag (the `event` field of its JSON), so the
 /// audit log and the event stream use the same vocabulary.
 pub fn kind_of(event: &ClinicEvent) -> &'static str {
@@ -345,6 +370,12 @@ mod tests {
                 recording: "r1".into(),
             },
         ]
+    }
+
+    #[test]
+    fn every_kind_is_listed() {
+        let kinds: Vec<&str> = every_event().iter().map(kind_of).collect();
+        assert_eq!(kinds, EVENT_KINDS, "EVENT_KINDS must list every event, in order");
     }
 
     #[test]

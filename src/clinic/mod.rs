@@ -92,6 +92,26 @@ pub enum ClinicCommand {
 }
 
 impl ClinicCommand {
+    /// Every command name, for pre-registering metric label values.
+    const NAMES: &'static [&'static str] = &[
+        "check_in",
+        "leave_queue",
+        "set_away",
+        "invite",
+        "cancel_invitation",
+        "move_up",
+        "accept_invitation",
+        "decline_invitation",
+        "join_consultation",
+        "leave_consultation",
+        "admit",
+        "invite_expert",
+        "end_consultation",
+        "start_recording",
+        "stop_recording",
+        "consent",
+    ];
+
     fn name(&self) -> &'static str {
         match self {
             ClinicCommand::CheckIn(_) => "check_in",
@@ -297,6 +317,14 @@ impl ClinicMetrics {
             .expect("metric");
         registry.register(Box::new(commands.clone())).expect("metric");
         registry.register(Box::new(events.clone())).expect("metric");
+        for command in ClinicCommand::NAMES {
+            for result in ["ok", "refused"] {
+                commands.with_label_values(&[command, result]);
+            }
+        }
+        for kind in crate::audit::EVENT_KINDS {
+            events.with_label_values(&[kind]);
+        }
         ClinicMetrics { commands, events }
     }
 }
@@ -1028,5 +1056,35 @@ fn status_str(status: huizhen_signaling::clinic::DoctorStatus) -> &'static str {
         DoctorStatus::Online => "online",
         DoctorStatus::InConsultation => "in_consultation",
         DoctorStatus::Away => "away",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_name_is_listed() {
+        let c = ConsultationId::from("c");
+        let all = [
+            ClinicCommand::CheckIn("a".into()),
+            ClinicCommand::LeaveQueue,
+            ClinicCommand::SetAway("k".into(), true),
+            ClinicCommand::Invite("k".into(), None),
+            ClinicCommand::CancelInvitation("i".into()),
+            ClinicCommand::MoveUp("k".into(), "u".into()),
+            ClinicCommand::Accept("i".into()),
+            ClinicCommand::Decline("i".into()),
+            ClinicCommand::Join(c.clone()),
+            ClinicCommand::LeaveConsultation(c.clone()),
+            ClinicCommand::Admit(c.clone(), "u".into()),
+            ClinicCommand::InviteExpert(c.clone(), None),
+            ClinicCommand::End(c.clone()),
+            ClinicCommand::StartRecording(c.clone()),
+            ClinicCommand::StopRecording(c.clone()),
+            ClinicCommand::Consent(c, true),
+        ];
+        let names: Vec<&str> = all.iter().map(ClinicCommand::name).collect();
+        assert_eq!(names, ClinicCommand::NAMES);
     }
 }
