@@ -183,8 +183,10 @@ async fn bad_tokens_are_refused_and_audited() {
     )
     .await;
     // Forged: signed with another key.
-    let mut other = huizhen::auth::AuthConfig::default();
-    other.hs256_secret = Some("another-secret-another-secret-another-secret".into());
+    let other = huizhen::auth::AuthConfig {
+        hs256_secret: Some("another-secret-another-secret-another-secret".into()),
+        ..Default::default()
+    };
     let forger = huizhen::auth::TokenMinter::new(&other).unwrap();
     let forged = forger.mint(&claims("pat-a", Role::Patient)).unwrap();
     expect_refused(&mut ws, ClientMessage::Auth { token: forged }, ErrorCode::InvalidToken).await;

@@ -444,7 +444,8 @@ mod tests {
     fn any_edit_breaks_the_signature() {
         let mut m = sample();
         m.sign(&key(1));
-        let edits: Vec<Box<dyn Fn(&mut Manifest)>> = vec![
+        type Edit = Box<dyn Fn(&mut Manifest)>;
+        let edits: Vec<Edit> = vec![
             Box::new(|m| m.consents[1].decision = ConsentDecision::Refused),
             Box::new(|m| m.consents[0].at_ms += 1),
             Box::new(|m| m.ended_at_ms = Some(1)),

@@ -492,7 +492,6 @@ impl ClinicEngine {
                 state.clinic = clinic;
             }
             None => {
-                let clinic = clinic;
                 self.clinics.insert(
                     clinic.id.clone(),
                     ClinicState {
