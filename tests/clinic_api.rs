@@ -544,3 +544,24 @@ async fn recording_asks_everyone_and_audits_each_decision() {
     assert_eq!(decisions, [("dr-li", "granted"), ("pat-a", "refused"), ("son-of-a", "granted")]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_minted_tokens_respect_the_configured_lifetime_cap() {
+    let mut config = huizhen::config::Config::loopback_for_tests();
+    config.auth.max_lifetime_secs = 3600;
+    // The demo links (12 h by default) are capped instead of failing the start.
+    let server = huizhen::server::start(config).await.expect("starts with a 1 h cap");
+    assert!(server.dev_info().is_some());
+    let key = server.api_key().to_owned();
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/api/v1/tokens",
+        Some(&key),
+        Some(json!({ "sub": "u1", "name": "U", "role": "patient", "ttl_secs": 7200 })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("3600"), "{body}");
+    server.shutdown().await;
+}

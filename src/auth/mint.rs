@@ -64,6 +64,12 @@ impl TokenMinter {
         })
     }
 
+    /// The longest lifetime the verifier accepts: callers minting their own tokens (demo
+    /// links, expert links) cap their lifetimes with it.
+    pub fn max_lifetime_secs(&self) -> u64 {
+        self.max_lifetime_secs
+    }
+
     /// Sign `claims`. A missing `iss` or `aud` is filled in from the configuration.
     pub fn mint(&self, claims: &Claims) -> Result<String, TokenError> {
         if claims.sub.is_empty() {

@@ -68,11 +68,12 @@ pub fn links(
     now_secs: u64,
     appointment: &AppointmentId,
 ) -> Result<DemoLinks, TokenError> {
-    let mut doctor = Claims::new(DEMO_DOCTOR, "Dr. Demo", Role::Doctor, now_secs, DEMO_TOKEN_TTL_SECS);
+    let ttl = DEMO_TOKEN_TTL_SECS.min(minter.max_lifetime_secs());
+    let mut doctor = Claims::new(DEMO_DOCTOR, "Dr. Demo", Role::Doctor, now_secs, ttl);
     doctor.clinics = vec![DEMO_CLINIC.to_owned()];
-    let mut patient = Claims::new(DEMO_PATIENT, "Demo Patient", Role::Patient, now_secs, DEMO_TOKEN_TTL_SECS);
+    let mut patient = Claims::new(DEMO_PATIENT, "Demo Patient", Role::Patient, now_secs, ttl);
     patient.appointment = Some(appointment.0.clone());
-    let mut companion = Claims::new("companion-demo", "Demo Companion", Role::Companion, now_secs, DEMO_TOKEN_TTL_SECS);
+    let mut companion = Claims::new("companion-demo", "Demo Companion", Role::Companion, now_secs, ttl);
     companion.appointment = Some(appointment.0.clone());
     Ok(DemoLinks {
         doctor: format!("{base_url}/doctor?token={}&clinic={DEMO_CLINIC}", minter.mint(&doctor)?),

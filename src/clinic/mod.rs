@@ -605,7 +605,7 @@ impl Service {
             name.unwrap_or_else(|| "Expert".to_owned()),
             Role::Expert,
             now_secs,
-            EXPERT_LINK_TTL_SECS,
+            EXPERT_LINK_TTL_SECS.min(self.minter.max_lifetime_secs()),
         );
         claims.consultation = Some(consultation.0.clone());
         claims.jti = Some(link);

@@ -318,8 +318,9 @@ async fn create_token(
     authorize(&state, &headers)?;
     let Json(new) = body.map_err(|e| bad_request(e.body_text()))?;
     check_id("sub", &new.sub)?;
-    if !(60..=MAX_TOKEN_TTL_SECS).contains(&new.ttl_secs) {
-        return Err(bad_request(format!("ttl_secs must be within 60..={MAX_TOKEN_TTL_SECS}")));
+    let max_ttl = MAX_TOKEN_TTL_SECS.min(state.minter.max_lifetime_secs());
+    if !(60..=max_ttl).contains(&new.ttl_secs) {
+        return Err(bad_request(format!("ttl_secs must be within 60..={max_ttl}")));
     }
     let now = crate::clinic::now_ms().0 / 1000;
     let mut claims = Claims::new(new.sub, new.name, new.role, now, new.ttl_secs);
