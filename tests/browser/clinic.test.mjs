@@ -5,8 +5,8 @@
 // config (data dir in a temp dir, free ports on 127.0.0.1, `[clinic] seed_demo = true`) and reads
 // the demo links and the generated API key it prints. Drives Debian's headless Chromium
 // (/usr/bin/chromium, through playwright-core; no browser download), one browser context per
-// person, the way sfu.test.mjs does (same flags, same host-resolver rules: pages are opened at
-// http://localhost:<port>, so the printed 127.0.0.1 links are rewritten).
+// person, through harness.mjs like sfu.test.mjs (same flags, same host-resolver rules: pages are
+// opened at http://localhost:<port>, so the printed 127.0.0.1 links are rewritten).
 //   1. the seed flow: the patient passes the device check and checks in (place 1); the doctor
 //      sees them in the queue and invites; the patient answers; both decode each other's video
 //      and receive audio; the patient refreshes the page and is back in the call (from
@@ -22,263 +22,77 @@
 // servers are killed whatever happens.
 //
 // Run: cd tests/browser && npm install && npm test   (or: node --test clinic.test.mjs)
-// Env: HUIZHEN_BIN, CHROMIUM_BIN, HUIZHEN_TEST_TIMEOUT_MS (whole run, default 180000),
-//      HUIZHEN_WAIT_MS (each wait, default 30000), HUIZHEN_TEST_KEEP_LOGS=1,
+// Env (see harness.mjs): HUIZHEN_BIN, CHROMIUM_BIN, HUIZHEN_TEST_TIMEOUT_MS (whole run, default
+//      180000), HUIZHEN_WAIT_MS (each wait, default and at most 30000), HUIZHEN_TEST_KEEP_LOGS=1,
 //      HUIZHEN_TEST_STATIC_FROM_DISK=1 (serve static/*.js, *.css from the work tree).
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import dgram from 'node:dgram';
 import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  HOST_RULES,
+  WAIT_MS as ENV_WAIT_MS,
+  allPairs,
+  assertRunning,
+  closeAll,
+  eventLines,
+  newPerson,
+  startRun,
+  startServer,
+  waitFor,
+  waitForMedia,
+  withBrowser,
+  withServer,
+} from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, '..', '..');
-const SERVER_BIN = path.resolve(REPO_ROOT, process.env.HUIZHEN_BIN || 'target/debug/huizhen');
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const TOTAL_TIMEOUT_MS = Number(process.env.HUIZHEN_TEST_TIMEOUT_MS || 180_000);
-const WAIT_MS = Math.min(Number(process.env.HUIZHEN_WAIT_MS || 30_000), 30_000);
-const STATIC_FROM_DISK = process.env.HUIZHEN_TEST_STATIC_FROM_DISK === '1';
-
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-ui-for-media-stream',
-  '--use-fake-device-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--disable-features=WebRtcHideLocalIpsWithMdns',
-];
-
-// Everything but localhost is unresolvable (see sfu.test.mjs): pages are opened at
-// http://localhost:<port>, a secure context, so getUserMedia works.
-const HOST_RULES = 'MAP * ~NOTFOUND, EXCLUDE localhost';
-
-// ---------------------------------------------------------------------------------------------
-// Process bookkeeping: every server started is killed on exit, whatever happens.
-
-const servers = new Set();
-const browsers = new Set();
-
-function killAllNow() {
-  for (const s of servers) {
-    try {
-      s.proc.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-}
-
-process.on('exit', killAllNow);
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => {
-    killAllNow();
-    process.exit(130);
-  });
-}
-
-const watchdog = setTimeout(() => {
-  console.error(`\nFAIL: the clinic browser test did not finish within ${TOTAL_TIMEOUT_MS} ms; aborting`);
-  for (const s of servers) printLogTail(s);
-  killAllNow();
-  process.exit(1);
-}, TOTAL_TIMEOUT_MS);
-watchdog.unref();
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Poll `probe` until it returns {ok: true, value}; fail with `what` and the last detail. */
-async function waitFor(what, probe, timeoutMs = WAIT_MS, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await probe();
-    } catch (err) {
-      if (err && err.fatal) throw err;
-      last = { ok: false, detail: `probe threw: ${err && err.message ? err.message : err}` };
-    }
-    if (last && last.ok) return last.value;
-    if (Date.now() >= deadline) {
-      const detail = last && last.detail !== undefined ? last.detail : last;
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last state: ${JSON.stringify(detail, null, 1)}`);
-    }
-    await sleep(intervalMs);
-  }
-}
-
-async function freeTcpPort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function freeUdpPort() {
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4');
-    sock.once('error', reject);
-    sock.bind(0, '127.0.0.1', () => {
-      const { port } = sock.address();
-      sock.close(() => resolve(port));
-    });
-  });
-}
-
-function printLogTail(server, lines = 80) {
-  try {
-    const text = fs.readFileSync(server.logPath, 'utf8').trimEnd().split('\n');
-    console.error(`--- last ${Math.min(lines, text.length)} lines of ${server.name} log (${server.logPath}) ---`);
-    console.error(text.slice(-lines).join('\n'));
-    console.error('--- end of server log ---');
-  } catch (err) {
-    console.error(`(no server log: ${err.message})`);
-  }
-}
+// Each wait is bounded by HUIZHEN_WAIT_MS, but by 30 s at the most.
+const WAIT_MS = Math.min(ENV_WAIT_MS, 30_000);
+startRun({ what: 'the clinic browser test', waitMs: WAIT_MS });
+after(closeAll);
 
 // ---------------------------------------------------------------------------------------------
 // Server
 
 /** Start the server with the demo clinic seeded; returns it with the printed links and key. */
-async function startServer(name) {
-  assert.ok(
-    fs.existsSync(SERVER_BIN),
-    `server binary ${SERVER_BIN} not found: build it with \`cargo build --bin huizhen\` or set HUIZHEN_BIN`,
-  );
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `huizhen-clinic-${name}-`));
-  const httpPort = await freeTcpPort();
-  const udpPort = await freeUdpPort();
-  let tcpPort = await freeTcpPort();
-  while (tcpPort === httpPort) tcpPort = await freeTcpPort();
-  const dataDir = path.join(dir, 'data');
-  fs.mkdirSync(dataDir);
-  const configPath = path.join(dir, 'huizhen.toml');
-  fs.writeFileSync(
-    configPath,
-    [
-      '[http]',
-      `listen = "127.0.0.1:${httpPort}"`,
-      '',
-      '[media]',
-      `udp_listen = "127.0.0.1:${udpPort}"`,
-      `tcp_listen = "127.0.0.1:${tcpPort}"`,
-      'announce = ["127.0.0.1"]',
-      'announce_udp = true',
-      'announce_tcp = false',
-      '',
-      '[storage]',
-      `data_dir = ${JSON.stringify(dataDir)}`,
-      '',
-      '[clinic]',
-      'seed_demo = true',
-      '',
-    ].join('\n'),
-  );
-  const logPath = path.join(dir, 'server.log');
-  const logFd = fs.openSync(logPath, 'a');
-  const proc = spawn(SERVER_BIN, ['serve', '--config', configPath], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', logFd, logFd],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
-  });
-  fs.closeSync(logFd);
-  const server = {
-    name,
-    proc,
-    dir,
-    logPath,
-    httpPort,
-    // localhost, not 127.0.0.1: the host resolver rules make IP literals unresolvable.
-    pageBase: `http://localhost:${httpPort}`,
-    apiBase: `http://127.0.0.1:${httpPort}`,
-    exited: null,
-  };
-  servers.add(server);
-  proc.on('exit', (code, signal) => {
-    server.exited = { code, signal };
-  });
-  proc.on('error', (err) => {
-    server.exited = { error: err.message };
-  });
-  try {
-    const exitedCheck = () => {
-      if (server.exited) {
-        throw Object.assign(new Error(`${name}: server exited early: ${JSON.stringify(server.exited)}`), { fatal: true });
+function startClinicServer(name) {
+  return startServer(name, {
+    tmpPrefix: 'huizhen-clinic',
+    announceUdp: true,
+    announceTcp: false,
+    extraConfig: (dir) => {
+      const dataDir = path.join(dir, 'data');
+      fs.mkdirSync(dataDir);
+      return ['[storage]', `data_dir = ${JSON.stringify(dataDir)}`, '', '[clinic]', 'seed_demo = true', ''];
+    },
+    whenReady: async (server) => {
+      // Development mode prints the demo links and the generated API key on stdout.
+      const printed = await waitFor(
+        `${name}: the demo links and API key on stdout`,
+        async () => {
+          assertRunning(server);
+          const log = fs.readFileSync(server.logPath, 'utf8');
+          const grab = (label) => new RegExp(`^\\s*${label}:\\s+(\\S+)`, 'm').exec(log)?.[1];
+          const value = { doctor: grab('Doctor'), patient: grab('Patient'), companion: grab('Companion'), apiKey: grab('API key') };
+          return { ok: Object.values(value).every(Boolean), value, detail: value };
+        },
+        WAIT_MS,
+        100,
+      );
+      server.apiKey = printed.apiKey;
+      server.links = {};
+      for (const who of ['doctor', 'patient', 'companion']) {
+        const url = new URL(printed[who]);
+        url.host = `localhost:${server.httpPort}`;
+        server.links[who] = url.href;
       }
-    };
-    await waitFor(
-      `${name}: GET /readyz = 200`,
-      async () => {
-        exitedCheck();
-        const res = await fetch(`${server.apiBase}/readyz`, { signal: AbortSignal.timeout(2000) });
-        return { ok: res.status === 200, detail: `status ${res.status}` };
-      },
-      WAIT_MS,
-      100,
-    );
-    // Development mode prints the demo links and the generated API key on stdout.
-    const printed = await waitFor(
-      `${name}: the demo links and API key on stdout`,
-      async () => {
-        exitedCheck();
-        const log = fs.readFileSync(logPath, 'utf8');
-        const grab = (label) => new RegExp(`^\\s*${label}:\\s+(\\S+)`, 'm').exec(log)?.[1];
-        const value = { doctor: grab('Doctor'), patient: grab('Patient'), companion: grab('Companion'), apiKey: grab('API key') };
-        return { ok: Object.values(value).every(Boolean), value, detail: value };
-      },
-      WAIT_MS,
-      100,
-    );
-    server.apiKey = printed.apiKey;
-    server.links = {};
-    for (const who of ['doctor', 'patient', 'companion']) {
-      const url = new URL(printed[who]);
-      url.host = `localhost:${httpPort}`;
-      server.links[who] = url.href;
-    }
-  } catch (err) {
-    printLogTail(server);
-    await stopServer(server);
-    throw err;
-  }
-  return server;
+    },
+  });
 }
 
-async function stopServer(server, { failed = false } = {}) {
-  if (!server) return;
-  if (failed) printLogTail(server);
-  if (!server.exited) {
-    server.proc.kill('SIGTERM');
-    const deadline = Date.now() + 5000;
-    while (!server.exited && Date.now() < deadline) await sleep(50);
-    if (!server.exited) {
-      server.proc.kill('SIGKILL');
-      while (!server.exited) await sleep(20);
-    }
-  }
-  servers.delete(server);
-  if (!failed && !process.env.HUIZHEN_TEST_KEEP_LOGS) {
-    fs.rmSync(server.dir, { recursive: true, force: true });
-  } else {
-    console.error(`${server.name}: logs kept in ${server.dir}`);
-  }
+/** One clinic server of its own for `fn(server, people)`; see withServer. */
+function withClinicServer(name, fn) {
+  return withServer(() => startClinicServer(name), dumpPages, fn);
 }
 
 /** Call the REST API with the server's key; returns the parsed JSON body. */
@@ -297,49 +111,24 @@ async function api(server, method, route, body) {
 // ---------------------------------------------------------------------------------------------
 // Pages
 
-async function launchBrowser() {
-  assert.ok(fs.existsSync(CHROMIUM_BIN), `${CHROMIUM_BIN} not found: apt-get install -y chromium`);
-  return chromium.launch({
-    executablePath: CHROMIUM_BIN,
-    args: [...CHROMIUM_ARGS, `--host-resolver-rules=${HOST_RULES}`],
-    headless: true,
-  });
-}
-
 /** Open `url` in a fresh browser context (one person). */
 async function openPage(browser, name, url) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, locale: 'en-US' });
-  // Clicks, navigations and reloads are bounded like every other wait.
-  context.setDefaultTimeout(WAIT_MS);
-  context.setDefaultNavigationTimeout(WAIT_MS);
-  if (STATIC_FROM_DISK) {
-    // Development aid: static/*.js and *.css from the work tree (not the documents; see
-    // sfu.test.mjs for why).
-    await context.route(/\/static\/[^/?]+(\?.*)?$/, (route) => {
-      const file = path.basename(new URL(route.request().url()).pathname);
-      const full = path.join(REPO_ROOT, 'static', file);
-      if (!fs.existsSync(full)) return route.fulfill({ status: 404, body: 'not found' });
-      const types = { '.js': 'text/javascript', '.css': 'text/css' };
-      return route.fulfill({
-        contentType: `${types[path.extname(file)] || 'application/octet-stream'}; charset=utf-8`,
-        body: fs.readFileSync(full),
-      });
-    });
-  }
-  const page = await context.newPage();
-  const person = { name, context, page, console: [], id: null };
-  page.on('console', (msg) => {
-    person.console.push(`${msg.type()}: ${msg.text()}`);
-    if (person.console.length > 300) person.console.shift();
-  });
-  page.on('pageerror', (err) => person.console.push(`pageerror: ${err.message}`));
-  await page.goto(url);
+  const person = await newPerson(
+    browser,
+    name,
+    { viewport: { width: 1100, height: 800 }, locale: 'en-US' },
+    {
+      // Clicks, navigations and reloads are bounded like every other wait.
+      beforePage: (context) => {
+        context.setDefaultTimeout(WAIT_MS);
+        context.setDefaultNavigationTimeout(WAIT_MS);
+      },
+    },
+  );
+  await person.page.goto(url);
   return person;
 }
 
-async function closePages(people) {
-  await Promise.all(people.map((p) => p.context.close().catch(() => {})));
-}
 
 /** The page state tests look at. */
 function pageState(person) {
@@ -383,100 +172,10 @@ async function waitInCall(person) {
   return s;
 }
 
-/** Everything the media assertions need from one page, read from pc.getStats(). */
-async function snapshot(person) {
-  return person.page.evaluate(async () => {
-    const h = window.huizhen;
-    const out = {
-      participantId: h.participantId,
-      state: h.state,
-      remoteTracks: [...h.remoteTracks].map(([track_id, t]) => ({ track_id, ...t })),
-      inbound: [],
-      connectionState: h.pc ? h.pc.connectionState : null,
-      signalingState: h.pc ? h.pc.signalingState : null,
-    };
-    if (!h.pc || h.pc.signalingState === 'closed') return out;
-    const midByTrack = {};
-    for (const t of h.pc.getTransceivers()) {
-      if (t.mid != null) midByTrack[t.receiver.track.id] = t.mid;
-    }
-    const stats = await h.pc.getStats();
-    stats.forEach((s) => {
-      if (s.type === 'inbound-rtp') {
-        out.inbound.push({
-          mid: s.mid != null ? s.mid : midByTrack[s.trackIdentifier],
-          kind: s.kind,
-          packetsReceived: s.packetsReceived || 0,
-          framesDecoded: s.framesDecoded || 0,
-        });
-      }
-    });
-    return out;
-  });
-}
-
-/**
- * Does `snap` (one receiver) get audio packets and decoded video frames from each publisher?
- * Counters must exceed those of the same mid in `baseline` (an earlier snapshot), so that a
- * reused mid does not pass on an old stream's counts.
- */
-function mediaFromPublishers(snap, publishers, baseline = null) {
-  const problems = [];
-  const count = (s, mid, field) => (s ? s.inbound.filter((x) => x.mid === mid).reduce((a, x) => a + x[field], 0) : 0);
-  for (const pub of publishers) {
-    const tracks = snap.remoteTracks.filter((t) => t.participant_id === pub.id);
-    const video = tracks.filter((t) => t.kind === 'video');
-    const audio = tracks.filter((t) => t.kind === 'audio');
-    if (video.length < 1) problems.push(`${pub.name}: no video track announced`);
-    if (audio.length < 1) problems.push(`${pub.name}: no audio track announced`);
-    for (const t of video) {
-      const [now, before] = [count(snap, t.mid, 'framesDecoded'), count(baseline, t.mid, 'framesDecoded')];
-      if (!(now > before)) problems.push(`${pub.name}: video ${t.track_id} (mid ${t.mid}) framesDecoded ${now} (before: ${before})`);
-    }
-    for (const t of audio) {
-      const [now, before] = [count(snap, t.mid, 'packetsReceived'), count(baseline, t.mid, 'packetsReceived')];
-      if (!(now > before)) problems.push(`${pub.name}: audio ${t.track_id} (mid ${t.mid}) packetsReceived ${now} (before: ${before})`);
-    }
-  }
-  return { ok: problems.length === 0, problems };
-}
-
-/**
- * Wait until each receiver decodes video and receives audio from each of its publishers
- * (`pairs`: [receiver, publishers]). With `fresh`, counters must grow past their values at the
- * call: media flows now.
- */
-async function waitForMedia(label, pairs, { fresh = false } = {}) {
-  const baselines = new Map();
-  if (fresh) for (const [receiver] of pairs) baselines.set(receiver, await snapshot(receiver));
-  const summary = {};
-  for (const [receiver, publishers] of pairs) {
-    const snap = await waitFor(`${label}: ${receiver.name} to decode video and receive audio from ${publishers.map((p) => p.name).join(', ')}`, async () => {
-      const snap = await snapshot(receiver);
-      const res = mediaFromPublishers(snap, publishers, baselines.get(receiver));
-      return { ok: res.ok, value: snap, detail: { problems: res.problems, pc: [snap.connectionState, snap.signalingState], tracks: snap.remoteTracks, inbound: snap.inbound } };
-    });
-    summary[receiver.name] = snap.inbound.map((s) => `${s.kind}:${s.kind === 'video' ? s.framesDecoded : s.packetsReceived}`).join(' ');
-  }
-  return summary;
-}
-
-/** Everyone decodes everyone else. */
-function allPairs(people) {
-  return people.map((p) => [p, people.filter((q) => q !== p)]);
-}
-
 async function dumpPages(people) {
   for (const p of people) {
     try {
-      const events = await p.page.evaluate(() =>
-        window.huizhen.events.map((e) => {
-          const m = { ...e.msg };
-          if (typeof m.sdp === 'string') m.sdp = `<${m.sdp.length} bytes>`;
-          if (typeof m.token === 'string') m.token = '<token>';
-          return `${e.dir} ${JSON.stringify(m)}`;
-        }),
-      );
+      const events = await eventLines(p);
       console.error(`--- ${p.name} (${p.id}) state ${JSON.stringify(await pageState(p))} ---`);
       console.error(events.filter((l) => !l.includes('"candidate"')).slice(-50).join('\n'));
     } catch {
@@ -487,28 +186,13 @@ async function dumpPages(people) {
   }
 }
 
+
 function inbound(person, type) {
   return person.page.evaluate((t) => window.huizhen.events.filter((e) => e.dir === 'in' && e.type === t).map((e) => e.msg), type);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Tests
-
-after(async () => {
-  for (const b of [...browsers]) await b.close().catch(() => {});
-  for (const s of [...servers]) await stopServer(s);
-});
-
-async function withBrowser(fn) {
-  const browser = await launchBrowser();
-  browsers.add(browser);
-  try {
-    return await fn(browser);
-  } finally {
-    browsers.delete(browser);
-    await browser.close().catch(() => {});
-  }
-}
 
 /** The patient page: device check passes, then "Enter the waiting room". */
 async function passDeviceCheckAndEnter(patient) {
@@ -530,11 +214,8 @@ async function passDeviceCheckAndEnter(patient) {
 }
 
 test('seed flow: check-in, invitation, call (and a refresh in it), expert, companion, end', (t) =>
-  withBrowser(async (browser) => {
-    const server = await startServer('seed');
-    const people = [];
-    let ok = false;
-    try {
+  withBrowser(HOST_RULES, (browser) =>
+    withClinicServer('seed', async (server, people) => {
       // The patient checks in and is first in line.
       const patient = await openPage(browser, 'patient', server.links.patient);
       people.push(patient);
@@ -636,20 +317,13 @@ test('seed flow: check-in, invitation, call (and a refresh in it), expert, compa
       assert.equal(await textOf(patient, '#thanks-heading'), 'Thank you');
       // The doctor's console is ready for the next patient; the queue is empty.
       await waitVisible(doctor, '#queue-empty');
-      ok = true;
-    } finally {
-      if (!ok) await dumpPages(people);
-      await closePages(people);
-      await stopServer(server, { failed: !ok });
-    }
-  }));
+    }),
+  ),
+);
 
 test('a refresh in the waiting room keeps the place; the language choice is remembered', () =>
-  withBrowser(async (browser) => {
-    const server = await startServer('refresh');
-    const people = [];
-    let ok = false;
-    try {
+  withBrowser(HOST_RULES, (browser) =>
+    withClinicServer('refresh', async (server, people) => {
       // A second appointment in the demo clinic, for the same slot: the order is by arrival.
       const appointments = await api(server, 'GET', '/appointments?clinic=demo');
       const demo = appointments.find((a) => a.patient === 'patient-demo');
@@ -727,10 +401,6 @@ test('a refresh in the waiting room keeps the place; the language choice is reme
         const disconnected = await doctor.page.locator('#queue-body tr[data-disconnected="true"]').count();
         return { ok: JSON.stringify(names) === JSON.stringify(['Demo Patient', 'Second Patient']) && disconnected === 0, detail: { names, disconnected } };
       });
-      ok = true;
-    } finally {
-      if (!ok) await dumpPages(people);
-      await closePages(people);
-      await stopServer(server, { failed: !ok });
-    }
-  }));
+    }),
+  ),
+);
