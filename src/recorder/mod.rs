@@ -16,6 +16,7 @@
 //! Everything here is sans-IO: time is passed in as `now`, nothing reads the clock, spawns
 //! tasks or touches files, so tests drive it with virtual time and real media.
 
+pub mod archiver;
 pub mod depacketize;
 pub mod export;
 pub mod jitter;
