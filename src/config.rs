@@ -62,6 +62,12 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Webhooks to the hospital's system.
     pub webhook: crate::webhook::WebhookConfig,
+    /// Encryption and signing of recordings.
+    pub recording: crate::vault::VaultConfig,
+    /// How recordings are cut and buffered.
+    pub recorder: crate::recorder::RecorderConfig,
+    /// Where recordings are archived.
+    pub archive: crate::archive::ArchiveConfig,
 }
 
 /// Signaling settings.
@@ -283,6 +289,11 @@ impl Config {
     /// Everything on 127.0.0.1 with OS-chosen ports: for tests.
     pub fn loopback_for_tests() -> Config {
         let any_local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let data_dir = std::env::temp_dir().join(format!(
+            "huizhen-test-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         Config {
             http: HttpConfig {
                 listen: any_local,
@@ -295,11 +306,12 @@ impl Config {
                 ..MediaConfig::default()
             },
             storage: StorageConfig {
-                data_dir: std::env::temp_dir().join(format!(
-                    "huizhen-test-{}-{:08x}",
-                    std::process::id(),
-                    rand::random::<u32>()
-                )),
+                data_dir: data_dir.clone(),
+            },
+            archive: crate::archive::ArchiveConfig {
+                local_dir: data_dir.join("archive"),
+                spool_dir: Some(data_dir.join("spool")),
+                ..Default::default()
             },
             ..Config::default()
         }
@@ -392,6 +404,27 @@ impl Config {
             }
             other => ConfigError::Invalid {
                 field: "webhook",
+                message: other.to_string(),
+            },
+        })?;
+        self.recording
+            .validate()
+            .map_err(|e| ConfigError::Invalid {
+                field: e.field,
+                message: e.message,
+            })?;
+        self.recorder.validate().map_err(|e| match e {
+            crate::recorder::RecorderError::InvalidConfig { field, reason } => ConfigError::Invalid {
+                field,
+                message: reason,
+            },
+        })?;
+        self.archive.validate().map_err(|e| match e {
+            crate::archive::ArchiveError::Config { field, message } => {
+                ConfigError::Invalid { field, message }
+            }
+            other => ConfigError::Invalid {
+                field: "archive",
                 message: other.to_string(),
             },
         })?;

@@ -64,6 +64,23 @@ pub enum ServerError {
     /// Webhooks could not start.
     #[error("webhooks: {0}")]
     Webhook(#[from] crate::webhook::WebhookError),
+    /// The archive store or spool could not be opened.
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
+    /// The recording key-encryption key could not be loaded.
+    #[error("recording key: {0}")]
+    RecordingKey(#[from] crate::vault::KeyError),
+    /// The manifest signing key could not be loaded.
+    #[error("recording signing key: {0}")]
+    SigningKey(#[from] crate::vault::SigningKeyError),
+    /// A directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What development mode generated, for printing at start.
@@ -218,10 +235,19 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let sfu_config = sfu_config(&config, udp_addr, tcp_addr);
     let sfu = Sfu::new(sfu_config, sfu_metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (recorder, recorder_task) = start_recorder(&config, &mut metrics, shutdown_rx.clone()).await?;
     let local = LocalAddress {
         announce: config.media.announce.clone(),
     };
-    let (media, media_task) = edge::spawn(MediaTask { sfu, udp, local }, shutdown_rx.clone());
+    let (media, media_task) = edge::spawn(
+        MediaTask {
+            sfu,
+            udp,
+            local,
+            recorder: Some(recorder.clone()),
+        },
+        shutdown_rx.clone(),
+    );
     let mut tasks = Vec::new();
     if let Some(listener) = ice_tcp {
         tasks.push(tokio::spawn(edge::ice_tcp::run(
@@ -254,6 +280,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             minter: minter.clone(),
             media: media.clone(),
             webhooks,
+            recorder,
             registry: metrics.component("clinic"),
         },
         shutdown_rx.clone(),
@@ -295,6 +322,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     tasks.insert(0, http_task);
     tasks.push(clinic_task);
     tasks.push(media_task);
+    // Last: archives what the others handed it, signing manifests of cut-short recordings.
+    tasks.push(recorder_task);
     info!(%http_addr, %udp_addr, tcp = ?tcp_addr, tls, "huizhen listening");
     Ok(ServerHandle {
         http_addr,
@@ -309,6 +338,59 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         dev,
         minter,
         api_key,
+    })
+}
+
+/// The recorder: archive store behind a spool, key-encryption key, signing key, task.
+async fn start_recorder(
+    config: &Config,
+    metrics: &mut Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(crate::recorder::task::RecorderHandle, JoinHandle<()>), ServerError> {
+    let data_dir = &config.storage.data_dir;
+    let store = crate::archive::build_store(&config.archive)?;
+    let spool = crate::archive::Spool::open(
+        config
+            .archive
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("spool")),
+        store,
+        &metrics.component("archive"),
+        shutdown.clone(),
+    )
+    .await?;
+    let kek = match config.recording.load_kek()? {
+        Some(kek) => kek,
+        None => {
+            let path = data_dir.join("recording-kek");
+            warn!(
+                path = %path.display(),
+                "recording: no key-encryption key configured; using a generated development key \
+                 (keep it apart from the archive; configure recording.kek_file in production)"
+            );
+            crate::vault::LocalKek::load_or_generate_file(&path)?
+        }
+    };
+    let signer = crate::vault::load_or_generate_signing_key(&config.recording.signing_key_path(data_dir))?;
+    let journal_dir = data_dir.join("recordings-journal");
+    crate::recorder::task::spawn(
+        crate::recorder::task::RecorderParts {
+            config: config.recorder.clone(),
+            cipher: config.recording.cipher,
+            chunk_bytes: config.recording.chunk_bytes,
+            kek: Arc::new(kek),
+            signer,
+            spool,
+            journal_dir: journal_dir.clone(),
+            registry: metrics.component("recorder"),
+        },
+        shutdown,
+    )
+    .await
+    .map_err(|source| ServerError::Dir {
+        path: journal_dir,
+        source,
     })
 }
 

@@ -19,9 +19,19 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 #[test]
 fn serve_prints_links_and_stops_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("huizhen-cli-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("huizhen.toml");
+    std::fs::write(
+        &config,
+        format!("[archive]\nlocal_dir = \"{}\"\n", dir.join("archive").display()),
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args([
             "serve",
+            "--config",
+            config.to_str().unwrap(),
             "--http-listen",
             "127.0.0.1:0",
             "--udp-listen",
@@ -29,10 +39,7 @@ fn serve_prints_links_and_stops_on_sigterm() {
             "--tcp-listen",
             "127.0.0.1:0",
             "--data-dir",
-            std::env::temp_dir()
-                .join(format!("huizhen-cli-serve-{}", std::process::id()))
-                .to_str()
-                .unwrap(),
+            dir.join("data").to_str().unwrap(),
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -4,7 +4,7 @@
 //! [archive]
 //! backend = "s3"                       # or "local" (the default)
 //! local_dir = "huizhen-archive"        # local backend: apart from the server's data dir
-//! spool_dir = "huizhen-data/spool"     # segments wait here while the store is away
+//! spool_dir = "/var/lib/huizhen/spool" # segments wait here while the store is away (default: <data_dir>/spool)
 //! endpoint = "https://minio.hospital.internal:9000"
 //! region = "us-east-1"
 //! bucket = "huizhen-recordings"
@@ -72,7 +72,7 @@ pub struct ArchiveConfig {
     /// server's data, so one disk failure cannot take both.
     pub local_dir: PathBuf,
     /// Where encrypted objects wait until the store has them.
-    pub spool_dir: PathBuf,
+    pub spool_dir: Option<PathBuf>,
     /// S3: endpoint URL. `https://`, or `http://` to a loopback address only.
     pub endpoint: Option<String>,
     /// S3: signing region.
@@ -113,7 +113,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             backend: ArchiveBackend::Local,
             local_dir: PathBuf::from("huizhen-archive"),
-            spool_dir: PathBuf::from("huizhen-data/spool"),
+            spool_dir: None,
             endpoint: None,
             region: "us-east-1".into(),
             bucket: None,
@@ -172,7 +172,7 @@ impl ArchiveConfig {
                 message: message.to_owned(),
             })
         };
-        if self.spool_dir.as_os_str().is_empty() {
+        if self.spool_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return invalid("archive.spool_dir", "must not be empty");
         }
         if self.multipart_part_bytes < MIN_PART_SIZE || self.multipart_part_bytes > 5 << 30 {
@@ -431,7 +431,7 @@ mod tests {
         let c = ArchiveConfig::default();
         assert_eq!(c.backend, ArchiveBackend::Local);
         assert_eq!(c.local_dir, PathBuf::from("huizhen-archive"));
-        assert_eq!(c.spool_dir, PathBuf::from("huizhen-data/spool"));
+        assert_eq!(c.spool_dir, None);
         c.validate().unwrap();
         s3().validate().unwrap();
     }

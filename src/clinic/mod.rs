@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::auth::{Claims, TokenMinter};
 use crate::edge::{MediaCommand, MediaHandle};
+use crate::recorder::task::RecorderCommand;
 use crate::sfu::ParticipantId;
 use crate::store::Store;
 use crate::webhook::WebhookHandle;
@@ -347,11 +348,14 @@ pub struct ClinicParts {
     pub media: MediaHandle,
     /// Webhooks to the hospital system.
     pub webhooks: WebhookHandle,
+    /// The recorder.
+    pub recorder: crate::recorder::task::RecorderHandle,
     /// Metrics registry (`huizhen_clinic_`).
     pub registry: Registry,
 }
 
 struct Service {
+    recorder: crate::recorder::task::RecorderHandle,
     /// SFU participants of sessions in a consultation's room.
     in_room: HashMap<u64, (ConsultationId, ParticipantId)>,
     engine: ClinicEngine,
@@ -368,6 +372,7 @@ struct Service {
 pub fn spawn(parts: ClinicParts, shutdown: watch::Receiver<bool>) -> (ClinicHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let service = Service {
+        recorder: parts.recorder,
         in_room: HashMap::new(),
         metrics: ClinicMetrics::new(&parts.registry),
         engine: parts.engine,
@@ -758,10 +763,30 @@ impl Service {
                 self.webhook("consultation.ended", now, consultation);
             }
             ClinicEvent::Joined { .. } | ClinicEvent::ExpertInvited { .. } => {}
-            ClinicEvent::RecordingStarted { consultation, .. }
-            | ClinicEvent::RecordingStopped { consultation, .. } => {
+            ClinicEvent::RecordingStarted {
+                consultation,
+                recording,
+            } => {
+                if let Some(c) = self.engine.consultation(consultation) {
+                    self.recorder
+                        .command(RecorderCommand::Start {
+                            recording: recording.clone(),
+                            consultation: consultation.0.clone(),
+                            room: c.room.clone(),
+                            started_at_ms: now.0,
+                        })
+                        .await;
+                }
                 self.recording_status_to_all(consultation);
                 self.apply_recording(consultation).await;
+            }
+            ClinicEvent::RecordingStopped {
+                consultation,
+                recording,
+            } => {
+                self.recording_status_to_all(consultation);
+                self.apply_recording(consultation).await;
+                self.stop_recorder(consultation, recording, now).await;
             }
             ClinicEvent::ConsentRequested {
                 consultation,
@@ -800,10 +825,52 @@ impl Service {
         }
     }
 
+    /// Hand the recorder every consent decision and let it seal the manifest.
+    async fn stop_recorder(&self, consultation: &ConsultationId, recording: &str, now: Millis) {
+        use huizhen_signaling::clinic::ConsentDecision as Decision;
+        let Some(rec) = self
+            .engine
+            .consultation(consultation)
+            .and_then(|c| c.recordings.iter().find(|r| r.id == recording))
+        else {
+            return;
+        };
+        let consents = rec
+            .consents
+            .iter()
+            .filter_map(|x| {
+                let decision = match x.decision {
+                    Decision::Granted => crate::vault::ConsentDecision::Granted,
+                    Decision::Refused => crate::vault::ConsentDecision::Refused,
+                    // Never answered: never recorded, and not a consent.
+                    Decision::Pending => return None,
+                };
+                Some(crate::vault::ConsentRecord {
+                    user_id: x.user.0.clone(),
+                    decision,
+                    at_ms: x.at.0,
+                })
+            })
+            .collect();
+        self.recorder
+            .command(RecorderCommand::Stop {
+                recording: recording.to_owned(),
+                ended_at_ms: rec.stopped_at.unwrap_or(now).0,
+                consents,
+            })
+            .await;
+    }
+
     /// Tell the SFU, for every participant in the consultation's room, whether its media goes
-    /// to the recorder: only those who consented to the running recording.
+    /// to the recorder (only those who consented to the running recording), and the recorder
+    /// whose media it is.
     async fn apply_recording(&self, consultation: &ConsultationId) {
         let recorded = self.engine.recorded_users(consultation);
+        let recording = self
+            .engine
+            .consultation(consultation)
+            .and_then(|c| c.active_recording())
+            .map(|r| r.id.clone());
         let sessions: Vec<(u64, ParticipantId)> = self
             .in_room
             .iter()
@@ -815,6 +882,23 @@ impl Service {
                 continue;
             };
             let record = recorded.contains(&socket.actor.user);
+            match (&recording, record) {
+                (Some(recording), true) => {
+                    self.recorder
+                        .command(RecorderCommand::Assign {
+                            recording: recording.clone(),
+                            participant,
+                            user: socket.actor.user.0.clone(),
+                            role: socket.actor.role.as_str().to_owned(),
+                        })
+                        .await;
+                }
+                _ => {
+                    self.recorder
+                        .command(RecorderCommand::Unassign { participant })
+                        .await;
+                }
+            }
             let _ = self
                 .media
                 .send(MediaCommand::SetRecorded {

@@ -153,6 +153,8 @@ pub struct MediaTask {
     pub udp: UdpSocket,
     /// The addresses announced in candidates; see [`LocalAddress`].
     pub local: LocalAddress,
+    /// Where media of consenting participants goes (never waited on).
+    pub recorder: Option<crate::recorder::task::RecorderHandle>,
 }
 
 /// Which local address to report to the core as a received datagram's destination.
@@ -206,6 +208,7 @@ struct Edge {
     local: LocalAddress,
     sessions: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    recorder: Option<crate::recorder::task::RecorderHandle>,
 }
 
 async fn run(
@@ -220,6 +223,7 @@ async fn run(
         udp_port: task.udp.local_addr().map(|a| a.port()).unwrap_or(0),
         udp: task.udp,
         local: task.local,
+        recorder: task.recorder,
         sessions: HashMap::new(),
         tcp: HashMap::new(),
     };
@@ -324,13 +328,14 @@ impl Edge {
             match output {
                 SfuOutput::Transmit(t) => self.transmit(t),
                 SfuOutput::Signal { to, message } => self.deliver(to, message),
-                SfuOutput::Record(_) => {
-                    // The recorder is not attached to the media task yet; count what it would
-                    // have been given so consent is observable end to end.
-                    self.metrics
-                        .recorder_packets
-                        .with_label_values(&["no_recorder"])
-                        .inc();
+                SfuOutput::Record(packet) => {
+                    let result = match &self.recorder {
+                        Some(recorder) if recorder.offer(packet) => "queued",
+                        // Behind: dropped here, the recorder sees it as network loss.
+                        Some(_) => "dropped",
+                        None => "no_recorder",
+                    };
+                    self.metrics.recorder_packets.with_label_values(&[result]).inc();
                 }
                 SfuOutput::Removed {
                     participant,
@@ -436,6 +441,7 @@ mod tests {
             },
             sessions: HashMap::new(),
             tcp: HashMap::new(),
+            recorder: None,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod depacketize;
 pub mod export;
 pub mod jitter;
 pub mod segmenter;
+pub mod task;
 
 mod bitstream;
 mod ebml;
@@ -153,29 +154,29 @@ impl RecorderConfig {
             })
         };
         if !(500..=600_000).contains(&self.segment_ms) {
-            return bad("segment_ms", "must be between 500 and 600000");
+            return bad("recorder.segment_ms", "must be between 500 and 600000");
         }
         if self.keyframe_grace_ms > self.segment_ms {
-            return bad("keyframe_grace_ms", "must not exceed segment_ms");
+            return bad("recorder.keyframe_grace_ms", "must not exceed segment_ms");
         }
         if !(100..=30_000).contains(&self.max_cluster_ms) {
             // Blocks hold a signed 16-bit ms offset from their Cluster: 32.7 s at most.
-            return bad("max_cluster_ms", "must be between 100 and 30000");
+            return bad("recorder.max_cluster_ms", "must be between 100 and 30000");
         }
         if self.max_segment_bytes < 64 * 1024 {
-            return bad("max_segment_bytes", "must be at least 65536");
+            return bad("recorder.max_segment_bytes", "must be at least 65536");
         }
         if self.max_frame_bytes < 64 * 1024 {
-            return bad("max_frame_bytes", "must be at least 65536");
+            return bad("recorder.max_frame_bytes", "must be at least 65536");
         }
         if !(1..=10_000).contains(&self.jitter_packets) {
-            return bad("jitter_packets", "must be between 1 and 10000");
+            return bad("recorder.jitter_packets", "must be between 1 and 10000");
         }
         if self.jitter_delay_ms > 5_000 {
-            return bad("jitter_delay_ms", "must be at most 5000");
+            return bad("recorder.jitter_delay_ms", "must be at most 5000");
         }
         if self.max_skew_ms < 500 {
-            return bad("max_skew_ms", "must be at least 500");
+            return bad("recorder.max_skew_ms", "must be at least 500");
         }
         Ok(())
     }
@@ -187,7 +188,7 @@ impl RecorderConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecorderError {
     /// A configuration value is out of range.
-    #[error("recorder.{field}: {reason}")]
+    #[error("{field}: {reason}")]
     InvalidConfig {
         /// The field.
         field: &'static str,

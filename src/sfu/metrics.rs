@@ -271,7 +271,9 @@ impl SfuMetrics {
             metrics.datagrams_sent.with_label_values(&[proto]);
             metrics.datagrams_received.with_label_values(&[proto]);
         }
-        metrics.recorder_packets.with_label_values(&["no_recorder"]);
+        for result in ["queued", "dropped", "no_recorder"] {
+            metrics.recorder_packets.with_label_values(&[result]);
+        }
         for kind in ["pli", "fir"] {
             metrics.keyframe_requests_sent.with_label_values(&[kind]);
             metrics.keyframe_requests_received.with_label_values(&[kind]);

@@ -60,11 +60,7 @@ function startClinicServer(name) {
     tmpPrefix: 'huizhen-clinic',
     announceUdp: true,
     announceTcp: false,
-    extraConfig: (dir) => {
-      const dataDir = path.join(dir, 'data');
-      fs.mkdirSync(dataDir);
-      return ['[storage]', `data_dir = ${JSON.stringify(dataDir)}`, '', '[clinic]', 'seed_demo = true', ''];
-    },
+    extraConfig: () => ['[clinic]', 'seed_demo = true', ''],
     whenReady: async (server) => {
       // Development mode prints the demo links and the generated API key on stdout.
       const printed = await waitFor(

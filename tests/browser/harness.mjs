@@ -205,6 +205,13 @@ export async function startServer(
       `announce_udp = ${announceUdp}`,
       `announce_tcp = ${announceTcp}`,
       '',
+      // State, archive and spool stay in the test's own temp directory.
+      '[storage]',
+      `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
+      '',
+      '[archive]',
+      `local_dir = ${JSON.stringify(path.join(dir, 'archive'))}`,
+      '',
       ...extraConfig(dir),
     ].join('\n'),
   );

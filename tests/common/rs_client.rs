@@ -44,7 +44,7 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
 use super::media::{self, Kind};
-use super::{connect_ws, join, Ws};
+use super::{connect_ws, join, Joined, Ws};
 
 /// How the client delivers its ICE candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,6 +385,18 @@ impl RsPeer {
     ) -> anyhow::Result<RsPeer> {
         let mut ws = connect_ws(http_addr).await;
         let joined = join(&mut ws, room, name).await;
+        RsPeer::on_joined_socket(ws, joined, name, index, mode).await
+    }
+
+    /// Start the WebRTC session on a socket that already joined a room (e.g. a clinic
+    /// socket after `auth` and `join_consultation`).
+    pub async fn on_joined_socket(
+        ws: Ws,
+        joined: Joined,
+        name: &str,
+        index: u8,
+        mode: CandidateMode,
+    ) -> anyhow::Result<RsPeer> {
 
         let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
         let (gathering_tx, mut gathering_rx) = watch::channel(RTCIceGatheringState::New);

@@ -1,0 +1,172 @@
+//! A recorded consultation end to end through the running server: webrtc-rs clients call
+//! through the SFU, the doctor records, the patient refuses consent; the archive then holds a
+//! signed manifest and encrypted segments of the doctor's tracks only, which verify with the
+//! key-encryption key and export to files ffprobe reads as VP8 and Opus.
+//!
+//! The clients send synthetic (not decodable) media, so this test checks structure, codecs,
+//! timing and the crypto chain; decodable recordings are checked in the recorder's own tests
+//! with ffmpeg-made media.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::rs_client::{CandidateMode, RsPeer};
+use common::*;
+use huizhen::auth::Claims;
+use huizhen_signaling::clinic::Role;
+use huizhen_signaling::protocol::{ClientMessage, ServerMessage};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Auth, and for the patient check-in; returns the socket.
+async fn clinic_socket(server: &huizhen::server::ServerHandle, claims: Claims) -> Ws {
+    let token = server.minter().mint(&claims).unwrap();
+    let mut ws = connect_ws(server.http_addr()).await;
+    send_msg(&mut ws, &ClientMessage::Auth { token }).await;
+    recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Authenticated { .. })).await;
+    ws
+}
+
+/// `join_consultation`, then hand the socket to a webrtc-rs peer.
+async fn enter_call(mut ws: Ws, consultation: &str, name: &str, index: u8) -> RsPeer {
+    send_msg(&mut ws, &ClientMessage::JoinConsultation { consultation: consultation.into() }).await;
+    let (joined, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+    let ServerMessage::Joined { participant_id, participants, .. } = joined else { unreachable!() };
+    RsPeer::on_joined_socket(ws, Joined { participant_id, participants }, name, index, CandidateMode::Trickle)
+        .await
+        .expect("peer connects")
+}
+
+fn ffprobe_stream(file: &Path) -> serde_json::Value {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs (tests/run-all.sh installs ffmpeg)");
+    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consultation_is_recorded_for_consenting_participants_only() {
+    init_tracing();
+    let mut config = huizhen::config::Config::loopback_for_tests();
+    config.clinic.seed_demo = false;
+    config.recorder.segment_ms = 1_000;
+    config.recorder.keyframe_grace_ms = 500;
+    let data_dir = config.storage.data_dir.clone();
+    let archive_dir = config.archive.local_dir.clone();
+    let server = huizhen::server::start(config).await.unwrap();
+    let key = server.api_key().to_owned();
+    let addr = server.http_addr().to_string();
+    let soon = now_secs() * 1000 + 60_000;
+    assert_eq!(http_json(&addr, "POST", "/api/v1/clinics", Some(&key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
+    assert_eq!(
+        http_json(&addr, "POST", "/api/v1/appointments", Some(&key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
+        201
+    );
+    let mut dc = Claims::new("dr-li", "Dr Li", Role::Doctor, now_secs(), 3600);
+    dc.clinics = vec!["k".into()];
+    let mut doctor_ws = clinic_socket(&server, dc).await;
+    let mut patient_ws = clinic_socket(&server, Claims::new("pat-a", "A", Role::Patient, now_secs(), 3600)).await;
+    send_msg(&mut patient_ws, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    send_msg(&mut doctor_ws, &ClientMessage::Invite { clinic: "k".into(), patient: None }).await;
+    let (ringing, _) = recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
+    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
+    send_msg(&mut patient_ws, &ClientMessage::AcceptInvitation { invitation }).await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+
+    let doctor = enter_call(doctor_ws, &consultation, "doctor", 0).await;
+    let patient = enter_call(patient_ws, &consultation, "patient", 1).await;
+    doctor.wait_remote_tracks(2, WAIT).await.expect("doctor receives the patient");
+    patient.wait_remote_tracks(2, WAIT).await.expect("patient receives the doctor");
+
+    doctor.send(ClientMessage::StartRecording { consultation: consultation.clone() });
+    patient
+        .wait_message("consent request", WAIT, |m| matches!(m, ServerMessage::ConsentRequest { .. }))
+        .await
+        .unwrap();
+    patient.send(ClientMessage::Consent { consultation: consultation.clone(), granted: false });
+    patient
+        .wait_message("not recorded", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { recorded: false, .. }))
+        .await
+        .unwrap();
+    let media_doctor = doctor.start_media(Duration::from_millis(20));
+    let media_patient = patient.start_media(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    doctor.send(ClientMessage::StopRecording { consultation: consultation.clone() });
+    doctor
+        .wait_message("stopped", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. }))
+        .await
+        .unwrap();
+    media_doctor.stop().await;
+    media_patient.stop().await;
+
+    // The manifest reaches the archive once the spool has uploaded everything.
+    let recordings = archive_dir.join("recordings");
+    let manifest_path = {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let found = std::fs::read_dir(&recordings)
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.path().join("manifest.json"))
+                .filter(|p| p.exists());
+            if let Some(p) = found {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "no manifest archived in {}", recordings.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let manifest = huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let kek = huizhen::vault::LocalKek::from_file(&data_dir.join("recording-kek")).unwrap();
+    let signer = huizhen::vault::load_signing_key(&data_dir.join("recording-signing-key.pem")).unwrap();
+    let fetch = |key: &str| std::fs::read(archive_dir.join(key)).map_err(|e| e.to_string());
+    let report = huizhen::vault::verify_recording(&manifest, fetch, Some(&signer.verifying_key()), Some(&kek));
+    assert!(report.is_ok(), "{report}");
+
+    // The refusing patient is absent; the decisions are in the manifest.
+    assert!(!manifest.tracks.is_empty());
+    assert!(manifest.tracks.iter().all(|t| t.participant == "dr-li"), "{:?}", manifest.tracks);
+    let decisions: Vec<(&str, huizhen::vault::ConsentDecision)> =
+        manifest.consents.iter().map(|c| (c.user_id.as_str(), c.decision)).collect();
+    assert!(decisions.contains(&("pat-a", huizhen::vault::ConsentDecision::Refused)));
+    assert!(decisions.contains(&("dr-li", huizhen::vault::ConsentDecision::Granted)));
+
+    // Export: each track decrypts and finalizes into a file ffprobe reads with its codec.
+    let data_key = huizhen::vault::KeyWrapper::unwrap(&kek, &manifest.wrapped_key).unwrap();
+    let mut codecs = Vec::new();
+    for track in &manifest.tracks {
+        let plain: Vec<Vec<u8>> = track
+            .segments
+            .iter()
+            .map(|s| huizhen::vault::open_recorded_segment(&manifest, s, &data_key, &fetch(&s.object_key).unwrap()).unwrap())
+            .collect();
+        let file = data_dir.join(format!("{}.{}", track.track_id, if track.codec == "h264" { "mkv" } else { "webm" }));
+        std::fs::write(&file, huizhen::recorder::finalize(&plain).unwrap()).unwrap();
+        let probe = ffprobe_stream(&file);
+        let codec = probe["streams"][0]["codec_name"].as_str().unwrap().to_owned();
+        let duration: f64 = probe["format"]["duration"].as_str().unwrap().parse().unwrap();
+        assert!((2.0..=5.0).contains(&duration), "{codec} lasts {duration} s for a ~4 s recording");
+        codecs.push(codec);
+    }
+    codecs.sort();
+    assert_eq!(codecs, ["opus", "vp8"]);
+    doctor.close().await;
+    patient.close().await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
