@@ -31,6 +31,53 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Archived recordings: list, verify, export.
+    Recording {
+        #[command(subcommand)]
+        command: RecordingCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ArchiveArgs {
+    /// TOML configuration file (archive location, keys, data directory).
+    #[arg(long, env = "HUIZHEN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Key-encryption key file (32 bytes, hex or base64); default: recording.kek_file/kek_env,
+    /// or the development key in the data directory.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Expected manifest signer: Ed25519 public key (PEM or base64); default: the server's own
+    /// signing key from the data directory, if present.
+    #[arg(long)]
+    signer: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RecordingCommand {
+    /// List archived recordings.
+    List {
+        #[command(flatten)]
+        archive: ArchiveArgs,
+    },
+    /// Check the manifest signature, every segment hash and (with a key) every chunk tag;
+    /// names the first bad segment.
+    Verify {
+        /// Recording id.
+        id: String,
+        #[command(flatten)]
+        archive: ArchiveArgs,
+    },
+    /// Verify, then decrypt every track into a playable .webm/.mkv file.
+    Export {
+        /// Recording id.
+        id: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        archive: ArchiveArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -236,6 +283,88 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Keys for reading the archive: the KEK (if any) and the expected signer (if known).
+fn archive_keys(
+    config: &Config,
+    args: &ArchiveArgs,
+) -> anyhow::Result<(Option<huizhen::vault::LocalKek>, Option<huizhen::vault::VerifyingKey>)> {
+    let data_dir = &config.storage.data_dir;
+    let kek = match &args.key {
+        Some(path) => Some(huizhen::vault::LocalKek::from_file(path)?),
+        None => match config.recording.load_kek()? {
+            Some(kek) => Some(kek),
+            None => {
+                let dev = data_dir.join("recording-kek");
+                dev.exists()
+                    .then(|| huizhen::vault::LocalKek::from_file(&dev))
+                    .transpose()?
+            }
+        },
+    };
+    let signer = match &args.signer {
+        Some(text) => Some(match std::fs::read_to_string(text) {
+            Ok(pem) => huizhen::vault::parse_verifying_key(&pem)?,
+            Err(_) => huizhen::vault::parse_verifying_key(text)?,
+        }),
+        None => {
+            let path = config.recording.signing_key_path(data_dir);
+            path.exists()
+                .then(|| huizhen::vault::load_signing_key(&path).map(|k| k.verifying_key()))
+                .transpose()?
+        }
+    };
+    Ok((kek, signer))
+}
+
+async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = match &command {
+        RecordingCommand::List { archive }
+        | RecordingCommand::Verify { archive, .. }
+        | RecordingCommand::Export { archive, .. } => archive,
+    };
+    let config = config_or_default(&args.config)?;
+    let store = huizhen::archive::build_store(&config.archive)?;
+    let (kek, signer) = archive_keys(&config, args)?;
+    match &command {
+        RecordingCommand::List { .. } => {
+            for r in huizhen::recorder::tools::list(store.as_ref()).await? {
+                let m = &r.manifest;
+                let segments: usize = m.tracks.iter().map(|t| t.segments.len()).sum();
+                println!(
+                    "{}\tconsultation {}\tstarted {}\tended {}\t{} tracks, {} segments{}",
+                    r.id,
+                    m.consultation,
+                    m.started_at_ms,
+                    m.ended_at_ms.map_or("-".into(), |t| t.to_string()),
+                    m.tracks.len(),
+                    segments,
+                    m.interrupted.as_ref().map_or(String::new(), |w| format!("\tINTERRUPTED: {w}")),
+                );
+            }
+            Ok(())
+        }
+        RecordingCommand::Verify { id, .. } => {
+            let kek_ref = kek.as_ref().map(|k| k as &dyn huizhen::vault::KeyWrapper);
+            if kek_ref.is_none() {
+                eprintln!("no key-encryption key: checking signature and hashes only (use --key)");
+            }
+            let report = huizhen::recorder::tools::verify(store.as_ref(), id, signer.as_ref(), kek_ref).await?;
+            println!("{report}");
+            anyhow::ensure!(report.is_ok(), "recording {id} FAILED verification");
+            Ok(())
+        }
+        RecordingCommand::Export { id, out, .. } => {
+            let kek = kek.context("export needs the key-encryption key (--key FILE)")?;
+            let files = huizhen::recorder::tools::export(store, id, signer.as_ref(), &kek, out).await?;
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -246,6 +375,11 @@ fn main() -> anyhow::Result<()> {
             .block_on(serve(args)),
         Command::Token(args) => mint_token(args),
         Command::Audit { command } => audit(command),
+        Command::Recording { command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(recording(command)),
         Command::Config {
             command: ConfigCommand::Check { path },
         } => {

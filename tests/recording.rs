@@ -168,5 +168,73 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
     doctor.close().await;
     patient.close().await;
     server.shutdown().await;
+
+    cli_tools(&data_dir, &archive_dir, &manifest);
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `huizhen recording list|verify|export` on the archive the call produced, then on a tampered
+/// copy and with a wrong key.
+fn cli_tools(data_dir: &Path, archive_dir: &Path, manifest: &huizhen::vault::Manifest) {
+    let bin = env!("CARGO_BIN_EXE_huizhen");
+    let config = data_dir.join("tools.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = {:?}\n[archive]\nlocal_dir = {:?}\n",
+            data_dir.display().to_string(),
+            archive_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .arg("recording")
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let id = manifest.recording_id.as_str();
+    let (ok, listed) = run(&["list"]);
+    assert!(ok && listed.contains(id), "{listed}");
+    let (ok, report) = run(&["verify", id]);
+    assert!(ok && report.contains("result: OK"), "{report}");
+    let out_dir = data_dir.join("export");
+    let (ok, written) = run(&["export", id, "--out", out_dir.to_str().unwrap()]);
+    assert!(ok, "{written}");
+    let files: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), manifest.tracks.len());
+    for f in files {
+        let probe = ffprobe_stream(&f.path());
+        assert!(probe["streams"][0]["codec_name"].is_string());
+    }
+
+    // A wrong key-encryption key: a clear error, nothing written.
+    let wrong = data_dir.join("wrong-kek");
+    std::fs::write(&wrong, [7u8; 32]).unwrap();
+    let wrong_dir = data_dir.join("wrong-export");
+    let (ok, text) = run(&["export", id, "--out", wrong_dir.to_str().unwrap(), "--key", wrong.to_str().unwrap()]);
+    assert!(!ok && text.contains("wrong key-encryption key"), "{text}");
+    assert!(!wrong_dir.exists() || std::fs::read_dir(&wrong_dir).unwrap().next().is_none());
+
+    // One flipped byte in one archived segment: verify names it, export refuses.
+    let victim = &manifest.tracks[0].segments[1].object_key;
+    let path = archive_dir.join(victim);
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    let (ok, report) = run(&["verify", id]);
+    assert!(!ok && report.contains(victim.as_str()), "{report}");
+    let tampered_dir = data_dir.join("tampered-export");
+    let (ok, text) = run(&["export", id, "--out", tampered_dir.to_str().unwrap()]);
+    assert!(!ok && text.contains("FAILED"), "{text}");
+    assert!(!tampered_dir.exists(), "nothing exported from a tampered recording");
 }

@@ -22,6 +22,7 @@ pub mod export;
 pub mod jitter;
 pub mod segmenter;
 pub mod task;
+pub mod tools;
 
 mod bitstream;
 mod ebml;
