@@ -183,6 +183,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let config = load_config(&args)?;
     huizhen::telemetry::init_logging(config.log.format);
     let server = huizhen::server::start(config)
@@ -203,26 +204,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             println!("  API key:    {key}  (REST API /api/v1, Authorization: Bearer <key>)");
         }
     }
-    wait_for_signal().await;
+    shutdown.await;
     tracing::info!("shutdown requested");
     server.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Install the SIGTERM/Ctrl-C handlers now (before anything is printed, so a supervisor
+/// that signals as soon as it sees the server up never hits the default action) and return a
+/// future that resolves on the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

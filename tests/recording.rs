@@ -238,3 +238,174 @@ fn cli_tools(data_dir: &Path, archive_dir: &Path, manifest: &huizhen::vault::Man
     assert!(!ok && text.contains("FAILED"), "{text}");
     assert!(!tampered_dir.exists(), "nothing exported from a tampered recording");
 }
+
+/// A running `huizhen serve` process with its printed address and API key.
+struct Process {
+    child: std::process::Child,
+    http: String,
+    api_key: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(config: &Path) -> Process {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut http, mut key) = (None, None);
+    while http.is_none() || key.is_none() {
+        let Some(Ok(line)) = lines.next() else { break };
+        if line.contains("/room/demo") {
+            http = line.split("http://").nth(1).and_then(|r| r.split('/').next()).map(str::to_owned);
+        }
+        if let Some(rest) = line.trim().strip_prefix("API key:") {
+            key = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    Process {
+        child,
+        http: http.expect("address printed"),
+        api_key: key.expect("API key printed"),
+    }
+}
+
+async fn token_via_api(p: &Process, body: serde_json::Value) -> String {
+    let (status, reply) = http_json(&p.http, "POST", "/api/v1/tokens", Some(&p.api_key), Some(body)).await;
+    assert_eq!(status, 201, "{reply}");
+    reply["token"].as_str().unwrap().to_owned()
+}
+
+async fn authed_socket(addr: &str, token: String) -> Ws {
+    let mut ws = connect_ws(addr.parse().unwrap()).await;
+    send_msg(&mut ws, &ClientMessage::Auth { token }).await;
+    recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Authenticated { .. })).await;
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manifest() {
+    init_tracing();
+    let dir = std::env::temp_dir().join(format!("huizhen-crash-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data_dir = dir.join("data");
+    let archive_dir = dir.join("archive");
+    let config = dir.join("huizhen.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
+             [storage]\ndata_dir = {:?}\n[archive]\nlocal_dir = {:?}\n[recorder]\nsegment_ms = 1000\nkeyframe_grace_ms = 500\n\
+             [clinic]\nseed_demo = true\n",
+            data_dir.display().to_string(),
+            archive_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = serve(&config);
+    let soon = now_secs() * 1000 + 60_000;
+    assert_eq!(http_json(&server.http, "POST", "/api/v1/clinics", Some(&server.api_key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
+    assert_eq!(
+        http_json(&server.http, "POST", "/api/v1/appointments", Some(&server.api_key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
+        201
+    );
+    let dt = token_via_api(&server, json!({"sub": "dr-li", "name": "Dr Li", "role": "doctor", "clinics": ["k"]})).await;
+    let pt = token_via_api(&server, json!({"sub": "pat-a", "name": "A", "role": "patient", "appointment": "ap"})).await;
+    let mut doctor_ws = authed_socket(&server.http, dt).await;
+    let mut patient_ws = authed_socket(&server.http, pt).await;
+    send_msg(&mut patient_ws, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    send_msg(&mut doctor_ws, &ClientMessage::Invite { clinic: "k".into(), patient: None }).await;
+    let (ringing, _) = recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
+    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
+    send_msg(&mut patient_ws, &ClientMessage::AcceptInvitation { invitation }).await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    let doctor = enter_call(doctor_ws, &consultation, "doctor", 0).await;
+    let patient = enter_call(patient_ws, &consultation, "patient", 1).await;
+    doctor.wait_remote_tracks(2, WAIT).await.unwrap();
+    patient.wait_remote_tracks(2, WAIT).await.unwrap();
+    doctor.send(ClientMessage::StartRecording { consultation: consultation.clone() });
+    patient
+        .wait_message("consent request", WAIT, |m| matches!(m, ServerMessage::ConsentRequest { .. }))
+        .await
+        .unwrap();
+    patient.send(ClientMessage::Consent { consultation: consultation.clone(), granted: true });
+    let media_doctor = doctor.start_media(Duration::from_millis(20));
+    let media_patient = patient.start_media(Duration::from_millis(20));
+    // Wait until a few segments are journaled, then crash without any chance to clean up.
+    let journal_dir = data_dir.join("recordings-journal");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let journaled = std::fs::read_dir(&journal_dir)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| std::fs::read(e.path()).ok())
+            .and_then(|b| huizhen::vault::Manifest::from_json(&b).ok())
+            .map(|m| m.tracks.iter().map(|t| t.segments.len()).sum::<usize>())
+            .unwrap_or(0);
+        if journaled >= 6 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no segments journaled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let _ = server.child.wait();
+    media_doctor.stop().await;
+    media_patient.stop().await;
+    doctor.close().await;
+    patient.close().await;
+    drop(server);
+
+    // Restart: the journal is signed as interrupted and archived with every spooled segment.
+    let restarted = serve(&config);
+    let deadline = std::time::Instant::now() + WAIT;
+    let manifest_path = loop {
+        let found = std::fs::read_dir(archive_dir.join("recordings"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("manifest.json"))
+            .filter(|p| p.exists());
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "recovered manifest never archived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let manifest = huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert!(manifest.interrupted.is_some(), "the manifest records the interruption");
+    assert!(manifest.tracks.iter().map(|t| t.segments.len()).sum::<usize>() >= 6);
+    // Every segment it lists reached the archive (spooled before the crash, uploaded after).
+    let deadline = std::time::Instant::now() + WAIT;
+    while manifest
+        .tracks
+        .iter()
+        .flat_map(|t| t.segments.iter())
+        .any(|s| !archive_dir.join(&s.object_key).exists())
+    {
+        assert!(std::time::Instant::now() < deadline, "segments missing from the archive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(restarted);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["recording", "verify", &manifest.recording_id, "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && report.contains("result: OK"), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -825,16 +825,18 @@ impl Service {
         }
     }
 
-    /// Hand the recorder every consent decision and let it seal the manifest.
-    async fn stop_recorder(&self, consultation: &ConsultationId, recording: &str, now: Millis) {
+    /// The consent decisions of a recording, as the manifest records them (pending ones are
+    /// not consents), and when it stopped.
+    fn consent_records(
+        &self,
+        consultation: &ConsultationId,
+        recording: &str,
+    ) -> Option<(Vec<crate::vault::ConsentRecord>, Option<Millis>)> {
         use huizhen_signaling::clinic::ConsentDecision as Decision;
-        let Some(rec) = self
+        let rec = self
             .engine
             .consultation(consultation)
-            .and_then(|c| c.recordings.iter().find(|r| r.id == recording))
-        else {
-            return;
-        };
+            .and_then(|c| c.recordings.iter().find(|r| r.id == recording))?;
         let consents = rec
             .consents
             .iter()
@@ -842,7 +844,6 @@ impl Service {
                 let decision = match x.decision {
                     Decision::Granted => crate::vault::ConsentDecision::Granted,
                     Decision::Refused => crate::vault::ConsentDecision::Refused,
-                    // Never answered: never recorded, and not a consent.
                     Decision::Pending => return None,
                 };
                 Some(crate::vault::ConsentRecord {
@@ -852,10 +853,18 @@ impl Service {
                 })
             })
             .collect();
+        Some((consents, rec.stopped_at))
+    }
+
+    /// Hand the recorder every consent decision and let it seal the manifest.
+    async fn stop_recorder(&self, consultation: &ConsultationId, recording: &str, now: Millis) {
+        let Some((consents, stopped_at)) = self.consent_records(consultation, recording) else {
+            return;
+        };
         self.recorder
             .command(RecorderCommand::Stop {
                 recording: recording.to_owned(),
-                ended_at_ms: rec.stopped_at.unwrap_or(now).0,
+                ended_at_ms: stopped_at.unwrap_or(now).0,
                 consents,
             })
             .await;
@@ -871,6 +880,17 @@ impl Service {
             .consultation(consultation)
             .and_then(|c| c.active_recording())
             .map(|r| r.id.clone());
+        if let Some(id) = &recording {
+            // Journaled with every segment, so a crash cannot separate media from its consent.
+            if let Some((consents, _)) = self.consent_records(consultation, id) {
+                self.recorder
+                    .command(RecorderCommand::Consents {
+                        recording: id.clone(),
+                        consents,
+                    })
+                    .await;
+            }
+        }
         let sessions: Vec<(u64, ParticipantId)> = self
             .in_room
             .iter()

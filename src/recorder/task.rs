@@ -62,6 +62,13 @@ pub enum RecorderCommand {
         /// SFU participant.
         participant: ParticipantId,
     },
+    /// The consent decisions so far (kept in the journaled manifest).
+    Consents {
+        /// Recording id.
+        recording: String,
+        /// Every decision.
+        consents: Vec<ConsentRecord>,
+    },
     /// The recording ends: finish every track, sign and archive the manifest.
     Stop {
         /// Recording id.
@@ -230,6 +237,15 @@ impl Task {
                     if let Some(active) = self.active.get_mut(&recording) {
                         active.core.finish_participant(Instant::now(), participant);
                     }
+                }
+            }
+            RecorderCommand::Consents {
+                recording,
+                consents,
+            } => {
+                if let Some(active) = self.active.get_mut(&recording) {
+                    active.archiver.set_consents(consents);
+                    journal(&self.parts.journal_dir, active.archiver.draft());
                 }
             }
             RecorderCommand::Stop {
