@@ -47,6 +47,47 @@ async fn enter_call(mut ws: Ws, consultation: &str, name: &str, index: u8) -> Rs
         .expect("peer connects")
 }
 
+/// A doctor and a patient in a call through `server`, the doctor recording, the patient having
+/// answered the consent request with `consents`.
+async fn recorded_call(server: &huizhen::server::ServerHandle, consents: bool) -> (RsPeer, RsPeer, String) {
+    let key = server.api_key().to_owned();
+    let addr = server.http_addr().to_string();
+    let soon = now_secs() * 1000 + 60_000;
+    assert_eq!(http_json(&addr, "POST", "/api/v1/clinics", Some(&key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
+    assert_eq!(
+        http_json(&addr, "POST", "/api/v1/appointments", Some(&key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
+        201
+    );
+    let mut dc = Claims::new("dr-li", "Dr Li", Role::Doctor, now_secs(), 3600);
+    dc.clinics = vec!["k".into()];
+    let mut doctor_ws = clinic_socket(server, dc).await;
+    let mut patient_ws = clinic_socket(server, Claims::new("pat-a", "A", Role::Patient, now_secs(), 3600)).await;
+    send_msg(&mut patient_ws, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    send_msg(&mut doctor_ws, &ClientMessage::Invite { clinic: "k".into(), patient: None }).await;
+    let (ringing, _) = recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
+    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
+    send_msg(&mut patient_ws, &ClientMessage::AcceptInvitation { invitation }).await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    let doctor = enter_call(doctor_ws, &consultation, "doctor", 0).await;
+    let patient = enter_call(patient_ws, &consultation, "patient", 1).await;
+    doctor.wait_remote_tracks(2, WAIT).await.expect("doctor receives the patient");
+    patient.wait_remote_tracks(2, WAIT).await.expect("patient receives the doctor");
+    doctor.send(ClientMessage::StartRecording { consultation: consultation.clone() });
+    patient
+        .wait_message("consent request", WAIT, |m| matches!(m, ServerMessage::ConsentRequest { .. }))
+        .await
+        .unwrap();
+    patient.send(ClientMessage::Consent { consultation: consultation.clone(), granted: consents });
+    patient
+        .wait_message("consent applied", WAIT, |m| {
+            matches!(m, ServerMessage::RecordingStatus { recorded, .. } if *recorded == consents)
+        })
+        .await
+        .unwrap();
+    (doctor, patient, consultation)
+}
+
 fn ffprobe_stream(file: &Path) -> serde_json::Value {
     let out = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
@@ -67,41 +108,7 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
     let data_dir = config.storage.data_dir.clone();
     let archive_dir = config.archive.local_dir.clone();
     let server = huizhen::server::start(config).await.unwrap();
-    let key = server.api_key().to_owned();
-    let addr = server.http_addr().to_string();
-    let soon = now_secs() * 1000 + 60_000;
-    assert_eq!(http_json(&addr, "POST", "/api/v1/clinics", Some(&key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
-    assert_eq!(
-        http_json(&addr, "POST", "/api/v1/appointments", Some(&key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
-        201
-    );
-    let mut dc = Claims::new("dr-li", "Dr Li", Role::Doctor, now_secs(), 3600);
-    dc.clinics = vec!["k".into()];
-    let mut doctor_ws = clinic_socket(&server, dc).await;
-    let mut patient_ws = clinic_socket(&server, Claims::new("pat-a", "A", Role::Patient, now_secs(), 3600)).await;
-    send_msg(&mut patient_ws, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
-    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
-    send_msg(&mut doctor_ws, &ClientMessage::Invite { clinic: "k".into(), patient: None }).await;
-    let (ringing, _) = recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
-    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
-    send_msg(&mut patient_ws, &ClientMessage::AcceptInvitation { invitation }).await;
-    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
-
-    let doctor = enter_call(doctor_ws, &consultation, "doctor", 0).await;
-    let patient = enter_call(patient_ws, &consultation, "patient", 1).await;
-    doctor.wait_remote_tracks(2, WAIT).await.expect("doctor receives the patient");
-    patient.wait_remote_tracks(2, WAIT).await.expect("patient receives the doctor");
-
-    doctor.send(ClientMessage::StartRecording { consultation: consultation.clone() });
-    patient
-        .wait_message("consent request", WAIT, |m| matches!(m, ServerMessage::ConsentRequest { .. }))
-        .await
-        .unwrap();
-    patient.send(ClientMessage::Consent { consultation: consultation.clone(), granted: false });
-    patient
-        .wait_message("not recorded", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { recorded: false, .. }))
-        .await
-        .unwrap();
+    let (doctor, patient, consultation) = recorded_call(&server, false).await;
     let media_doctor = doctor.start_media(Duration::from_millis(20));
     let media_patient = patient.start_media(Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -408,4 +415,75 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && report.contains("result: OK"), "{report}{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_mid_call_loses_nothing() {
+    use common::s3::{S3sFs, ACCESS_KEY, BUCKET, SECRET_KEY};
+    init_tracing();
+    let root = std::env::temp_dir().join(format!("huizhen-s3rec-{:08x}", rand::random::<u32>()));
+    let mut s3 = S3sFs::start(&root.join("s3"));
+    let mut config = huizhen::config::Config::loopback_for_tests();
+    config.clinic.seed_demo = false;
+    config.recorder.segment_ms = 1_000;
+    config.recorder.keyframe_grace_ms = 500;
+    config.archive.backend = huizhen::archive::ArchiveBackend::S3;
+    config.archive.endpoint = Some(s3.endpoint());
+    config.archive.bucket = Some(BUCKET.into());
+    config.archive.access_key = Some(ACCESS_KEY.into());
+    config.archive.secret_key = Some(SECRET_KEY.into());
+    config.archive.retry_initial_ms = 100;
+    config.archive.retry_max_ms = 500;
+    let data_dir = config.storage.data_dir.clone();
+    let server = huizhen::server::start(config).await.unwrap();
+    let (doctor, patient, consultation) = recorded_call(&server, true).await;
+    let media_doctor = doctor.start_media(Duration::from_millis(20));
+    let media_patient = patient.start_media(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The store goes away mid-call: segments pile up in the spool.
+    s3.kill();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let metrics = server.render_metrics();
+    let depth: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("huizhen_archive_spool_depth "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("spool depth metric");
+    assert!(depth >= 2.0, "segments wait in the spool during the outage (depth {depth})");
+    s3.restart();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    doctor.send(ClientMessage::StopRecording { consultation: consultation.clone() });
+    doctor
+        .wait_message("stopped", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. }))
+        .await
+        .unwrap();
+    media_doctor.stop().await;
+    media_patient.stop().await;
+    // Everything reaches the bucket, in order, and the recording verifies from S3 alone.
+    let store: std::sync::Arc<dyn huizhen::archive::ArchiveStore> = std::sync::Arc::new(s3.store());
+    let deadline = std::time::Instant::now() + WAIT;
+    let id = loop {
+        let listed = huizhen::recorder::tools::list(store.as_ref()).await.unwrap();
+        if let Some(r) = listed.first() {
+            break r.id.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no manifest reached S3");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let kek = huizhen::vault::LocalKek::from_file(&data_dir.join("recording-kek")).unwrap();
+    let signer = huizhen::vault::load_signing_key(&data_dir.join("recording-signing-key.pem")).unwrap();
+    let report = huizhen::recorder::tools::verify(store.as_ref(), &id, Some(&signer.verifying_key()), Some(&kek))
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report}");
+    let manifest = huizhen::recorder::tools::list(store.as_ref()).await.unwrap().remove(0).manifest;
+    let segments: usize = manifest.tracks.iter().map(|t| t.segments.len()).sum();
+    assert!(segments >= 4 * 5, "about 6 s of 4 tracks in 1 s segments, got {segments}");
+    assert_eq!(manifest.tracks.len(), 4, "doctor and patient, audio and video");
+    doctor.close().await;
+    patient.close().await;
+    server.shutdown().await;
+    drop(s3);
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

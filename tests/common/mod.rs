@@ -7,6 +7,7 @@
 
 pub mod media;
 pub mod rs_client;
+pub mod s3;
 
 use std::net::SocketAddr;
 use std::time::Duration;
