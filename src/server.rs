@@ -235,7 +235,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let sfu_config = sfu_config(&config, udp_addr, tcp_addr);
     let sfu = Sfu::new(sfu_config, sfu_metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (recorder, recorder_task) = start_recorder(&config, &mut metrics, shutdown_rx.clone()).await?;
+    let webhooks = Webhooks::spawn(config.webhook.clone(), &metrics.component("webhook"), shutdown_rx.clone())?;
+    let (recorder, recorder_task) =
+        start_recorder(&config, &mut metrics, webhooks.clone(), shutdown_rx.clone()).await?;
     let local = LocalAddress {
         announce: config.media.announce.clone(),
     };
@@ -257,7 +259,6 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             shutdown_rx.clone(),
         )));
     }
-    let webhooks = Webhooks::spawn(config.webhook.clone(), &metrics.component("webhook"), shutdown_rx.clone())?;
     let now = crate::clinic::now_ms();
     let snapshot = crate::clinic::blocking(|| store.load_snapshot())?;
     let mut engine = ClinicEngine::from_snapshot(config.clinic.settings(), snapshot, now);
@@ -345,6 +346,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
 async fn start_recorder(
     config: &Config,
     metrics: &mut Metrics,
+    webhooks: crate::webhook::WebhookHandle,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(crate::recorder::task::RecorderHandle, JoinHandle<()>), ServerError> {
     let data_dir = &config.storage.data_dir;
@@ -355,7 +357,7 @@ async fn start_recorder(
             .spool_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("spool")),
-        store,
+        store.clone(),
         &metrics.component("archive"),
         shutdown.clone(),
     )
@@ -383,6 +385,9 @@ async fn start_recorder(
             signer,
             spool,
             journal_dir: journal_dir.clone(),
+            store,
+            webhooks,
+            shutdown: shutdown.clone(),
             registry: metrics.component("recorder"),
         },
         shutdown,

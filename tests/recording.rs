@@ -105,6 +105,10 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
     config.clinic.seed_demo = false;
     config.recorder.segment_ms = 1_000;
     config.recorder.keyframe_grace_ms = 500;
+    const HOOK_SECRET: &str = "recording-hook-secret-0123";
+    let (hook_url, hooks) = webhook_receiver(HOOK_SECRET).await;
+    config.webhook.url = Some(hook_url);
+    config.webhook.secret = Some(HOOK_SECRET.into());
     let data_dir = config.storage.data_dir.clone();
     let archive_dir = config.archive.local_dir.clone();
     let server = huizhen::server::start(config).await.unwrap();
@@ -144,6 +148,18 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
     let fetch = |key: &str| std::fs::read(archive_dir.join(key)).map_err(|e| e.to_string());
     let report = huizhen::vault::verify_recording(&manifest, fetch, Some(&signer.verifying_key()), Some(&kek));
     assert!(report.is_ok(), "{report}");
+    // The hospital's system hears that it is complete and archived.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let archived = hooks.lock().unwrap().iter().any(|v| {
+            v["type"] == "recording.archived" && v["data"]["recording"] == manifest.recording_id.as_str()
+        });
+        if archived {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recording.archived webhook");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The refusing patient is absent; the decisions are in the manifest.
     assert!(!manifest.tracks.is_empty());

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::archiver::{RecordingArchiver, RecordingInfo, StoredObject};
 use super::{RecorderConfig, Recording};
-use crate::archive::Spool;
+use crate::archive::{ArchiveStore, Spool};
+use crate::webhook::WebhookHandle;
 use crate::sfu::{ParticipantId, RecordedPacket};
 use crate::vault::{Cipher, ConsentRecord, KeyWrapper, Manifest, SigningKey};
 
@@ -117,6 +118,12 @@ pub struct RecorderParts {
     pub spool: Spool,
     /// Where unsigned manifests of running recordings are journaled.
     pub journal_dir: PathBuf,
+    /// The archive itself, to see when a manifest has arrived.
+    pub store: Arc<dyn ArchiveStore>,
+    /// Tells the hospital's system when a recording is complete and archived.
+    pub webhooks: WebhookHandle,
+    /// Stops the archived-notification watchers on shutdown.
+    pub shutdown: watch::Receiver<bool>,
     /// Metrics registry (`huizhen_recorder_`).
     pub registry: Registry,
 }
@@ -131,7 +138,14 @@ struct Task {
     active: HashMap<String, Active>,
     owner: HashMap<ParticipantId, String>,
     recordings: IntGauge,
+    counters: Counters,
+}
+
+/// What the recorder counts as it spools.
+#[derive(Clone)]
+struct Counters {
     objects: IntCounterVec,
+    bytes: IntCounter,
 }
 
 /// Start the recorder task; it first archives recordings a crash left journaled.
@@ -146,14 +160,22 @@ pub async fn spawn(
         &["kind", "result"],
     )
     .expect("metric");
+    let bytes = IntCounter::new("bytes_total", "Encrypted recording bytes handed to the spool")
+        .expect("metric");
     let _ = parts.registry.register(Box::new(recordings.clone()));
     let _ = parts.registry.register(Box::new(objects.clone()));
+    let _ = parts.registry.register(Box::new(bytes.clone()));
+    for kind in ["segment", "manifest"] {
+        for result in ["spooled", "failed"] {
+            objects.with_label_values(&[kind, result]);
+        }
+    }
     let mut task = Task {
         parts,
         active: HashMap::new(),
         owner: HashMap::new(),
         recordings,
-        objects,
+        counters: Counters { objects, bytes },
     };
     task.recover_journals().await;
     let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
@@ -298,13 +320,14 @@ impl Task {
         };
         self.owner.retain(|_, r| r != recording);
         active.core.finish(Instant::now());
-        Self::drain(&mut active, &self.parts, &self.objects).await;
+        Self::drain(&mut active, &self.parts, &self.counters).await;
         if let Some(consents) = consents {
             active.archiver.set_consents(consents);
         }
         let manifest = active.archiver.draft().clone();
         let object = RecordingArchiver::seal(manifest, ended_at_ms, interrupted, &self.parts.signer);
-        self.put("manifest", object).await;
+        let summary = summary(&object);
+        self.archive_manifest(object, summary).await;
         let _ = std::fs::remove_file(journal_path(&self.parts.journal_dir, recording));
         self.recordings.dec();
         info!(recording = %recording, "recording archived");
@@ -312,12 +335,12 @@ impl Task {
 
     async fn drain_all(&mut self) {
         for active in self.active.values_mut() {
-            Self::drain(active, &self.parts, &self.objects).await;
+            Self::drain(active, &self.parts, &self.counters).await;
         }
     }
 
     /// Seal and spool every completed segment; journal the manifest after new ones.
-    async fn drain(active: &mut Active, parts: &RecorderParts, objects: &IntCounterVec) {
+    async fn drain(active: &mut Active, parts: &RecorderParts, objects: &Counters) {
         let sealed = Self::seal_ready(active);
         let wrote = !sealed.is_empty();
         for object in sealed {
@@ -342,7 +365,33 @@ impl Task {
     }
 
     async fn put(&self, kind: &'static str, object: StoredObject) {
-        put(&self.parts, &self.objects, kind, object).await;
+        put(&self.parts, &self.counters, kind, object).await;
+    }
+
+    /// Spool a signed manifest, then tell the hospital's system once the archive has it (uploads
+    /// are in order, so by then every segment listed in it is there too).
+    async fn archive_manifest(&self, object: StoredObject, summary: serde_json::Value) {
+        let key = object.key.clone();
+        self.put("manifest", object).await;
+        let store = self.parts.store.clone();
+        let webhooks = self.parts.webhooks.clone();
+        let mut shutdown = self.parts.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                if store.get(&key).await.is_ok() {
+                    webhooks.send(
+                        crate::webhook::event_type::RECORDING_ARCHIVED,
+                        crate::clinic::now_ms().0,
+                        summary,
+                    );
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
     }
 
     /// Archive recordings a crash left behind, signed and marked interrupted.
@@ -366,22 +415,44 @@ impl Task {
             let id = manifest.recording_id.clone();
             let object =
                 RecordingArchiver::seal(manifest, ended, Some(INTERRUPTED.into()), &self.parts.signer);
-            self.put("manifest", object).await;
+            let summary = summary(&object);
+            self.archive_manifest(object, summary).await;
             let _ = std::fs::remove_file(&path);
             warn!(recording = %id, "interrupted recording recovered and archived");
         }
     }
 }
 
-async fn put(parts: &RecorderParts, objects: &IntCounterVec, kind: &'static str, object: StoredObject) {
+async fn put(parts: &RecorderParts, objects: &Counters, kind: &'static str, object: StoredObject) {
+    let len = object.bytes.len() as u64;
     match parts.spool.enqueue(&object.key, Bytes::from(object.bytes)).await {
-        Ok(()) => objects.with_label_values(&[kind, "spooled"]).inc(),
+        Ok(()) => {
+            objects.objects.with_label_values(&[kind, "spooled"]).inc();
+            objects.bytes.inc_by(len);
+        }
         Err(e) => {
             // The spool is local disk: failing here means the disk is full or broken.
-            objects.with_label_values(&[kind, "failed"]).inc();
+            objects.objects.with_label_values(&[kind, "failed"]).inc();
             error!(error = %e, kind, "RECORDING OBJECT NOT SPOOLED");
         }
     }
+}
+
+/// The webhook body for an archived recording: ids and counts, no keys.
+fn summary(object: &StoredObject) -> serde_json::Value {
+    let Ok(m) = Manifest::from_json(&object.bytes) else {
+        return serde_json::json!({ "manifest": object.key });
+    };
+    serde_json::json!({
+        "recording": m.recording_id,
+        "consultation": m.consultation,
+        "manifest": object.key,
+        "started_at_ms": m.started_at_ms,
+        "ended_at_ms": m.ended_at_ms,
+        "interrupted": m.interrupted,
+        "tracks": m.tracks.len(),
+        "segments": m.tracks.iter().map(|t| t.segments.len()).sum::<usize>(),
+    })
 }
 
 fn journal_path(dir: &Path, recording: &str) -> PathBuf {

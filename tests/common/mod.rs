@@ -210,3 +210,32 @@ pub async fn http_json(
     let (status, text) = http_text(addr, method, path, bearer, body).await;
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
+
+/// A local receiver for the hospital-system webhooks: records verified bodies.
+pub async fn webhook_receiver(secret: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let store = store.clone();
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let ts: u64 = h(huizhen::webhook::HEADER_TIMESTAMP).parse().unwrap_or(0);
+                let sig = h(huizhen::webhook::HEADER_SIGNATURE);
+                if !huizhen::webhook::verify_signature(secret.as_bytes(), ts, &body, &sig) {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                store.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
