@@ -236,7 +236,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let sfu = Sfu::new(sfu_config, sfu_metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let webhooks = Webhooks::spawn(config.webhook.clone(), &metrics.component("webhook"), shutdown_rx.clone())?;
-    let (recorder, recorder_task) =
+    let (recorder, keyframe_wants, recorder_task) =
         start_recorder(&config, &mut metrics, webhooks.clone(), shutdown_rx.clone()).await?;
     let local = LocalAddress {
         announce: config.media.announce.clone(),
@@ -247,6 +247,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             udp,
             local,
             recorder: Some(recorder.clone()),
+            keyframe_wants: Some(keyframe_wants),
         },
         shutdown_rx.clone(),
     );
@@ -348,7 +349,14 @@ async fn start_recorder(
     metrics: &mut Metrics,
     webhooks: crate::webhook::WebhookHandle,
     shutdown: watch::Receiver<bool>,
-) -> Result<(crate::recorder::task::RecorderHandle, JoinHandle<()>), ServerError> {
+) -> Result<
+    (
+        crate::recorder::task::RecorderHandle,
+        crate::recorder::task::KeyframeWants,
+        JoinHandle<()>,
+    ),
+    ServerError,
+> {
     let data_dir = &config.storage.data_dir;
     let store = crate::archive::build_store(&config.archive)?;
     let spool = crate::archive::Spool::open(

@@ -5,6 +5,9 @@
 // - the call: `join_consultation`, then the media flow of protocol v1 through static/call.js;
 //   the call view with large controls;
 // - errors shown as friendly text (static/i18n.js), the language toggle, connection status;
+// - recording consent (every page): `consent_request` opens a large modal dialog (Agree /
+//   Refuse → `consent`), a button in the call view reopens it to change the answer, and a
+//   permanent banner shows while `recording_status.active`, saying whether you are recorded;
 // - `window.huizhen`: the state tests and debugging read.
 //
 // Reconnect rules (see signaling/PROTOCOL.md, "Clinic messages"): when the socket drops, the
@@ -76,6 +79,7 @@ export function formatTime(ms) {
  * @param {() => void} [opts.onCallLeft]  the user left the call with the leave button
  * @param {() => void} [opts.onSocketLost]
  * @param {() => void} [opts.onLanguageChange]
+ * @param {() => void} [opts.onRecordingChange]  recording, consent or consent statuses changed
  * @param {boolean} [opts.screenShare]  offer a screen share button in the call view
  * @param {HTMLElement} [opts.callExtras]  controls shown under the call (doctor's panel)
  */
@@ -113,6 +117,22 @@ export function createClinicPage(opts) {
     consultation: null,
     /** Whether that consultation ended. */
     ended: false,
+    /**
+     * The recording of this consultation, from the last `recording_status` (or a
+     * `consent_request`): {consultation, recording, active, recorded}; null if none ran.
+     */
+    recording: null,
+    /**
+     * My consent to the running recording, when I was asked (`consent_request`):
+     * {consultation, recording, decision: 'pending'|'granted'|'refused', askedAt, answeredAt};
+     * null when not asked (or no recording runs). `recording.recorded` is the server's word on
+     * whether my media is in the recording.
+     */
+    consent: null,
+    /** Doctors: everyone's decision on the current recording, from `consent_status`: [{user, display_name, decision}]. */
+    consents: [],
+    /** The recording `consents` are about. */
+    consentsRecording: null,
     events,
     errors,
     get ws() {
@@ -138,6 +158,10 @@ export function createClinicPage(opts) {
     },
     get localStream() {
       return localStream;
+    },
+    /** Whether the consent dialog is open. */
+    get consentDialogOpen() {
+      return consentDialog.open;
     },
     lang,
     setLang,
@@ -289,6 +313,12 @@ export function createClinicPage(opts) {
         return onError(msg);
       case 'consultation_ended':
         return onConsultationEnded(msg.consultation);
+      case 'consent_request':
+        return onConsentRequest(msg);
+      case 'recording_status':
+        return onRecordingStatus(msg);
+      case 'consent_status':
+        return onConsentStatus(msg);
       case 'pong':
         return;
       default:
@@ -347,8 +377,156 @@ export function createClinicPage(opts) {
     pendingJoin = null;
     if (call && call.state !== 'closed' && call.state !== 'left') call.close('closed');
     releaseMedia();
+    resetRecording();
     updateCallView();
     opts.onConsultationEnded?.(consultation);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Recording and consent (signaling/PROTOCOL.md, "Clinic messages")
+
+  const { indicator: recordingIndicator, dialog: consentDialog } = buildRecordingUi();
+  document.querySelector('.topbar')?.after(recordingIndicator);
+  if (!recordingIndicator.isConnected) document.body.prepend(recordingIndicator);
+  document.body.append(consentDialog);
+
+  function recordingChanged() {
+    renderRecording();
+    opts.onRecordingChange?.();
+  }
+
+  /** Forget the recording state (the consultation ended, or another one is joined). */
+  function resetRecording() {
+    huizhen.recording = null;
+    huizhen.consent = null;
+    huizhen.consents = [];
+    huizhen.consentsRecording = null;
+    closeConsentDialog();
+    recordingChanged();
+  }
+
+  function onConsentRequest(msg) {
+    const current = huizhen.consent;
+    if (!current || current.recording !== msg.recording || current.consultation !== msg.consultation) {
+      huizhen.consent = {
+        consultation: msg.consultation,
+        recording: msg.recording,
+        decision: 'pending',
+        askedAt: Date.now(),
+        answeredAt: null,
+      };
+    }
+    // Someone admitted while a recording runs gets the request without a `recording_status`.
+    const rec = huizhen.recording;
+    if (!rec || rec.recording !== msg.recording) {
+      huizhen.recording = { consultation: msg.consultation, recording: msg.recording, active: true, recorded: false };
+    }
+    openConsentDialog();
+    recordingChanged();
+    return true;
+  }
+
+  function onRecordingStatus(msg) {
+    huizhen.recording = {
+      consultation: msg.consultation,
+      recording: msg.recording,
+      active: !!msg.active,
+      recorded: !!msg.recorded && !!msg.active,
+    };
+    const consent = huizhen.consent;
+    if (!msg.active || (consent && consent.recording !== msg.recording)) {
+      // Stopped (or another recording began; its own request follows): nothing to answer.
+      huizhen.consent = null;
+      closeConsentDialog();
+    } else if (consent && consent.decision === 'pending' && msg.recorded) {
+      // Answered elsewhere (another tab of the same user).
+      consent.decision = 'granted';
+    }
+    recordingChanged();
+    return true;
+  }
+
+  function onConsentStatus(msg) {
+    if (huizhen.consultation && msg.consultation !== huizhen.consultation) return true;
+    if (huizhen.consentsRecording !== msg.recording) {
+      huizhen.consents = [];
+      huizhen.consentsRecording = msg.recording;
+    }
+    const entry = huizhen.consents.find((c) => c.user === msg.user);
+    if (entry) {
+      entry.display_name = msg.display_name;
+      entry.decision = msg.decision;
+    } else {
+      huizhen.consents.push({ user: msg.user, display_name: msg.display_name, decision: msg.decision });
+    }
+    recordingChanged();
+    return true;
+  }
+
+  /** Answer the consent request (or change the answer): `granted` true to be recorded. */
+  function giveConsent(granted) {
+    const consent = huizhen.consent;
+    closeConsentDialog();
+    if (!consent) return false;
+    if (!send({ type: 'consent', consultation: consent.consultation, granted: !!granted })) {
+      showError({ code: 'unavailable' });
+      recordingChanged();
+      return false;
+    }
+    consent.decision = granted ? 'granted' : 'refused';
+    consent.answeredAt = Date.now();
+    recordingChanged();
+    return true;
+  }
+
+  function openConsentDialog() {
+    renderRecording();
+    if (consentDialog.open) return;
+    if (typeof consentDialog.showModal === 'function') {
+      try {
+        consentDialog.showModal();
+      } catch {
+        consentDialog.setAttribute('open', '');
+      }
+    } else {
+      consentDialog.setAttribute('open', '');
+    }
+    $('btn-consent-agree')?.focus();
+  }
+
+  function closeConsentDialog() {
+    if (!consentDialog.open) return;
+    if (typeof consentDialog.close === 'function') consentDialog.close();
+    else consentDialog.removeAttribute('open');
+  }
+
+  function renderRecording() {
+    const rec = huizhen.recording;
+    const consent = huizhen.consent;
+    const active = !!rec?.active;
+    recordingIndicator.hidden = !active;
+    let key = null;
+    if (active) {
+      if (rec.recorded) key = 'rec_recorded';
+      else if (consent && consent.decision === 'pending') key = 'rec_pending';
+      else key = 'rec_not_recorded';
+    }
+    const text = $('recording-indicator-text');
+    if (text) text.textContent = key ? t(key) : '';
+    recordingIndicator.dataset.recorded = String(active && rec.recorded);
+    recordingIndicator.dataset.key = key || '';
+    document.body.dataset.recording = active ? (rec.recorded ? 'recorded' : 'not_recorded') : 'off';
+    const current = $('consent-current');
+    if (current) {
+      const answered = consent && consent.decision !== 'pending';
+      current.hidden = !answered;
+      current.textContent = answered ? t(consent.decision === 'granted' ? 'consent_current_granted' : 'consent_current_refused') : '';
+    }
+    const change = $('btn-consent-change');
+    if (change) {
+      change.hidden = !(active && consent);
+      change.textContent = t('btn_consent_change');
+    }
   }
 
   // -------------------------------------------------------------------------------------------
@@ -395,6 +573,7 @@ export function createClinicPage(opts) {
     if (pendingJoin === consultation && !force) return;
     if (call && huizhen.consultation === consultation && call.state === 'joined') return;
     if (call && call.state !== 'closed' && call.state !== 'left') call.close('closed');
+    if (huizhen.consultation !== consultation) resetRecording();
     huizhen.consultation = consultation;
     huizhen.ended = false;
     const attempt = {};
@@ -461,6 +640,7 @@ export function createClinicPage(opts) {
     if (!call) return;
     call.leave();
     releaseMedia();
+    resetRecording();
     setState('left_call');
     updateCallView();
     opts.onCallLeft?.();
@@ -526,6 +706,13 @@ export function createClinicPage(opts) {
     $('btn-rejoin')?.addEventListener('click', () => {
       if (huizhen.consultation && !huizhen.ended) joinConsultation(huizhen.consultation);
     });
+    $('btn-consent-change')?.addEventListener('click', () => {
+      if (huizhen.consent && huizhen.recording?.active) openConsentDialog();
+    });
+    $('btn-consent-agree')?.addEventListener('click', () => giveConsent(true));
+    $('btn-consent-refuse')?.addEventListener('click', () => giveConsent(false));
+    // The question must be answered: Escape does not dismiss it (no answer = not recorded).
+    consentDialog.addEventListener('cancel', (event) => event.preventDefault());
   }
 
   // -------------------------------------------------------------------------------------------
@@ -537,6 +724,7 @@ export function createClinicPage(opts) {
     updateLocalName();
     call?.updateTileNames();
     updateCallView();
+    renderRecording();
     opts.onLanguageChange?.();
   }
 
@@ -548,6 +736,7 @@ export function createClinicPage(opts) {
   window.addEventListener('huizhen:langchange', onLanguageChange);
   bindCallControls();
   updateCallView();
+  renderRecording();
 
   const page = {
     huizhen,
@@ -566,6 +755,7 @@ export function createClinicPage(opts) {
     releaseMedia,
     useLocalStream,
     updateCallView,
+    giveConsent,
     get call() {
       return call;
     },
@@ -594,6 +784,7 @@ export function createClinicPage(opts) {
     },
   };
   huizhen.leaveCall = leaveCall;
+  huizhen.giveConsent = giveConsent;
   huizhen.joinConsultation = joinConsultation;
   return page;
 }
@@ -624,6 +815,7 @@ function buildCallView(opts) {
       el('button', { id: 'btn-mic', type: 'button', class: 'big', disabled: true, 'aria-pressed': 'false' }),
       el('button', { id: 'btn-cam', type: 'button', class: 'big', disabled: true, 'aria-pressed': 'false' }),
       opts.screenShare ? el('button', { id: 'btn-screen', type: 'button', class: 'big', disabled: true, 'aria-pressed': 'false' }) : null,
+      el('button', { id: 'btn-consent-change', type: 'button', class: 'big', hidden: true }),
       el('button', { id: 'btn-leave', type: 'button', class: 'big danger', disabled: true }),
     ),
     el(
@@ -637,4 +829,36 @@ function buildCallView(opts) {
   // The muted attribute alone does not mute a video created by script.
   for (const v of root.querySelectorAll('video')) v.muted = true;
   return root;
+}
+
+/**
+ * The recording banner (shown while a recording runs, saying whether you are in it) and the
+ * consent dialog (a modal <dialog>: the question, Agree / Refuse).
+ */
+function buildRecordingUi() {
+  const indicator = el(
+    'div',
+    { id: 'recording-indicator', class: 'recording-indicator', role: 'status', 'aria-live': 'polite', hidden: true },
+    el('span', { class: 'rec-dot', 'aria-hidden': 'true' }),
+    el('span', { id: 'recording-indicator-text' }),
+  );
+  const dialog = el(
+    'dialog',
+    {
+      id: 'consent-dialog',
+      class: 'consent-dialog',
+      'aria-labelledby': 'consent-title',
+      'aria-describedby': 'consent-text',
+    },
+    el('h2', { id: 'consent-title', 'data-i18n': 'consent_title' }),
+    el('p', { id: 'consent-text', class: 'lead', 'data-i18n': 'consent_text' }),
+    el('p', { id: 'consent-current', class: 'notice', hidden: true }),
+    el(
+      'div',
+      { class: 'answer-buttons' },
+      el('button', { id: 'btn-consent-agree', type: 'button', class: 'huge answer', 'data-i18n': 'btn_consent_agree' }),
+      el('button', { id: 'btn-consent-refuse', type: 'button', class: 'huge refuse', 'data-i18n': 'btn_consent_refuse' }),
+    ),
+  );
+  return { indicator, dialog };
 }

@@ -5,7 +5,8 @@
 // patient answers (`invitation_status answered` / `consultation_ready`) the console joins the
 // call (`join_consultation`); in the call: invite an expert (`invite_expert` → `expert_link`,
 // shown as an absolute URL with a copy button), admit companions (`companion_waiting` →
-// `admit`), end the consultation (`end_consultation`).
+// `admit`), record (`start_recording` / `stop_recording`: one large toggle, and each
+// participant's consent from `consent_status`), end the consultation (`end_consultation`).
 //
 // window.huizhen.state: 'connecting' | 'idle' | 'inviting' | 'joining' | 'in_call' |
 // 'left_call' | 'ended' | 'error'.
@@ -15,6 +16,7 @@ import { t } from './i18n.js';
 
 let queueReceivedAt = 0;
 let notice = null; // {key, vars}
+let recordingRequest = null; // 'start_recording' | 'stop_recording' sent, not answered yet
 
 const page = createClinicPage({
   role: 'doctor',
@@ -23,8 +25,18 @@ const page = createClinicPage({
   onAuthenticated,
   onMessage,
   onError: () => {
+    if (recordingRequest) {
+      // A refused start/stop (`invalid_state`: not running, or a recording runs already).
+      recordingRequest = null;
+      renderRecordingPanel();
+    }
     renderQueue();
     return false;
+  },
+  onRecordingChange: () => {
+    // Answered: `recording_status` says the recording runs (start) or not (stop).
+    if ((recordingRequest === 'start_recording') === recordingActive()) recordingRequest = null;
+    renderRecordingPanel();
   },
   onJoinRefused: () => {
     page.setState('idle');
@@ -45,9 +57,13 @@ const page = createClinicPage({
     page.showView('view-ended');
     hideEndConfirm();
     setNotice(null);
+    recordingRequest = null;
     renderAll();
   },
-  onSocketLost: () => renderAll(),
+  onSocketLost: () => {
+    recordingRequest = null;
+    renderAll();
+  },
   onLanguageChange: () => renderAll(),
 });
 const huizhen = page.huizhen;
@@ -59,6 +75,8 @@ huizhen.companions = []; // [{consultation, user, display_name}]
 huizhen.invite = invite;
 huizhen.inviteExpert = inviteExpert;
 huizhen.endConsultation = endConsultation;
+huizhen.startRecording = startRecording;
+huizhen.stopRecording = stopRecording;
 
 // ---------------------------------------------------------------------------------------------
 // Server messages
@@ -195,6 +213,29 @@ function endConsultation() {
   page.send({ type: 'end_consultation', consultation: huizhen.consultation });
 }
 
+function recordingActive() {
+  const rec = huizhen.recording;
+  return !!rec && rec.active && rec.consultation === huizhen.consultation;
+}
+
+function startRecording() {
+  if (!huizhen.consultation || recordingActive() || recordingRequest) return false;
+  page.clearError();
+  if (!page.send({ type: 'start_recording', consultation: huizhen.consultation })) return false;
+  recordingRequest = 'start_recording';
+  renderRecordingPanel();
+  return true;
+}
+
+function stopRecording() {
+  if (!huizhen.consultation || !recordingActive() || recordingRequest) return false;
+  page.clearError();
+  if (!page.send({ type: 'stop_recording', consultation: huizhen.consultation })) return false;
+  recordingRequest = 'stop_recording';
+  renderRecordingPanel();
+  return true;
+}
+
 function hideEndConfirm() {
   $('end-confirm').hidden = true;
   $('btn-end').hidden = false;
@@ -241,6 +282,34 @@ function renderAll() {
   renderNotice();
   renderQueue();
   renderCallPanel();
+  renderRecordingPanel();
+}
+
+function renderRecordingPanel() {
+  const active = recordingActive();
+  const rec = huizhen.recording;
+  const button = $('btn-recording');
+  button.textContent = active ? t('btn_stop_recording') : t('btn_start_recording');
+  button.setAttribute('aria-pressed', String(active));
+  button.dataset.recording = active ? 'on' : 'off';
+  button.disabled = huizhen.state !== 'in_call' || huizhen.connection !== 'authenticated' || !!recordingRequest;
+  const state = $('recording-state');
+  const stopped = !active && rec && rec.consultation === huizhen.consultation;
+  state.textContent = t(active ? 'recording_on' : stopped ? 'recording_stopped' : 'recording_off');
+  state.dataset.state = active ? 'on' : stopped ? 'stopped' : 'off';
+  const list = $('consent-list');
+  const consents = huizhen.consentsRecording && rec && huizhen.consentsRecording === rec.recording ? huizhen.consents : [];
+  list.hidden = !active || consents.length === 0;
+  list.replaceChildren(
+    ...consents.map((c) =>
+      el(
+        'li',
+        { dataset: { user: c.user, decision: c.decision } },
+        el('span', { class: 'consent-name' }, c.user === huizhen.user ? `${c.display_name} ${t('you_suffix')}` : c.display_name),
+        el('span', { class: 'consent-badge', dataset: { decision: c.decision } }, t(`consent.${c.decision}`)),
+      ),
+    ),
+  );
 }
 
 function renderStatus() {
@@ -330,6 +399,7 @@ $('btn-end').addEventListener('click', () => {
   $('btn-end-yes').focus();
 });
 $('btn-end-yes').addEventListener('click', endConsultation);
+$('btn-recording').addEventListener('click', () => (recordingActive() ? stopRecording() : startRecording()));
 $('btn-end-cancel').addEventListener('click', hideEndConfirm);
 // Waited times move on between queue updates.
 setInterval(renderQueue, 30000);

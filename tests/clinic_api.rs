@@ -493,6 +493,13 @@ async fn recording_asks_everyone_and_audits_each_decision() {
     recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsentRequest { .. })).await;
     send_msg(&mut companion, &ClientMessage::Consent { consultation: consultation.clone(), granted: true }).await;
     recv_until(&mut companion, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { recorded: true, .. })).await;
+    // A refresh during the recording shows its state again.
+    let mut ac2 = claims("pat-a", Role::Patient);
+    ac2.appointment = Some("appt-a".into());
+    let mut a_again = authed(&server, token(&server, ac2)).await;
+    send_msg(&mut a_again, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    let (again, _) = recv_until(&mut a_again, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { .. })).await;
+    assert!(matches!(again, ServerMessage::RecordingStatus { active: true, recorded: false, .. }), "{again:?}");
     // Stop: everyone is told.
     send_msg(&mut doctor, &ClientMessage::StopRecording { consultation: consultation.clone() }).await;
     recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. })).await;

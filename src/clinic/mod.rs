@@ -484,6 +484,11 @@ impl Service {
             } => {
                 let name = command.name();
                 let result = self.execute(now, &actor, command.clone());
+                if let (Ok(CommandReply::EnterRoom { .. }), ClinicCommand::Join(c)) = (&result, &command) {
+                    // Entering (or re-entering after a refresh) a recorded call: show the
+                    // recording state again, and ask again if the answer is still pending.
+                    self.push_recording_view(&actor, c);
+                }
                 let label = match &result {
                     Ok(_) => "ok",
                     Err(_) => "refused",
@@ -926,6 +931,54 @@ impl Service {
                     recorded: record,
                 })
                 .await;
+        }
+    }
+
+    fn push_recording_view(&self, actor: &Actor, consultation: &ConsultationId) {
+        use huizhen_signaling::clinic::ConsentDecision as Decision;
+        let Some(c) = self.engine.consultation(consultation) else {
+            return;
+        };
+        let Some(rec) = c.active_recording() else {
+            return;
+        };
+        self.send_to_user(
+            &actor.user,
+            ServerMessage::RecordingStatus {
+                consultation: consultation.0.clone(),
+                recording: rec.id.clone(),
+                active: true,
+                recorded: rec.records(&actor.user),
+            },
+        );
+        let mine = rec.consents.iter().find(|x| x.user == actor.user);
+        if mine.is_some_and(|x| x.decision == Decision::Pending) {
+            self.send_to_user(
+                &actor.user,
+                ServerMessage::ConsentRequest {
+                    consultation: consultation.0.clone(),
+                    recording: rec.id.clone(),
+                },
+            );
+        }
+        if actor.role == Role::Doctor {
+            for x in &rec.consents {
+                let decision = match x.decision {
+                    Decision::Pending => "pending",
+                    Decision::Granted => "granted",
+                    Decision::Refused => "refused",
+                };
+                self.send_to_user(
+                    &actor.user,
+                    ServerMessage::ConsentStatus {
+                        consultation: consultation.0.clone(),
+                        recording: rec.id.clone(),
+                        user: x.user.0.clone(),
+                        display_name: self.names.get(&x.user).cloned().unwrap_or_else(|| x.user.0.clone()),
+                        decision: decision.to_owned(),
+                    },
+                );
+            }
         }
     }
 

@@ -155,6 +155,8 @@ pub struct MediaTask {
     pub local: LocalAddress,
     /// Where media of consenting participants goes (never waited on).
     pub recorder: Option<crate::recorder::task::RecorderHandle>,
+    /// Tracks the recorder wants a keyframe for.
+    pub keyframe_wants: Option<crate::recorder::task::KeyframeWants>,
 }
 
 /// Which local address to report to the core as a received datagram's destination.
@@ -217,6 +219,7 @@ async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let metrics = task.sfu.metrics().clone();
+    let task_wants = task.keyframe_wants;
     let mut edge = Edge {
         sfu: task.sfu,
         metrics,
@@ -228,6 +231,8 @@ async fn run(
         tcp: HashMap::new(),
     };
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let (_never_tx, never) = mpsc::channel(1);
+    let mut keyframe_wants = task_wants.unwrap_or(never);
     info!(udp_port = edge.udp_port, "media engine running");
     loop {
         let now = Instant::now();
@@ -248,6 +253,9 @@ async fn run(
                 Some(command) => edge.handle_command(command),
                 None => break,
             },
+            Some((participant, track)) = keyframe_wants.recv() => {
+                edge.sfu.request_track_keyframe(Instant::now(), participant, track);
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
             _ = shutdown.changed() => break,
         }

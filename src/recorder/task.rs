@@ -23,7 +23,7 @@ use super::archiver::{RecordingArchiver, RecordingInfo, StoredObject};
 use super::{RecorderConfig, Recording};
 use crate::archive::{ArchiveStore, Spool};
 use crate::webhook::WebhookHandle;
-use crate::sfu::{ParticipantId, RecordedPacket};
+use crate::sfu::{ParticipantId, RecordedPacket, TrackId};
 use crate::vault::{Cipher, ConsentRecord, KeyWrapper, Manifest, SigningKey};
 
 /// Packets queued towards the recorder before further ones are dropped.
@@ -88,6 +88,12 @@ pub struct RecorderHandle {
     commands: mpsc::Sender<RecorderCommand>,
 }
 
+/// Tracks the recorder needs a keyframe for, for the media task to request (throttled there).
+pub type KeyframeWants = mpsc::Receiver<(ParticipantId, TrackId)>;
+
+/// How often the recorder repeats its keyframe wishes.
+const KEYFRAME_WISH_INTERVAL: Duration = Duration::from_secs(1);
+
 impl RecorderHandle {
     /// Offer a packet without waiting; false if the recorder is behind (the packet is dropped).
     pub fn offer(&self, packet: RecordedPacket) -> bool {
@@ -134,6 +140,8 @@ struct Active {
 }
 
 struct Task {
+    keyframes: mpsc::Sender<(ParticipantId, TrackId)>,
+    next_wish: Instant,
     parts: RecorderParts,
     active: HashMap<String, Active>,
     owner: HashMap<ParticipantId, String>,
@@ -152,7 +160,8 @@ struct Counters {
 pub async fn spawn(
     parts: RecorderParts,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<(RecorderHandle, tokio::task::JoinHandle<()>)> {
+) -> std::io::Result<(RecorderHandle, KeyframeWants, tokio::task::JoinHandle<()>)> {
+    let (keyframes, wants) = mpsc::channel(256);
     std::fs::create_dir_all(&parts.journal_dir)?;
     let recordings = IntGauge::new("active", "Recordings in progress").expect("metric");
     let objects = IntCounterVec::new(
@@ -171,6 +180,8 @@ pub async fn spawn(
         }
     }
     let mut task = Task {
+        keyframes,
+        next_wish: Instant::now(),
         parts,
         active: HashMap::new(),
         owner: HashMap::new(),
@@ -186,6 +197,7 @@ pub async fn spawn(
             packets: packets_tx,
             commands: commands_tx,
         },
+        wants,
         join,
     ))
 }
@@ -202,7 +214,8 @@ async fn run(
             .values()
             .filter_map(|a| a.core.poll_timeout())
             .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+            .min(task.next_wish);
         tokio::select! {
             packet = packets.recv() => match packet {
                 Some(p) => task.on_packet(p),
@@ -216,6 +229,7 @@ async fn run(
             _ = shutdown.changed() => break,
         }
         task.drain_all().await;
+        task.wish_keyframes();
     }
     // Shutting down: what was recorded so far is archived, marked as cut short.
     let ids: Vec<String> = task.active.keys().cloned().collect();
@@ -226,6 +240,20 @@ async fn run(
 }
 
 impl Task {
+    /// Tell the media task which recorded tracks wait for a keyframe (never blocks).
+    fn wish_keyframes(&mut self) {
+        let now = Instant::now();
+        if now < self.next_wish {
+            return;
+        }
+        self.next_wish = now + KEYFRAME_WISH_INTERVAL;
+        for active in self.active.values() {
+            for wish in active.core.keyframes_wanted() {
+                let _ = self.keyframes.try_send(wish);
+            }
+        }
+    }
+
     fn on_packet(&mut self, packet: RecordedPacket) {
         let Some(recording) = self.owner.get(&packet.participant) else {
             return;

@@ -618,11 +618,35 @@ impl Sfu {
                 .map(|t| t.mid)
                 .collect();
             for mid in video {
+                // The first keyframe of a recording must not be lost to the throttle (a new
+                // subscription may just have asked): reset it for this request.
+                if let Some(track) = self
+                    .participants
+                    .get_mut(&participant)
+                    .and_then(|p| p.track_in_mut(mid))
+                {
+                    track.keyframe = Default::default();
+                }
                 self.request_keyframe(now, participant, mid, KeyframeRequestKind::Pli);
             }
             self.drain_and_settle(now, participant, None);
         }
         Ok(())
+    }
+
+    /// The recorder lacks a keyframe on `track` (start, or after a loss): ask its publisher,
+    /// subject to the usual per-track throttle.
+    pub fn request_track_keyframe(&mut self, now: Instant, participant: ParticipantId, track: TrackId) {
+        let Some(mid) = self
+            .participants
+            .get(&participant)
+            .and_then(|p| p.tracks_in.iter().find(|t| t.id == track))
+            .map(|t| t.mid)
+        else {
+            return;
+        };
+        self.request_keyframe(now, participant, mid, KeyframeRequestKind::Pli);
+        self.drain_and_settle(now, participant, None);
     }
 
     /// Remove everyone from `room` (a consultation ended).

@@ -6,7 +6,9 @@
 // the demo links and the generated API key it prints. Drives Debian's headless Chromium
 // (/usr/bin/chromium, through playwright-core; no browser download), one browser context per
 // person, through harness.mjs like sfu.test.mjs (same flags, same host-resolver rules: pages are
-// opened at http://localhost:<port>, so the printed 127.0.0.1 links are rewritten).
+// opened at http://localhost:<port>, so the printed 127.0.0.1 links are rewritten). The clinic
+// helpers (server, page state, the device check) are harness.mjs's, shared with
+// recording.test.mjs.
 //   1. the seed flow: the patient passes the device check and checks in (place 1); the doctor
 //      sees them in the queue and invites; the patient answers; both decode each other's video
 //      and receive audio; the patient refreshes the page and is back in the call (from
@@ -28,186 +30,31 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import {
   HOST_RULES,
   WAIT_MS as ENV_WAIT_MS,
   allPairs,
-  assertRunning,
+  api,
   closeAll,
-  eventLines,
-  newPerson,
+  inbound,
+  openPage,
+  pageState,
+  passDeviceCheckAndEnter,
   startRun,
-  startServer,
+  textOf,
   waitFor,
   waitForMedia,
+  waitForState,
+  waitInCall,
+  waitVisible,
   withBrowser,
-  withServer,
+  withClinicServer,
 } from './harness.mjs';
 
 // Each wait is bounded by HUIZHEN_WAIT_MS, but by 30 s at the most.
 const WAIT_MS = Math.min(ENV_WAIT_MS, 30_000);
 startRun({ what: 'the clinic browser test', waitMs: WAIT_MS });
 after(closeAll);
-
-// ---------------------------------------------------------------------------------------------
-// Server
-
-/** Start the server with the demo clinic seeded; returns it with the printed links and key. */
-function startClinicServer(name) {
-  return startServer(name, {
-    tmpPrefix: 'huizhen-clinic',
-    announceUdp: true,
-    announceTcp: false,
-    extraConfig: () => ['[clinic]', 'seed_demo = true', ''],
-    whenReady: async (server) => {
-      // Development mode prints the demo links and the generated API key on stdout.
-      const printed = await waitFor(
-        `${name}: the demo links and API key on stdout`,
-        async () => {
-          assertRunning(server);
-          const log = fs.readFileSync(server.logPath, 'utf8');
-          const grab = (label) => new RegExp(`^\\s*${label}:\\s+(\\S+)`, 'm').exec(log)?.[1];
-          const value = { doctor: grab('Doctor'), patient: grab('Patient'), companion: grab('Companion'), apiKey: grab('API key') };
-          return { ok: Object.values(value).every(Boolean), value, detail: value };
-        },
-        WAIT_MS,
-        100,
-      );
-      server.apiKey = printed.apiKey;
-      server.links = {};
-      for (const who of ['doctor', 'patient', 'companion']) {
-        const url = new URL(printed[who]);
-        url.host = `localhost:${server.httpPort}`;
-        server.links[who] = url.href;
-      }
-    },
-  });
-}
-
-/** One clinic server of its own for `fn(server, people)`; see withServer. */
-function withClinicServer(name, fn) {
-  return withServer(() => startClinicServer(name), dumpPages, fn);
-}
-
-/** Call the REST API with the server's key; returns the parsed JSON body. */
-async function api(server, method, route, body) {
-  const res = await fetch(`${server.apiBase}/api/v1${route}`, {
-    method,
-    headers: { authorization: `Bearer ${server.apiKey}`, 'content-type': 'application/json' },
-    body: body ? JSON.stringify(body) : undefined,
-    signal: AbortSignal.timeout(5000),
-  });
-  const json = await res.json().catch(() => null);
-  assert.ok(res.ok, `${method} ${route}: HTTP ${res.status} ${JSON.stringify(json)}`);
-  return json;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Pages
-
-/** Open `url` in a fresh browser context (one person). */
-async function openPage(browser, name, url) {
-  const person = await newPerson(
-    browser,
-    name,
-    { viewport: { width: 1100, height: 800 }, locale: 'en-US' },
-    {
-      // Clicks, navigations and reloads are bounded like every other wait.
-      beforePage: (context) => {
-        context.setDefaultTimeout(WAIT_MS);
-        context.setDefaultNavigationTimeout(WAIT_MS);
-      },
-    },
-  );
-  await person.page.goto(url);
-  return person;
-}
-
-
-/** The page state tests look at. */
-function pageState(person) {
-  return person.page.evaluate(() => {
-    const h = window.huizhen;
-    if (!h) return null;
-    return {
-      state: h.state,
-      connection: h.connection,
-      callState: h.callState,
-      participantId: h.participantId,
-      position: h.position,
-      consultation: h.consultation,
-      errors: h.errors,
-      error: document.getElementById('error')?.hidden ? null : document.getElementById('error')?.textContent,
-    };
-  });
-}
-
-/** Wait until `pred(state)` holds for the page's window.huizhen state. */
-async function waitForState(person, what, pred) {
-  return waitFor(`${person.name}: ${what}`, async () => {
-    const s = await pageState(person);
-    return { ok: !!s && pred(s), value: s, detail: s };
-  });
-}
-
-/** Wait for an element to be visible. */
-async function waitVisible(person, selector) {
-  await person.page.locator(selector).first().waitFor({ state: 'visible', timeout: WAIT_MS });
-}
-
-async function textOf(person, selector) {
-  return (await person.page.locator(selector).first().textContent()).trim();
-}
-
-/** Wait until the page is in the call; remembers its participant id. */
-async function waitInCall(person) {
-  const s = await waitForState(person, 'to be in the call', (x) => x.state === 'in_call' && x.callState === 'joined' && !!x.participantId);
-  person.id = s.participantId;
-  return s;
-}
-
-async function dumpPages(people) {
-  for (const p of people) {
-    try {
-      const events = await eventLines(p);
-      console.error(`--- ${p.name} (${p.id}) state ${JSON.stringify(await pageState(p))} ---`);
-      console.error(events.filter((l) => !l.includes('"candidate"')).slice(-50).join('\n'));
-    } catch {
-      // page closed
-    }
-    console.error(`--- ${p.name} browser console, last lines ---`);
-    console.error(p.console.slice(-30).join('\n'));
-  }
-}
-
-
-function inbound(person, type) {
-  return person.page.evaluate((t) => window.huizhen.events.filter((e) => e.dir === 'in' && e.type === t).map((e) => e.msg), type);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tests
-
-/** The patient page: device check passes, then "Enter the waiting room". */
-async function passDeviceCheckAndEnter(patient) {
-  await waitForState(patient, 'the device check with a live connection', (s) => s.state === 'device_check' && s.connection === 'authenticated');
-  await waitVisible(patient, '#view-check');
-  await waitFor(`${patient.name}: camera preview and microphone`, async () => {
-    const s = await patient.page.evaluate(() => ({
-      camera: document.getElementById('camera-result').dataset.result,
-      mic: document.getElementById('mic-result').dataset.result,
-      width: document.getElementById('preview').videoWidth,
-      connection: document.getElementById('connection-result').dataset.result,
-      enter: !document.getElementById('btn-enter').disabled,
-    }));
-    return { ok: s.camera === 'ok' && s.mic === 'ok' && s.width > 0 && s.connection === 'ok' && s.enter, detail: s };
-  });
-  await patient.page.click('#btn-speaker');
-  assert.equal(await patient.page.evaluate(() => window.huizhen.speakerTested), true, 'the speaker test tone played');
-  await patient.page.click('#btn-enter');
-}
 
 test('seed flow: check-in, invitation, call (and a refresh in it), expert, companion, end', (t) =>
   withBrowser(HOST_RULES, (browser) =>

@@ -1,7 +1,8 @@
-// Shared harness of the browser tests (sfu.test.mjs, clinic.test.mjs): the server binary on free
-// ports of 127.0.0.1, Debian's headless Chromium through playwright-core, bounded waits, the
-// RTCPeerConnection stats the media assertions read, and the bookkeeping that kills every server
-// whatever happens.
+// Shared harness of the browser tests (sfu.test.mjs, clinic.test.mjs, recording.test.mjs): the
+// server binary on free ports of 127.0.0.1, Debian's headless Chromium through playwright-core,
+// bounded waits, the RTCPeerConnection stats the media assertions read, the bookkeeping that
+// kills every server whatever happens, and the clinic pages' helpers (the demo clinic's server,
+// its links and API key, page state, the seed flow into a call).
 //
 // Env: HUIZHEN_BIN (server binary, default <repo>/target/debug/huizhen; a relative path is taken
 //      from the repository root), CHROMIUM_BIN (default /usr/bin/chromium),
@@ -285,10 +286,11 @@ export async function stopServer(server, { failed = false } = {}) {
 
 /**
  * Run `fn(server, people)` against the server `start()` returns; `fn` pushes the pages it opens
- * onto `people`. If it fails, `dump(people)` is awaited and the server log kept; the pages are
- * closed and the server stopped whatever happens.
+ * onto `people`. If it fails, `dump(people)` is awaited and the server log kept (unless `quiet`:
+ * a failure that is expected, e.g. of a `todo` test); the pages are closed and the server stopped
+ * whatever happens.
  */
-export async function withServer(start, dump, fn) {
+export async function withServer(start, dump, fn, { quiet = false } = {}) {
   const server = await start();
   const people = [];
   let ok = false;
@@ -297,9 +299,9 @@ export async function withServer(start, dump, fn) {
     ok = true;
     return result;
   } finally {
-    if (!ok) await dump(people);
+    if (!ok && !quiet) await dump(people);
     await closeContexts(people);
-    await stopServer(server, { failed: !ok });
+    await stopServer(server, { failed: !ok && !quiet });
   }
 }
 
@@ -500,4 +502,202 @@ export async function waitForMedia(label, pairs, { fresh = false, ...opts } = {}
     summary[receiver.name] = snap.inbound.map((s) => `${s.kind}:${s.kind === 'video' ? s.framesDecoded : s.packetsReceived}`).join(' ');
   }
   return summary;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clinic pages (clinic.test.mjs, recording.test.mjs)
+
+/**
+ * Start the server with the demo clinic seeded (development mode) and read the demo links and
+ * the generated API key it prints; the links are rewritten to http://localhost:<port> (see
+ * HOST_RULES). `extraConfig` lines are added to the config (after `[clinic] seed_demo`).
+ */
+export function startClinicServer(name, { extraConfig = [] } = {}) {
+  return startServer(name, {
+    tmpPrefix: 'huizhen-clinic',
+    announceUdp: true,
+    announceTcp: false,
+    extraConfig: (dir) => ['[clinic]', 'seed_demo = true', '', ...(typeof extraConfig === 'function' ? extraConfig(dir) : extraConfig)],
+    whenReady: async (server) => {
+      // Development mode prints the demo links and the generated API key on stdout.
+      const printed = await waitFor(
+        `${name}: the demo links and API key on stdout`,
+        async () => {
+          assertRunning(server);
+          const log = fs.readFileSync(server.logPath, 'utf8');
+          const grab = (label) => new RegExp(`^\\s*${label}:\\s+(\\S+)`, 'm').exec(log)?.[1];
+          const value = { doctor: grab('Doctor'), patient: grab('Patient'), companion: grab('Companion'), apiKey: grab('API key') };
+          return { ok: Object.values(value).every(Boolean), value, detail: value };
+        },
+        defaultWaitMs,
+        100,
+      );
+      server.configPath = path.join(server.dir, 'huizhen.toml');
+      server.apiKey = printed.apiKey;
+      server.links = {};
+      for (const who of ['doctor', 'patient', 'companion']) {
+        const url = new URL(printed[who]);
+        url.host = `localhost:${server.httpPort}`;
+        server.links[who] = url.href;
+      }
+    },
+  });
+}
+
+/**
+ * One clinic server of its own for `fn(server, people)` (see withServer); `opts` as for
+ * startClinicServer, and `quiet` as for withServer.
+ */
+export function withClinicServer(name, fn, { quiet = false, ...opts } = {}) {
+  return withServer(() => startClinicServer(name, opts), dumpPages, fn, { quiet });
+}
+
+/** Call the REST API with the server's key; returns the parsed JSON body. */
+export async function api(server, method, route, body) {
+  const res = await fetch(`${server.apiBase}/api/v1${route}`, {
+    method,
+    headers: { authorization: `Bearer ${server.apiKey}`, 'content-type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+    signal: AbortSignal.timeout(5000),
+  });
+  const json = await res.json().catch(() => null);
+  assert.ok(res.ok, `${method} ${route}: HTTP ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** Open `url` in a fresh browser context (one person); clicks and navigations bounded like every wait. */
+export async function openPage(browser, name, url) {
+  const person = await newPerson(
+    browser,
+    name,
+    { viewport: { width: 1100, height: 800 }, locale: 'en-US' },
+    {
+      beforePage: (context) => {
+        context.setDefaultTimeout(defaultWaitMs);
+        context.setDefaultNavigationTimeout(defaultWaitMs);
+      },
+    },
+  );
+  await person.page.goto(url);
+  return person;
+}
+
+/** The page state tests look at. */
+export function pageState(person) {
+  return person.page.evaluate(() => {
+    const h = window.huizhen;
+    if (!h) return null;
+    return {
+      state: h.state,
+      connection: h.connection,
+      callState: h.callState,
+      participantId: h.participantId,
+      position: h.position,
+      consultation: h.consultation,
+      recording: h.recording,
+      consent: h.consent,
+      consents: h.consents,
+      consentDialogOpen: h.consentDialogOpen,
+      errors: h.errors,
+      error: document.getElementById('error')?.hidden ? null : document.getElementById('error')?.textContent,
+    };
+  });
+}
+
+/** Wait until `pred(state)` holds for the page's window.huizhen state. */
+export async function waitForState(person, what, pred) {
+  return waitFor(`${person.name}: ${what}`, async () => {
+    const s = await pageState(person);
+    return { ok: !!s && pred(s), value: s, detail: s };
+  });
+}
+
+/** Wait for an element to be visible. */
+export async function waitVisible(person, selector) {
+  await person.page.locator(selector).first().waitFor({ state: 'visible', timeout: defaultWaitMs });
+}
+
+/** Wait for an element to be hidden (or absent). */
+export async function waitHidden(person, selector) {
+  await person.page.locator(selector).first().waitFor({ state: 'hidden', timeout: defaultWaitMs });
+}
+
+export async function textOf(person, selector) {
+  return (await person.page.locator(selector).first().textContent()).trim();
+}
+
+/** Wait until the page is in the call; remembers its participant id. */
+export async function waitInCall(person) {
+  const s = await waitForState(person, 'to be in the call', (x) => x.state === 'in_call' && x.callState === 'joined' && !!x.participantId);
+  person.id = s.participantId;
+  return s;
+}
+
+/** On failure: each page's state, last signaling events and console lines. */
+export async function dumpPages(people) {
+  for (const p of people) {
+    try {
+      const events = await eventLines(p);
+      console.error(`--- ${p.name} (${p.id}) state ${JSON.stringify(await pageState(p))} ---`);
+      console.error(events.filter((l) => !l.includes('"candidate"')).slice(-50).join('\n'));
+    } catch {
+      // page closed
+    }
+    console.error(`--- ${p.name} browser console, last lines ---`);
+    console.error(p.console.slice(-30).join('\n'));
+  }
+}
+
+/** The messages of `type` the page received. */
+export function inbound(person, type) {
+  return person.page.evaluate((t) => window.huizhen.events.filter((e) => e.dir === 'in' && e.type === t).map((e) => e.msg), type);
+}
+
+/** The patient page: device check passes, then "Enter the waiting room". */
+export async function passDeviceCheckAndEnter(patient) {
+  await waitForState(patient, 'the device check with a live connection', (s) => s.state === 'device_check' && s.connection === 'authenticated');
+  await waitVisible(patient, '#view-check');
+  await waitFor(`${patient.name}: camera preview and microphone`, async () => {
+    const s = await patient.page.evaluate(() => ({
+      camera: document.getElementById('camera-result').dataset.result,
+      mic: document.getElementById('mic-result').dataset.result,
+      width: document.getElementById('preview').videoWidth,
+      connection: document.getElementById('connection-result').dataset.result,
+      enter: !document.getElementById('btn-enter').disabled,
+    }));
+    return { ok: s.camera === 'ok' && s.mic === 'ok' && s.width > 0 && s.connection === 'ok' && s.enter, detail: s };
+  });
+  await patient.page.click('#btn-speaker');
+  assert.equal(await patient.page.evaluate(() => window.huizhen.speakerTested), true, 'the speaker test tone played');
+  await patient.page.click('#btn-enter');
+}
+
+/**
+ * The seed flow, short: the demo patient checks in, the doctor invites the next patient, the
+ * patient answers, and both are in the call decoding each other's video and receiving audio.
+ * The pages are pushed onto `people`; returns {patient, doctor, consultation, media}.
+ */
+export async function seedCall(browser, server, people) {
+  const patient = await openPage(browser, 'patient', server.links.patient);
+  people.push(patient);
+  await passDeviceCheckAndEnter(patient);
+  await waitForState(patient, 'place 1 in the waiting room', (s) => s.state === 'waiting' && s.position === 1);
+  const doctor = await openPage(browser, 'doctor', server.links.doctor);
+  people.push(doctor);
+  await waitForState(doctor, 'the console', (s) => s.state === 'idle' && s.connection === 'authenticated');
+  await waitFor('the patient in the doctor’s queue', async () => {
+    const rows = await doctor.page.locator('#queue-body tr').allTextContents();
+    return { ok: rows.length === 1 && !(await doctor.page.locator('#btn-invite-next').isDisabled()), detail: rows };
+  });
+  await doctor.page.click('#btn-invite-next');
+  await waitForState(patient, 'ringing', (s) => s.state === 'ringing');
+  await waitVisible(patient, '#btn-answer');
+  await patient.page.click('#btn-answer');
+  await waitInCall(patient);
+  await waitInCall(doctor);
+  const consultation = (await pageState(doctor)).consultation;
+  assert.ok(consultation, 'the doctor knows the consultation');
+  assert.equal((await pageState(patient)).consultation, consultation, 'both are in the same consultation');
+  const media = await waitForMedia('patient and doctor', allPairs([patient, doctor]));
+  return { patient, doctor, consultation, media };
 }
