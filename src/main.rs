@@ -75,6 +75,10 @@ enum RecordingCommand {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// Also write composite.webm: the video tracks side by side with the audio mixed
+        /// (needs ffmpeg).
+        #[arg(long)]
+        composite: bool,
         #[command(flatten)]
         archive: ArchiveArgs,
     },
@@ -362,11 +366,16 @@ async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
             anyhow::ensure!(report.is_ok(), "recording {id} FAILED verification");
             Ok(())
         }
-        RecordingCommand::Export { id, out, .. } => {
+        RecordingCommand::Export { id, out, composite, .. } => {
             let kek = kek.context("export needs the key-encryption key (--key FILE)")?;
             let files = huizhen::recorder::tools::export(store, id, signer.as_ref(), &kek, out).await?;
-            for f in files {
+            for (f, _) in &files {
                 println!("{}", f.display());
+            }
+            if *composite {
+                let path = out.join("composite.webm");
+                huizhen::recorder::tools::composite(&files, &path)?;
+                println!("{}", path.display());
             }
             Ok(())
         }

@@ -326,7 +326,15 @@ impl TrackRecorder {
 
     fn write_frame(&mut self, frame: Frame) {
         let arrival = self.last_arrival.unwrap_or(self.recording_start);
-        let ts = self.timeline.timestamp(frame.rtp_time, arrival);
+        let mut ts = self.timeline.timestamp(frame.rtp_time, arrival);
+        // Matroska needs strictly increasing block times per track; two frames landing on the
+        // same millisecond (e.g. a keyframe a publisher sends on request right after a frame)
+        // would make players complain. Nudge the later one forward by a millisecond.
+        if let Some(last) = self.last_ts {
+            if ts <= last {
+                ts = last + 1;
+            }
+        }
         // How long this frame lasts, for the end of a segment: Opus says; for video, the
         // last spacing that looks like a frame rate rather than a pause.
         if self.codec == RecordCodec::Opus {

@@ -137,14 +137,14 @@ pub async fn verify(
 }
 
 /// Verify, then decrypt every track into a playable `.webm`/`.mkv` in `out_dir`. Returns the
-/// files written.
+/// files written, each with its start on the recording's timeline (ms).
 pub async fn export(
     store: Arc<dyn ArchiveStore>,
     id: &str,
     signer: Option<&VerifyingKey>,
     kek: &dyn KeyWrapper,
     out_dir: &Path,
-) -> Result<Vec<PathBuf>, ToolError> {
+) -> Result<Vec<(PathBuf, u64)>, ToolError> {
     let (manifest, objects) = fetch_all(store.as_ref(), id).await?;
     let report = verify_recording(
         &manifest,
@@ -192,7 +192,8 @@ pub async fn export(
             path: path.clone(),
             source,
         })?;
-        files.push(path);
+        let start = track.segments.first().map_or(0, |s| s.start_ms);
+        files.push((path, start));
     }
     Ok(files)
 }
@@ -202,4 +203,81 @@ fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
         .collect()
+}
+
+/// Why a composite could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CompositeError {
+    /// `ffmpeg` is not installed (the composite is optional; the per-track files stand alone).
+    #[error("ffmpeg is not installed: the side-by-side composite needs it (the per-track files are complete without it)")]
+    NoFfmpeg,
+    /// Nothing to compose.
+    #[error("no video tracks to compose")]
+    NoVideo,
+    /// ffmpeg failed.
+    #[error("ffmpeg failed: {0}")]
+    Ffmpeg(String),
+}
+
+/// With ffmpeg installed: one side-by-side video of every video track (scaled to a common
+/// height, each placed at its own start on the shared timeline) with all audio tracks mixed, for
+/// review. Files are those [`export`] wrote; `start_ms` gives each one's start offset.
+pub fn composite(files: &[(PathBuf, u64)], out: &Path) -> Result<(), CompositeError> {
+    let is_video = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains("-vp8.") || n.contains("-vp9.") || n.contains("-h264."))
+    };
+    let videos: Vec<&(PathBuf, u64)> = files.iter().filter(|(p, _)| is_video(p)).collect();
+    let audios: Vec<&(PathBuf, u64)> = files.iter().filter(|(p, _)| !is_video(p)).collect();
+    if videos.is_empty() {
+        return Err(CompositeError::NoVideo);
+    }
+    let mut cmd = std::process::Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y"]);
+    for (path, _) in videos.iter().chain(audios.iter()) {
+        cmd.arg("-i").arg(path);
+    }
+    let mut filter = String::new();
+    for (i, (_, start)) in videos.iter().enumerate() {
+        // The files carry their own start times on the shared timeline; align to zero.
+        filter.push_str(&format!(
+            "[{i}:v]setpts=PTS-STARTPTS+{start}/1000/TB,scale=-2:360,setsar=1[v{i}];"
+        ));
+    }
+    if videos.len() == 1 {
+        filter.push_str("[v0]null[v]");
+    } else {
+        for i in 0..videos.len() {
+            filter.push_str(&format!("[v{i}]"));
+        }
+        filter.push_str(&format!("hstack=inputs={}:shortest=0[v]", videos.len()));
+    }
+    if !audios.is_empty() {
+        filter.push(';');
+        for (j, (_, start)) in audios.iter().enumerate() {
+            let input = videos.len() + j;
+            filter.push_str(&format!("[{input}:a]asetpts=PTS-STARTPTS,adelay={start}:all=1[a{j}];"));
+        }
+        for j in 0..audios.len() {
+            filter.push_str(&format!("[a{j}]"));
+        }
+        filter.push_str(&format!("amix=inputs={}:duration=longest[a]", audios.len()));
+    }
+    cmd.arg("-filter_complex").arg(&filter).args(["-map", "[v]"]);
+    if !audios.is_empty() {
+        cmd.args(["-map", "[a]", "-c:a", "libopus"]);
+    }
+    cmd.args(["-c:v", "libvpx", "-deadline", "realtime", "-b:v", "1M"]).arg(out);
+    let output = match cmd.output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CompositeError::NoFfmpeg),
+        Err(e) => return Err(CompositeError::Ffmpeg(e.to_string())),
+    };
+    if !output.status.success() {
+        return Err(CompositeError::Ffmpeg(
+            String::from_utf8_lossy(&output.stderr).lines().take(5).collect::<Vec<_>>().join("; "),
+        ));
+    }
+    Ok(())
 }

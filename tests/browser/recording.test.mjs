@@ -196,6 +196,24 @@ async function checkExport(t, server, consultation, expected) {
     assert.equal(decode.code, 0, `ffmpeg decoding ${g.file}: exit ${decode.code}: ${decode.stderr}`);
     assert.equal(decode.stderr, '', `ffmpeg decoding ${g.file} printed errors`);
   }
+
+  // The optional side-by-side composite: every video track next to the others, audio mixed.
+  const compositeDir = path.join(server.dir, 'export-composite');
+  const composed = await recordingCli(server, ['export', listed.id, '--out', compositeDir, '--composite']);
+  assert.equal(composed.code, 0, `recording export --composite: ${composed.stdout}${composed.stderr}`);
+  const composite = await ffprobe(path.join(compositeDir, 'composite.webm'));
+  const videos = expected.filter((e) => e.kind === 'video');
+  const cv = composite.streams.find((x) => x.codec_type === 'video');
+  assert.ok(cv, 'composite has a video stream');
+  // Each video is scaled to 360 lines; Chromium's fake camera is 4:3, so N videos side by side
+  // make a frame N × 480 wide.
+  assert.equal(cv.height, 360, `composite height ${cv.height}`);
+  assert.equal(Math.round(cv.width / 480), videos.length, `composite ${cv.width}x${cv.height} places ${videos.length} videos side by side`);
+  assert.equal(composite.streams.some((x) => x.codec_type === 'audio'), expected.some((e) => e.kind === 'audio'), 'composite mixes the audio');
+  const longest = Math.max(...expected.map((e) => e.spanMs)) / 1000;
+  const compositeDuration = Number(composite.format.duration);
+  assert.ok(Math.abs(compositeDuration - longest) <= TOLERANCE * longest, `composite lasts ${compositeDuration} s, expected about ${longest} s`);
+  summary.push(`composite.webm: ${cv.width}x${cv.height}, ${compositeDuration.toFixed(3)} s`);
   return { listed, summary };
 }
 
