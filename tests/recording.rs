@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use common::rs_client::{CandidateMode, RsPeer};
 use common::*;
-use huizhen::auth::Claims;
-use huizhen_signaling::clinic::Role;
 use huizhen_signaling::protocol::{ClientMessage, ServerMessage};
 use serde_json::json;
 
@@ -28,15 +26,6 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// Auth, and for the patient check-in; returns the socket.
-async fn clinic_socket(server: &huizhen::server::ServerHandle, claims: Claims) -> Ws {
-    let token = server.minter().mint(&claims).unwrap();
-    let mut ws = connect_ws(server.http_addr()).await;
-    send_msg(&mut ws, &ClientMessage::Auth { token }).await;
-    recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Authenticated { .. })).await;
-    ws
-}
-
 /// `join_consultation`, then hand the socket to a webrtc-rs peer.
 async fn enter_call(mut ws: Ws, consultation: &str, name: &str, index: u8) -> RsPeer {
     send_msg(&mut ws, &ClientMessage::JoinConsultation { consultation: consultation.into() }).await;
@@ -47,21 +36,25 @@ async fn enter_call(mut ws: Ws, consultation: &str, name: &str, index: u8) -> Rs
         .expect("peer connects")
 }
 
-/// A doctor and a patient in a call through `server`, the doctor recording, the patient having
-/// answered the consent request with `consents`.
-async fn recorded_call(server: &huizhen::server::ServerHandle, consents: bool) -> (RsPeer, RsPeer, String) {
-    let key = server.api_key().to_owned();
-    let addr = server.http_addr().to_string();
+/// A doctor and a patient in a call through the server at `addr` (set up through its REST API
+/// with `api_key`), the doctor recording, the patient having answered the consent request
+/// with `consents`.
+async fn recorded_call(addr: &str, api_key: &str, consents: bool) -> (RsPeer, RsPeer, String) {
     let soon = now_secs() * 1000 + 60_000;
-    assert_eq!(http_json(&addr, "POST", "/api/v1/clinics", Some(&key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
+    assert_eq!(http_json(addr, "POST", "/api/v1/clinics", Some(api_key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
     assert_eq!(
-        http_json(&addr, "POST", "/api/v1/appointments", Some(&key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
+        http_json(addr, "POST", "/api/v1/appointments", Some(api_key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
         201
     );
-    let mut dc = Claims::new("dr-li", "Dr Li", Role::Doctor, now_secs(), 3600);
-    dc.clinics = vec!["k".into()];
-    let mut doctor_ws = clinic_socket(server, dc).await;
-    let mut patient_ws = clinic_socket(server, Claims::new("pat-a", "A", Role::Patient, now_secs(), 3600)).await;
+    let token = |body: serde_json::Value| async move {
+        let (status, reply) = http_json(addr, "POST", "/api/v1/tokens", Some(api_key), Some(body)).await;
+        assert_eq!(status, 201, "{reply}");
+        reply["token"].as_str().unwrap().to_owned()
+    };
+    let dt = token(json!({"sub": "dr-li", "name": "Dr Li", "role": "doctor", "clinics": ["k"]})).await;
+    let pt = token(json!({"sub": "pat-a", "name": "A", "role": "patient", "appointment": "ap"})).await;
+    let mut doctor_ws = authed_socket(addr, dt).await;
+    let mut patient_ws = authed_socket(addr, pt).await;
     send_msg(&mut patient_ws, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
     recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
     send_msg(&mut doctor_ws, &ClientMessage::Invite { clinic: "k".into(), patient: None }).await;
@@ -112,7 +105,8 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
     let data_dir = config.storage.data_dir.clone();
     let archive_dir = config.archive.local_dir.clone();
     let server = huizhen::server::start(config).await.unwrap();
-    let (doctor, patient, consultation) = recorded_call(&server, false).await;
+    let (doctor, patient, consultation) =
+        recorded_call(&server.http_addr().to_string(), server.api_key(), false).await;
     let media_doctor = doctor.start_media(Duration::from_millis(20));
     let media_patient = patient.start_media(Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -303,12 +297,6 @@ fn serve(config: &Path) -> Process {
     }
 }
 
-async fn token_via_api(p: &Process, body: serde_json::Value) -> String {
-    let (status, reply) = http_json(&p.http, "POST", "/api/v1/tokens", Some(&p.api_key), Some(body)).await;
-    assert_eq!(status, 201, "{reply}");
-    reply["token"].as_str().unwrap().to_owned()
-}
-
 async fn authed_socket(addr: &str, token: String) -> Ws {
     let mut ws = connect_ws(addr.parse().unwrap()).await;
     send_msg(&mut ws, &ClientMessage::Auth { token }).await;
@@ -336,33 +324,7 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
     )
     .unwrap();
     let server = serve(&config);
-    let soon = now_secs() * 1000 + 60_000;
-    assert_eq!(http_json(&server.http, "POST", "/api/v1/clinics", Some(&server.api_key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
-    assert_eq!(
-        http_json(&server.http, "POST", "/api/v1/appointments", Some(&server.api_key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
-        201
-    );
-    let dt = token_via_api(&server, json!({"sub": "dr-li", "name": "Dr Li", "role": "doctor", "clinics": ["k"]})).await;
-    let pt = token_via_api(&server, json!({"sub": "pat-a", "name": "A", "role": "patient", "appointment": "ap"})).await;
-    let mut doctor_ws = authed_socket(&server.http, dt).await;
-    let mut patient_ws = authed_socket(&server.http, pt).await;
-    send_msg(&mut patient_ws, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
-    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
-    send_msg(&mut doctor_ws, &ClientMessage::Invite { clinic: "k".into(), patient: None }).await;
-    let (ringing, _) = recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
-    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
-    send_msg(&mut patient_ws, &ClientMessage::AcceptInvitation { invitation }).await;
-    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
-    let doctor = enter_call(doctor_ws, &consultation, "doctor", 0).await;
-    let patient = enter_call(patient_ws, &consultation, "patient", 1).await;
-    doctor.wait_remote_tracks(2, WAIT).await.unwrap();
-    patient.wait_remote_tracks(2, WAIT).await.unwrap();
-    doctor.send(ClientMessage::StartRecording { consultation: consultation.clone() });
-    patient
-        .wait_message("consent request", WAIT, |m| matches!(m, ServerMessage::ConsentRequest { .. }))
-        .await
-        .unwrap();
-    patient.send(ClientMessage::Consent { consultation: consultation.clone(), granted: true });
+    let (doctor, patient, _consultation) = recorded_call(&server.http, &server.api_key, true).await;
     let media_doctor = doctor.start_media(Duration::from_millis(20));
     let media_patient = patient.start_media(Duration::from_millis(20));
     // Wait until a few segments are journaled, then crash without any chance to clean up.
@@ -452,7 +414,8 @@ async fn an_s3_outage_mid_call_loses_nothing() {
     config.archive.retry_max_ms = 500;
     let data_dir = config.storage.data_dir.clone();
     let server = huizhen::server::start(config).await.unwrap();
-    let (doctor, patient, consultation) = recorded_call(&server, true).await;
+    let (doctor, patient, consultation) =
+        recorded_call(&server.http_addr().to_string(), server.api_key(), true).await;
     let media_doctor = doctor.start_media(Duration::from_millis(20));
     let media_patient = patient.start_media(Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(2_500)).await;
