@@ -81,6 +81,34 @@ async fn recorded_call(addr: &str, api_key: &str, consents: bool) -> (RsPeer, Rs
     (doctor, patient, consultation)
 }
 
+/// The doctor stops the recording and sees it stopped.
+async fn stop_recording(doctor: &RsPeer, consultation: &str) {
+    doctor.send(ClientMessage::StopRecording { consultation: consultation.to_owned() });
+    doctor
+        .wait_message("stopped", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. }))
+        .await
+        .unwrap();
+}
+
+/// The manifest of the (only) recording in a local archive, once the spool has uploaded it.
+async fn wait_for_manifest(archive_dir: &Path) -> std::path::PathBuf {
+    let recordings = archive_dir.join("recordings");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = std::fs::read_dir(&recordings)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("manifest.json"))
+            .filter(|p| p.exists());
+        if let Some(p) = found {
+            return p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no manifest archived in {}", recordings.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn ffprobe_stream(file: &Path) -> serde_json::Value {
     let out = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
@@ -110,32 +138,12 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
     let media_doctor = doctor.start_media(Duration::from_millis(20));
     let media_patient = patient.start_media(Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    doctor.send(ClientMessage::StopRecording { consultation: consultation.clone() });
-    doctor
-        .wait_message("stopped", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. }))
-        .await
-        .unwrap();
+    stop_recording(&doctor, &consultation).await;
     media_doctor.stop().await;
     media_patient.stop().await;
 
     // The manifest reaches the archive once the spool has uploaded everything.
-    let recordings = archive_dir.join("recordings");
-    let manifest_path = {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let found = std::fs::read_dir(&recordings)
-                .ok()
-                .and_then(|mut d| d.next())
-                .and_then(|e| e.ok())
-                .map(|e| e.path().join("manifest.json"))
-                .filter(|p| p.exists());
-            if let Some(p) = found {
-                break p;
-            }
-            assert!(std::time::Instant::now() < deadline, "no manifest archived in {}", recordings.display());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let manifest_path = wait_for_manifest(&archive_dir).await;
     let manifest = huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
     let kek = huizhen::vault::LocalKek::from_file(&data_dir.join("recording-kek")).unwrap();
     let signer = huizhen::vault::load_signing_key(&data_dir.join("recording-signing-key.pem")).unwrap();
@@ -357,20 +365,7 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
 
     // Restart: the journal is signed as interrupted and archived with every spooled segment.
     let restarted = serve(&config);
-    let deadline = std::time::Instant::now() + WAIT;
-    let manifest_path = loop {
-        let found = std::fs::read_dir(archive_dir.join("recordings"))
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| e.ok())
-            .map(|e| e.path().join("manifest.json"))
-            .filter(|p| p.exists());
-        if let Some(p) = found {
-            break p;
-        }
-        assert!(std::time::Instant::now() < deadline, "recovered manifest never archived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let manifest_path = wait_for_manifest(&archive_dir).await;
     let manifest = huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
     assert!(manifest.interrupted.is_some(), "the manifest records the interruption");
     assert!(manifest.tracks.iter().map(|t| t.segments.len()).sum::<usize>() >= 6);
@@ -431,11 +426,7 @@ async fn an_s3_outage_mid_call_loses_nothing() {
     assert!(depth >= 2.0, "segments wait in the spool during the outage (depth {depth})");
     s3.restart();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    doctor.send(ClientMessage::StopRecording { consultation: consultation.clone() });
-    doctor
-        .wait_message("stopped", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. }))
-        .await
-        .unwrap();
+    stop_recording(&doctor, &consultation).await;
     media_doctor.stop().await;
     media_patient.stop().await;
     // Everything reaches the bucket, in order, and the recording verifies from S3 alone.
