@@ -515,6 +515,10 @@ fn decode_errors(file: &Path) -> String {
             "error",
             "-i",
             file.to_str().unwrap(),
+            // Keep the file's millisecond time base (ffmpeg's default, 1/<guessed frame rate>,
+            // makes close frames of variable-rate video collide in the null muxer).
+            "-enc_time_base",
+            "-1",
             "-f",
             "null",
             "-",

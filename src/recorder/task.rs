@@ -91,8 +91,11 @@ pub struct RecorderHandle {
 /// Tracks the recorder needs a keyframe for, for the media task to request (throttled there).
 pub type KeyframeWants = mpsc::Receiver<(ParticipantId, TrackId)>;
 
-/// How often the recorder repeats its keyframe wishes.
-const KEYFRAME_WISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the recorder repeats its keyframe wishes: the SFU's per-track throttle (500 ms).
+/// Browsers ignore a request that comes within ~300 ms of their last keyframe (libwebrtc's
+/// minimum keyframe interval), so the first request of a recording may go unanswered; the
+/// repeat bounds how late the recording's video can start.
+const KEYFRAME_WISH_INTERVAL: Duration = Duration::from_millis(500);
 
 impl RecorderHandle {
     /// Offer a packet without waiting; false if the recorder is behind (the packet is dropped).
