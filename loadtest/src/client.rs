@@ -1,0 +1,71 @@
+//! What the signaling adapters (huizhen, Janus) share: errors and the event loop's wake reasons.
+
+use std::net::SocketAddr;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::peer::PeerError;
+
+/// A signaling WebSocket.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a simulated participant stopped early.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The WebSocket could not be opened or broke.
+    #[error("signaling connection: {0}")]
+    Connect(String),
+    /// The server closed the signaling connection.
+    #[error("signaling connection closed by the server")]
+    Closed,
+    /// The server refused a request.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The server removed the participant.
+    #[error("removed by the server: {0}")]
+    Removed(String),
+    /// A message that could not be understood.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Waited too long for the named step.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// ICE/DTLS failed or the session closed.
+    #[error("media session failed")]
+    MediaFailed,
+    /// The WebRTC endpoint failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
+impl ClientError {
+    /// A short label for counting errors by kind in reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClientError::Connect(_) => "connect",
+            ClientError::Closed => "closed",
+            ClientError::Refused(_) => "refused",
+            ClientError::Removed(_) => "removed",
+            ClientError::Protocol(_) => "protocol",
+            ClientError::Timeout(_) => "timeout",
+            ClientError::MediaFailed => "media_failed",
+            ClientError::Peer(_) => "peer",
+        }
+    }
+}
+
+/// Why a participant's event loop woke up.
+#[derive(Debug)]
+pub enum Wake {
+    /// A datagram of `n` bytes from `source` on peer number `.0`.
+    Datagram(usize, usize, SocketAddr),
+    /// A signaling frame (or the end of the socket).
+    Signal(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    /// A timer.
+    Timer,
+    /// The run is over.
+    Stop,
+}

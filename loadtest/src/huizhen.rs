@@ -1,0 +1,138 @@
+//! A simulated participant speaking huizhen's signaling protocol v1 (`/ws`, see
+//! `signaling/PROTOCOL.md`): join a room, offer what it publishes, answer the server's
+//! renegotiations, leave.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use huizhen_signaling::protocol::{ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{ClientError, Wake, WsStream};
+use crate::media::MediaPlan;
+use crate::peer::{Peer, Shared};
+use crate::scenario::ParticipantSpec;
+
+/// How long the server may take to answer `join`.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs one participant until `stop` says so (or it fails).
+pub async fn participant(
+    url: String,
+    room: String,
+    spec: ParticipantSpec,
+    plan: MediaPlan,
+    ip: IpAddr,
+    shared: Rc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ClientError> {
+    let started = Instant::now();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    send(
+        &mut ws,
+        &ClientMessage::Join {
+            v: PROTOCOL_VERSION,
+            room,
+            display_name: format!("load-{}", spec.index),
+            token: None,
+        },
+    )
+    .await?;
+    tokio::time::timeout(JOIN_TIMEOUT, wait_joined(&mut ws))
+        .await
+        .map_err(|_| ClientError::Timeout("joined"))??;
+
+    let mut peer = Peer::bind(ip, spec.index, shared.clone()).await?;
+    let offer = peer.offer(spec.publishes.then_some(plan), &[]);
+    send(&mut ws, &ClientMessage::Offer { sdp: offer }).await?;
+
+    let mut buf = vec![0u8; 2048];
+    let mut join_recorded = false;
+    let result = loop {
+        let wake = peer.next_wake();
+        let event = tokio::select! {
+            r = peer.socket().recv_from(&mut buf) => match r {
+                Ok((n, source)) => Wake::Datagram(0, n, source),
+                Err(_) => Wake::Timer,
+            },
+            m = ws.next() => Wake::Signal(m),
+            _ = tokio::time::sleep_until(wake.into()) => Wake::Timer,
+            _ = stop.changed() => Wake::Stop,
+        };
+        match event {
+            Wake::Datagram(_, n, source) => peer.on_datagram(Instant::now(), source, &buf[..n]),
+            Wake::Signal(Some(Ok(Message::Text(text)))) => {
+                if let Err(e) = on_signal(&mut ws, &mut peer, &text).await {
+                    break Err(e);
+                }
+            }
+            Wake::Signal(Some(Ok(Message::Close(_))) | None) => break Err(ClientError::Closed),
+            Wake::Signal(Some(Err(e))) => break Err(ClientError::Connect(e.to_string())),
+            Wake::Signal(Some(Ok(_))) | Wake::Timer => {}
+            Wake::Stop => break Ok(()),
+        }
+        peer.tick(Instant::now());
+        if !join_recorded {
+            if let Some(at) = peer.first_media {
+                shared.rx.borrow_mut().on_joined(at.duration_since(started).as_millis() as u64);
+                join_recorded = true;
+            }
+        }
+        if peer.failed {
+            break Err(ClientError::MediaFailed);
+        }
+    };
+    if result.is_ok() {
+        let _ = send(&mut ws, &ClientMessage::Leave {}).await;
+        let _ = ws.close(None).await;
+    }
+    peer.close();
+    result
+}
+
+async fn wait_joined(ws: &mut WsStream) -> Result<(), ClientError> {
+    while let Some(message) = ws.next().await {
+        let message = message.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let Message::Text(text) = message else {
+            continue;
+        };
+        match serde_json::from_str::<ServerMessage>(&text) {
+            Ok(ServerMessage::Joined { .. }) => return Ok(()),
+            Ok(ServerMessage::Error { code, message }) => {
+                return Err(ClientError::Refused(format!("{code:?}: {message}")))
+            }
+            _ => {}
+        }
+    }
+    Err(ClientError::Closed)
+}
+
+async fn on_signal(ws: &mut WsStream, peer: &mut Peer, text: &str) -> Result<(), ClientError> {
+    let message: ServerMessage =
+        serde_json::from_str(text).map_err(|e| ClientError::Protocol(format!("{e}: {text:.120}")))?;
+    match message {
+        ServerMessage::Answer { sdp } => peer.accept_answer(&sdp)?,
+        ServerMessage::Offer { sdp } => {
+            let answer = peer.answer(&sdp)?;
+            send(ws, &ClientMessage::Answer { sdp: answer }).await?;
+        }
+        ServerMessage::Error { code, message } => {
+            return Err(ClientError::Refused(format!("{code:?}: {message}")))
+        }
+        ServerMessage::Bye { reason } => return Err(ClientError::Removed(reason)),
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn send(ws: &mut WsStream, message: &ClientMessage) -> Result<(), ClientError> {
+    let text = serde_json::to_string(message).expect("client messages serialize");
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| ClientError::Connect(e.to_string()))
+}

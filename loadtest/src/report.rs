@@ -1,0 +1,83 @@
+//! The final table for people.
+
+use std::fmt::Write;
+
+use crate::run::Report;
+
+/// The report as a two-column table.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let mut row = |name: &str, value: String| {
+        let _ = writeln!(out, "  {name:<38} {value}");
+    };
+    row("target", r.target.clone());
+    row(
+        "scenario",
+        format!(
+            "{:?}: {} units, {} participants ({} publish), {} subscribed tracks",
+            r.scenario.kind, r.units, r.participants, r.publishers, r.subscribed_tracks
+        ),
+    );
+    row(
+        "media per publisher",
+        format!(
+            "audio 50 pkt/s + video {:.2} Mbit/s at {} fps = {:.0} pkt/s",
+            r.video_bitrate as f64 / 1e6,
+            r.fps,
+            r.publisher_pps
+        ),
+    );
+    row("measured window", format!("{:.1} s", r.measured_secs));
+    row("forwarded packets/s (received)", format!("{:.0}", r.forwarded_pps));
+    if let Some(s) = &r.server {
+        row("server CPU", format!("{:.1} % of a core", s.cpu_percent));
+        row("server CPU per 1,000 forwarded packets", format!("{:.3} ms", s.cpu_ms_per_1000_packets));
+        row(
+            "server memory",
+            format!("{:.1} MiB ({:.1} KiB per subscribed track)", s.rss_mib, s.rss_kib_per_subscribed_track),
+        );
+    } else {
+        row("server CPU and memory", "n/a (give --server-pid)".into());
+    }
+    row(
+        "generator CPU",
+        format!(
+            "{:.1} % of a core ({:.3} ms per 1,000 received packets)",
+            r.generator.cpu_percent, r.generator.cpu_ms_per_1000_packets
+        ),
+    );
+    row(
+        "loss",
+        format!("{:.3} % ({} of {} packets), {} reordered", r.rx.loss * 100.0, r.rx.lost, r.rx.expected, r.rx.reordered),
+    );
+    row(
+        "delay p50 / p99 / max",
+        format!("{:.2} / {:.2} / {:.2} ms", r.rx.delay_p50_ms, r.rx.delay_p99_ms, r.rx.delay_max_ms),
+    );
+    row("jitter (mean, RFC 3550)", format!("{:.2} ms", r.rx.jitter_mean_ms));
+    row(
+        "join time p50 / p99",
+        format!("{} / {} ms ({} joined, {} failed)", r.rx.join_p50_ms, r.rx.join_p99_ms, r.rx.joins, r.rx.join_failures),
+    );
+    if !r.errors.is_empty() {
+        row("participants stopped early", format!("{:?}", r.errors));
+    }
+    if let Some(c) = &r.capacity {
+        match &c.last_good {
+            Some(s) => row(
+                "capacity (last good step)",
+                format!(
+                    "{} units, {} participants, {:.0} forwarded pkt/s, p99 {:.2} ms, loss {:.3} %",
+                    s.units,
+                    s.participants,
+                    s.forwarded_pps,
+                    s.delay_p99_ms,
+                    s.loss * 100.0
+                ),
+            ),
+            None => row("capacity (last good step)", "none: the first step was over the limits".into()),
+        }
+        row("capacity search stopped", c.stopped_because.clone());
+    }
+    out
+}

@@ -1,0 +1,499 @@
+//! Runs a scenario against a target: starts participants at the ramp rate, samples the server
+//! and the generator, shows progress, and measures a steady window (or, with
+//! `find_capacity`, one window per load step until loss or delay go over their limits).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::janus::{self, Feeds};
+use crate::media::MediaPlan;
+use crate::peer::{Shared, TxCounters};
+use crate::procstat::{self, ProcSample};
+use crate::scenario::{ParticipantSpec, Scenario};
+use crate::stats::{Counts, RxSummary};
+
+/// Which SFU and where.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// huizhen's `/ws` signaling.
+    Huizhen {
+        /// e.g. `ws://127.0.0.1:7880/ws`.
+        url: String,
+    },
+    /// Janus's VideoRoom over its WebSocket transport.
+    Janus {
+        /// e.g. `ws://127.0.0.2:8188/`.
+        url: String,
+    },
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Huizhen { .. } => "huizhen",
+            Target::Janus { .. } => "janus",
+        }
+    }
+}
+
+/// Limits of `--find-capacity`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CapacityLimits {
+    /// Units added per step.
+    pub step_units: u32,
+    /// Measured seconds per step.
+    pub step_secs: u64,
+    /// Highest number of units tried.
+    pub max_units: u32,
+    /// Loss above which a level fails (fraction).
+    pub max_loss: f64,
+    /// 99th-percentile delay above which a level fails (ms).
+    pub max_p99_ms: f64,
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The SFU.
+    pub target: Target,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Units (visits or rooms) to run, or to start with when finding capacity.
+    pub units: u32,
+    /// What each publisher sends.
+    pub plan: MediaPlan,
+    /// The whole run stops after this, whatever happens.
+    pub duration: Duration,
+    /// Participants started per second.
+    pub ramp_per_sec: u32,
+    /// Settling time after the last join before measuring.
+    pub warmup: Duration,
+    /// The server's process, for CPU and memory.
+    pub server_pid: Option<u32>,
+    /// Address the simulated clients bind to.
+    pub client_ip: IpAddr,
+    /// Room name prefix (a fresh one per run keeps runs apart).
+    pub room_prefix: String,
+    /// Find the capacity instead of running a fixed load.
+    pub capacity: Option<CapacityLimits>,
+    /// Draw the live progress line.
+    pub progress: bool,
+}
+
+/// CPU and memory figures of a process over the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcFigures {
+    /// Mean CPU use, percent of one core.
+    pub cpu_percent: f64,
+    /// CPU milliseconds per 1,000 forwarded packets.
+    pub cpu_ms_per_1000_packets: f64,
+    /// Resident memory at the end of the window, MiB.
+    pub rss_mib: f64,
+    /// Growth of resident memory since before the first join, per subscribed track, KiB.
+    pub rss_kib_per_subscribed_track: f64,
+}
+
+/// One load step of `--find-capacity`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// Units running.
+    pub units: u32,
+    /// Participants running.
+    pub participants: u32,
+    /// Packets received by subscribers per second.
+    pub forwarded_pps: f64,
+    /// Lost fraction in the window.
+    pub loss: f64,
+    /// Median delay, ms.
+    pub delay_p50_ms: f64,
+    /// 99th-percentile delay, ms.
+    pub delay_p99_ms: f64,
+    /// Server CPU, percent of one core (if its pid is known).
+    pub server_cpu_percent: Option<f64>,
+    /// Generator CPU, percent of one core.
+    pub generator_cpu_percent: f64,
+    /// Within the limits.
+    pub good: bool,
+}
+
+/// The capacity search's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// The limits used.
+    pub limits: CapacityLimits,
+    /// Every step measured.
+    pub steps: Vec<Step>,
+    /// The last step within the limits, if any.
+    pub last_good: Option<Step>,
+    /// Why the search stopped.
+    pub stopped_because: String,
+}
+
+/// The run's report (also written as JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `huizhen` or `janus`.
+    pub target: String,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Units at the end.
+    pub units: u32,
+    /// Participants at the end.
+    pub participants: u32,
+    /// Of which publish.
+    pub publishers: u32,
+    /// Tracks subscribed (audio and video count separately).
+    pub subscribed_tracks: u32,
+    /// Media plan of each publisher.
+    pub video_bitrate: u64,
+    /// Video frames per second.
+    pub fps: u32,
+    /// Packets per second one publisher sends.
+    pub publisher_pps: f64,
+    /// Seconds in the measured window.
+    pub measured_secs: f64,
+    /// Packets the subscribers received per second in the window (= forwarded by the SFU).
+    pub forwarded_pps: f64,
+    /// The receivers' figures (loss and delay over the window; joins over the run).
+    pub rx: RxSummary,
+    /// The senders' counters (whole run).
+    pub tx: TxCounters,
+    /// The server's CPU and memory, when its pid was given.
+    pub server: Option<ProcFigures>,
+    /// The generator's own CPU and memory.
+    pub generator: ProcFigures,
+    /// Participants that stopped early, by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// The capacity search, in `--find-capacity` mode.
+    pub capacity: Option<Capacity>,
+}
+
+/// A snapshot at the start or end of a window.
+struct Mark {
+    at: Instant,
+    counts: Counts,
+    server: Option<ProcSample>,
+    generator: ProcSample,
+}
+
+struct Runner {
+    config: RunConfig,
+    shared: Rc<Shared>,
+    feeds: Rc<Feeds>,
+    errors: Rc<RefCell<BTreeMap<String, u64>>>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    units: u32,
+    next_index: u32,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+    progress: ProgressBar,
+    baseline_server_rss: Option<u64>,
+    baseline_generator_rss: u64,
+}
+
+/// Runs `config` to its end on the current thread (call inside a `LocalSet`).
+pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let progress = if config.progress {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let baseline_server_rss = match config.server_pid {
+        Some(pid) => Some(procstat::sample(pid)?.rss_bytes),
+        None => None,
+    };
+    let mut runner = Runner {
+        shared: Shared::new(),
+        feeds: Feeds::new(),
+        errors: Rc::default(),
+        stop_tx,
+        stop_rx,
+        units: 0,
+        next_index: 0,
+        tasks: Vec::new(),
+        started: Instant::now(),
+        progress,
+        baseline_server_rss,
+        baseline_generator_rss: procstat::sample(std::process::id())?.rss_bytes,
+        config,
+    };
+    let report = match runner.config.capacity {
+        None => runner.fixed().await?,
+        Some(limits) => runner.find_capacity(limits).await?,
+    };
+    runner.finish().await;
+    Ok(report)
+}
+
+impl Runner {
+    fn deadline(&self) -> Instant {
+        self.started + self.config.duration
+    }
+
+    fn mark(&self) -> anyhow::Result<Mark> {
+        Ok(Mark {
+            at: Instant::now(),
+            counts: self.shared.rx.borrow().counts(),
+            server: match self.config.server_pid {
+                Some(pid) => Some(procstat::sample(pid)?),
+                None => None,
+            },
+            generator: procstat::sample(std::process::id())?,
+        })
+    }
+
+    async fn fixed(&mut self) -> anyhow::Result<Report> {
+        let units = self.config.units;
+        self.add_units(units).await;
+        self.settle().await;
+        let from = self.mark()?;
+        self.shared.rx.borrow_mut().reset_window();
+        self.watch_until(self.deadline()).await;
+        let to = self.mark()?;
+        Ok(self.report(&from, &to, None))
+    }
+
+    async fn find_capacity(&mut self, limits: CapacityLimits) -> anyhow::Result<Report> {
+        let mut steps: Vec<Step> = Vec::new();
+        let mut first = self.config.units.max(1);
+        let mut last = None;
+        let stopped_because = loop {
+            self.add_units(first).await;
+            first = limits.step_units;
+            self.settle().await;
+            let from = self.mark()?;
+            self.shared.rx.borrow_mut().reset_window();
+            let end = Instant::now() + Duration::from_secs(limits.step_secs);
+            if end > self.deadline() {
+                break "the run's duration ended".to_string();
+            }
+            self.watch_until(end).await;
+            let to = self.mark()?;
+            let report = self.report(&from, &to, None);
+            let step = Step {
+                units: self.units,
+                participants: report.participants,
+                forwarded_pps: report.forwarded_pps,
+                loss: report.rx.loss,
+                delay_p50_ms: report.rx.delay_p50_ms,
+                delay_p99_ms: report.rx.delay_p99_ms,
+                server_cpu_percent: report.server.as_ref().map(|s| s.cpu_percent),
+                generator_cpu_percent: report.generator.cpu_percent,
+                good: report.rx.loss <= limits.max_loss && report.rx.delay_p99_ms <= limits.max_p99_ms,
+            };
+            self.progress.println(format!(
+                "step: {} units, {} participants, {:.0} pkt/s, loss {:.3} %, p99 {:.2} ms, server {} — {}",
+                step.units,
+                step.participants,
+                step.forwarded_pps,
+                step.loss * 100.0,
+                step.delay_p99_ms,
+                step.server_cpu_percent.map_or("n/a".into(), |c| format!("{c:.0} %")),
+                if step.good { "good" } else { "over the limits" },
+            ));
+            let good = step.good;
+            steps.push(step);
+            last = Some(report);
+            if !good {
+                break format!(
+                    "loss above {:.1} % or p99 delay above {} ms",
+                    limits.max_loss * 100.0,
+                    limits.max_p99_ms
+                );
+            }
+            if self.units + limits.step_units > limits.max_units {
+                break format!("reached --max-units {}", limits.max_units);
+            }
+        };
+        let last_good = steps.iter().rev().find(|s| s.good).cloned();
+        let mut report = match last {
+            Some(r) => r,
+            None => {
+                let now = self.mark()?;
+                self.report(&now, &now, None)
+            }
+        };
+        report.capacity = Some(Capacity {
+            limits,
+            steps,
+            last_good,
+            stopped_because,
+        });
+        Ok(report)
+    }
+
+    /// Starts `n` more units at the ramp rate.
+    async fn add_units(&mut self, n: u32) {
+        let gap = Duration::from_secs_f64(1.0 / f64::from(self.config.ramp_per_sec.max(1)));
+        for _ in 0..n {
+            let unit = self.units;
+            let specs = self.config.scenario.participants(unit, self.next_index);
+            self.next_index += specs.len() as u32;
+            self.units += 1;
+            // Publishers first: Janus subscribers wait for them anyway.
+            for spec in specs {
+                if Instant::now() >= self.deadline() {
+                    return;
+                }
+                self.spawn(spec);
+                self.show_progress();
+                tokio::time::sleep(gap).await;
+            }
+        }
+    }
+
+    fn spawn(&mut self, spec: ParticipantSpec) {
+        let plan = self.config.plan.clone();
+        let shared = self.shared.clone();
+        let stop = self.stop_rx.clone();
+        let errors = self.errors.clone();
+        let ip = self.config.client_ip;
+        let room = format!("{}-{}", self.config.room_prefix, spec.unit);
+        let target = self.config.target.clone();
+        let feeds = self.feeds.clone();
+        let handle = tokio::task::spawn_local(async move {
+            let result = match target {
+                Target::Huizhen { url } => {
+                    crate::huizhen::participant(url, room, spec, plan, ip, shared.clone(), stop).await
+                }
+                Target::Janus { url } => {
+                    janus::participant(url, spec, plan, ip, shared.clone(), feeds, stop).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "participant stopped");
+                shared.rx.borrow_mut().on_join_failed();
+                *errors.borrow_mut().entry(e.label().to_string()).or_default() += 1;
+            }
+        });
+        self.tasks.push(handle);
+    }
+
+    /// Waits for the warm-up after the last join (bounded by the deadline).
+    async fn settle(&self) {
+        let end = (Instant::now() + self.config.warmup).min(self.deadline());
+        self.watch_until(end).await;
+    }
+
+    /// Sleeps until `end`, redrawing the progress line.
+    async fn watch_until(&self, end: Instant) {
+        let end = end.min(self.deadline());
+        let mut last = self.mark().ok();
+        while Instant::now() < end {
+            let next = (Instant::now() + Duration::from_millis(500)).min(end);
+            tokio::time::sleep_until(next.into()).await;
+            let now = self.mark().ok();
+            if let (Some(a), Some(b)) = (&last, &now) {
+                self.show_rates(a, b);
+            }
+            last = now;
+        }
+    }
+
+    fn show_progress(&self) {
+        self.progress.set_message(format!(
+            "{:.1}/{} s | {} participants starting ({} units)",
+            self.started.elapsed().as_secs_f64(),
+            self.config.duration.as_secs(),
+            self.next_index,
+            self.units
+        ));
+        self.progress.tick();
+    }
+
+    fn show_rates(&self, a: &Mark, b: &Mark) {
+        let dt = b.at.duration_since(a.at).as_secs_f64().max(1e-6);
+        let pps = (b.counts.received - a.counts.received) as f64 / dt;
+        let cpu = |x: Option<ProcSample>, y: Option<ProcSample>| match (x, y) {
+            (Some(x), Some(y)) => format!("{:.0} %", (y.cpu - x.cpu).as_secs_f64() / dt * 100.0),
+            _ => "n/a".into(),
+        };
+        let rx = self.shared.rx.borrow();
+        self.progress.set_message(format!(
+            "{:.1}/{} s | {} participants, {} joined, {} failed | {:.0} pkt/s forwarded | loss {:.2} % | p99 {:.1} ms | server CPU {} | generator CPU {}",
+            self.started.elapsed().as_secs_f64(),
+            self.config.duration.as_secs(),
+            self.next_index,
+            rx.summary(&Counts::default()).joins,
+            self.errors.borrow().values().sum::<u64>(),
+            pps,
+            b.counts.loss_since(&a.counts) * 100.0,
+            rx.window_delay_us(0.99) as f64 / 1000.0,
+            cpu(a.server, b.server),
+            cpu(Some(a.generator), Some(b.generator)),
+        ));
+        self.progress.tick();
+    }
+
+    fn report(&self, from: &Mark, to: &Mark, capacity: Option<Capacity>) -> Report {
+        let dt = to.at.duration_since(from.at).as_secs_f64();
+        let received = to.counts.received.saturating_sub(from.counts.received);
+        let forwarded_pps = if dt > 0.0 { received as f64 / dt } else { 0.0 };
+        let rx = self.shared.rx.borrow().summary(&from.counts);
+        let specs: Vec<ParticipantSpec> = (0..self.units)
+            .flat_map(|u| self.config.scenario.participants(u, 0))
+            .collect();
+        let subscribed_tracks = self.config.scenario.subscribed_tracks_per_unit() * self.units;
+        let figures = |a: ProcSample, b: ProcSample, baseline: u64| {
+            let cpu = (b.cpu.saturating_sub(a.cpu)).as_secs_f64();
+            ProcFigures {
+                cpu_percent: if dt > 0.0 { cpu / dt * 100.0 } else { 0.0 },
+                cpu_ms_per_1000_packets: if received > 0 {
+                    cpu * 1000.0 / received as f64 * 1000.0
+                } else {
+                    0.0
+                },
+                rss_mib: b.rss_bytes as f64 / (1024.0 * 1024.0),
+                rss_kib_per_subscribed_track: if subscribed_tracks > 0 {
+                    b.rss_bytes.saturating_sub(baseline) as f64 / 1024.0 / f64::from(subscribed_tracks)
+                } else {
+                    0.0
+                },
+            }
+        };
+        Report {
+            target: self.config.target.name().into(),
+            scenario: self.config.scenario,
+            units: self.units,
+            participants: specs.len() as u32,
+            publishers: specs.iter().filter(|s| s.publishes).count() as u32,
+            subscribed_tracks,
+            video_bitrate: self.config.plan.video_bitrate,
+            fps: self.config.plan.fps,
+            publisher_pps: self.config.plan.packets_per_second(),
+            measured_secs: dt,
+            forwarded_pps,
+            rx,
+            tx: self.shared.tx.borrow().clone(),
+            server: match (from.server, to.server, self.baseline_server_rss) {
+                (Some(a), Some(b), Some(base)) => Some(figures(a, b, base)),
+                _ => None,
+            },
+            generator: figures(from.generator, to.generator, self.baseline_generator_rss),
+            errors: self.errors.borrow().clone(),
+            capacity,
+        }
+    }
+
+    /// Tells every participant to leave and waits (briefly) for them.
+    async fn finish(&mut self) {
+        let _ = self.stop_tx.send(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+            tracing::warn!("some participants did not leave within 5 s");
+        }
+        self.progress.finish_and_clear();
+    }
+}

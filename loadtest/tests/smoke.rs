@@ -1,0 +1,105 @@
+//! Smoke test of the load generator against a real huizhen (in this process, on 127.0.0.1):
+//! each scenario with a handful of participants for a few seconds. It asserts that nobody
+//! crashed or was refused, that every receiver got media and that the JSON report is complete;
+//! no timing thresholds (those belong to `loadtest/bench.sh`).
+
+use std::process::Command;
+
+use huizhen::config::Config;
+use serde_json::Value;
+
+/// Runs the generator binary with `args` against `server`; returns its JSON report.
+fn run_generator(server: &huizhen::server::ServerHandle, args: &[&str]) -> Value {
+    let dir = std::env::temp_dir().join(format!("huizhen-loadtest-smoke-{}-{}", std::process::id(), args.join("-")));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("report.json");
+    let url = format!("ws://{}/ws", server.http_addr());
+    let pid = std::process::id().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_huizhen-loadtest"))
+        .args(["--url", &url, "--server-pid", &pid, "--quiet", "--require-media", "--warmup", "1"])
+        .args(["--json", json.to_str().expect("utf-8 path")])
+        .args(args)
+        .output()
+        .expect("the generator runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}");
+    assert!(output.status.success(), "generator {args:?} failed: {:?}\n{stdout}\n{stderr}", output.status);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report written")).expect("JSON report parses");
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+fn check(report: &Value, participants: u64, receivers: u64, subscribed_tracks: u64) {
+    assert_eq!(report["target"], "huizhen");
+    assert_eq!(report["participants"], participants, "{report:#}");
+    assert_eq!(report["subscribed_tracks"], subscribed_tracks, "{report:#}");
+    assert_eq!(report["errors"], serde_json::json!({}), "nobody stopped early: {report:#}");
+    let rx = &report["rx"];
+    assert_eq!(rx["joins"], receivers, "every receiver got media: {report:#}");
+    assert_eq!(rx["join_failures"], 0);
+    assert!(rx["received"].as_u64().unwrap() > 0, "{report:#}");
+    assert_eq!(rx["foreign"], 0, "every payload arrived intact and was ours");
+    // Both kinds from every publisher at every receiver.
+    assert_eq!(rx["streams"], subscribed_tracks, "{report:#}");
+    assert!(report["forwarded_pps"].as_f64().unwrap() > 0.0);
+    assert!(report["server"]["cpu_ms_per_1000_packets"].as_f64().unwrap() > 0.0, "server CPU sampled");
+    assert!(report["generator"]["rss_mib"].as_f64().unwrap() > 0.0, "generator sampled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_against_huizhen_with_media_received() {
+    let server = huizhen::server::start(Config::loopback_for_tests()).await.expect("server starts");
+    let server = std::sync::Arc::new(server);
+
+    let s = server.clone();
+    let followup = tokio::task::spawn_blocking(move || {
+        run_generator(&s, &["--scenario", "followup", "--units", "2", "--duration", "5"])
+    })
+    .await
+    .unwrap();
+    check(&followup, 4, 4, 8);
+
+    let s = server.clone();
+    let panel = tokio::task::spawn_blocking(move || {
+        run_generator(&s, &["--scenario", "panel", "--units", "1", "--room-size", "4", "--duration", "5"])
+    })
+    .await
+    .unwrap();
+    check(&panel, 4, 4, 24);
+
+    let s = server.clone();
+    let teaching = tokio::task::spawn_blocking(move || {
+        run_generator(&s, &["--scenario", "teaching", "--units", "1", "--observers", "4", "--duration", "5"])
+    })
+    .await
+    .unwrap();
+    check(&teaching, 5, 4, 8);
+
+    // A short capacity search: it measures steps and names a last good one or a reason.
+    let s = server.clone();
+    let capacity = tokio::task::spawn_blocking(move || {
+        run_generator(
+            &s,
+            &["--scenario", "followup", "--units", "1", "--find-capacity", "--step-units", "1", "--step-secs", "2", "--max-units", "2", "--duration", "15"],
+        )
+    })
+    .await
+    .unwrap();
+    let steps = capacity["capacity"]["steps"].as_array().expect("capacity steps");
+    assert!(!steps.is_empty(), "{capacity:#}");
+    assert!(capacity["capacity"]["stopped_because"].as_str().is_some());
+
+    // The server saw the load as well: its forwarding counter moved.
+    let metrics = server.render_metrics();
+    let forwarded: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("huizhen_sfu_rtp_packets_sent_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(forwarded > 1000.0, "server forwarded {forwarded} packets");
+    match std::sync::Arc::try_unwrap(server) {
+        Ok(server) => server.shutdown().await,
+        Err(_) => panic!("server handle still shared"),
+    }
+}
