@@ -76,7 +76,7 @@ pub async fn participant(
     let (ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| ClientError::Connect(e.to_string()))?;
-    let mut janus = Janus { ws, session: 0, next: 0 };
+    let mut janus = Janus { ws, session: 0, next: 0, up: Default::default() };
     let created = janus.request(json!({"janus": "create"})).await?;
     janus.session = id_of(&created)?;
     let room = ROOM_BASE + u64::from(spec.unit);
@@ -113,6 +113,8 @@ pub async fn participant(
     let mut subscriber: Option<Peer> = None;
     let mut subscriber_handle = None;
     let mut registered = false;
+    let mut subscribe_after = Instant::now();
+    let mut feed_retries = 0;
     let mut buf = vec![0u8; 2048];
     let mut buf2 = vec![0u8; 2048];
     let mut join_recorded = false;
@@ -120,12 +122,21 @@ pub async fn participant(
     let result = loop {
         let now = Instant::now();
         // Subscribe once every publisher we want is connected.
-        if subscriber_handle.is_none() && !spec.receives.is_empty() {
+        if subscriber.is_none() && !spec.receives.is_empty() && now >= subscribe_after {
             if let Some(feed_ids) = feeds.all(&spec.receives) {
-                match janus.subscribe(room, &feed_ids, ip, spec.index, &shared).await {
-                    Ok((handle, peer)) => {
-                        subscriber_handle = Some(handle);
-                        subscriber = Some(peer);
+                let handle = match subscriber_handle {
+                    Some(h) => h,
+                    None => match janus.attach().await {
+                        Ok(h) => *subscriber_handle.insert(h),
+                        Err(e) => break Err(e),
+                    },
+                };
+                match janus.subscribe(handle, room, &feed_ids, ip, spec.index, &shared).await {
+                    Ok(peer) => subscriber = Some(peer),
+                    // Janus may not have set the publisher up yet though its media flows.
+                    Err(ClientError::Refused(e)) if e.contains("No such feed") && feed_retries < 40 => {
+                        feed_retries += 1;
+                        subscribe_after = now + Duration::from_millis(250);
                     }
                     Err(e) => break Err(e),
                 }
@@ -137,7 +148,7 @@ pub async fn participant(
         for p in [&publisher, &subscriber].into_iter().flatten() {
             wake = wake.min(p.next_wake());
         }
-        if subscriber_handle.is_none() && !spec.receives.is_empty() {
+        if subscriber.is_none() && !spec.receives.is_empty() {
             wake = wake.min(now + Duration::from_millis(100));
         }
         let event = tokio::select! {
@@ -163,6 +174,7 @@ pub async fn participant(
                     Ok(v) => v,
                     Err(e) => break Err(ClientError::Protocol(e.to_string())),
                 };
+                janus.note(&event);
                 if event["janus"] == "hangup" || event["janus"] == "timeout" {
                     break Err(ClientError::Removed(event["reason"].as_str().unwrap_or("hangup").into()));
                 }
@@ -184,7 +196,7 @@ pub async fn participant(
             p.tick(now);
         }
         if let (Some(p), Some(feed), false) = (&publisher, feed, registered) {
-            if p.connected {
+            if p.connected && janus.up.contains(&control) {
                 feeds.publish(spec.index, feed);
                 registered = true;
             }
@@ -227,6 +239,8 @@ struct Janus {
     ws: WsStream,
     session: u64,
     next: u64,
+    /// Handles whose peer connection Janus reported up (`webrtcup`), whenever it said so.
+    up: std::collections::HashSet<u64>,
 }
 
 impl Janus {
@@ -237,6 +251,15 @@ impl Janus {
             body["session_id"] = json!(self.session);
         }
         body
+    }
+
+    /// Remembers asynchronous events that matter later (`webrtcup`).
+    fn note(&mut self, event: &Value) {
+        if event["janus"] == "webrtcup" {
+            if let Some(sender) = event["sender"].as_u64() {
+                self.up.insert(sender);
+            }
+        }
     }
 
     async fn send(&mut self, message: Value) -> Result<(), ClientError> {
@@ -259,6 +282,7 @@ impl Janus {
                 };
                 let reply: Value =
                     serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                self.note(&reply);
                 if reply["transaction"] != transaction || reply["janus"] == "ack" {
                     continue;
                 }
@@ -311,16 +335,16 @@ impl Janus {
         }
     }
 
-    /// A subscriber handle receiving `feeds`: Janus offers, we answer with `start`.
+    /// Subscribes `handle` to `feeds`: Janus offers, we answer with `start`.
     async fn subscribe(
         &mut self,
+        handle: u64,
         room: u64,
         feeds: &[u64],
         ip: IpAddr,
         index: u32,
         shared: &Rc<Shared>,
-    ) -> Result<(u64, Peer), ClientError> {
-        let handle = self.attach().await?;
+    ) -> Result<Peer, ClientError> {
         let streams: Vec<Value> = feeds.iter().map(|f| json!({"feed": f})).collect();
         let attached = self
             .message(handle, json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}), None)
@@ -336,6 +360,6 @@ impl Janus {
             Some(json!({"type": "answer", "sdp": answer, "trickle": false})),
         )
         .await?;
-        Ok((handle, peer))
+        Ok(peer)
     }
 }

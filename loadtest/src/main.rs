@@ -11,6 +11,7 @@ mod procstat;
 mod report;
 mod run;
 mod scenario;
+mod scrape;
 mod stats;
 
 use std::net::IpAddr;
@@ -79,6 +80,10 @@ struct Args {
     /// The server's pid, to sample its CPU time and memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// huizhen's /metrics URL (e.g. http://127.0.0.1:7880/metrics): report the server's own
+    /// receive-to-send time per packet from its forward-latency histogram.
+    #[arg(long)]
+    metrics_url: Option<String>,
     /// Address the simulated clients bind to (loopback; 127.0.0.2 for Janus in its namespace).
     #[arg(long, default_value = "127.0.0.1")]
     client_ip: IpAddr,
@@ -203,6 +208,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         ramp_per_sec: args.ramp,
         warmup: Duration::from_secs_f64(args.warmup),
         server_pid: args.server_pid,
+        metrics_url: args.metrics_url.clone(),
         client_ip: args.client_ip,
         room_prefix: format!("load-{run_id}"),
         capacity: args.find_capacity.then_some(CapacityLimits {

@@ -39,6 +39,12 @@ pub fn table(r: &Report) -> String {
     } else {
         row("server CPU and memory", "n/a (give --server-pid)".into());
     }
+    if let Some(l) = &r.server_latency {
+        row(
+            "time inside the server p50 / p99",
+            format!("{:.3} / {:.3} ms (server histogram, {} packets)", l.p50_ms, l.p99_ms, l.packets),
+        );
+    }
     row(
         "generator CPU",
         format!(

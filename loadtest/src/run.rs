@@ -17,6 +17,7 @@ use crate::media::MediaPlan;
 use crate::peer::{Shared, TxCounters};
 use crate::procstat::{self, ProcSample};
 use crate::scenario::{ParticipantSpec, Scenario};
+use crate::scrape::{self, Buckets};
 use crate::stats::{Counts, RxSummary};
 
 /// Which SFU and where.
@@ -77,6 +78,8 @@ pub struct RunConfig {
     pub warmup: Duration,
     /// The server's process, for CPU and memory.
     pub server_pid: Option<u32>,
+    /// huizhen's `/metrics`, for the server's own forward-latency histogram.
+    pub metrics_url: Option<String>,
     /// Address the simulated clients bind to.
     pub client_ip: IpAddr,
     /// Room name prefix (a fresh one per run keeps runs apart).
@@ -98,6 +101,17 @@ pub struct ProcFigures {
     pub rss_mib: f64,
     /// Growth of resident memory since before the first join, per subscribed track, KiB.
     pub rss_kib_per_subscribed_track: f64,
+}
+
+/// The server's own receive-to-send time per packet over the window (huizhen's histogram).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerLatency {
+    /// Packets observed.
+    pub packets: u64,
+    /// Median, ms (interpolated within the histogram's buckets).
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
 }
 
 /// One load step of `--find-capacity`.
@@ -169,6 +183,8 @@ pub struct Report {
     pub server: Option<ProcFigures>,
     /// The generator's own CPU and memory.
     pub generator: ProcFigures,
+    /// Time a packet spends inside the server, from its own histogram (`--metrics-url`).
+    pub server_latency: Option<ServerLatency>,
     /// Participants that stopped early, by reason.
     pub errors: BTreeMap<String, u64>,
     /// The capacity search, in `--find-capacity` mode.
@@ -181,6 +197,7 @@ struct Mark {
     counts: Counts,
     server: Option<ProcSample>,
     generator: ProcSample,
+    latency: Option<Buckets>,
 }
 
 struct Runner {
@@ -241,8 +258,21 @@ impl Runner {
         self.started + self.config.duration
     }
 
+    /// A mark for a window's edge: also scrapes the server's latency histogram.
+    async fn window_mark(&self) -> anyhow::Result<Mark> {
+        let latency = match &self.config.metrics_url {
+            Some(url) => Some(Buckets::parse(&scrape::fetch(url).await?, scrape::FORWARD_LATENCY)),
+            None => None,
+        };
+        Ok(Mark {
+            latency,
+            ..self.mark()?
+        })
+    }
+
     fn mark(&self) -> anyhow::Result<Mark> {
         Ok(Mark {
+            latency: None,
             at: Instant::now(),
             counts: self.shared.rx.borrow().counts(),
             server: match self.config.server_pid {
@@ -257,10 +287,10 @@ impl Runner {
         let units = self.config.units;
         self.add_units(units).await;
         self.settle().await;
-        let from = self.mark()?;
+        let from = self.window_mark().await?;
         self.shared.rx.borrow_mut().reset_window();
         self.watch_until(self.deadline()).await;
-        let to = self.mark()?;
+        let to = self.window_mark().await?;
         Ok(self.report(&from, &to, None))
     }
 
@@ -272,14 +302,14 @@ impl Runner {
             self.add_units(first).await;
             first = limits.step_units;
             self.settle().await;
-            let from = self.mark()?;
+            let from = self.window_mark().await?;
             self.shared.rx.borrow_mut().reset_window();
             let end = Instant::now() + Duration::from_secs(limits.step_secs);
             if end > self.deadline() {
                 break "the run's duration ended".to_string();
             }
             self.watch_until(end).await;
-            let to = self.mark()?;
+            let to = self.window_mark().await?;
             let report = self.report(&from, &to, None);
             let step = Step {
                 units: self.units,
@@ -481,6 +511,18 @@ impl Runner {
                 _ => None,
             },
             generator: figures(from.generator, to.generator, self.baseline_generator_rss),
+            server_latency: match (&from.latency, &to.latency) {
+                (Some(a), Some(b)) => {
+                    let window = b.since(a);
+                    let ms = |q: f64| window.quantile(q).map_or(0.0, |s| s * 1000.0);
+                    Some(ServerLatency {
+                        packets: window.count(),
+                        p50_ms: ms(0.5),
+                        p99_ms: ms(0.99),
+                    })
+                }
+                _ => None,
+            },
             errors: self.errors.borrow().clone(),
             capacity,
         }

@@ -15,9 +15,10 @@ fn run_generator(server: &huizhen::server::ServerHandle, args: &[&str]) -> Value
     let json = dir.join("report.json");
     let url = format!("ws://{}/ws", server.http_addr());
     let pid = std::process::id().to_string();
+    let metrics = format!("http://{}/metrics", server.http_addr());
     let output = Command::new(env!("CARGO_BIN_EXE_huizhen-loadtest"))
         .args(["--url", &url, "--server-pid", &pid, "--quiet", "--require-media", "--warmup", "1"])
-        .args(["--json", json.to_str().expect("utf-8 path")])
+        .args(["--json", json.to_str().expect("utf-8 path"), "--metrics-url", &metrics])
         .args(args)
         .output()
         .expect("the generator runs");
@@ -45,6 +46,7 @@ fn check(report: &Value, participants: u64, receivers: u64, subscribed_tracks: u
     assert!(report["forwarded_pps"].as_f64().unwrap() > 0.0);
     assert!(report["server"]["cpu_ms_per_1000_packets"].as_f64().unwrap() > 0.0, "server CPU sampled");
     assert!(report["generator"]["rss_mib"].as_f64().unwrap() > 0.0, "generator sampled");
+    assert!(report["server_latency"]["packets"].as_u64().unwrap() > 0, "server histogram scraped: {report:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
