@@ -204,6 +204,8 @@ pub struct MediaConfig {
     pub max_participants: usize,
     /// Minimum interval between keyframe requests to one published track, in milliseconds.
     pub keyframe_throttle_ms: u64,
+    /// How long sent video packets are kept to answer retransmission requests (NACK), in ms.
+    pub retransmit_history_ms: u64,
     /// A connected participant that sends nothing (not even ICE checks) for this long is removed.
     pub peer_timeout_ms: u64,
     /// A participant that has not connected ICE/DTLS this long after joining is removed.
@@ -253,6 +255,7 @@ impl Default for MediaConfig {
             max_participants_per_room: 50,
             max_participants: 2_000,
             keyframe_throttle_ms: 500,
+            retransmit_history_ms: 1500,
             peer_timeout_ms: 4_000,
             connect_timeout_ms: 20_000,
             tcp_queue_frames: 1_024,
@@ -359,6 +362,9 @@ impl Config {
         if !(50..=10_000).contains(&m.keyframe_throttle_ms) {
             return invalid("media.keyframe_throttle_ms", "must be within 50..=10000");
         }
+        if !(200..=10_000).contains(&m.retransmit_history_ms) {
+            return invalid("media.retransmit_history_ms", "must be within 200..=10000");
+        }
         if !(1_000..=60_000).contains(&m.peer_timeout_ms) {
             return invalid("media.peer_timeout_ms", "must be within 1000..=60000");
         }
@@ -437,6 +443,10 @@ impl MediaConfig {
     pub fn keyframe_throttle(&self) -> Duration {
         Duration::from_millis(self.keyframe_throttle_ms)
     }
+    /// Retransmission history as a duration.
+    pub fn retransmit_history(&self) -> Duration {
+        Duration::from_millis(self.retransmit_history_ms)
+    }
     /// Peer inactivity timeout as a duration.
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
@@ -474,6 +484,8 @@ mod tests {
     fn bad_value_names_the_field() {
         let err = Config::from_toml("[media]\nkeyframe_throttle_ms = 1\n").unwrap_err();
         assert!(err.to_string().contains("media.keyframe_throttle_ms"), "{err}");
+        let err = Config::from_toml("[media]\nretransmit_history_ms = 50\n").unwrap_err();
+        assert!(err.to_string().contains("media.retransmit_history_ms"), "{err}");
         let err = Config::from_toml("[media]\nannounce = [\"0.0.0.0\"]\n").unwrap_err();
         assert!(err.to_string().contains("media.announce"), "{err}");
         let err = Config::from_toml("[http]\ntls_cert = \"/x.pem\"\n").unwrap_err();

@@ -490,6 +490,7 @@ fn sfu_config(config: &Config, udp: SocketAddr, tcp: Option<SocketAddr>) -> SfuC
         max_participants_per_room: m.max_participants_per_room,
         max_participants: m.max_participants,
         keyframe_throttle: m.keyframe_throttle(),
+        retransmit_history: m.retransmit_history(),
         peer_timeout: m.peer_timeout(),
         connect_timeout: m.connect_timeout(),
     }

@@ -52,6 +52,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
 }
 
+/// Read buffer of a signaling WebSocket (it grows for a larger frame, up to the frame limit).
+const SIGNALING_BUFFER_BYTES: usize = 8 * 1024;
+
 async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -63,6 +66,10 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         // Frames above the protocol limit still reach the parser, which answers with an error
         // frame; only absurd sizes are cut off by the WebSocket layer.
         .max_message_size(MAX_FRAME_BYTES * 4)
+        // Signaling frames are small (SDP is the largest, a few KiB): tungstenite's default
+        // 128 KiB read and write buffers per socket would be most of a participant's memory.
+        .read_buffer_size(SIGNALING_BUFFER_BYTES)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             ws::serve(socket, state.session.clone()).await;
             drop(permit);

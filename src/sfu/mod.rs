@@ -64,6 +64,12 @@ impl fmt::Display for TrackId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RoomKey(u64);
 
+/// Most packets kept for retransmission per outgoing stream (with the time limit of
+/// [`SfuConfig::retransmit_history`]): 1.5 s of 4 Mbit/s video.
+const RETRANSMIT_HISTORY_PACKETS: usize = 1024;
+/// str0m's default: queued retransmissions are dropped beyond 15 % of the stream's bytes.
+const RTX_RATIO_CAP: f32 = 0.15;
+
 /// Core settings, resolved from the config and the bound sockets.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
@@ -77,6 +83,8 @@ pub struct SfuConfig {
     pub max_participants: usize,
     /// Minimum interval between keyframe requests to one track.
     pub keyframe_throttle: Duration,
+    /// How long sent video packets are kept for retransmission (NACK).
+    pub retransmit_history: Duration,
     /// Remove a connected participant silent this long.
     pub peer_timeout: Duration,
     /// Remove a participant not connected this long after joining.
@@ -1085,6 +1093,12 @@ impl Sfu {
                 self.metrics.drop_packet(DropReason::NotWritable);
                 continue;
             };
+            if !t.history_sized {
+                // str0m keeps 3 s (up to 1024 packets) by default: most of a subscriber's
+                // memory at video rates. Keep what NACKs can still use.
+                tx.set_rtx_cache(RETRANSMIT_HISTORY_PACKETS, self.config.retransmit_history, Some(RTX_RATIO_CAP));
+                t.history_sized = true;
+            }
             tx.write_rtp(
                 RtpWrite::new(
                     pt_out,
@@ -1244,6 +1258,7 @@ fn new_track_out(track: TrackId, source_mid: Mid, kind: MediaKind, publisher: Pa
         stop_when_open: false,
         seq: Default::default(),
         pt_map: None,
+        history_sized: false,
     }
 }
 

@@ -65,6 +65,8 @@ pub struct TrackOut {
     pub seq: SeqRewriter,
     /// Incoming PT to outgoing PT, cached.
     pub pt_map: Option<(Pt, Pt)>,
+    /// The outgoing stream's retransmission history has been sized.
+    pub history_sized: bool,
 }
 
 impl TrackOut {
