@@ -8,6 +8,7 @@
 //! signaling socket has its own bounded channel, and a full one drops (and counts) rather than
 //! waits.
 
+pub mod batch;
 pub mod ice_tcp;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use self::batch::{SendBatch, Sent};
 use crate::sfu::{
     DropReason, LeaveReason, ParticipantId, Sfu, SfuError, SfuMetrics, SfuOutput, SignalInput,
     Transmit,
@@ -33,6 +35,8 @@ const COMMAND_QUEUE: usize = 4_096;
 pub const SIGNAL_QUEUE: usize = 256;
 /// Largest datagram read from the UDP socket.
 const MAX_DATAGRAM: usize = 2_048;
+/// Most datagrams read from the UDP socket per wake-up of the media task.
+const RECEIVE_BURST: usize = 32;
 /// Longest the task sleeps without looking at timers.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -205,6 +209,14 @@ pub fn spawn(
 struct Edge {
     sfu: Sfu,
     metrics: SfuMetrics,
+    /// `datagrams_received{protocol="udp"}`, resolved once (a label lookup per packet costs).
+    udp_received: prometheus::IntCounter,
+    /// `datagrams_sent{protocol="udp"}`.
+    udp_sent: prometheus::IntCounter,
+    /// `datagrams_sent{protocol="tcp"}`.
+    tcp_sent: prometheus::IntCounter,
+    /// UDP datagrams waiting for one `sendmmsg`.
+    batch: SendBatch,
     udp: UdpSocket,
     udp_port: u16,
     local: LocalAddress,
@@ -222,6 +234,10 @@ async fn run(
     let task_wants = task.keyframe_wants;
     let mut edge = Edge {
         sfu: task.sfu,
+        udp_received: metrics.datagrams_received.with_label_values(&["udp"]),
+        udp_sent: metrics.datagrams_sent.with_label_values(&["udp"]),
+        tcp_sent: metrics.datagrams_sent.with_label_values(&["tcp"]),
+        batch: SendBatch::default(),
         metrics,
         udp_port: task.udp.local_addr().map(|a| a.port()).unwrap_or(0),
         udp: task.udp,
@@ -234,18 +250,31 @@ async fn run(
     let (_never_tx, never) = mpsc::channel(1);
     let mut keyframe_wants = task_wants.unwrap_or(never);
     info!(udp_port = edge.udp_port, "media engine running");
+    // One timer, moved rather than re-created each turn.
+    let sleep = tokio::time::sleep(MAX_SLEEP);
+    tokio::pin!(sleep);
     loop {
         let now = Instant::now();
         let wake = edge
             .sfu
             .poll_timeout()
             .map_or(now + MAX_SLEEP, |t| t.min(now + MAX_SLEEP));
+        let deadline = tokio::time::Instant::from_std(wake);
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
         tokio::select! {
             received = edge.udp.recv_from(&mut buf) => match received {
                 Ok((n, source)) => {
-                    edge.metrics.datagrams_received.with_label_values(&["udp"]).inc();
-                    let local = edge.local.for_source(source, edge.udp_port);
-                    edge.sfu.handle_datagram(Instant::now(), Protocol::Udp, source, local, &buf[..n]);
+                    edge.on_udp(source, &buf[..n]);
+                    // Whatever else already waits is read now: one wake-up, one timer check
+                    // and few sendmmsg calls for a burst of packets.
+                    for _ in 1..RECEIVE_BURST {
+                        match edge.udp.try_recv_from(&mut buf) {
+                            Ok((n, source)) => edge.on_udp(source, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Err(e) => debug!(error = %e, "udp receive failed"),
             },
@@ -256,7 +285,7 @@ async fn run(
             Some((participant, track)) = keyframe_wants.recv() => {
                 edge.sfu.request_track_keyframe(Instant::now(), participant, track);
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = &mut sleep => {}
             _ = shutdown.changed() => break,
         }
         let now = Instant::now();
@@ -270,6 +299,16 @@ async fn run(
 }
 
 impl Edge {
+    /// One datagram from the UDP socket; the output is sent once enough has gathered.
+    fn on_udp(&mut self, source: SocketAddr, bytes: &[u8]) {
+        self.udp_received.inc();
+        let local = self.local.for_source(source, self.udp_port);
+        self.sfu.handle_datagram(Instant::now(), Protocol::Udp, source, local, bytes);
+        if self.sfu.pending_outputs() >= batch::MAX_BATCH {
+            self.flush();
+        }
+    }
+
     fn handle_command(&mut self, command: MediaCommand) {
         let now = Instant::now();
         match command {
@@ -357,22 +396,39 @@ impl Edge {
                 }
             }
         }
+        self.send_batch();
+    }
+
+    /// Sends the UDP datagrams gathered by [`Self::transmit`].
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (metrics, sent) = (&self.metrics, &self.udp_sent);
+        self.batch.send(&self.udp, |outcome, forwarded_from| match outcome {
+            Sent::Ok => {
+                sent.inc();
+                if let Some(received) = forwarded_from {
+                    metrics.forward_latency.observe(received.elapsed().as_secs_f64());
+                }
+            }
+            Sent::WouldBlock => metrics.drop_packet(DropReason::SocketFull),
+            Sent::Failed(e) => {
+                debug!(error = %e, "udp send failed");
+                metrics.drop_packet(DropReason::NoRoute);
+            }
+        });
     }
 
     fn transmit(&mut self, t: Transmit) {
         let sent = match t.proto {
-            Protocol::Udp => match self.udp.try_send_to(&t.contents, t.destination) {
-                Ok(_) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.metrics.drop_packet(DropReason::SocketFull);
-                    false
+            Protocol::Udp => {
+                self.batch.push(t.destination, t.contents, t.forwarded_from);
+                if self.batch.len() >= batch::MAX_BATCH {
+                    self.send_batch();
                 }
-                Err(e) => {
-                    debug!(error = %e, "udp send failed");
-                    self.metrics.drop_packet(DropReason::NoRoute);
-                    false
-                }
-            },
+                return;
+            }
             _ => match self.tcp.get(&t.destination) {
                 Some(writer) => match writer.try_send(t.contents) {
                     Ok(()) => true,
@@ -392,8 +448,7 @@ impl Edge {
             },
         };
         if sent {
-            let label = if t.proto == Protocol::Udp { "udp" } else { "tcp" };
-            self.metrics.datagrams_sent.with_label_values(&[label]).inc();
+            self.tcp_sent.inc();
             if let Some(received) = t.forwarded_from {
                 self.metrics
                     .forward_latency
@@ -441,6 +496,10 @@ mod tests {
         let metrics = SfuMetrics::unregistered();
         Edge {
             sfu: Sfu::new(sim_config(), metrics.clone()),
+            udp_received: metrics.datagrams_received.with_label_values(&["udp"]),
+            udp_sent: metrics.datagrams_sent.with_label_values(&["udp"]),
+            tcp_sent: metrics.datagrams_sent.with_label_values(&["tcp"]),
+            batch: SendBatch::default(),
             metrics,
             udp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
             udp_port: 0,

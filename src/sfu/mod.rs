@@ -236,6 +236,8 @@ pub struct Sfu {
     /// Reused buffers so the forwarding path does not allocate per packet.
     deferred: Vec<(ParticipantId, Deferred)>,
     dirty: Vec<ParticipantId>,
+    /// The latest time any input brought (sends of forwarded packets happen at it).
+    last_now: Option<Instant>,
     /// Participants' str0m wake-up times; entries are lazily invalidated (see `poll_timeout`).
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     /// Some participant's subscriptions or negotiation state changed: look for offers to send.
@@ -264,6 +266,7 @@ impl Sfu {
             next_room: 1,
             deferred: Vec::new(),
             dirty: Vec::new(),
+            last_now: None,
             timers: BinaryHeap::new(),
             next_sweep: None,
             renegotiate: false,
@@ -408,6 +411,7 @@ impl Sfu {
             next_timeout: now,
             stats: Default::default(),
             dirty: false,
+            dirty_since: None,
             may_publish: true,
             recorded: false,
         }
@@ -831,9 +835,43 @@ impl Sfu {
         self.next_sweep
     }
 
-    /// Next thing for the driver to do.
+    /// Outputs waiting for [`Self::poll_output`] (a driver batching sends flushes at a size).
+    pub fn pending_outputs(&self) -> usize {
+        self.outputs.len()
+    }
+
+    /// Next thing for the driver to do. Packets forwarded since the last call are encrypted
+    /// and handed out here, one str0m pass per subscriber however many packets it got: a
+    /// driver that feeds a burst of datagrams before polling sends them in one go.
     pub fn poll_output(&mut self) -> Option<SfuOutput> {
+        if self.outputs.is_empty() && !self.dirty.is_empty() {
+            if let Some(now) = self.last_now {
+                self.send_pending(now);
+            }
+        }
         self.outputs.pop_front()
+    }
+
+    /// Drains every subscriber that forwarding wrote to (and publishers asked for keyframes).
+    fn send_pending(&mut self, now: Instant) {
+        while !self.dirty.is_empty() {
+            let mut batch = std::mem::take(&mut self.dirty);
+            for sub in batch.drain(..) {
+                if let Some(p) = self.participants.get_mut(&sub) {
+                    p.dirty = false;
+                    let since = p.dirty_since.take();
+                    // The timeout lets str0m run its pacer and queues for what was written.
+                    if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                        warn!(participant = %sub, error = %e, "send failed");
+                    }
+                    self.drain(now, sub, since);
+                }
+            }
+            if self.dirty.is_empty() {
+                self.dirty = batch;
+            }
+            self.settle(now);
+        }
     }
 
     fn signal(&mut self, to: ParticipantId, message: ServerMessage) {
@@ -842,36 +880,23 @@ impl Sfu {
 
     /// Drain `id`'s output, act on what it produced (forwarding marks subscribers dirty), then
     /// drain every dirty subscriber, and renegotiate wherever tracks changed.
-    fn drain_and_settle(&mut self, now: Instant, id: ParticipantId, received_at: Option<Instant>) {
+    fn drain_and_settle(&mut self, now: Instant, id: ParticipantId, _received_at: Option<Instant>) {
+        self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
         self.drain(now, id, None);
-        loop {
-            if !self.deferred.is_empty() {
-                let mut batch = std::mem::take(&mut self.deferred);
-                for (pid, d) in batch.drain(..) {
-                    self.apply_deferred(now, pid, d);
-                }
-                if self.deferred.is_empty() {
-                    self.deferred = batch;
-                }
-                continue;
+        self.settle(now);
+    }
+
+    /// Acts on what draining produced; forwarded packets wait in the dirty list for
+    /// [`Self::send_pending`] (driven by [`Self::poll_output`]).
+    fn settle(&mut self, now: Instant) {
+        while !self.deferred.is_empty() {
+            let mut batch = std::mem::take(&mut self.deferred);
+            for (pid, d) in batch.drain(..) {
+                self.apply_deferred(now, pid, d);
             }
-            if !self.dirty.is_empty() {
-                let mut batch = std::mem::take(&mut self.dirty);
-                for sub in batch.drain(..) {
-                    if let Some(p) = self.participants.get_mut(&sub) {
-                        p.dirty = false;
-                        if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
-                            warn!(participant = %sub, error = %e, "send failed");
-                        }
-                        self.drain(now, sub, received_at);
-                    }
-                }
-                if self.dirty.is_empty() {
-                    self.dirty = batch;
-                }
-                continue;
+            if self.deferred.is_empty() {
+                self.deferred = batch;
             }
-            break;
         }
         if std::mem::take(&mut self.renegotiate) {
             self.negotiate_all();
@@ -880,7 +905,7 @@ impl Sfu {
 
     fn apply_deferred(&mut self, now: Instant, id: ParticipantId, deferred: Deferred) {
         match deferred {
-            Deferred::Forward(packet) => self.forward(id, packet),
+            Deferred::Forward(packet) => self.forward(now, id, packet),
             Deferred::TrackPublished(mid, kind) => self.publish(id, mid, kind),
             Deferred::TrackUnpublished(mid) => self.unpublish(id, mid),
             Deferred::KeyframeWanted(req) => self.relay_keyframe_request(now, id, req),
@@ -993,7 +1018,7 @@ impl Sfu {
     }
 
     /// Write one received RTP packet to every subscriber of its track.
-    fn forward(&mut self, id: ParticipantId, packet: RtpPacket) {
+    fn forward(&mut self, now: Instant, id: ParticipantId, packet: RtpPacket) {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
@@ -1117,6 +1142,7 @@ impl Sfu {
                 s.dirty = true;
                 self.dirty.push(*sub_id);
             }
+            s.dirty_since.get_or_insert(now);
         }
     }
 

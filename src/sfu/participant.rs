@@ -168,6 +168,8 @@ pub struct Participant {
     pub stats: StatsMemory,
     /// Queued in the core's dirty list (has new output to drain).
     pub dirty: bool,
+    /// When the oldest packet forwarded to it and not yet sent was received.
+    pub dirty_since: Option<std::time::Instant>,
     /// May send media (observers may not).
     pub may_publish: bool,
     /// Its media goes to the recorder (it consented to a recording in progress).
