@@ -255,7 +255,7 @@ impl Default for MediaConfig {
             max_participants_per_room: 50,
             max_participants: 2_000,
             keyframe_throttle_ms: 500,
-            retransmit_history_ms: 1500,
+            retransmit_history_ms: 1000,
             peer_timeout_ms: 4_000,
             connect_timeout_ms: 20_000,
             tcp_queue_frames: 1_024,

@@ -37,6 +37,9 @@ pub const SIGNAL_QUEUE: usize = 256;
 const MAX_DATAGRAM: usize = 2_048;
 /// Most datagrams read from the UDP socket per wake-up of the media task.
 const RECEIVE_BURST: usize = 32;
+/// Longest a forwarded packet waits for the rest of its burst before the burst's output is
+/// sent: batching saves CPU, this bounds what it costs in delay.
+const BURST_LATENCY: Duration = Duration::from_micros(200);
 /// Longest the task sleeps without looking at timers.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -266,10 +269,14 @@ async fn run(
         tokio::select! {
             received = edge.udp.recv_from(&mut buf) => match received {
                 Ok((n, source)) => {
+                    let burst_start = Instant::now();
                     edge.on_udp(source, &buf[..n]);
                     // Whatever else already waits is read now: one wake-up, one timer check
                     // and few sendmmsg calls for a burst of packets.
                     for _ in 1..RECEIVE_BURST {
+                        if burst_start.elapsed() >= BURST_LATENCY {
+                            break;
+                        }
                         match edge.udp.try_recv_from(&mut buf) {
                             Ok((n, source)) => edge.on_udp(source, &buf[..n]),
                             Err(_) => break,

@@ -65,7 +65,7 @@ impl fmt::Display for TrackId {
 pub struct RoomKey(u64);
 
 /// Most packets kept for retransmission per outgoing stream (with the time limit of
-/// [`SfuConfig::retransmit_history`]): 1.5 s of 4 Mbit/s video.
+/// [`SfuConfig::retransmit_history`]): 2 s of 4 Mbit/s video.
 const RETRANSMIT_HISTORY_PACKETS: usize = 1024;
 /// str0m's default: queued retransmissions are dropped beyond 15 % of the stream's bytes.
 const RTX_RATIO_CAP: f32 = 0.15;

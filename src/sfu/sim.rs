@@ -115,7 +115,7 @@ pub fn sim_config() -> SfuConfig {
         max_participants_per_room: 200,
         max_participants: 1_000,
         keyframe_throttle: Duration::from_millis(500),
-        retransmit_history: Duration::from_millis(1500),
+        retransmit_history: Duration::from_millis(1000),
         peer_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(20),
     }
