@@ -12,6 +12,22 @@ use crate::peer::PeerError;
 /// A signaling WebSocket.
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Opens a signaling WebSocket with small buffers: tungstenite zero-fills its whole read
+/// buffer (128 KiB by default) on every read attempt, and a participant's task tries a read
+/// each time a media packet wakes it — that was most of the generator's CPU.
+pub async fn connect<R>(request: R) -> Result<WsStream, ClientError>
+where
+    R: tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+{
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| ClientError::Connect(e.to_string()))
+}
+
 /// Why a simulated participant stopped early.
 #[derive(Debug, Error)]
 pub enum ClientError {

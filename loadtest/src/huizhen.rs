@@ -16,6 +16,9 @@ use crate::media::MediaPlan;
 use crate::peer::{Peer, Shared};
 use crate::scenario::ParticipantSpec;
 
+/// Most datagrams read per wake-up.
+pub const BURST: usize = 64;
+
 /// How long the server may take to answer `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -30,9 +33,7 @@ pub async fn participant(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
     let started = Instant::now();
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let mut ws = crate::client::connect(url.as_str()).await?;
     send(
         &mut ws,
         &ClientMessage::Join {
@@ -53,19 +54,27 @@ pub async fn participant(
 
     let mut buf = vec![0u8; 2048];
     let mut join_recorded = false;
+    let sleep = tokio::time::sleep_until(peer.next_wake().into());
+    tokio::pin!(sleep);
     let result = loop {
-        let wake = peer.next_wake();
+        let wake = tokio::time::Instant::from_std(peer.next_wake());
+        if sleep.deadline() != wake {
+            sleep.as_mut().reset(wake);
+        }
         let event = tokio::select! {
             r = peer.socket().recv_from(&mut buf) => match r {
                 Ok((n, source)) => Wake::Datagram(0, n, source),
                 Err(_) => Wake::Timer,
             },
             m = ws.next() => Wake::Signal(m),
-            _ = tokio::time::sleep_until(wake.into()) => Wake::Timer,
+            _ = &mut sleep => Wake::Timer,
             _ = stop.changed() => Wake::Stop,
         };
         match event {
-            Wake::Datagram(_, n, source) => peer.on_datagram(Instant::now(), source, &buf[..n]),
+            Wake::Datagram(_, n, source) => {
+                peer.on_datagram(Instant::now(), source, &buf[..n]);
+                peer.read_ready(&mut buf, BURST);
+            }
             Wake::Signal(Some(Ok(Message::Text(text)))) => {
                 if let Err(e) = on_signal(&mut ws, &mut peer, &text).await {
                     break Err(e);

@@ -73,9 +73,7 @@ pub async fn participant(
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("janus-protocol"));
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let ws = crate::client::connect(request).await?;
     let mut janus = Janus { ws, session: 0, next: 0, up: Default::default() };
     let created = janus.request(json!({"janus": "create"})).await?;
     janus.session = id_of(&created)?;
@@ -119,6 +117,8 @@ pub async fn participant(
     let mut buf2 = vec![0u8; 2048];
     let mut join_recorded = false;
     let mut next_keepalive = Instant::now() + KEEPALIVE;
+    let sleep = tokio::time::sleep_until(next_keepalive.into());
+    tokio::pin!(sleep);
     let result = loop {
         let now = Instant::now();
         // Subscribe once every publisher we want is connected.
@@ -151,11 +151,15 @@ pub async fn participant(
         if subscriber.is_none() && !spec.receives.is_empty() {
             wake = wake.min(now + Duration::from_millis(100));
         }
+        let wake = tokio::time::Instant::from_std(wake);
+        if sleep.deadline() != wake {
+            sleep.as_mut().reset(wake);
+        }
         let event = tokio::select! {
             r = recv(publisher.as_ref(), &mut buf) => r.map_or(Wake::Timer, |(n, s)| Wake::Datagram(0, n, s)),
             r = recv(subscriber.as_ref(), &mut buf2) => r.map_or(Wake::Timer, |(n, s)| Wake::Datagram(1, n, s)),
             m = janus.ws.next() => Wake::Signal(m),
-            _ = tokio::time::sleep_until(wake.into()) => Wake::Timer,
+            _ = &mut sleep => Wake::Timer,
             _ = stop.changed() => Wake::Stop,
         };
         match event {
@@ -167,6 +171,14 @@ pub async fn participant(
                 };
                 if let Some(peer) = peer {
                     peer.on_datagram(Instant::now(), source, bytes);
+                }
+                let (peer, buf) = if which == 0 {
+                    (publisher.as_mut(), &mut buf)
+                } else {
+                    (subscriber.as_mut(), &mut buf2)
+                };
+                if let Some(peer) = peer {
+                    peer.read_ready(buf, crate::huizhen::BURST);
                 }
             }
             Wake::Signal(Some(Ok(Message::Text(text)))) => {

@@ -244,6 +244,18 @@ impl Peer {
         if let Err(e) = self.rtc.handle_input(input) {
             tracing::debug!(error = %e, "datagram refused");
         }
+        self.drain(now);
+    }
+
+    /// Reads what else is waiting on the socket (at most `max` datagrams) without blocking,
+    /// feeding each to the session: one wake-up of the task serves a burst of packets.
+    pub fn read_ready(&mut self, buf: &mut [u8], max: usize) {
+        for _ in 0..max {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, source)) => self.on_datagram(Instant::now(), source, &buf[..n]),
+                Err(_) => return,
+            }
+        }
     }
 
     /// When this peer next needs [`Self::tick`].
