@@ -11,8 +11,10 @@
 #   BENCH_FOLLOWUP   follow-up visits in the fixed run (default 50 = 100 participants)
 #   BENCH_PANELS     panel rooms of 6 in the fixed run (default 4)
 #   BENCH_OBSERVERS  observers of the one teaching room in the fixed run (default 100)
-#   BENCH_CAPACITY   1 (default) to also run --find-capacity for followup on both servers
-#   BENCH_CAP_STEP   visits added per capacity step (default 25)
+#   BENCH_CAPACITY   1 (default) to also run --find-capacity on both servers: followup
+#                    (BENCH_CAP_STEP visits per step, default 25) and teaching (one more room
+#                    of 100 observers per step)
+#   BENCH_CAP_STEP   visits added per followup capacity step (default 25)
 #
 # Pinning: with two or more cores the server runs on core 0 and the generator on core 1
 # (taskset), so "per core" means what it says. All traffic stays on 127.0.0.0/8: huizhen
@@ -119,10 +121,16 @@ for spec in "${FIXED[@]}"; do
 	hz_gen "huizhen-$scenario" --scenario $scenario $rest --duration "$SECS" --ramp 100
 	stop_huizhen
 done
+CAP_FOLLOWUP=(--scenario followup --find-capacity --units "$CAP_STEP" --step-units "$CAP_STEP"
+	--step-secs 8 --warmup 3 --ramp 200 --duration 600 --max-units 4000)
+CAP_TEACHING=(--scenario teaching --observers 100 --find-capacity --units 1 --step-units 1
+	--step-secs 8 --warmup 3 --ramp 200 --duration 600 --max-units 40)
 if [ "$CAPACITY" = 1 ]; then
 	start_huizhen
-	hz_gen huizhen-followup-capacity --scenario followup --find-capacity --units "$CAP_STEP" \
-		--step-units "$CAP_STEP" --step-secs 8 --warmup 3 --ramp 200 --duration 600 --max-units 4000
+	hz_gen huizhen-followup-capacity "${CAP_FOLLOWUP[@]}"
+	stop_huizhen
+	start_huizhen
+	hz_gen huizhen-teaching-capacity "${CAP_TEACHING[@]}"
 	stop_huizhen
 fi
 
@@ -150,8 +158,10 @@ if [ "$SKIP_JANUS" != 1 ]; then
 	done
 	if [ "$CAPACITY" = 1 ]; then
 		start_janus
-		janus_gen janus-followup-capacity --scenario followup --find-capacity --units "$CAP_STEP" \
-			--step-units "$CAP_STEP" --step-secs 8 --warmup 3 --ramp 200 --duration 600 --max-units 4000
+		janus_gen janus-followup-capacity "${CAP_FOLLOWUP[@]}"
+		loadtest/janus-netns.sh down "$NS" >&2
+		start_janus
+		janus_gen janus-teaching-capacity "${CAP_TEACHING[@]}"
 		loadtest/janus-netns.sh down "$NS" >&2
 	fi
 fi

@@ -40,11 +40,20 @@ def row(r):
     errors = sum(r.get("errors", {}).values())
     return (
         f'| {r["scenario"]["kind"]} | {r["target"]} | {load_text(r)} | {fmt(r["forwarded_pps"], 0)} '
-        f'| {fmt(server.get("cpu_percent"))} | {fmt(server.get("cpu_ms_per_1000_packets"), 3)} '
+        f'| {fmt(server.get("cpu_percent"))} | {fmt(per_core(r), 0)} | {fmt(server.get("cpu_ms_per_1000_packets"), 3)} '
         f'| {fmt(server.get("rss_kib_per_subscribed_track"))} | {rx["loss"] * 100:.3f} '
         f'| {rx["delay_p50_ms"]:.2f} / {rx["delay_p99_ms"]:.2f} | {inside} '
         f'| {rx["join_p50_ms"]} / {rx["join_p99_ms"]} | {fmt(r["generator"]["cpu_percent"])} | {errors} |'
     )
+
+
+def per_core(r):
+    """Forwarded packets/s one whole core would carry at this cost (forwarded / CPU share)."""
+    server = r.get("server") or {}
+    cpu = server.get("cpu_percent")
+    if not cpu:
+        return None
+    return r["forwarded_pps"] / (cpu / 100.0)
 
 
 def ratio(a, b):
@@ -57,11 +66,11 @@ def main():
     directory = sys.argv[1]
     out = []
     out.append(
-        "| scenario | server | load | forwarded pkt/s | server CPU % of a core | server CPU ms per 1,000 pkts "
+        "| scenario | server | load | forwarded pkt/s | server CPU % of a core | pkt/s per core at this cost | server CPU ms per 1,000 pkts "
         "| server RSS KiB per subscribed track | loss % | delay p50 / p99 ms (end to end) "
         "| inside the server p50 / p99 ms | join p50 / p99 ms | generator CPU % | participants failed |"
     )
-    out.append("|" + " --- |" * 13)
+    out.append("|" + " --- |" * 14)
     ratios = []
     for scenario in SCENARIOS:
         hz = load(directory, f"huizhen-{scenario}")
@@ -82,13 +91,18 @@ def main():
         out.append("| scenario | CPU per forwarded packet | memory per subscribed track | delay p99 |")
         out.append("| --- | --- | --- | --- |")
         out.extend(ratios)
-    caps = {t: load(directory, f"{t}-followup-capacity") for t in ("huizhen", "janus")}
-    if any(caps.values()):
+    for scenario, unit, what in (
+        ("followup", "visits", "1.2 Mbit/s video + audio each way"),
+        ("teaching", "rooms", "one teacher, 100 observers per room"),
+    ):
+        caps = {t: load(directory, f"{t}-{scenario}-capacity") for t in ("huizhen", "janus")}
+        if not any(caps.values()):
+            continue
         out.append("")
-        out.append("Capacity, `followup` (1.2 Mbit/s video + audio each way), server on one core: the last step "
+        out.append(f"Capacity, `{scenario}` ({what}), server on one core: the last step "
                    "with loss ≤ 1 % and end-to-end p99 delay ≤ 50 ms.")
         out.append("")
-        out.append("| server | visits | participants | forwarded pkt/s | loss % | delay p99 ms | server CPU % | generator CPU % | stopped because |")
+        out.append(f"| server | {unit} | participants | forwarded pkt/s | loss % | delay p99 ms | server CPU % | generator CPU % | stopped because |")
         out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         good = {}
         for target, r in caps.items():
@@ -106,7 +120,7 @@ def main():
                 out.append(f'| {target} | none | | | | | | | {c["stopped_because"]} |')
         if good.get("huizhen") and good.get("janus"):
             out.append("")
-            out.append(f'Capacity ratio huizhen / Janus: {ratio(good["huizhen"]["units"], good["janus"]["units"])}')
+            out.append(f'Capacity ratio huizhen / Janus (`{scenario}`): {ratio(good["huizhen"]["forwarded_pps"], good["janus"]["forwarded_pps"])}')
     print("\n".join(out))
 
 
