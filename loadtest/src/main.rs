@@ -41,7 +41,7 @@ struct Args {
     /// The SFU under load.
     #[arg(long, value_enum, default_value = "huizhen")]
     target: TargetKind,
-    /// Signaling URL (huizhen: ws://127.0.0.1:7880/ws; Janus: ws://127.0.0.2:8188/).
+    /// Signaling URL (huizhen: ws://127.0.0.1:8080/ws; Janus: ws://127.0.0.2:8188/).
     #[arg(long)]
     url: Option<String>,
     /// Scenario.
@@ -80,7 +80,7 @@ struct Args {
     /// The server's pid, to sample its CPU time and memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// huizhen's /metrics URL (e.g. http://127.0.0.1:7880/metrics): report the server's own
+    /// huizhen's /metrics URL (e.g. http://127.0.0.1:8080/metrics): report the server's own
     /// receive-to-send time per packet from its forward-latency histogram.
     #[arg(long)]
     metrics_url: Option<String>,
@@ -181,7 +181,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
     anyhow::ensure!(args.fps <= 120, "--fps must be at most 120");
     anyhow::ensure!(args.keyframe_interval > 0.0, "--keyframe-interval must be positive");
     let url = args.url.clone().unwrap_or_else(|| match args.target {
-        TargetKind::Huizhen => "ws://127.0.0.1:7880/ws".into(),
+        TargetKind::Huizhen => "ws://127.0.0.1:8080/ws".into(),
         TargetKind::Janus => "ws://127.0.0.2:8188/".into(),
     });
     let target = match args.target {

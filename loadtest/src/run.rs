@@ -25,7 +25,7 @@ use crate::stats::{Counts, RxSummary};
 pub enum Target {
     /// huizhen's `/ws` signaling.
     Huizhen {
-        /// e.g. `ws://127.0.0.1:7880/ws`.
+        /// e.g. `ws://127.0.0.1:8080/ws`.
         url: String,
     },
     /// Janus's VideoRoom over its WebSocket transport.

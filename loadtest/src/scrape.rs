@@ -16,7 +16,7 @@ pub const FORWARD_LATENCY: &str = "huizhen_sfu_forward_latency_seconds";
 #[derive(Debug, Error)]
 pub enum ScrapeError {
     /// Only `http://host:port/path` URLs (loopback, no TLS) are scraped.
-    #[error("metrics URL must look like http://127.0.0.1:7880/metrics: {0}")]
+    #[error("metrics URL must look like http://127.0.0.1:8080/metrics: {0}")]
     Url(String),
     /// The request failed.
     #[error("scraping {url}: {reason}")]
