@@ -39,7 +39,7 @@ const MAX_DATAGRAM: usize = 2_048;
 const RECEIVE_BURST: usize = 32;
 /// Longest a forwarded packet waits for the rest of its burst before the burst's output is
 /// sent: batching saves CPU, this bounds what it costs in delay.
-const BURST_LATENCY: Duration = Duration::from_micros(200);
+const BURST_LATENCY: Duration = Duration::from_micros(50);
 /// Longest the task sleeps without looking at timers.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
