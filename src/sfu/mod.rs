@@ -507,7 +507,7 @@ impl Sfu {
         p.negotiated_once = true;
         self.renegotiate = true;
         self.signal(id, ServerMessage::Answer { sdp: answer.to_sdp_string() });
-        self.drain_and_settle(now, id, None);
+        self.drain_and_settle(now, id);
         Ok(())
     }
 
@@ -547,7 +547,7 @@ impl Sfu {
                 self.request_keyframe(now, publisher, mid, KeyframeRequestKind::Pli);
             }
         }
-        self.drain_and_settle(now, id, None);
+        self.drain_and_settle(now, id);
         Ok(())
     }
 
@@ -610,7 +610,7 @@ impl Sfu {
             reason,
         });
         for member in members {
-            self.drain_and_settle(now, member, None);
+            self.drain_and_settle(now, member);
         }
     }
 
@@ -641,7 +641,7 @@ impl Sfu {
                 }
                 self.request_keyframe(now, participant, mid, KeyframeRequestKind::Pli);
             }
-            self.drain_and_settle(now, participant, None);
+            self.drain_and_settle(now, participant);
         }
         Ok(())
     }
@@ -658,7 +658,7 @@ impl Sfu {
             return;
         };
         self.request_keyframe(now, participant, mid, KeyframeRequestKind::Pli);
-        self.drain_and_settle(now, participant, None);
+        self.drain_and_settle(now, participant);
     }
 
     /// Remove everyone from `room` (a consultation ended).
@@ -754,7 +754,7 @@ impl Sfu {
         if is_stun && self.demux.learn_source(proto, source, id) {
             debug!(participant = %id, ?proto, "learnt transport address");
         }
-        self.drain_and_settle(now, id, Some(now));
+        self.drain_and_settle(now, id);
     }
 
     /// An ICE-TCP connection closed: its address no longer routes anywhere.
@@ -782,7 +782,7 @@ impl Sfu {
             if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                 warn!(participant = %id, error = %e, "timeout handling failed");
             }
-            self.drain_and_settle(now, id, None);
+            self.drain_and_settle(now, id);
         }
         if self.timers.len() > 64 + 4 * self.participants.len() {
             self.timers = self
@@ -878,9 +878,9 @@ impl Sfu {
         self.outputs.push_back(SfuOutput::Signal { to, message });
     }
 
-    /// Drain `id`'s output, act on what it produced (forwarding marks subscribers dirty), then
-    /// drain every dirty subscriber, and renegotiate wherever tracks changed.
-    fn drain_and_settle(&mut self, now: Instant, id: ParticipantId, _received_at: Option<Instant>) {
+    /// Drain `id`'s output and act on what it produced (forwarding marks subscribers dirty;
+    /// they are drained by [`Self::send_pending`]), and renegotiate wherever tracks changed.
+    fn drain_and_settle(&mut self, now: Instant, id: ParticipantId) {
         self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
         self.drain(now, id, None);
         self.settle(now);
