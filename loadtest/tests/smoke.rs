@@ -49,45 +49,37 @@ fn check(report: &Value, participants: u64, receivers: u64, subscribed_tracks: u
     assert!(report["server_latency"]["packets"].as_u64().unwrap() > 0, "server histogram scraped: {report:#}");
 }
 
+/// Runs the generator on a blocking thread (the server keeps serving on the runtime).
+async fn generator(server: &std::sync::Arc<huizhen::server::ServerHandle>, args: &'static [&'static str]) -> Value {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || run_generator(&server, args))
+        .await
+        .expect("the generator thread finishes")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_against_huizhen_with_media_received() {
     let server = huizhen::server::start(Config::loopback_for_tests()).await.expect("server starts");
     let server = std::sync::Arc::new(server);
 
-    let s = server.clone();
-    let followup = tokio::task::spawn_blocking(move || {
-        run_generator(&s, &["--scenario", "followup", "--units", "2", "--duration", "5"])
-    })
-    .await
-    .unwrap();
+    let followup = generator(&server, &["--scenario", "followup", "--units", "2", "--duration", "5"]).await;
     check(&followup, 4, 4, 8);
 
-    let s = server.clone();
-    let panel = tokio::task::spawn_blocking(move || {
-        run_generator(&s, &["--scenario", "panel", "--units", "1", "--room-size", "4", "--duration", "5"])
-    })
-    .await
-    .unwrap();
+    let panel = generator(&server, &["--scenario", "panel", "--units", "1", "--room-size", "4", "--duration", "5"]).await;
     check(&panel, 4, 4, 24);
 
-    let s = server.clone();
-    let teaching = tokio::task::spawn_blocking(move || {
-        run_generator(&s, &["--scenario", "teaching", "--units", "1", "--observers", "4", "--duration", "5"])
-    })
-    .await
-    .unwrap();
+    let teaching = generator(&server, &["--scenario", "teaching", "--units", "1", "--observers", "4", "--duration", "5"]).await;
     check(&teaching, 5, 4, 8);
 
     // A short capacity search: it measures steps and names a last good one or a reason.
-    let s = server.clone();
-    let capacity = tokio::task::spawn_blocking(move || {
-        run_generator(
-            &s,
-            &["--scenario", "followup", "--units", "1", "--find-capacity", "--step-units", "1", "--step-secs", "2", "--max-units", "2", "--duration", "15"],
-        )
-    })
-    .await
-    .unwrap();
+    let capacity = generator(
+        &server,
+        &[
+            "--scenario", "followup", "--units", "1", "--find-capacity", "--step-units", "1", "--step-secs", "2",
+            "--max-units", "2", "--duration", "15",
+        ],
+    )
+    .await;
     let steps = capacity["capacity"]["steps"].as_array().expect("capacity steps");
     assert!(!steps.is_empty(), "{capacity:#}");
     assert!(capacity["capacity"]["stopped_because"].as_str().is_some());
