@@ -534,27 +534,24 @@ fn save_invitations(tx: &Transaction<'_>, invitations: &[Invitation]) -> Result<
 
 // ----- loading -----
 
+/// Every row of the parameterless query `sql`, each as a tuple of its columns.
+fn select_all<T>(tx: &Transaction<'_>, sql: &str) -> Result<Vec<T>, StoreError>
+where
+    T: for<'a> TryFrom<&'a rusqlite::Row<'a>, Error = rusqlite::Error>,
+{
+    let mut statement = tx.prepare(sql)?;
+    let rows = statement.query_map([], |r| T::try_from(r))?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 fn load_clinics(tx: &Transaction<'_>) -> Result<Vec<ClinicRecord>, StoreError> {
     type Row = (String, String, String, u32, String, Option<String>, String, String);
-    let rows: Vec<Row> = tx
-        .prepare(
-            "SELECT id, doctor, name, slot_minutes, queue_json, active_consultation,
-                    recent_lengths_json, slots_json
-             FROM clinics ORDER BY id",
-        )?
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<Row> = select_all(
+        tx,
+        "SELECT id, doctor, name, slot_minutes, queue_json, active_consultation,
+                recent_lengths_json, slots_json
+         FROM clinics ORDER BY id",
+    )?;
     rows.into_iter()
         .map(|(id, doctor, name, slot_minutes, queue, active, lengths, slots)| {
             Ok(ClinicRecord {
@@ -577,10 +574,10 @@ fn load_clinics(tx: &Transaction<'_>) -> Result<Vec<ClinicRecord>, StoreError> {
 }
 
 fn load_appointments(tx: &Transaction<'_>) -> Result<Vec<Appointment>, StoreError> {
-    let rows: Vec<(String, String, String, i64)> = tx
-        .prepare("SELECT id, clinic, patient, slot_start_ms FROM appointments ORDER BY id")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<(String, String, String, i64)> = select_all(
+        tx,
+        "SELECT id, clinic, patient, slot_start_ms FROM appointments ORDER BY id",
+    )?;
     rows.into_iter()
         .map(|(id, clinic, patient, slot)| {
             Ok(Appointment {
@@ -605,26 +602,12 @@ fn load_consultations(tx: &Transaction<'_>) -> Result<Vec<Consultation>, StoreEr
         String,
         String,
     );
-    let rows: Vec<Row> = tx
-        .prepare(
-            "SELECT id, clinic, appointment, room, state, started_at_ms, ended_at_ms,
-                    expert_links_json, recordings_json
-             FROM consultations ORDER BY id",
-        )?
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<Row> = select_all(
+        tx,
+        "SELECT id, clinic, appointment, room, state, started_at_ms, ended_at_ms,
+                expert_links_json, recordings_json
+         FROM consultations ORDER BY id",
+    )?;
     let mut seats = load_seats(tx)?;
     rows.into_iter()
         .map(
@@ -654,15 +637,11 @@ fn load_consultations(tx: &Transaction<'_>) -> Result<Vec<Consultation>, StoreEr
 
 /// Seats by consultation, each list in arrival order.
 fn load_seats(tx: &Transaction<'_>) -> Result<BTreeMap<String, Vec<Seat>>, StoreError> {
-    let rows: Vec<(String, String, String, bool, Option<i64>)> = tx
-        .prepare(
-            "SELECT consultation, user_id, role, admitted, disconnected_since_ms
-             FROM participants ORDER BY consultation, seat_order",
-        )?
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<(String, String, String, bool, Option<i64>)> = select_all(
+        tx,
+        "SELECT consultation, user_id, role, admitted, disconnected_since_ms
+         FROM participants ORDER BY consultation, seat_order",
+    )?;
     let mut seats: BTreeMap<String, Vec<Seat>> = BTreeMap::new();
     for (consultation, user, role, admitted, disconnected) in rows {
         let what = format!("participant {user} of {consultation}");
@@ -681,10 +660,10 @@ fn load_seats(tx: &Transaction<'_>) -> Result<BTreeMap<String, Vec<Seat>>, Store
 }
 
 fn load_invitations(tx: &Transaction<'_>) -> Result<Vec<Invitation>, StoreError> {
-    let rows: Vec<(String, String, String, i64)> = tx
-        .prepare("SELECT id, consultation, patient, expires_at_ms FROM invitations ORDER BY id")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<(String, String, String, i64)> = select_all(
+        tx,
+        "SELECT id, consultation, patient, expires_at_ms FROM invitations ORDER BY id",
+    )?;
     rows.into_iter()
         .map(|(id, consultation, patient, expires)| {
             Ok(Invitation {
