@@ -24,7 +24,7 @@ fi
 log "installing browser test packages (playwright-core, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
-# The archive tests (tests/archive.rs) run against a real S3 server process that checks SigV4
+# The archive tests (tests/it/archive.rs) run against a real S3 server process that checks SigV4
 # signatures. Pinned: later s3s-fs releases need a newer compiler.
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
   log "installing s3s-fs 0.14.1 (S3 server for the archive tests; takes a few minutes)"
@@ -32,6 +32,8 @@ if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bi
 fi
 
 log "building"
+# A one-shot build gains nothing from incremental artifacts; they only cost disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo build --workspace --all-targets --locked
 
 log "Rust tests"

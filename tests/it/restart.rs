@@ -1,7 +1,7 @@
 //! A real process restart: appointments, the waiting room and the audit chain survive it;
 //! `huizhen audit verify` passes, and fails naming the entry after one byte of it changed.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //!
 //! `RUST_LOG=debug cargo test --test webrtc_rs -- --nocapture` shows server and webrtc-rs logs.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 use async_trait::async_trait;
 use common::s3::{S3sFs, ACCESS_KEY, BUCKET, SECRET_KEY};

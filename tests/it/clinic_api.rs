@@ -1,7 +1,7 @@
 //! The clinic over real HTTP and WebSocket on 127.0.0.1: the REST admin API, token checks and
 //! every grant rule. Each refused action must get the right error code and an audit entry.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! random bytes on the media ports. Each must get a typed error or be dropped and counted,
 //! while the server keeps serving and the room's other participants keep their media.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! timing and the crypto chain; decodable recordings are checked in the recorder's own tests
 //! with ffmpeg-made media.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -392,7 +392,7 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_outage_mid_call_loses_nothing() {
-    use common::s3::{S3sFs, ACCESS_KEY, BUCKET, SECRET_KEY};
+    use crate::common::s3::{S3sFs, ACCESS_KEY, BUCKET, SECRET_KEY};
     init_tracing();
     let root = std::env::temp_dir().join(format!("huizhen-s3rec-{:08x}", rand::random::<u32>()));
     let mut s3 = S3sFs::start(&root.join("s3"));
