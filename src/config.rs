@@ -204,7 +204,8 @@ pub struct MediaConfig {
     pub max_participants: usize,
     /// Minimum interval between keyframe requests to one published track, in milliseconds.
     pub keyframe_throttle_ms: u64,
-    /// How long sent video packets are kept to answer retransmission requests (NACK), in ms.
+    /// Longest time sent packets are kept to answer retransmission requests (NACK), in ms;
+    /// each subscriber's window follows its measured round trip below this.
     pub retransmit_history_ms: u64,
     /// A connected participant that sends nothing (not even ICE checks) for this long is removed.
     pub peer_timeout_ms: u64,
@@ -392,7 +393,10 @@ impl Config {
         }
         if let Some(url) = &self.signaling.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return invalid("signaling.public_url", "must start with http:// or https://");
+                return invalid(
+                    "signaling.public_url",
+                    "must start with http:// or https://",
+                );
             }
         }
         if let Some(key) = &self.api.key {
@@ -420,10 +424,12 @@ impl Config {
                 message: e.message,
             })?;
         self.recorder.validate().map_err(|e| match e {
-            crate::recorder::RecorderError::InvalidConfig { field, reason } => ConfigError::Invalid {
-                field,
-                message: reason,
-            },
+            crate::recorder::RecorderError::InvalidConfig { field, reason } => {
+                ConfigError::Invalid {
+                    field,
+                    message: reason,
+                }
+            }
         })?;
         self.archive.validate().map_err(|e| match e {
             crate::archive::ArchiveError::Config { field, message } => {
@@ -483,9 +489,15 @@ mod tests {
     #[test]
     fn bad_value_names_the_field() {
         let err = Config::from_toml("[media]\nkeyframe_throttle_ms = 1\n").unwrap_err();
-        assert!(err.to_string().contains("media.keyframe_throttle_ms"), "{err}");
+        assert!(
+            err.to_string().contains("media.keyframe_throttle_ms"),
+            "{err}"
+        );
         let err = Config::from_toml("[media]\nretransmit_history_ms = 50\n").unwrap_err();
-        assert!(err.to_string().contains("media.retransmit_history_ms"), "{err}");
+        assert!(
+            err.to_string().contains("media.retransmit_history_ms"),
+            "{err}"
+        );
         let err = Config::from_toml("[media]\nannounce = [\"0.0.0.0\"]\n").unwrap_err();
         assert!(err.to_string().contains("media.announce"), "{err}");
         let err = Config::from_toml("[http]\ntls_cert = \"/x.pem\"\n").unwrap_err();

@@ -4,8 +4,7 @@
 //! never room names, display names or participant ids.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Why a packet was dropped; the `reason` label of `huizhen_sfu_dropped_packets_total`.
@@ -67,6 +66,8 @@ pub struct SfuMetrics {
     pub nacks_received: IntCounter,
     /// NACKs sent to publishers.
     pub nacks_sent: IntCounter,
+    /// Subscribers' retransmission windows changed to follow their round trip.
+    pub retransmit_window_resizes: IntCounter,
     /// Keyframe requests sent to publishers, by kind (pli, fir).
     pub keyframe_requests_sent: IntCounterVec,
     /// Keyframe requests received from subscribers, by kind (pli, fir).
@@ -115,25 +116,33 @@ pub struct ByKind {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
@@ -142,8 +151,12 @@ impl SfuMetrics {
     pub fn new(registry: &Registry) -> SfuMetrics {
         let r = registry;
         let published_tracks = gauge_vec(r, "published_tracks", "Tracks being published", "kind");
-        let subscribed_tracks =
-            gauge_vec(r, "subscribed_tracks", "Tracks forwarded to subscribers", "kind");
+        let subscribed_tracks = gauge_vec(
+            r,
+            "subscribed_tracks",
+            "Tracks forwarded to subscribers",
+            "kind",
+        );
         let rtp_packets_received = counter_vec(
             r,
             "rtp_packets_received_total",
@@ -190,8 +203,12 @@ impl SfuMetrics {
             subscribed: subscribed_tracks.with_label_values(&[kind]),
         };
         let by_kind_cache = [by_kind("audio"), by_kind("video")];
-        let dropped_packets =
-            counter_vec(r, "dropped_packets_total", "Packets dropped, by reason", "reason");
+        let dropped_packets = counter_vec(
+            r,
+            "dropped_packets_total",
+            "Packets dropped, by reason",
+            "reason",
+        );
         let keyframe_requests_sent = counter_vec(
             r,
             "keyframe_requests_sent_total",
@@ -215,6 +232,11 @@ impl SfuMetrics {
             rtp_bytes_sent,
             nacks_received: counter(r, "nacks_received_total", "NACKs received from subscribers"),
             nacks_sent: counter(r, "nacks_sent_total", "NACKs sent to publishers"),
+            retransmit_window_resizes: counter(
+                r,
+                "retransmit_window_resizes_total",
+                "Subscribers' retransmission windows changed to follow their measured round trip",
+            ),
             keyframe_requests_sent,
             keyframe_requests_received,
             keyframe_requests_throttled: counter(
@@ -235,7 +257,12 @@ impl SfuMetrics {
                 "Datagrams (UDP) or frames (ICE-TCP) received",
                 "protocol",
             ),
-            leaves: counter_vec(r, "leaves_total", "Participants removed, by reason", "reason"),
+            leaves: counter_vec(
+                r,
+                "leaves_total",
+                "Participants removed, by reason",
+                "reason",
+            ),
             joins: counter(r, "joins_total", "Joins accepted"),
             joins_refused: counter_vec(r, "joins_refused_total", "Joins refused", "reason"),
             forward_latency,
@@ -276,7 +303,9 @@ impl SfuMetrics {
         }
         for kind in ["pli", "fir"] {
             metrics.keyframe_requests_sent.with_label_values(&[kind]);
-            metrics.keyframe_requests_received.with_label_values(&[kind]);
+            metrics
+                .keyframe_requests_received
+                .with_label_values(&[kind]);
         }
         metrics
     }
@@ -288,7 +317,9 @@ impl SfuMetrics {
 
     /// Count a dropped packet.
     pub fn drop_packet(&self, reason: DropReason) {
-        self.dropped_packets.with_label_values(&[reason.label()]).inc();
+        self.dropped_packets
+            .with_label_values(&[reason.label()])
+            .inc();
     }
 
     /// Per-kind counters; `video` selects video, otherwise audio.

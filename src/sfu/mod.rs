@@ -18,6 +18,7 @@ pub mod forwarder;
 pub mod keyframe;
 pub mod metrics;
 mod participant;
+pub mod retransmit;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -38,7 +39,7 @@ pub use demux::Demux;
 pub use metrics::{DropReason, SfuMetrics};
 pub use participant::LeaveReason;
 use participant::{Participant, TrackIn, TrackOut, TrackOutState};
-
+use retransmit::RetransmitPolicy;
 
 /// Server-assigned participant id. Not a user id: it means nothing outside this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,12 +84,20 @@ pub struct SfuConfig {
     pub max_participants: usize,
     /// Minimum interval between keyframe requests to one track.
     pub keyframe_throttle: Duration,
-    /// How long sent video packets are kept for retransmission (NACK).
+    /// Longest time sent packets are kept for retransmission (NACK); each subscriber's window
+    /// follows its round trip below this (see [`retransmit`]).
     pub retransmit_history: Duration,
     /// Remove a connected participant silent this long.
     pub peer_timeout: Duration,
     /// Remove a participant not connected this long after joining.
     pub connect_timeout: Duration,
+}
+
+impl SfuConfig {
+    /// The per-subscriber retransmission window policy these settings give.
+    pub fn retransmit_policy(&self) -> RetransmitPolicy {
+        RetransmitPolicy::new(self.retransmit_history)
+    }
 }
 
 /// A datagram to send.
@@ -300,6 +309,11 @@ impl Sfu {
         })
     }
 
+    /// How long `id`'s outgoing streams keep sent packets for NACKs (see [`retransmit`]).
+    pub fn retransmit_window(&self, id: ParticipantId) -> Option<Duration> {
+        self.participants.get(&id).map(|p| p.retransmit_window)
+    }
+
     /// Add a participant to `room` (created on first join). One that may not publish (an
     /// observer) still receives everything, but its offered tracks are refused.
     pub fn join(
@@ -310,7 +324,10 @@ impl Sfu {
         may_publish: bool,
     ) -> Result<ParticipantId, SfuError> {
         if self.participants.len() >= self.config.max_participants {
-            self.metrics.joins_refused.with_label_values(&["server_full"]).inc();
+            self.metrics
+                .joins_refused
+                .with_label_values(&["server_full"])
+                .inc();
             return Err(SfuError::ServerFull);
         }
         let room_key = self.room_key(room);
@@ -320,7 +337,10 @@ impl Sfu {
             .map(|r| r.members.clone())
             .unwrap_or_default();
         if members.len() >= self.config.max_participants_per_room {
-            self.metrics.joins_refused.with_label_values(&["room_full"]).inc();
+            self.metrics
+                .joins_refused
+                .with_label_values(&["room_full"])
+                .inc();
             return Err(SfuError::RoomFull(self.config.max_participants_per_room));
         }
         let id = ParticipantId(self.next_participant);
@@ -414,6 +434,7 @@ impl Sfu {
             dirty_since: None,
             may_publish: true,
             recorded: false,
+            retransmit_window: self.config.retransmit_policy().initial(),
         }
     }
 
@@ -492,7 +513,10 @@ impl Sfu {
 
     fn handle_offer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
-        let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
         if p.pending.is_some() {
             // Glare: the server is the impolite peer and keeps its own offer; the client (polite)
             // rolls back, answers ours and offers again afterwards.
@@ -506,13 +530,26 @@ impl Sfu {
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         p.negotiated_once = true;
         self.renegotiate = true;
-        self.signal(id, ServerMessage::Answer { sdp: answer.to_sdp_string() });
+        self.signal(
+            id,
+            ServerMessage::Answer {
+                sdp: answer.to_sdp_string(),
+            },
+        );
         self.drain_and_settle(now, id);
         Ok(())
     }
 
-    fn handle_answer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
-        let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
+    fn handle_answer(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        sdp: &str,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(sdp_error)?;
         let pending = p.pending.take().ok_or(SfuError::NoPendingOffer)?;
         if let Err(e) = p.rtc.sdp_api().accept_answer(pending, answer) {
@@ -533,7 +570,10 @@ impl Sfu {
                     t.state = TrackOutState::ToStop(m);
                 } else {
                     t.state = TrackOutState::Open(m);
-                    self.metrics.kind(t.kind == MediaKind::Video).subscribed.inc();
+                    self.metrics
+                        .kind(t.kind == MediaKind::Video)
+                        .subscribed
+                        .inc();
                     opened.push((t.publisher, t.source_mid, t.kind));
                 }
             }
@@ -559,7 +599,10 @@ impl Sfu {
         }
         let parsed = Candidate::from_sdp_string(candidate)
             .map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
-        let p = self.participants.get_mut(&id).ok_or(SfuError::UnknownParticipant)?;
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
         p.rtc.add_remote_candidate(parsed);
         Ok(())
     }
@@ -583,11 +626,17 @@ impl Sfu {
             self.metrics.rooms.dec();
         }
         for t in &p.tracks_in {
-            self.metrics.kind(t.kind == MediaKind::Video).published.dec();
+            self.metrics
+                .kind(t.kind == MediaKind::Video)
+                .published
+                .dec();
         }
         for t in &p.tracks_out {
             if matches!(t.state, TrackOutState::Open(_) | TrackOutState::ToStop(_)) {
-                self.metrics.kind(t.kind == MediaKind::Video).subscribed.dec();
+                self.metrics
+                    .kind(t.kind == MediaKind::Video)
+                    .subscribed
+                    .dec();
             }
         }
         let track_ids: Vec<_> = p.tracks_in.iter().map(|t| t.id).collect();
@@ -603,7 +652,10 @@ impl Sfu {
             );
         }
         self.metrics.participants.dec();
-        self.metrics.leaves.with_label_values(&[reason.as_str()]).inc();
+        self.metrics
+            .leaves
+            .with_label_values(&[reason.as_str()])
+            .inc();
         info!(participant = %id, reason = reason.as_str(), "participant removed");
         self.outputs.push_back(SfuOutput::Removed {
             participant: id,
@@ -616,7 +668,12 @@ impl Sfu {
 
     /// Start or stop handing `participant`'s media to the recorder (after consent, or when it
     /// is withdrawn). Starting asks for keyframes so recordings begin decodable.
-    pub fn set_recorded(&mut self, now: Instant, participant: ParticipantId, recorded: bool) -> Result<(), SfuError> {
+    pub fn set_recorded(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        recorded: bool,
+    ) -> Result<(), SfuError> {
         let p = self
             .participants
             .get_mut(&participant)
@@ -648,7 +705,12 @@ impl Sfu {
 
     /// The recorder lacks a keyframe on `track` (start, or after a loss): ask its publisher,
     /// subject to the usual per-track throttle.
-    pub fn request_track_keyframe(&mut self, now: Instant, participant: ParticipantId, track: TrackId) {
+    pub fn request_track_keyframe(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        track: TrackId,
+    ) {
         let Some(mid) = self
             .participants
             .get(&participant)
@@ -799,7 +861,9 @@ impl Sfu {
             .participants
             .values()
             .filter_map(|p| {
-                if p.connected && now.saturating_duration_since(p.last_rx) > self.config.peer_timeout {
+                if p.connected
+                    && now.saturating_duration_since(p.last_rx) > self.config.peer_timeout
+                {
                     Some((p.id, LeaveReason::Timeout))
                 } else if !p.connected
                     && now.saturating_duration_since(p.joined_at) > self.config.connect_timeout
@@ -923,7 +987,8 @@ impl Sfu {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(participant = %id, error = %e, "participant session failed");
-                    self.deferred.push((id, Deferred::Remove(LeaveReason::Disconnected)));
+                    self.deferred
+                        .push((id, Deferred::Remove(LeaveReason::Disconnected)));
                     return;
                 }
             };
@@ -946,7 +1011,13 @@ impl Sfu {
                     }));
                 }
                 Output::Event(event) => {
-                    if let Some(d) = on_event(p, &self.metrics, now, event) {
+                    if let Some(d) = on_event(
+                        p,
+                        &self.metrics,
+                        self.config.retransmit_policy(),
+                        now,
+                        event,
+                    ) {
                         self.deferred.push((id, d));
                     }
                 }
@@ -1004,7 +1075,10 @@ impl Sfu {
         };
         let track = p.tracks_in.remove(pos);
         let room = p.room;
-        self.metrics.kind(track.kind == MediaKind::Video).published.dec();
+        self.metrics
+            .kind(track.kind == MediaKind::Video)
+            .published
+            .dec();
         for m in self.members_except(room, id) {
             self.unsubscribe(m, id, track.id);
         }
@@ -1118,11 +1192,16 @@ impl Sfu {
                 self.metrics.drop_packet(DropReason::NotWritable);
                 continue;
             };
-            if !t.history_sized {
+            if t.history != Some(s.retransmit_window) {
                 // str0m keeps 3 s (up to 1024 packets) by default: most of a subscriber's
-                // memory at video rates. Keep what NACKs can still use.
-                tx.set_rtx_cache(RETRANSMIT_HISTORY_PACKETS, self.config.retransmit_history, Some(RTX_RATIO_CAP));
-                t.history_sized = true;
+                // memory at video rates. Keep what NACKs can still use (the window follows the
+                // subscriber's round trip; resizing drops the history, so it changes rarely).
+                tx.set_rtx_cache(
+                    RETRANSMIT_HISTORY_PACKETS,
+                    s.retransmit_window,
+                    Some(RTX_RATIO_CAP),
+                );
+                t.history = Some(s.retransmit_window);
             }
             tx.write_rtp(
                 RtpWrite::new(
@@ -1232,7 +1311,10 @@ impl Sfu {
                 TrackOutState::ToStop(mid) => {
                     change.stop_media(mid);
                     t.state = TrackOutState::NegotiatingStop(mid);
-                    self.metrics.kind(t.kind == MediaKind::Video).subscribed.dec();
+                    self.metrics
+                        .kind(t.kind == MediaKind::Video)
+                        .subscribed
+                        .dec();
                 }
                 _ => {}
             }
@@ -1245,7 +1327,12 @@ impl Sfu {
         for m in added {
             self.signal(id, m);
         }
-        self.signal(id, ServerMessage::Offer { sdp: offer.to_sdp_string() });
+        self.signal(
+            id,
+            ServerMessage::Offer {
+                sdp: offer.to_sdp_string(),
+            },
+        );
     }
 }
 
@@ -1274,7 +1361,12 @@ fn needs_negotiation(p: &Participant) -> bool {
         .any(|t| matches!(t.state, TrackOutState::ToOpen | TrackOutState::ToStop(_)))
 }
 
-fn new_track_out(track: TrackId, source_mid: Mid, kind: MediaKind, publisher: ParticipantId) -> TrackOut {
+fn new_track_out(
+    track: TrackId,
+    source_mid: Mid,
+    kind: MediaKind,
+    publisher: ParticipantId,
+) -> TrackOut {
     TrackOut {
         track,
         publisher,
@@ -1284,7 +1376,7 @@ fn new_track_out(track: TrackId, source_mid: Mid, kind: MediaKind, publisher: Pa
         stop_when_open: false,
         seq: Default::default(),
         pt_map: None,
-        history_sized: false,
+        history: None,
     }
 }
 
@@ -1318,6 +1410,7 @@ fn forwarded_extensions(ext: &ExtensionValues) -> ExtensionValues {
 fn on_event(
     p: &mut Participant,
     metrics: &SfuMetrics,
+    retransmit: RetransmitPolicy,
     now: Instant,
     event: Event,
 ) -> Option<Deferred> {
@@ -1362,6 +1455,14 @@ fn on_event(
         Event::MediaEgressStats(s) => {
             let last = p.stats.nacks.insert((s.mid, true), s.nacks).unwrap_or(0);
             metrics.nacks_received.inc_by(s.nacks.saturating_sub(last));
+            if let Some(window) = s
+                .rtt
+                .and_then(|rtt| retransmit.resize(p.retransmit_window, rtt))
+            {
+                debug!(participant = %p.id, rtt_ms = s.rtt.map(|r| r.as_millis()), window_ms = window.as_millis(), "retransmission window resized");
+                p.retransmit_window = window;
+                metrics.retransmit_window_resizes.inc();
+            }
             None
         }
         Event::MediaIngressStats(s) => {
@@ -1372,7 +1473,6 @@ fn on_event(
         _ => None,
     }
 }
-
 
 #[doc(hidden)]
 pub mod sim;

@@ -65,8 +65,9 @@ pub struct TrackOut {
     pub seq: SeqRewriter,
     /// Incoming PT to outgoing PT, cached.
     pub pt_map: Option<(Pt, Pt)>,
-    /// The outgoing stream's retransmission history has been sized.
-    pub history_sized: bool,
+    /// The retransmission window the outgoing stream keeps (`None`: str0m's default, not set
+    /// yet).
+    pub history: Option<std::time::Duration>,
 }
 
 impl TrackOut {
@@ -172,6 +173,9 @@ pub struct Participant {
     pub dirty_since: Option<std::time::Instant>,
     /// May send media (observers may not).
     pub may_publish: bool,
+    /// How long its outgoing streams keep sent packets for NACKs (follows its round trip, see
+    /// [`super::retransmit`]).
+    pub retransmit_window: std::time::Duration,
     /// Its media goes to the recorder (it consented to a recording in progress).
     pub recorded: bool,
 }

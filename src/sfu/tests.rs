@@ -7,7 +7,7 @@ use huizhen_signaling::protocol::{ServerMessage, TrackKind};
 use str0m::media::MediaKind;
 
 use super::sim::SimNet;
-use super::LeaveReason;
+use super::{retransmit, LeaveReason};
 
 const AV: &[MediaKind] = &[MediaKind::Audio, MediaKind::Video];
 
@@ -64,9 +64,16 @@ fn forwards_audio_and_video_between_two_participants() {
     for (rx, tx) in [(a, b), (b, a)] {
         for kind in [TrackKind::Audio, TrackKind::Video] {
             let got = net.payloads_from(rx, tx, kind);
-            assert!(got.iter().all(|p| intact(p) && p[0] == tx as u8), "corrupt payload");
+            assert!(
+                got.iter().all(|p| intact(p) && p[0] == tx as u8),
+                "corrupt payload"
+            );
             let s = seqs(&got);
-            assert!(s.len() >= 48, "{rx} got {} {kind:?} packets from {tx}", s.len());
+            assert!(
+                s.len() >= 48,
+                "{rx} got {} {kind:?} packets from {tx}",
+                s.len()
+            );
         }
     }
     let m = net.sfu.metrics();
@@ -88,8 +95,15 @@ fn late_joiner_gets_a_keyframe_request_sent_and_throttled() {
     let _d = net.add_client("room", &[]);
     net.run_for(Duration::from_millis(100));
     let after = net.clients[a].keyframe_requests;
-    assert!(after > before, "publisher got no keyframe request on subscribe");
-    assert!(after - before <= 2, "throttle let {} requests through", after - before);
+    assert!(
+        after > before,
+        "publisher got no keyframe request on subscribe"
+    );
+    assert!(
+        after - before <= 2,
+        "throttle let {} requests through",
+        after - before
+    );
     assert!(net.sfu.metrics().keyframe_requests_throttled.get() >= 1);
     send_media(&mut net, &[a], 10);
     assert!(seqs(&net.payloads_from(b, a, TrackKind::Video)).len() >= 9);
@@ -108,13 +122,55 @@ fn nack_recovers_lost_video_packets() {
     }
     net.media_loss = 0.0;
     net.run_for(Duration::from_secs(2));
-    assert!(net.lost > 10, "the simulated network dropped only {} packets", net.lost);
+    assert!(
+        net.lost > 10,
+        "the simulated network dropped only {} packets",
+        net.lost
+    );
     let got = seqs(&net.payloads_from(b, a, TrackKind::Video));
     // Without retransmission about 19% would be missing (loss on both legs).
-    assert!(got.len() >= 196, "only {} of 200 video packets arrived", got.len());
+    assert!(
+        got.len() >= 196,
+        "only {} of 200 video packets arrived",
+        got.len()
+    );
     let m = net.sfu.metrics();
-    assert!(m.nacks_received.get() > 0, "no NACK from the subscriber was counted");
-    assert!(m.nacks_sent.get() > 0, "no NACK to the publisher was counted");
+    assert!(
+        m.nacks_received.get() > 0,
+        "no NACK from the subscriber was counted"
+    );
+    assert!(
+        m.nacks_sent.get() > 0,
+        "no NACK to the publisher was counted"
+    );
+}
+
+#[test]
+fn retransmit_window_follows_the_measured_round_trip() {
+    let mut net = SimNet::new(8);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", &[]);
+    net.run_for(Duration::from_secs(1));
+    let b_id = net.clients[b].id;
+    let send_video = |net: &mut SimNet, from: u32, to: u32| {
+        for seq in from..to {
+            net.send_rtp(a, MediaKind::Video, &payload(a, seq, 900), true);
+            net.run_for(Duration::from_millis(20));
+        }
+    };
+    // Round trips of ~10 ms: receiver reports keep the floor.
+    send_video(&mut net, 0, 150);
+    assert_eq!(net.sfu.retransmit_window(b_id), Some(retransmit::MIN_WINDOW));
+    assert_eq!(net.sfu.metrics().retransmit_window_resizes.get(), 0);
+    // A 200 ms round trip needs 4 x 200 + 100 = 900 ms (RTCP's 1/65536 s time units and
+    // the report delay can add a step of 50 ms).
+    net.latency = Duration::from_millis(100);
+    send_video(&mut net, 150, 400);
+    let window = net.sfu.retransmit_window(b_id).unwrap();
+    assert!((900..=950).contains(&window.as_millis()), "window {window:?}");
+    assert_eq!(net.sfu.metrics().retransmit_window_resizes.get(), 1);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(seqs(&net.payloads_from(b, a, TrackKind::Video)).len(), 400, "no loss on this network");
 }
 
 #[test]
@@ -204,7 +260,13 @@ fn garbage_datagrams_are_counted_and_do_not_disturb_the_room() {
     }
     let dropped: u64 = ["malformed", "unknown_source", "rejected"]
         .iter()
-        .map(|r| net.sfu.metrics().dropped_packets.with_label_values(&[r]).get())
+        .map(|r| {
+            net.sfu
+                .metrics()
+                .dropped_packets
+                .with_label_values(&[r])
+                .get()
+        })
         .sum();
     assert!(dropped >= 500, "only {dropped} garbage datagrams counted");
     assert_eq!(net.sfu.participant_count(), 2);
@@ -229,7 +291,10 @@ fn bad_sdp_and_candidates_get_typed_errors() {
         .sfu
         .handle_signal(now, id, SignalInput::Answer("v=0\r\n".into()))
         .unwrap_err();
-    assert!(matches!(err, SfuError::InvalidSdp(_) | SfuError::NoPendingOffer), "{err:?}");
+    assert!(
+        matches!(err, SfuError::InvalidSdp(_) | SfuError::NoPendingOffer),
+        "{err:?}"
+    );
     let err = net
         .sfu
         .handle_signal(now, id, SignalInput::Candidate("candidate:garbage".into()))
@@ -268,7 +333,11 @@ fn forwards_h264_and_vp9() {
         send_media(&mut net, &[a], 30);
         let got = net.payloads_from(b, a, TrackKind::Video);
         assert!(got.iter().all(|p| intact(p)));
-        assert!(seqs(&got).len() >= 29, "{codec:?}: {} packets", seqs(&got).len());
+        assert!(
+            seqs(&got).len() >= 29,
+            "{codec:?}: {} packets",
+            seqs(&got).len()
+        );
     }
 }
 
@@ -301,12 +370,21 @@ fn observer_receives_but_its_tracks_are_refused() {
     let o = net.add_observer("room", AV);
     net.run_for(Duration::from_secs(1));
     send_media(&mut net, &[a, o], 20);
-    assert!(seqs(&net.payloads_from(o, a, TrackKind::Video)).len() >= 19, "observer receives");
-    assert!(net.mids_from(a, o, TrackKind::Video).is_empty(), "observer's video not forwarded");
+    assert!(
+        seqs(&net.payloads_from(o, a, TrackKind::Video)).len() >= 19,
+        "observer receives"
+    );
+    assert!(
+        net.mids_from(a, o, TrackKind::Video).is_empty(),
+        "observer's video not forwarded"
+    );
     assert!(net.payloads_from(a, o, TrackKind::Audio).is_empty());
     assert!(net.clients[o].signals.iter().any(|s| matches!(
         s,
-        ServerMessage::Error { code: ErrorCode::Forbidden, .. }
+        ServerMessage::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
     )));
     assert_eq!(net.sfu.track_counts().0, 2, "only a's tracks are published");
 }
@@ -340,21 +418,44 @@ fn only_consenting_participants_are_handed_to_the_recorder() {
     net.sfu.set_recorded(now, a_id, true).unwrap();
     net.route_outputs();
     net.run_for(Duration::from_millis(100));
-    assert!(net.clients[a].keyframe_requests > keyframes_before, "recording starts at a keyframe");
+    assert!(
+        net.clients[a].keyframe_requests > keyframes_before,
+        "recording starts at a keyframe"
+    );
     send_media(&mut net, &[a, b], 10);
-    assert!(net.recorded.iter().all(|r| r.participant == a_id), "b did not consent");
-    let video = net.recorded.iter().filter(|r| r.kind == MediaKind::Video).count();
-    let audio = net.recorded.iter().filter(|r| r.kind == MediaKind::Audio).count();
+    assert!(
+        net.recorded.iter().all(|r| r.participant == a_id),
+        "b did not consent"
+    );
+    let video = net
+        .recorded
+        .iter()
+        .filter(|r| r.kind == MediaKind::Video)
+        .count();
+    let audio = net
+        .recorded
+        .iter()
+        .filter(|r| r.kind == MediaKind::Audio)
+        .count();
     assert_eq!((audio, video), (10, 10));
     let first = &net.recorded[0];
-    assert!(intact(&first.payload) && first.payload[0] == a as u8, "payload untouched");
-    assert!(net.recorded.iter().any(|r| r.codec == str0m::format::Codec::Vp8 && r.clock_rate == 90_000));
+    assert!(
+        intact(&first.payload) && first.payload[0] == a as u8,
+        "payload untouched"
+    );
+    assert!(net
+        .recorded
+        .iter()
+        .any(|r| r.codec == str0m::format::Codec::Vp8 && r.clock_rate == 90_000));
     // Withdrawn: nothing more is recorded.
     let now = net.now;
     net.sfu.set_recorded(now, a_id, false).unwrap();
     let count = net.recorded.len();
     send_media_from(&mut net, &[a], 100, 5);
     assert_eq!(net.recorded.len(), count);
-    assert_eq!(net.sfu.set_recorded(now, super::ParticipantId(999), true), Err(super::SfuError::UnknownParticipant));
+    assert_eq!(
+        net.sfu.set_recorded(now, super::ParticipantId(999), true),
+        Err(super::SfuError::UnknownParticipant)
+    );
     let _ = b_id;
 }
