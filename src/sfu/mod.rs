@@ -19,6 +19,7 @@ pub mod keyframe;
 pub mod metrics;
 mod participant;
 pub mod retransmit;
+mod sdp_filter;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -68,8 +69,11 @@ pub struct RoomKey(u64);
 /// Most packets kept for retransmission per outgoing stream (with the time limit of
 /// [`SfuConfig::retransmit_history`]): 2 s of 4 Mbit/s video.
 const RETRANSMIT_HISTORY_PACKETS: usize = 1024;
-/// str0m's default: queued retransmissions are dropped beyond 15 % of the stream's bytes.
-const RTX_RATIO_CAP: f32 = 0.15;
+/// Queued retransmissions are dropped beyond this share of a stream's bytes (str0m's default
+/// is 15 %). A subscriber behind 10 % loss needs about 11 % for the first repairs and more for
+/// repairs that are lost again; the cap still stops a retransmission storm on a link that is
+/// losing most packets (a keyframe is the cheaper repair there).
+const RTX_RATIO_CAP: f32 = 0.3;
 
 /// Core settings, resolved from the config and the bound sockets.
 #[derive(Debug, Clone)]
@@ -1330,7 +1334,7 @@ impl Sfu {
         self.signal(
             id,
             ServerMessage::Offer {
-                sdp: offer.to_sdp_string(),
+                sdp: sdp_filter::without_send_only_twcc(&offer.to_sdp_string()),
             },
         );
     }

@@ -174,6 +174,34 @@ fn retransmit_window_follows_the_measured_round_trip() {
 }
 
 #[test]
+fn server_offers_keep_twcc_only_on_what_the_subscriber_sends() {
+    let mut net = SimNet::new(9);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    let offer = net.clients[b]
+        .signals
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            ServerMessage::Offer { sdp } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("b got a server offer for a's tracks");
+    let sections: Vec<&str> = offer.split("\r\nm=").skip(1).collect();
+    let twcc = |s: &str| s.contains("transport-wide-cc");
+    let sending: Vec<&&str> = sections.iter().filter(|s| s.contains("a=sendonly")).collect();
+    let receiving: Vec<&&str> = sections.iter().filter(|s| s.contains("a=recvonly")).collect();
+    assert_eq!((sending.len(), receiving.len()), (2, 2), "{offer}");
+    assert!(sending.iter().all(|s| !twcc(s)), "forwarded tracks carry no TWCC: {offer}");
+    assert!(receiving.iter().all(|s| twcc(s)), "b's own tracks keep TWCC: {offer}");
+    // Media still flows both ways after the answer.
+    send_media(&mut net, &[a, b], 20);
+    assert!(seqs(&net.payloads_from(b, a, TrackKind::Video)).len() >= 19);
+    assert!(seqs(&net.payloads_from(a, b, TrackKind::Video)).len() >= 19);
+}
+
+#[test]
 fn leave_removes_tracks_from_everyone_and_frees_state() {
     let mut net = SimNet::new(4);
     let a = net.add_client("room", AV);
