@@ -91,11 +91,12 @@ pub struct RecorderHandle {
 /// Tracks the recorder needs a keyframe for, for the media task to request (throttled there).
 pub type KeyframeWants = mpsc::Receiver<(ParticipantId, TrackId)>;
 
-/// How often the recorder repeats its keyframe wishes: the SFU's per-track throttle (500 ms).
-/// Browsers ignore a request that comes within ~300 ms of their last keyframe (libwebrtc's
-/// minimum keyframe interval), so the first request of a recording may go unanswered; the
-/// repeat bounds how late the recording's video can start.
-const KEYFRAME_WISH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the recorder repeats its keyframe wishes while a track waits for one (the SFU
+/// lets them through at [`crate::sfu::RECORDER_KEYFRAME_RETRY`]). Browsers ignore a request
+/// that comes within 300 ms of their last keyframe (libwebrtc's minimum keyframe interval), so
+/// the first request of a recording may go unanswered; repeating every 100 ms starts the
+/// recording's video at most ~100 ms after the browser will make a keyframe again.
+const KEYFRAME_WISH_INTERVAL: Duration = crate::sfu::RECORDER_KEYFRAME_RETRY;
 
 impl RecorderHandle {
     /// Offer a packet without waiting; false if the recorder is behind (the packet is dropped).

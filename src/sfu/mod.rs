@@ -259,6 +259,10 @@ pub struct Sfu {
     next_sweep: Option<Instant>,
 }
 
+/// Shortest interval between the recorder's keyframe requests to one track (see
+/// [`Sfu::request_track_keyframe`]).
+pub const RECORDER_KEYFRAME_RETRY: Duration = Duration::from_millis(100);
+
 /// How often silent or never-connected participants are looked for. With the 4 s default peer
 /// timeout this removes a dead peer within 4.25 s.
 const LIVENESS_SWEEP: Duration = Duration::from_millis(250);
@@ -708,7 +712,10 @@ impl Sfu {
     }
 
     /// The recorder lacks a keyframe on `track` (start, or after a loss): ask its publisher,
-    /// subject to the usual per-track throttle.
+    /// at most once per [`RECORDER_KEYFRAME_RETRY`]. Browsers ignore requests that come within
+    /// 300 ms of their last keyframe (libwebrtc's minimum keyframe interval), so a recording
+    /// started just after a keyframe would otherwise wait a whole throttle interval for its
+    /// video; the recorder stops asking as soon as a keyframe arrives.
     pub fn request_track_keyframe(
         &mut self,
         now: Instant,
@@ -723,7 +730,13 @@ impl Sfu {
         else {
             return;
         };
-        self.request_keyframe(now, participant, mid, KeyframeRequestKind::Pli);
+        self.request_keyframe_within(
+            now,
+            participant,
+            mid,
+            KeyframeRequestKind::Pli,
+            RECORDER_KEYFRAME_RETRY,
+        );
         self.drain_and_settle(now, participant);
     }
 
@@ -1249,7 +1262,18 @@ impl Sfu {
         mid: Mid,
         kind: KeyframeRequestKind,
     ) {
-        let interval = self.config.keyframe_throttle;
+        self.request_keyframe_within(now, publisher, mid, kind, self.config.keyframe_throttle);
+    }
+
+    /// Ask `publisher` for a keyframe on `mid` unless a request went out within `interval`.
+    fn request_keyframe_within(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantId,
+        mid: Mid,
+        kind: KeyframeRequestKind,
+        interval: Duration,
+    ) {
         let Some(p) = self.participants.get_mut(&publisher) else {
             return;
         };

@@ -435,6 +435,47 @@ fn closing_a_room_removes_everyone_in_it_only() {
 }
 
 #[test]
+fn recorder_keyframe_requests_retry_sooner_than_subscribers_may() {
+    let mut net = SimNet::new(14);
+    let a = net.add_client("room", AV);
+    let _b = net.add_client("room", &[]);
+    net.run_for(Duration::from_secs(1));
+    let a_id = net.clients[a].id;
+    let now = net.now;
+    net.sfu.set_recorded(now, a_id, true).unwrap();
+    net.route_outputs();
+    send_media(&mut net, &[a], 2);
+    let track = net
+        .recorded
+        .iter()
+        .find(|r| r.kind == MediaKind::Video)
+        .expect("video recorded")
+        .track;
+    net.run_for(Duration::from_millis(600));
+    let ask = |net: &mut SimNet| {
+        let now = net.now;
+        net.sfu.request_track_keyframe(now, a_id, track);
+        net.route_outputs();
+    };
+    // Every RECORDER_KEYFRAME_RETRY (100 ms), well inside the 500 ms subscriber throttle.
+    let before = net.clients[a].keyframe_requests;
+    for _ in 0..4 {
+        ask(&mut net);
+        net.run_for(super::RECORDER_KEYFRAME_RETRY);
+    }
+    assert_eq!(net.clients[a].keyframe_requests - before, 4);
+    // Closer together than that: absorbed.
+    let before = net.clients[a].keyframe_requests;
+    let throttled = net.sfu.metrics().keyframe_requests_throttled.get();
+    ask(&mut net);
+    net.run_for(Duration::from_millis(30));
+    ask(&mut net);
+    net.run_for(Duration::from_millis(30));
+    assert_eq!(net.clients[a].keyframe_requests - before, 1);
+    assert_eq!(net.sfu.metrics().keyframe_requests_throttled.get(), throttled + 1);
+}
+
+#[test]
 fn only_consenting_participants_are_handed_to_the_recorder() {
     let mut net = SimNet::new(13);
     let a = net.add_client("room", AV);
