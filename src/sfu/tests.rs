@@ -152,20 +152,14 @@ fn retransmit_window_follows_the_measured_round_trip() {
     let b = net.add_client("room", &[]);
     net.run_for(Duration::from_secs(1));
     let b_id = net.clients[b].id;
-    let send_video = |net: &mut SimNet, from: u32, to: u32| {
-        for seq in from..to {
-            net.send_rtp(a, MediaKind::Video, &payload(a, seq, 900), true);
-            net.run_for(Duration::from_millis(20));
-        }
-    };
     // Round trips of ~10 ms: receiver reports keep the floor.
-    send_video(&mut net, 0, 150);
+    send_media(&mut net, &[a], 150);
     assert_eq!(net.sfu.retransmit_window(b_id), Some(retransmit::MIN_WINDOW));
     assert_eq!(net.sfu.metrics().retransmit_window_resizes.get(), 0);
     // A 200 ms round trip needs 4 x 200 + 100 = 900 ms (RTCP's 1/65536 s time units and
     // the report delay can add a step of 50 ms).
     net.latency = Duration::from_millis(100);
-    send_video(&mut net, 150, 400);
+    send_media_from(&mut net, &[a], 150, 250);
     let window = net.sfu.retransmit_window(b_id).unwrap();
     assert!((900..=950).contains(&window.as_millis()), "window {window:?}");
     assert_eq!(net.sfu.metrics().retransmit_window_resizes.get(), 1);
