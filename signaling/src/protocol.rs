@@ -263,6 +263,18 @@ pub enum ServerMessage {
         /// Consultations where this user still holds a seat (reconnect within the grace period).
         seats: Vec<String>,
     },
+    /// The session's token expires soon (at `expires_at`, seconds since the epoch): send `auth`
+    /// with a fresh token of the same user on this socket to keep the session; at expiry the
+    /// server sends `bye {reason: "token_expired"}` and closes the socket.
+    TokenExpiring {
+        /// When the token expires (seconds since the epoch).
+        expires_at: u64,
+    },
+    /// A fresh token was accepted on this socket; the session now lasts until `expires_at`.
+    TokenRenewed {
+        /// When the new token expires (seconds since the epoch).
+        expires_at: u64,
+    },
     /// Patient: your place in the waiting room (sent on every change).
     Waiting {
         /// The clinic.
@@ -447,11 +459,18 @@ pub enum ErrorCode {
     ConsultationFull,
     /// An expert link used after its consultation ended.
     LinkExpired,
+    /// The request contradicts what is recorded (an id reused with other content, a change to
+    /// an appointment whose patient waits or whose consultation runs).
+    Conflict,
+    /// The token was revoked by the hospital's system.
+    RevokedToken,
+    /// Too many refused frames, or no `auth` in time: the socket is closed after this.
+    TooManyRefusals,
 }
 
 impl ErrorCode {
     /// Every code, for pre-registering metric label values.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidMessage,
@@ -473,6 +492,9 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::ConsultationFull,
         ErrorCode::LinkExpired,
+        ErrorCode::Conflict,
+        ErrorCode::RevokedToken,
+        ErrorCode::TooManyRefusals,
     ];
 
     /// The code for a clinic error code string ([`crate::clinic::ClinicError::code`]).
@@ -484,6 +506,7 @@ impl ErrorCode {
             "invalid_state" => ErrorCode::InvalidState,
             "consultation_full" => ErrorCode::ConsultationFull,
             "link_expired" => ErrorCode::LinkExpired,
+            "conflict" => ErrorCode::Conflict,
             _ => ErrorCode::Internal,
         }
     }
@@ -512,6 +535,9 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::ConsultationFull => "consultation_full",
             ErrorCode::LinkExpired => "link_expired",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::RevokedToken => "revoked_token",
+            ErrorCode::TooManyRefusals => "too_many_refusals",
         }
     }
 }

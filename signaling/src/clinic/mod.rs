@@ -8,13 +8,17 @@
 //! [`ClinicEngine::handle_timeout`] with [`ClinicEngine::poll_timeout`] telling when. No clock,
 //! randomness or I/O is used inside, so tests run whole clinic sessions in virtual time.
 
+pub mod changes;
 pub mod model;
 pub mod queue;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use changes::Dirty;
 
 use serde::{Deserialize, Serialize};
 
+pub use changes::ChangeSet;
 pub use model::*;
 pub use queue::{estimate_wait_ms, QueueEntry, QueueOrder, WaitingRoom};
 
@@ -33,6 +37,10 @@ pub struct ClinicSettings {
     pub queue_order: QueueOrder,
     /// Assumed consultation length before any was measured.
     pub default_consultation_ms: u64,
+    /// Appointments whose slot started longer ago than this (and that nobody waits or sits
+    /// for) are history: they leave memory, cannot be checked in to or booked any more, and
+    /// are read from the store.
+    pub history_horizon_ms: u64,
 }
 
 impl Default for ClinicSettings {
@@ -44,6 +52,7 @@ impl Default for ClinicSettings {
             max_participants: 12,
             queue_order: QueueOrder::SlotThenArrival,
             default_consultation_ms: 10 * 60_000,
+            history_horizon_ms: 24 * 3600_000,
         }
     }
 }
@@ -74,6 +83,9 @@ pub enum ClinicError {
     /// An expert link used after its consultation ended.
     #[error("this invitation link is no longer valid: the consultation has ended")]
     LinkExpired,
+    /// The request contradicts what is already recorded (an id reused with other content).
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 impl ClinicError {
@@ -86,6 +98,7 @@ impl ClinicError {
             ClinicError::InvalidState(_) => "invalid_state",
             ClinicError::Full(_) => "consultation_full",
             ClinicError::LinkExpired => "link_expired",
+            ClinicError::Conflict(_) => "conflict",
         }
     }
 }
@@ -179,12 +192,14 @@ pub enum ClinicEvent {
         /// Patient.
         patient: UserId,
     },
-    /// The call started.
+    /// The call started (the patient answered the doctor's invitation).
     ConsultationStarted {
         /// Consultation.
         consultation: ConsultationId,
         /// Its SFU room.
         room: String,
+        /// The doctor whose invitation started it.
+        doctor: UserId,
     },
     /// Someone took their seat (joined the call).
     Joined {
@@ -363,6 +378,19 @@ pub struct EngineSnapshot {
     pub invitations: Vec<Invitation>,
     /// Id counter, so restored engines never reuse an id.
     pub next_id: u64,
+    /// Appointments (of those above) whose consultation has ended: they cannot be checked in
+    /// to again.
+    #[serde(default)]
+    pub ended_appointments: Vec<AppointmentId>,
+}
+
+/// What booking an appointment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booking {
+    /// A new appointment.
+    Created,
+    /// The same appointment was booked before (a retried request): nothing changed.
+    Unchanged,
 }
 
 /// How many recent consultation lengths feed the wait estimate.
@@ -376,8 +404,13 @@ pub struct ClinicEngine {
     appointments: BTreeMap<AppointmentId, Appointment>,
     consultations: BTreeMap<ConsultationId, Consultation>,
     invitations: BTreeMap<InvitationId, Invitation>,
+    /// Appointments in memory whose consultation ended (the consultation itself left memory).
+    #[serde(default)]
+    ended_appointments: BTreeSet<AppointmentId>,
     #[serde(skip)]
     events: VecDeque<ClinicEvent>,
+    #[serde(skip)]
+    dirty: Dirty,
     next_id: u64,
 }
 
@@ -390,7 +423,9 @@ impl ClinicEngine {
             appointments: BTreeMap::new(),
             consultations: BTreeMap::new(),
             invitations: BTreeMap::new(),
+            ended_appointments: BTreeSet::new(),
             events: VecDeque::new(),
+            dirty: Dirty::default(),
             next_id: 1,
         }
     }
@@ -412,6 +447,7 @@ impl ClinicEngine {
             consultations: self.consultations.values().cloned().collect(),
             invitations: self.invitations.values().cloned().collect(),
             next_id: self.next_id,
+            ended_appointments: self.ended_appointments.iter().cloned().collect(),
         }
     }
 
@@ -454,7 +490,103 @@ impl ClinicEngine {
         for i in snapshot.invitations {
             engine.invitations.insert(i.id.clone(), i);
         }
+        engine.ended_appointments = snapshot.ended_appointments.into_iter().collect();
+        // The restart's grace marks are state like any other: written with the next commit.
+        engine.dirty.clinics = engine.clinics.keys().cloned().collect();
+        engine.dirty.consultations = engine
+            .consultations
+            .iter()
+            .filter(|(_, c)| c.state != ConsultationState::Ended)
+            .map(|(id, _)| id.clone())
+            .collect();
         engine
+    }
+
+    /// The rows changed since the last call, for the store to write in one transaction.
+    pub fn take_changes(&mut self) -> ChangeSet {
+        let dirty = std::mem::take(&mut self.dirty);
+        ChangeSet {
+            clinics: dirty
+                .clinics
+                .iter()
+                .filter_map(|id| self.clinics.get(id))
+                .map(|s| ClinicRecord {
+                    clinic: s.clinic.clone(),
+                    queue: s.queue.clone(),
+                    active: s.active.clone(),
+                    recent_lengths_ms: s.recent_lengths_ms.iter().copied().collect(),
+                })
+                .collect(),
+            appointments: dirty
+                .appointments
+                .iter()
+                .filter(|id| !dirty.cancelled_appointments.contains(*id))
+                .filter_map(|id| self.appointments.get(id).cloned())
+                .collect(),
+            cancelled_appointments: dirty.cancelled_appointments.into_iter().collect(),
+            consultations: dirty
+                .consultations
+                .into_iter()
+                .map(|id| {
+                    let row = self.consultations.get(&id).cloned();
+                    (id, row)
+                })
+                .collect(),
+            invitations: dirty
+                .invitations
+                .into_iter()
+                .map(|id| {
+                    let row = self.invitations.get(&id).cloned();
+                    (id, row)
+                })
+                .collect(),
+            next_id: self.next_id,
+        }
+    }
+
+    /// Whether anything changed since the last [`ClinicEngine::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Let history leave memory, once it is committed: ended consultations, and appointments
+    /// past the history horizon that nobody waits or sits for. The store keeps them; the admin
+    /// API reads them there. Returns how many records left.
+    pub fn evict_history(&mut self, now: Millis) -> usize {
+        let ended: Vec<ConsultationId> = self
+            .consultations
+            .iter()
+            .filter(|(id, c)| c.state == ConsultationState::Ended && !self.dirty.consultations.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            if let Some(c) = self.consultations.remove(id) {
+                self.ended_appointments.insert(c.appointment);
+            }
+        }
+        let cutoff = Millis(now.0.saturating_sub(self.settings.history_horizon_ms));
+        let in_use: BTreeSet<&AppointmentId> = self
+            .clinics
+            .values()
+            .flat_map(|s| s.queue.ordered().into_iter().map(|e| &e.appointment))
+            .chain(self.consultations.values().map(|c| &c.appointment))
+            .collect();
+        let old: Vec<AppointmentId> = self
+            .appointments
+            .values()
+            .filter(|a| a.slot_start < cutoff && !in_use.contains(&a.id) && !self.dirty.appointments.contains(&a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        for id in &old {
+            self.appointments.remove(id);
+            self.ended_appointments.remove(id);
+        }
+        ended.len() + old.len()
+    }
+
+    /// Records held in memory: (appointments, consultations), for metrics.
+    pub fn live_counts(&self) -> (usize, usize) {
+        (self.appointments.len(), self.consultations.len())
     }
 
     /// Settings in force.
@@ -482,6 +614,7 @@ impl ClinicEngine {
     /// Create or replace a clinic.
     pub fn upsert_clinic(&mut self, clinic: Clinic) {
         let order = self.settings.queue_order;
+        self.dirty.clinics.insert(clinic.id.clone());
         match self.clinics.get_mut(&clinic.id) {
             Some(state) => {
                 let mut clinic = clinic;
@@ -510,34 +643,108 @@ impl ClinicEngine {
     /// Book an appointment.
     ///
     /// When the clinic has slots, the appointment must start at one of them and the slot must
-    /// have room; rebooking an existing appointment id moves it.
-    pub fn add_appointment(&mut self, appointment: Appointment) -> Result<(), ClinicError> {
-        let clinic = &self
+    /// have room. Booking an id again with the same content changes nothing (a retried
+    /// request); with other content it is a [`ClinicError::Conflict`]: appointments move only
+    /// through [`ClinicEngine::reschedule_appointment`].
+    pub fn add_appointment(&mut self, appointment: Appointment) -> Result<Booking, ClinicError> {
+        if let Some(existing) = self.appointments.get(&appointment.id) {
+            return if *existing == appointment {
+                Ok(Booking::Unchanged)
+            } else {
+                Err(ClinicError::Conflict(
+                    "an appointment with this id exists with other details; reschedule or cancel it instead",
+                ))
+            };
+        }
+        self.check_slot(&appointment.clinic, appointment.slot_start, &appointment.id)?;
+        self.dirty.appointments.insert(appointment.id.clone());
+        self.appointments.insert(appointment.id.clone(), appointment);
+        Ok(Booking::Created)
+    }
+
+    /// Like [`ClinicEngine::add_appointment`], refusing slots that are already history at
+    /// `now` (they could never be checked in to).
+    pub fn book_appointment(&mut self, now: Millis, appointment: Appointment) -> Result<Booking, ClinicError> {
+        if appointment.slot_start < Millis(now.0.saturating_sub(self.settings.history_horizon_ms))
+            && !self.appointments.contains_key(&appointment.id)
+        {
+            return Err(ClinicError::InvalidState("this slot is too far in the past to book"));
+        }
+        self.add_appointment(appointment)
+    }
+
+    /// The slot at `start` of `clinic` exists (when the clinic has slots) and has room for
+    /// one more appointment besides `ignoring`.
+    fn check_slot(&self, clinic: &ClinicId, start: Millis, ignoring: &AppointmentId) -> Result<(), ClinicError> {
+        let clinic_id = clinic;
+        let clinic = &self.clinics.get(clinic).ok_or(ClinicError::NotFound("clinic"))?.clinic;
+        if clinic.slots.is_empty() {
+            return Ok(());
+        }
+        let slot = clinic
+            .slots
+            .iter()
+            .find(|s| s.start == start)
+            .ok_or(ClinicError::NotFound("slot"))?;
+        let booked = self
+            .appointments
+            .values()
+            .filter(|a| &a.clinic == clinic_id && a.slot_start == slot.start && &a.id != ignoring)
+            .count();
+        if booked >= slot.capacity as usize {
+            return Err(ClinicError::InvalidState("this slot is fully booked"));
+        }
+        Ok(())
+    }
+
+    /// Why an appointment cannot change now: its patient waits or is called, or its
+    /// consultation runs or has ended.
+    fn check_appointment_idle(&self, id: &AppointmentId) -> Result<&Appointment, ClinicError> {
+        let appointment = self.appointments.get(id).ok_or(ClinicError::NotFound("appointment"))?;
+        let waiting = self
             .clinics
             .get(&appointment.clinic)
-            .ok_or(ClinicError::NotFound("clinic"))?
-            .clinic;
-        if !clinic.slots.is_empty() {
-            let slot = clinic
-                .slots
-                .iter()
-                .find(|s| s.start == appointment.slot_start)
-                .ok_or(ClinicError::NotFound("slot"))?;
-            let booked = self
-                .appointments
-                .values()
-                .filter(|a| {
-                    a.clinic == appointment.clinic
-                        && a.slot_start == slot.start
-                        && a.id != appointment.id
-                })
-                .count();
-            if booked >= slot.capacity as usize {
-                return Err(ClinicError::InvalidState("this slot is fully booked"));
-            }
+            .and_then(|s| s.queue.get(&appointment.patient))
+            .is_some_and(|e| &e.appointment == id);
+        if waiting {
+            return Err(ClinicError::Conflict("the patient is checked in for this appointment"));
         }
-        self.appointments.insert(appointment.id.clone(), appointment);
-        Ok(())
+        if self.consultations.values().any(|c| &c.appointment == id && c.state != ConsultationState::Ended) {
+            return Err(ClinicError::Conflict("this appointment's consultation is under way"));
+        }
+        if self.ended_appointments.contains(id) {
+            return Err(ClinicError::Conflict("this appointment's consultation has taken place"));
+        }
+        Ok(appointment)
+    }
+
+    /// Move an appointment to another slot of its clinic; refused while its patient waits or
+    /// its consultation runs, and after it took place.
+    pub fn reschedule_appointment(
+        &mut self,
+        now: Millis,
+        id: &AppointmentId,
+        slot_start: Millis,
+    ) -> Result<Appointment, ClinicError> {
+        let appointment = self.check_appointment_idle(id)?.clone();
+        if slot_start < Millis(now.0.saturating_sub(self.settings.history_horizon_ms)) {
+            return Err(ClinicError::InvalidState("this slot is too far in the past to book"));
+        }
+        self.check_slot(&appointment.clinic, slot_start, id)?;
+        let a = self.appointments.get_mut(id).expect("checked above");
+        a.slot_start = slot_start;
+        self.dirty.appointments.insert(id.clone());
+        Ok(a.clone())
+    }
+
+    /// Cancel an appointment that has not been used: refused while its patient waits or its
+    /// consultation runs, and after it took place (it is then part of the record of care).
+    pub fn cancel_appointment(&mut self, id: &AppointmentId) -> Result<Appointment, ClinicError> {
+        self.check_appointment_idle(id)?;
+        let appointment = self.appointments.remove(id).expect("checked above");
+        self.dirty.appointments.remove(id);
+        self.dirty.cancelled_appointments.insert(id.clone());
+        Ok(appointment)
     }
 
     /// Add `count` consecutive slots of the clinic's slot length from `start`, each taking
@@ -554,6 +761,7 @@ impl ClinicEngine {
             .get_mut(clinic)
             .ok_or(ClinicError::NotFound("clinic"))?;
         let length_ms = u64::from(state.clinic.slot_minutes) * 60_000;
+        self.dirty.clinics.insert(clinic.clone());
         for i in 0..u64::from(count) {
             let slot_start = start.plus(i * length_ms);
             if !state.clinic.slots.iter().any(|s| s.start == slot_start) {
@@ -680,10 +888,13 @@ impl ClinicEngine {
                 minutes: self.settings.checkin_window_ms / 60_000,
             });
         }
-        if self.consultation_of_appointment(&appt.id).is_some_and(|c| c.state == ConsultationState::Ended) {
+        if self.ended_appointments.contains(&appt.id)
+            || self.consultation_of_appointment(&appt.id).is_some_and(|c| c.state == ConsultationState::Ended)
+        {
             return Err(ClinicError::InvalidState("this appointment's consultation has ended"));
         }
         let state = self.clinics.get_mut(&appt.clinic).ok_or(ClinicError::NotFound("clinic"))?;
+        self.dirty.clinics.insert(appt.clinic.clone());
         let added = state
             .queue
             .add(now, appt.id.clone(), actor.user.clone(), appt.slot_start);
@@ -808,6 +1019,7 @@ impl ClinicEngine {
             .get_mut(&clinic)
             .and_then(|s| s.queue.remove(&actor.user))
             .ok_or(ClinicError::NotFound("waiting room entry"))?;
+        self.dirty.clinics.insert(clinic.clone());
         if let Some(inv) = entry.invited {
             self.drop_invitation(&inv);
         }
@@ -864,6 +1076,7 @@ impl ClinicEngine {
         if !moved {
             return Err(ClinicError::NotFound("waiting patient"));
         }
+        self.dirty.clinics.insert(clinic.clone());
         self.emit(ClinicEvent::MovedUp {
             clinic: clinic.clone(),
             patient: patient.clone(),
@@ -913,7 +1126,11 @@ impl ClinicEngine {
             recordings: Vec::new(),
             started_at: None,
             ended_at: None,
+            invited_by: Some(actor.user.clone()),
         };
+        self.dirty.clinics.insert(clinic.clone());
+        self.dirty.consultations.insert(consultation_id.clone());
+        self.dirty.invitations.insert(invitation_id.clone());
         let invitation = Invitation {
             id: invitation_id.clone(),
             consultation: consultation_id.clone(),
@@ -957,7 +1174,10 @@ impl ClinicEngine {
         let Some(inv) = self.invitations.remove(invitation) else {
             return;
         };
+        self.dirty.invitations.insert(inv.id.clone());
+        self.dirty.consultations.insert(inv.consultation.clone());
         if let Some(c) = self.consultations.remove(&inv.consultation) {
+            self.dirty.clinics.insert(c.clinic.clone());
             if let Some(state) = self.clinics.get_mut(&c.clinic) {
                 if state.active.as_ref() == Some(&c.id) {
                     state.active = None;
@@ -984,11 +1204,13 @@ impl ClinicEngine {
         if actor.role != Role::Patient || inv.patient != actor.user {
             return Err(ClinicError::Forbidden("this invitation is for another patient"));
         }
+        if !self.consultations.contains_key(&inv.consultation) {
+            return Err(ClinicError::NotFound("consultation"));
+        }
         self.invitations.remove(invitation);
-        let c = self
-            .consultations
-            .get_mut(&inv.consultation)
-            .ok_or(ClinicError::NotFound("consultation"))?;
+        self.dirty.invitations.insert(inv.id.clone());
+        self.dirty.consultations.insert(inv.consultation.clone());
+        let c = self.consultations.get_mut(&inv.consultation).expect("checked above");
         c.state = ConsultationState::InProgress;
         c.started_at = Some(now);
         c.seats.push(Seat {
@@ -998,8 +1220,10 @@ impl ClinicEngine {
             disconnected_since: None,
         });
         let (room, clinic, id) = (c.room.clone(), c.clinic.clone(), c.id.clone());
+        let doctor = c.invited_by.clone().unwrap_or_else(|| UserId(String::new()));
         if let Some(state) = self.clinics.get_mut(&clinic) {
             state.queue.remove(&actor.user);
+            self.dirty.clinics.insert(clinic.clone());
         }
         self.emit(ClinicEvent::Answered {
             invitation: inv.id,
@@ -1009,6 +1233,7 @@ impl ClinicEngine {
         self.emit(ClinicEvent::ConsultationStarted {
             consultation: id.clone(),
             room: room.clone(),
+            doctor,
         });
         self.emit(ClinicEvent::Joined {
             consultation: id,
@@ -1052,6 +1277,7 @@ impl ClinicEngine {
         }
         if let Some(c) = self.consultations.get_mut(consultation) {
             c.expert_links.push((link.clone(), None));
+            self.dirty.consultations.insert(consultation.clone());
         }
         self.emit(ClinicEvent::ExpertInvited {
             consultation: consultation.clone(),
@@ -1084,6 +1310,7 @@ impl ClinicEngine {
         }
         let room = c.room.clone();
         let may_publish = actor.role.may_publish();
+        self.dirty.consultations.insert(consultation.clone());
         if let Some(seat) = c.seat(&actor.user) {
             // Reconnect within the grace period: same seat.
             let admitted = seat.admitted;
@@ -1205,6 +1432,7 @@ impl ClinicEngine {
             .find(|s| &s.user == companion && !s.admitted)
             .ok_or(ClinicError::NotFound("waiting companion"))?;
         seat.admitted = true;
+        self.dirty.consultations.insert(consultation.clone());
         let room = c.room.clone();
         self.emit(ClinicEvent::Admitted {
             consultation: consultation.clone(),
@@ -1224,6 +1452,7 @@ impl ClinicEngine {
         if c.seats.len() == before {
             return Err(ClinicError::NotFound("seat"));
         }
+        self.dirty.consultations.insert(consultation.clone());
         self.emit(ClinicEvent::Left {
             consultation: consultation.clone(),
             user: actor.user.clone(),
@@ -1248,6 +1477,9 @@ impl ClinicEngine {
         let c = self.consultations.get_mut(consultation).expect("exists");
         c.state = ConsultationState::Ended;
         c.ended_at = Some(now);
+        self.dirty.consultations.insert(consultation.clone());
+        self.dirty.clinics.insert(c.clinic.clone());
+        self.ended_appointments.insert(c.appointment.clone());
         let duration_ms = c.started_at.map_or(0, |s| now.since(s));
         let (room, clinic) = (c.room.clone(), c.clinic.clone());
         // Seats stay on the record: who took part is part of the consultation's history.
@@ -1301,6 +1533,7 @@ impl ClinicEngine {
             .map(|s| (s.user.clone(), s.role))
             .collect();
         let c = self.consultations.get_mut(consultation).expect("exists");
+        self.dirty.consultations.insert(consultation.clone());
         c.recordings.push(RecordingState {
             id: recording.clone(),
             started_at: now,
@@ -1345,6 +1578,7 @@ impl ClinicEngine {
             decision: ConsentDecision::Pending,
             at: now,
         });
+        self.dirty.consultations.insert(consultation.clone());
         let recording = rec.id.clone();
         self.emit(ClinicEvent::ConsentRequested {
             consultation: consultation.clone(),
@@ -1382,6 +1616,7 @@ impl ClinicEngine {
         };
         entry.decision = decision;
         entry.at = now;
+        self.dirty.consultations.insert(consultation.clone());
         let recording = rec.id.clone();
         self.emit(ClinicEvent::ConsentDecided {
             consultation: consultation.clone(),
@@ -1415,6 +1650,7 @@ impl ClinicEngine {
             return;
         };
         rec.stopped_at = Some(now);
+        self.dirty.consultations.insert(consultation.clone());
         let recording = rec.id.clone();
         self.emit(ClinicEvent::RecordingStopped {
             consultation: consultation.clone(),
@@ -1441,9 +1677,10 @@ impl ClinicEngine {
 
     /// `user`'s connection dropped: keep their place and seats for the grace period.
     pub fn disconnected(&mut self, now: Millis, user: &UserId) {
-        for state in self.clinics.values_mut() {
+        for (id, state) in self.clinics.iter_mut() {
             if let Some(e) = state.queue.get_mut(user) {
                 e.disconnected_since.get_or_insert(now);
+                self.dirty.clinics.insert(id.clone());
             }
         }
         for c in self.consultations.values_mut() {
@@ -1452,6 +1689,7 @@ impl ClinicEngine {
             }
             if let Some(s) = c.seats.iter_mut().find(|s| &s.user == user) {
                 s.disconnected_since.get_or_insert(now);
+                self.dirty.consultations.insert(c.id.clone());
             }
         }
     }
@@ -1503,6 +1741,7 @@ impl ClinicEngine {
         let mut gone_from_queue = Vec::new();
         for (id, state) in self.clinics.iter_mut() {
             for e in state.queue.expire_disconnected(cutoff) {
+                self.dirty.clinics.insert(id.clone());
                 gone_from_queue.push((id.clone(), e));
             }
         }
@@ -1527,6 +1766,7 @@ impl ClinicEngine {
                 .partition(|s| s.disconnected_since.is_some_and(|t| t <= cutoff));
             c.seats = kept;
             for s in gone {
+                self.dirty.consultations.insert(c.id.clone());
                 gone_seats.push((c.id.clone(), s.user));
             }
         }

@@ -234,6 +234,9 @@ pub struct Consultation {
     pub started_at: Option<Millis>,
     /// When it ended.
     pub ended_at: Option<Millis>,
+    /// The doctor who sent the invitation that opened it.
+    #[serde(default)]
+    pub invited_by: Option<UserId>,
 }
 
 /// A participant's answer to "may this call be recorded?".

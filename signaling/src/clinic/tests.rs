@@ -491,3 +491,110 @@ fn recording_needs_each_participants_consent() {
     assert_eq!(rec.stopped_at, Some(Millis(NINE + 60_000)));
     assert!(w.engine.recorded_users(&c).is_empty());
 }
+
+/// Run one whole visit of `who` (booked at NINE): check in, invite, answer, end.
+fn visit(w: &mut World, now: u64, who: &str) -> ConsultationId {
+    w.book(who, NINE);
+    w.check_in(now, who);
+    let doctor = w.doctor.clone();
+    let inv = w.engine.invite(Millis(now), &doctor, &"cardio".into(), Some(&who.into())).unwrap();
+    w.engine.answer(Millis(now + 1), &patient(who), &inv.id).unwrap();
+    w.engine.end(Millis(now + 2), &doctor, &inv.consultation).unwrap();
+    inv.consultation
+}
+
+#[test]
+fn a_change_carries_only_the_rows_it_touched() {
+    let mut w = World::new();
+    for i in 0..50 {
+        visit(&mut w, NINE - 20 * MIN, &format!("p{i}"));
+    }
+    let first = w.engine.take_changes();
+    assert_eq!(first.appointments.len(), 50);
+    assert_eq!(first.consultations.len(), 50);
+    // 50 visits later, one doctor action writes one clinic row and nothing else.
+    let doctor = w.doctor.clone();
+    w.engine.move_up(&doctor, &"cardio".into(), &"x".into()).unwrap_err();
+    assert!(w.engine.take_changes().is_empty(), "a refused action changes nothing");
+    w.book("late", NINE);
+    w.check_in(NINE - 10 * MIN, "late");
+    let changes = w.engine.take_changes();
+    assert_eq!(changes.appointments.len(), 1);
+    assert_eq!(changes.clinics.len(), 1);
+    assert!(changes.consultations.is_empty() && changes.invitations.is_empty());
+    // An invitation that lapses deletes its unstarted consultation and itself.
+    let inv = w.engine.invite(Millis(NINE - 9 * MIN), &doctor, &"cardio".into(), None).unwrap();
+    w.engine.take_changes();
+    w.engine.handle_timeout(inv.expires_at);
+    let changes = w.engine.take_changes();
+    assert_eq!(changes.invitations, vec![(inv.id.clone(), None)]);
+    assert_eq!(changes.consultations, vec![(inv.consultation.clone(), None)]);
+}
+
+#[test]
+fn history_leaves_memory_and_an_ended_visit_cannot_be_checked_in_again() {
+    let mut w = World::new();
+    let c = visit(&mut w, NINE - 20 * MIN, "old");
+    w.engine.take_changes();
+    assert_eq!(w.engine.evict_history(Millis(NINE)), 1, "the ended consultation leaves");
+    assert!(w.engine.consultation(&c).is_none());
+    let err = w.engine.check_in(Millis(NINE), &patient("old"), &"appt-old".into()).unwrap_err();
+    assert_eq!(err, ClinicError::InvalidState("this appointment's consultation has ended"));
+    // A day later the appointment is history too; waiting patients' appointments stay.
+    w.book("waits", NINE);
+    w.check_in(NINE - 5 * MIN, "waits");
+    w.engine.take_changes();
+    let next_day = NINE + 25 * 60 * MIN;
+    assert_eq!(w.engine.evict_history(Millis(next_day)), 1);
+    assert!(w.engine.appointment(&"appt-old".into()).is_none());
+    assert!(w.engine.appointment(&"appt-waits".into()).is_some());
+    assert_eq!(w.engine.live_counts(), (1, 0));
+    // Booking into a slot that is already history is refused.
+    let err = w
+        .engine
+        .book_appointment(
+            Millis(next_day),
+            Appointment { id: "late".into(), clinic: "cardio".into(), patient: "l".into(), slot_start: Millis(NINE) },
+        )
+        .unwrap_err();
+    assert!(matches!(err, ClinicError::InvalidState(_)), "{err}");
+}
+
+#[test]
+fn rebooking_an_id_with_other_content_is_a_conflict_and_moves_nothing() {
+    let mut w = World::new();
+    let appt = w.book("a", NINE);
+    let same = w.engine.appointment(&appt).unwrap().clone();
+    assert_eq!(w.engine.add_appointment(same.clone()), Ok(Booking::Unchanged));
+    let other = Appointment { patient: "intruder".into(), ..same.clone() };
+    assert!(matches!(w.engine.add_appointment(other), Err(ClinicError::Conflict(_))));
+    assert_eq!(w.engine.appointment(&appt), Some(&same));
+    // Reschedule and cancel work while idle and are refused while the patient waits or the
+    // consultation runs.
+    let moved = w.engine.reschedule_appointment(Millis(NINE - 60 * MIN), &appt, Millis(NINE + 30 * MIN)).unwrap();
+    assert_eq!(moved.slot_start, Millis(NINE + 30 * MIN));
+    w.check_in(NINE, "a");
+    assert!(matches!(
+        w.engine.reschedule_appointment(Millis(NINE), &appt, Millis(NINE)),
+        Err(ClinicError::Conflict(_))
+    ));
+    assert!(matches!(w.engine.cancel_appointment(&appt), Err(ClinicError::Conflict(_))));
+    let doctor = w.doctor.clone();
+    let inv = w.engine.invite(Millis(NINE), &doctor, &"cardio".into(), None).unwrap();
+    w.engine.answer(Millis(NINE), &patient("a"), &inv.id).unwrap();
+    assert!(matches!(w.engine.cancel_appointment(&appt), Err(ClinicError::Conflict(_))));
+    let started = w.drain().into_iter().find(|e| matches!(e, ClinicEvent::ConsultationStarted { .. })).unwrap();
+    assert!(
+        matches!(&started, ClinicEvent::ConsultationStarted { doctor, .. } if doctor.0 == "dr-li"),
+        "the call is started by the inviting doctor: {started:?}"
+    );
+    w.engine.end(Millis(NINE + 1), &doctor, &inv.consultation).unwrap();
+    assert!(matches!(w.engine.cancel_appointment(&appt), Err(ClinicError::Conflict(_))), "part of the record now");
+    // An unused appointment can be cancelled: its row is deleted with the next commit.
+    let b = w.book("b", NINE);
+    w.engine.take_changes();
+    w.engine.cancel_appointment(&b).unwrap();
+    let changes = w.engine.take_changes();
+    assert_eq!(changes.cancelled_appointments, vec![b]);
+    assert!(changes.appointments.is_empty());
+}
