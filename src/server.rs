@@ -261,8 +261,12 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         )));
     }
     let now = crate::clinic::now_ms();
-    let snapshot = crate::clinic::blocking(|| store.load_snapshot())?;
-    let mut engine = ClinicEngine::from_snapshot(config.clinic.settings(), snapshot, now);
+    let settings = config.clinic.settings();
+    let horizon = settings.history_horizon_ms;
+    let snapshot = crate::clinic::blocking(|| store.load_live(now, horizon))?;
+    let revocations = crate::clinic::blocking(|| store.revocations(now.0 / 1000))?;
+    let mut engine = ClinicEngine::from_snapshot(settings, snapshot, now);
+    let sources = source_hasher(&store)?;
     let base_url = public_url(&config, http_addr);
     let dev = if config.clinic.seed_demo {
         let appointment = crate::clinic::dev::seed(&mut engine, now);
@@ -278,11 +282,12 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let (clinic, clinic_task) = crate::clinic::spawn(
         ClinicParts {
             engine,
-            store: store.clone(),
+            store: Arc::new(store.clone()),
             minter: minter.clone(),
             media: media.clone(),
             webhooks,
             recorder,
+            revocations,
             registry: metrics.component("clinic"),
         },
         shutdown_rx.clone(),
@@ -295,6 +300,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             verifier,
             metrics: signaling,
             open_rooms: config.signaling.open_rooms,
+            sources: sources.clone(),
         },
         metrics: metrics.clone(),
         connections: Arc::new(Semaphore::new(config.http.max_connections)),
@@ -304,6 +310,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             minter: minter.clone(),
             key: api_key.clone(),
             store: store.clone(),
+            sources,
         },
     };
     let app = http::router(state);
@@ -431,6 +438,21 @@ pub fn resolve_auth(config: &Config, store: &Store) -> Result<(AuthConfig, bool)
     Ok((auth, true))
 }
 
+/// The key of the audit trail's source hashes: generated once and kept in the database, so a
+/// source hashes the same across restarts (and the address cannot be recovered without it).
+fn source_hasher(store: &Store) -> Result<crate::audit::source::SourceHasher, ServerError> {
+    const KEY: &str = "audit_source_key";
+    let key = match store.get_meta(KEY)? {
+        Some(key) => key,
+        None => {
+            let key = crate::auth::generate_dev_secret();
+            store.set_meta(KEY, &key)?;
+            key
+        }
+    };
+    Ok(crate::audit::source::SourceHasher::new(key.as_bytes()))
+}
+
 /// The API key: configured, from a file, or generated once and kept in the database.
 fn resolve_api_key(config: &Config, store: &Store) -> Result<(String, bool), ServerError> {
     if let Some(path) = &config.api.key_file {
@@ -502,7 +524,7 @@ fn spawn_http(
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let result = axum::serve(listener, app)
+        let result = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.changed().await;
             })
@@ -536,7 +558,9 @@ async fn spawn_https(
         .map_err(|e| ServerError::Tls(format!("listener: {e}")))?
         .handle(handle);
     Ok(tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
+        if let Err(e) = server
+            .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .await {
             warn!(error = %e, "HTTPS server failed");
         }
     }))

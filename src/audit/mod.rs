@@ -38,6 +38,7 @@
 //! last hash ([`VerifyReport::last_hash`]) should be published from time to time to anchor it.
 
 pub mod chain;
+pub mod source;
 
 use std::io::{self, BufRead, Write};
 
@@ -231,6 +232,8 @@ fn event_actor(event: &ClinicEvent) -> Option<String> {
         | E::CompanionWaiting { user, .. }
         | E::ConsentDecided { user, .. } => user,
         E::Left { user, reason, .. } if *reason == LeftReason::Left => user,
+        // Started by the patient's answer to the doctor's invitation: the doctor's act.
+        E::ConsultationStarted { doctor, .. } if !doctor.0.is_empty() => doctor,
         _ => return None,
     };
     Some(user.0.clone())
@@ -318,6 +321,7 @@ mod tests {
             E::ConsultationStarted {
                 consultation: "c".into(),
                 room: "r".into(),
+                doctor: "dr".into(),
             },
             E::Joined {
                 consultation: "c".into(),

@@ -29,6 +29,9 @@ pub struct Verified {
     pub display_name: String,
     /// The token's `exp` (Unix seconds): a connection should not outlive it unchallenged.
     pub expires_at: u64,
+    /// The token's `iat` (Unix seconds): revoking a user's tokens covers those issued up to a
+    /// moment.
+    pub issued_at: u64,
 }
 
 impl fmt::Debug for Verified {
@@ -203,6 +206,7 @@ impl TokenVerifier {
             },
             display_name: name,
             expires_at: exp,
+            issued_at: iat,
         })
     }
 }

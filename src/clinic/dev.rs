@@ -2,7 +2,7 @@
 //! the whole flow (waiting room, invitation, call) on one machine without a hospital system.
 
 use huizhen_signaling::clinic::{
-    Appointment, AppointmentId, Clinic, ClinicEngine, ConsultationState, Millis, Role,
+    Appointment, AppointmentId, Clinic, ClinicEngine, Millis, Role,
 };
 
 use crate::auth::{Claims, TokenError, TokenMinter};
@@ -40,11 +40,7 @@ pub fn seed(engine: &mut ClinicEngine, now: Millis) -> AppointmentId {
     let open = engine
         .appointments()
         .filter(|a| a.patient.0 == DEMO_PATIENT && a.clinic.0 == DEMO_CLINIC)
-        .find(|a| {
-            !engine
-                .consultations_of(&a.id)
-                .any(|c| c.state == ConsultationState::Ended)
-        })
+        .find(|a| !engine.appointment_used(&a.id))
         .map(|a| a.id.clone());
     if let Some(id) = open {
         return id;

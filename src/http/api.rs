@@ -1,32 +1,54 @@
-//! The REST admin API (`/api/v1`): the hospital's system creates clinics and appointments and
-//! mints tokens here. Every call but the OpenAPI document needs `Authorization: Bearer <key>`.
+//! The REST admin API (`/api/v1`): the hospital's system creates clinics and appointments,
+//! mints and revokes tokens, and reads queues, consultations and the audit trail here. Every
+//! route but the OpenAPI document needs `Authorization: Bearer <key>` (checked once, by
+//! [`require_key`], for the whole router; a wrong key is audited like any refusal).
 //!
-//! Errors are JSON `{"code": ..., "message": ...}` with a matching HTTP status.
+//! Changes are strict and durable: every field is range-checked here (400 naming the field),
+//! so nothing that cannot be stored is accepted; the clinic service commits each change with
+//! its audit row (actor: the key's id, never the key) before the 2xx. Reads of history go to
+//! the store directly. Errors are JSON `{"code": ..., "message": ...}` with a matching status.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use huizhen_signaling::clinic::{
-    Appointment, AppointmentId, Clinic, ClinicId, ConsultationId, Millis, Role, UserId,
+    Appointment, AppointmentId, Booking, Clinic, ClinicId, Millis, Role, UserId,
 };
 use huizhen_signaling::protocol::ErrorCode;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use subtle_eq::constant_time_eq;
 
+use crate::audit::source::SourceHasher;
 use crate::auth::{Claims, TokenMinter};
-use crate::clinic::{AdminRequest, ClinicHandle};
-use crate::store::Store;
+use crate::clinic::refusals::Refused;
+use crate::clinic::{AdminRequest, ClinicHandle, ClinicRequest, Refusal};
+use crate::store::{Revocation, Store};
 
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Longest token lifetime the API mints.
 const MAX_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// Largest request body (the biggest is a clinic or token request of a few hundred bytes).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Timestamps are accepted within 2000-01-01 ..= 2100-01-01 (ms since the epoch).
+const EARLIEST_MS: u64 = 946_684_800_000;
+/// See [`EARLIEST_MS`].
+const LATEST_MS: u64 = 4_102_444_800_000;
+/// Longest display name.
+const MAX_NAME_CHARS: usize = 200;
+/// Default and largest page of a list.
+const PAGE: usize = 100;
+/// See [`PAGE`].
+const MAX_PAGE: usize = 1000;
 
 /// State of the API handlers.
 #[derive(Clone)]
@@ -37,20 +59,41 @@ pub struct ApiState {
     pub minter: Arc<TokenMinter>,
     /// The API key.
     pub key: String,
-    /// The database (audit trail reads).
+    /// The database (reads of history and the audit trail).
     pub store: Store,
+    /// Hashes source addresses for the audit trail.
+    pub sources: SourceHasher,
+}
+
+/// Who made an admin request: the API key's id (a hash prefix, never the key).
+#[derive(Debug, Clone)]
+pub struct ApiActor(pub String);
+
+/// The id under which a key's actions are audited.
+pub fn key_id(key: &str) -> String {
+    format!("api-key:{}", hex::encode(&Sha256::digest(key.as_bytes())[..4]))
 }
 
 /// API routes, mounted under `/api/v1`.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/openapi.json", get(openapi))
+    let protected = Router::new()
         .route("/clinics", get(list_clinics).post(create_clinic))
         .route("/clinics/{id}/slots", get(list_slots).post(create_slots))
+        .route("/clinics/{id}/queue", get(clinic_queue))
+        .route("/clinics/{id}/consultations", get(clinic_consultations))
         .route("/appointments", get(list_appointments).post(create_appointment))
+        .route("/appointments/{id}", get(get_appointment).delete(cancel_appointment))
+        .route("/appointments/{id}/reschedule", post(reschedule_appointment))
         .route("/consultations/{id}", get(get_consultation))
         .route("/tokens", post(create_token))
+        .route("/tokens/{jti}/revoke", post(revoke_token))
+        .route("/users/{user}/revoke-tokens", post(revoke_user_tokens))
         .route("/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -67,30 +110,52 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, "invalid_request", message.into())
 }
 
-fn unavailable() -> ApiError {
-    ApiError(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "the clinic service is not running".into(),
-    )
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "admin API read failed");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store could not be read".into())
 }
 
-/// Constant-time comparison of the bearer key.
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
+/// The key check for every protected route (constant-time); a refusal is audited, bounded per
+/// source, with the source as a keyed hash.
+async fn require_key(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(presented.as_bytes(), state.key.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key (Authorization: Bearer <key>)".into(),
-        ))
+        request.extensions_mut().insert(ApiActor(key_id(&state.key)));
+        return next.run(request).await;
     }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("?", |p| p.as_str())
+        .to_owned();
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| state.sources.source(c.0.ip()));
+    let _ = state
+        .clinic
+        .send(ClinicRequest::Refused(Refused {
+            kind: "api_unauthorized",
+            actor: None,
+            subject: None,
+            command: format!("{} {route}", request.method()),
+            code: "unauthorized",
+            source,
+            claimed_user: None,
+            reason: if presented.is_empty() { "no API key" } else { "wrong API key" }.into(),
+        }))
+        .await;
+    ApiError(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong API key (Authorization: Bearer <key>)".into(),
+    )
+    .into_response()
 }
 
 async fn openapi() -> Response {
@@ -112,6 +177,41 @@ fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A timestamp within the calendar range the store and the clinic handle.
+fn check_time(field: &str, ms: u64) -> Result<Millis, ApiError> {
+    if (EARLIEST_MS..=LATEST_MS).contains(&ms) {
+        Ok(Millis(ms))
+    } else {
+        Err(bad_request(format!(
+            "{field} must be a time in ms since the epoch within {EARLIEST_MS}..={LATEST_MS} (years 2000-2100)"
+        )))
+    }
+}
+
+/// A display name: 1-200 characters, no control characters.
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let count = name.chars().count();
+    if (1..=MAX_NAME_CHARS).contains(&count) && !name.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(bad_request(format!("{field} must be 1-{MAX_NAME_CHARS} characters without control characters")))
+    }
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(bad_request(format!("limit must be within 1..={MAX_PAGE}"))),
+    }
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(body: JsonBody<T>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| bad_request(e.body_text()))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewClinic {
@@ -128,13 +228,13 @@ fn default_slot_minutes() -> u32 {
 
 async fn create_clinic(
     State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Json<NewClinic>, axum::extract::rejection::JsonRejection>,
+    Extension(actor): Extension<ApiActor>,
+    new: JsonBody<NewClinic>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let Json(new) = body.map_err(|e| bad_request(e.body_text()))?;
+    let new = body(new)?;
     check_id("id", &new.id)?;
     check_id("doctor", &new.doctor)?;
+    check_name("name", &new.name)?;
     if !(5..=240).contains(&new.slot_minutes) {
         return Err(bad_request("slot_minutes must be within 5..=240"));
     }
@@ -145,22 +245,13 @@ async fn create_clinic(
         slot_minutes: new.slot_minutes,
         slots: Vec::new(),
     };
-    let result = state
-        .clinic
-        .admin(|r| AdminRequest::UpsertClinic(clinic.clone(), r))
-        .await
-        .map_err(|_| unavailable())?;
-    result.map_err(refused)?;
+    let c = clinic.clone();
+    state.clinic.admin(&actor.0, |r| AdminRequest::UpsertClinic(c, r)).await.map_err(refused)?;
     Ok((StatusCode::CREATED, Json(clinic)).into_response())
 }
 
-async fn list_clinics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let clinics = state
-        .clinic
-        .admin(AdminRequest::ListClinics)
-        .await
-        .map_err(|_| unavailable())?;
+async fn list_clinics(State(state): State<ApiState>, Extension(actor): Extension<ApiActor>) -> Result<Response, ApiError> {
+    let clinics = state.clinic.admin(&actor.0, AdminRequest::ListClinics).await.map_err(refused)?;
     Ok(Json(clinics).into_response())
 }
 
@@ -180,35 +271,34 @@ fn one() -> u32 {
 
 async fn create_slots(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<ApiActor>,
     Path(clinic): Path<String>,
-    body: Result<Json<NewSlots>, axum::extract::rejection::JsonRejection>,
+    new: JsonBody<NewSlots>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let Json(new) = body.map_err(|e| bad_request(e.body_text()))?;
+    check_id("clinic", &clinic)?;
+    let new = body(new)?;
+    let start = check_time("start_ms", new.start_ms)?;
     if !(1..=200).contains(&new.count) || !(1..=100).contains(&new.capacity) {
         return Err(bad_request("count must be within 1..=200 and capacity within 1..=100"));
     }
     let slots = state
         .clinic
-        .admin(|r| AdminRequest::AddSlots(ClinicId(clinic), Millis(new.start_ms), new.count, new.capacity, r))
+        .admin(&actor.0, |r| AdminRequest::AddSlots(ClinicId(clinic), start, new.count, new.capacity, r))
         .await
-        .map_err(|_| unavailable())?
         .map_err(refused)?;
     Ok((StatusCode::CREATED, Json(slots_json(&slots))).into_response())
 }
 
 async fn list_slots(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<ApiActor>,
     Path(clinic): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    check_id("clinic", &clinic)?;
     let slots = state
         .clinic
-        .admin(|r| AdminRequest::ListSlots(ClinicId(clinic), r))
+        .admin(&actor.0, |r| AdminRequest::ListSlots(ClinicId(clinic), r))
         .await
-        .map_err(|_| unavailable())?
         .map_err(refused)?;
     Ok(Json(slots_json(&slots)).into_response())
 }
@@ -222,6 +312,75 @@ fn slots_json(slots: &[(huizhen_signaling::clinic::Slot, usize)]) -> serde_json:
     )
 }
 
+async fn clinic_queue(
+    State(state): State<ApiState>,
+    Extension(actor): Extension<ApiActor>,
+    Path(clinic): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id("clinic", &clinic)?;
+    let rows = state
+        .clinic
+        .admin(&actor.0, |r| AdminRequest::Queue(ClinicId(clinic), r))
+        .await
+        .map_err(refused)?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({
+                "position": i + 1,
+                "patient": r.patient.0,
+                "appointment": r.appointment.0,
+                "slot_start_ms": r.slot_start.0,
+                "waited_ms": r.waited_ms,
+                "ringing": r.ringing,
+                "invitation": r.invitation.map(|i| i.0),
+                "disconnected": r.disconnected,
+            })
+        })
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsultationPage {
+    limit: Option<usize>,
+    /// The `next` cursor of the previous page.
+    before: Option<String>,
+}
+
+async fn clinic_consultations(
+    State(state): State<ApiState>,
+    Path(clinic): Path<String>,
+    Query(q): Query<ConsultationPage>,
+) -> Result<Response, ApiError> {
+    check_id("clinic", &clinic)?;
+    let limit = page_limit(q.limit)?;
+    let before = match &q.before {
+        None => None,
+        Some(cursor) => {
+            let (ms, id) = cursor
+                .split_once('.')
+                .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id)))
+                .ok_or_else(|| bad_request("before must be the `next` cursor of a previous page"))?;
+            check_id("before", id)?;
+            Some((ms, id.to_owned()))
+        }
+    };
+    let store = state.store.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        store.consultations_page(&ClinicId(clinic), before.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|c| format!("{}.{}", c.started_at.map_or(0, |t| t.0), c.id.0)))
+        .flatten();
+    Ok(Json(json!({ "consultations": page, "next": next })).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewAppointment {
@@ -233,59 +392,122 @@ struct NewAppointment {
 
 async fn create_appointment(
     State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Json<NewAppointment>, axum::extract::rejection::JsonRejection>,
+    Extension(actor): Extension<ApiActor>,
+    new: JsonBody<NewAppointment>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let Json(new) = body.map_err(|e| bad_request(e.body_text()))?;
+    let new = body(new)?;
     check_id("id", &new.id)?;
     check_id("clinic", &new.clinic)?;
     check_id("patient", &new.patient)?;
+    let slot_start = check_time("slot_start_ms", new.slot_start_ms)?;
     let appointment = Appointment {
         id: AppointmentId(new.id),
         clinic: ClinicId(new.clinic),
         patient: UserId(new.patient),
-        slot_start: Millis(new.slot_start_ms),
+        slot_start,
     };
-    let result = state
+    let a = appointment.clone();
+    let booking = state
         .clinic
-        .admin(|r| AdminRequest::AddAppointment(appointment.clone(), r))
+        .admin(&actor.0, |r| AdminRequest::AddAppointment(a, r))
         .await
-        .map_err(|_| unavailable())?;
-    result.map_err(refused)?;
-    Ok((StatusCode::CREATED, Json(appointment)).into_response())
+        .map_err(refused)?;
+    let status = match booking {
+        Booking::Created => StatusCode::CREATED,
+        // The same booking again (a retried request): nothing changed.
+        Booking::Unchanged => StatusCode::OK,
+    };
+    Ok((status, Json(appointment)).into_response())
 }
 
 #[derive(Deserialize)]
-struct ClinicFilter {
+#[serde(deny_unknown_fields)]
+struct AppointmentPage {
     clinic: Option<String>,
+    /// The last id of the previous page.
+    after: Option<String>,
+    limit: Option<usize>,
 }
 
-async fn list_appointments(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Query(filter): Query<ClinicFilter>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let list = state
-        .clinic
-        .admin(|r| AdminRequest::ListAppointments(filter.clinic.map(ClinicId), r))
-        .await
-        .map_err(|_| unavailable())?;
+async fn list_appointments(State(state): State<ApiState>, Query(q): Query<AppointmentPage>) -> Result<Response, ApiError> {
+    if let Some(c) = &q.clinic {
+        check_id("clinic", c)?;
+    }
+    if let Some(a) = &q.after {
+        check_id("after", a)?;
+    }
+    // Without a limit the whole list comes back, as before paging existed; ask for pages.
+    let limit = match q.limit {
+        None => usize::MAX,
+        some => page_limit(some)?,
+    };
+    let store = state.store.clone();
+    let list = tokio::task::spawn_blocking(move || {
+        store.appointments_page(q.clinic.map(ClinicId).as_ref(), q.after.as_deref(), limit)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
     Ok(Json(list).into_response())
 }
 
-async fn get_consultation(
+async fn get_appointment(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_id("id", &id)?;
+    let store = state.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.appointment(&AppointmentId(id)))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    match found {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, "not_found", "no such appointment".into())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reschedule {
+    slot_start_ms: u64,
+}
+
+async fn reschedule_appointment(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<ApiActor>,
+    Path(id): Path<String>,
+    new: JsonBody<Reschedule>,
+) -> Result<Response, ApiError> {
+    check_id("id", &id)?;
+    let new = body(new)?;
+    let slot_start = check_time("slot_start_ms", new.slot_start_ms)?;
+    let moved = state
+        .clinic
+        .admin(&actor.0, |r| AdminRequest::Reschedule(AppointmentId(id), slot_start, r))
+        .await
+        .map_err(refused)?;
+    Ok(Json(moved).into_response())
+}
+
+async fn cancel_appointment(
+    State(state): State<ApiState>,
+    Extension(actor): Extension<ApiActor>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let found = state
+    check_id("id", &id)?;
+    let cancelled = state
         .clinic
-        .admin(|r| AdminRequest::GetConsultation(ConsultationId(id), r))
+        .admin(&actor.0, |r| AdminRequest::Cancel(AppointmentId(id), r))
         .await
-        .map_err(|_| unavailable())?;
+        .map_err(refused)?;
+    Ok(Json(cancelled).into_response())
+}
+
+async fn get_consultation(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_id("id", &id)?;
+    let store = state.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.consultation(&id))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
     match found {
         Some(c) => Ok(Json(c).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, "not_found", "no such consultation".into())),
@@ -312,18 +534,31 @@ fn default_ttl() -> u64 {
 
 async fn create_token(
     State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+    Extension(actor): Extension<ApiActor>,
+    new: JsonBody<NewToken>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let Json(new) = body.map_err(|e| bad_request(e.body_text()))?;
+    let new = body(new)?;
     check_id("sub", &new.sub)?;
+    check_name("name", &new.name)?;
+    for c in &new.clinics {
+        check_id("clinics[]", c)?;
+    }
+    if new.clinics.len() > 100 {
+        return Err(bad_request("clinics may list at most 100 clinics"));
+    }
+    if let Some(c) = &new.consultation {
+        check_id("consultation", c)?;
+    }
+    if let Some(a) = &new.appointment {
+        check_id("appointment", a)?;
+    }
     let max_ttl = MAX_TOKEN_TTL_SECS.min(state.minter.max_lifetime_secs());
     if !(60..=max_ttl).contains(&new.ttl_secs) {
         return Err(bad_request(format!("ttl_secs must be within 60..={max_ttl}")));
     }
     let now = crate::clinic::now_ms().0 / 1000;
-    let mut claims = Claims::new(new.sub, new.name, new.role, now, new.ttl_secs);
+    let jti = format!("t{:016x}", rand::random::<u64>());
+    let mut claims = Claims::new(new.sub, new.name, new.role, now, new.ttl_secs).with_jti(jti.clone());
     claims.clinics = new.clinics;
     claims.consultation = new.consultation;
     claims.appointment = new.appointment;
@@ -334,7 +569,60 @@ async fn create_token(
         // Lifetime over the configured cap, missing or conflicting claims: the caller's to fix.
         other => bad_request(other.to_string()),
     })?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "expires_at": claims.exp }))).into_response())
+    // Issued tokens are on the record (so revocations and refusals can be traced to them).
+    let (user, role, expires_at) = (claims.sub.clone(), new.role, claims.exp);
+    let id = jti.clone();
+    state
+        .clinic
+        .admin(&actor.0, |reply| AdminRequest::TokenIssued {
+            jti: id,
+            user,
+            role,
+            expires_at,
+            reply,
+        })
+        .await
+        .map_err(refused)?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": token, "jti": jti, "expires_at": claims.exp }))).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<ApiState>,
+    Extension(actor): Extension<ApiActor>,
+    Path(jti): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id("jti", &jti)?;
+    let now = crate::clinic::now_ms().0 / 1000;
+    // Kept as long as any token could still verify (tokens live at most this long).
+    let keep_until_s = now + state.minter.max_lifetime_secs().max(MAX_TOKEN_TTL_SECS) + 300;
+    let revocation = Revocation::Token { jti: jti.clone(), keep_until_s };
+    let ended = state
+        .clinic
+        .admin(&actor.0, |r| AdminRequest::Revoke(revocation, r))
+        .await
+        .map_err(refused)?;
+    Ok(Json(json!({ "revoked": jti, "sessions_ended": ended })).into_response())
+}
+
+async fn revoke_user_tokens(
+    State(state): State<ApiState>,
+    Extension(actor): Extension<ApiActor>,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id("user", &user)?;
+    let now = crate::clinic::now_ms().0 / 1000;
+    let keep_until_s = now + state.minter.max_lifetime_secs().max(MAX_TOKEN_TTL_SECS) + 300;
+    let revocation = Revocation::User {
+        user: user.clone(),
+        issued_up_to_s: now,
+        keep_until_s,
+    };
+    let ended = state
+        .clinic
+        .admin(&actor.0, |r| AdminRequest::Revoke(revocation, r))
+        .await
+        .map_err(refused)?;
+    Ok(Json(json!({ "revoked_user": user, "issued_up_to": now, "sessions_ended": ended })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -343,27 +631,23 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn audit(State(state): State<ApiState>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     let store = state.store.clone();
     let from = q.from_seq.unwrap_or(1);
-    let limit = q.limit.unwrap_or(1000).min(10_000);
-    let entries = tokio::task::spawn_blocking(move || store.audit_entries(from))
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let page = tokio::task::spawn_blocking(move || store.audit_page(from, limit))
         .await
-        .map_err(|_| unavailable())?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let page: Vec<_> = entries.into_iter().take(limit).collect();
+        .map_err(internal)?
+        .map_err(internal)?;
     Ok(Json(page).into_response())
 }
 
-fn refused((code, message): (ErrorCode, String)) -> ApiError {
+fn refused((code, message): Refusal) -> ApiError {
     let status = match code {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::CONFLICT,
     };
     ApiError(status, code.as_str(), message)

@@ -55,7 +55,12 @@ pub fn router(state: AppState) -> Router {
 /// Read buffer of a signaling WebSocket (it grows for a larger frame, up to the frame limit).
 const SIGNALING_BUFFER_BYTES: usize = 8 * 1024;
 
-async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let peer = peer.map(|axum::Extension(info)| info.0.ip());
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
@@ -71,7 +76,7 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         .read_buffer_size(SIGNALING_BUFFER_BYTES)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            ws::serve(socket, state.session.clone()).await;
+            ws::serve(socket, state.session.clone(), peer).await;
             drop(permit);
         })
 }

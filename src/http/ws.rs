@@ -3,6 +3,11 @@
 //!
 //! Every refused frame gets a typed `error` frame, a log line (without personal data) and a
 //! count in `huizhen_signaling_errors_total{code}`; the socket and the room stay up.
+//!
+//! A stranger's socket is bounded: it must authenticate (or join an open room) within
+//! [`AUTH_DEADLINE`], and after [`MAX_STRANGER_REFUSALS`] refused frames it is closed. Its
+//! refusals reach the audit trail through the clinic's bounded [`RefusalLog`]
+//! (crate::clinic::refusals::RefusalLog), naming the source only as a keyed hash.
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -19,8 +24,10 @@ use huizhen_signaling::clinic::{
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::auth::TokenVerifier;
-use crate::clinic::{ClinicCommand, ClinicHandle, ClinicRequest, CommandReply};
+use crate::audit::source::SourceHasher;
+use crate::auth::{TokenVerifier, Verified};
+use crate::clinic::refusals::Refused;
+use crate::clinic::{ClinicCommand, ClinicHandle, ClinicRequest, CommandReply, BYE_REPLACED, BYE_REVOKED, BYE_TOKEN_EXPIRED};
 use crate::edge::{MediaCommand, MediaHandle, SIGNAL_QUEUE};
 use crate::redact::Redacted;
 use crate::sfu::{LeaveReason, ParticipantId, SignalInput};
@@ -80,7 +87,14 @@ pub struct SessionDeps {
     pub metrics: SignalingMetrics,
     /// Whether plain `join` by room name is allowed (development, open meetings).
     pub open_rooms: bool,
+    /// Hashes source addresses for the audit trail.
+    pub sources: SourceHasher,
 }
+
+/// A socket that has neither authenticated nor joined an open room by then is closed.
+pub const AUTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// A socket that has neither authenticated nor joined is closed after this many refusals.
+pub const MAX_STRANGER_REFUSALS: u32 = 3;
 
 /// Rooms of consultations: only reachable through `join_consultation`.
 pub const CONSULTATION_ROOM_PREFIX: &str = "consult-";
@@ -92,6 +106,10 @@ struct Session {
     participant: Option<ParticipantId>,
     identity: Option<(Actor, String)>,
     consultation: Option<ConsultationId>,
+    /// Keyed hash of the peer address (never the address).
+    source: Option<String>,
+    /// Refused frames while neither authenticated nor joined.
+    stranger_refusals: u32,
 }
 
 /// What to do after a client frame.
@@ -106,12 +124,14 @@ fn next_session_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Serve one WebSocket until either side ends it.
-pub async fn serve(socket: WebSocket, deps: SessionDeps) {
+/// Serve one WebSocket until either side ends it. `peer` is the client's address (hashed for
+/// the audit trail, never kept).
+pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::IpAddr>) {
     let metrics = deps.metrics.clone();
     metrics.connections.inc();
     let (mut sink, mut stream) = socket.split();
     let (events_tx, mut events) = mpsc::channel(SIGNAL_QUEUE);
+    let source = peer.map(|ip| deps.sources.source(ip));
     let mut session = Session {
         id: next_session_id(),
         deps,
@@ -119,7 +139,11 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps) {
         participant: None,
         identity: None,
         consultation: None,
+        source,
+        stranger_refusals: 0,
     };
+    let deadline = tokio::time::sleep(AUTH_DEADLINE);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
             // Server messages first: replies to a frame must not overtake what the media task
@@ -127,11 +151,20 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps) {
             biased;
             event = events.recv() => {
                 let Some(message) = event else { break };
-                let bye = matches!(message, ServerMessage::Bye { .. });
+                let bye = match &message {
+                    ServerMessage::Bye { reason } => Some(reason.clone()),
+                    _ => None,
+                };
                 if send(&mut sink, &metrics, &message).await.is_err() {
                     break;
                 }
-                if bye {
+                if let Some(reason) = bye {
+                    if [BYE_REPLACED, BYE_TOKEN_EXPIRED, BYE_REVOKED].contains(&reason.as_str()) {
+                        // The clinic ended this session (another socket took over, the token
+                        // expired or was revoked): the socket goes with it.
+                        session.identity = None;
+                        break;
+                    }
                     // The media session is over; an identified user keeps the socket for the
                     // clinic (waiting room, next consultation), anyone else is done.
                     session.participant = None;
@@ -140,6 +173,14 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps) {
                         break;
                     }
                 }
+            }
+            _ = &mut deadline, if session.is_stranger() => {
+                let message = session.error(
+                    ErrorCode::NotAuthenticated,
+                    format!("no auth within {} s; closing", AUTH_DEADLINE.as_secs()),
+                );
+                let _ = send(&mut sink, &metrics, &message).await;
+                break;
             }
             frame = stream.next() => {
                 let next = match frame {
@@ -154,8 +195,20 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps) {
                 match next {
                     Next::Continue => {}
                     Next::Reply(message) => {
+                        let refused = matches!(message, ServerMessage::Error { .. });
                         if send(&mut sink, &metrics, &message).await.is_err() {
                             break;
+                        }
+                        if refused && session.is_stranger() {
+                            session.stranger_refusals += 1;
+                            if session.stranger_refusals >= MAX_STRANGER_REFUSALS {
+                                let message = session.error(
+                                    ErrorCode::TooManyRefusals,
+                                    "too many refused frames before authenticating; closing".into(),
+                                );
+                                let _ = send(&mut sink, &metrics, &message).await;
+                                break;
+                            }
                         }
                     }
                     Next::Close => break,
@@ -180,6 +233,11 @@ async fn send(
 }
 
 impl Session {
+    /// Neither authenticated nor in a room: a stranger, bounded in time and refusals.
+    fn is_stranger(&self) -> bool {
+        self.identity.is_none() && self.participant.is_none()
+    }
+
     fn error(&self, code: ErrorCode, message: String) -> ServerMessage {
         debug!(code = code.as_str(), "signaling error");
         ServerMessage::error(code, message)
@@ -252,6 +310,7 @@ impl Session {
                     "join",
                     ErrorCode::Forbidden,
                     "consultation rooms are entered with join_consultation",
+                    None,
                 )
                 .await;
         }
@@ -261,13 +320,14 @@ impl Session {
                     "join",
                     ErrorCode::Forbidden,
                     "joining rooms by name is disabled on this server (signaling.open_rooms)",
+                    None,
                 )
                 .await;
         }
         // With a token, the verified name wins over the one typed in.
         let display_name = match token {
             Some(token) => match self.verify(&token).await {
-                Ok((_, name)) => name,
+                Ok(v) => v.display_name,
                 Err(reply) => return reply,
             },
             None => display_name,
@@ -294,24 +354,29 @@ impl Session {
 
     /// Refuse an action the session itself judged (before the clinic saw it): answered,
     /// counted, and audited like the clinic's own refusals.
-    async fn refuse(&mut self, command: &str, code: ErrorCode, reason: &str) -> Next {
+    async fn refuse(&mut self, command: &str, code: ErrorCode, reason: &str, subject: Option<String>) -> Next {
         let actor = self.identity.as_ref().map(|(a, _)| a.user.0.clone());
         let _ = self
             .deps
             .clinic
-            .send(ClinicRequest::AuditRefusal {
+            .send(ClinicRequest::Refused(Refused {
                 kind: "refused",
                 actor,
-                details: serde_json::json!({ "command": command, "code": code.as_str(), "reason": reason }),
-            })
+                subject,
+                command: command.to_owned(),
+                code: code.as_str(),
+                source: self.source.clone(),
+                claimed_user: None,
+                reason: reason.to_owned(),
+            }))
             .await;
         Next::Reply(self.error(code, reason.to_owned()))
     }
 
     /// Verify a token; a refusal is answered, counted and audited.
-    async fn verify(&mut self, token: &str) -> Result<(Actor, String), Next> {
+    async fn verify(&mut self, token: &str) -> Result<Verified, Next> {
         match self.deps.verifier.verify(token, unix_now()) {
-            Ok(v) => Ok((v.actor, v.display_name)),
+            Ok(v) => Ok(v),
             Err(e) => {
                 let code = if e.code() == "expired_token" {
                     ErrorCode::ExpiredToken
@@ -321,11 +386,16 @@ impl Session {
                 let _ = self
                     .deps
                     .clinic
-                    .send(ClinicRequest::AuditRefusal {
+                    .send(ClinicRequest::Refused(Refused {
                         kind: "token_refused",
                         actor: None,
-                        details: serde_json::json!({ "code": code.as_str(), "reason": e.to_string() }),
-                    })
+                        subject: None,
+                        command: "auth".into(),
+                        code: code.as_str(),
+                        source: self.source.clone(),
+                        claimed_user: claimed_subject(token),
+                        reason: e.to_string(),
+                    }))
                     .await;
                 Err(Next::Reply(self.error(code, e.to_string())))
             }
@@ -333,26 +403,31 @@ impl Session {
     }
 
     async fn authenticate(&mut self, token: &str) -> Next {
-        if self.identity.is_some() {
-            return Next::Reply(self.error(
-                ErrorCode::AlreadyJoined,
-                "this socket is already authenticated".into(),
-            ));
-        }
-        let (actor, display_name) = match self.verify(token).await {
+        let verified = match self.verify(token).await {
             Ok(v) => v,
             Err(reply) => return reply,
         };
-        let seats = match self
+        if self.identity.is_some() {
+            return self.renew(verified).await;
+        }
+        let actor = verified.actor.clone();
+        let display_name = verified.display_name.clone();
+        let (session, events) = (self.id, self.events_tx.clone());
+        let seats = self
             .deps
             .clinic
-            .connect(self.id, actor.clone(), display_name.clone(), self.events_tx.clone())
-            .await
-        {
+            .ask(|reply| ClinicRequest::Connect {
+                session,
+                actor: actor.clone(),
+                display_name: display_name.clone(),
+                token_times: (verified.issued_at, verified.expires_at),
+                events,
+                reply,
+            })
+            .await;
+        let seats = match seats {
             Ok(seats) => seats,
-            Err(_) => {
-                return Next::Reply(self.error(ErrorCode::Unavailable, "the server is shutting down".into()))
-            }
+            Err((code, message)) => return Next::Reply(self.error(code, message)),
         };
         let reply = ServerMessage::Authenticated {
             user_id: actor.user.0.clone(),
@@ -365,6 +440,33 @@ impl Session {
         Next::Reply(reply)
     }
 
+    /// A fresh token on an authenticated socket extends the session (same user and role).
+    async fn renew(&mut self, verified: Verified) -> Next {
+        let session = self.id;
+        let expires_at = verified.expires_at;
+        let actor = verified.actor.clone();
+        let result = self
+            .deps
+            .clinic
+            .ask(|reply| ClinicRequest::Renew {
+                session,
+                actor,
+                token_times: (verified.issued_at, verified.expires_at),
+                reply,
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                if let Some((actor, name)) = &mut self.identity {
+                    *actor = verified.actor;
+                    *name = verified.display_name;
+                }
+                Next::Reply(ServerMessage::TokenRenewed { expires_at })
+            }
+            Err((code, message)) => Next::Reply(self.error(code, message)),
+        }
+    }
+
     async fn leave(&mut self) -> Next {
         let Some(participant) = self.participant else {
             return Next::Reply(self.error(ErrorCode::NotJoined, "not in a room".into()));
@@ -373,7 +475,7 @@ impl Session {
             let _ = self
                 .deps
                 .clinic
-                .command(actor, ClinicCommand::LeaveConsultation(consultation))
+                .command(self.id, actor, ClinicCommand::LeaveConsultation(consultation))
                 .await;
         }
         let _ = self
@@ -405,11 +507,13 @@ impl Session {
 
     async fn clinic_message(&mut self, message: ClientMessage) -> Next {
         let Some((actor, display_name)) = self.identity.clone() else {
+            let subject = clinic_command(message.clone()).and_then(|c| c.subject());
             return self
                 .refuse(
                     message_type(&message),
                     ErrorCode::NotAuthenticated,
                     "send auth with your token before clinic messages",
+                    subject,
                 )
                 .await;
         };
@@ -426,7 +530,7 @@ impl Session {
                 "already in a call on this socket".into(),
             ));
         }
-        match self.deps.clinic.command(actor, command).await {
+        match self.deps.clinic.command(self.id, actor, command).await {
             Ok(CommandReply::Done) => Next::Continue,
             // Answered every time, so a companion who refreshes before being admitted is told
             // again that they are waiting.
@@ -460,6 +564,23 @@ impl Session {
             Err((code, message)) => Next::Reply(self.error(code, message)),
         }
     }
+}
+
+/// The `sub` a token claims, read without verifying it (for the audit row of a refused token,
+/// marked unverified there); only an id-shaped value of at most 128 characters is kept.
+fn claimed_subject(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 4096 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let sub = value.get("sub")?.as_str()?;
+    let ok = !sub.is_empty()
+        && sub.len() <= 128
+        && sub.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    ok.then(|| sub.to_owned())
 }
 
 fn unix_now() -> u64 {

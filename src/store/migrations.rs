@@ -44,7 +44,28 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "recordings and consent",
         sql: RECORDINGS,
     },
+    Migration {
+        version: 5,
+        name: "writes by change, token revocations",
+        sql: BY_CHANGE,
+    },
 ];
+
+/// Restoring reads only live rows (indexes by slot time and state); consultations name the
+/// doctor who invited; token revocations.
+const BY_CHANGE: &str = "
+ALTER TABLE consultations ADD COLUMN invited_by TEXT;
+CREATE INDEX appointments_by_slot ON appointments (slot_start_ms);
+CREATE INDEX consultations_by_state ON consultations (state);
+CREATE TABLE revocations (
+    kind           TEXT NOT NULL CHECK (kind IN ('token', 'user')),
+    id             TEXT NOT NULL,
+    issued_up_to_s INTEGER NOT NULL,
+    keep_until_s   INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+) STRICT;
+CREATE INDEX revocations_by_expiry ON revocations (keep_until_s);
+";
 
 /// A consultation's recordings with every participant's consent decision.
 const RECORDINGS: &str = "

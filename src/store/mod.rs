@@ -14,16 +14,19 @@
 //! snapshot save is one transaction that only rewrites changed rows); async callers on tokio
 //! should still wrap them in `spawn_blocking`, since each commit waits for an fsync.
 
+mod clinic;
 pub mod migrations;
+pub mod revocation;
 
-use std::collections::{BTreeMap, HashSet};
+pub use revocation::Revocation;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use huizhen_signaling::clinic::{
-    Appointment, ClinicRecord, Consultation, EngineSnapshot, Invitation, Millis, Seat,
+    Appointment, AppointmentId, ChangeSet, ClinicId, Consultation, EngineSnapshot, Millis,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::de::DeserializeOwned;
@@ -37,6 +40,21 @@ pub use migrations::LATEST_VERSION;
 /// How long a call waits for another process holding the write lock (a backup, an inspector's
 /// `sqlite3` shell) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An audit entry to be chained and written with the next commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingAudit {
+    /// Wall-clock time (ms).
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: String,
+    /// Who did it.
+    pub actor: Option<String>,
+    /// What it concerns.
+    pub subject: Option<String>,
+    /// The rest.
+    pub details: Value,
+}
 
 /// The `meta` key holding the engine's id counter.
 pub const NEXT_ID_KEY: &str = "next_id";
@@ -99,10 +117,56 @@ pub enum StoreError {
     Audit(#[from] ChainError),
 }
 
+/// What the clinic service needs from its database: commit a batch (changed rows, audit
+/// entries, revocations) atomically, restore the live state, and look up history. SQLite
+/// ([`Store`]) implements it today; a PostgreSQL implementation for multi-node deployments
+/// slots in here without touching the clinic engine or the service.
+pub trait ClinicStore: Send + Sync + 'static {
+    /// See [`Store::commit`].
+    fn commit(
+        &self,
+        changes: &ChangeSet,
+        audit: &[PendingAudit],
+        revocations: &[Revocation],
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// See [`Store::load_live`].
+    fn load_live(&self, now: Millis, horizon_ms: u64) -> Result<EngineSnapshot, StoreError>;
+    /// See [`Store::appointment`].
+    fn appointment(&self, id: &AppointmentId) -> Result<Option<Appointment>, StoreError>;
+    /// See [`Store::revocations`].
+    fn revocations(&self, now_secs: u64) -> Result<Vec<Revocation>, StoreError>;
+    /// See [`Store::consultation`].
+    fn consultation(&self, id: &str) -> Result<Option<Consultation>, StoreError>;
+}
+
+impl ClinicStore for Store {
+    fn commit(
+        &self,
+        changes: &ChangeSet,
+        audit: &[PendingAudit],
+        revocations: &[Revocation],
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        Store::commit(self, changes, audit, revocations)
+    }
+    fn load_live(&self, now: Millis, horizon_ms: u64) -> Result<EngineSnapshot, StoreError> {
+        Store::load_live(self, now, horizon_ms)
+    }
+    fn appointment(&self, id: &AppointmentId) -> Result<Option<Appointment>, StoreError> {
+        Store::appointment(self, id)
+    }
+    fn revocations(&self, now_secs: u64) -> Result<Vec<Revocation>, StoreError> {
+        Store::revocations(self, now_secs)
+    }
+    fn consultation(&self, id: &str) -> Result<Option<Consultation>, StoreError> {
+        Store::consultation(self, id)
+    }
+}
+
 /// The database handle. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
 }
 
 impl fmt::Debug for Store {
@@ -121,11 +185,19 @@ impl Store {
                 source,
             })?;
         }
-        let conn = Connection::open(path).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        Store::init(conn)
+        let open = || {
+            Connection::open(path).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let store = Store::init(open()?)?;
+        let reader = open()?;
+        configure(&reader)?;
+        Ok(Store {
+            reader: Arc::new(Mutex::new(reader)),
+            ..store
+        })
     }
 
     /// A private, empty database in memory (tests, `--ephemeral` runs).
@@ -136,22 +208,32 @@ impl Store {
     fn init(mut conn: Connection) -> Result<Store, StoreError> {
         configure(&conn)?;
         migrations::migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: conn.clone(),
+            reader: conn,
         })
     }
 
-    /// The connection. A panic while it was held leaves no half-done work (an open
+    /// The writing connection. A panic while it was held leaves no half-done work (an open
     /// transaction is rolled back when dropped), so a poisoned lock is safe to take.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection for the admin API's reads: with a file database a second connection,
+    /// which WAL lets read while a commit waits for its fsync.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The database's schema version.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        migrations::schema_version(&self.conn())
+        migrations::schema_version(&self.writer())
     }
 
     // ----- meta -----
@@ -159,61 +241,89 @@ impl Store {
     /// A value from the `meta` table (e.g. a generated development secret). [`NEXT_ID_KEY`] is
     /// the store's own.
     pub fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        get_meta(&self.conn(), key)
+        get_meta(&self.writer(), key)
     }
 
     /// Set a value in the `meta` table.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        set_meta(&self.conn(), key, value)
+        set_meta(&self.writer(), key, value)
     }
 
-    // ----- clinic snapshot -----
+    // ----- clinic -----
 
-    /// Make the clinic tables equal to `snap`, in one transaction.
-    ///
-    /// Rows are upserted, and rewritten only if they changed. Participants and invitations
-    /// absent from `snap` are deleted. Appointments, clinics and started consultations are
-    /// never deleted: they are the record of care. A consultation that never started (its
-    /// invitation was declined, expired or withdrawn) is deleted with it, because the engine
-    /// forgets it and keeping it would bring back a phantom "invited" consultation on restore;
-    /// the audit trail keeps its history.
-    pub fn save_snapshot(&self, snap: &EngineSnapshot) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+    /// Commit one batch in one transaction: the rows `changes` names, the audit entries
+    /// (chained after the current last entry) and the token revocations. Nothing of it is
+    /// visible, or durable, unless all of it is. Returns the sealed audit entries.
+    pub fn commit(
+        &self,
+        changes: &ChangeSet,
+        audit: &[PendingAudit],
+        revocations: &[Revocation],
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for record in &snap.clinics {
-            upsert_clinic(&tx, record)?;
+        clinic::write_changes(&tx, changes)?;
+        let mut head = audit_head(&tx)?;
+        let mut sealed = Vec::with_capacity(audit.len());
+        for a in audit {
+            let entry = AuditEntry::seal(&head, a.at_ms, &a.kind, a.actor.clone(), a.subject.clone(), a.details.clone())?;
+            insert_audit(&tx, &entry)?;
+            head = ChainHead {
+                seq: entry.seq,
+                hash: entry.hash.clone(),
+            };
+            sealed.push(entry);
         }
-        for appointment in &snap.appointments {
-            upsert_appointment(&tx, appointment)?;
+        for r in revocations {
+            revocation::insert(&tx, r)?;
         }
-        save_consultations(&tx, &snap.consultations)?;
-        save_invitations(&tx, &snap.invitations)?;
-        set_meta(&tx, NEXT_ID_KEY, &snap.next_id.to_string())?;
         tx.commit()?;
-        Ok(())
+        Ok(sealed)
     }
 
-    /// Rebuild the snapshot last saved (an empty one, `next_id` 1, for a new database), in the
-    /// order [`ClinicEngine::snapshot`](huizhen_signaling::clinic::ClinicEngine::snapshot)
-    /// produces (by id; seats in arrival order).
-    pub fn load_snapshot(&self) -> Result<EngineSnapshot, StoreError> {
-        let mut conn = self.conn();
+    /// The live clinic state at `now` (what a restarted engine needs): see [`clinic`].
+    pub fn load_live(&self, now: Millis, horizon_ms: u64) -> Result<EngineSnapshot, StoreError> {
+        let mut conn = self.writer();
         let tx = conn.transaction()?;
-        let next_id = match get_meta(&tx, NEXT_ID_KEY)? {
-            Some(text) => text
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("meta {NEXT_ID_KEY} = {text:?}")))?,
-            None => 1,
-        };
-        let snap = EngineSnapshot {
-            clinics: load_clinics(&tx)?,
-            appointments: load_appointments(&tx)?,
-            consultations: load_consultations(&tx)?,
-            invitations: load_invitations(&tx)?,
-            next_id,
-        };
+        let snap = clinic::load_live(&tx, now, horizon_ms)?;
         tx.commit()?;
         Ok(snap)
+    }
+
+    /// One appointment, live or history.
+    pub fn appointment(&self, id: &AppointmentId) -> Result<Option<Appointment>, StoreError> {
+        clinic::appointment(&self.reader(), id)
+    }
+
+    /// Appointments (of one clinic) ordered by id, after `after`, at most `limit`.
+    pub fn appointments_page(
+        &self,
+        clinic: Option<&ClinicId>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Appointment>, StoreError> {
+        clinic::appointments_page(&self.reader(), clinic, after, limit)
+    }
+
+    /// One consultation with its seats, live or history.
+    pub fn consultation(&self, id: &str) -> Result<Option<Consultation>, StoreError> {
+        clinic::consultation(&self.reader(), id)
+    }
+
+    /// A clinic's started consultations, newest first, before the `(started_at_ms, id)`
+    /// cursor, at most `limit`.
+    pub fn consultations_page(
+        &self,
+        clinic: &ClinicId,
+        before: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Consultation>, StoreError> {
+        clinic::consultations_page(&self.reader(), clinic, before, limit)
+    }
+
+    /// Every revocation still in force at `now_secs`.
+    pub fn revocations(&self, now_secs: u64) -> Result<Vec<Revocation>, StoreError> {
+        revocation::load(&self.reader(), now_secs)
     }
 
     // ----- audit trail -----
@@ -228,7 +338,7 @@ impl Store {
         subject: Option<String>,
         details: Value,
     ) -> Result<AuditEntry, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let head = audit_head(&tx)?;
         let entry = AuditEntry::seal(&head, at_ms, kind, actor, subject, details)?;
@@ -239,7 +349,7 @@ impl Store {
 
     /// The last entry's `seq` and `hash` (the genesis head for an empty trail).
     pub fn audit_head(&self) -> Result<ChainHead, StoreError> {
-        audit_head(&self.conn())
+        audit_head(&self.writer())
     }
 
     /// Every entry from `from_seq` on, in order. For long trails prefer [`Store::audit_page`].
@@ -250,7 +360,7 @@ impl Store {
     /// At most `limit` entries from `from_seq` on, in order: page through a long trail (verify
     /// each page with [`crate::audit::verify_from`], passing the previous page's head).
     pub fn audit_page(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let conn = self.conn();
+        let conn = self.writer();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, at_ms, kind, actor, subject, details, prev_hash, hash
              FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
@@ -337,345 +447,6 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-// ----- saving -----
-
-fn upsert_clinic(tx: &Transaction<'_>, record: &ClinicRecord) -> Result<(), StoreError> {
-    let c = &record.clinic;
-    tx.prepare_cached(
-        "INSERT INTO clinics (id, doctor, name, slot_minutes, queue_json, active_consultation,
-                              recent_lengths_json, slots_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (id) DO UPDATE SET
-             doctor = excluded.doctor, name = excluded.name, slot_minutes = excluded.slot_minutes,
-             queue_json = excluded.queue_json, active_consultation = excluded.active_consultation,
-             recent_lengths_json = excluded.recent_lengths_json, slots_json = excluded.slots_json
-         WHERE (doctor, name, slot_minutes, queue_json, active_consultation, recent_lengths_json,
-                slots_json)
-               IS NOT (excluded.doctor, excluded.name, excluded.slot_minutes, excluded.queue_json,
-                       excluded.active_consultation, excluded.recent_lengths_json,
-                       excluded.slots_json)",
-    )?
-    .execute(params![
-        c.id.0,
-        c.doctor.0,
-        c.name,
-        c.slot_minutes,
-        to_json(&record.queue)?,
-        record.active.as_ref().map(|a| &a.0),
-        to_json(&record.recent_lengths_ms)?,
-        to_json(&c.slots)?,
-    ])?;
-    Ok(())
-}
-
-fn upsert_appointment(tx: &Transaction<'_>, a: &Appointment) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO appointments (id, clinic, patient, slot_start_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (id) DO UPDATE SET
-             clinic = excluded.clinic, patient = excluded.patient,
-             slot_start_ms = excluded.slot_start_ms
-         WHERE (clinic, patient, slot_start_ms)
-               IS NOT (excluded.clinic, excluded.patient, excluded.slot_start_ms)",
-    )?
-    .execute(params![
-        a.id.0,
-        a.clinic.0,
-        a.patient.0,
-        to_db("slot_start", a.slot_start.0)?
-    ])?;
-    Ok(())
-}
-
-fn save_consultations(
-    tx: &Transaction<'_>,
-    consultations: &[Consultation],
-) -> Result<(), StoreError> {
-    let mut present = HashSet::new();
-    let mut seated = HashSet::new();
-    for c in consultations {
-        upsert_consultation(tx, c)?;
-        present.insert(c.id.0.as_str());
-        for (order, seat) in c.seats.iter().enumerate() {
-            upsert_participant(tx, &c.id.0, order, seat)?;
-            seated.insert((c.id.0.as_str(), seat.user.0.as_str()));
-        }
-    }
-    delete_absent_participants(tx, &seated)?;
-    delete_unstarted_consultations(tx, &present)
-}
-
-fn upsert_consultation(tx: &Transaction<'_>, c: &Consultation) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO consultations (id, clinic, appointment, room, state, started_at_ms,
-                                    ended_at_ms, expert_links_json, recordings_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (id) DO UPDATE SET
-             clinic = excluded.clinic, appointment = excluded.appointment, room = excluded.room,
-             state = excluded.state, started_at_ms = excluded.started_at_ms,
-             ended_at_ms = excluded.ended_at_ms, expert_links_json = excluded.expert_links_json,
-             recordings_json = excluded.recordings_json
-         WHERE (clinic, appointment, room, state, started_at_ms, ended_at_ms, expert_links_json,
-                recordings_json)
-               IS NOT (excluded.clinic, excluded.appointment, excluded.room, excluded.state,
-                       excluded.started_at_ms, excluded.ended_at_ms, excluded.expert_links_json,
-                       excluded.recordings_json)",
-    )?
-    .execute(params![
-        c.id.0,
-        c.clinic.0,
-        c.appointment.0,
-        c.room,
-        enum_to_db(&c.state)?,
-        opt_to_db("started_at", c.started_at)?,
-        opt_to_db("ended_at", c.ended_at)?,
-        to_json(&c.expert_links)?,
-        to_json(&c.recordings)?,
-    ])?;
-    Ok(())
-}
-
-fn upsert_participant(
-    tx: &Transaction<'_>,
-    consultation: &str,
-    order: usize,
-    seat: &Seat,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO participants (consultation, user_id, role, admitted, disconnected_since_ms,
-                                   seat_order)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (consultation, user_id) DO UPDATE SET
-             role = excluded.role, admitted = excluded.admitted,
-             disconnected_since_ms = excluded.disconnected_since_ms,
-             seat_order = excluded.seat_order
-         WHERE (role, admitted, disconnected_since_ms, seat_order)
-               IS NOT (excluded.role, excluded.admitted, excluded.disconnected_since_ms,
-                       excluded.seat_order)",
-    )?
-    .execute(params![
-        consultation,
-        seat.user.0,
-        seat.role.as_str(),
-        seat.admitted,
-        opt_to_db("disconnected_since", seat.disconnected_since)?,
-        to_db("seat_order", order as u64)?,
-    ])?;
-    Ok(())
-}
-
-fn delete_absent_participants(
-    tx: &Transaction<'_>,
-    seated: &HashSet<(&str, &str)>,
-) -> Result<(), StoreError> {
-    let stored: Vec<(String, String)> = tx
-        .prepare_cached("SELECT consultation, user_id FROM participants")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut delete =
-        tx.prepare_cached("DELETE FROM participants WHERE consultation = ?1 AND user_id = ?2")?;
-    for (consultation, user) in stored {
-        if !seated.contains(&(consultation.as_str(), user.as_str())) {
-            delete.execute([consultation, user])?;
-        }
-    }
-    Ok(())
-}
-
-/// See [`Store::save_snapshot`]: only consultations that never started are ever deleted.
-fn delete_unstarted_consultations(
-    tx: &Transaction<'_>,
-    present: &HashSet<&str>,
-) -> Result<(), StoreError> {
-    let unstarted: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM consultations
-             WHERE state IN ('waiting', 'invited') AND started_at_ms IS NULL",
-        )?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    // Their seats (a doctor may sit in an unanswered call) went with the absent participants.
-    let mut delete = tx.prepare_cached("DELETE FROM consultations WHERE id = ?1")?;
-    for id in unstarted.iter().filter(|id| !present.contains(id.as_str())) {
-        delete.execute([id])?;
-    }
-    Ok(())
-}
-
-fn save_invitations(tx: &Transaction<'_>, invitations: &[Invitation]) -> Result<(), StoreError> {
-    let mut present = HashSet::new();
-    for inv in invitations {
-        tx.prepare_cached(
-            "INSERT INTO invitations (id, consultation, patient, expires_at_ms)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET
-                 consultation = excluded.consultation, patient = excluded.patient,
-                 expires_at_ms = excluded.expires_at_ms
-             WHERE (consultation, patient, expires_at_ms)
-                   IS NOT (excluded.consultation, excluded.patient, excluded.expires_at_ms)",
-        )?
-        .execute(params![
-            inv.id.0,
-            inv.consultation.0,
-            inv.patient.0,
-            to_db("expires_at", inv.expires_at.0)?
-        ])?;
-        present.insert(inv.id.0.as_str());
-    }
-    let stored: Vec<String> = tx
-        .prepare_cached("SELECT id FROM invitations")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut delete = tx.prepare_cached("DELETE FROM invitations WHERE id = ?1")?;
-    for id in stored.iter().filter(|id| !present.contains(id.as_str())) {
-        delete.execute([id])?;
-    }
-    Ok(())
-}
-
-// ----- loading -----
-
-/// Every row of the parameterless query `sql`, each as a tuple of its columns.
-fn select_all<T>(tx: &Transaction<'_>, sql: &str) -> Result<Vec<T>, StoreError>
-where
-    T: for<'a> TryFrom<&'a rusqlite::Row<'a>, Error = rusqlite::Error>,
-{
-    let mut statement = tx.prepare(sql)?;
-    let rows = statement.query_map([], |r| T::try_from(r))?.collect::<Result<_, _>>()?;
-    Ok(rows)
-}
-
-fn load_clinics(tx: &Transaction<'_>) -> Result<Vec<ClinicRecord>, StoreError> {
-    type Row = (String, String, String, u32, String, Option<String>, String, String);
-    let rows: Vec<Row> = select_all(
-        tx,
-        "SELECT id, doctor, name, slot_minutes, queue_json, active_consultation,
-                recent_lengths_json, slots_json
-         FROM clinics ORDER BY id",
-    )?;
-    rows.into_iter()
-        .map(|(id, doctor, name, slot_minutes, queue, active, lengths, slots)| {
-            Ok(ClinicRecord {
-                queue: from_json(&format!("clinic {id} queue_json"), &queue)?,
-                recent_lengths_ms: from_json(
-                    &format!("clinic {id} recent_lengths_json"),
-                    &lengths,
-                )?,
-                active: active.map(|a| a.as_str().into()),
-                clinic: huizhen_signaling::clinic::Clinic {
-                    id: id.as_str().into(),
-                    doctor: doctor.as_str().into(),
-                    name,
-                    slot_minutes,
-                    slots: from_json(&format!("clinic {id} slots_json"), &slots)?,
-                },
-            })
-        })
-        .collect()
-}
-
-fn load_appointments(tx: &Transaction<'_>) -> Result<Vec<Appointment>, StoreError> {
-    let rows: Vec<(String, String, String, i64)> = select_all(
-        tx,
-        "SELECT id, clinic, patient, slot_start_ms FROM appointments ORDER BY id",
-    )?;
-    rows.into_iter()
-        .map(|(id, clinic, patient, slot)| {
-            Ok(Appointment {
-                slot_start: Millis(from_db(&format!("appointment {id} slot_start_ms"), slot)?),
-                id: id.as_str().into(),
-                clinic: clinic.as_str().into(),
-                patient: patient.as_str().into(),
-            })
-        })
-        .collect()
-}
-
-fn load_consultations(tx: &Transaction<'_>) -> Result<Vec<Consultation>, StoreError> {
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<i64>,
-        Option<i64>,
-        String,
-        String,
-    );
-    let rows: Vec<Row> = select_all(
-        tx,
-        "SELECT id, clinic, appointment, room, state, started_at_ms, ended_at_ms,
-                expert_links_json, recordings_json
-         FROM consultations ORDER BY id",
-    )?;
-    let mut seats = load_seats(tx)?;
-    rows.into_iter()
-        .map(
-            |(id, clinic, appointment, room, state, started, ended, links, recordings)| {
-                Ok(Consultation {
-                    state: enum_from_db(&format!("consultation {id} state"), &state)?,
-                    started_at: opt_from_db(&format!("consultation {id} started_at_ms"), started)?,
-                    ended_at: opt_from_db(&format!("consultation {id} ended_at_ms"), ended)?,
-                    expert_links: from_json(
-                        &format!("consultation {id} expert_links_json"),
-                        &links,
-                    )?,
-                    recordings: from_json(
-                        &format!("consultation {id} recordings_json"),
-                        &recordings,
-                    )?,
-                    seats: seats.remove(&id).unwrap_or_default(),
-                    id: id.as_str().into(),
-                    clinic: clinic.as_str().into(),
-                    appointment: appointment.as_str().into(),
-                    room,
-                })
-            },
-        )
-        .collect()
-}
-
-/// Seats by consultation, each list in arrival order.
-fn load_seats(tx: &Transaction<'_>) -> Result<BTreeMap<String, Vec<Seat>>, StoreError> {
-    let rows: Vec<(String, String, String, bool, Option<i64>)> = select_all(
-        tx,
-        "SELECT consultation, user_id, role, admitted, disconnected_since_ms
-         FROM participants ORDER BY consultation, seat_order",
-    )?;
-    let mut seats: BTreeMap<String, Vec<Seat>> = BTreeMap::new();
-    for (consultation, user, role, admitted, disconnected) in rows {
-        let what = format!("participant {user} of {consultation}");
-        let seat = Seat {
-            role: enum_from_db(&format!("{what} role"), &role)?,
-            disconnected_since: opt_from_db(
-                &format!("{what} disconnected_since_ms"),
-                disconnected,
-            )?,
-            user: user.as_str().into(),
-            admitted,
-        };
-        seats.entry(consultation).or_default().push(seat);
-    }
-    Ok(seats)
-}
-
-fn load_invitations(tx: &Transaction<'_>) -> Result<Vec<Invitation>, StoreError> {
-    let rows: Vec<(String, String, String, i64)> = select_all(
-        tx,
-        "SELECT id, consultation, patient, expires_at_ms FROM invitations ORDER BY id",
-    )?;
-    rows.into_iter()
-        .map(|(id, consultation, patient, expires)| {
-            Ok(Invitation {
-                expires_at: Millis(from_db(&format!("invitation {id} expires_at_ms"), expires)?),
-                id: id.as_str().into(),
-                consultation: consultation.as_str().into(),
-                patient: patient.as_str().into(),
-            })
-        })
-        .collect()
-}
-
 // ----- audit -----
 
 fn audit_head(conn: &Connection) -> Result<ChainHead, StoreError> {
@@ -760,7 +531,8 @@ impl AuditRow {
 #[cfg(test)]
 mod tests {
     use huizhen_signaling::clinic::{
-        Clinic, ClinicEngine, ClinicSettings, ConsultationState, QueueOrder, Role, WaitingRoom,
+        Clinic, ClinicEngine, ClinicRecord, ClinicSettings, ConsultationState, Invitation, QueueOrder, Role,
+        Seat, WaitingRoom,
     };
     use serde_json::json;
 
@@ -817,6 +589,7 @@ mod tests {
             }],
             started_at: (state == ConsultationState::InProgress).then_some(Millis(1_000)),
             ended_at: None,
+            invited_by: Some("dr-li".into()),
         }
     }
 
@@ -844,57 +617,113 @@ mod tests {
                 expires_at: Millis(1_800_000_060_000),
             }],
             next_id: 3,
+            ended_appointments: Vec::new(),
+        }
+    }
+
+    /// Everything in `snap` as one change set.
+    fn changes(snap: &EngineSnapshot) -> ChangeSet {
+        ChangeSet {
+            clinics: snap.clinics.clone(),
+            appointments: snap.appointments.clone(),
+            cancelled_appointments: Vec::new(),
+            consultations: snap.consultations.iter().map(|c| (c.id.clone(), Some(c.clone()))).collect(),
+            invitations: snap.invitations.iter().map(|i| (i.id.clone(), Some(i.clone()))).collect(),
+            next_id: snap.next_id,
+        }
+    }
+
+    const NOW: Millis = Millis(1_800_000_000_000);
+    const DAY: u64 = 24 * 3600_000;
+
+    fn audit_row(kind: &str) -> PendingAudit {
+        PendingAudit {
+            at_ms: NOW.0,
+            kind: kind.into(),
+            actor: Some("dr-li".into()),
+            subject: Some("cardio".into()),
+            details: json!({}),
         }
     }
 
     #[test]
     fn a_new_database_loads_as_an_empty_engine() {
         let store = Store::open_in_memory().unwrap();
-        let snap = store.load_snapshot().unwrap();
-        assert_eq!(
-            snap,
-            ClinicEngine::new(ClinicSettings::default()).snapshot()
-        );
+        let snap = store.load_live(NOW, DAY).unwrap();
+        assert_eq!(snap, ClinicEngine::new(ClinicSettings::default()).snapshot());
         assert_eq!(store.schema_version().unwrap(), LATEST_VERSION);
     }
 
     #[test]
-    fn snapshot_round_trips_keeping_seat_order() {
+    fn a_commit_round_trips_keeping_seat_order_with_its_audit_rows() {
         let store = Store::open_in_memory().unwrap();
-        store.save_snapshot(&snapshot()).unwrap();
-        assert_eq!(store.load_snapshot().unwrap(), snapshot());
-        let rows_changed_before = store.conn().total_changes();
-        store.save_snapshot(&snapshot()).unwrap();
-        assert_eq!(
-            store.conn().total_changes(),
-            rows_changed_before,
-            "saving an unchanged snapshot rewrites no row"
-        );
-        assert_eq!(store.load_snapshot().unwrap(), snapshot());
+        let sealed = store.commit(&changes(&snapshot()), &[audit_row("a"), audit_row("b")], &[]).unwrap();
+        assert_eq!(sealed.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(sealed[1].prev_hash, sealed[0].hash);
+        assert_eq!(store.load_live(NOW, DAY).unwrap(), snapshot());
+        assert_eq!(store.audit_head().unwrap().seq, 2);
     }
 
     #[test]
-    fn absent_seats_and_invitations_go_but_started_consultations_stay() {
+    fn a_commit_writes_only_the_rows_it_names() {
         let store = Store::open_in_memory().unwrap();
-        store.save_snapshot(&snapshot()).unwrap();
+        let mut many = snapshot();
+        many.appointments = (0..2_000)
+            .map(|i| Appointment {
+                id: format!("h{i}").as_str().into(),
+                clinic: "cardio".into(),
+                patient: format!("p{i}").as_str().into(),
+                slot_start: Millis(NOW.0 - 30 * DAY),
+            })
+            .collect();
+        many.appointments.push(snapshot().appointments[0].clone());
+        many.appointments.sort_by(|x, y| x.id.cmp(&y.id));
+        store.commit(&changes(&many), &[], &[]).unwrap();
+        let before = store.writer().total_changes();
+        let one = ChangeSet {
+            clinics: vec![clinic("cardio")],
+            next_id: 4,
+            ..ChangeSet::default()
+        };
+        store.commit(&one, &[audit_row("doctor_status")], &[]).unwrap();
+        let written = store.writer().total_changes() - before;
+        assert!(written <= 3, "one clinic row, the id counter and one audit row; wrote {written}");
+        // History beyond the horizon stays on disk but is not loaded.
+        let live = store.load_live(NOW, DAY).unwrap();
+        assert_eq!(live.appointments.len(), 1);
+        assert_eq!(store.appointments_page(None, None, usize::MAX).unwrap().len(), 2_001);
+        assert_eq!(store.appointment(&"h7".into()).unwrap().unwrap().patient.0, "p7");
+    }
+
+    #[test]
+    fn gone_seats_and_invitations_are_deleted_but_started_consultations_stay() {
+        let store = Store::open_in_memory().unwrap();
+        store.commit(&changes(&snapshot()), &[], &[]).unwrap();
         let mut later = snapshot();
         later.invitations.clear();
         later.consultations.retain(|c| c.id.0 == "c1");
         later.consultations[0].seats.remove(1);
-        store.save_snapshot(&later).unwrap();
-        assert_eq!(store.load_snapshot().unwrap(), later);
-
-        let mut gone = later.clone();
-        gone.consultations.clear();
-        store.save_snapshot(&gone).unwrap();
-        let loaded = store.load_snapshot().unwrap();
-        assert_eq!(
-            loaded.consultations.len(),
-            1,
-            "a started consultation is a record of care"
-        );
-        assert_eq!(loaded.consultations[0].id.0, "c1");
-        assert!(loaded.consultations[0].seats.is_empty());
+        let change = ChangeSet {
+            consultations: vec![
+                ("c1".into(), Some(later.consultations[0].clone())),
+                ("c2".into(), None),
+            ],
+            invitations: vec![("inv2".into(), None)],
+            next_id: 3,
+            ..ChangeSet::default()
+        };
+        store.commit(&change, &[], &[]).unwrap();
+        assert_eq!(store.load_live(NOW, DAY).unwrap(), later);
+        // Even if asked to, a started consultation is never deleted: it is a record of care.
+        let wrong = ChangeSet {
+            consultations: vec![("c1".into(), None)],
+            next_id: 3,
+            ..ChangeSet::default()
+        };
+        store.commit(&wrong, &[], &[]).unwrap();
+        let kept = store.consultation("c1").unwrap().unwrap();
+        assert_eq!(kept.seats.len(), 2);
+        assert_eq!(kept.seats[0].user.0, "zeta");
     }
 
     #[test]
@@ -910,27 +739,31 @@ mod tests {
     }
 
     #[test]
-    fn values_beyond_i64_are_refused_not_wrapped() {
+    fn a_failed_commit_leaves_neither_rows_nor_audit_entries() {
         let store = Store::open_in_memory().unwrap();
         let mut snap = snapshot();
         snap.appointments[0].slot_start = Millis(u64::MAX);
-        let err = store.save_snapshot(&snap).unwrap_err();
+        let err = store.commit(&changes(&snap), &[audit_row("appointment_booked")], &[]).unwrap_err();
         assert!(
-            matches!(
-                err,
-                StoreError::TooLarge {
-                    field: "slot_start",
-                    ..
-                }
-            ),
+            matches!(err, StoreError::TooLarge { field: "slot_start", .. }),
             "{err}"
         );
         let empty = ClinicEngine::new(ClinicSettings::default()).snapshot();
-        assert_eq!(
-            store.load_snapshot().unwrap(),
-            empty,
-            "the failed save was rolled back"
-        );
+        assert_eq!(store.load_live(NOW, DAY).unwrap(), empty, "the failed commit was rolled back");
+        assert_eq!(store.audit_head().unwrap(), ChainHead::genesis(), "with its audit row");
+    }
+
+    #[test]
+    fn revocations_are_kept_until_they_stop_mattering() {
+        let store = Store::open_in_memory().unwrap();
+        let token = Revocation::Token { jti: "t1".into(), keep_until_s: 2_000 };
+        let user = Revocation::User { user: "wang".into(), issued_up_to_s: 1_000, keep_until_s: 3_000 };
+        store.commit(&ChangeSet::default(), &[audit_row("token_revoked")], &[token.clone(), user.clone()]).unwrap();
+        let now = store.revocations(1_500).unwrap();
+        assert_eq!(now.len(), 2);
+        assert!(user.covers(None, "wang", 999) && !user.covers(None, "wang", 1_001));
+        assert!(token.covers(Some("t1"), "anyone", 0));
+        assert_eq!(store.revocations(2_500).unwrap(), vec![user]);
     }
 
     #[test]
@@ -964,7 +797,7 @@ mod tests {
         assert_eq!(store.audit_page(2, 10).unwrap(), vec![second]);
         assert_eq!(store.audit_page(1, 1).unwrap(), vec![first]);
         let stored: String = store
-            .conn()
+            .writer()
             .query_row("SELECT details FROM audit_log WHERE seq = 1", [], |r| {
                 r.get(0)
             })
@@ -984,7 +817,7 @@ mod tests {
                 json!({}),
             )
             .unwrap();
-        let conn = store.conn();
+        let conn = store.writer();
         let update = conn.execute("UPDATE audit_log SET kind = 'left' WHERE seq = 1", []);
         let delete = conn.execute("DELETE FROM audit_log", []);
         for result in [update, delete] {

@@ -39,8 +39,25 @@ async fn expect_error(ws: &mut Ws, code: ErrorCode) -> String {
 async fn malformed_signaling_gets_typed_errors_and_the_socket_survives() {
     init_tracing();
     let server = start_server().await;
-    let mut ws = connect_ws(server.http_addr()).await;
+    // A stranger (neither authenticated nor joined) gets typed errors, and after three
+    // refusals the socket is closed.
+    let mut stranger = connect_ws(server.http_addr()).await;
+    send_text(&mut stranger, r#"{"type":"offer","sdp":"v=0"}"#).await;
+    expect_error(&mut stranger, ErrorCode::NotJoined).await;
+    send_text(&mut stranger, r#"{"type":"join","v":99,"room":"r","display_name":"x"}"#).await;
+    expect_error(&mut stranger, ErrorCode::UnsupportedVersion).await;
+    send_text(&mut stranger, r#"{"type":"join","v":1,"room":42}"#).await;
+    expect_error(&mut stranger, ErrorCode::InvalidMessage).await;
+    expect_error(&mut stranger, ErrorCode::TooManyRefusals).await;
+    assert!(
+        matches!(next_event(&mut stranger, REPLY_TIMEOUT).await, Some(WsEvent::Closed(_))),
+        "the stranger's socket is closed"
+    );
 
+    // A joined socket survives every kind of bad frame.
+    let mut ws = connect_ws(server.http_addr()).await;
+    let room = unique_room("bad");
+    join(&mut ws, &room, "patient").await;
     send_text(&mut ws, "{this is not json").await;
     expect_error(&mut ws, ErrorCode::BadJson).await;
     send_text(&mut ws, "[1,2,3]").await;
@@ -49,15 +66,9 @@ async fn malformed_signaling_gets_typed_errors_and_the_socket_survives() {
     expect_error(&mut ws, ErrorCode::BadJson).await;
     send_text(&mut ws, r#"{"type":"teleport","to":"mars"}"#).await;
     expect_error(&mut ws, ErrorCode::UnknownType).await;
-    send_text(&mut ws, r#"{"type":"offer","sdp":"v=0"}"#).await;
-    expect_error(&mut ws, ErrorCode::NotJoined).await;
-    send_text(&mut ws, r#"{"type":"join","v":99,"room":"r","display_name":"x"}"#).await;
-    expect_error(&mut ws, ErrorCode::UnsupportedVersion).await;
     send_text(&mut ws, r#"{"type":"join","v":1,"room":42}"#).await;
     expect_error(&mut ws, ErrorCode::InvalidMessage).await;
 
-    let room = unique_room("bad");
-    join(&mut ws, &room, "patient").await;
     send_msg(&mut ws, &join_msg(&room, "again")).await;
     expect_error(&mut ws, ErrorCode::AlreadyJoined).await;
     send_text(&mut ws, r#"{"type":"offer","sdp":"this is not sdp"}"#).await;

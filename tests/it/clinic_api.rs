@@ -131,6 +131,16 @@ async fn rest_api_needs_the_key_and_validates_input() {
         Some(json!({ "id": "z", "clinic": "nope", "patient": "p", "slot_start_ms": 1 })),
     )
     .await;
+    assert_eq!(status, 400, "a time outside 2000-2100 is refused before anything else: {body}");
+    assert!(body["message"].as_str().unwrap().contains("slot_start_ms"), "{body}");
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/api/v1/appointments",
+        Some(&key),
+        Some(json!({ "id": "z", "clinic": "nope", "patient": "p", "slot_start_ms": 1_900_000_000_000u64 })),
+    )
+    .await;
     assert_eq!(status, 404, "{body}");
     let (status, body) = http(
         &server,
@@ -193,9 +203,26 @@ async fn bad_tokens_are_refused_and_audited() {
     // Expired an hour ago.
     let old = Claims::new("pat-a", "A", Role::Patient, now_secs() - 7200, 3600);
     expect_refused(&mut ws, ClientMessage::Auth { token: token(&server, old) }, ErrorCode::ExpiredToken).await;
+    // Three refusals before authenticating: the stranger's socket is closed.
+    let (closing, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Error { .. })).await;
+    assert!(matches!(closing, ServerMessage::Error { code: ErrorCode::TooManyRefusals, .. }), "{closing:?}");
+    assert!(matches!(next_event(&mut ws, REPLY_TIMEOUT).await, Some(WsEvent::Closed(_))));
+    let mut ws = connect_ws(server.http_addr()).await;
     expect_refused(&mut ws, ClientMessage::Auth { token: "not.a.jwt".into() }, ErrorCode::InvalidToken).await;
     expect_audit(&server, "expired token", |e| e["kind"] == "token_refused" && e["details"]["code"] == "expired_token").await;
-    expect_audit(&server, "forged token", |e| e["kind"] == "token_refused" && e["details"]["code"] == "invalid_token").await;
+    // The refusal names the claimed user, marked unverified, and the source as a keyed hash.
+    expect_audit(&server, "forged token", |e| {
+        e["kind"] == "token_refused"
+            && e["details"]["code"] == "invalid_token"
+            && e["details"]["claimed_user"] == "pat-a"
+            && e["details"]["claimed_user_verified"] == false
+            && e["details"]["source"].as_str().is_some_and(|s| s.starts_with("src-") && !s.contains("127"))
+    })
+    .await;
+    expect_audit(&server, "clinic message before auth", |e| {
+        e["kind"] == "refused" && e["details"]["code"] == "not_authenticated" && e["subject"] == "appt-a"
+    })
+    .await;
     // A token is also checked on a plain room join: the verified name is used.
     let mut join = connect_ws(server.http_addr()).await;
     send_text(&mut join, r#"{"type":"join","v":1,"room":"r","display_name":"x","token":"garbage"}"#).await;
@@ -500,9 +527,12 @@ async fn recording_asks_everyone_and_audits_each_decision() {
     send_msg(&mut a_again, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
     let (again, _) = recv_until(&mut a_again, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { .. })).await;
     assert!(matches!(again, ServerMessage::RecordingStatus { active: true, recorded: false, .. }), "{again:?}");
+    // The refreshed page took over the seat: the old socket was told and closed.
+    let (bye, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { .. })).await;
+    assert_eq!(bye, ServerMessage::Bye { reason: "replaced".into() });
     // Stop: everyone is told.
     send_msg(&mut doctor, &ClientMessage::StopRecording { consultation: consultation.clone() }).await;
-    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. })).await;
+    recv_until(&mut a_again, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. })).await;
     // Each decision is in the audit trail and in the consultation's record.
     expect_audit(&server, "refusal", |e| {
         e["kind"] == "consent_decided" && e["actor"] == "pat-a" && e["details"]["decision"] == "refused"

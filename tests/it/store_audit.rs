@@ -191,14 +191,21 @@ fn the_morning_is_what_it_claims_to_be() {
     assert!(snap.clinics.iter().all(|r| !r.queue.is_empty()));
 }
 
+/// Commit what the engine changed, let history leave memory, and check that the store's live
+/// state is exactly the engine's.
+fn commit_and_compare(store: &Store, engine: &mut ClinicEngine, now: Millis, what: &str) {
+    store.commit(&engine.take_changes(), &[], &[]).unwrap();
+    engine.evict_history(now);
+    let live = store.load_live(now, ClinicSettings::default().history_horizon_ms).unwrap();
+    assert_eq!(live, engine.snapshot(), "{what}");
+}
+
 #[test]
 fn every_step_of_a_session_round_trips() {
     let store = Store::open_in_memory().unwrap();
     let mut steps = 0;
     morning(|engine| {
-        let snap = engine.snapshot();
-        store.save_snapshot(&snap).unwrap();
-        assert_eq!(store.load_snapshot().unwrap(), snap, "after step {steps}");
+        commit_and_compare(&store, engine, Millis(NINE), &format!("after step {steps}"));
         steps += 1;
     });
     assert!(steps > 20);
@@ -207,17 +214,30 @@ fn every_step_of_a_session_round_trips() {
 #[test]
 fn a_restart_restores_the_clinics_and_the_session_goes_on() {
     let path = scratch("restart").join("nested").join("huizhen.db");
-    let (engine, c) = morning(|_| {});
-    let before = engine.snapshot();
+    let (mut engine, c) = morning(|_| {});
+    let horizon = ClinicSettings::default().history_horizon_ms;
     {
         let store = Store::open(&path).unwrap();
-        store.save_snapshot(&before).unwrap();
+        store.commit(&engine.take_changes(), &[], &[]).unwrap();
     }
+    let ended: Vec<ConsultationId> = engine
+        .snapshot()
+        .consultations
+        .iter()
+        .filter(|x| x.state == ConsultationState::Ended)
+        .map(|x| x.id.clone())
+        .collect();
+    assert_eq!(ended.len(), 1);
+    engine.evict_history(Millis(NINE));
+    let before = engine.snapshot();
 
-    // Restart: a new process opens the file.
+    // Restart: a new process opens the file and restores only what is live.
     let store = Store::open(&path).unwrap();
-    let loaded = store.load_snapshot().unwrap();
+    let loaded = store.load_live(Millis(NINE), horizon).unwrap();
     assert_eq!(loaded, before);
+    assert!(loaded.consultations.iter().all(|x| x.state != ConsultationState::Ended));
+    let history = store.consultation(&ended[0].0).unwrap().unwrap();
+    assert_eq!(history.state, ConsultationState::Ended, "history is read from the store");
     let now = Millis(NINE + 40 * MIN);
     let mut restored = ClinicEngine::from_snapshot(ClinicSettings::default(), loaded, now);
     let mut expected = engine.consultation(&c).unwrap().clone();
@@ -244,22 +264,27 @@ fn a_restart_restores_the_clinics_and_the_session_goes_on() {
     assert!(events
         .iter()
         .any(|e| matches!(e, ClinicEvent::Left { user, .. } if user.0 == "li-daughter")));
-    store.save_snapshot(&restored.snapshot()).unwrap();
-    assert_eq!(store.load_snapshot().unwrap(), restored.snapshot());
+    commit_and_compare(&store, &mut restored, now, "after the timers");
 
     restored
         .end(Millis(NINE + 45 * MIN), &doctor("dr-li", "cardio"), &c)
         .unwrap();
-    store.save_snapshot(&restored.snapshot()).unwrap();
+    store.commit(&restored.take_changes(), &[], &[]).unwrap();
+    restored.evict_history(Millis(NINE + 45 * MIN));
     drop(store);
     let store = Store::open(&path).unwrap();
-    let after = store.load_snapshot().unwrap();
+    let after = store.load_live(Millis(NINE + 45 * MIN), horizon).unwrap();
     assert_eq!(after, restored.snapshot());
     // Ended consultations keep who took part: it is their history.
-    let ended = after.consultations.iter().find(|x| x.id == c).unwrap();
+    let ended = store.consultation(&c.0).unwrap().unwrap();
     assert_eq!(ended.state, huizhen_signaling::clinic::ConsultationState::Ended);
     assert!(!ended.seats.is_empty(), "participants stay on record after the end");
     assert_eq!(after.clinics[0].recent_lengths_ms.len(), 2);
+    assert_eq!(
+        ended.invited_by.as_ref().map(|u| u.0.as_str()),
+        Some("dr-li"),
+        "the inviting doctor is on record"
+    );
 }
 
 #[test]

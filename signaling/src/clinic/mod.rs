@@ -584,6 +584,14 @@ impl ClinicEngine {
         ended.len() + old.len()
     }
 
+    /// Whether the consultation of `appointment` has taken place (it cannot be used again).
+    pub fn appointment_used(&self, appointment: &AppointmentId) -> bool {
+        self.ended_appointments.contains(appointment)
+            || self
+                .consultations_of(appointment)
+                .any(|c| c.state == ConsultationState::Ended)
+    }
+
     /// Records held in memory: (appointments, consultations), for metrics.
     pub fn live_counts(&self) -> (usize, usize) {
         (self.appointments.len(), self.consultations.len())
