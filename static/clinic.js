@@ -24,7 +24,10 @@ import { applyTranslations, bindLanguageToggle, errorText, lang, setLang, t } fr
 const PING_INTERVAL_MS = 15000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000, 10000];
 /** Errors after which reconnecting cannot help. */
-const FATAL_AUTH_ERRORS = new Set(['invalid_token', 'expired_token']);
+const FATAL_AUTH_ERRORS = new Set(['invalid_token', 'expired_token', 'revoked_token', 'too_many_refusals']);
+/** `bye` reasons that end the session for good: another page of the same user took over, or
+ * the token expired or was revoked. Reconnecting would only take the session back. */
+const SESSION_ENDS = new Set(['replaced', 'token_expired', 'revoked']);
 /** Most automatic rejoins after an unexpected `bye`, per minute. */
 const MAX_REJOINS_PER_MINUTE = 3;
 
@@ -292,6 +295,19 @@ export function createClinicPage(opts) {
   }
 
   function onServerMessage(msg) {
+    if (msg.type === 'bye' && SESSION_ENDS.has(msg.reason)) {
+      fatal = true;
+      if (call && call.state !== 'left' && call.state !== 'closed') call.close('closed');
+      setState('error');
+      showError({ code: `session_${msg.reason}` });
+      return;
+    }
+    if (msg.type === 'token_expiring') {
+      // The page cannot mint a token; the hospital's page may send a fresh `auth` itself.
+      opts.onTokenExpiring?.(msg);
+      return;
+    }
+    if (msg.type === 'token_renewed') return;
     if (MEDIA_MESSAGE_TYPES.has(msg.type)) {
       if (msg.type === 'joined' && call) {
         pendingJoin = null;

@@ -11,14 +11,6 @@ use common::*;
 use huizhen_signaling::protocol::{ErrorCode, ServerMessage};
 use tokio::io::AsyncWriteExt;
 
-/// Sum of a metric's samples whose line starts with `prefix`.
-fn metric_sum(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http_text(&addr.to_string(), "GET", path, None, None).await

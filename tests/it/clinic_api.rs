@@ -574,3 +574,208 @@ async fn server_minted_tokens_respect_the_configured_lifetime_cap() {
     assert!(body["message"].as_str().unwrap().contains("3600"), "{body}");
     server.shutdown().await;
 }
+
+/// The doctor invites pat-a, who answers and enters the call's SFU room on `a`.
+async fn running_call(server: &ServerHandle) -> (Ws, Ws, String) {
+    let mut dc = claims("dr-li", Role::Doctor);
+    dc.clinics = vec!["cardio".into()];
+    let mut ac = claims("pat-a", Role::Patient);
+    ac.appointment = Some("appt-a".into());
+    let mut doctor = authed(server, token(server, dc)).await;
+    let mut a = authed(server, token(server, ac)).await;
+    send_msg(&mut a, &ClientMessage::CheckIn { appointment: "appt-a".into() }).await;
+    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    send_msg(&mut doctor, &ClientMessage::Invite { clinic: "cardio".into(), patient: None }).await;
+    let (ringing, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
+    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
+    send_msg(&mut a, &ClientMessage::AcceptInvitation { invitation }).await;
+    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    send_msg(&mut a, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+    (doctor, a, consultation)
+}
+
+/// Wait until the SFU holds `n` participants.
+async fn expect_participants(server: &ServerHandle, n: f64) {
+    for _ in 0..100 {
+        if metric_sum(&server.render_metrics(), "huizhen_sfu_participants") == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("expected {n} SFU participants: {}", metric_sum(&server.render_metrics(), "huizhen_sfu_participants"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_socket_of_the_same_user_takes_over_the_seat_and_the_old_one_leaves_media() {
+    let server = setup().await;
+    let (_doctor, mut a, consultation) = running_call(&server).await;
+    expect_participants(&server, 1.0).await;
+    let mut ac = claims("pat-a", Role::Patient);
+    ac.appointment = Some("appt-a".into());
+    let mut again = authed(&server, token(&server, ac)).await;
+    let (bye, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { .. })).await;
+    assert_eq!(bye, ServerMessage::Bye { reason: "replaced".into() });
+    assert!(matches!(next_event(&mut a, REPLY_TIMEOUT).await, Some(WsEvent::Closed(_))), "the old socket closes");
+    expect_participants(&server, 0.0).await;
+    expect_audit(&server, "takeover", |e| e["kind"] == "session_replaced" && e["actor"] == "pat-a").await;
+    // The new socket holds the seat and enters the call: one media participant, not two.
+    send_msg(&mut again, &ClientMessage::JoinConsultation { consultation }).await;
+    recv_until(&mut again, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+    expect_participants(&server, 1.0).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expert_link_holds_one_live_session() {
+    let server = setup().await;
+    let (mut doctor, _a, consultation) = running_call(&server).await;
+    send_msg(&mut doctor, &ClientMessage::InviteExpert { consultation: consultation.clone(), display_name: None }).await;
+    let (link, _) = recv_until(&mut doctor, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ExpertLink { .. })).await;
+    let ServerMessage::ExpertLink { path, .. } = link else { unreachable!() };
+    let expert_token = path.split("token=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let mut first = authed(&server, expert_token.clone()).await;
+    send_msg(&mut first, &ClientMessage::JoinConsultation { consultation: consultation.clone() }).await;
+    recv_until(&mut first, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+    expect_participants(&server, 2.0).await;
+    // The same link from a second and a third socket: never more than one listener.
+    let mut second = authed(&server, expert_token.clone()).await;
+    recv_until(&mut first, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { reason } if reason == "replaced")).await;
+    let mut third = authed(&server, expert_token).await;
+    recv_until(&mut second, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { reason } if reason == "replaced")).await;
+    expect_participants(&server, 1.0).await;
+    send_msg(&mut third, &ClientMessage::JoinConsultation { consultation }).await;
+    recv_until(&mut third, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
+    expect_participants(&server, 2.0).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_warned_renewed_and_ended_with_its_token() {
+    let server = setup().await;
+    // A token with 3 s left: the warning comes at once (less than a minute left).
+    let mut short = claims("pat-b", Role::Patient);
+    short.iat = now_secs() - 3597;
+    short.exp = short.iat + 3600;
+    let mut b = authed(&server, token(&server, short)).await;
+    let (warning, _) = recv_until(&mut b, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::TokenExpiring { .. })).await;
+    assert!(matches!(warning, ServerMessage::TokenExpiring { expires_at } if expires_at <= now_secs() + 3));
+    // A fresh token of the same user extends the session...
+    send_msg(&mut b, &ClientMessage::Auth { token: token(&server, claims("pat-b", Role::Patient)) }).await;
+    let (renewed, _) = recv_until(&mut b, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::TokenRenewed { .. })).await;
+    assert!(matches!(renewed, ServerMessage::TokenRenewed { expires_at } if expires_at > now_secs() + 3000));
+    // ...and one of another user is refused on this socket.
+    expect_refused(&mut b, ClientMessage::Auth { token: token(&server, claims("pat-a", Role::Patient)) }, ErrorCode::Forbidden).await;
+    // Past the old expiry the renewed session is still there.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    send_msg(&mut b, &ClientMessage::Ping {}).await;
+    recv_until(&mut b, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Pong {})).await;
+
+    // Without renewal the session ends at expiry with a typed reason, and is audited.
+    let mut short = claims("pat-a", Role::Patient);
+    short.iat = now_secs() - 3598;
+    short.exp = short.iat + 3600;
+    let mut a = authed(&server, token(&server, short)).await;
+    let (bye, _) = recv_until(&mut a, Duration::from_secs(10), |m| matches!(m, ServerMessage::Bye { .. })).await;
+    assert_eq!(bye, ServerMessage::Bye { reason: "token_expired".into() });
+    assert!(matches!(next_event(&mut a, REPLY_TIMEOUT).await, Some(WsEvent::Closed(_))));
+    expect_audit(&server, "expiry", |e| e["kind"] == "session_expired" && e["actor"] == "pat-a").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_ends_its_live_session_and_stays_refused() {
+    let server = setup().await;
+    let key = server.api_key().to_owned();
+    let (status, minted) = http(
+        &server,
+        "POST",
+        "/api/v1/tokens",
+        Some(&key),
+        Some(json!({ "sub": "pat-a", "name": "A", "role": "patient", "appointment": "appt-a" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let (tok, jti) = (minted["token"].as_str().unwrap().to_owned(), minted["jti"].as_str().unwrap().to_owned());
+    expect_audit(&server, "issue", |e| e["kind"] == "token_issued" && e["subject"] == jti.as_str()).await;
+    let mut a = authed(&server, tok.clone()).await;
+    send_msg(&mut a, &ClientMessage::CheckIn { appointment: "appt-a".into() }).await;
+    recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
+    let (status, body) = http(&server, "POST", &format!("/api/v1/tokens/{jti}/revoke"), Some(&key), None).await;
+    assert_eq!((status, body["sessions_ended"].as_u64()), (200, Some(1)), "{body}");
+    // The answer came after the session was ended: the socket already has its bye.
+    let (bye, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { .. })).await;
+    assert_eq!(bye, ServerMessage::Bye { reason: "revoked".into() });
+    expect_audit(&server, "revocation", |e| {
+        e["kind"] == "token_revoked" && e["subject"] == jti.as_str() && e["actor"].as_str().is_some_and(|k| k.starts_with("api-key:") && !k.contains(&key))
+    })
+    .await;
+    let mut again = connect_ws(server.http_addr()).await;
+    expect_refused(&mut again, ClientMessage::Auth { token: tok }, ErrorCode::RevokedToken).await;
+    // All of a user's tokens: a doctor's live console ends too.
+    let mut dc = claims("dr-li", Role::Doctor);
+    dc.clinics = vec!["cardio".into()];
+    let mut doctor = authed(&server, token(&server, dc.clone())).await;
+    let (status, _) = http(&server, "POST", "/api/v1/users/dr-li/revoke-tokens", Some(&key), None).await;
+    assert_eq!(status, 200);
+    recv_until(&mut doctor, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { reason } if reason == "revoked")).await;
+    let mut again = connect_ws(server.http_addr()).await;
+    expect_refused(&mut again, ClientMessage::Auth { token: token(&server, dc) }, ErrorCode::RevokedToken).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookings_are_strict_durable_and_audited() {
+    let server = setup().await;
+    let key = server.api_key().to_owned();
+    let soon = now_secs() * 1000 + 5 * 60_000;
+    let book = |id: &str, patient: &str, at: u64| json!({ "id": id, "clinic": "cardio", "patient": patient, "slot_start_ms": at });
+    // The same booking again is a no-op (200); other content under the same id is a conflict.
+    assert_eq!(http(&server, "POST", "/api/v1/appointments", Some(&key), Some(book("appt-a", "pat-a", soon))).await.0, 200);
+    let (status, body) = http(&server, "POST", "/api/v1/appointments", Some(&key), Some(book("appt-a", "intruder", soon))).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")), "{body}");
+    // Out-of-range fields are named.
+    for (bad, field) in [
+        (book("x", "p", 1 << 63), "slot_start_ms"),
+        (book("x", "p", 5), "slot_start_ms"),
+        (json!({ "id": "x".repeat(129), "clinic": "cardio", "patient": "p", "slot_start_ms": soon }), "id"),
+        (json!({ "id": "x", "clinic": "cardio", "patient": "p\u{200b}", "slot_start_ms": soon }), "patient"),
+    ] {
+        let (status, body) = http(&server, "POST", "/api/v1/appointments", Some(&key), Some(bad)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().starts_with(field), "{body}");
+    }
+    let (status, body) = http(&server, "POST", "/api/v1/clinics", Some(&key), Some(json!({ "id": "k", "doctor": "d", "name": "" }))).await;
+    assert_eq!(status, 400, "{body}");
+    // Reschedule and cancel while idle; refused while the patient waits or the call runs.
+    let (status, moved) = http(&server, "POST", "/api/v1/appointments/appt-b/reschedule", Some(&key), Some(json!({ "slot_start_ms": soon + 60_000 }))).await;
+    assert_eq!((status, moved["slot_start"].as_u64()), (200, Some(soon + 60_000)), "{moved}");
+    let (_doctor, _a, consultation) = running_call(&server).await;
+    let (status, body) = http(&server, "DELETE", "/api/v1/appointments/appt-a", Some(&key), None).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")), "{body}");
+    let (status, _) = http(&server, "POST", "/api/v1/appointments/appt-a/reschedule", Some(&key), Some(json!({ "slot_start_ms": soon }))).await;
+    assert_eq!(status, 409);
+    let (status, cancelled) = http(&server, "DELETE", "/api/v1/appointments/appt-b", Some(&key), None).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(http(&server, "GET", "/api/v1/appointments/appt-b", Some(&key), None).await.0, 404);
+    expect_audit(&server, "cancel", |e| {
+        e["kind"] == "appointment_cancelled" && e["subject"] == "appt-b" && e["actor"].as_str().is_some_and(|a| a.starts_with("api-key:"))
+    })
+    .await;
+    // Reads: the clinic's queue and its consultations (paged).
+    let (status, queue) = http(&server, "GET", "/api/v1/clinics/cardio/queue", Some(&key), None).await;
+    assert_eq!((status, queue.as_array().map(Vec::len)), (200, Some(0)), "{queue}");
+    let (status, page) = http(&server, "GET", "/api/v1/clinics/cardio/consultations?limit=1", Some(&key), None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["consultations"][0]["id"], consultation.as_str());
+    // The consultation was started by the doctor's invitation.
+    expect_audit(&server, "start", |e| e["kind"] == "consultation_started" && e["actor"] == "dr-li").await;
+    // A wrong key is refused and recorded, bounded.
+    for _ in 0..20 {
+        assert_eq!(http(&server, "GET", "/api/v1/clinics", Some("wrong"), None).await.0, 401);
+    }
+    let rows = audit_entries(&server).await;
+    let unauthorized = rows.iter().filter(|e| e["kind"] == "api_unauthorized").count();
+    assert_eq!(unauthorized, 1, "twenty 401s in one interval: one row now, the count at its end");
+    server.shutdown().await;
+}

@@ -239,3 +239,12 @@ pub async fn webhook_receiver(secret: &'static str) -> (String, std::sync::Arc<s
     (url, seen)
 }
 
+
+/// Sum of a metric's samples whose line starts with `prefix`.
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
