@@ -8,6 +8,7 @@ mod archive;
 mod bad_input;
 mod cli;
 mod clinic_api;
+mod crash;
 mod recorder_mux;
 mod recording;
 mod restart;
