@@ -663,3 +663,56 @@ mod subtle_eq {
         a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router serves, as (method, path): kept beside [`router`].
+    const ROUTES: &[(&str, &str)] = &[
+        ("get", "/openapi.json"),
+        ("get", "/clinics"),
+        ("post", "/clinics"),
+        ("get", "/clinics/{id}/slots"),
+        ("post", "/clinics/{id}/slots"),
+        ("get", "/clinics/{id}/queue"),
+        ("get", "/clinics/{id}/consultations"),
+        ("get", "/appointments"),
+        ("post", "/appointments"),
+        ("get", "/appointments/{id}"),
+        ("delete", "/appointments/{id}"),
+        ("post", "/appointments/{id}/reschedule"),
+        ("get", "/consultations/{id}"),
+        ("post", "/tokens"),
+        ("post", "/tokens/{jti}/revoke"),
+        ("post", "/users/{user}/revoke-tokens"),
+        ("get", "/audit"),
+    ];
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        for (method, path) in ROUTES {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().keys().filter(|k| *k != "parameters").count())
+            .sum();
+        assert_eq!(documented, ROUTES.len(), "openapi.json documents a route the router does not serve");
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        assert!(check_time("slot_start_ms", 1 << 63).unwrap_err().2.starts_with("slot_start_ms"));
+        assert!(check_time("slot_start_ms", EARLIEST_MS).is_ok());
+        assert!(check_name("name", "").is_err());
+        assert!(check_name("name", "王医生").is_ok());
+        assert!(check_name("name", "a\u{0}b").is_err());
+        assert!(check_id("id", "consult\u{200b}-c1").is_err());
+        assert_eq!(key_id("secret"), key_id("secret"));
+        assert!(!key_id("secret").contains("secret"));
+    }
+}
