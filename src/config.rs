@@ -105,6 +105,9 @@ pub struct ClinicConfig {
     pub queue_order: huizhen_signaling::clinic::QueueOrder,
     /// Seed a demo clinic and print doctor/patient links at start (development).
     pub seed_demo: bool,
+    /// Appointments whose slot started longer ago than this many hours are history: they
+    /// leave memory and can no longer be checked in to or booked.
+    pub history_horizon_hours: u64,
 }
 
 impl Default for ClinicConfig {
@@ -116,6 +119,7 @@ impl Default for ClinicConfig {
             max_participants: 12,
             queue_order: huizhen_signaling::clinic::QueueOrder::SlotThenArrival,
             seed_demo: true,
+            history_horizon_hours: 24,
         }
     }
 }
@@ -129,6 +133,7 @@ impl ClinicConfig {
             invite_timeout_ms: self.invite_timeout_seconds * 1000,
             max_participants: self.max_participants,
             queue_order: self.queue_order,
+            history_horizon_ms: self.history_horizon_hours * 3600_000,
             ..Default::default()
         }
     }
@@ -378,6 +383,9 @@ impl Config {
         let c = &self.clinic;
         if !(1..=24 * 60).contains(&c.checkin_window_minutes) {
             return invalid("clinic.checkin_window_minutes", "must be within 1..=1440");
+        }
+        if !(1..=720).contains(&c.history_horizon_hours) {
+            return invalid("clinic.history_horizon_hours", "must be within 1..=720");
         }
         if !(5..=3600).contains(&c.grace_seconds) {
             return invalid("clinic.grace_seconds", "must be within 5..=3600");

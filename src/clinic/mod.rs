@@ -611,6 +611,11 @@ impl Service {
     }
 
     fn on_timeout(&mut self, now: Millis) {
+        // Revocations stop mattering once every token they cover has expired.
+        let now_s = now.0 / 1000;
+        self.revocations.retain(|r| match r {
+            Revocation::Token { keep_until_s, .. } | Revocation::User { keep_until_s, .. } => *keep_until_s > now_s,
+        });
         self.engine.handle_timeout(now);
         self.after_change_by(now, None);
         let rows = self.refusals.flush(now);
@@ -653,6 +658,13 @@ impl Service {
             }
         }
         self.engine.evict_history(now);
+        // Display names of users who are gone (no socket, no place, no seat) go too; checked
+        // only when they clearly outnumber the live sessions, so the scan is amortised.
+        if self.names.len() > 2 * self.sockets.len() + 256 {
+            let (sockets, engine) = (&self.sockets, &self.engine);
+            self.names
+                .retain(|user, _| sockets.iter().any(|s| &s.actor.user == user) || engine.is_live_user(user));
+        }
         let (appointments, consultations) = self.engine.live_counts();
         self.metrics.live_appointments.set(appointments as i64);
         self.metrics.live_consultations.set(consultations as i64);

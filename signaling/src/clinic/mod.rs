@@ -592,6 +592,12 @@ impl ClinicEngine {
                 .any(|c| c.state == ConsultationState::Ended)
     }
 
+    /// Whether `user` waits in a queue or holds a seat in a live consultation.
+    pub fn is_live_user(&self, user: &UserId) -> bool {
+        self.clinics.values().any(|s| s.queue.get(user).is_some())
+            || self.consultations.values().any(|c| c.seat(user).is_some())
+    }
+
     /// Records held in memory: (appointments, consultations), for metrics.
     pub fn live_counts(&self) -> (usize, usize) {
         (self.appointments.len(), self.consultations.len())
