@@ -77,11 +77,15 @@ impl RefusalLog {
     pub fn record(&mut self, now: Millis, refused: Refused) -> Option<PendingAudit> {
         let end = *self.window_end.get_or_insert(now.plus(self.interval_ms));
         let _ = end;
+        // A stranger chooses the target freely: for them it is recorded, not a key (varying it
+        // would buy rows). An authenticated user's targets are keys: which one they tried
+        // matters, and they are accountable for the rows.
+        let subject = refused.actor.as_ref().and(refused.subject.clone());
         let mut key: Key = (
             refused.kind,
             refused.actor.clone(),
             refused.source.clone(),
-            refused.subject.clone(),
+            subject,
             refused.command.clone(),
             refused.code,
         );
@@ -209,6 +213,25 @@ mod tests {
         assert_eq!(summary.len(), 1);
         assert_eq!(summary[0].details["code"], "invalid_token");
         assert_eq!(summary[0].details["repeated"], 1_000 - 9);
+    }
+
+    #[test]
+    fn a_strangers_targets_do_not_buy_rows_but_a_users_do() {
+        let mut log = RefusalLog::new(60_000, 64);
+        let before_auth = |actor: Option<&str>, i: u64| Refused {
+            kind: "refused",
+            actor: actor.map(str::to_owned),
+            subject: Some(format!("appt-{i}")),
+            command: "check_in".into(),
+            code: "not_authenticated",
+            source: Some("src-a".into()),
+            claimed_user: None,
+            reason: "auth first".into(),
+        };
+        let stranger = (0..1_000).filter(|i| log.record(Millis(*i), before_auth(None, *i)).is_some()).count();
+        assert_eq!(stranger, 1);
+        let user = (0..10).filter(|i| log.record(Millis(*i), before_auth(Some("pat-a"), *i)).is_some()).count();
+        assert_eq!(user, 10, "each target an authenticated user tried is on record");
     }
 
     #[test]
