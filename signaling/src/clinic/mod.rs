@@ -352,6 +352,18 @@ struct ClinicState {
     recent_lengths_ms: VecDeque<u64>,
 }
 
+impl ClinicState {
+    /// What the store keeps of it (presence is not kept: nobody is connected after a restart).
+    fn record(&self) -> ClinicRecord {
+        ClinicRecord {
+            clinic: self.clinic.clone(),
+            queue: self.queue.clone(),
+            active: self.active.clone(),
+            recent_lengths_ms: self.recent_lengths_ms.iter().copied().collect(),
+        }
+    }
+}
+
 /// A clinic with its live waiting room, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClinicRecord {
@@ -436,12 +448,7 @@ impl ClinicEngine {
             clinics: self
                 .clinics
                 .values()
-                .map(|s| ClinicRecord {
-                    clinic: s.clinic.clone(),
-                    queue: s.queue.clone(),
-                    active: s.active.clone(),
-                    recent_lengths_ms: s.recent_lengths_ms.iter().copied().collect(),
-                })
+                .map(ClinicState::record)
                 .collect(),
             appointments: self.appointments.values().cloned().collect(),
             consultations: self.consultations.values().cloned().collect(),
@@ -510,12 +517,7 @@ impl ClinicEngine {
                 .clinics
                 .iter()
                 .filter_map(|id| self.clinics.get(id))
-                .map(|s| ClinicRecord {
-                    clinic: s.clinic.clone(),
-                    queue: s.queue.clone(),
-                    active: s.active.clone(),
-                    recent_lengths_ms: s.recent_lengths_ms.iter().copied().collect(),
-                })
+                .map(ClinicState::record)
                 .collect(),
             appointments: dirty
                 .appointments
