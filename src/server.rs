@@ -524,6 +524,12 @@ fn spawn_http(
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        // Signaling is many small frames: without TCP_NODELAY a frame written right after
+        // another waits for the client's delayed ACK (~40 ms).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let result = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.changed().await;
@@ -554,8 +560,11 @@ async fn spawn_https(
         let _ = shutdown.changed().await;
         shutdown_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    let server = axum_server::from_tcp_rustls(std_listener, tls)
+    // TCP_NODELAY under TLS too (see spawn_http).
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let server = axum_server::from_tcp(std_listener)
         .map_err(|e| ServerError::Tls(format!("listener: {e}")))?
+        .acceptor(acceptor)
         .handle(handle);
     Ok(tokio::spawn(async move {
         if let Err(e) = server
