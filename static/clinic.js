@@ -264,6 +264,9 @@ export function createClinicPage(opts) {
       pingTimer = setInterval(() => send({ type: 'ping' }), PING_INTERVAL_MS);
     });
     socket.addEventListener('message', (event) => {
+      // A socket this page already replaced (a reconnect while the old one lingered): its
+      // frames, e.g. the server's `bye {reason: "replaced"}`, are not for this page any more.
+      if (ws !== socket) return;
       let msg;
       try {
         msg = JSON.parse(event.data);
