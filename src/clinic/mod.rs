@@ -258,6 +258,8 @@ pub enum ClinicRequest {
         display_name: String,
         /// The token's `iat` and `exp` (seconds).
         token_times: (u64, u64),
+        /// Keyed hash of the socket's source address (for the audit row of a refusal).
+        source: Option<String>,
         /// The socket's outgoing queue.
         events: mpsc::Sender<ServerMessage>,
         /// Consultations where the user holds a seat, or why the session is refused.
@@ -726,9 +728,10 @@ impl Service {
                 actor,
                 display_name,
                 token_times,
+                source,
                 events,
                 reply,
-            } => self.connect(now, session, actor, display_name, token_times, events, reply),
+            } => self.connect(now, session, actor, display_name, token_times, source, events, reply),
             ClinicRequest::Renew {
                 session,
                 actor,
@@ -833,6 +836,7 @@ impl Service {
         actor: Actor,
         display_name: String,
         (issued_at, expires_at): (u64, u64),
+        source: Option<String>,
         events: mpsc::Sender<ServerMessage>,
         reply: Reply<Vec<String>>,
     ) {
@@ -845,7 +849,7 @@ impl Service {
                     subject: None,
                     command: "auth".into(),
                     code: ErrorCode::RevokedToken.as_str(),
-                    source: None,
+                    source,
                     claimed_user: Some(actor.user.0.clone()),
                     reason: "the token was revoked".into(),
                 },

@@ -421,6 +421,7 @@ impl Session {
                 actor: actor.clone(),
                 display_name: display_name.clone(),
                 token_times: (verified.issued_at, verified.expires_at),
+                source: self.source.clone(),
                 events,
                 reply,
             })

@@ -712,6 +712,13 @@ async fn a_revoked_token_ends_its_live_session_and_stays_refused() {
     .await;
     let mut again = connect_ws(server.http_addr()).await;
     expect_refused(&mut again, ClientMessage::Auth { token: tok }, ErrorCode::RevokedToken).await;
+    expect_audit(&server, "revoked token refused", |e| {
+        e["kind"] == "token_refused"
+            && e["details"]["code"] == "revoked_token"
+            && e["details"]["claimed_user"] == "pat-a"
+            && e["details"]["source"].as_str().is_some_and(|s| s.starts_with("src-"))
+    })
+    .await;
     // All of a user's tokens: a doctor's live console ends too.
     let mut dc = claims("dr-li", Role::Doctor);
     dc.clinics = vec!["cardio".into()];
