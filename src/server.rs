@@ -301,6 +301,12 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             metrics: signaling,
             open_rooms: config.signaling.open_rooms,
             sources: sources.clone(),
+            penalties: Arc::new(std::sync::Mutex::new(http::penalty::PenaltyBox::new(
+                PENALTY_WINDOW,
+                PENALTY_THRESHOLD,
+                PENALTY_BLOCK,
+                PENALTY_SOURCES,
+            ))),
         },
         metrics: metrics.clone(),
         connections: Arc::new(Semaphore::new(config.http.max_connections)),
@@ -437,6 +443,16 @@ pub fn resolve_auth(config: &Config, store: &Store) -> Result<(AuthConfig, bool)
     auth.hs256_secret = Some(secret);
     Ok((auth, true))
 }
+
+/// A source with this many sockets closed for refusals within the window is refused WebSocket
+/// upgrades for the block time ([`http::penalty`]).
+const PENALTY_THRESHOLD: u32 = 20;
+/// See [`PENALTY_THRESHOLD`].
+const PENALTY_WINDOW: Duration = Duration::from_secs(10);
+/// See [`PENALTY_THRESHOLD`].
+const PENALTY_BLOCK: Duration = Duration::from_secs(30);
+/// Most sources the penalty box tracks at once.
+const PENALTY_SOURCES: usize = 10_000;
 
 /// The key of the audit trail's source hashes: generated once and kept in the database, so a
 /// source hashes the same across restarts (and the address cannot be recovered without it).

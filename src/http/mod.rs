@@ -1,6 +1,7 @@
 //! The HTTP front: signaling WebSocket, the browser client, metrics and health probes.
 
 pub mod api;
+pub mod penalty;
 pub mod assets;
 pub mod ws;
 
@@ -61,6 +62,34 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let peer = peer.map(|axum::Extension(info)| info.0.ip());
+    if let Some(ip) = peer {
+        let blocked = state
+            .session
+            .penalties
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_blocked(std::time::Instant::now(), ip);
+        if blocked {
+            // Cheap: no WebSocket, no task. Counted (and audited once per source and minute).
+            state.session.metrics.blocked_upgrades.inc();
+            let _ = state
+                .session
+                .clinic
+                .send(crate::clinic::ClinicRequest::Refused(crate::clinic::refusals::Refused {
+                    kind: "refused",
+                    actor: None,
+                    subject: None,
+                    command: "upgrade".into(),
+                    code: huizhen_signaling::protocol::ErrorCode::TooManyRefusals.as_str(),
+                    source: Some(state.session.sources.source(ip)),
+                    claimed_user: None,
+                    reason: "this source's sockets were closed for refusals too often; retry later".into(),
+                }))
+                .await;
+            return (StatusCode::TOO_MANY_REQUESTS, "too many refused connections from this address; retry later")
+                .into_response();
+        }
+    }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };

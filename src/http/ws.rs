@@ -41,6 +41,8 @@ pub struct SignalingMetrics {
     pub messages: IntCounterVec,
     /// Error frames sent, by code.
     pub errors: IntCounterVec,
+    /// Upgrades refused because the source is in the penalty box.
+    pub blocked_upgrades: prometheus::IntCounter,
 }
 
 impl SignalingMetrics {
@@ -60,6 +62,12 @@ impl SignalingMetrics {
         registry.register(Box::new(connections.clone())).expect("metric");
         registry.register(Box::new(messages.clone())).expect("metric");
         registry.register(Box::new(errors.clone())).expect("metric");
+        let blocked_upgrades = prometheus::IntCounter::new(
+            "blocked_upgrades_total",
+            "WebSocket upgrades refused (429) from sources whose sockets kept being closed for refusals",
+        )
+        .expect("metric");
+        registry.register(Box::new(blocked_upgrades.clone())).expect("metric");
         for code in ErrorCode::ALL {
             errors.with_label_values(&[code.as_str()]);
         }
@@ -70,6 +78,7 @@ impl SignalingMetrics {
             connections,
             messages,
             errors,
+            blocked_upgrades,
         }
     }
 }
@@ -89,6 +98,8 @@ pub struct SessionDeps {
     pub open_rooms: bool,
     /// Hashes source addresses for the audit trail.
     pub sources: SourceHasher,
+    /// Sources whose sockets keep being closed for refusals ([`super::penalty`]).
+    pub penalties: std::sync::Arc<std::sync::Mutex<super::penalty::PenaltyBox>>,
 }
 
 /// A socket that has neither authenticated nor joined an open room by then is closed.
@@ -108,6 +119,8 @@ struct Session {
     consultation: Option<ConsultationId>,
     /// Keyed hash of the peer address (never the address).
     source: Option<String>,
+    /// The peer address, only for the penalty box (never logged or stored).
+    peer: Option<std::net::IpAddr>,
     /// Refused frames while neither authenticated nor joined.
     stranger_refusals: u32,
 }
@@ -140,6 +153,7 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
         identity: None,
         consultation: None,
         source,
+        peer,
         stranger_refusals: 0,
     };
     let deadline = tokio::time::sleep(AUTH_DEADLINE);
@@ -180,6 +194,7 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                     format!("no auth within {} s; closing", AUTH_DEADLINE.as_secs()),
                 );
                 let _ = send(&mut sink, &metrics, &message).await;
+                session.penalize();
                 break;
             }
             frame = stream.next() => {
@@ -207,6 +222,7 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                                     "too many refused frames before authenticating; closing".into(),
                                 );
                                 let _ = send(&mut sink, &metrics, &message).await;
+                                session.penalize();
                                 break;
                             }
                         }
@@ -233,6 +249,16 @@ async fn send(
 }
 
 impl Session {
+    /// This stranger's socket is being closed for refusals: it counts against its source.
+    fn penalize(&self) {
+        if let Some(peer) = self.peer {
+            let mut penalties = self.deps.penalties.lock().unwrap_or_else(|p| p.into_inner());
+            if penalties.record(std::time::Instant::now(), peer) {
+                debug!("source blocked after repeated refusals");
+            }
+        }
+    }
+
     /// Neither authenticated nor in a room: a stranger, bounded in time and refusals.
     fn is_stranger(&self) -> bool {
         self.identity.is_none() && self.participant.is_none()

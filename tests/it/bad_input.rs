@@ -194,3 +194,38 @@ async fn health_metrics_and_client_pages_are_served() {
     assert!(charted >= 15, "dashboard references only {charted} metrics");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_sockets_keep_being_closed_for_refusals_is_shut_out() {
+    init_tracing();
+    let server = start_server().await;
+    // Twenty stranger sockets in a row, each closed after three refused frames.
+    for i in 0..20 {
+        let mut ws = connect_ws(server.http_addr()).await;
+        for _ in 0..3 {
+            send_text(&mut ws, "{not json").await;
+        }
+        let mut closed = false;
+        for _ in 0..10 {
+            match next_event(&mut ws, REPLY_TIMEOUT).await {
+                Some(WsEvent::Closed(_)) | None => {
+                    closed = true;
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        assert!(closed, "socket {i} was closed after its refusals");
+    }
+    // The next upgrade from this address is refused cheaply, and counted.
+    let url = format!("ws://{}/ws", server.http_addr());
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert!(metric_sum(&server.render_metrics(), "huizhen_signaling_blocked_upgrades_total") >= 1.0);
+    // Plain HTTP (the REST API, pages) is not affected.
+    let (status, _) = http_get(server.http_addr(), "/healthz").await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}
