@@ -311,8 +311,9 @@ fn query_consultations<P: rusqlite::Params>(conn: &Connection, sql: &str, params
         let seat_rows: Vec<(String, String, bool, Option<i64>)> =
             seats_of.query_map([&id], |r| r.try_into())?.collect::<Result<_, _>>()?;
         let mut seats = Vec::with_capacity(seat_rows.len());
-        for (user, role, admitted, disconnected) in seat_rows {
-            let what = format!("participant {user} of {id}");
+        for (n, (user, role, admitted, disconnected)) in seat_rows.into_iter().enumerate() {
+            // Errors are logged: they name the seat by position, never the user.
+            let what = format!("seat {} of consultation {id}", n + 1);
             seats.push(Seat {
                 role: enum_from_db(&format!("{what} role"), &role)?,
                 disconnected_since: opt_from_db(&format!("{what} disconnected_since_ms"), disconnected)?,
