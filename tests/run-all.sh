@@ -21,6 +21,16 @@ if ! command -v ffprobe >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq ffmpeg >/dev/null
 fi
 
+# The adaptive-media browser test (tests/browser/adaptive.test.mjs) impairs one participant's
+# downlink in a network namespace (tests/impair/netns.sh): tc tbf (iproute2), iptables for loss
+# and NFQUEUE, and a small delay helper compiled against libnetfilter_queue.
+if ! command -v iptables >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1 ||
+  [ ! -f /usr/include/libnetfilter_queue/libnetfilter_queue.h ]; then
+  log "installing iproute2, iptables, gcc, libnetfilter-queue-dev (impairment harness)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq iproute2 iptables gcc libnetfilter-queue-dev >/dev/null
+fi
+
 log "installing browser test packages (playwright-core, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 

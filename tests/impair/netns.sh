@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Impairment harness: one network namespace per impaired participant, joined to the root
+# namespace by a veth pair addressed inside 127.0.0.0/8, so all traffic stays on this machine.
+#
+#   root namespace                                   namespace hzi-NAME
+#   server, good participants                        weak participant (its own Chromium)
+#   hzr-NAME 127.77.X.1/24  <------- veth ------->   hzn-NAME 127.77.X.2/24
+#            egress: tc tbf (rate)                            INPUT: iptables statistic DROP (loss)
+#                                                             INPUT: NFQUEUE -> nfq_delay (delay)
+#
+# Only the namespace's DOWNLINK is impaired: the rate limit shapes the root side's egress toward
+# the namespace; loss and delay act on what the namespace receives (a DROP on the sender's own
+# OUTPUT would make its sendmmsg fail instead of losing the packet). The kernel here has no
+# sch_netem, hence tbf + iptables + the user-space delay helper (nfq_delay.c, built on first use).
+#
+# 127/8 on a non-loopback interface needs: route_localnet=1 on both ends, and a /32 route in the
+# `local` table of each side (that table's `local 127.0.0.0/8 dev lo` would otherwise swallow the
+# peer's address). Packets the namespace sends from 127.0.0.1 toward the root side are dropped by
+# the root side as martians, so only the veth address is usable across: good.
+#
+# Usage (as root):
+#   netns.sh up NAME            create (idempotent); prints KEY=VALUE lines: NS ROOT_IF NS_IF
+#                               ROOT_ADDR NS_ADDR
+#   netns.sh info NAME          the same KEY=VALUE lines for an existing namespace
+#   netns.sh shape NAME [--rate 300kbit] [--loss 0.10] [--delay 50] [--burst BYTES] [--queue-ms MS]
+#                               replace the impairment (clear first); rate as tc understands it
+#                               (bit, kbit, mbit), loss a probability, delay in ms (or "50ms")
+#   netns.sh clear NAME         remove every impairment (idempotent)
+#   netns.sh down NAME          stop what runs in the namespace, delete it and the veth pair
+#                               (idempotent)
+#   netns.sh exec NAME CMD...   run CMD inside the namespace
+#   netns.sh check              exit 0 if this machine can run the harness, else print why, exit 3
+# NAME: 1-10 characters [a-z0-9]. State lives in /run/huizhen-impair/.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+STATE_DIR=/run/huizhen-impair
+CACHE_DIR="${HUIZHEN_IMPAIR_CACHE:-/tmp/huizhen-impair-cache}"
+DELAY_BIN="$CACHE_DIR/nfq_delay"
+QUEUE_NUM=0 # NFQUEUE numbers are per network namespace: 0 in each of ours.
+
+say() { printf 'netns.sh: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+check_name() {
+  [[ "${1:-}" =~ ^[a-z0-9]{1,10}$ ]] || die "NAME must be 1-10 characters [a-z0-9], got '${1:-}'"
+}
+
+names() {
+  NS="hzi-$1"
+  ROOT_IF="hzr-$1"
+  NS_IF="hzn-$1"
+}
+
+ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$NS"; }
+
+print_info() {
+  local x
+  x="$(cat "$STATE_DIR/$1.subnet")"
+  printf 'NS=%s\nROOT_IF=%s\nNS_IF=%s\nROOT_ADDR=127.77.%s.1\nNS_ADDR=127.77.%s.2\n' "$NS" "$ROOT_IF" "$NS_IF" "$x" "$x"
+}
+
+# A free 127.77.X.0/24 (X in 1..254): not on any interface of the root namespace. Called under
+# the state lock, so parallel `up`s do not pick the same X.
+free_subnet() {
+  local used x
+  used="$(ip -o -4 addr show | awk '{print $4}' | sed -n 's#^127\.77\.\([0-9]*\)\..*#\1#p' | sort -u)"
+  for x in $(cat "$STATE_DIR"/*.subnet 2>/dev/null) ; do used="$used"$'\n'"$x"; done
+  for x in $(seq 1 254); do
+    if ! grep -qx "$x" <<<"$used"; then echo "$x"; return 0; fi
+  done
+  die "no free 127.77.X.0/24 subnet"
+}
+
+cmd_up() {
+  check_name "${1:-}"; names "$1"
+  mkdir -p "$STATE_DIR"
+  exec 9>"$STATE_DIR/.lock"
+  flock -w 10 9 || die "state lock busy"
+  if ns_exists && [ -f "$STATE_DIR/$1.subnet" ] && ip link show "$ROOT_IF" >/dev/null 2>&1; then
+    say "up $1: exists already"
+    print_info "$1"
+    return 0
+  fi
+  # Leftovers of a half-made namespace are removed first.
+  ip netns del "$NS" 2>/dev/null || true
+  ip link del "$ROOT_IF" 2>/dev/null || true
+  local x
+  x="$(free_subnet)"
+  echo "$x" >"$STATE_DIR/$1.subnet"
+  local ra="127.77.$x.1" na="127.77.$x.2"
+  ip netns add "$NS"
+  ip link add "$ROOT_IF" type veth peer name "$NS_IF"
+  ip link set "$NS_IF" netns "$NS"
+  # Root side.
+  sysctl -qw "net.ipv4.conf.$ROOT_IF.route_localnet=1"
+  sysctl -qw "net.ipv6.conf.$ROOT_IF.disable_ipv6=1" 2>/dev/null || true
+  ip addr add "$ra/24" dev "$ROOT_IF"
+  ip link set "$ROOT_IF" up
+  ip route replace "$na/32" dev "$ROOT_IF" src "$ra" table local
+  # Namespace side.
+  ip -n "$NS" link set lo up
+  ip netns exec "$NS" sysctl -qw net.ipv4.conf.all.route_localnet=1 "net.ipv4.conf.$NS_IF.route_localnet=1"
+  ip netns exec "$NS" sysctl -qw "net.ipv6.conf.$NS_IF.disable_ipv6=1" 2>/dev/null || true
+  ip -n "$NS" addr add "$na/24" dev "$NS_IF"
+  ip -n "$NS" link set "$NS_IF" up
+  ip -n "$NS" route replace "$na/32" dev "$NS_IF" table local type local src "$na" 2>/dev/null || true
+  ip -n "$NS" route replace "$ra/32" dev "$NS_IF" src "$na" table local
+  say "up $1: namespace $NS, $ROOT_IF $ra/24 <-> $NS_IF $na/24 (route_localnet=1, /32 routes in table local)"
+  print_info "$1"
+}
+
+build_delay_helper() {
+  local src="$HERE/nfq_delay.c"
+  if [ -x "$DELAY_BIN" ] && [ "$DELAY_BIN" -nt "$src" ]; then return 0; fi
+  [ -f /usr/include/libnetfilter_queue/libnetfilter_queue.h ] ||
+    die "libnetfilter_queue.h missing: apt-get install -y libnetfilter-queue-dev"
+  mkdir -p "$CACHE_DIR"
+  gcc -O2 -Wall -o "$DELAY_BIN.tmp.$$" "$src" -lnetfilter_queue
+  mv -f "$DELAY_BIN.tmp.$$" "$DELAY_BIN"
+  say "built $DELAY_BIN"
+}
+
+stop_delay_helper() {
+  local pidfile="$STATE_DIR/$1.delay.pid" pid i
+  [ -f "$pidfile" ] || return 0
+  pid="$(cat "$pidfile")"
+  # Only our helper: the pid must still be an nfq_delay process.
+  if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q nfq_delay; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    say "stopped delay helper (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+cmd_clear() {
+  check_name "${1:-}"; names "$1"
+  stop_delay_helper "$1"
+  if ip link show "$ROOT_IF" >/dev/null 2>&1; then
+    tc qdisc del dev "$ROOT_IF" root 2>/dev/null || true
+  fi
+  if ns_exists; then
+    ip netns exec "$NS" iptables -w 5 -F INPUT
+  fi
+  say "clear $1: no rate limit, loss or delay"
+}
+
+cmd_shape() {
+  check_name "${1:-}"; names "$1"; local name="$1"; shift
+  local rate="" loss="" delay="" burst="" queue_ms=200
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --rate) rate="$2"; shift 2 ;;
+      --loss) loss="$2"; shift 2 ;;
+      --delay) delay="${2%ms}"; shift 2 ;;
+      --burst) burst="$2"; shift 2 ;;
+      --queue-ms) queue_ms="${2%ms}"; shift 2 ;;
+      *) die "shape: unknown option $1" ;;
+    esac
+  done
+  ns_exists || die "shape $name: namespace $NS does not exist (run up first)"
+  cmd_clear "$name"
+  local did=()
+  if [ -n "$rate" ]; then
+    local bps
+    bps="$(rate_bps "$rate")"
+    # Burst: 10 ms at the rate, at least two full-size packets. Queue: packets waiting longer
+    # than queue_ms are dropped (a bounded bottleneck buffer, like a mobile link's).
+    [ -n "$burst" ] || burst=$(( bps / 800 > 3200 ? bps / 800 : 3200 ))
+    tc qdisc replace dev "$ROOT_IF" root tbf rate "$rate" burst "$burst" latency "${queue_ms}ms"
+    did+=("rate $rate (tbf on $ROOT_IF egress, burst $burst B, queue ${queue_ms} ms)")
+  fi
+  if [ -n "$loss" ]; then
+    [[ "$loss" =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] || die "shape: --loss wants a probability 0..1, got $loss"
+    ip netns exec "$NS" iptables -w 5 -A INPUT -i "$NS_IF" -m statistic --mode random --probability "$loss" -j DROP
+    did+=("loss $loss (iptables statistic DROP on $NS INPUT from $NS_IF)")
+  fi
+  if [ -n "$delay" ] && [ "$delay" != 0 ]; then
+    [[ "$delay" =~ ^[0-9]+$ ]] || die "shape: --delay wants milliseconds, got $delay"
+    build_delay_helper
+    mkdir -p "$STATE_DIR"
+    local log="$STATE_DIR/$name.delay.log" i
+    : >"$log"
+    ip netns exec "$NS" "$DELAY_BIN" -q "$QUEUE_NUM" -d "$delay" -t 7200 </dev/null >>"$log" 2>&1 &
+    echo $! >"$STATE_DIR/$name.delay.pid"
+    for i in $(seq 1 50); do grep -q 'nfq_delay: queue' "$log" && break; sleep 0.1; done
+    grep -q 'nfq_delay: queue' "$log" || { cat "$log" >&2; die "delay helper did not start"; }
+    # After the loss rule: dropped packets are not delayed. --queue-bypass: without a listener
+    # packets pass undelayed instead of being dropped.
+    ip netns exec "$NS" iptables -w 5 -A INPUT -i "$NS_IF" -j NFQUEUE --queue-num "$QUEUE_NUM" --queue-bypass
+    did+=("delay ${delay} ms (NFQUEUE $QUEUE_NUM on $NS INPUT, nfq_delay pid $(cat "$STATE_DIR/$name.delay.pid"))")
+  fi
+  [ ${#did[@]} -gt 0 ] || did=("nothing")
+  say "shape $name (downlink of $NS): $(IFS=';'; echo "${did[*]}")"
+}
+
+# tc rate -> bits per second (integer).
+rate_bps() {
+  local r="${1,,}"
+  case "$r" in
+    *gbit) echo $(( ${r%gbit} * 1000000000 )) ;;
+    *mbit) echo $(( ${r%mbit} * 1000000 )) ;;
+    *kbit) echo $(( ${r%kbit} * 1000 )) ;;
+    *bit) echo $(( ${r%bit} )) ;;
+    *) die "rate '$1': use bit, kbit, mbit or gbit with an integer (e.g. 300kbit)" ;;
+  esac
+}
+
+cmd_down() {
+  check_name "${1:-}"; names "$1"
+  stop_delay_helper "$1"
+  if ns_exists; then
+    # Whatever still runs in the namespace (a browser the caller did not close) was started
+    # for this namespace: stop it by pid, TERM then KILL, bounded.
+    local pids i
+    pids="$(ip netns pids "$NS" 2>/dev/null || true)"
+    if [ -n "$pids" ]; then
+      say "down $1: stopping processes left in $NS: $(echo $pids)"
+      kill -TERM $pids 2>/dev/null || true
+      for i in $(seq 1 30); do [ -z "$(ip netns pids "$NS" 2>/dev/null)" ] && break; sleep 0.1; done
+      pids="$(ip netns pids "$NS" 2>/dev/null || true)"
+      [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+    fi
+    ip netns del "$NS"
+  fi
+  ip link del "$ROOT_IF" 2>/dev/null || true
+  rm -f "$STATE_DIR/$1.subnet" "$STATE_DIR/$1.delay.log"
+  say "down $1: namespace $NS and veth $ROOT_IF removed"
+}
+
+cmd_info() {
+  check_name "${1:-}"; names "$1"
+  ns_exists && [ -f "$STATE_DIR/$1.subnet" ] || die "info $1: no such namespace"
+  print_info "$1"
+}
+
+cmd_exec() {
+  check_name "${1:-}"; names "$1"; shift
+  exec ip netns exec "$NS" "$@"
+}
+
+# Can this machine run the harness? Tries everything in a throw-away namespace.
+cmd_check() {
+  local why=()
+  [ "$(id -u)" = 0 ] || why+=("not root (uid $(id -u))")
+  local c
+  for c in ip tc iptables gcc flock; do command -v "$c" >/dev/null 2>&1 || why+=("$c not installed"); done
+  [ -f /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || why+=("libnetfilter-queue-dev not installed")
+  if [ ${#why[@]} -eq 0 ]; then
+    local ns="hzchk-$$"
+    # shellcheck disable=SC2064
+    trap "ip netns del $ns 2>/dev/null || true" RETURN
+    if ! ip netns add "$ns" 2>/dev/null; then
+      why+=("cannot create network namespaces (ip netns add failed)")
+    else
+      ip -n "$ns" link set lo up
+      ip netns exec "$ns" tc qdisc add dev lo root tbf rate 300kbit burst 3200 latency 200ms 2>/dev/null ||
+        why+=("tc tbf unavailable")
+      ip netns exec "$ns" iptables -w 5 -A INPUT -m statistic --mode random --probability 0.1 -j DROP 2>/dev/null ||
+        why+=("iptables statistic match unavailable")
+      ip netns exec "$ns" iptables -w 5 -A INPUT -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
+        why+=("iptables NFQUEUE target unavailable")
+      ip link add "hzchk$$a" type veth peer name "hzchk$$b" 2>/dev/null && ip link del "hzchk$$a" ||
+        why+=("cannot create veth pairs")
+    fi
+  fi
+  if [ ${#why[@]} -gt 0 ]; then
+    printf 'netns.sh check: cannot run the impairment harness: %s\n' "$(IFS=';'; echo "${why[*]}")"
+    exit 3
+  fi
+  echo "netns.sh check: ok (root, namespaces, veth, tbf, iptables statistic, NFQUEUE, gcc + libnetfilter_queue)"
+}
+
+case "${1:-}" in
+  up) shift; cmd_up "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  shape) shift; cmd_shape "$@" ;;
+  clear) shift; cmd_clear "$@" ;;
+  info) shift; cmd_info "$@" ;;
+  exec) shift; cmd_exec "$@" ;;
+  check) shift; cmd_check "$@" ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
+esac
