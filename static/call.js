@@ -2,9 +2,9 @@
 //
 // Used by the room page (static/room.js) and the clinic pages (patient, doctor, expert,
 // companion). The page owns the signaling WebSocket: it hands the media messages of protocol v1
-// (joined, participant_joined, participant_left, offer, answer, track_added, track_removed, bye)
-// to `Call.handle(msg)` and sends what the call asks for through the `send` callback. See
-// signaling/PROTOCOL.md.
+// (joined, participant_joined, participant_left, offer, answer, track_added, track_removed,
+// track_paused, track_resumed, active_speaker, publish_layers, bye) to `Call.handle(msg)` and
+// sends what the call asks for through the `send` callback. See signaling/PROTOCOL.md.
 //
 // Negotiation follows "perfect negotiation" with the browser as the POLITE peer: the client
 // sends the first offer; afterwards the server offers whenever tracks of other participants
@@ -12,12 +12,67 @@
 // If a server offer collides with a pending local offer, the local offer is rolled back
 // (implicitly, by setRemoteDescription) and re-sent once the connection is stable again.
 //
+// Adaptive media (issue 9): the camera is published in three simulcast layers when the server
+// says it receives them (`joined.simulcast`), a screen share as one sharp layer, a clinical
+// instrument (stethoscope) as a second, unprocessed, high-bitrate audio track; the client tells
+// the server how it shows each received video (`track_preferences`, from the tile layout), keeps
+// only the camera layers somebody receives (`publish_layers`), shows "audio only: weak
+// connection" on a video the server paused (`track_paused` / `track_resumed`) and enlarges the
+// active speaker (`active_speaker`).
+//
 // Plain ES module, no build step, no external URLs.
+
+import { t } from './i18n.js';
 
 // A local offer the server neither answered nor superseded with its own offer within this time
 // is rolled back, so that negotiationneeded fires and the offer is sent again.
 const OFFER_TIMEOUT_MS = 10000;
 const MAX_OFFER_FAILURES = 3;
+
+/**
+ * The camera's simulcast layers, lowest first (rids as in signaling/PROTOCOL.md). For the
+ * 640x480 camera of a typical call: 160x120, 320x240, 640x480. Why these bitrates:
+ * - `q` (150 kbit/s) must fit beside two Opus streams (~40 kbit/s each) on a 300 kbit/s
+ *   downlink, the weak 4G link of an elderly patient at home;
+ * - `h` (500 kbit/s) is a thumbnail's layer and what an ~800 kbit/s link carries for one
+ *   person next to the audio;
+ * - `f` (1.7 Mbit/s) is what the single-layer camera sent before simulcast, so an unimpaired
+ *   call looks as it did.
+ * The sum (~2.35 Mbit/s) is the publisher's uplink when all three are wanted; `publish_layers`
+ * switches off the ones nobody receives.
+ */
+export const CAMERA_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_700_000 },
+];
+
+/**
+ * Opus bitrate of a clinical instrument (stethoscope): heart and lung sounds are low and quiet,
+ * and lung sounds tolerate little coding loss; 128 kbit/s stereo is Opus's transparent range.
+ */
+export const INSTRUMENT_BITRATE = 128_000;
+
+/**
+ * Opus format parameters each sending source asks for, set on its m-section of every SDP we
+ * send and added (where missing) to the server's SDP for it, which is what configures the
+ * browser's own encoder. Speech: in-band FEC (used when receivers report loss) and DTX. The
+ * instrument: stereo at the high bitrate, FEC, and no DTX (DTX takes quiet heart sounds for
+ * silence).
+ */
+const OPUS_PARAMS = {
+  microphone: { useinbandfec: '1', usedtx: '1' },
+  instrument: { stereo: '1', 'sprop-stereo': '1', maxaveragebitrate: String(INSTRUMENT_BITRATE), useinbandfec: '1', usedtx: '0' },
+};
+
+/** Layout changes are coalesced into one `track_preferences` at most this often. */
+const PREFERENCES_DELAY_MS = 300;
+
+/**
+ * `max_height` is rounded up to one of these (device pixels), so that resizing a window does
+ * not send a message per pixel and a layer is never refused for a few pixels.
+ */
+const HEIGHT_STEPS = [90, 120, 180, 240, 360, 480, 540, 720, 1080, 1440, 2160];
 
 /** Message types a `Call` consumes. */
 export const MEDIA_MESSAGE_TYPES = new Set([
@@ -28,6 +83,10 @@ export const MEDIA_MESSAGE_TYPES = new Set([
   'answer',
   'track_added',
   'track_removed',
+  'track_paused',
+  'track_resumed',
+  'active_speaker',
+  'publish_layers',
   'bye',
 ]);
 
@@ -55,6 +114,100 @@ export function isLive(stream) {
   return !!stream && stream.getTracks().length > 0 && stream.getTracks().every((t) => t.readyState === 'live');
 }
 
+/** The audio inputs (for the instrument's device selector); labels need a granted microphone. */
+export async function audioInputs() {
+  if (!navigator.mediaDevices?.enumerateDevices) return [];
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  return devices.filter((d) => d.kind === 'audioinput');
+}
+
+// ---------------------------------------------------------------------------------------------
+// SDP: the few edits the browser API cannot express (Opus format parameters per m-section).
+
+/** Split an SDP into its session part and its m-sections (each a list of lines). */
+function sdpSections(sdp) {
+  const lines = sdp.split('\r\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  const sections = [[]];
+  for (const line of lines) {
+    if (line.startsWith('m=')) sections.push([]);
+    sections[sections.length - 1].push(line);
+  }
+  return sections;
+}
+
+function joinSdp(sections) {
+  return `${sections.flat().join('\r\n')}\r\n`;
+}
+
+/** The mid of the m-section that sends `trackId` (its `a=msid` line), or null. */
+export function midOfTrack(sdp, trackId) {
+  for (const section of sdpSections(sdp).slice(1)) {
+    if (!section.some((l) => l.startsWith('a=msid:') && l.split(' ')[1] === trackId)) continue;
+    const mid = section.find((l) => l.startsWith('a=mid:'));
+    return mid ? mid.slice(6) : null;
+  }
+  return null;
+}
+
+/**
+ * Set Opus format parameters in the m-section `mid`: `params` {name: value}; with `override`
+ * false only the missing ones are added. Other m-sections and codecs are left alone.
+ */
+export function setOpusParams(sdp, mid, params, { override = true } = {}) {
+  const sections = sdpSections(sdp);
+  for (const section of sections.slice(1)) {
+    if (!section.includes(`a=mid:${mid}`)) continue;
+    const rtpmap = section.findIndex((l) => /^a=rtpmap:\d+ opus\/48000/i.test(l));
+    if (rtpmap < 0) return sdp;
+    const pt = /^a=rtpmap:(\d+)/.exec(section[rtpmap])[1];
+    const prefix = `a=fmtp:${pt} `;
+    let at = section.findIndex((l) => l.startsWith(prefix));
+    if (at < 0) {
+      section.splice(rtpmap + 1, 0, prefix.trimEnd());
+      at = rtpmap + 1;
+    }
+    const pairs = section[at]
+      .slice(prefix.length)
+      .split(';')
+      .map((kv) => kv.trim())
+      .filter(Boolean)
+      .map((kv) => {
+        const eq = kv.indexOf('=');
+        return eq < 0 ? [kv, ''] : [kv.slice(0, eq), kv.slice(eq + 1)];
+      });
+    for (const [name, value] of Object.entries(params)) {
+      const existing = pairs.find(([n]) => n.toLowerCase() === name);
+      if (!existing) pairs.push([name, value]);
+      else if (override) existing[1] = value;
+    }
+    section[at] = prefix + pairs.map(([n, v]) => (v === '' ? n : `${n}=${v}`)).join(';');
+    return joinSdp(sections);
+  }
+  return sdp;
+}
+
+/**
+ * Put VP8 first on a simulcast camera's transceiver: Chromium simulcasts VP8 (and H.264)
+ * reliably. Chromium lists VP8 first already; this keeps it so if that changes.
+ */
+function preferVp8(transceiver) {
+  if (typeof transceiver.setCodecPreferences !== 'function' || !window.RTCRtpReceiver?.getCapabilities) return;
+  try {
+    const codecs = RTCRtpReceiver.getCapabilities('video').codecs;
+    const vp8 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp8');
+    if (!vp8.length || codecs[0].mimeType.toLowerCase() === 'video/vp8') return;
+    transceiver.setCodecPreferences([...vp8, ...codecs.filter((c) => !vp8.includes(c))]);
+  } catch {
+    // keep the browser's order
+  }
+}
+
+/** Round a tile height (device pixels) up to the next of HEIGHT_STEPS. */
+function heightStep(px) {
+  return HEIGHT_STEPS.find((h) => h >= px) ?? HEIGHT_STEPS[HEIGHT_STEPS.length - 1];
+}
+
 export class Call {
   /**
    * @param {object} opts
@@ -70,6 +223,7 @@ export class Call {
    * @param {MediaStream|null} [opts.localStream]
    * @param {boolean} [opts.stopLocalMedia]  stop the local tracks on teardown (default true)
    * @param {(p: {id: string, display_name: string}|undefined, id: string) => string} [opts.tileName]
+   * @param {boolean} [opts.pinControls]  a "show large" button on remote tiles (default true)
    */
   constructor(opts) {
     this.opts = opts;
@@ -83,10 +237,35 @@ export class Call {
     this.state = 'idle';
     /** participant id -> {id, display_name} of the others in the room. */
     this.participants = new Map();
-    /** track_id -> {participant_id, kind, mid} of the tracks we receive. */
+    /** track_id -> {participant_id, kind, mid, source} of the tracks we receive. */
     this.remoteTracks = new Map();
     this.localStream = opts.localStream || null;
     this.screenStream = null;
+    /** The clinical instrument's capture (a second audio input), while it is published. */
+    this.instrumentStream = null;
+    this.instrumentTransceiver = null;
+    /** The server receives simulcast (`joined.simulcast`): the camera goes in three layers. */
+    this.simulcast = false;
+    /**
+     * The server understands the adaptive-media messages (`track_preferences`): it says so by
+     * sending the `simulcast` field in `joined` at all, true or false. Older servers answer an
+     * unknown message type with an error, so nothing is sent to them.
+     */
+    this.adaptive = false;
+    /** track_id -> participant_id of received videos the server paused (`track_paused`). */
+    this.pausedTracks = new Map();
+    /** The participant the server says speaks now (`active_speaker`), or null. */
+    this.activeSpeaker = null;
+    /** The participant whose tile the user chose to show large, or null. */
+    this.pinnedParticipant = null;
+    /** mid -> rids the server wants sent (`publish_layers`), applied to that sender. */
+    this.wantedLayers = new Map();
+    /** track_id -> the preference last sent (JSON), so that only changes are sent. */
+    this.preferencesSent = new Map();
+    this.preferencesTimer = null;
+    this.resizeObserver = typeof ResizeObserver === 'function' ? new ResizeObserver(() => this.schedulePreferences()) : null;
+    this.onVisibilityChange = () => this.schedulePreferences(0);
+    document.addEventListener('visibilitychange', this.onVisibilityChange);
     this.offerTimer = null;
     this.offerFailures = 0;
     this.makingOffer = false;
@@ -159,15 +338,37 @@ export class Call {
           participant_id: msg.participant_id,
           kind: msg.kind,
           mid: msg.mid,
+          // Older servers do not say: a camera for video, the microphone for audio.
+          source: msg.source || (msg.kind === 'video' ? 'camera' : 'microphone'),
         });
         this.tileFor(msg.participant_id);
         this.renderRemoteTracks();
+        this.updateLayout();
         this.changed();
         return;
       case 'track_removed':
         this.removeRemoteTrack(msg.track_id);
+        this.updateLayout();
         this.changed();
         return;
+      case 'track_paused':
+        this.pausedTracks.set(msg.track_id, msg.participant_id);
+        this.record('local', { type: 'video_paused_shown', track_id: msg.track_id });
+        this.renderPaused(msg.track_id);
+        this.changed();
+        return;
+      case 'track_resumed':
+        this.pausedTracks.delete(msg.track_id);
+        this.renderPaused(msg.track_id);
+        this.changed();
+        return;
+      case 'active_speaker':
+        this.activeSpeaker = msg.participant_id ?? null;
+        this.updateLayout();
+        return;
+      case 'publish_layers':
+        this.wantedLayers.set(msg.mid, Array.isArray(msg.rids) ? msg.rids : []);
+        return this.applyLayers(msg.mid);
       case 'bye':
         return this.onBye(msg.reason);
       default:
@@ -223,34 +424,189 @@ export class Call {
     tile.dataset.participant = participantId;
     const media = document.createElement('div');
     media.className = 'tile-media';
+    const bar = document.createElement('div');
+    bar.className = 'tile-bar';
     const name = document.createElement('div');
     name.className = 'tile-name';
-    tile.append(media, name);
+    bar.append(name);
+    if (this.opts.pinControls !== false) {
+      const pin = document.createElement('button');
+      pin.type = 'button';
+      pin.className = 'tile-pin';
+      pin.hidden = true;
+      pin.addEventListener('click', () => this.togglePin(participantId));
+      bar.append(pin);
+    }
+    tile.append(media, bar);
     tiles.append(tile);
     this.updateTileName(participantId);
+    this.updateLayout();
     return tile;
+  }
+
+  /** The name shown for a participant (the page may translate "no name"). */
+  displayName(participantId) {
+    const p = this.participants.get(participantId);
+    if (this.opts.tileName) return this.opts.tileName(p, participantId);
+    return p ? p.display_name || '(no name)' : participantId;
   }
 
   updateTileName(participantId) {
     const tile = this.opts.tiles.querySelector(`section.tile[data-participant="${CSS.escape(participantId)}"]`);
     if (!tile) return;
-    const p = this.participants.get(participantId);
-    const text = this.opts.tileName
-      ? this.opts.tileName(p, participantId)
-      : p
-        ? p.display_name || '(no name)'
-        : participantId;
+    const text = this.displayName(participantId);
     tile.querySelector('.tile-name').textContent = text;
     tile.setAttribute('aria-label', text);
+    for (const [trackId, pid] of this.pausedTracks) {
+      if (pid === participantId) this.renderPaused(trackId);
+    }
   }
 
-  /** Refresh every tile's name (e.g. after a language change). */
+  /** Refresh every tile's texts (e.g. after a language change). */
   updateTileNames() {
     for (const id of this.participants.keys()) this.updateTileName(id);
+    for (const trackId of this.pausedTracks.keys()) this.renderPaused(trackId);
+    for (const el of this.opts.tiles.querySelectorAll('.track-badge')) el.textContent = t('instrument_badge');
+    this.updateLayout();
   }
 
   removeTile(participantId) {
     this.opts.tiles.querySelector(`section.tile[data-participant="${CSS.escape(participantId)}"]`)?.remove();
+    if (this.pinnedParticipant === participantId) this.pinnedParticipant = null;
+    this.updateLayout();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Layout: a gallery; with two or more others, one of them large (the spotlight).
+
+  /** Pin this participant's tile large, or unpin it (back to following the speaker). */
+  togglePin(participantId) {
+    this.pinnedParticipant = this.pinnedParticipant === participantId ? null : participantId;
+    this.record('local', { type: 'pin', participant_id: this.pinnedParticipant });
+    this.updateLayout();
+  }
+
+  /**
+   * The participant shown large: the one the user pinned; else the latest screen sharer (a
+   * shared document must stay readable whoever talks); else the active speaker. None with fewer
+   * than two others: their tile is large anyway.
+   */
+  bigParticipant(remoteIds) {
+    if (remoteIds.length < 2) return null;
+    if (this.pinnedParticipant && remoteIds.includes(this.pinnedParticipant)) return this.pinnedParticipant;
+    let sharer = null;
+    for (const info of this.remoteTracks.values()) {
+      if (info.source === 'screen' && remoteIds.includes(info.participant_id)) sharer = info.participant_id;
+    }
+    if (sharer) return sharer;
+    if (this.activeSpeaker && remoteIds.includes(this.activeSpeaker)) return this.activeSpeaker;
+    return null;
+  }
+
+  /** Apply speaker highlight, the large tile and pin buttons; then tell the server. */
+  updateLayout() {
+    const container = this.opts.tiles;
+    if (!container) return;
+    const remote = [...container.querySelectorAll('section.tile.remote')];
+    const ids = remote.map((tile) => tile.dataset.participant);
+    const big = this.bigParticipant(ids);
+    container.classList.toggle('spotlight', !!big);
+    for (const tile of remote) {
+      const id = tile.dataset.participant;
+      tile.classList.toggle('big', id === big);
+      tile.classList.toggle('speaking', id === this.activeSpeaker);
+      const pin = tile.querySelector('.tile-pin');
+      if (pin) {
+        const pinned = id === this.pinnedParticipant;
+        pin.hidden = ids.length < 2;
+        pin.textContent = t(pinned ? 'btn_unpin' : 'btn_pin');
+        pin.setAttribute('aria-pressed', String(pinned));
+      }
+    }
+    const local = container.querySelector('section.tile.local');
+    local?.classList.toggle('speaking', !!this.activeSpeaker && this.activeSpeaker === this.participantId);
+    this.schedulePreferences();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Receiver preferences (`track_preferences`): what each received video is shown as.
+
+  /** Send the changed preferences after PREFERENCES_DELAY_MS (or `delay`), coalesced. */
+  schedulePreferences(delay = PREFERENCES_DELAY_MS) {
+    if (!this.adaptive || this.state !== 'joined') return;
+    if (this.preferencesTimer !== null) {
+      if (delay > 0) return; // one is pending; it reads the layout when it fires
+      clearTimeout(this.preferencesTimer);
+    }
+    this.preferencesTimer = setTimeout(() => {
+      this.preferencesTimer = null;
+      this.sendPreferences();
+    }, delay);
+  }
+
+  /** The preference of each received video whose element is on the page. */
+  currentPreferences() {
+    const pageVisible = document.visibilityState !== 'hidden';
+    const dpr = window.devicePixelRatio || 1;
+    const out = [];
+    for (const [trackId, info] of this.remoteTracks) {
+      if (info.kind !== 'video') continue;
+      const el = this.mediaElements.get(trackId);
+      if (!el || !el.isConnected) continue;
+      const tile = el.closest('section.tile');
+      const shown = el.getClientRects().length > 0 && el.clientHeight > 0;
+      const inPip = document.pictureInPictureElement === el;
+      const visible = (pageVisible && shown) || inPip;
+      const pref = { track_id: trackId, visible, pinned: visible && !!tile?.classList.contains('big') };
+      if (visible) pref.max_height = heightStep(Math.ceil(el.clientHeight * dpr));
+      out.push(pref);
+    }
+    return out;
+  }
+
+  sendPreferences() {
+    if (!this.adaptive || this.state !== 'joined') return;
+    const changed = [];
+    for (const pref of this.currentPreferences()) {
+      const key = JSON.stringify(pref);
+      if (this.preferencesSent.get(pref.track_id) === key) continue;
+      changed.push(pref);
+    }
+    if (!changed.length) return;
+    if (this.send({ type: 'track_preferences', tracks: changed })) {
+      for (const pref of changed) this.preferencesSent.set(pref.track_id, JSON.stringify(pref));
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Paused videos: the person's name and "audio only: weak connection", large.
+
+  renderPaused(trackId) {
+    const el = this.mediaElements.get(trackId);
+    const box = el?.parentElement;
+    if (!box || !box.classList.contains('track-box')) return;
+    const participantId = this.pausedTracks.get(trackId);
+    let overlay = box.querySelector('.track-paused');
+    if (participantId === undefined) {
+      overlay?.remove();
+      box.classList.remove('paused');
+      return;
+    }
+    if (!overlay) {
+      overlay = document.createElement('div');
+      overlay.className = 'track-paused';
+      overlay.setAttribute('role', 'status');
+      overlay.setAttribute('aria-live', 'polite');
+      const name = document.createElement('div');
+      name.className = 'paused-name';
+      const text = document.createElement('div');
+      text.className = 'paused-text';
+      overlay.append(name, text);
+      box.append(overlay);
+    }
+    box.classList.add('paused');
+    overlay.querySelector('.paused-name').textContent = this.displayName(participantId);
+    overlay.querySelector('.paused-text').textContent = t('video_paused_weak');
   }
 
   showLocalStream() {
@@ -267,6 +623,8 @@ export class Call {
     this.participantId = msg.participant_id;
     this.room = msg.room;
     this.state = 'joined';
+    this.simulcast = msg.simulcast === true;
+    this.adaptive = typeof msg.simulcast === 'boolean';
     for (const p of msg.participants) {
       if (p.id === msg.participant_id) continue;
       this.participants.set(p.id, p);
@@ -302,7 +660,16 @@ export class Call {
     const stream = this.localStream;
     const tracks = stream ? stream.getTracks() : [];
     for (const track of tracks) {
-      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      if (track.kind === 'video' && this.simulcast) {
+        const t = pc.addTransceiver(track, {
+          direction: 'sendonly',
+          streams: [stream],
+          sendEncodings: CAMERA_LAYERS.map((layer) => ({ ...layer })),
+        });
+        preferVp8(t);
+      } else {
+        pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      }
     }
     if (tracks.length === 0) {
       // Nothing to send: a data channel still gives the first offer a transport to negotiate.
@@ -319,8 +686,12 @@ export class Call {
     }
     try {
       this.makingOffer = true;
-      await pc.setLocalDescription();
-      this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+      const offer = await pc.createOffer();
+      await this.setLocal(pc, offer);
+      const msg = { type: 'offer', sdp: pc.localDescription.sdp };
+      const sources = this.sendingSources(pc);
+      if (Object.keys(sources).length) msg.sources = sources;
+      this.send(msg);
     } finally {
       this.makingOffer = false;
     }
@@ -348,11 +719,100 @@ export class Call {
       this.record('local', { type: 'offer_collision', state: pc.signalingState });
       clearTimeout(this.offerTimer);
     }
-    await pc.setRemoteDescription({ type: 'offer', sdp });
-    await pc.setLocalDescription();
+    await pc.setRemoteDescription({ type: 'offer', sdp: this.withOpusParams(pc, sdp, false) });
+    await this.setLocal(pc, await pc.createAnswer());
     this.send({ type: 'answer', sdp: pc.localDescription.sdp });
     if (collision) await this.reattachSenders(pc);
     this.renderRemoteTracks();
+    await this.applyAllLayers();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // What we send: sources, Opus parameters, simulcast layers
+
+  /** The source of one of our transceivers: camera, microphone, screen or instrument. */
+  sourceOf(transceiver) {
+    if (transceiver === this.screenTransceiver) return 'screen';
+    if (transceiver === this.instrumentTransceiver) return 'instrument';
+    const kind = transceiver.sender.track?.kind ?? transceiver.receiver.track.kind;
+    return kind === 'video' ? 'camera' : 'microphone';
+  }
+
+  /** `sources` of our offer: {mid: source} for the m-lines we send on. */
+  sendingSources(pc) {
+    const sources = {};
+    for (const t of pc.getTransceivers()) {
+      if (t.mid == null || t.stopped || !['sendonly', 'sendrecv'].includes(t.direction)) continue;
+      sources[t.mid] = this.sourceOf(t);
+    }
+    return sources;
+  }
+
+  /**
+   * `sdp` with the Opus parameters of our microphone and instrument (OPUS_PARAMS) in their
+   * m-sections. Local descriptions: set (`override`), found by the sender's track id since
+   * a new transceiver has no mid before setLocalDescription. The server's descriptions: added
+   * where missing, since the browser configures its encoder from those.
+   */
+  withOpusParams(pc, sdp, override) {
+    let out = sdp;
+    for (const t of pc.getTransceivers()) {
+      const track = t.sender.track;
+      if (t.stopped || !track || track.kind !== 'audio') continue;
+      const params = OPUS_PARAMS[this.sourceOf(t)];
+      const mid = t.mid ?? midOfTrack(out, track.id);
+      if (params && mid != null) out = setOpusParams(out, mid, params, { override });
+    }
+    return out;
+  }
+
+  /** setLocalDescription of `description` with our Opus parameters (unchanged if refused). */
+  async setLocal(pc, description) {
+    const sdp = this.withOpusParams(pc, description.sdp, true);
+    if (sdp !== description.sdp) {
+      try {
+        await pc.setLocalDescription({ type: description.type, sdp });
+        return;
+      } catch (err) {
+        // This browser refuses the edit: go on with its own description.
+        this.record('local', { type: 'sdp_edit_refused', message: String(err) });
+      }
+    }
+    await pc.setLocalDescription(description);
+  }
+
+  /**
+   * Keep only the simulcast layers the server wants (`publish_layers`) on the sender of `mid`.
+   * Encodings without a rid (one layer) are left alone; the client never switches layers off
+   * on its own.
+   */
+  async applyLayers(mid) {
+    const rids = this.wantedLayers.get(mid);
+    const pc = this.pc;
+    if (!rids || !pc || pc.signalingState === 'closed') return;
+    const t = pc.getTransceivers().find((x) => x.mid === mid && !x.stopped);
+    if (!t) return; // applied once the transceiver has its mid
+    const params = t.sender.getParameters();
+    let changed = false;
+    for (const enc of params.encodings || []) {
+      if (!enc.rid) continue;
+      const active = rids.includes(enc.rid);
+      if (enc.active !== active) {
+        enc.active = active;
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    try {
+      await t.sender.setParameters(params);
+      this.record('local', { type: 'layers_applied', mid, rids });
+    } catch (err) {
+      this.fail('publish_layers', err);
+    }
+  }
+
+  async applyAllLayers() {
+    for (const mid of this.wantedLayers.keys()) await this.applyLayers(mid);
   }
 
   // Chromium (seen in 148) stops feeding the tracks of already negotiated senders to their
@@ -382,9 +842,10 @@ export class Call {
       return;
     }
     clearTimeout(this.offerTimer);
-    await pc.setRemoteDescription({ type: 'answer', sdp });
+    await pc.setRemoteDescription({ type: 'answer', sdp: this.withOpusParams(pc, sdp, false) });
     this.offerFailures = 0;
     this.renderRemoteTracks();
+    await this.applyAllLayers();
   }
 
   // -------------------------------------------------------------------------------------------
@@ -403,18 +864,37 @@ export class Call {
       if (!transceiver || transceiver.receiver.track.kind !== info.kind) continue;
       const track = transceiver.receiver.track;
       if (existing && existing.srcObject?.getTracks()[0] === track) continue;
-      existing?.remove();
+      this.removeMediaElement(existing);
       const el = document.createElement(info.kind === 'video' ? 'video' : 'audio');
       el.autoplay = true;
       el.dataset.trackId = trackId;
       el.dataset.mid = info.mid;
+      el.dataset.source = info.source;
+      el.srcObject = new MediaStream([track]);
+      const media = this.tileFor(info.participant_id).querySelector('.tile-media');
       if (info.kind === 'video') {
         el.playsInline = true;
         el.muted = true; // audio comes through its own element
+        if (info.source === 'screen') el.classList.add('screen');
+        // A box per video, for the "audio only" overlay of a paused video.
+        const box = document.createElement('div');
+        box.className = info.source === 'screen' ? 'track-box screen' : 'track-box';
+        box.append(el);
+        media.append(box);
+        this.resizeObserver?.observe(el);
+      } else {
+        media.append(el);
+        if (info.source === 'instrument') {
+          const badge = document.createElement('div');
+          badge.className = 'track-badge';
+          badge.dataset.trackId = trackId;
+          badge.textContent = t('instrument_badge');
+          media.append(badge);
+        }
       }
-      el.srcObject = new MediaStream([track]);
-      this.tileFor(info.participant_id).querySelector('.tile-media').append(el);
       this.mediaElements.set(trackId, el);
+      this.renderPaused(trackId);
+      this.schedulePreferences();
       el.play().catch(() => {
         // Autoplay with sound may need a user gesture; retry on the next click.
         document.addEventListener('click', () => el.play().catch(() => {}), { once: true });
@@ -422,12 +902,24 @@ export class Call {
     }
   }
 
+  /** Remove a media element with its box (video) or badge (instrument). */
+  removeMediaElement(el) {
+    if (!el) return;
+    this.resizeObserver?.unobserve(el);
+    el.srcObject = null;
+    const box = el.parentElement?.classList.contains('track-box') ? el.parentElement : null;
+    this.opts.tiles?.querySelector(`.track-badge[data-track-id="${CSS.escape(el.dataset.trackId || '')}"]`)?.remove();
+    el.remove();
+    box?.remove();
+  }
+
   removeRemoteTrack(trackId) {
     this.remoteTracks.delete(trackId);
+    this.pausedTracks.delete(trackId);
+    this.preferencesSent.delete(trackId);
     const el = this.mediaElements.get(trackId);
     if (el) {
-      el.srcObject = null;
-      el.remove();
+      this.removeMediaElement(el);
       this.mediaElements.delete(trackId);
     }
   }
@@ -478,6 +970,8 @@ export class Call {
     if (this.screenStream) return this.screenStream.getVideoTracks()[0].id;
     const stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
     const track = stream.getVideoTracks()[0];
+    // Text and images: keep them sharp (lower the frame rate first, never the resolution).
+    track.contentHint = 'detail';
     this.screenStream = stream;
     track.addEventListener('ended', () => this.stopScreenShare());
     const t = this.screenTransceiver;
@@ -486,8 +980,14 @@ export class Call {
       await t.sender.replaceTrack(track);
       t.direction = 'sendonly';
     } else {
-      this.screenTransceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      // One layer, favoured over the cameras by the browser's own congestion control.
+      this.screenTransceiver = pc.addTransceiver(track, {
+        direction: 'sendonly',
+        streams: [stream],
+        sendEncodings: [{ priority: 'high', networkPriority: 'high' }],
+      });
     }
+    await this.setDegradationPreference(this.screenTransceiver.sender, 'maintain-resolution');
     const preview = this.opts.localScreen;
     if (preview) {
       preview.srcObject = stream;
@@ -497,6 +997,75 @@ export class Call {
     this.log('screen sharing started');
     this.changed();
     return track.id;
+  }
+
+  async setDegradationPreference(sender, preference) {
+    try {
+      const params = sender.getParameters();
+      if (params.degradationPreference === preference) return;
+      params.degradationPreference = preference;
+      await sender.setParameters(params);
+    } catch (err) {
+      // Not supported by this browser: contentHint 'detail' asks for the same.
+      this.record('local', { type: 'degradation_preference_refused', message: String(err) });
+    }
+  }
+
+  /**
+   * Publish a clinical instrument (an electronic stethoscope on a second audio input) as its
+   * own track: no echo cancellation, noise suppression or gain control (they would remove or
+   * pump the heart and lung sounds), stereo where the device is, Opus at INSTRUMENT_BITRATE.
+   * Returns the track's label.
+   */
+  async startInstrument(deviceId) {
+    const pc = this.pc;
+    if (!pc || this.state !== 'joined') throw new Error('not in a room');
+    if (this.instrumentStream) await this.stopInstrument();
+    const audio = {
+      echoCancellation: false,
+      noiseSuppression: false,
+      autoGainControl: false,
+      channelCount: { ideal: 2 },
+    };
+    if (deviceId) audio.deviceId = { exact: deviceId };
+    const stream = await navigator.mediaDevices.getUserMedia({ audio, video: false });
+    const track = stream.getAudioTracks()[0];
+    track.contentHint = 'music';
+    this.instrumentStream = stream;
+    track.addEventListener('ended', () => this.stopInstrument());
+    const t = this.instrumentTransceiver;
+    if (t && !t.stopped && t.currentDirection !== 'stopped') {
+      await t.sender.replaceTrack(track);
+      t.direction = 'sendonly';
+    } else {
+      this.instrumentTransceiver = pc.addTransceiver(track, {
+        direction: 'sendonly',
+        streams: [stream],
+        sendEncodings: [{ maxBitrate: INSTRUMENT_BITRATE, priority: 'high', networkPriority: 'high' }],
+      });
+    }
+    const settings = track.getSettings();
+    this.record('local', { type: 'instrument_started', track_id: track.id, channels: settings.channelCount ?? null });
+    this.log(`instrument started: ${track.label}`);
+    this.changed();
+    return track.label;
+  }
+
+  async stopInstrument() {
+    const stream = this.instrumentStream;
+    if (!stream) return;
+    this.instrumentStream = null;
+    for (const tr of stream.getTracks()) tr.stop();
+    const pc = this.pc;
+    const t = this.instrumentTransceiver;
+    if (pc && pc.signalingState !== 'closed' && t && !t.stopped) {
+      // Inactive m-line, as for the screen share: the next start reuses it.
+      t.direction = 'inactive';
+      await t.sender.replaceTrack(null);
+    }
+    this.record('local', { type: 'instrument_stopped' });
+    this.log('instrument stopped');
+    this.changed();
   }
 
   async stopScreenShare() {
@@ -540,19 +1109,25 @@ export class Call {
 
   teardown() {
     clearTimeout(this.offerTimer);
+    clearTimeout(this.preferencesTimer);
+    this.preferencesTimer = null;
+    this.resizeObserver?.disconnect();
+    document.removeEventListener('visibilitychange', this.onVisibilityChange);
     if (this.pc && this.pc.signalingState !== 'closed') this.pc.close();
-    const streams = [this.screenStream];
+    const streams = [this.screenStream, this.instrumentStream];
     if (this.opts.stopLocalMedia !== false) streams.push(this.localStream);
     for (const s of streams) {
       for (const t of s?.getTracks() ?? []) t.stop();
     }
     this.screenStream = null;
-    for (const el of this.mediaElements.values()) {
-      el.srcObject = null;
-      el.remove();
-    }
+    this.instrumentStream = null;
+    for (const el of this.mediaElements.values()) this.removeMediaElement(el);
     this.mediaElements.clear();
     this.remoteTracks.clear();
+    this.pausedTracks.clear();
+    this.activeSpeaker = null;
+    this.opts.tiles?.querySelector('section.tile.local')?.classList.remove('speaking');
+    this.opts.tiles?.classList.remove('spotlight');
     for (const id of this.participants.keys()) this.removeTile(id);
     if (this.opts.localVideo && this.opts.stopLocalMedia !== false) this.opts.localVideo.srcObject = null;
     if (this.opts.localScreen) {

@@ -8,6 +8,8 @@
 // - recording consent (every page): `consent_request` opens a large modal dialog (Agree /
 //   Refuse → `consent`), a button in the call view reopens it to change the answer, and a
 //   permanent banner shows while `recording_status.active`, saying whether you are recorded;
+// - the stethoscope control (doctor and patient: `instrument`): a second audio input published
+//   as a clinical instrument (see static/call.js);
 // - `window.huizhen`: the state tests and debugging read.
 //
 // Reconnect rules (see signaling/PROTOCOL.md, "Clinic messages"): when the socket drops, the
@@ -18,7 +20,7 @@
 //
 // Plain ES module, no build step, no external URLs.
 
-import { Call, MEDIA_MESSAGE_TYPES, getLocalMedia, isLive } from './call.js';
+import { Call, MEDIA_MESSAGE_TYPES, audioInputs, getLocalMedia, isLive } from './call.js';
 import { applyTranslations, bindLanguageToggle, errorText, lang, setLang, t } from './i18n.js';
 
 const PING_INTERVAL_MS = 15000;
@@ -84,6 +86,7 @@ export function formatTime(ms) {
  * @param {() => void} [opts.onLanguageChange]
  * @param {() => void} [opts.onRecordingChange]  recording, consent or consent statuses changed
  * @param {boolean} [opts.screenShare]  offer a screen share button in the call view
+ * @param {boolean} [opts.instrument]  offer the stethoscope control in the call view
  * @param {HTMLElement} [opts.callExtras]  controls shown under the call (doctor's panel)
  */
 export function createClinicPage(opts) {
@@ -162,6 +165,12 @@ export function createClinicPage(opts) {
     get localStream() {
       return localStream;
     },
+    /** Whether a clinical instrument (stethoscope) is being sent. */
+    get instrumentActive() {
+      return !!call?.instrumentStream;
+    },
+    /** The audio inputs the stethoscope selector offers: [{deviceId, label}]. */
+    instrumentDevices: [],
     /** Whether the consent dialog is open. */
     get consentDialogOpen() {
       return consentDialog.open;
@@ -318,6 +327,7 @@ export function createClinicPage(opts) {
           await call.process(msg);
           setState('in_call');
           updateCallView();
+          refreshInstrumentDevices();
           opts.onCallJoined?.();
         });
         return;
@@ -654,6 +664,70 @@ export function createClinicPage(opts) {
     }, 1000);
   }
 
+  // -------------------------------------------------------------------------------------------
+  // Stethoscope (clinical instrument)
+
+  let instrumentError = null; // i18n key of the last failure
+
+  /**
+   * Fill the input selector: keep the user's choice; else a device named like a stethoscope;
+   * else the first input that is not the microphone in use.
+   */
+  async function refreshInstrumentDevices() {
+    const select = $('instrument-device');
+    if (!select) return;
+    let inputs = [];
+    try {
+      inputs = await audioInputs();
+    } catch (err) {
+      localError('instrument', err);
+    }
+    const micId = localStream?.getAudioTracks()[0]?.getSettings().deviceId;
+    const previous = select.value;
+    select.replaceChildren(
+      ...inputs.map((d, i) => el('option', { value: d.deviceId }, d.label || `${t('instrument_device_label')} ${i + 1}`)),
+    );
+    const pick =
+      inputs.find((d) => d.deviceId === previous) ||
+      inputs.find((d) => /stethoscope|steth|听诊/i.test(d.label)) ||
+      inputs.find((d) => d.deviceId !== micId && !['default', 'communications'].includes(d.deviceId)) ||
+      inputs[0];
+    if (pick) select.value = pick.deviceId;
+    huizhen.instrumentDevices = inputs.map((d) => ({ deviceId: d.deviceId, label: d.label }));
+    updateCallView();
+  }
+
+  async function toggleInstrument() {
+    if (!call || call.state !== 'joined') return;
+    instrumentError = null;
+    try {
+      if (call.instrumentStream) await call.stopInstrument();
+      else await call.startInstrument($('instrument-device')?.value || undefined);
+    } catch (err) {
+      instrumentError = 'instrument_failed';
+      localError('instrument', err);
+    }
+    updateCallView();
+  }
+
+  /** Shown in a call when a second audio input exists (a stethoscope is one) or one is sent. */
+  function renderInstrument(joined) {
+    const box = $('instrument-box');
+    if (!box) return;
+    const on = !!call?.instrumentStream;
+    const inputs = huizhen.instrumentDevices.filter((d) => !['default', 'communications'].includes(d.deviceId)).length;
+    box.hidden = !joined || (!on && inputs < 2);
+    const button = $('btn-instrument');
+    button.textContent = t(on ? 'btn_instrument_remove' : 'btn_instrument_add');
+    button.setAttribute('aria-pressed', String(on));
+    button.disabled = !joined;
+    $('instrument-device').disabled = on;
+    const status = $('instrument-status');
+    const key = instrumentError || (on ? 'instrument_on' : null);
+    status.textContent = key ? t(key) : '';
+    status.classList.toggle('error', !!instrumentError);
+  }
+
   /** Leave the call for good (the seat is given up; the consultation goes on). */
   function leaveCall() {
     if (!call) return;
@@ -688,6 +762,7 @@ export function createClinicPage(opts) {
       screen.textContent = call?.screenStream ? t('btn_stop_share') : t('btn_share');
       screen.setAttribute('aria-pressed', String(!!call?.screenStream));
     }
+    renderInstrument(joined);
     const leave = $('btn-leave');
     if (leave) {
       leave.disabled = !joined;
@@ -722,6 +797,8 @@ export function createClinicPage(opts) {
       action.catch((err) => localError('screen_share', err));
     });
     $('btn-leave')?.addEventListener('click', () => leaveCall());
+    $('btn-instrument')?.addEventListener('click', () => toggleInstrument());
+    if (opts.instrument) navigator.mediaDevices?.addEventListener?.('devicechange', () => refreshInstrumentDevices());
     $('btn-rejoin')?.addEventListener('click', () => {
       if (huizhen.consultation && !huizhen.ended) joinConsultation(huizhen.consultation);
     });
@@ -803,6 +880,7 @@ export function createClinicPage(opts) {
     },
   };
   huizhen.leaveCall = leaveCall;
+  huizhen.toggleInstrument = toggleInstrument;
   huizhen.giveConsent = giveConsent;
   huizhen.joinConsultation = joinConsultation;
   return page;
@@ -837,6 +915,16 @@ function buildCallView(opts) {
       el('button', { id: 'btn-consent-change', type: 'button', class: 'big', hidden: true }),
       el('button', { id: 'btn-leave', type: 'button', class: 'big danger', disabled: true }),
     ),
+    opts.instrument
+      ? el(
+          'div',
+          { id: 'instrument-box', class: 'instrument-box', hidden: true },
+          el('label', { for: 'instrument-device', 'data-i18n': 'instrument_device_label' }),
+          el('select', { id: 'instrument-device' }),
+          el('button', { id: 'btn-instrument', type: 'button', class: 'big', 'aria-pressed': 'false', disabled: true }),
+          el('p', { id: 'instrument-status', class: 'instrument-status', role: 'status', 'aria-live': 'polite' }),
+        )
+      : null,
     el(
       'div',
       { id: 'call-left', class: 'notice', hidden: true },

@@ -21,6 +21,7 @@ let recordingRequest = null; // 'start_recording' | 'stop_recording' sent, not a
 const page = createClinicPage({
   role: 'doctor',
   screenShare: true,
+  instrument: true,
   callExtras: $('doctor-call-panel'),
   onAuthenticated,
   onMessage,

@@ -27,6 +27,7 @@ const PAGE_TITLE = document.title;
 
 const page = createClinicPage({
   role: 'patient',
+  instrument: true,
   onAuthenticated,
   onMessage,
   onError,
