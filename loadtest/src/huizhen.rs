@@ -50,7 +50,7 @@ pub async fn participant(
 
     let mut peer = Peer::bind(ip, spec.index, shared.clone()).await?;
     let offer = peer.offer(spec.publishes.then_some(plan), &[]);
-    send(&mut ws, &ClientMessage::Offer { sdp: offer }).await?;
+    send(&mut ws, &ClientMessage::Offer { sdp: offer, sources: Default::default() }).await?;
 
     let mut buf = vec![0u8; 2048];
     let mut join_recorded = false;

@@ -44,6 +44,11 @@ pub enum ClientMessage {
     Offer {
         /// The session description.
         sdp: String,
+        /// What each sending m-line carries, by mid (absent: a camera for video, the
+        /// microphone for audio). The allocator favours screen shares and clinical
+        /// instruments; receivers see it in `track_added`.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        sources: std::collections::BTreeMap<String, TrackSource>,
     },
     /// The client's answer to a server [`ServerMessage::Offer`].
     Answer {
@@ -65,6 +70,13 @@ pub enum ClientMessage {
     Leave {},
     /// Keep-alive; answered with [`ServerMessage::Pong`].
     Ping {},
+    /// How the client shows the tracks it receives (sent whenever its layout changes). The
+    /// server sends each track in the best layer that fits the client's downlink and these
+    /// limits; tracks not listed keep their last preference (default: visible, no limit).
+    TrackPreferences {
+        /// One entry per received track.
+        tracks: Vec<TrackPreference>,
+    },
 
     // ----- clinic (protocol v1, clinic additions) -----
     /// Identify with a signed token; needed before any clinic message.
@@ -169,6 +181,59 @@ pub struct ParticipantInfo {
     pub display_name: String,
 }
 
+/// What a published track carries; decides its priority when a subscriber's downlink is short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    /// A camera (default for video).
+    Camera,
+    /// A microphone: speech (default for audio).
+    Microphone,
+    /// A shared screen or window: one sharp layer, favoured over cameras.
+    Screen,
+    /// A clinical instrument on an audio input (an electronic stethoscope): never paused,
+    /// first after speech.
+    Instrument,
+}
+
+impl TrackSource {
+    fn unknown_default() -> TrackSource {
+        TrackSource::Camera
+    }
+
+    /// The source a track of `kind` has when the client names none.
+    pub fn default_for(kind: TrackKind) -> TrackSource {
+        match kind {
+            TrackKind::Audio => TrackSource::Microphone,
+            TrackKind::Video => TrackSource::Camera,
+        }
+    }
+}
+
+/// A subscriber's wishes for one received track ([`ClientMessage::TrackPreferences`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackPreference {
+    /// The track id from `track_added`.
+    pub track_id: String,
+    /// The track is on screen. A hidden video track is not sent at all.
+    #[serde(default = "yes")]
+    pub visible: bool,
+    /// Largest frame height worth sending (the tile's height in device pixels); absent: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u32>,
+    /// Highest frame rate worth sending; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fps: Option<u32>,
+    /// Shown large or pinned: upgraded before the other videos.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// Kind of a media track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -193,6 +258,10 @@ pub enum ServerMessage {
         room: String,
         /// Everyone already in the room.
         participants: Vec<ParticipantInfo>,
+        /// The server receives simulcast: publish cameras in up to three layers (rids `q`,
+        /// `h`, `f`, lowest first). Absent (older servers): publish one layer.
+        #[serde(default)]
+        simulcast: bool,
     },
     /// Someone entered the room.
     ParticipantJoined {
@@ -224,6 +293,43 @@ pub enum ServerMessage {
         mid: String,
         /// Audio or video.
         kind: TrackKind,
+        /// What it carries (camera, microphone, screen, instrument).
+        #[serde(default = "TrackSource::unknown_default")]
+        source: TrackSource,
+    },
+    /// The server stopped sending a received video track because the client's downlink
+    /// cannot carry it beside the audio (`reason: "bandwidth"`). Audio is never paused. Show
+    /// the person's name and "audio only: weak connection" until `track_resumed`.
+    TrackPaused {
+        /// Publisher of the track.
+        participant_id: String,
+        /// The track id from `track_added`.
+        track_id: String,
+        /// Why: `bandwidth`.
+        reason: String,
+    },
+    /// A paused track flows again (a keyframe follows).
+    TrackResumed {
+        /// Publisher of the track.
+        participant_id: String,
+        /// The track id from `track_added`.
+        track_id: String,
+    },
+    /// Who is speaking now (smoothed over about a second, from the audio level of their
+    /// microphone). Sent when it changes.
+    ActiveSpeaker {
+        /// The participant, or absent when nobody has spoken for a while.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        participant_id: Option<String>,
+    },
+    /// Publisher: which simulcast layers of a published video track somebody receives. The
+    /// client keeps only these encodings active (`RTCRtpEncodingParameters.active`), saving
+    /// its uplink; a layer is asked for again before anybody needs it.
+    PublishLayers {
+        /// The publisher's own mid of the track.
+        mid: String,
+        /// The rids to keep sending (`q`, `h`, `f`); empty: none.
+        rids: Vec<String>,
     },
     /// A track this client received is gone (publisher left or stopped it).
     TrackRemoved {

@@ -313,7 +313,12 @@ impl Session {
                 ..
             } => self.join_room(room, display_name, token).await,
             ClientMessage::Auth { token } => self.authenticate(&token).await,
-            ClientMessage::Offer { sdp } => self.signal(SignalInput::Offer(sdp)).await,
+            ClientMessage::Offer { sdp, sources } => {
+                self.signal(SignalInput::Offer { sdp, sources }).await
+            }
+            ClientMessage::TrackPreferences { tracks } => {
+                self.signal(SignalInput::Preferences(tracks)).await
+            }
             ClientMessage::Answer { sdp } => self.signal(SignalInput::Answer(sdp)).await,
             ClientMessage::Candidate { candidate, .. } => {
                 self.signal(SignalInput::Candidate(candidate)).await
@@ -667,6 +672,7 @@ fn message_type(message: &ClientMessage) -> &'static str {
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Leave {} => "leave",
         ClientMessage::Ping {} => "ping",
+        ClientMessage::TrackPreferences { .. } => "track_preferences",
         ClientMessage::Auth { .. } => "auth",
         ClientMessage::CheckIn { .. } => "check_in",
         ClientMessage::LeaveQueue {} => "leave_queue",
@@ -688,7 +694,7 @@ fn message_type(message: &ClientMessage) -> &'static str {
 
 /// All message types, for pre-registering the metric's label values.
 const MESSAGE_TYPES: &[&str] = &[
-    "join", "offer", "answer", "candidate", "leave", "ping", "auth", "check_in", "leave_queue",
+    "join", "offer", "answer", "candidate", "leave", "ping", "track_preferences", "auth", "check_in", "leave_queue",
     "set_away", "invite", "cancel_invitation", "move_up", "accept_invitation",
     "decline_invitation", "join_consultation", "admit", "invite_expert", "end_consultation",
     "start_recording", "stop_recording", "consent", "invalid",

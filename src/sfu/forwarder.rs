@@ -15,9 +15,17 @@ pub struct SeqRewriter {
     ssrc: u32,
     /// Highest sequence number handed out so far.
     highest_out: u64,
+    /// Numbers up to this one belong to earlier runs: packets mapping there are refused.
+    floor: u64,
 }
 
 impl SeqRewriter {
+    /// The next packet starts a new run (a layer switch, or forwarding resumed after a
+    /// pause): it is numbered right after the highest number sent, whatever its source.
+    pub fn restart(&mut self) {
+        self.base = None;
+    }
+
     /// Map an incoming extended sequence number of stream `ssrc` to the outgoing one.
     ///
     /// Returns `None` for packets older than the start of the subscription (they arrived
@@ -30,12 +38,13 @@ impl SeqRewriter {
                 // First packet, or a new source: continue right after the highest number sent.
                 let base = seq_in - self.highest_out as i64 - 1;
                 self.base = Some(base);
+                self.floor = self.highest_out;
                 self.ssrc = ssrc;
                 base
             }
         };
         let out = seq_in - base;
-        if out < 1 {
+        if out < 1 || out as u64 <= self.floor {
             return None;
         }
         let out = out as u64;
@@ -55,6 +64,17 @@ mod tests {
         assert_eq!(r.rewrite(7, 70_002), Some(3));
         assert_eq!(r.rewrite(7, 70_001), Some(2));
         assert_eq!(r.rewrite(7, 69_999), None, "older than subscription start");
+    }
+
+    #[test]
+    fn a_restart_continues_numbering_on_the_same_source_without_a_gap() {
+        let mut r = SeqRewriter::default();
+        assert_eq!(r.rewrite(1, 500), Some(1));
+        assert_eq!(r.rewrite(1, 501), Some(2));
+        r.restart();
+        assert_eq!(r.rewrite(1, 900), Some(3));
+        assert_eq!(r.rewrite(1, 899), None, "older than the new run");
+        assert_eq!(r.rewrite(1, 901), Some(4));
     }
 
     #[test]

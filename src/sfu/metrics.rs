@@ -94,6 +94,19 @@ pub struct SfuMetrics {
     pub renegotiations: IntCounter,
     /// Packets of consenting participants handed towards the recorder, by result.
     pub recorder_packets: IntCounterVec,
+    /// Subscribers' send-side bandwidth estimates, sampled at each allocation round.
+    pub subscriber_estimate: Histogram,
+    /// Bit/s allocated to video over all subscribers (the last round of each).
+    pub allocated_video_bps: IntGauge,
+    /// Layer changes of received videos, by direction (up, down, pause, resume).
+    pub layer_changes: IntCounterVec,
+    /// Received videos paused for bandwidth now.
+    pub paused_tracks: IntGauge,
+    /// Layer switches completed on a keyframe of the target layer.
+    pub layer_switches: IntCounter,
+    /// Subscribers' keyframe requests answered by a pending switch or the per-subscription
+    /// limit instead of reaching the publisher.
+    pub keyframe_requests_absorbed: IntCounter,
     by_kind_cache: [ByKind; 2],
 }
 
@@ -194,6 +207,18 @@ impl SfuMetrics {
         .expect("valid histogram");
         r.register(Box::new(forward_latency.clone()))
             .expect("unique metric");
+        let subscriber_estimate = Histogram::with_opts(
+            HistogramOpts::new(
+                "subscriber_estimate_bps",
+                "Subscribers' send-side bandwidth estimates at each allocation round",
+            )
+            .buckets(vec![
+                100e3, 200e3, 300e3, 500e3, 800e3, 1.2e6, 2e6, 3e6, 5e6, 8e6, 12e6, 20e6,
+            ]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(subscriber_estimate.clone()))
+            .expect("unique metric");
         let by_kind = |kind: &str| ByKind {
             packets_in: rtp_packets_received.with_label_values(&[kind]),
             bytes_in: rtp_bytes_received.with_label_values(&[kind]),
@@ -274,8 +299,38 @@ impl SfuMetrics {
                 "Media packets of consenting participants handed towards the recorder",
                 "result",
             ),
+            subscriber_estimate,
+            allocated_video_bps: gauge(
+                r,
+                "allocated_video_bps",
+                "Bit/s of video allocated over all subscribers at their last allocation round",
+            ),
+            layer_changes: counter_vec(
+                r,
+                "layer_changes_total",
+                "Allocation changes of received videos, by direction",
+                "direction",
+            ),
+            paused_tracks: gauge(
+                r,
+                "paused_tracks",
+                "Received videos paused because the subscriber's downlink cannot carry them",
+            ),
+            layer_switches: counter(
+                r,
+                "layer_switches_total",
+                "Layer switches completed on a keyframe of the target layer",
+            ),
+            keyframe_requests_absorbed: counter(
+                r,
+                "keyframe_requests_absorbed_total",
+                "Subscribers' keyframe requests not relayed (a switch already waits for one, or the per-subscription limit)",
+            ),
             by_kind_cache,
         };
+        for direction in ["up", "down", "pause", "resume"] {
+            metrics.layer_changes.with_label_values(&[direction]);
+        }
         for reason in [
             DropReason::Malformed,
             DropReason::UnknownSource,

@@ -13,13 +13,15 @@
 //! Each subscriber's `Rtc` encrypts and emits its own datagram; NACK/RTX and RTCP reports are
 //! handled hop by hop by str0m on both legs.
 
+pub mod allocation;
 pub mod demux;
 pub mod forwarder;
 pub mod keyframe;
+pub mod layers;
 pub mod metrics;
 mod participant;
 pub mod retransmit;
-mod sdp_filter;
+pub mod switcher;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,19 +29,25 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use huizhen_signaling::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackKind};
+use huizhen_signaling::protocol::{
+    ErrorCode, ParticipantInfo, ServerMessage, TrackKind, TrackPreference, TrackSource,
+};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::format::PayloadParams;
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt, Rids};
 use str0m::net::{Protocol, Receive, TcpType};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
 pub use demux::Demux;
 pub use metrics::{DropReason, SfuMetrics};
 pub use participant::LeaveReason;
-use participant::{Participant, TrackIn, TrackOut, TrackOutState};
+use allocation::{Priority, Target, VideoTrack, MAX_LAYERS};
+use layers::{LayerMeter, DEFAULT_LAYER_BITRATES};
+use participant::{Participant, Preference, TrackIn, TrackOut, TrackOutState};
+use switcher::{LayerSwitch, Verdict};
 use retransmit::RetransmitPolicy;
 
 /// Server-assigned participant id. Not a user id: it means nothing outside this process.
@@ -75,6 +83,22 @@ const RETRANSMIT_HISTORY_PACKETS: usize = 1024;
 /// losing most packets (a keyframe is the cheaper repair there).
 const RTX_RATIO_CAP: f32 = 0.3;
 
+/// How often every subscriber's allocation is re-run and layer bitrates are measured (it
+/// also runs at once when a subscription opens, preferences change or the estimate falls
+/// below what is sent).
+const ALLOCATION_TICK: Duration = Duration::from_millis(250);
+
+/// The bandwidth estimate a subscriber starts with: enough for the lowest layer of two
+/// cameras and the audio, so a participant joining on a weak link decodes video at once; the
+/// estimator's probes raise it within a second or two on a good link.
+const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(500);
+
+/// The "estimate" of a subscriber whose client sends no congestion feedback (no transport-wide
+/// congestion control): every layer fits, as before adaptation existed.
+const NO_ESTIMATE: u64 = 1_000_000_000;
+
+/// Most `sources` entries an offer may carry (more m-lines than any client publishes).
+const MAX_SOURCES: usize = 32;
 /// Core settings, resolved from the config and the bound sockets.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
@@ -172,8 +196,15 @@ pub struct RecordedPacket {
 /// Signaling input for a joined participant.
 #[derive(Debug, Clone)]
 pub enum SignalInput {
-    /// Client SDP offer.
-    Offer(String),
+    /// Client SDP offer, with what its sending m-lines carry (by mid).
+    Offer {
+        /// The SDP.
+        sdp: String,
+        /// Sources by mid (see [`ClientMessage::Offer`](huizhen_signaling::protocol::ClientMessage::Offer)).
+        sources: std::collections::BTreeMap<String, TrackSource>,
+    },
+    /// How the client shows the tracks it receives.
+    Preferences(Vec<TrackPreference>),
     /// Client SDP answer.
     Answer(String),
     /// Client trickle candidate (empty = end of candidates).
@@ -232,6 +263,8 @@ enum Deferred {
     TrackUnpublished(Mid),
     KeyframeWanted(KeyframeRequest),
     Remove(LeaveReason),
+    /// The estimate fell below what is allocated: allocate again now.
+    Reallocate,
 }
 
 /// The SFU routing core. See the module docs.
@@ -257,6 +290,10 @@ pub struct Sfu {
     renegotiate: bool,
     /// Next liveness sweep (`None` until the first `handle_timeout`).
     next_sweep: Option<Instant>,
+    /// Next allocation round (`None` until the first `handle_timeout`).
+    next_allocation: Option<Instant>,
+    /// Subscribers to allocate for at once (subscriptions opened, preferences changed).
+    reallocate: Vec<ParticipantId>,
 }
 
 /// Shortest interval between the recorder's keyframe requests to one track (see
@@ -286,6 +323,8 @@ impl Sfu {
             last_now: None,
             timers: BinaryHeap::new(),
             next_sweep: None,
+            next_allocation: None,
+            reallocate: Vec::new(),
             renegotiate: false,
         }
     }
@@ -398,6 +437,7 @@ impl Sfu {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_vp9(true)
+            .enable_bwe(Some(INITIAL_ESTIMATE))
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         for addr in &self.config.udp_candidates {
@@ -430,7 +470,12 @@ impl Sfu {
             ufrag,
             tracks_in: Vec::new(),
             tracks_out: Vec::new(),
-            ssrc_mid: HashMap::new(),
+            ssrc_layer: HashMap::new(),
+            sources: HashMap::new(),
+            estimate: None,
+            allocator: Default::default(),
+            bwe_targets: (0, 0),
+            allocated_video: 0,
             pending: None,
             negotiated_once: false,
             connected: false,
@@ -473,6 +518,7 @@ impl Sfu {
                 participant_id: id.to_string(),
                 room: room.to_owned(),
                 participants: others,
+                simulcast: true,
             },
         );
         for member in members {
@@ -491,7 +537,7 @@ impl Sfu {
         for member in members {
             if let Some(p) = self.participants.get(member) {
                 for t in &p.tracks_in {
-                    wanted.push(new_track_out(t.id, t.mid, t.kind, p.id));
+                    wanted.push(new_track_out(t, p.id));
                 }
             }
         }
@@ -512,7 +558,18 @@ impl Sfu {
             return Err(SfuError::UnknownParticipant);
         }
         match input {
-            SignalInput::Offer(sdp) => self.handle_offer(now, id, &sdp)?,
+            SignalInput::Offer { sdp, sources } => {
+                if sources.len() > MAX_SOURCES {
+                    return Err(SfuError::InvalidSdp(format!(
+                        "an offer names the sources of at most {MAX_SOURCES} m-lines"
+                    )));
+                }
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.sources.extend(sources);
+                }
+                self.handle_offer(now, id, &sdp)?
+            }
+            SignalInput::Preferences(prefs) => self.set_preferences(id, &prefs),
             SignalInput::Answer(sdp) => self.handle_answer(now, id, &sdp)?,
             SignalInput::Candidate(c) => self.handle_candidate(id, &c)?,
         }
@@ -589,11 +646,9 @@ impl Sfu {
         p.tracks_out
             .retain(|t| !matches!(t.state, TrackOutState::NegotiatingStop(_)));
         self.renegotiate = true;
-        for (publisher, mid, kind) in opened {
-            if kind == MediaKind::Video {
-                // A new subscriber needs a keyframe to start decoding.
-                self.request_keyframe(now, publisher, mid, KeyframeRequestKind::Pli);
-            }
+        if opened.iter().any(|(_, _, kind)| *kind == MediaKind::Video) {
+            // The allocation picks each new video's layer and asks for its keyframe.
+            self.reallocate.push(id);
         }
         self.drain_and_settle(now, id);
         Ok(())
@@ -688,23 +743,18 @@ impl Sfu {
             .ok_or(SfuError::UnknownParticipant)?;
         let was = std::mem::replace(&mut p.recorded, recorded);
         if recorded && !was {
-            let video: Vec<Mid> = p
-                .tracks_in
-                .iter()
-                .filter(|t| t.kind == MediaKind::Video)
-                .map(|t| t.mid)
-                .collect();
-            for mid in video {
+            let mut video = Vec::new();
+            for t in p.tracks_in.iter_mut().filter(|t| t.kind == MediaKind::Video) {
+                // The recording starts on a keyframe of the layer it takes.
+                let layer = t.record.target.unwrap_or(0);
+                t.record.current = None;
                 // The first keyframe of a recording must not be lost to the throttle (a new
                 // subscription may just have asked): reset it for this request.
-                if let Some(track) = self
-                    .participants
-                    .get_mut(&participant)
-                    .and_then(|p| p.track_in_mut(mid))
-                {
-                    track.keyframe = Default::default();
-                }
-                self.request_keyframe(now, participant, mid, KeyframeRequestKind::Pli);
+                t.layers[layer].keyframe = Default::default();
+                video.push((t.mid, layer));
+            }
+            for (mid, layer) in video {
+                self.request_keyframe(now, participant, mid, layer, KeyframeRequestKind::Pli);
             }
             self.drain_and_settle(now, participant);
         }
@@ -722,11 +772,11 @@ impl Sfu {
         participant: ParticipantId,
         track: TrackId,
     ) {
-        let Some(mid) = self
+        let Some((mid, layer)) = self
             .participants
             .get(&participant)
             .and_then(|p| p.tracks_in.iter().find(|t| t.id == track))
-            .map(|t| t.mid)
+            .map(|t| (t.mid, t.record.target.unwrap_or(0)))
         else {
             return;
         };
@@ -734,6 +784,7 @@ impl Sfu {
             now,
             participant,
             mid,
+            layer,
             KeyframeRequestKind::Pli,
             RECORDER_KEYFRAME_RETRY,
         );
@@ -847,6 +898,12 @@ impl Sfu {
             self.next_sweep = Some(now + LIVENESS_SWEEP);
             self.sweep_liveness(now);
         }
+        if self.next_allocation.is_none_or(|t| now >= t) {
+            self.next_allocation = Some(now + ALLOCATION_TICK);
+            self.allocation_round(now);
+            self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
+            self.settle(now);
+        }
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -903,17 +960,21 @@ impl Sfu {
         if self.participants.is_empty() {
             return None;
         }
+        let periodic = match (self.next_sweep, self.next_allocation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             match self.participants.get(&id) {
                 Some(p) if p.next_timeout == at => {
-                    return Some(self.next_sweep.map_or(at, |sweep| at.min(sweep)));
+                    return Some(periodic.map_or(at, |t| at.min(t)));
                 }
                 _ => {
                     self.timers.pop();
                 }
             }
         }
-        self.next_sweep
+        periodic
     }
 
     /// Outputs waiting for [`Self::poll_output`] (a driver batching sends flushes at a size).
@@ -982,6 +1043,14 @@ impl Sfu {
         if std::mem::take(&mut self.renegotiate) {
             self.negotiate_all();
         }
+        if !self.reallocate.is_empty() {
+            let mut ids = std::mem::take(&mut self.reallocate);
+            ids.sort_unstable();
+            ids.dedup();
+            for id in ids {
+                self.allocate(now, id);
+            }
+        }
     }
 
     fn apply_deferred(&mut self, now: Instant, id: ParticipantId, deferred: Deferred) {
@@ -991,6 +1060,7 @@ impl Sfu {
             Deferred::TrackUnpublished(mid) => self.unpublish(id, mid),
             Deferred::KeyframeWanted(req) => self.relay_keyframe_request(now, id, req),
             Deferred::Remove(reason) => self.leave(now, id, reason),
+            Deferred::Reallocate => self.reallocate.push(id),
         }
     }
 
@@ -1063,22 +1133,37 @@ impl Sfu {
             );
             return;
         }
+        let source = p.sources.get(&mid.to_string()).copied().unwrap_or(
+            TrackSource::default_for(track_kind(kind)),
+        );
+        let rids = match p.rtc.media(mid).map(|m| m.rids_rx()) {
+            Some(Rids::Specific(rids)) if kind == MediaKind::Video => rids.clone(),
+            _ => Vec::new(),
+        };
         let track = TrackIn {
             id: track_id,
             mid,
             kind,
-            keyframe: Default::default(),
+            source,
+            // One layer is recorded: the best one sent (chosen at each allocation round).
+            record: LayerSwitch {
+                current: None,
+                target: Some(0),
+            },
+            layers: Default::default(),
             last_params: None,
+            rids,
         };
         let room = p.room;
+        debug!(participant = %id, track = %track_id, ?kind, layers = track.rids.len().max(1), "track published");
+        let out = new_track_out(&track, id);
         p.tracks_in.push(track);
         self.metrics.kind(kind == MediaKind::Video).published.inc();
         self.renegotiate = true;
-        debug!(participant = %id, track = %track_id, ?kind, "track published");
         let members = self.members_except(room, id);
         for m in members {
             if let Some(s) = self.participants.get_mut(&m) {
-                s.tracks_out.push(new_track_out(track_id, mid, kind, id));
+                s.tracks_out.push(out.clone());
             }
         }
     }
@@ -1108,20 +1193,39 @@ impl Sfu {
             .unwrap_or_default()
     }
 
-    /// Write one received RTP packet to every subscriber of its track.
+    /// Write one received RTP packet to every subscriber of its track, in the layer each
+    /// subscriber's allocation chose.
     fn forward(&mut self, now: Instant, id: ParticipantId, packet: RtpPacket) {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
         let ssrc = packet.header.ssrc;
-        let mid = match p.ssrc_mid.get(&ssrc) {
-            Some(mid) => *mid,
+        let (mid, layer) = match p.ssrc_layer.get(&ssrc) {
+            Some(known) => *known,
             None => {
-                let Some(mid) = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                let Some((mid, rid)) = p
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()))
+                else {
                     return;
                 };
-                p.ssrc_mid.insert(ssrc, mid);
-                mid
+                let Some(track) = p.tracks_in.iter().find(|t| t.mid == mid) else {
+                    return;
+                };
+                let layer = match rid {
+                    Some(rid) if track.simulcast() => {
+                        let declared: Vec<String> = track.rids.iter().map(|r| r.to_string()).collect();
+                        let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+                        layers::layer_of(&rid.to_string(), &declared)
+                    }
+                    // A simulcast stream whose rid str0m has not bound yet: wait for it.
+                    None if track.simulcast() => return,
+                    _ => 0,
+                };
+                p.ssrc_layer.insert(ssrc, (mid, layer));
+                (mid, layer)
             }
         };
         let pt = packet.header.payload_type;
@@ -1146,19 +1250,52 @@ impl Sfu {
         let track_id = track.id;
         let kind = track.kind;
         let video = kind == MediaKind::Video;
+        let spec = params.spec();
+        let clock_rate = spec.clock_rate.get();
+        let vp8 = if video && spec.codec == Codec::Vp8 {
+            Vp8Descriptor::parse(&packet.payload).ok()
+        } else {
+            None
+        };
+        let keyframe = video
+            && match spec.codec {
+                Codec::Vp8 => vp8
+                    .as_ref()
+                    .is_some_and(|d| d.starts_keyframe(&packet.payload)),
+                Codec::H264 => str0m::format::detect_h264_keyframe(&packet.payload),
+                Codec::Vp9 => str0m::format::detect_vp9_keyframe(&packet.payload),
+                _ => false,
+            };
+        let meter = &mut track.layers[layer];
+        let newly_active = video && !meter.active(now);
+        meter.on_packet(now, packet.payload.len());
+        if keyframe {
+            if let Some(d) = &vp8 {
+                let _ = d;
+                if let Some(h) = layers::vp8_descriptor_len(&packet.payload)
+                    .and_then(|offset| layers::vp8_keyframe_height(&packet.payload, offset))
+                {
+                    meter.height = Some(h);
+                }
+            }
+        }
+        // Switching needs keyframes only where there are layers to switch between; a single
+        // stream is forwarded from any packet (its subscriber asks for a keyframe itself).
+        let gated = track.simulcast();
+        let starts = keyframe || !gated;
         let room = p.room;
-        let recorded = p.recorded;
-        let kind_metrics = self.metrics.kind(video);
+        let record = p.recorded && track.record.decide(layer, starts) != Verdict::Drop;
+        let metrics = self.metrics.clone();
+        let kind_metrics = metrics.kind(video);
         kind_metrics.packets_in.inc();
         kind_metrics.bytes_in.inc_by(packet.payload.len() as u64);
-        if recorded {
-            let spec = params.spec();
+        if record {
             self.outputs.push_back(SfuOutput::Record(RecordedPacket {
                 participant: id,
                 track: track_id,
                 kind,
                 codec: spec.codec,
-                clock_rate: spec.clock_rate.get(),
+                clock_rate,
                 ssrc: *ssrc,
                 seq: *packet.seq_no,
                 rtp_time: packet.header.timestamp,
@@ -1168,6 +1305,13 @@ impl Sfu {
             }));
         }
 
+        if newly_active {
+            // A layer started (a new track, or one the publisher sends again): its
+            // subscribers' allocations take it into account before this packet is forwarded.
+            for sub in self.members_except(room, id) {
+                self.allocate(now, sub);
+            }
+        }
         let Some(members) = self.room_members.get(&room) else {
             return;
         };
@@ -1185,7 +1329,24 @@ impl Sfu {
             let TrackOutState::Open(out_mid) = t.state else {
                 continue;
             };
-            let Some(seq) = t.seq.rewrite(*ssrc, *packet.seq_no) else {
+            match t.switch.decide(layer, starts) {
+                Verdict::Drop => continue,
+                Verdict::Switched => {
+                    t.rewriter.restart();
+                    if gated {
+                        self.metrics.layer_switches.inc();
+                    }
+                }
+                Verdict::Forward => {}
+            }
+            let Some(out) = t.rewriter.rewrite(
+                now,
+                *ssrc,
+                *packet.seq_no,
+                packet.header.timestamp,
+                clock_rate,
+                vp8.as_ref(),
+            ) else {
                 self.metrics.drop_packet(DropReason::BeforeSubscribe);
                 continue;
             };
@@ -1220,18 +1381,20 @@ impl Sfu {
                 );
                 t.history = Some(s.retransmit_window);
             }
-            tx.write_rtp(
-                RtpWrite::new(
-                    pt_out,
-                    seq.into(),
-                    packet.header.timestamp,
-                    packet.timestamp,
-                    packet.payload.clone(),
-                )
-                .marker(packet.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(video),
-            );
+            let mut write = RtpWrite::new(
+                pt_out,
+                out.seq.into(),
+                out.rtp_time,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(packet.header.marker)
+            .ext_vals(ext.clone())
+            .nackable(video);
+            if let Some(patch) = out.vp8 {
+                write = write.vp8_patch(patch);
+            }
+            tx.write_rtp(write);
             kind_metrics.packets_out.inc();
             kind_metrics.bytes_out.inc_by(packet.payload.len() as u64);
             if !s.dirty {
@@ -1242,35 +1405,60 @@ impl Sfu {
         }
     }
 
-    /// A subscriber asked for a keyframe on one of its received tracks.
+    /// A subscriber asked for a keyframe on one of its received tracks. It reaches the
+    /// publisher (for the layer the subscriber receives) only when nothing else will bring
+    /// one: not while a switch already waits for a keyframe, not while the track is paused,
+    /// and at most once per [`participant::SUBSCRIPTION_PLI_INTERVAL`] per subscription.
     fn relay_keyframe_request(&mut self, now: Instant, id: ParticipantId, req: KeyframeRequest) {
-        let Some(p) = self.participants.get(&id) else {
+        let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
-        let Some(t) = p.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) else {
+        let Some(t) = p.tracks_out.iter_mut().find(|t| t.mid() == Some(req.mid)) else {
             return;
         };
+        let recent = t.last_pli.is_some_and(|at| {
+            now.saturating_duration_since(at) < participant::SUBSCRIPTION_PLI_INTERVAL
+        });
+        let layer = match t.switch.current {
+            Some(layer) if !t.switch.waiting() && !recent => layer,
+            _ => {
+                self.metrics.keyframe_requests_absorbed.inc();
+                return;
+            }
+        };
+        t.last_pli = Some(now);
         let (publisher, mid) = (t.publisher, t.source_mid);
-        self.request_keyframe(now, publisher, mid, req.kind);
+        self.request_keyframe(now, publisher, mid, layer, req.kind);
     }
 
-    /// Ask `publisher` for a keyframe on `mid`, at most once per throttle interval.
+    /// Ask `publisher` for a keyframe of `layer` on `mid`, at most once per throttle interval.
     fn request_keyframe(
         &mut self,
         now: Instant,
         publisher: ParticipantId,
         mid: Mid,
+        layer: usize,
         kind: KeyframeRequestKind,
     ) {
-        self.request_keyframe_within(now, publisher, mid, kind, self.config.keyframe_throttle);
+        self.request_keyframe_within(
+            now,
+            publisher,
+            mid,
+            layer,
+            kind,
+            self.config.keyframe_throttle,
+        );
     }
 
-    /// Ask `publisher` for a keyframe on `mid` unless a request went out within `interval`.
+    /// Ask `publisher` for a keyframe of `layer` on `mid` unless one went out within
+    /// `interval`. Only that layer's encoder is asked: a subscriber of the low layer does not
+    /// make the publisher send keyframes to everyone.
     fn request_keyframe_within(
         &mut self,
         now: Instant,
         publisher: ParticipantId,
         mid: Mid,
+        layer: usize,
         kind: KeyframeRequestKind,
         interval: Duration,
     ) {
@@ -1280,12 +1468,14 @@ impl Sfu {
         let Some(track) = p.track_in_mut(mid) else {
             return;
         };
-        if !track.keyframe.allow(now, interval) {
+        let layer = layer.min(MAX_LAYERS - 1);
+        if !track.layers[layer].keyframe.allow(now, interval) {
             self.metrics.keyframe_requests_throttled.inc();
             return;
         }
+        let rid = track.rids.get(layer).copied();
         let mut api = p.rtc.direct_api();
-        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+        let Some(rx) = api.stream_rx_by_mid(mid, rid) else {
             return;
         };
         rx.request_keyframe(kind);
@@ -1296,6 +1486,157 @@ impl Sfu {
         if !p.dirty {
             p.dirty = true;
             self.dirty.push(publisher);
+        }
+    }
+
+    /// A subscriber's layout changed.
+    fn set_preferences(&mut self, id: ParticipantId, prefs: &[TrackPreference]) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        for pref in prefs {
+            if let Some(t) = p
+                .tracks_out
+                .iter_mut()
+                .find(|t| t.track.to_string() == pref.track_id)
+            {
+                t.pref = Preference {
+                    visible: pref.visible,
+                    max_height: pref.max_height,
+                    pinned: pref.pinned,
+                };
+            }
+        }
+        self.reallocate.push(id);
+    }
+
+    /// The periodic round: measure every layer, pick the layer each recording takes, and
+    /// allocate for every subscriber.
+    fn allocation_round(&mut self, now: Instant) {
+        let mut record_keyframes = Vec::new();
+        for p in self.participants.values_mut() {
+            for t in &mut p.tracks_in {
+                for m in &mut t.layers {
+                    m.tick(now);
+                }
+                if t.simulcast() {
+                    let best = (0..MAX_LAYERS).rev().find(|l| t.layers[*l].active(now));
+                    if best.is_some() && best != t.record.target {
+                        t.record.set_target(best);
+                        if p.recorded {
+                            record_keyframes.push((p.id, t.mid, best.unwrap_or(0)));
+                        }
+                    }
+                }
+            }
+        }
+        for (publisher, mid, layer) in record_keyframes {
+            self.request_keyframe(now, publisher, mid, layer, KeyframeRequestKind::Pli);
+        }
+        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        for id in ids {
+            self.allocate(now, id);
+        }
+        let (paused, allocated) = self.participants.values().fold((0, 0), |(n, b), p| {
+            (n + p.allocator.paused(), b + p.allocated_video)
+        });
+        self.metrics.paused_tracks.set(paused as i64);
+        self.metrics.allocated_video_bps.set(allocated as i64);
+    }
+
+    /// Allocate subscriber `id`'s estimate over the videos it receives (see [`allocation`]),
+    /// then carry the outcome out: targets, keyframe requests for pending switches,
+    /// pause/resume notices, and the bitrates its bandwidth estimator aims for.
+    fn allocate(&mut self, now: Instant, id: ParticipantId) {
+        let Some(s) = self.participants.get(&id) else {
+            return;
+        };
+        let mut videos = Vec::new();
+        let mut audio = 0;
+        for t in &s.tracks_out {
+            if !matches!(t.state, TrackOutState::Open(_)) {
+                continue;
+            }
+            let Some(tin) = self
+                .participants
+                .get(&t.publisher)
+                .and_then(|p| p.tracks_in.iter().find(|x| x.id == t.track))
+            else {
+                continue;
+            };
+            if t.kind == MediaKind::Audio {
+                audio += tin.layers[0].bitrate();
+                continue;
+            }
+            videos.push(video_track(now, t, tin));
+        }
+        let Some(s) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if s.estimate.is_some() {
+            self.metrics
+                .subscriber_estimate
+                .observe(s.estimate.unwrap_or(0) as f64);
+        }
+        let estimate = s.estimate.unwrap_or(NO_ESTIMATE);
+        let outcome = s.allocator.allocate(now, estimate, audio, &videos);
+        s.allocated_video = outcome.allocated;
+        let mut signals = Vec::new();
+        for c in &outcome.changes {
+            let Some(t) = s.tracks_out.iter_mut().find(|t| t.track == c.track) else {
+                continue;
+            };
+            t.switch.set_target(c.to.layer());
+            let direction = match (c.from, c.to) {
+                (Target::Paused, Target::Layer(_)) => Some("resume"),
+                (_, Target::Paused) => Some("pause"),
+                (Target::Layer(a), Target::Layer(b)) if b > a => Some("up"),
+                (Target::Layer(a), Target::Layer(b)) if b < a => Some("down"),
+                _ => None,
+            };
+            if let Some(d) = direction {
+                self.metrics.layer_changes.with_label_values(&[d]).inc();
+            }
+            if c.to == Target::Paused {
+                signals.push(ServerMessage::TrackPaused {
+                    participant_id: t.publisher.to_string(),
+                    track_id: t.track.to_string(),
+                    reason: "bandwidth".into(),
+                });
+            } else if c.from == Target::Paused {
+                signals.push(ServerMessage::TrackResumed {
+                    participant_id: t.publisher.to_string(),
+                    track_id: t.track.to_string(),
+                });
+            }
+        }
+        // Every switch still waiting asks for its keyframe (throttled per layer, so a lost
+        // request is repeated at the next round).
+        let wanted: Vec<(ParticipantId, Mid, usize)> = s
+            .tracks_out
+            .iter()
+            .filter(|t| t.switch.waiting())
+            .filter_map(|t| t.switch.target.map(|l| (t.publisher, t.source_mid, l)))
+            .collect();
+        let targets = (
+            outcome.allocated + audio,
+            outcome.desired.max(outcome.allocated + audio),
+        );
+        if targets != s.bwe_targets && s.estimate.is_some() {
+            s.bwe_targets = targets;
+            s.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(targets.0), Bitrate::bps(targets.1));
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+        for m in signals {
+            self.signal(id, m);
+        }
+        for (publisher, mid, layer) in wanted {
+            self.request_keyframe(now, publisher, mid, layer, KeyframeRequestKind::Pli);
         }
     }
 
@@ -1334,6 +1675,7 @@ impl Sfu {
                         track_id: t.track.to_string(),
                         mid: mid.to_string(),
                         kind: track_kind(t.kind),
+                        source: t.source,
                     });
                 }
                 TrackOutState::ToStop(mid) => {
@@ -1355,10 +1697,12 @@ impl Sfu {
         for m in added {
             self.signal(id, m);
         }
+        // Forwarded m-lines keep transport-wide congestion control: the subscriber's feedback
+        // drives the send-side bandwidth estimate the allocation runs on.
         self.signal(
             id,
             ServerMessage::Offer {
-                sdp: sdp_filter::without_send_only_twcc(&offer.to_sdp_string()),
+                sdp: offer.to_sdp_string(),
             },
         );
     }
@@ -1389,23 +1733,90 @@ fn needs_negotiation(p: &Participant) -> bool {
         .any(|t| matches!(t.state, TrackOutState::ToOpen | TrackOutState::ToStop(_)))
 }
 
-fn new_track_out(
-    track: TrackId,
-    source_mid: Mid,
-    kind: MediaKind,
-    publisher: ParticipantId,
-) -> TrackOut {
+fn new_track_out(track: &TrackIn, publisher: ParticipantId) -> TrackOut {
+    // Audio flows from its first packet; a video waits for its allocation.
+    let switch = match track.kind {
+        MediaKind::Audio => LayerSwitch {
+            current: Some(0),
+            target: Some(0),
+        },
+        MediaKind::Video => LayerSwitch::default(),
+    };
     TrackOut {
-        track,
+        track: track.id,
         publisher,
-        source_mid,
-        kind,
+        source_mid: track.mid,
+        kind: track.kind,
+        source: track.source,
         state: TrackOutState::ToOpen,
         stop_when_open: false,
-        seq: Default::default(),
+        rewriter: Default::default(),
+        switch,
+        last_pli: None,
+        pref: Preference::default(),
         pt_map: None,
         history: None,
     }
+}
+
+/// One received video as the allocator sees it: the layers its publisher sends now (with
+/// their measured bitrates), its priority and the subscriber's size limit.
+fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn) -> VideoTrack {
+    let mut layers = [None; MAX_LAYERS];
+    let count = tin.rids.len().clamp(1, MAX_LAYERS);
+    for (i, m) in tin.layers.iter().take(count).enumerate() {
+        if m.active(now) {
+            let measured = m.bitrate();
+            layers[i] = Some(if measured > 0 {
+                measured
+            } else if tin.simulcast() {
+                DEFAULT_LAYER_BITRATES[i]
+            } else {
+                DEFAULT_LAYER_BITRATES[0]
+            });
+        }
+    }
+    let priority = if t.pref.pinned {
+        Priority::Pinned
+    } else if tin.source == TrackSource::Screen {
+        Priority::Screen
+    } else {
+        Priority::Normal
+    };
+    VideoTrack {
+        track: t.track,
+        priority,
+        layers,
+        max_layer: t
+            .pref
+            .visible
+            .then(|| max_layer_for(&tin.layers[..count], t.pref.max_height)),
+    }
+}
+
+/// The lowest layer at least `max_height` tall (the top one without a limit). Heights come
+/// from the layers' keyframes; where none is known yet, the usual quarter/half/full ladder of
+/// a 720p camera is assumed.
+fn max_layer_for(layers: &[LayerMeter], max_height: Option<u32>) -> usize {
+    let top = layers.len().saturating_sub(1);
+    let Some(wanted) = max_height else {
+        return top;
+    };
+    if let Some(i) = layers
+        .iter()
+        .position(|m| m.height.is_some_and(|h| h >= wanted))
+    {
+        return i;
+    }
+    if layers.iter().any(|m| m.height.is_some()) {
+        return top;
+    }
+    let assumed = [180, 360, 720];
+    assumed
+        .iter()
+        .take(layers.len())
+        .position(|h| *h >= wanted)
+        .unwrap_or(top)
 }
 
 fn track_kind(kind: MediaKind) -> TrackKind {
@@ -1473,6 +1884,12 @@ fn on_event(
             }
         }
         Event::RtpPacket(packet) => Some(Deferred::Forward(packet)),
+        Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            let estimate = estimate.as_u64();
+            p.estimate = Some(estimate);
+            // A drop below what is being sent is acted on now; rises wait for the round.
+            (estimate < p.bwe_targets.0).then_some(Deferred::Reallocate)
+        }
         Event::KeyframeRequest(req) => {
             metrics
                 .keyframe_requests_received

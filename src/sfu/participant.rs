@@ -4,7 +4,9 @@
 //! moves packets and track announcements between participants.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use huizhen_signaling::protocol::TrackSource;
 
 use str0m::change::SdpPendingOffer;
 use str0m::format::PayloadParams;
@@ -12,8 +14,9 @@ use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::Ssrc;
 use str0m::Rtc;
 
-use super::forwarder::SeqRewriter;
-use super::keyframe::KeyframeThrottle;
+use super::allocation::{Allocator, MAX_LAYERS};
+use super::layers::LayerMeter;
+use super::switcher::{LayerSwitch, Rewriter};
 use super::{ParticipantId, RoomKey, TrackId};
 
 /// A track this participant publishes (the server receives it).
@@ -25,10 +28,23 @@ pub struct TrackIn {
     pub mid: Mid,
     /// Audio or video.
     pub kind: MediaKind,
-    /// Throttles keyframe requests towards this track.
-    pub keyframe: KeyframeThrottle,
+    /// What it carries (decides its priority).
+    pub source: TrackSource,
+    /// Simulcast rids the publisher declared, lowest layer first (empty: one layer).
+    pub rids: Vec<str0m::media::Rid>,
+    /// Per layer: bitrate, liveness, picture height, keyframe throttle.
+    pub layers: [LayerMeter; MAX_LAYERS],
+    /// The layer handed to the recorder (the best one sent, switched on keyframes).
+    pub record: LayerSwitch,
     /// Payload params of the last seen incoming PT, so the lookup is done once per PT.
     pub last_params: Option<(Pt, PayloadParams)>,
+}
+
+impl TrackIn {
+    /// Several layers are declared: switching between them needs keyframes.
+    pub fn simulcast(&self) -> bool {
+        self.rids.len() > 1
+    }
 }
 
 /// Negotiation state of a forwarded track.
@@ -47,7 +63,7 @@ pub enum TrackOutState {
 }
 
 /// A track this participant receives from another participant.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TrackOut {
     /// The published track's id.
     pub track: TrackId,
@@ -57,12 +73,20 @@ pub struct TrackOut {
     pub source_mid: Mid,
     /// Audio or video.
     pub kind: MediaKind,
+    /// What it carries.
+    pub source: TrackSource,
     /// Negotiation state.
     pub state: TrackOutState,
     /// The publisher left while the track was being offered: stop it once the answer comes.
     pub stop_when_open: bool,
-    /// Sequence number rebasing.
-    pub seq: SeqRewriter,
+    /// Numbering that continues across layer switches and pauses.
+    pub rewriter: Rewriter,
+    /// Which layer is forwarded and which one is wanted.
+    pub switch: LayerSwitch,
+    /// When this subscription last had a keyframe request relayed to the publisher.
+    pub last_pli: Option<Instant>,
+    /// The subscriber's wishes for this track.
+    pub pref: Preference,
     /// Incoming PT to outgoing PT, cached.
     pub pt_map: Option<(Pt, Pt)>,
     /// The retransmission window the outgoing stream keeps (`None`: str0m's default, not set
@@ -79,6 +103,27 @@ impl TrackOut {
             | TrackOutState::Open(m)
             | TrackOutState::ToStop(m)
             | TrackOutState::NegotiatingStop(m) => Some(m),
+        }
+    }
+}
+
+/// A subscriber's wishes for one received track (see `track_preferences`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preference {
+    /// Shown at all.
+    pub visible: bool,
+    /// Largest useful picture height.
+    pub max_height: Option<u32>,
+    /// Shown large or pinned.
+    pub pinned: bool,
+}
+
+impl Default for Preference {
+    fn default() -> Preference {
+        Preference {
+            visible: true,
+            max_height: None,
+            pinned: false,
         }
     }
 }
@@ -151,8 +196,19 @@ pub struct Participant {
     pub tracks_in: Vec<TrackIn>,
     /// Received tracks.
     pub tracks_out: Vec<TrackOut>,
-    /// SSRC to mid of incoming streams, cached from str0m.
-    pub ssrc_mid: HashMap<Ssrc, Mid>,
+    /// SSRC to (mid, layer) of incoming streams, resolved from str0m once per SSRC.
+    pub ssrc_layer: HashMap<Ssrc, (Mid, usize)>,
+    /// What the client said its sending m-lines carry, by mid.
+    pub sources: HashMap<String, TrackSource>,
+    /// Send-side bandwidth estimate of its downlink (bit/s); `None` until the first one (or
+    /// for a client without transport-wide congestion control: no limit is applied).
+    pub estimate: Option<u64>,
+    /// Which layer of each received video it gets.
+    pub allocator: Allocator,
+    /// The (minimum, desired) bitrates last given to its bandwidth estimator.
+    pub bwe_targets: (u64, u64),
+    /// Bit/s of video allocated to it at the last round.
+    pub allocated_video: u64,
     /// Our outstanding offer.
     pub pending: Option<SdpPendingOffer>,
     /// The client's first offer has been answered; server offers may follow.
@@ -179,6 +235,11 @@ pub struct Participant {
     /// Its media goes to the recorder (it consented to a recording in progress).
     pub recorded: bool,
 }
+
+/// Shortest interval between two keyframe requests of one subscription that reach the
+/// publisher. A subscriber on a lossy link asks again and again; one keyframe per second is
+/// all its decoder can use, and the publisher's other subscribers pay for each one.
+pub const SUBSCRIPTION_PLI_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Participant {
     /// The published track on `mid`.

@@ -217,7 +217,7 @@ impl SimNet {
         });
         self.route_outputs();
         self.sfu
-            .handle_signal(self.now, id, SignalInput::Offer(offer.to_sdp_string()))
+            .handle_signal(self.now, id, SignalInput::Offer { sdp: offer.to_sdp_string(), sources: Default::default() })
             .expect("offer accepted");
         self.route_outputs();
         self.run_for(Duration::from_millis(300));

@@ -88,11 +88,14 @@ fn late_joiner_gets_a_keyframe_request_sent_and_throttled() {
     let mut net = SimNet::new(2);
     let a = net.add_client("room", AV);
     net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a], 5);
     let before = net.clients[a].keyframe_requests;
-    // Three subscribers arrive together: one keyframe request reaches the publisher, not three.
+    // Three subscribers arrive together while the publisher sends: one keyframe request
+    // reaches the publisher, not three.
     let b = net.add_client("room", &[]);
     let _c = net.add_client("room", &[]);
     let _d = net.add_client("room", &[]);
+    net.send_rtp(a, MediaKind::Video, &payload(a, 99, 900), true);
     net.run_for(Duration::from_millis(100));
     let after = net.clients[a].keyframe_requests;
     assert!(
@@ -168,7 +171,7 @@ fn retransmit_window_follows_the_measured_round_trip() {
 }
 
 #[test]
-fn server_offers_keep_twcc_only_on_what_the_subscriber_sends() {
+fn server_offers_carry_twcc_on_every_m_line_for_bandwidth_estimation() {
     let mut net = SimNet::new(9);
     let a = net.add_client("room", AV);
     let b = net.add_client("room", AV);
@@ -187,7 +190,7 @@ fn server_offers_keep_twcc_only_on_what_the_subscriber_sends() {
     let sending: Vec<&&str> = sections.iter().filter(|s| s.contains("a=sendonly")).collect();
     let receiving: Vec<&&str> = sections.iter().filter(|s| s.contains("a=recvonly")).collect();
     assert_eq!((sending.len(), receiving.len()), (2, 2), "{offer}");
-    assert!(sending.iter().all(|s| !twcc(s)), "forwarded tracks carry no TWCC: {offer}");
+    assert!(sending.iter().all(|s| twcc(s)), "forwarded tracks carry TWCC: {offer}");
     assert!(receiving.iter().all(|s| twcc(s)), "b's own tracks keep TWCC: {offer}");
     // Media still flows both ways after the answer.
     send_media(&mut net, &[a, b], 20);
@@ -306,7 +309,7 @@ fn bad_sdp_and_candidates_get_typed_errors() {
     let now = net.now;
     let err = net
         .sfu
-        .handle_signal(now, id, SignalInput::Offer("v=0\r\nnonsense".into()))
+        .handle_signal(now, id, SignalInput::Offer { sdp: "v=0\r\nnonsense".into(), sources: Default::default() })
         .unwrap_err();
     assert!(matches!(err, SfuError::InvalidSdp(_)), "{err:?}");
     let err = net

@@ -160,6 +160,7 @@ pub async fn join(ws: &mut Ws, room: &str, display_name: &str) -> Joined {
             participant_id,
             room: joined_room,
             participants,
+            ..
         } => {
             assert_eq!(v, PROTOCOL_VERSION, "server protocol version");
             assert_eq!(joined_room, room, "joined names the room we asked for");

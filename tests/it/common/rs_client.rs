@@ -472,7 +472,7 @@ impl RsPeer {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         // Queued before any candidate, so the server sees the offer first.
         out_tx
-            .send(ClientMessage::Offer { sdp: offer_sdp })
+            .send(ClientMessage::Offer { sdp: offer_sdp, sources: Default::default() })
             .map_err(|_| anyhow!("signaling task gone"))?;
         let signaling = tokio::spawn(signaling_task(
             name.to_owned(),
@@ -998,7 +998,7 @@ async fn signaling_task(
                     let _ = ws.close(None).await;
                     return;
                 };
-                if let ClientMessage::Answer { sdp } | ClientMessage::Offer { sdp } = &msg {
+                if let ClientMessage::Answer { sdp } | ClientMessage::Offer { sdp, .. } = &msg {
                     shared.lock().unwrap().last_local_sdp = sdp.clone();
                 }
                 if let Err(e) = send_msg_checked(&mut ws, &msg).await {
@@ -1068,7 +1068,7 @@ async fn signaling_task(
                             Err(e) => fail(format!("answering a server offer: {e:#}")),
                         }
                     }
-                    ServerMessage::TrackAdded { participant_id, track_id, mid, kind } => {
+                    ServerMessage::TrackAdded { participant_id, track_id, mid, kind, .. } => {
                         let track = RemoteTrack { participant_id, track_id, mid: mid.clone(), kind };
                         if let Some(old) = shared.lock().unwrap().tracks.insert(mid, track.clone()) {
                             fail(format!("track_added {track:?} reuses the mid of live track {old:?}"));
