@@ -8,7 +8,11 @@
 //! 1. **Audio is never allocated**: its bitrate comes off the top of the estimate and audio
 //!    is always forwarded. A weak link loses video first.
 //! 2. **Floor**: every visible video gets its lowest layer, in priority order, while it fits.
-//!    A video whose lowest layer does not fit is *paused* and the subscriber is told.
+//!    A video whose lowest layer does not fit is *paused* and the subscriber is told. A video
+//!    sent in one layer only (a screen share, a publisher without simulcast) is never paused:
+//!    it has no cheaper layer, and the estimate it would be paused on may be wrong (a
+//!    congested client reports delay that looks like a narrow link); it is charged to the
+//!    budget so the other videos give way first.
 //! 3. **Upgrades** by priority: the tile shown large or pinned, then screen shares, then the
 //!    active speaker, then the rest. Each video climbs as far as its layers, the subscriber's
 //!    size limit and the budget allow before the next one gets anything.
@@ -42,10 +46,7 @@ pub const UPGRADE_STEP: Duration = Duration::from_secs(1);
 pub const MIN_PAUSE: Duration = Duration::from_secs(3);
 /// A paused video resumes only when its lowest layer fits this many times over.
 pub const RESUME_MARGIN: f64 = 1.25;
-/// A video sent in one layer only (no simulcast: a screen share, a non-browser publisher) is
-/// paused only when it has not fitted for this long: it has no cheaper layer, and sending it
-/// is what lets the estimator discover a link that can carry it.
-pub const PAUSE_CONFIRM: Duration = Duration::from_secs(2);
+
 
 /// Why a video is upgraded before others. Higher first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -145,8 +146,6 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy)]
 struct State {
     target: Target,
-    /// Since when a single-layer video has not fitted (see [`PAUSE_CONFIRM`]).
-    over_since: Option<Instant>,
     paused_at: Option<Instant>,
     last_down: Option<Instant>,
     last_up: Option<Instant>,
@@ -156,7 +155,6 @@ impl State {
     fn hidden() -> State {
         State {
             target: Target::Hidden,
-            over_since: None,
             paused_at: None,
             last_down: None,
             last_up: None,
@@ -238,20 +236,10 @@ impl Allocator {
             let single = v.layers.iter().flatten().count() == 1;
             if need <= left {
                 left -= bitrate;
-                if let Some(s) = self.tracks.get_mut(&v.track) {
-                    s.over_since = None;
-                }
                 new.insert(v.track, Target::Layer(low));
-            } else if single && was != Target::Paused && {
-                let since = *self
-                    .tracks
-                    .entry(v.track)
-                    .or_insert_with(State::hidden)
-                    .over_since
-                    .get_or_insert(now);
-                now.saturating_duration_since(since) < PAUSE_CONFIRM
-            } {
-                // Not confirmed yet: keep sending it (it takes what is left).
+            } else if single {
+                // No cheaper layer to fall back to: it is sent (charged, so other videos
+                // give way first) rather than paused on an estimate that may be wrong.
                 left = left.saturating_sub(bitrate);
                 new.insert(v.track, Target::Layer(low));
             } else {
@@ -521,32 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn a_single_layer_video_is_paused_only_when_it_keeps_not_fitting() {
-        let mut a = Allocator::default();
-        let t0 = Instant::now();
-        let mut v = cam(1);
-        v.layers = [Some(700_000), None, None];
-        let videos = [v];
-        // Over the estimate, but not yet for PAUSE_CONFIRM: sent (the estimate may grow).
-        a.allocate(t0, 500_000, AUDIO, &videos);
-        assert_eq!(a.target(TrackId(1)), Target::Layer(0));
-        a.allocate(t0 + Duration::from_secs(1), 500_000, AUDIO, &videos);
-        assert_eq!(a.target(TrackId(1)), Target::Layer(0));
-        // It fitted once: the clock starts again.
-        a.allocate(t0 + Duration::from_millis(1500), 900_000, AUDIO, &videos);
-        a.allocate(t0 + Duration::from_secs(3), 500_000, AUDIO, &videos);
-        assert_eq!(a.target(TrackId(1)), Target::Layer(0));
-        let out = a.allocate(t0 + Duration::from_secs(5), 500_000, AUDIO, &videos);
-        assert_eq!(a.target(TrackId(1)), Target::Paused);
-        assert_eq!(out.allocated, 0);
-        // A simulcast video's lowest layer that does not fit is paused at once.
-        let mut b = Allocator::default();
-        b.allocate(t0, 100_000, AUDIO, &[cam(2)]);
-        assert_eq!(b.target(TrackId(2)), Target::Paused);
-    }
-
-    #[test]
-    fn a_single_layer_track_is_either_sent_or_paused() {
+    fn a_single_layer_video_is_never_paused_and_the_others_give_way() {
         let mut a = Allocator::default();
         let mut now = Instant::now();
         let mut screen = cam(1);
@@ -556,8 +519,8 @@ mod tests {
         settle(&mut a, &mut now, 6, 1_400_000, &videos);
         // Screen first: 1M, then the camera's Q (150k); 1.32M budget leaves no room for H.
         assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Layer(0)]);
-        // The screen no longer fits: paused, and the camera may use what it left.
-        settle(&mut a, &mut now, 6, 1_000_000, &videos);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Paused, Target::Layer(1)]);
+        // Too narrow for the screen: still sent, and the camera is paused.
+        settle(&mut a, &mut now, 6, 600_000, &videos);
+        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Paused]);
     }
 }

@@ -97,6 +97,9 @@ const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(500);
 /// congestion control): every layer fits, as before adaptation existed.
 const NO_ESTIMATE: u64 = 1_000_000_000;
 
+/// How often a subscriber with a paused video or a pending upgrade has its link probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Most `sources` entries an offer may carry (more m-lines than any client publishes).
 const MAX_SOURCES: usize = 32;
 /// Core settings, resolved from the config and the bound sockets.
@@ -475,6 +478,7 @@ impl Sfu {
             estimate: None,
             allocator: Default::default(),
             bwe_targets: (0, 0),
+            next_probe: None,
             allocated_video: 0,
             pending: None,
             negotiated_once: false,
@@ -1583,6 +1587,7 @@ impl Sfu {
         s.allocated_video = outcome.allocated;
         let mut signals = Vec::new();
         for c in &outcome.changes {
+            debug!(participant = %id, track = %c.track, from = ?c.from, to = ?c.to, estimate, audio, "allocation changed");
             let Some(t) = s.tracks_out.iter_mut().find(|t| t.track == c.track) else {
                 continue;
             };
@@ -1622,6 +1627,19 @@ impl Sfu {
             outcome.allocated + audio,
             outcome.desired.max(outcome.allocated + audio),
         );
+        let probe = outcome.next_step.is_some()
+            && s.estimate.is_some_and(|e| e < targets.1)
+            && s.next_probe.is_none_or(|t| now >= t);
+        if probe {
+            // str0m probes when the desired rate rises above the estimate, once: a paused
+            // video or a pending upgrade would otherwise wait for the estimate to grow on
+            // its own, which a link carrying little media never makes it do.
+            s.next_probe = Some(now + PROBE_INTERVAL);
+            s.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(targets.0), Bitrate::bps(targets.0));
+            s.bwe_targets = (0, 0);
+        }
         if targets != s.bwe_targets && s.estimate.is_some() {
             s.bwe_targets = targets;
             s.rtc
@@ -1887,6 +1905,7 @@ fn on_event(
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             let estimate = estimate.as_u64();
             p.estimate = Some(estimate);
+            debug!(participant = %p.id, estimate, "bandwidth estimate");
             // A drop below what is being sent is acted on now; rises wait for the round.
             (estimate < p.bwe_targets.0).then_some(Deferred::Reallocate)
         }
@@ -1924,3 +1943,6 @@ pub mod sim;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod adaptive_tests;

@@ -207,6 +207,8 @@ pub struct Participant {
     pub allocator: Allocator,
     /// The (minimum, desired) bitrates last given to its bandwidth estimator.
     pub bwe_targets: (u64, u64),
+    /// When its link may be probed again (see `PROBE_INTERVAL`).
+    pub next_probe: Option<Instant>,
     /// Bit/s of video allocated to it at the last round.
     pub allocated_video: u64,
     /// Our outstanding offer.

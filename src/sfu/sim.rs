@@ -6,14 +6,14 @@
 //! so every run of a test sees the same packets dropped. Used by the core's unit tests and the
 //! forwarding benchmark; not part of the server.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use huizhen_signaling::protocol::{ServerMessage, TrackKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -51,6 +51,70 @@ pub struct Received {
     pub payload: Vec<u8>,
     /// RTP sequence number (low 16 bits).
     pub seq: u16,
+    /// RTP timestamp.
+    pub rtp_time: u32,
+    /// Marker bit (last packet of a video frame).
+    pub marker: bool,
+    /// Virtual time of arrival.
+    pub at: Instant,
+}
+
+/// A client's downlink: a bottleneck with a rate, a drop-tail queue, a delay and random loss
+/// (what tc `tbf` and netem do to a real link).
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Bit/s.
+    pub rate: u64,
+    /// Longest a packet may wait in the queue; beyond it, packets are dropped.
+    pub queue: Duration,
+    /// Extra one-way delay.
+    pub delay: Duration,
+    /// Probability that a media packet is lost on the link.
+    pub loss: f64,
+    /// When the link finishes sending what is queued.
+    free_at: Option<Instant>,
+    /// Packets dropped by the full queue.
+    pub queue_drops: usize,
+    /// Packets dropped by random loss.
+    pub random_drops: usize,
+}
+
+impl Link {
+    /// A link of `rate` bit/s with a 200 ms queue and no delay or loss.
+    pub fn rate(rate: u64) -> Link {
+        Link {
+            rate,
+            queue: Duration::from_millis(200),
+            delay: Duration::ZERO,
+            loss: 0.0,
+            free_at: None,
+            queue_drops: 0,
+            random_drops: 0,
+        }
+    }
+}
+
+/// Layers of a simulated simulcast camera: rid, bytes per frame at 20 fps, frame height.
+pub const SIM_LAYERS: [(&str, usize, u16); 3] =
+    [("q", 750, 120), ("h", 2_500, 240), ("f", 8_000, 480)];
+
+/// A simulated simulcast encoder: VP8-shaped frames per layer with real payload descriptors
+/// (15-bit picture ids, TL0PICIDX), keyframes with frame headers carrying their size, and the
+/// layer index and frame number in the payload so receivers can tell what they got.
+#[derive(Debug, Clone, Default)]
+pub struct SimEncoder {
+    /// Frames encoded so far.
+    pub frame: u32,
+    /// Next picture id per layer (each layer has its own numbering, as in Chrome).
+    picture_id: [u16; 3],
+    /// Keyframe wanted per layer.
+    keyframe_due: [bool; 3],
+    /// Next sequence number per layer.
+    seq: [u64; 3],
+    /// Layers sent (indexes into [`SIM_LAYERS`]).
+    pub active: [bool; 3],
+    /// Keyframes sent per layer.
+    pub keyframes: [usize; 3],
 }
 
 /// A simulated client.
@@ -78,10 +142,15 @@ pub struct SimClient {
     /// Drop everything this client sends (simulates a dead peer).
     pub mute_network: bool,
     next_timeout: Instant,
+    /// Its simulcast camera, if it publishes one.
+    pub encoder: Option<SimEncoder>,
+    /// Keyframe requests received per rid (`None`: no rid).
+    pub keyframe_requests_by_rid: HashMap<Option<String>, usize>,
+    /// Its downlink, if limited.
+    pub downlink: Option<Link>,
 }
 
 struct InFlight {
-    at: Instant,
     source: SocketAddr,
     destination: SocketAddr,
     bytes: Vec<u8>,
@@ -100,7 +169,8 @@ pub struct SimNet {
     pub media_loss: f64,
     /// One-way delay.
     pub latency: Duration,
-    wire: VecDeque<InFlight>,
+    wire: BTreeMap<(Instant, u64), InFlight>,
+    wire_seq: u64,
     /// Datagrams dropped by the simulated loss.
     pub lost: usize,
     /// Packets the core handed to the recorder.
@@ -137,7 +207,8 @@ impl SimNet {
             rng: Rng::new(seed),
             media_loss: 0.0,
             latency: Duration::from_millis(5),
-            wire: VecDeque::new(),
+            wire: BTreeMap::new(),
+            wire_seq: 0,
             lost: 0,
             recorded: Vec::new(),
         }
@@ -214,6 +285,9 @@ impl SimNet {
             removed: None,
             mute_network: false,
             next_timeout: self.now,
+            encoder: None,
+            keyframe_requests_by_rid: HashMap::new(),
+            downlink: None,
         });
         self.route_outputs();
         self.sfu
@@ -222,6 +296,164 @@ impl SimNet {
         self.route_outputs();
         self.run_for(Duration::from_millis(300));
         index
+    }
+
+    /// Join `room` with a microphone and a simulcast camera (the layers of [`SIM_LAYERS`]),
+    /// and run until negotiated. Returns the index.
+    pub fn add_simulcast_client(&mut self, room: &str) -> usize {
+        let index = self.clients.len();
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
+        let id = self
+            .sfu
+            .join(self.now, room, &format!("client-{index}"), true)
+            .expect("join accepted");
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        let mut change = rtc.sdp_api();
+        let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let mut simulcast = Simulcast::new();
+        for (rid, _, _) in SIM_LAYERS {
+            simulcast.add_send_layer(SimulcastLayer::new(rid));
+        }
+        let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(simulcast));
+        let (offer, pending) = change.apply().expect("client offer");
+        self.clients.push(SimClient {
+            id,
+            rtc,
+            addr,
+            signals: Vec::new(),
+            received: Vec::new(),
+            keyframe_requests: 0,
+            publish_mids: vec![(MediaKind::Audio, audio), (MediaKind::Video, video)],
+            pending: Some(pending),
+            next_seq: HashMap::new(),
+            removed: None,
+            mute_network: false,
+            next_timeout: self.now,
+            encoder: Some(SimEncoder {
+                active: [true; 3],
+                keyframe_due: [true; 3],
+                seq: [1; 3],
+                ..SimEncoder::default()
+            }),
+            keyframe_requests_by_rid: HashMap::new(),
+            downlink: None,
+        });
+        self.route_outputs();
+        self.sfu
+            .handle_signal(
+                self.now,
+                id,
+                SignalInput::Offer {
+                    sdp: offer.to_sdp_string(),
+                    sources: Default::default(),
+                },
+            )
+            .expect("offer accepted");
+        self.route_outputs();
+        self.run_for(Duration::from_millis(300));
+        index
+    }
+
+    /// Have every client with a simulcast camera send one frame on each active layer (and
+    /// every keyframe that was asked for). Frames are 50 ms apart (20 fps).
+    pub fn send_frames(&mut self) {
+        let now = self.now;
+        for i in 0..self.clients.len() {
+            let pt = self.pt(i, MediaKind::Video);
+            let c = &mut self.clients[i];
+            let Some(enc) = c.encoder.as_mut() else {
+                continue;
+            };
+            if c.removed.is_some() {
+                continue;
+            }
+            let Some((_, mid)) = c.publish_mids.iter().find(|(k, _)| *k == MediaKind::Video).copied()
+            else {
+                continue;
+            };
+            let frame = enc.frame;
+            enc.frame += 1;
+            let rtp_time = frame.wrapping_mul(4_500);
+            let mut packets = Vec::new();
+            for (l, (rid, size, height)) in SIM_LAYERS.iter().enumerate() {
+                if !enc.active[l] {
+                    continue;
+                }
+                let key = std::mem::take(&mut enc.keyframe_due[l]) || frame % 200 == 0;
+                let size = if key { size * 3 } else { *size };
+                if key {
+                    enc.keyframes[l] += 1;
+                }
+                let pid = enc.picture_id[l];
+                enc.picture_id[l] = (pid + 1) & 0x7fff;
+                // The frame: a VP8 frame tag (keyframe: bit 0 clear, then the start code and
+                // 14-bit width and height), the layer and frame number, then filler.
+                let mut body = if key {
+                    let w = height * 4 / 3;
+                    vec![0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, w as u8, (w >> 8) as u8, *height as u8, (*height >> 8) as u8]
+                } else {
+                    vec![0x51, 0x2a, 0x00]
+                };
+                body.push(l as u8);
+                body.extend_from_slice(&frame.to_be_bytes());
+                body.resize(size, 0xab);
+                let chunks: Vec<&[u8]> = body.chunks(1_000).collect();
+                let n = chunks.len();
+                for (k, chunk) in chunks.into_iter().enumerate() {
+                    let mut payload = vec![
+                        0x80 | if k == 0 { 0x10 } else { 0 },
+                        0xe0,
+                        0x80 | (pid >> 8) as u8,
+                        pid as u8,
+                        frame as u8,
+                        0x20,
+                    ];
+                    payload.extend_from_slice(chunk);
+                    let seq = enc.seq[l];
+                    enc.seq[l] += 1;
+                    packets.push((Rid::from(*rid), seq, payload, k + 1 == n));
+                }
+            }
+            let mut api = c.rtc.direct_api();
+            for (rid, seq, payload, marker) in packets {
+                let Some(tx) = api.stream_tx_by_mid(mid, Some(rid)) else {
+                    continue;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(pt, seq.into(), rtp_time, now, payload)
+                        .marker(marker)
+                        .nackable(true),
+                );
+            }
+            let _ = c.rtc.handle_input(Input::Timeout(now));
+            self.drain_client(i);
+        }
+    }
+
+    /// Run `d` of calls: every simulcast client sends 20 fps video and audio every 20 ms.
+    pub fn run_media(&mut self, d: Duration) {
+        let end = self.now + d;
+        let mut tick = 0u32;
+        while self.now < end {
+            if tick % 5 == 0 {
+                self.send_frames();
+            }
+            if tick % 2 == 0 {
+                for i in 0..self.clients.len() {
+                    if self.clients[i].encoder.is_some() && self.clients[i].removed.is_none() {
+                        self.send_rtp(i, MediaKind::Audio, &[0x55; 100], false);
+                    }
+                }
+            }
+            tick += 1;
+            self.run_for(Duration::from_millis(10));
+        }
     }
 
     /// Payload type the client uses for `kind`.
@@ -284,8 +516,8 @@ impl SimNet {
                 next = next.min(c.next_timeout);
             }
         }
-        if let Some(p) = self.wire.front() {
-            next = next.min(p.at);
+        if let Some(((at, _), _)) = self.wire.first_key_value() {
+            next = next.min(*at);
         }
         // Always make progress, in steps no larger than 10 ms of virtual time.
         let next = next.max(self.now + Duration::from_micros(100)).min(self.now + Duration::from_millis(10));
@@ -303,8 +535,8 @@ impl SimNet {
     }
 
     fn deliver_due(&mut self) {
-        while self.wire.front().is_some_and(|p| p.at <= self.now) {
-            let Some(p) = self.wire.pop_front() else { break };
+        while self.wire.first_key_value().is_some_and(|((at, _), _)| *at <= self.now) {
+            let Some((_, p)) = self.wire.pop_first() else { break };
             if p.destination == SERVER_ADDR {
                 self.sfu
                     .handle_datagram(self.now, Protocol::Udp, p.source, p.destination, &p.bytes);
@@ -336,18 +568,42 @@ impl SimNet {
             self.lost += 1;
             return;
         }
-        self.wire.push_back(InFlight {
-            at: self.now + self.latency,
-            source,
-            destination,
-            bytes,
-        });
+        let mut at = self.now + self.latency;
+        if let Some(link) = self
+            .clients
+            .iter_mut()
+            .find(|c| c.addr == destination)
+            .and_then(|c| c.downlink.as_mut())
+        {
+            if is_media && link.loss > 0.0 && self.rng.next_f64() < link.loss {
+                link.random_drops += 1;
+                return;
+            }
+            let start = link.free_at.map_or(self.now, |t| t.max(self.now));
+            if start.saturating_duration_since(self.now) > link.queue {
+                link.queue_drops += 1;
+                return;
+            }
+            let bits = (bytes.len() as u64 + 28) * 8;
+            let done = start + Duration::from_nanos(bits * 1_000_000_000 / link.rate.max(1));
+            link.free_at = Some(done);
+            at = done + self.latency + link.delay;
+        }
+        self.wire_seq += 1;
+        self.wire.insert(
+            (at, self.wire_seq),
+            InFlight {
+                source,
+                destination,
+                bytes,
+            },
+        );
     }
 
     /// Take every datagram in flight towards the server off the wire (benchmarks replay them).
     pub fn take_datagrams_to_server(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut taken = Vec::new();
-        self.wire.retain_mut(|p| {
+        self.wire.retain(|_, p| {
             if p.destination == SERVER_ADDR {
                 taken.push((p.source, std::mem::take(&mut p.bytes)));
                 false
@@ -456,10 +712,23 @@ impl SimNet {
                             mid,
                             payload: p.payload.to_vec(),
                             seq: p.header.sequence_number,
+                            rtp_time: p.header.timestamp,
+                            marker: p.header.marker,
+                            at: self.now,
                         });
                     }
                 }
-                Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
+                Output::Event(Event::KeyframeRequest(req)) => {
+                    c.keyframe_requests += 1;
+                    *c.keyframe_requests_by_rid
+                        .entry(req.rid.map(|r| r.to_string()))
+                        .or_default() += 1;
+                    if let (Some(enc), Some(rid)) = (c.encoder.as_mut(), req.rid) {
+                        if let Some(l) = SIM_LAYERS.iter().position(|(r, _, _)| rid.to_string() == *r) {
+                            enc.keyframe_due[l] = true;
+                        }
+                    }
+                }
                 Output::Event(_) => {}
             }
         }
