@@ -692,6 +692,7 @@ const CLIENT_TYPES: &[&str] = &[
     "candidate",
     "leave",
     "ping",
+    "track_preferences",
     "auth",
     "check_in",
     "leave_queue",
@@ -874,11 +875,12 @@ mod tests {
             track_id: "t1".into(),
             mid: "3".into(),
             kind: TrackKind::Video,
+            source: TrackSource::Screen,
         }
         .to_json();
         assert_eq!(
             json,
-            r#"{"type":"track_added","participant_id":"p1","track_id":"t1","mid":"3","kind":"video"}"#
+            r#"{"type":"track_added","participant_id":"p1","track_id":"t1","mid":"3","kind":"video","source":"screen"}"#
         );
         let json = ServerMessage::error(ErrorCode::InvalidSdp, "bad").to_json();
         assert_eq!(json, r#"{"type":"error","code":"invalid_sdp","message":"bad"}"#);
@@ -889,5 +891,17 @@ mod tests {
     fn leave_and_ping_need_no_fields() {
         assert_eq!(parse_client_message(r#"{"type":"leave"}"#).unwrap(), ClientMessage::Leave {});
         assert_eq!(parse_client_message(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping {});
+        assert_eq!(
+            parse_client_message(r#"{"type":"track_preferences","tracks":[{"track_id":"t3","max_height":180}]}"#).unwrap(),
+            ClientMessage::TrackPreferences {
+                tracks: vec![TrackPreference {
+                    track_id: "t3".into(),
+                    visible: true,
+                    max_height: Some(180),
+                    max_fps: None,
+                    pinned: false,
+                }]
+            }
+        );
     }
 }

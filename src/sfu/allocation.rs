@@ -261,16 +261,16 @@ impl Allocator {
             if let Some(Target::Layer(had)) = state.map(|s| s.target) {
                 let cap = v.max_layer.unwrap_or(0).min(had);
                 if let Some((keep, bitrate)) = v.best_at_most(cap) {
-                    if keep > layer && bitrate - spent <= left {
-                        left -= bitrate - spent;
+                    if keep > layer && bitrate.saturating_sub(spent) <= left {
+                        left -= bitrate.saturating_sub(spent);
                         layer = keep;
                         spent = bitrate;
                     } else if keep > layer {
                         // Try the layers between the floor and what it had.
                         for l in (layer + 1..keep).rev() {
                             if let Some(b) = v.layers[l] {
-                                if b - spent <= left {
-                                    left -= b - spent;
+                                if b.saturating_sub(spent) <= left {
+                                    left -= b.saturating_sub(spent);
                                     layer = l;
                                     spent = b;
                                     break;
@@ -292,7 +292,7 @@ impl Allocator {
                             .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP)
                 });
             if let Some((up, bitrate)) = v.next_above(layer) {
-                let delta = bitrate - spent;
+                let delta = bitrate.saturating_sub(spent);
                 if may_climb && delta + headroom <= left {
                     left -= delta;
                     layer = up;
@@ -505,6 +505,19 @@ mod tests {
         settle(&mut a, &mut now, 5, 900_000, std::slice::from_ref(&v));
         assert_eq!(a.target(TrackId(1)), Target::Layer(0), "F does not fit, H is not sent");
         settle(&mut a, &mut now, 8, 3_000_000, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Layer(2));
+    }
+
+    #[test]
+    fn layers_measured_out_of_order_do_not_upset_the_arithmetic() {
+        // While an encoder starts, a higher layer may measure less than a lower one.
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let mut v = cam(1);
+        v.layers = [Some(600_000), Some(200_000), Some(100_000)];
+        settle(&mut a, &mut now, 5, 1_000_000, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Layer(2));
+        settle(&mut a, &mut now, 2, 700_000, std::slice::from_ref(&v));
         assert_eq!(a.target(TrackId(1)), Target::Layer(2));
     }
 
