@@ -30,8 +30,11 @@
 //
 // Env: HUIZHEN_BIN (server binary, see harness.mjs), CHROMIUM_BIN,
 //      HUIZHEN_ADAPTIVE_PRE_S (10), HUIZHEN_ADAPTIVE_MEASURE_S (45),
+//      HUIZHEN_ADAPTIVE_WARMUP_S (40: at most this long for the cameras to reach ~1.7 Mbit/s),
 //      HUIZHEN_ADAPTIVE_JSON (bench: write the results there),
 //      HUIZHEN_ADAPTIVE_VIDEO (file | fake), HUIZHEN_ADAPTIVE_MEDIA_DIR,
+//      HUIZHEN_ADAPTIVE_MEDIA_TOML ("key = value; key = value": more lines of the server's [media]),
+//      HUIZHEN_ADAPTIVE_EXTRA_TOML (more config sections, appended verbatim),
 //      HUIZHEN_TEST_KEEP_LOGS=1 (keep the server's log directory).
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -59,7 +62,7 @@ export const WINDOW_S = 5;
 const WAIT_MS = 30_000;
 /** Warm-up: every camera at 480p and at least this bitrate, waited for at most WARMUP_MAX_S. */
 const WARMUP_KBPS = 1300;
-const WARMUP_MAX_S = 40;
+export const WARMUP_MAX_S = Number(env.HUIZHEN_ADAPTIVE_WARMUP_S || 40);
 /** Stats sampling period. */
 const SAMPLE_MS = 1000;
 
@@ -277,12 +280,17 @@ export async function startServerAt(addr, name) {
       'announce_udp = true',
       'announce_tcp = false',
       '',
+      // HUIZHEN_ADAPTIVE_MEDIA_TOML: more [media] lines (e.g. to try a setting of the adaptive server).
+      ...(env.HUIZHEN_ADAPTIVE_MEDIA_TOML ? env.HUIZHEN_ADAPTIVE_MEDIA_TOML.split(';').map((l) => l.trim()) : []),
+      '',
       '[storage]',
       `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
       '',
       '[archive]',
       `local_dir = ${JSON.stringify(path.join(dir, 'archive'))}`,
       '',
+      // HUIZHEN_ADAPTIVE_EXTRA_TOML: more sections, appended (not [http], [media], [storage], [archive]).
+      ...(env.HUIZHEN_ADAPTIVE_EXTRA_TOML ? [env.HUIZHEN_ADAPTIVE_EXTRA_TOML] : []),
     ].join('\n'),
   );
   const logPath = path.join(dir, 'server.log');
@@ -466,10 +474,11 @@ function inboundOf(s, mid) {
   return s.inbound.find((x) => x.mid === mid) || null;
 }
 
+/** get(s1) - get(s0); a counter missing at s0 (its track arrived later) counts from 0. */
 function delta(s0, s1, get) {
   const a = s0 ? get(s0) : undefined;
   const b = s1 ? get(s1) : undefined;
-  return a === undefined || b === undefined ? null : b - a;
+  return b === undefined ? null : b - (a ?? 0);
 }
 
 const round = (x, d = 1) => (x == null || !Number.isFinite(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
@@ -490,7 +499,7 @@ function pausedAt(pauses, trackId, t) {
  * fps per video track, frame height, longest stall (1 s samples: a lower bound), freezes per
  * Chromium, windows without progress, audio concealment, loss.
  */
-export function receiverFigures(receiver, a, b, { windowS = WINDOW_S, adaptS = ADAPT_S } = {}) {
+export function receiverFigures(receiver, a, b, { windowS = WINDOW_S, adaptS = ADAPT_S, existingOnly = false } = {}) {
   const ss = inWindow(receiver.samples, a, b);
   const out = { samples: ss.length, video: [], audio: [] };
   if (ss.length < 2) return out;
@@ -498,7 +507,10 @@ export function receiverFigures(receiver, a, b, { windowS = WINDOW_S, adaptS = A
   const s1 = ss[ss.length - 1];
   const dt = (s1.t - s0.t) / 1000;
   const last = s1;
-  for (const tr of last.tracks) {
+  // existingOnly: only the tracks received since the window's start (the good participants'
+  // figures when the weak one joins during the window).
+  const tracks = existingOnly ? last.tracks.filter((tr) => inboundOf(s0, tr.mid)) : last.tracks;
+  for (const tr of tracks) {
     const get = (field) => (s) => inboundOf(s, tr.mid)?.[field];
     if (tr.kind === 'video') {
       const frames = delta(s0, s1, get('framesDecoded'));
@@ -583,7 +595,12 @@ export function receiverFigures(receiver, a, b, { windowS = WINDOW_S, adaptS = A
   return out;
 }
 
-/** What `publisher` encoded over [a, b]: keyframes per 10 s, mean QP, bitrate, height. */
+/**
+ * What `publisher` encoded over [a, b]. With simulcast the camera has one outbound-rtp per layer
+ * (rid): keyframes are summed over the layers (an extra keyframe in any layer costs the
+ * publisher's uplink), fps, QP and height are the top layer's (the largest frame height), the
+ * bitrate is the total.
+ */
 export function publisherFigures(publisher, a, b) {
   const ss = inWindow(publisher.samples, a, b);
   if (ss.length < 2) return null;
@@ -591,22 +608,34 @@ export function publisherFigures(publisher, a, b) {
   const s1 = ss[ss.length - 1];
   const dt = (s1.t - s0.t) / 1000;
   const video = (s) => s.outbound.filter((o) => o.kind === 'video');
-  // The camera: the outbound video with the most frames (one layer today; several with simulcast).
-  const sum = (s, f) => video(s).reduce((x, o) => x + (o[f] || 0), 0);
-  const kf = sum(s1, 'keyFramesEncoded') - sum(s0, 'keyFramesEncoded');
-  const frames = sum(s1, 'framesEncoded') - sum(s0, 'framesEncoded');
-  const qp = sum(s1, 'qpSum') - sum(s0, 'qpSum');
-  const bytes = sum(s1, 'bytesSent') - sum(s0, 'bytesSent');
+  const key = (o) => `${o.mid}/${o.rid ?? ''}`;
+  const layers = video(s1).map((o1) => {
+    const o0 = video(s0).find((x) => key(x) === key(o1)) || {};
+    const d = (f) => (o1[f] || 0) - (o0[f] || 0);
+    return {
+      rid: o1.rid ?? null,
+      height: o1.frameHeight || 0,
+      keyframes: d('keyFramesEncoded'),
+      frames: d('framesEncoded'),
+      qpSum: d('qpSum'),
+      kbps: round((d('bytesSent') * 8) / dt / 1000, 0),
+      plis: d('pliCount') + d('firCount'),
+      limitation: o1.qualityLimitationReason,
+    };
+  });
+  if (!layers.length) return null;
+  const top = layers.reduce((x, y) => (y.height > x.height || (y.height === x.height && y.frames > x.frames) ? y : x));
+  const kf = layers.reduce((x, l) => x + l.keyframes, 0);
   return {
     keyframes: kf,
     keyframesPer10s: round((kf * 10) / dt),
-    fps: round(frames / dt),
-    qp: frames > 0 ? round(qp / frames) : null,
-    kbps: round((bytes * 8) / dt / 1000, 0),
-    height: Math.max(0, ...video(s1).map((o) => o.frameHeight || 0)),
-    plisReceived: sum(s1, 'pliCount') - sum(s0, 'pliCount'),
-    layers: video(s1).length,
-    qualityLimitation: [...new Set(video(s1).map((o) => o.qualityLimitationReason))].join(','),
+    fps: round(top.frames / dt),
+    qp: top.frames > 0 ? round(top.qpSum / top.frames) : null,
+    kbps: layers.reduce((x, l) => x + l.kbps, 0),
+    height: top.height,
+    plisReceived: layers.reduce((x, l) => x + l.plis, 0),
+    layers: layers.map(({ rid, height, keyframes, kbps }) => ({ rid, height, keyframes, kbps })),
+    qualityLimitation: [...new Set(layers.map((l) => l.limitation))].join(','),
   };
 }
 
@@ -786,7 +815,7 @@ export async function runScenario(sc, { preS = PRE_S, measureS = MEASURE_S, log 
     result.good = {};
     result.goodPre = {};
     for (const g of goods) {
-      result.good[g.name] = named(receiverFigures(g, a, b));
+      result.good[g.name] = named(receiverFigures(g, a, b, { existingOnly: true }));
       result.goodPre[g.name] = named(receiverFigures(g, t0, tImpair, { adaptS: 0 }));
     }
     result.publishers = {};

@@ -25,6 +25,7 @@
 //   HUIZHEN_ADAPTIVE_MEASURE_ONLY=1  run and print the figures, assert nothing
 //   HUIZHEN_ADAPTIVE_SCENARIOS=a,b   scenarios to run (default 300k,loss10,120k,join-300k)
 //   HUIZHEN_ADAPTIVE_MEASURE_S       measured seconds per scenario (default 30 here)
+//   HUIZHEN_ADAPTIVE_WARMUP_S        most seconds waited for the cameras' ramp-up (default 20 here)
 //   HUIZHEN_ADAPTIVE_TIMEOUT_MS      bound of the whole file (default 480000)
 
 import { test, after } from 'node:test';
@@ -34,6 +35,7 @@ const env = process.env;
 // The test measures 30 s per scenario unless told otherwise (the bench: 45 s); set before the
 // runner module reads it.
 env.HUIZHEN_ADAPTIVE_MEASURE_S ||= '30';
+env.HUIZHEN_ADAPTIVE_WARMUP_S ||= '20';
 const { ADAPT_S, WINDOW_S, impairmentUnavailable, runScenario, scenario, table } = await import('./adaptive.mjs');
 
 const MEASURE_ONLY = env.HUIZHEN_ADAPTIVE_MEASURE_ONLY === '1';
