@@ -48,6 +48,21 @@ export const CAMERA_LAYERS = [
 ];
 
 /**
+ * The layers to ask for, given the camera's capture size. Chromium sends at most as many
+ * simulcast layers as its table allows for the size (libwebrtc's kSimulcastFormats: three from
+ * 960x540, two from 480x270, one below) and, asked for more, drops the *top* one: a 640x480
+ * camera asked for q, h, f sends only 160x120 and 320x240. So below 960x540 the client asks for
+ * q and f only (the full size stays available to good links, the quarter to weak ones), and
+ * below 480x270 for one layer.
+ */
+export function cameraLayers(settings) {
+  const pixels = (settings?.width || 640) * (settings?.height || 480);
+  if (pixels >= 960 * 540) return CAMERA_LAYERS.map((layer) => ({ ...layer }));
+  if (pixels >= 480 * 270) return CAMERA_LAYERS.filter((l) => l.rid !== 'h').map((layer) => ({ ...layer }));
+  return [{ ...CAMERA_LAYERS[CAMERA_LAYERS.length - 1], rid: undefined }].map(({ rid, ...rest }) => rest);
+}
+
+/**
  * Opus bitrate of a clinical instrument (stethoscope): heart and lung sounds are low and quiet,
  * and lung sounds tolerate little coding loss; 128 kbit/s stereo is Opus's transparent range.
  */
@@ -664,7 +679,7 @@ export class Call {
         const t = pc.addTransceiver(track, {
           direction: 'sendonly',
           streams: [stream],
-          sendEncodings: CAMERA_LAYERS.map((layer) => ({ ...layer })),
+          sendEncodings: cameraLayers(track.getSettings?.()),
         });
         preferVp8(t);
       } else {

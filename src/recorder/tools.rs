@@ -219,8 +219,8 @@ pub enum CompositeError {
     Ffmpeg(String),
 }
 
-/// With ffmpeg installed: one side-by-side video of every video track (scaled to a common
-/// height, each placed at its own start on the shared timeline) with all audio tracks mixed, for
+/// With ffmpeg installed: one side-by-side video of every video track (each fitted into a
+/// 480x360 box, whatever resolutions it changes through, each placed at its own start on the shared timeline) with all audio tracks mixed, for
 /// review. Files are those [`export`] wrote; `start_ms` gives each one's start offset.
 pub fn composite(files: &[(PathBuf, u64)], out: &Path) -> Result<(), CompositeError> {
     let is_video = |p: &Path| {
@@ -235,14 +235,23 @@ pub fn composite(files: &[(PathBuf, u64)], out: &Path) -> Result<(), CompositeEr
     }
     let mut cmd = std::process::Command::new("ffmpeg");
     cmd.args(["-v", "error", "-y"]);
-    for (path, _) in videos.iter().chain(audios.iter()) {
+    // A simulcast recording changes resolution where the recorded layer changes (the top
+    // layer of a camera often starts a few seconds after the low one). By default ffmpeg
+    // rebuilds the filter graph at such a change, which restarts `PTS-STARTPTS` and cut the
+    // composite short; the graph is kept instead and every frame is fitted into one box.
+    for (path, _) in &videos {
+        cmd.args(["-reinit_filter", "0"]).arg("-i").arg(path);
+    }
+    for (path, _) in &audios {
         cmd.arg("-i").arg(path);
     }
     let mut filter = String::new();
     for (i, (_, start)) in videos.iter().enumerate() {
         // The files carry their own start times on the shared timeline; align to zero.
         filter.push_str(&format!(
-            "[{i}:v]setpts=PTS-STARTPTS+{start}/1000/TB,scale=-2:360,setsar=1[v{i}];"
+            "[{i}:v]setpts=PTS-STARTPTS+{start}/1000/TB,\
+             scale=480:360:force_original_aspect_ratio=decrease,\
+             pad=480:360:(ow-iw)/2:(oh-ih)/2,setsar=1[v{i}];"
         ));
     }
     if videos.len() == 1 {

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use huizhen_signaling::protocol::{ServerMessage, TrackKind};
+use huizhen_signaling::protocol::{ServerMessage, TrackKind, TrackPreference, TrackSource};
 
 use super::sim::{Link, SimNet};
+use super::{SignalInput, MAX_PREFERENCES};
 
 /// A video frame as a subscriber received its first packet.
 #[derive(Debug, Clone, Copy)]
@@ -165,4 +166,94 @@ fn a_weak_subscriber_does_not_make_the_publisher_send_top_layer_keyframes() {
     let got = since(&frames(&net, weak, a), t);
     // It keeps decoding (10 % of the packets are lost on top of the narrow link).
     assert!(!got.is_empty(), "notices {:?}, link {:?}", paused_notices(&net, weak), net.clients[weak].downlink);
+}
+
+/// The track id `rx` received `tx`'s camera under.
+fn video_track_id(net: &SimNet, rx: usize, tx: usize) -> String {
+    let pid = net.clients[tx].id.to_string();
+    net.clients[rx]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::TrackAdded { participant_id, track_id, kind: TrackKind::Video, .. }
+                if *participant_id == pid =>
+            {
+                Some(track_id.clone())
+            }
+            _ => None,
+        })
+        .expect("track_added for the camera")
+}
+
+fn prefer(net: &mut SimNet, rx: usize, pref: TrackPreference) {
+    let id = net.clients[rx].id;
+    net.sfu
+        .handle_signal(net.now, id, SignalInput::Preferences(vec![pref]))
+        .expect("preferences accepted");
+    net.route_outputs();
+}
+
+#[test]
+fn preferences_cap_the_layer_by_tile_height_and_hide_a_video() {
+    let (mut net, a, good, _weak) = room(25, None);
+    net.run_media(Duration::from_secs(8));
+    let track = video_track_id(&net, good, a);
+    let pref = |visible, max_height| TrackPreference {
+        track_id: track.clone(),
+        visible,
+        max_height,
+        max_fps: None,
+        pinned: false,
+    };
+    // A 120-line thumbnail: the quarter layer is enough.
+    prefer(&mut net, good, pref(true, Some(120)));
+    net.run_media(Duration::from_secs(3));
+    let t = net.now - Duration::from_secs(1);
+    let got = since(&frames(&net, good, a), t);
+    assert!(got.len() >= 15 && got.iter().all(|f| f.layer == 0), "{got:?}");
+    // Hidden: nothing, and no pause notice (the subscriber chose it).
+    prefer(&mut net, good, pref(false, None));
+    net.run_media(Duration::from_secs(2));
+    assert!(since(&frames(&net, good, a), net.now - Duration::from_secs(1)).is_empty());
+    assert_eq!(paused_notices(&net, good), (0, 0));
+    // Shown large again: back to the top layer (the estimate, idle at a thumbnail's rate,
+    // is probed up again first).
+    prefer(&mut net, good, pref(true, None));
+    net.run_media(Duration::from_secs(8));
+    let got = since(&frames(&net, good, a), net.now - Duration::from_secs(1));
+    assert!(got.len() >= 15 && got.iter().all(|f| f.layer == 2), "{got:?}");
+}
+
+#[test]
+fn oversized_preferences_and_sources_are_refused_with_a_clear_error() {
+    let (mut net, _a, good, _weak) = room(26, None);
+    let id = net.clients[good].id;
+    let many = (0..MAX_PREFERENCES + 1)
+        .map(|i| TrackPreference {
+            track_id: format!("t{i}"),
+            visible: true,
+            max_height: None,
+            max_fps: None,
+            pinned: false,
+        })
+        .collect();
+    let err = net.sfu.handle_signal(net.now, id, SignalInput::Preferences(many)).unwrap_err();
+    assert_eq!(err.code(), huizhen_signaling::protocol::ErrorCode::InvalidMessage);
+    let sources = (0..40).map(|i| (format!("m{i}"), TrackSource::Camera)).collect();
+    let err = net
+        .sfu
+        .handle_signal(net.now, id, SignalInput::Offer { sdp: "v=0".into(), sources })
+        .unwrap_err();
+    assert_eq!(err.code(), huizhen_signaling::protocol::ErrorCode::InvalidMessage);
+    // Unknown and malformed track ids are ignored; the room goes on.
+    let junk = vec![TrackPreference {
+        track_id: "zz\u{200b}".into(),
+        visible: false,
+        max_height: Some(1),
+        max_fps: None,
+        pinned: true,
+    }];
+    net.sfu.handle_signal(net.now, id, SignalInput::Preferences(junk)).unwrap();
+    net.run_media(Duration::from_secs(3));
+    assert!(!since(&frames(&net, good, 0), net.now - Duration::from_secs(1)).is_empty());
 }

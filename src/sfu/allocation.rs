@@ -310,10 +310,13 @@ impl Allocator {
             let state = self.tracks.entry(v.track).or_insert_with(State::hidden);
             let from = state.target;
             if from != to {
+                // Only a downgrade for bandwidth holds later upgrades back: one the subscriber
+                // asked for (a smaller tile, a hidden video) says nothing about the link.
+                let cap = v.max_layer.unwrap_or(0);
                 match (from.layer(), to.layer()) {
-                    (Some(a), Some(b)) if b < a => state.last_down = Some(now),
+                    (Some(a), Some(b)) if b < a.min(cap) => state.last_down = Some(now),
                     (Some(a), Some(b)) if b > a => state.last_up = Some(now),
-                    (Some(_), None) => state.last_down = Some(now),
+                    (Some(_), None) if to == Target::Paused => state.last_down = Some(now),
                     _ => {}
                 }
                 if to == Target::Paused {
@@ -450,6 +453,22 @@ mod tests {
         assert_eq!(a.target(TrackId(1)), Target::Layer(1));
         now += UPGRADE_HOLD;
         a.allocate(now, 3_000_000, AUDIO, &videos);
+        assert_eq!(a.target(TrackId(1)), Target::Layer(2));
+    }
+
+    #[test]
+    fn a_smaller_tile_does_not_hold_back_the_climb_when_it_grows_again() {
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let mut v = cam(1);
+        settle(&mut a, &mut now, 5, 5_000_000, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Layer(2));
+        v.max_layer = Some(0);
+        settle(&mut a, &mut now, 1, 5_000_000, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Layer(0));
+        v.max_layer = Some(2);
+        // One step per UPGRADE_STEP, not UPGRADE_HOLD first.
+        settle(&mut a, &mut now, 3, 5_000_000, std::slice::from_ref(&v));
         assert_eq!(a.target(TrackId(1)), Target::Layer(2));
     }
 

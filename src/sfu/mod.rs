@@ -50,6 +50,10 @@ use participant::{Participant, Preference, TrackIn, TrackOut, TrackOutState};
 use switcher::{LayerSwitch, Verdict};
 use retransmit::RetransmitPolicy;
 
+/// A hash map whose iteration order depends only on its contents (SipHash with fixed keys).
+/// Participant ids are assigned by the server, so there is no flooding to defend against.
+type FixedMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
 /// Server-assigned participant id. Not a user id: it means nothing outside this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParticipantId(pub u64);
@@ -102,6 +106,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Most `sources` entries an offer may carry (more m-lines than any client publishes).
 const MAX_SOURCES: usize = 32;
+/// Most entries of one `track_preferences` (more tracks than a room of the largest size
+/// sends one subscriber).
+pub const MAX_PREFERENCES: usize = 512;
 /// Core settings, resolved from the config and the bound sockets.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
@@ -235,6 +242,9 @@ pub enum SfuError {
     /// An answer without an outstanding server offer.
     #[error("no server offer is outstanding")]
     NoPendingOffer,
+    /// A well-formed message whose contents are out of bounds.
+    #[error("{0}")]
+    InvalidMessage(String),
 }
 
 impl SfuError {
@@ -247,6 +257,7 @@ impl SfuError {
             SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
             SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
             SfuError::NoPendingOffer => ErrorCode::NoPendingOffer,
+            SfuError::InvalidMessage(_) => ErrorCode::InvalidMessage,
         }
     }
 }
@@ -274,7 +285,9 @@ enum Deferred {
 pub struct Sfu {
     config: SfuConfig,
     metrics: SfuMetrics,
-    participants: HashMap<ParticipantId, Participant>,
+    /// Iterated in allocation rounds, sweeps and negotiation: a fixed hasher keeps that
+    /// order the same from run to run, so simulations replay exactly.
+    participants: FixedMap<ParticipantId, Participant>,
     rooms: HashMap<String, RoomKey>,
     room_members: HashMap<RoomKey, Room>,
     demux: Demux<ParticipantId>,
@@ -313,7 +326,7 @@ impl Sfu {
         Sfu {
             config,
             metrics,
-            participants: HashMap::new(),
+            participants: FixedMap::default(),
             rooms: HashMap::new(),
             room_members: HashMap::new(),
             demux: Demux::default(),
@@ -357,6 +370,13 @@ impl Sfu {
         self.participants.values().fold((0, 0), |(i, o), p| {
             (i + p.tracks_in.len(), o + p.tracks_out.len())
         })
+    }
+
+    /// `id`'s downlink bandwidth estimate (bit/s) and the video bitrate allocated to it.
+    pub fn allocation_of(&self, id: ParticipantId) -> Option<(Option<u64>, u64)> {
+        self.participants
+            .get(&id)
+            .map(|p| (p.estimate, p.allocated_video))
     }
 
     /// How long `id`'s outgoing streams keep sent packets for NACKs (see [`retransmit`]).
@@ -564,7 +584,7 @@ impl Sfu {
         match input {
             SignalInput::Offer { sdp, sources } => {
                 if sources.len() > MAX_SOURCES {
-                    return Err(SfuError::InvalidSdp(format!(
+                    return Err(SfuError::InvalidMessage(format!(
                         "an offer names the sources of at most {MAX_SOURCES} m-lines"
                     )));
                 }
@@ -573,7 +593,14 @@ impl Sfu {
                 }
                 self.handle_offer(now, id, &sdp)?
             }
-            SignalInput::Preferences(prefs) => self.set_preferences(id, &prefs),
+            SignalInput::Preferences(prefs) => {
+                if prefs.len() > MAX_PREFERENCES {
+                    return Err(SfuError::InvalidMessage(format!(
+                        "track_preferences lists at most {MAX_PREFERENCES} tracks"
+                    )));
+                }
+                self.set_preferences(id, &prefs)
+            }
             SignalInput::Answer(sdp) => self.handle_answer(now, id, &sdp)?,
             SignalInput::Candidate(c) => self.handle_candidate(id, &c)?,
         }
@@ -1499,11 +1526,15 @@ impl Sfu {
             return;
         };
         for pref in prefs {
-            if let Some(t) = p
-                .tracks_out
-                .iter_mut()
-                .find(|t| t.track.to_string() == pref.track_id)
-            {
+            let Some(track) = pref
+                .track_id
+                .strip_prefix('t')
+                .and_then(|n| n.parse().ok())
+                .map(TrackId)
+            else {
+                continue;
+            };
+            if let Some(t) = p.tracks_out.iter_mut().find(|t| t.track == track) {
                 t.pref = Preference {
                     visible: pref.visible,
                     max_height: pref.max_height,
@@ -1527,15 +1558,26 @@ impl Sfu {
                     let best = (0..MAX_LAYERS).rev().find(|l| t.layers[*l].active(now));
                     if best.is_some() && best != t.record.target {
                         t.record.set_target(best);
-                        if p.recorded {
-                            record_keyframes.push((p.id, t.mid, best.unwrap_or(0)));
-                        }
                     }
+                }
+                // A recording that waits for a keyframe of its layer (its start, or a switch)
+                // asks again every round: the browser ignores requests that come too soon
+                // after its last keyframe, and the recorder sees nothing of the track until
+                // the keyframe arrives, so it cannot ask itself.
+                if p.recorded && t.kind == MediaKind::Video && t.record.waiting() {
+                    record_keyframes.push((p.id, t.mid, t.record.target.unwrap_or(0)));
                 }
             }
         }
         for (publisher, mid, layer) in record_keyframes {
-            self.request_keyframe(now, publisher, mid, layer, KeyframeRequestKind::Pli);
+            self.request_keyframe_within(
+                now,
+                publisher,
+                mid,
+                layer,
+                KeyframeRequestKind::Pli,
+                RECORDER_KEYFRAME_RETRY,
+            );
         }
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
         for id in ids {
@@ -1623,9 +1665,13 @@ impl Sfu {
             .filter(|t| t.switch.waiting())
             .filter_map(|t| t.switch.target.map(|l| (t.publisher, t.source_mid, l)))
             .collect();
+        // The minimum includes the next step (a resume or an upgrade): str0m pads up to it,
+        // capped by the estimate, so the estimator sees the link carry more than the media
+        // and can raise the estimate; with media alone an estimate that fell never grows.
+        let sending = outcome.allocated + audio;
         let targets = (
-            outcome.allocated + audio,
-            outcome.desired.max(outcome.allocated + audio),
+            sending + outcome.next_step.unwrap_or(0),
+            outcome.desired.max(sending),
         );
         let probe = outcome.next_step.is_some()
             && s.estimate.is_some_and(|e| e < targets.1)
@@ -1907,7 +1953,7 @@ fn on_event(
             p.estimate = Some(estimate);
             debug!(participant = %p.id, estimate, "bandwidth estimate");
             // A drop below what is being sent is acted on now; rises wait for the round.
-            (estimate < p.bwe_targets.0).then_some(Deferred::Reallocate)
+            (estimate < p.allocated_video).then_some(Deferred::Reallocate)
         }
         Event::KeyframeRequest(req) => {
             metrics

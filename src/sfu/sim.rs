@@ -227,12 +227,12 @@ impl SimNet {
         publish: &[MediaKind],
         video_codec: Option<Codec>,
     ) -> usize {
-        self.add_client_full(room, publish, video_codec, true)
+        self.add_client_full(room, publish, video_codec, true, false)
     }
 
     /// Add a client that tries to publish `publish` but joined without the right to publish.
     pub fn add_observer(&mut self, room: &str, publish: &[MediaKind]) -> usize {
-        self.add_client_full(room, publish, Some(Codec::Vp8), false)
+        self.add_client_full(room, publish, Some(Codec::Vp8), false, false)
     }
 
     fn add_client_full(
@@ -241,6 +241,7 @@ impl SimNet {
         publish: &[MediaKind],
         video_codec: Option<Codec>,
         may_publish: bool,
+        simulcast: bool,
     ) -> usize {
         let index = self.clients.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
@@ -265,7 +266,14 @@ impl SimNet {
         let mut change = rtc.sdp_api();
         let mut publish_mids = Vec::new();
         for kind in publish {
-            let mid = change.add_media(*kind, Direction::SendOnly, None, None, None);
+            let layers = (simulcast && *kind == MediaKind::Video).then(|| {
+                let mut layers = Simulcast::new();
+                for (rid, _, _) in SIM_LAYERS {
+                    layers.add_send_layer(SimulcastLayer::new(rid));
+                }
+                layers
+            });
+            let mid = change.add_media(*kind, Direction::SendOnly, None, None, layers);
             publish_mids.push((*kind, mid));
         }
         if publish.is_empty() {
@@ -285,7 +293,12 @@ impl SimNet {
             removed: None,
             mute_network: false,
             next_timeout: self.now,
-            encoder: None,
+            encoder: simulcast.then(|| SimEncoder {
+                active: [true; 3],
+                keyframe_due: [true; 3],
+                seq: [1; 3],
+                ..SimEncoder::default()
+            }),
             keyframe_requests_by_rid: HashMap::new(),
             downlink: None,
         });
@@ -301,63 +314,7 @@ impl SimNet {
     /// Join `room` with a microphone and a simulcast camera (the layers of [`SIM_LAYERS`]),
     /// and run until negotiated. Returns the index.
     pub fn add_simulcast_client(&mut self, room: &str) -> usize {
-        let index = self.clients.len();
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
-        let id = self
-            .sfu
-            .join(self.now, room, &format!("client-{index}"), true)
-            .expect("join accepted");
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(self.now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
-        let mut change = rtc.sdp_api();
-        let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-        let mut simulcast = Simulcast::new();
-        for (rid, _, _) in SIM_LAYERS {
-            simulcast.add_send_layer(SimulcastLayer::new(rid));
-        }
-        let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(simulcast));
-        let (offer, pending) = change.apply().expect("client offer");
-        self.clients.push(SimClient {
-            id,
-            rtc,
-            addr,
-            signals: Vec::new(),
-            received: Vec::new(),
-            keyframe_requests: 0,
-            publish_mids: vec![(MediaKind::Audio, audio), (MediaKind::Video, video)],
-            pending: Some(pending),
-            next_seq: HashMap::new(),
-            removed: None,
-            mute_network: false,
-            next_timeout: self.now,
-            encoder: Some(SimEncoder {
-                active: [true; 3],
-                keyframe_due: [true; 3],
-                seq: [1; 3],
-                ..SimEncoder::default()
-            }),
-            keyframe_requests_by_rid: HashMap::new(),
-            downlink: None,
-        });
-        self.route_outputs();
-        self.sfu
-            .handle_signal(
-                self.now,
-                id,
-                SignalInput::Offer {
-                    sdp: offer.to_sdp_string(),
-                    sources: Default::default(),
-                },
-            )
-            .expect("offer accepted");
-        self.route_outputs();
-        self.run_for(Duration::from_millis(300));
-        index
+        self.add_client_full(room, &[MediaKind::Audio, MediaKind::Video], Some(Codec::Vp8), true, true)
     }
 
     /// Have every client with a simulcast camera send one frame on each active layer (and
