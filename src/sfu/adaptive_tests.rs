@@ -257,3 +257,29 @@ fn oversized_preferences_and_sources_are_refused_with_a_clear_error() {
     net.run_media(Duration::from_secs(3));
     assert!(!since(&frames(&net, good, 0), net.now - Duration::from_secs(1)).is_empty());
 }
+
+#[test]
+fn a_publisher_sending_quarter_and_full_layers_only_serves_both_ends() {
+    // A 640x480 browser camera: rids q and f (layers 0 and 2), no h.
+    let mut net = SimNet::new(27);
+    let a = net.add_simulcast_client_with("room", &["q", "f"]);
+    let good = net.add_client("room", &[]);
+    let weak = net.add_client("room", &[]);
+    net.clients[weak].downlink = Some(Link::rate(400_000));
+    net.run_media(Duration::from_secs(15));
+    let t = net.now - Duration::from_secs(4);
+    let good_frames = since(&frames(&net, good, a), t);
+    let weak_frames = since(&frames(&net, weak, a), t);
+    assert!(good_frames.len() >= 75 && good_frames.iter().all(|f| f.layer == 2), "good: {good_frames:?}");
+    assert!(weak_frames.len() >= 75 && weak_frames.iter().all(|f| f.layer == 0), "weak: {weak_frames:?}");
+    // A 240-line tile asks for more than q: the next layer sent is f.
+    let track = video_track_id(&net, good, a);
+    prefer(
+        &mut net,
+        good,
+        TrackPreference { track_id: track, visible: true, max_height: Some(240), max_fps: None, pinned: false },
+    );
+    net.run_media(Duration::from_secs(3));
+    let got = since(&frames(&net, good, a), net.now - Duration::from_secs(1));
+    assert!(!got.is_empty() && got.iter().all(|f| f.layer == 2), "{got:?}");
+}

@@ -1826,9 +1826,10 @@ fn new_track_out(track: &TrackIn, publisher: ParticipantId) -> TrackOut {
 /// One received video as the allocator sees it: the layers its publisher sends now (with
 /// their measured bitrates), its priority and the subscriber's size limit.
 fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn) -> VideoTrack {
+    // Layer indexes follow the rids' names, not their count: a publisher sending q and f
+    // has layers 0 and 2.
     let mut layers = [None; MAX_LAYERS];
-    let count = tin.rids.len().clamp(1, MAX_LAYERS);
-    for (i, m) in tin.layers.iter().take(count).enumerate() {
+    for (i, m) in tin.layers.iter().enumerate() {
         if m.active(now) {
             let measured = m.bitrate();
             layers[i] = Some(if measured > 0 {
@@ -1847,14 +1848,19 @@ fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn) -> VideoTrack {
     } else {
         Priority::Normal
     };
+    // The size limit names a rung of the ladder; where the publisher skips that rung (q and
+    // f only), the next layer it does send is the one tall enough.
+    let max_layer = t.pref.visible.then(|| {
+        let rung = max_layer_for(&tin.layers, t.pref.max_height);
+        (rung..MAX_LAYERS)
+            .find(|i| layers[*i].is_some())
+            .unwrap_or(rung)
+    });
     VideoTrack {
         track: t.track,
         priority,
         layers,
-        max_layer: t
-            .pref
-            .visible
-            .then(|| max_layer_for(&tin.layers[..count], t.pref.max_height)),
+        max_layer,
     }
 }
 

@@ -227,12 +227,12 @@ impl SimNet {
         publish: &[MediaKind],
         video_codec: Option<Codec>,
     ) -> usize {
-        self.add_client_full(room, publish, video_codec, true, false)
+        self.add_client_full(room, publish, video_codec, true, None)
     }
 
     /// Add a client that tries to publish `publish` but joined without the right to publish.
     pub fn add_observer(&mut self, room: &str, publish: &[MediaKind]) -> usize {
-        self.add_client_full(room, publish, Some(Codec::Vp8), false, false)
+        self.add_client_full(room, publish, Some(Codec::Vp8), false, None)
     }
 
     fn add_client_full(
@@ -241,7 +241,7 @@ impl SimNet {
         publish: &[MediaKind],
         video_codec: Option<Codec>,
         may_publish: bool,
-        simulcast: bool,
+        simulcast: Option<&[&str]>,
     ) -> usize {
         let index = self.clients.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
@@ -266,9 +266,9 @@ impl SimNet {
         let mut change = rtc.sdp_api();
         let mut publish_mids = Vec::new();
         for kind in publish {
-            let layers = (simulcast && *kind == MediaKind::Video).then(|| {
+            let layers = simulcast.filter(|_| *kind == MediaKind::Video).map(|rids| {
                 let mut layers = Simulcast::new();
-                for (rid, _, _) in SIM_LAYERS {
+                for rid in rids {
                     layers.add_send_layer(SimulcastLayer::new(rid));
                 }
                 layers
@@ -293,8 +293,8 @@ impl SimNet {
             removed: None,
             mute_network: false,
             next_timeout: self.now,
-            encoder: simulcast.then(|| SimEncoder {
-                active: [true; 3],
+            encoder: simulcast.map(|rids| SimEncoder {
+                active: SIM_LAYERS.map(|(rid, _, _)| rids.contains(&rid)),
                 keyframe_due: [true; 3],
                 seq: [1; 3],
                 ..SimEncoder::default()
@@ -314,7 +314,13 @@ impl SimNet {
     /// Join `room` with a microphone and a simulcast camera (the layers of [`SIM_LAYERS`]),
     /// and run until negotiated. Returns the index.
     pub fn add_simulcast_client(&mut self, room: &str) -> usize {
-        self.add_client_full(room, &[MediaKind::Audio, MediaKind::Video], Some(Codec::Vp8), true, true)
+        self.add_simulcast_client_with(room, &["q", "h", "f"])
+    }
+
+    /// Like [`SimNet::add_simulcast_client`], declaring and sending only the layers `rids`
+    /// (of [`SIM_LAYERS`]), as a browser does for a camera too small for three.
+    pub fn add_simulcast_client_with(&mut self, room: &str, rids: &[&str]) -> usize {
+        self.add_client_full(room, &[MediaKind::Audio, MediaKind::Video], Some(Codec::Vp8), true, Some(rids))
     }
 
     /// Have every client with a simulcast camera send one frame on each active layer (and
