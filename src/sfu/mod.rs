@@ -103,6 +103,8 @@ const NO_ESTIMATE: u64 = 1_000_000_000;
 
 /// How often a subscriber with a paused video or a pending upgrade has its link probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest interval between probes that found nothing.
+const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(16);
 
 /// Most `sources` entries an offer may carry (more m-lines than any client publishes).
 const MAX_SOURCES: usize = 32;
@@ -499,6 +501,7 @@ impl Sfu {
             allocator: Default::default(),
             bwe_targets: (0, 0),
             next_probe: None,
+            probe_backoff: PROBE_INTERVAL,
             allocated_video: 0,
             pending: None,
             negotiated_once: false,
@@ -1665,22 +1668,30 @@ impl Sfu {
             .filter(|t| t.switch.waiting())
             .filter_map(|t| t.switch.target.map(|l| (t.publisher, t.source_mid, l)))
             .collect();
-        // The minimum includes the next step (a resume or an upgrade): str0m pads up to it,
-        // capped by the estimate, so the estimator sees the link carry more than the media
-        // and can raise the estimate; with media alone an estimate that fell never grows.
+        // No padding beyond the media: on a link that barely carries the audio, padding up
+        // to an estimate that overshoots it costs audio packets. The estimate grows through
+        // the probes below instead.
         let sending = outcome.allocated + audio;
-        let targets = (
-            sending + outcome.next_step.unwrap_or(0),
-            outcome.desired.max(sending),
-        );
+        let targets = (sending, outcome.desired.max(sending));
         let probe = outcome.next_step.is_some()
             && s.estimate.is_some_and(|e| e < targets.1)
             && s.next_probe.is_none_or(|t| now >= t);
+        if outcome
+            .changes
+            .iter()
+            .any(|c| c.to.layer() > c.from.layer() || c.from == Target::Paused)
+        {
+            // Something got better: the link has room, probe again soon.
+            s.probe_backoff = PROBE_INTERVAL;
+        }
         if probe {
             // str0m probes when the desired rate rises above the estimate, once: a paused
             // video or a pending upgrade would otherwise wait for the estimate to grow on
-            // its own, which a link carrying little media never makes it do.
-            s.next_probe = Some(now + PROBE_INTERVAL);
+            // its own, which a link carrying little media never makes it do. Probes that
+            // bring nothing come less often (up to PROBE_INTERVAL_MAX): each one briefly
+            // sends more than the estimate.
+            s.next_probe = Some(now + s.probe_backoff);
+            s.probe_backoff = (s.probe_backoff * 2).min(PROBE_INTERVAL_MAX);
             s.rtc
                 .bwe()
                 .set_bitrate(Bitrate::bps(targets.0), Bitrate::bps(targets.0));

@@ -209,6 +209,8 @@ pub struct Participant {
     pub bwe_targets: (u64, u64),
     /// When its link may be probed again (see `PROBE_INTERVAL`).
     pub next_probe: Option<Instant>,
+    /// The interval before the probe after next (doubles while probes find nothing).
+    pub probe_backoff: Duration,
     /// Bit/s of video allocated to it at the last round.
     pub allocated_video: u64,
     /// Our outstanding offer.
