@@ -32,8 +32,9 @@ const MAX_OFFER_FAILURES = 3;
 /**
  * The camera's simulcast layers, lowest first (rids as in signaling/PROTOCOL.md). For the
  * 640x480 camera of a typical call: 160x120, 320x240, 640x480. Why these bitrates:
- * - `q` (150 kbit/s) must fit beside two Opus streams (~40 kbit/s each) on a 300 kbit/s
- *   downlink, the weak 4G link of an elderly patient at home;
+ * - `q` (100 kbit/s, plenty for 160x120) must fit beside two Opus streams on a 300 kbit/s
+ *   downlink, the weak 4G link of an elderly patient at home: each Opus stream costs ~55
+ *   kbit/s on the wire with its packet headers, which leaves ~150 kbit/s for video;
  * - `h` (500 kbit/s) is a thumbnail's layer and what an ~800 kbit/s link carries for one
  *   person next to the audio;
  * - `f` (1.7 Mbit/s) is what the single-layer camera sent before simulcast, so an unimpaired
@@ -42,7 +43,7 @@ const MAX_OFFER_FAILURES = 3;
  * switches off the ones nobody receives.
  */
 export const CAMERA_LAYERS = [
-  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 100_000 },
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_700_000 },
 ];

@@ -23,8 +23,9 @@
 //! - going *up* needs [`UPGRADE_HEADROOM`] of the budget to stay free after the step, no
 //!   upgrade within [`UPGRADE_HOLD`] of the same video's last downgrade, and at most one step
 //!   per video per [`UPGRADE_STEP`];
-//! - a paused video stays paused at least [`MIN_PAUSE`] and resumes only when its lowest layer
-//!   fits with [`RESUME_MARGIN`] to spare.
+//! - a paused video stays paused at least [`MIN_PAUSE`], twice as long after each resume that
+//!   failed within [`RESUME_TRIAL`] (up to [`MAX_PAUSE`]), and resumes only when its lowest
+//!   layer fits with [`RESUME_MARGIN`] to spare.
 //!
 //! Pure: time and the estimate are passed in; no str0m types, so it is tested on its own.
 
@@ -42,8 +43,14 @@ pub const UPGRADE_HEADROOM: f64 = 0.10;
 pub const UPGRADE_HOLD: Duration = Duration::from_secs(5);
 /// At most one upgrade step per video per this interval (each step waits for a keyframe).
 pub const UPGRADE_STEP: Duration = Duration::from_secs(1);
-/// A paused video stays paused at least this long.
+/// A paused video stays paused at least this long; each pause that follows a resume within
+/// [`RESUME_TRIAL`] doubles it, up to [`MAX_PAUSE`] (a link that cannot hold the video should
+/// not have it flicker on and off).
 pub const MIN_PAUSE: Duration = Duration::from_secs(3);
+/// The longest a paused video waits before it may resume.
+pub const MAX_PAUSE: Duration = Duration::from_secs(24);
+/// A resume followed by a pause within this long counts as failed.
+pub const RESUME_TRIAL: Duration = Duration::from_secs(10);
 /// A paused video resumes only when its lowest layer fits this many times over.
 pub const RESUME_MARGIN: f64 = 1.25;
 
@@ -147,6 +154,9 @@ pub struct Outcome {
 struct State {
     target: Target,
     paused_at: Option<Instant>,
+    /// How long the current pause lasts at least.
+    pause_for: Duration,
+    resumed_at: Option<Instant>,
     last_down: Option<Instant>,
     last_up: Option<Instant>,
 }
@@ -156,6 +166,8 @@ impl State {
         State {
             target: Target::Hidden,
             paused_at: None,
+            pause_for: MIN_PAUSE,
+            resumed_at: None,
             last_down: None,
             last_up: None,
         }
@@ -221,9 +233,10 @@ impl Allocator {
             };
             let need = match was {
                 Target::Paused => {
-                    let held = state
-                        .and_then(|s| s.paused_at)
-                        .is_some_and(|at| now.saturating_duration_since(at) < MIN_PAUSE);
+                    let held = state.is_some_and(|s| {
+                        s.paused_at
+                            .is_some_and(|at| now.saturating_duration_since(at) < s.pause_for)
+                    });
                     if held {
                         note_step(bitrate);
                         new.insert(v.track, Target::Paused);
@@ -320,7 +333,18 @@ impl Allocator {
                     _ => {}
                 }
                 if to == Target::Paused {
+                    let failed_resume = state
+                        .resumed_at
+                        .is_some_and(|at| now.saturating_duration_since(at) < RESUME_TRIAL);
+                    state.pause_for = if failed_resume {
+                        (state.pause_for * 2).min(MAX_PAUSE)
+                    } else {
+                        MIN_PAUSE
+                    };
                     state.paused_at = Some(now);
+                }
+                if from == Target::Paused && to.layer().is_some() {
+                    state.resumed_at = Some(now);
                 }
                 state.target = to;
                 outcome.changes.push(Change {
@@ -513,6 +537,28 @@ mod tests {
             out.changes,
             vec![Change { track: TrackId(1), from: Target::Paused, to: Target::Layer(0) }]
         );
+    }
+
+    #[test]
+    fn a_video_that_keeps_failing_to_resume_waits_longer_each_time() {
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let videos = [cam(1)];
+        let mut pauses = Vec::new();
+        // The link carries Q only now and then: wide for a moment, narrow again.
+        for _ in 0..240 {
+            let before = a.target(TrackId(1));
+            let estimate = if a.target(TrackId(1)) == Target::Paused { 400_000 } else { 150_000 };
+            a.allocate(now, estimate, AUDIO, &videos);
+            if before != Target::Paused && a.target(TrackId(1)) == Target::Paused {
+                pauses.push(now);
+            }
+            now += Duration::from_millis(250);
+        }
+        // 60 s: with a fixed 3 s pause this would be ~18 pauses; doubling gives 3, 6, 12, 24, 24.
+        assert!(pauses.len() <= 6, "{} pauses", pauses.len());
+        let gaps: Vec<u64> = pauses.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
     }
 
     #[test]

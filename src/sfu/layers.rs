@@ -22,7 +22,7 @@ pub const LAYER_IDLE: Duration = Duration::from_millis(1500);
 
 /// Bitrates assumed for a layer before it has been measured (bit/s, lowest first): the
 /// browser client's encodings (see `static/call.js`).
-pub const DEFAULT_LAYER_BITRATES: [u64; MAX_LAYERS] = [150_000, 500_000, 1_700_000];
+pub const DEFAULT_LAYER_BITRATES: [u64; MAX_LAYERS] = [100_000, 500_000, 1_700_000];
 
 /// Bytes a forwarded packet costs on the wire besides its payload: IPv4 20, UDP 8, RTP 12,
 /// header extensions ~12 (transport-wide sequence number, audio level, ...), SRTP tag 10.

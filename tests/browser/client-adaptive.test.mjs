@@ -296,7 +296,7 @@ test('simulcast: the camera layers Chromium sends at its size, and publish_layer
           return t.sender.getParameters().encodings.map((e) => ({ rid: e.rid, active: e.active, scale: e.scaleResolutionDownBy, maxBitrate: e.maxBitrate }));
         }, cameraMid);
       assert.deepEqual(await encodings(), [
-        { rid: 'q', active: true, scale: 4, maxBitrate: 150000 },
+        { rid: 'q', active: true, scale: 4, maxBitrate: 100000 },
         { rid: 'f', active: true, scale: 1, maxBitrate: 1700000 },
       ]);
       // Both layers really leave the browser, the top one at the full 480 lines.
