@@ -23,6 +23,8 @@
 //! - going *up* needs [`UPGRADE_HEADROOM`] of the budget to stay free after the step, no
 //!   upgrade within [`UPGRADE_HOLD`] of the same video's last downgrade, and at most one step
 //!   per video per [`UPGRADE_STEP`];
+//! - a flowing video is paused only when its lowest layer exceeds what is left by
+//!   [`KEEP_TOLERANCE`] (a keyframe dents the estimate of a weak link for a moment);
 //! - a paused video stays paused at least [`MIN_PAUSE`], twice as long after each resume that
 //!   failed within [`RESUME_TRIAL`] (up to [`MAX_PAUSE`]), and resumes only when its lowest
 //!   layer fits with [`RESUME_MARGIN`] to spare.
@@ -47,6 +49,10 @@ pub const UPGRADE_STEP: Duration = Duration::from_secs(1);
 /// [`RESUME_TRIAL`] doubles it, up to [`MAX_PAUSE`] (a link that cannot hold the video should
 /// not have it flicker on and off).
 pub const MIN_PAUSE: Duration = Duration::from_secs(3);
+/// A flowing video's lowest layer is paused only when it exceeds what is left by more than
+/// this factor (resuming needs [`RESUME_MARGIN`] the other way: the band between is the
+/// hysteresis of a pause).
+pub const KEEP_TOLERANCE: f64 = 1.3;
 /// The longest a paused video waits before it may resume.
 pub const MAX_PAUSE: Duration = Duration::from_secs(24);
 /// A resume followed by a pause within this long counts as failed.
@@ -244,11 +250,15 @@ impl Allocator {
                     }
                     (bitrate as f64 * RESUME_MARGIN) as u64
                 }
-                _ => bitrate,
+                // A video already flowing keeps its lowest layer until the estimate falls
+                // well below it: each keyframe briefly overfills a weak link and dents the
+                // estimate, and pausing on every dent made the video flicker.
+                Target::Layer(_) => (bitrate as f64 / KEEP_TOLERANCE) as u64,
+                Target::Hidden => bitrate,
             };
             let single = v.layers.iter().flatten().count() == 1;
             if need <= left {
-                left -= bitrate;
+                left = left.saturating_sub(bitrate);
                 new.insert(v.track, Target::Layer(low));
             } else if single {
                 // No cheaper layer to fall back to: it is sent (charged, so other videos
@@ -537,6 +547,21 @@ mod tests {
             out.changes,
             vec![Change { track: TrackId(1), from: Target::Paused, to: Target::Layer(0) }]
         );
+    }
+
+    #[test]
+    fn a_flowing_lowest_layer_survives_a_dent_in_the_estimate() {
+        let mut a = Allocator::default();
+        let now = Instant::now();
+        let videos = [cam(1)];
+        a.allocate(now, AUDIO + Q, AUDIO, &videos);
+        assert_eq!(a.target(TrackId(1)), Target::Layer(0));
+        // A keyframe dents the estimate by 20 %: kept.
+        a.allocate(now, AUDIO + Q * 8 / 10, AUDIO, &videos);
+        assert_eq!(a.target(TrackId(1)), Target::Layer(0));
+        // Well below (a third less than the layer needs): paused.
+        a.allocate(now, AUDIO + Q * 7 / 10, AUDIO, &videos);
+        assert_eq!(a.target(TrackId(1)), Target::Paused);
     }
 
     #[test]
