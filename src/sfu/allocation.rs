@@ -216,11 +216,39 @@ impl Allocator {
         audio: u64,
         videos: &[VideoTrack],
     ) -> Outcome {
+        self.allocate_sustained(now, estimate, estimate, audio, videos)
+    }
+
+    /// Like [`Allocator::allocate`], where resuming a paused video goes by `sustained` (the
+    /// lowest estimate of the last moments) and everything else by `estimate`. A probe makes
+    /// the estimate of a weak link leap for a second or two before it falls back; resuming a
+    /// video on such a leap and pausing it again made it flicker. Upgrades of flowing videos
+    /// still follow the estimate at once: while a link carries little, the estimator cannot
+    /// hold a high estimate for long (it is capped near what is sent), so an upgrade waiting
+    /// for a sustained one would never come; a wrong one is undone within a round.
+    pub fn allocate_sustained(
+        &mut self,
+        now: Instant,
+        estimate: u64,
+        sustained: u64,
+        audio: u64,
+        videos: &[VideoTrack],
+    ) -> Outcome {
         self.tracks
             .retain(|t, _| videos.iter().any(|v| v.track == *t));
         let budget = estimate.saturating_sub(audio);
+        // What a resume must leave over, on top of its own need.
+        let slack = budget.saturating_sub(sustained.min(estimate).saturating_sub(audio));
         let mut order: Vec<&VideoTrack> = videos.iter().collect();
-        order.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.track.cmp(&b.track)));
+        // Priority first; within it, videos that flow before paused ones, so that a resume
+        // never takes the place of a video already on screen.
+        let flowing = |t: TrackId| matches!(self.target(t), Target::Layer(_));
+        order.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(flowing(b.track).cmp(&flowing(a.track)))
+                .then(a.track.cmp(&b.track))
+        });
 
         let mut new: HashMap<TrackId, Target> = HashMap::new();
         let mut left = budget;
@@ -248,7 +276,7 @@ impl Allocator {
                         new.insert(v.track, Target::Paused);
                         continue;
                     }
-                    (bitrate as f64 * RESUME_MARGIN) as u64
+                    (bitrate as f64 * RESUME_MARGIN) as u64 + slack
                 }
                 // A video already flowing keeps its lowest layer until the estimate falls
                 // well below it: each keyframe briefly overfills a weak link and dents the
@@ -547,6 +575,43 @@ mod tests {
             out.changes,
             vec![Change { track: TrackId(1), from: Target::Paused, to: Target::Layer(0) }]
         );
+    }
+
+    #[test]
+    fn a_leap_of_the_estimate_resumes_nothing_until_it_is_sustained() {
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let videos = [cam(1), cam(2)];
+        a.allocate(now, AUDIO + Q, AUDIO, &videos);
+        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Paused]);
+        now += MIN_PAUSE;
+        // A probe: the estimate leaps, but the last moments' lowest estimate did not: no
+        // resume (the flowing video may climb: that is undone within a round if wrong).
+        a.allocate_sustained(now, 3_000_000, AUDIO + Q, AUDIO, &videos);
+        assert_eq!(a.target(TrackId(2)), Target::Paused);
+        // Sustained: video 2 resumes (and video 1 may climb).
+        a.allocate_sustained(now, 3_000_000, 3_000_000, AUDIO, &videos);
+        assert_eq!(a.target(TrackId(2)), Target::Layer(0));
+        assert!(matches!(a.target(TrackId(1)), Target::Layer(_)));
+    }
+
+    #[test]
+    fn a_resume_never_takes_the_place_of_a_flowing_video() {
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let videos = [cam(1), cam(2)];
+        // Only one fits; track 1 first (lower id), then the link narrows and widens so
+        // that track 2 could come back only by pushing track 1 out.
+        a.allocate(now, AUDIO + Q, AUDIO, &videos);
+        now += MIN_PAUSE;
+        a.allocate(now, AUDIO + Q * 13 / 10, AUDIO, &videos);
+        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Paused]);
+        let mut b = Allocator::default();
+        let now = Instant::now();
+        // Here track 2 flows and track 1 is paused: track 2 keeps the room.
+        b.allocate(now, AUDIO + Q, AUDIO, &[cam(2)]);
+        b.allocate(now, AUDIO + Q, AUDIO, &videos);
+        assert_eq!(targets(&b, &[1, 2]), vec![Target::Paused, Target::Layer(0)]);
     }
 
     #[test]

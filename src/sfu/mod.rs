@@ -498,6 +498,7 @@ impl Sfu {
             ssrc_layer: HashMap::new(),
             sources: HashMap::new(),
             estimate: None,
+            recent_estimates: Default::default(),
             allocator: Default::default(),
             bwe_targets: (0, 0),
             next_probe: None,
@@ -1628,7 +1629,10 @@ impl Sfu {
                 .observe(s.estimate.unwrap_or(0) as f64);
         }
         let estimate = s.estimate.unwrap_or(NO_ESTIMATE);
-        let outcome = s.allocator.allocate(now, estimate, audio, &videos);
+        let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE);
+        let outcome = s
+            .allocator
+            .allocate_sustained(now, estimate, sustained, audio, &videos);
         s.allocated_video = outcome.allocated;
         let mut signals = Vec::new();
         for c in &outcome.changes {
@@ -1967,7 +1971,7 @@ fn on_event(
         Event::RtpPacket(packet) => Some(Deferred::Forward(packet)),
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             let estimate = estimate.as_u64();
-            p.estimate = Some(estimate);
+            p.note_estimate(now, estimate);
             debug!(participant = %p.id, estimate, "bandwidth estimate");
             // A drop below what is being sent is acted on now; rises wait for the round.
             (estimate < p.allocated_video).then_some(Deferred::Reallocate)

@@ -203,6 +203,9 @@ pub struct Participant {
     /// Send-side bandwidth estimate of its downlink (bit/s); `None` until the first one (or
     /// for a client without transport-wide congestion control: no limit is applied).
     pub estimate: Option<u64>,
+    /// Recent estimates (time, bit/s), the last [`SUSTAIN_WINDOW`] of them: resumes and
+    /// upgrades go by their lowest.
+    pub recent_estimates: std::collections::VecDeque<(Instant, u64)>,
     /// Which layer of each received video it gets.
     pub allocator: Allocator,
     /// The (minimum, desired) bitrates last given to its bandwidth estimator.
@@ -238,6 +241,34 @@ pub struct Participant {
     pub retransmit_window: std::time::Duration,
     /// Its media goes to the recorder (it consented to a recording in progress).
     pub recorded: bool,
+}
+
+/// How long an estimate must hold before resumes and upgrades go by it.
+pub const SUSTAIN_WINDOW: Duration = Duration::from_secs(2);
+
+/// Most recent estimates kept (str0m reports a few per second; the window needs fewer).
+const MAX_RECENT_ESTIMATES: usize = 64;
+
+impl Participant {
+    /// Remember an estimate.
+    pub fn note_estimate(&mut self, now: Instant, estimate: u64) {
+        self.estimate = Some(estimate);
+        if self.recent_estimates.len() >= MAX_RECENT_ESTIMATES {
+            self.recent_estimates.pop_front();
+        }
+        self.recent_estimates.push_back((now, estimate));
+    }
+
+    /// The lowest estimate of the last [`SUSTAIN_WINDOW`] (the current one if older).
+    pub fn sustained_estimate(&mut self, now: Instant) -> Option<u64> {
+        while self.recent_estimates.len() > 1
+            && self.recent_estimates[1].0 <= now.checked_sub(SUSTAIN_WINDOW).unwrap_or(now)
+        {
+            self.recent_estimates.pop_front();
+        }
+        let current = self.estimate?;
+        Some(self.recent_estimates.iter().map(|(_, e)| *e).fold(current, u64::min))
+    }
 }
 
 /// Shortest interval between two keyframe requests of one subscription that reach the
