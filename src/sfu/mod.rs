@@ -102,12 +102,9 @@ const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(500);
 const NO_ESTIMATE: u64 = 1_000_000_000;
 
 /// How often a subscriber with a paused video or a pending upgrade has its link probed.
-const PROBE_INTERVAL: Duration = Duration::from_secs(3);
-/// How long the link is padded up to the next step after a probe (longer than the 2 s an
-/// estimate must hold for a resume).
-const PROBE_HOLD: Duration = Duration::from_millis(2500);
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest interval between probes that found nothing.
-const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(8);
+const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(16);
 
 /// Most `sources` entries an offer may carry (more m-lines than any client publishes).
 const MAX_SOURCES: usize = 32;
@@ -506,7 +503,6 @@ impl Sfu {
             bwe_targets: (0, 0),
             next_probe: None,
             probe_backoff: PROBE_INTERVAL,
-            probe_until: None,
             allocated_video: 0,
             pending: None,
             negotiated_once: false,
@@ -1676,19 +1672,11 @@ impl Sfu {
             .filter(|t| t.switch.waiting())
             .filter_map(|t| t.switch.target.map(|l| (t.publisher, t.source_mid, l)))
             .collect();
-        // Padding (str0m fills up to the minimum, capped by the estimate) only while a probe
-        // runs: outside probes it would fill a link that barely carries the audio to an
-        // estimate that may overshoot it. During one, it keeps the link as busy as the next
-        // step would, so the estimator, no longer capped near the little that is sent, can
-        // hold the higher estimate long enough for a resume to trust it.
+        // No padding beyond the media: on a link that barely carries the audio, padding up
+        // to an estimate that overshoots it costs audio packets. The estimate grows through
+        // the probes below instead.
         let sending = outcome.allocated + audio;
-        let probing = s.probe_until.is_some_and(|t| now < t);
-        let minimum = if probing {
-            sending + outcome.next_step.unwrap_or(0)
-        } else {
-            sending
-        };
-        let targets = (minimum, outcome.desired.max(minimum));
+        let targets = (sending, outcome.desired.max(sending));
         let probe = outcome.next_step.is_some()
             && s.estimate.is_some_and(|e| e < targets.1)
             && s.next_probe.is_none_or(|t| now >= t);
@@ -1708,7 +1696,6 @@ impl Sfu {
             // sends more than the estimate.
             s.next_probe = Some(now + s.probe_backoff);
             s.probe_backoff = (s.probe_backoff * 2).min(PROBE_INTERVAL_MAX);
-            s.probe_until = Some(now + PROBE_HOLD);
             s.rtc
                 .bwe()
                 .set_bitrate(Bitrate::bps(targets.0), Bitrate::bps(targets.0));

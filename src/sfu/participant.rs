@@ -214,8 +214,6 @@ pub struct Participant {
     pub next_probe: Option<Instant>,
     /// The interval before the probe after next (doubles while probes find nothing).
     pub probe_backoff: Duration,
-    /// Until when the link is padded towards the next step (a probe runs).
-    pub probe_until: Option<Instant>,
     /// Bit/s of video allocated to it at the last round.
     pub allocated_video: u64,
     /// Our outstanding offer.
