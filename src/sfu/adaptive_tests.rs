@@ -283,3 +283,35 @@ fn a_publisher_sending_quarter_and_full_layers_only_serves_both_ends() {
     let got = since(&frames(&net, good, a), net.now - Duration::from_secs(1));
     assert!(!got.is_empty() && got.iter().all(|f| f.layer == 2), "{got:?}");
 }
+
+#[test]
+fn the_active_speaker_is_announced_and_their_camera_is_favoured() {
+    let mut net = SimNet::new(28);
+    let a = net.add_simulcast_client("room");
+    let b = net.add_simulcast_client("room");
+    let weak = net.add_client("room", &[]);
+    // Room for one camera's top layer beside the other's half layer, not for two top layers.
+    net.clients[weak].downlink = Some(Link::rate(3_000_000));
+    net.clients[b].speaking = true;
+    net.run_media(Duration::from_secs(15));
+    let speaker = |net: &SimNet, rx: usize| {
+        net.clients[rx].signals.iter().rev().find_map(|m| match m {
+            ServerMessage::ActiveSpeaker { participant_id } => Some(participant_id.clone()),
+            _ => None,
+        })
+    };
+    let b_id = net.clients[b].id.to_string();
+    assert_eq!(speaker(&net, weak), Some(Some(b_id.clone())));
+    assert_eq!(speaker(&net, a), Some(Some(b_id)));
+    let t = net.now - Duration::from_secs(2);
+    let top = |frames: Vec<Frame>| frames.iter().map(|f| f.layer).max();
+    assert_eq!(top(since(&frames(&net, weak, b), t)), Some(2), "the speaker's camera on top");
+    assert!(top(since(&frames(&net, weak, a), t)).unwrap_or(0) < 2);
+    // The other one speaks now: after the hold, the spotlight and the top layer move.
+    net.clients[b].speaking = false;
+    net.clients[a].speaking = true;
+    net.run_media(Duration::from_secs(15));
+    assert_eq!(speaker(&net, weak), Some(Some(net.clients[a].id.to_string())));
+    let t = net.now - Duration::from_secs(2);
+    assert_eq!(top(since(&frames(&net, weak, a), t)), Some(2));
+}

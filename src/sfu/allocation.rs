@@ -20,6 +20,8 @@
 //! Hysteresis, so that a subscriber's picture does not flap between layers on a noisy
 //! estimate (the times are deliberately in the range the browsers' own adaptation uses):
 //! - a layer that no longer fits is dropped at once (a congested link must be relieved now);
+//! - a layer just upgraded to is kept for [`UPGRADE_GRACE`] within [`KEEP_TOLERANCE`] (the
+//!   keyframe it starts with must not undo it);
 //! - going *up* needs [`UPGRADE_HEADROOM`] of the budget to stay free after the step, no
 //!   upgrade within [`UPGRADE_HOLD`] of the same video's last downgrade, and at most one step
 //!   per video per [`UPGRADE_STEP`];
@@ -53,6 +55,9 @@ pub const MIN_PAUSE: Duration = Duration::from_secs(3);
 /// this factor (resuming needs [`RESUME_MARGIN`] the other way: the band between is the
 /// hysteresis of a pause).
 pub const KEEP_TOLERANCE: f64 = 1.3;
+/// How long after an upgrade the new layer is kept within [`KEEP_TOLERANCE`] (its first
+/// keyframe dents the estimate).
+pub const UPGRADE_GRACE: Duration = Duration::from_secs(2);
 /// The longest a paused video waits before it may resume.
 pub const MAX_PAUSE: Duration = Duration::from_secs(24);
 /// A resume followed by a pause within this long counts as failed.
@@ -311,9 +316,20 @@ impl Allocator {
             let mut spent = v.layers[floor].unwrap_or(0);
             if let Some(Target::Layer(had)) = state.map(|s| s.target) {
                 let cap = v.max_layer.unwrap_or(0).min(had);
+                // Just after an upgrade, the keyframe that started the new layer overfills
+                // the link for a moment and dents the estimate: the layer is kept through
+                // that (within KEEP_TOLERANCE) instead of being dropped by its own start.
+                let fresh = state
+                    .and_then(|s| s.last_up)
+                    .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_GRACE);
+                let room = if fresh {
+                    (left as f64 * KEEP_TOLERANCE) as u64
+                } else {
+                    left
+                };
                 if let Some((keep, bitrate)) = v.best_at_most(cap) {
-                    if keep > layer && bitrate.saturating_sub(spent) <= left {
-                        left -= bitrate.saturating_sub(spent);
+                    if keep > layer && bitrate.saturating_sub(spent) <= room {
+                        left = left.saturating_sub(bitrate.saturating_sub(spent));
                         layer = keep;
                         spent = bitrate;
                     } else if keep > layer {

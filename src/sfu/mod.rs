@@ -21,6 +21,7 @@ pub mod layers;
 pub mod metrics;
 mod participant;
 pub mod retransmit;
+pub mod speaker;
 pub mod switcher;
 
 use std::cmp::Reverse;
@@ -266,6 +267,8 @@ impl SfuError {
 
 struct Room {
     members: Vec<ParticipantId>,
+    /// Who speaks (see [`speaker`]).
+    speaker: speaker::SpeakerDetector,
 }
 
 /// Work found while draining one participant that touches other participants.
@@ -423,7 +426,13 @@ impl Sfu {
         self.timers.push(Reverse((participant.next_timeout, id)));
         self.participants.insert(id, participant);
         if members.is_empty() {
-            self.room_members.insert(room_key, Room { members: vec![] });
+            self.room_members.insert(
+                room_key,
+                Room {
+                    members: vec![],
+                    speaker: Default::default(),
+                },
+            );
             self.metrics.rooms.inc();
         }
         self.announce_join(id, room_key, room, &members);
@@ -715,6 +724,7 @@ impl Sfu {
         let members = match self.room_members.get_mut(&p.room) {
             Some(room) => {
                 room.members.retain(|m| *m != id);
+                room.speaker.remove(id);
                 room.members.clone()
             }
             None => Vec::new(),
@@ -1319,6 +1329,9 @@ impl Sfu {
         let gated = track.simulcast();
         let starts = keyframe || !gated;
         let room = p.room;
+        let speech = (kind == MediaKind::Audio && track.source == TrackSource::Microphone)
+            .then_some(packet.header.ext_vals.audio_level)
+            .flatten();
         let record = p.recorded && track.record.decide(layer, starts) != Verdict::Drop;
         let metrics = self.metrics.clone();
         let kind_metrics = metrics.kind(video);
@@ -1340,6 +1353,9 @@ impl Sfu {
             }));
         }
 
+        if let (Some(level), Some(r)) = (speech, self.room_members.get_mut(&room)) {
+            r.speaker.on_level(id, level);
+        }
         if newly_active {
             // A layer started (a new track, or one the publisher sends again): its
             // subscribers' allocations take it into account before this packet is forwarded.
@@ -1583,6 +1599,22 @@ impl Sfu {
                 RECORDER_KEYFRAME_RETRY,
             );
         }
+        let mut spoken = Vec::new();
+        for r in self.room_members.values_mut() {
+            if let Some(speaker) = r.speaker.tick(now) {
+                spoken.push((r.members.clone(), speaker));
+            }
+        }
+        for (members, speaker) in spoken {
+            for m in members {
+                self.signal(
+                    m,
+                    ServerMessage::ActiveSpeaker {
+                        participant_id: speaker.map(|s| s.to_string()),
+                    },
+                );
+            }
+        }
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
         for id in ids {
             self.allocate(now, id);
@@ -1618,7 +1650,11 @@ impl Sfu {
                 audio += tin.layers[0].bitrate();
                 continue;
             }
-            videos.push(video_track(now, t, tin));
+            let speaker = self
+                .room_members
+                .get(&s.room)
+                .and_then(|r| r.speaker.current());
+            videos.push(video_track(now, t, tin, speaker == Some(t.publisher)));
         }
         let Some(s) = self.participants.get_mut(&id) else {
             return;
@@ -1840,7 +1876,7 @@ fn new_track_out(track: &TrackIn, publisher: ParticipantId) -> TrackOut {
 
 /// One received video as the allocator sees it: the layers its publisher sends now (with
 /// their measured bitrates), its priority and the subscriber's size limit.
-fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn) -> VideoTrack {
+fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn, speaking: bool) -> VideoTrack {
     // Layer indexes follow the rids' names, not their count: a publisher sending q and f
     // has layers 0 and 2.
     let mut layers = [None; MAX_LAYERS];
@@ -1860,6 +1896,8 @@ fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn) -> VideoTrack {
         Priority::Pinned
     } else if tin.source == TrackSource::Screen {
         Priority::Screen
+    } else if speaking {
+        Priority::Speaker
     } else {
         Priority::Normal
     };

@@ -15,7 +15,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::{LeaveReason, ParticipantId, Sfu, SfuConfig, SfuMetrics, SfuOutput, SignalInput};
@@ -148,6 +148,8 @@ pub struct SimClient {
     pub keyframe_requests_by_rid: HashMap<Option<String>, usize>,
     /// Its downlink, if limited.
     pub downlink: Option<Link>,
+    /// Its microphone hears speech (the audio level it sends).
+    pub speaking: bool,
 }
 
 struct InFlight {
@@ -301,6 +303,7 @@ impl SimNet {
             }),
             keyframe_requests_by_rid: HashMap::new(),
             downlink: None,
+            speaking: false,
         });
         self.route_outputs();
         self.sfu
@@ -452,9 +455,16 @@ impl SimNet {
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
         };
+        // Microphones tell their level (RFC 6464): loud while the client speaks.
+        let ext = ExtensionValues {
+            audio_level: (kind == MediaKind::Audio).then_some(if c.speaking { -20 } else { -90 }),
+            voice_activity: (kind == MediaKind::Audio).then_some(c.speaking),
+            ..Default::default()
+        };
         tx.write_rtp(
             RtpWrite::new(pt, this_seq.into(), (this_seq * 20 * clock) as u32, now, payload.to_vec())
                 .marker(marker)
+                .ext_vals(ext)
                 .nackable(true),
         );
         let _ = c.rtc.handle_input(Input::Timeout(now));
