@@ -407,10 +407,10 @@ impl SimNet {
         let end = self.now + d;
         let mut tick = 0u32;
         while self.now < end {
-            if tick % 5 == 0 {
+            if tick.is_multiple_of(5) {
                 self.send_frames();
             }
-            if tick % 2 == 0 {
+            if tick.is_multiple_of(2) {
                 for i in 0..self.clients.len() {
                     if self.clients[i].encoder.is_some() && self.clients[i].removed.is_none() {
                         self.send_rtp(i, MediaKind::Audio, &[0x55; 100], false);

@@ -192,12 +192,9 @@ impl Rewriter {
                 patch = patch.tl0_pic_idx(out);
             }
         }
-        match patch.build() {
-            Ok(p) => Some(p),
-            // A 7-bit picture id whose rewritten value needs 15 bits: leave it (the
-            // decoder recovers at the keyframe the switch started on).
-            Err(_) => None,
-        }
+        // A 7-bit picture id whose rewritten value needs 15 bits cannot be patched: left
+        // alone (the decoder recovers at the keyframe the switch started on).
+        patch.build().ok()
     }
 }
 
