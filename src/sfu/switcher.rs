@@ -46,10 +46,18 @@ impl LayerSwitch {
     }
 
     /// Set a new target; pausing takes effect at once.
+    /// Set a new target. Pausing takes effect at once, and so does going down: the layer
+    /// that no longer fits stops now and the subscriber sees a still picture until the
+    /// lower layer's keyframe, rather than the link being flooded for that time (a
+    /// downgrade from a 1.7 Mbit/s layer on a 300 kbit/s link is ten times too much, and
+    /// the loss it causes crushes the bandwidth estimate). Going up keeps the current layer
+    /// until the higher one's keyframe.
     pub fn set_target(&mut self, target: Option<usize>) {
         self.target = target;
-        if target.is_none() {
-            self.current = None;
+        match (target, self.current) {
+            (None, _) => self.current = None,
+            (Some(t), Some(c)) if t < c => self.current = None,
+            _ => {}
         }
     }
 
@@ -230,11 +238,17 @@ mod tests {
         assert_eq!(s.decide(2, true), Verdict::Drop, "not the target");
         s.set_target(Some(2));
         assert!(s.waiting());
-        assert_eq!(s.decide(0, false), Verdict::Forward, "the old layer until the switch");
+        assert_eq!(s.decide(0, false), Verdict::Forward, "going up: the old layer until the switch");
         assert_eq!(s.decide(2, false), Verdict::Drop);
         assert_eq!(s.decide(2, true), Verdict::Switched);
         assert_eq!(s.decide(0, false), Verdict::Drop, "the old layer is dropped after it");
         assert!(!s.waiting());
+        s.set_target(Some(0));
+        assert_eq!(s.decide(2, false), Verdict::Drop, "going down: the old layer stops at once");
+        assert_eq!(s.decide(0, false), Verdict::Drop);
+        assert_eq!(s.decide(0, true), Verdict::Switched);
+        s.set_target(Some(2));
+        assert_eq!(s.decide(2, true), Verdict::Switched);
         s.set_target(None);
         assert_eq!(s.decide(2, false), Verdict::Drop);
         assert_eq!(s.decide(2, true), Verdict::Drop, "paused");
