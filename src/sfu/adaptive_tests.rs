@@ -281,6 +281,12 @@ fn a_publisher_sending_quarter_and_full_layers_only_serves_both_ends() {
     let weak_frames = since(&frames(&net, weak, a), t);
     assert!(good_frames.len() >= 75 && good_frames.iter().all(|f| f.layer == 2), "good: {good_frames:?}");
     assert!(weak_frames.len() >= 75 && weak_frames.iter().all(|f| f.layer == 0), "weak: {weak_frames:?}");
+    // The good subscriber's switch to f needed a keyframe of f, asked of f's own encoder.
+    assert!(
+        net.clients[a].keyframe_requests_by_rid.get(&Some("f".into())).copied().unwrap_or(0) >= 1,
+        "{:?}",
+        net.clients[a].keyframe_requests_by_rid
+    );
     // A 240-line tile asks for more than q: the next layer sent is f.
     let track = video_track_id(&net, good, a);
     prefer(
@@ -323,4 +329,34 @@ fn the_active_speaker_is_announced_and_their_camera_is_favoured() {
     assert_eq!(speaker(&net, weak), Some(Some(net.clients[a].id.to_string())));
     let t = net.now - Duration::from_secs(2);
     assert_eq!(top(since(&frames(&net, weak, a), t)), Some(2));
+}
+
+#[test]
+fn the_room_view_shows_estimates_layers_and_what_each_subscriber_gets() {
+    let (mut net, a, good, weak) = room(29, Some(120_000));
+    net.run_media(Duration::from_secs(12));
+    let view = net.sfu.room_media("room").expect("the room exists");
+    assert!(net.sfu.room_media("no-such-room").is_none());
+    assert_eq!(view.participants.len(), 3);
+    let find = |i: usize| {
+        let id = net.clients[i].id.to_string();
+        view.participants.iter().find(|p| p.id == id).expect("listed").clone()
+    };
+    let publisher = find(a);
+    let camera = publisher.published.iter().find(|t| t.kind == "video").expect("camera");
+    assert_eq!(camera.layers.len(), 3);
+    assert_eq!(camera.layers[2].rid.as_deref(), Some("f"));
+    assert!(camera.layers.iter().all(|l| l.active && l.bitrate_bps > 0));
+    assert_eq!(camera.layers[2].height, Some(480));
+    let weak = find(weak);
+    assert!(weak.estimate_bps.is_some_and(|e| e < 500_000), "{:?}", weak.estimate_bps);
+    let video = weak.received.iter().find(|t| t.kind == "video").expect("video");
+    assert_eq!(video.state, "paused");
+    assert_eq!(video.layer, None);
+    let good = find(good);
+    let video = good.received.iter().find(|t| t.kind == "video").expect("video");
+    assert_eq!((video.state, video.layer), ("flowing", Some(2)));
+    // Serializes to JSON with no display names in it.
+    let json = serde_json::to_string(&view).unwrap();
+    assert!(!json.contains("client-"), "{json}");
 }

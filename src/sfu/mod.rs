@@ -23,6 +23,7 @@ mod participant;
 pub mod retransmit;
 pub mod speaker;
 pub mod switcher;
+pub mod view;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -374,6 +375,75 @@ impl Sfu {
     pub fn track_counts(&self) -> (usize, usize) {
         self.participants.values().fold((0, 0), |(i, o), p| {
             (i + p.tracks_in.len(), o + p.tracks_out.len())
+        })
+    }
+
+    /// The media of `room` as operators see it (see [`view`]); `None` for a room with
+    /// nobody in it.
+    pub fn room_media(&self, room: &str) -> Option<view::RoomMedia> {
+        let key = self.rooms.get(room)?;
+        let r = self.room_members.get(key)?;
+        let kind = |k: MediaKind| if k == MediaKind::Audio { "audio" } else { "video" };
+        let participants = r
+            .members
+            .iter()
+            .filter_map(|id| self.participants.get(id))
+            .map(|p| view::ParticipantMedia {
+                id: p.id.to_string(),
+                estimate_bps: p.estimate,
+                allocated_video_bps: p.allocated_video,
+                published: p
+                    .tracks_in
+                    .iter()
+                    .map(|t| view::PublishedTrack {
+                        track_id: t.id.to_string(),
+                        kind: kind(t.kind),
+                        source: t.source,
+                        layers: t
+                            .layers
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, m)| m.last_packet.is_some() || (*i == 0 && !t.simulcast()))
+                            .map(|(i, m)| view::LayerView {
+                                index: i,
+                                rid: t.rid_of_layer(i),
+                                active: m.active(self.last_now.unwrap_or(p.joined_at)),
+                                bitrate_bps: m.bitrate(),
+                                height: m.height,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                received: p
+                    .tracks_out
+                    .iter()
+                    .map(|t| {
+                        let state = match (t.state, p.allocator.target(t.track)) {
+                            (TrackOutState::Open(_), _) if t.kind == MediaKind::Audio => "flowing",
+                            (TrackOutState::Open(_), Target::Paused) => "paused",
+                            (TrackOutState::Open(_), Target::Hidden) => "hidden",
+                            (TrackOutState::Open(_), _) if t.switch.waiting() => "switching",
+                            (TrackOutState::Open(_), _) => "flowing",
+                            _ => "negotiating",
+                        };
+                        view::ReceivedTrack {
+                            track_id: t.track.to_string(),
+                            publisher: t.publisher.to_string(),
+                            kind: kind(t.kind),
+                            state,
+                            layer: t.switch.current,
+                            target_layer: t.switch.target,
+                            visible: t.pref.visible,
+                            pinned: t.pref.pinned,
+                            max_height: t.pref.max_height,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Some(view::RoomMedia {
+            active_speaker: r.speaker.current().map(|s| s.to_string()),
+            participants,
         })
     }
 
@@ -1260,11 +1330,7 @@ impl Sfu {
                     return;
                 };
                 let layer = match rid {
-                    Some(rid) if track.simulcast() => {
-                        let declared: Vec<String> = track.rids.iter().map(|r| r.to_string()).collect();
-                        let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
-                        layers::layer_of(&rid.to_string(), &declared)
-                    }
+                    Some(rid) if track.simulcast() => track.layer_of_rid(&rid.to_string()),
                     // A simulcast stream whose rid str0m has not bound yet: wait for it.
                     None if track.simulcast() => return,
                     _ => 0,
@@ -1524,7 +1590,12 @@ impl Sfu {
             self.metrics.keyframe_requests_throttled.inc();
             return;
         }
-        let rid = track.rids.get(layer).copied();
+        // The rid of that layer (indexes follow the rids' names: q and f are 0 and 2).
+        let rid = track
+            .rids
+            .iter()
+            .copied()
+            .find(|r| track.layer_of_rid(&r.to_string()) == layer);
         let mut api = p.rtc.direct_api();
         let Some(rx) = api.stream_rx_by_mid(mid, rid) else {
             return;

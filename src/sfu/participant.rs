@@ -45,6 +45,21 @@ impl TrackIn {
     pub fn simulcast(&self) -> bool {
         self.rids.len() > 1
     }
+
+    /// The layer index of `rid` among the rids this track declared.
+    pub fn layer_of_rid(&self, rid: &str) -> usize {
+        let declared: Vec<String> = self.rids.iter().map(|r| r.to_string()).collect();
+        let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+        super::layers::layer_of(rid, &declared)
+    }
+
+    /// The rid of layer `index`, if the track declared one for it.
+    pub fn rid_of_layer(&self, index: usize) -> Option<String> {
+        self.rids
+            .iter()
+            .map(|r| r.to_string())
+            .find(|r| self.layer_of_rid(r) == index)
+    }
 }
 
 /// Negotiation state of a forwarded track.
