@@ -317,6 +317,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             key: api_key.clone(),
             store: store.clone(),
             sources,
+            media: media.clone(),
         },
     };
     let app = http::router(state);

@@ -73,6 +73,13 @@ pub enum MediaCommand {
         /// Record or not.
         recorded: bool,
     },
+    /// What the core knows of a room's media, for the admin API.
+    RoomMedia {
+        /// The room.
+        room: String,
+        /// The view, `None` for a room with nobody in it.
+        reply: oneshot::Sender<Option<crate::sfu::view::RoomMedia>>,
+    },
     /// Remove everyone from a room (its consultation ended).
     CloseRoom {
         /// The room.
@@ -138,6 +145,16 @@ impl MediaHandle {
             reply,
         })
         .await?;
+        answer.await.map_err(|_| MediaGone)
+    }
+
+    /// The media of `room` (see [`crate::sfu::view`]).
+    pub async fn room_media(
+        &self,
+        room: String,
+    ) -> Result<Option<crate::sfu::view::RoomMedia>, MediaGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(MediaCommand::RoomMedia { room, reply }).await?;
         answer.await.map_err(|_| MediaGone)
     }
 
@@ -351,6 +368,9 @@ impl Edge {
                 reason,
             } => self.sfu.leave(now, participant, reason),
             MediaCommand::CloseRoom { room } => self.sfu.close_room(now, &room),
+            MediaCommand::RoomMedia { room, reply } => {
+                let _ = reply.send(self.sfu.room_media(&room));
+            }
             MediaCommand::SetRecorded {
                 participant,
                 recorded,

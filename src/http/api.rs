@@ -63,6 +63,8 @@ pub struct ApiState {
     pub store: Store,
     /// Hashes source addresses for the audit trail.
     pub sources: SourceHasher,
+    /// The media engine (what a consultation's call receives and sends).
+    pub media: crate::edge::MediaHandle,
 }
 
 /// Who made an admin request: the API key's id (a hash prefix, never the key).
@@ -85,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/appointments/{id}", get(get_appointment).delete(cancel_appointment))
         .route("/appointments/{id}/reschedule", post(reschedule_appointment))
         .route("/consultations/{id}", get(get_consultation))
+        .route("/consultations/{id}/media", get(consultation_media))
         .route("/tokens", post(create_token))
         .route("/tokens/{jti}/revoke", post(revoke_token))
         .route("/users/{user}/revoke-tokens", post(revoke_user_tokens))
@@ -514,6 +517,37 @@ async fn get_consultation(State(state): State<ApiState>, Path(id): Path<String>)
     }
 }
 
+/// What the call of a consultation carries now: each participant's downlink estimate, the
+/// layers of what it publishes and the layer (or pause) of what it receives. For operators
+/// looking into "the patient sees no video"; participant ids only, no names.
+async fn consultation_media(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id("id", &id)?;
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let found = tokio::task::spawn_blocking(move || store.consultation(&lookup))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let Some(consultation) = found else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "not_found", "no such consultation".into()));
+    };
+    let media = state.media.room_media(consultation.room).await.map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the media engine is not running".into(),
+        )
+    })?;
+    let media = media.unwrap_or(crate::sfu::view::RoomMedia {
+        active_speaker: None,
+        participants: Vec::new(),
+    });
+    Ok(Json(serde_json::json!({ "consultation": id, "media": media })).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
@@ -683,6 +717,7 @@ mod tests {
         ("delete", "/appointments/{id}"),
         ("post", "/appointments/{id}/reschedule"),
         ("get", "/consultations/{id}"),
+        ("get", "/consultations/{id}/media"),
         ("post", "/tokens"),
         ("post", "/tokens/{jti}/revoke"),
         ("post", "/users/{user}/revoke-tokens"),

@@ -551,6 +551,21 @@ async fn recording_asks_everyone_and_audits_each_decision() {
         .map(|x| (x["user"].as_str().unwrap(), x["decision"].as_str().unwrap()))
         .collect();
     assert_eq!(decisions, [("dr-li", "granted"), ("pat-a", "refused"), ("son-of-a", "granted")]);
+    // The operator's view of the call's media: participants by server id, no names.
+    let path = format!("/api/v1/consultations/{consultation}/media");
+    let (status, m) = http(&server, "GET", &path, Some(server.api_key()), None).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["consultation"], consultation.as_str());
+    let people = m["media"]["participants"].as_array().expect("participants");
+    assert!(!people.is_empty(), "{m}");
+    assert!(people.iter().all(|p| p["id"].as_str().is_some_and(|id| id.starts_with('p'))), "{m}");
+    for name in ["dr-li", "pat-a", "son-of-a"] {
+        assert!(!m.to_string().contains(name), "{name} in {m}");
+    }
+    let (status, _) = http(&server, "GET", &path, None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = http(&server, "GET", "/api/v1/consultations/no-such/media", Some(server.api_key()), None).await;
+    assert_eq!(status, 404);
     server.shutdown().await;
 }
 
