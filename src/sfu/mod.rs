@@ -1380,14 +1380,11 @@ impl Sfu {
         let meter = &mut track.layers[layer];
         let newly_active = video && !meter.active(now);
         meter.on_packet(now, packet.payload.len());
-        if keyframe {
-            if let Some(d) = &vp8 {
-                let _ = d;
-                if let Some(h) = layers::vp8_descriptor_len(&packet.payload)
-                    .and_then(|offset| layers::vp8_keyframe_height(&packet.payload, offset))
-                {
-                    meter.height = Some(h);
-                }
+        if keyframe && vp8.is_some() {
+            if let Some(h) = layers::vp8_descriptor_len(&packet.payload)
+                .and_then(|offset| layers::vp8_keyframe_height(&packet.payload, offset))
+            {
+                meter.height = Some(h);
             }
         }
         // Switching needs keyframes only where there are layers to switch between; a single
