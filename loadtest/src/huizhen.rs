@@ -1,6 +1,6 @@
 //! A simulated participant speaking huizhen's signaling protocol v1 (`/ws`, see
 //! `signaling/PROTOCOL.md`): join a room, offer what it publishes, answer the server's
-//! renegotiations, leave.
+//! renegotiations, follow `publish_layers`, leave.
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{ClientError, Wake, WsStream};
+use crate::link::LinkConfig;
 use crate::media::MediaPlan;
 use crate::peer::{Peer, Shared};
 use crate::scenario::ParticipantSpec;
@@ -27,7 +28,8 @@ pub async fn participant(
     url: String,
     room: String,
     spec: ParticipantSpec,
-    plan: MediaPlan,
+    mut plan: MediaPlan,
+    downlink: Option<LinkConfig>,
     ip: IpAddr,
     shared: Rc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -44,11 +46,20 @@ pub async fn participant(
         },
     )
     .await?;
-    tokio::time::timeout(JOIN_TIMEOUT, wait_joined(&mut ws))
+    let simulcast = tokio::time::timeout(JOIN_TIMEOUT, wait_joined(&mut ws))
         .await
         .map_err(|_| ClientError::Timeout("joined"))??;
+    if !simulcast && !plan.simulcast.is_empty() {
+        // A server without simulcast (`joined.simulcast` absent or false): one layer, as the
+        // browser client does.
+        tracing::debug!("the server does not take simulcast: publishing one layer");
+        plan.simulcast.clear();
+    }
 
     let mut peer = Peer::bind(ip, spec.index, shared.clone()).await?;
+    if let Some(link) = downlink {
+        peer.set_downlink(link);
+    }
     let offer = peer.offer(spec.publishes.then_some(plan), &[]);
     send(&mut ws, &ClientMessage::Offer { sdp: offer, sources: Default::default() }).await?;
 
@@ -104,14 +115,15 @@ pub async fn participant(
     result
 }
 
-async fn wait_joined(ws: &mut WsStream) -> Result<(), ClientError> {
+/// Waits for `joined`; returns whether the server takes simulcast.
+async fn wait_joined(ws: &mut WsStream) -> Result<bool, ClientError> {
     while let Some(message) = ws.next().await {
         let message = message.map_err(|e| ClientError::Connect(e.to_string()))?;
         let Message::Text(text) = message else {
             continue;
         };
         match serde_json::from_str::<ServerMessage>(&text) {
-            Ok(ServerMessage::Joined { .. }) => return Ok(()),
+            Ok(ServerMessage::Joined { simulcast, .. }) => return Ok(simulcast),
             Ok(ServerMessage::Error { code, message }) => {
                 return Err(ClientError::Refused(format!("{code:?}: {message}")))
             }
@@ -134,6 +146,9 @@ async fn on_signal(ws: &mut WsStream, peer: &mut Peer, text: &str) -> Result<(),
             return Err(ClientError::Refused(format!("{code:?}: {message}")))
         }
         ServerMessage::Bye { reason } => return Err(ClientError::Removed(reason)),
+        ServerMessage::PublishLayers { mid, rids } => peer.publish_layers(&mid, &rids),
+        ServerMessage::TrackPaused { .. } => peer.shared().tx.borrow_mut().tracks_paused += 1,
+        ServerMessage::TrackResumed { .. } => peer.shared().tx.borrow_mut().tracks_resumed += 1,
         _ => {}
     }
     Ok(())

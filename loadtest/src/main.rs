@@ -4,6 +4,7 @@
 mod client;
 mod huizhen;
 mod janus;
+mod link;
 mod media;
 mod payload;
 mod peer;
@@ -22,7 +23,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
-use crate::media::MediaPlan;
+use crate::link::LinkConfig;
+use crate::media::{MediaPlan, SIMULCAST_LAYERS};
 use crate::run::{CapacityLimits, RunConfig, Target};
 use crate::scenario::{Scenario, ScenarioKind};
 
@@ -68,6 +70,21 @@ struct Args {
     /// Publish no audio.
     #[arg(long)]
     no_audio: bool,
+    /// Publish each camera as simulcast in these layers (rids, comma separated, of `q`
+    /// 150 kbit/s 320x180, `h` 500 kbit/s 640x360, `f` --video-bitrate 1280x720), e.g.
+    /// `q,h,f`. A server that does not announce simulcast gets one layer. huizhen only.
+    #[arg(long, value_delimiter = ',')]
+    simulcast: Vec<String>,
+    /// Put receivers behind an emulated downlink of this many kbit/s (a token bucket on
+    /// their receive path; their TWCC feedback tells the server). huizhen only.
+    #[arg(long)]
+    downlink_kbps: Option<u64>,
+    /// Longest a datagram may queue on the capped downlink before it is dropped, ms.
+    #[arg(long, default_value_t = 200)]
+    downlink_queue_ms: u64,
+    /// Share of the receivers behind the capped downlink (spread evenly), 0..=1.
+    #[arg(long, default_value_t = 1.0)]
+    capped_share: f64,
     /// The whole run's length in seconds (it stops by itself then).
     #[arg(long, default_value_t = 20)]
     duration: u64,
@@ -180,6 +197,32 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
     anyhow::ensure!((2..=100).contains(&args.room_size), "--room-size must be within 2..=100");
     anyhow::ensure!(args.fps <= 120, "--fps must be at most 120");
     anyhow::ensure!(args.keyframe_interval > 0.0, "--keyframe-interval must be positive");
+    let mut simulcast = Vec::new();
+    for rid in &args.simulcast {
+        let known = SIMULCAST_LAYERS.iter().find(|(r, _, _)| r == rid);
+        let Some((rid, _, _)) = known else {
+            anyhow::bail!("--simulcast: unknown rid {rid:?} (use q, h, f)");
+        };
+        anyhow::ensure!(!simulcast.contains(rid), "--simulcast: {rid} given twice");
+        simulcast.push(*rid);
+    }
+    // Lowest first, whatever the order given.
+    simulcast.sort_by_key(|rid| SIMULCAST_LAYERS.iter().position(|(r, _, _)| r == rid));
+    anyhow::ensure!((0.0..=1.0).contains(&args.capped_share), "--capped-share must be within 0..=1");
+    let downlink = match args.downlink_kbps {
+        Some(kbps) => {
+            anyhow::ensure!(kbps > 0, "--downlink-kbps must be positive");
+            Some(LinkConfig {
+                rate_bps: kbps * 1000,
+                queue: Duration::from_millis(args.downlink_queue_ms),
+            })
+        }
+        None => None,
+    };
+    if args.target == TargetKind::Janus {
+        anyhow::ensure!(simulcast.is_empty(), "--simulcast is for huizhen only");
+        anyhow::ensure!(downlink.is_none(), "--downlink-kbps is for huizhen only");
+    }
     let url = args.url.clone().unwrap_or_else(|| match args.target {
         TargetKind::Huizhen => "ws://127.0.0.1:8080/ws".into(),
         TargetKind::Janus => "ws://127.0.0.2:8188/".into(),
@@ -202,6 +245,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
             video_bitrate: args.video_bitrate,
             fps: args.fps,
             keyframe_interval: Duration::from_secs_f64(args.keyframe_interval),
+            simulcast,
             ..MediaPlan::default()
         },
         duration: Duration::from_secs(args.duration),
@@ -219,5 +263,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
             max_p99_ms: args.max_p99_ms,
         }),
         progress: !args.quiet,
+        downlink,
+        capped_share: args.capped_share,
     })
 }

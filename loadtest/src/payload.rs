@@ -2,15 +2,17 @@
 //! delay, inside a payload an SFU forwards like real media.
 //!
 //! Video payloads begin with a VP8 payload descriptor and, on the first packet of a keyframe,
-//! a VP8 keyframe header (start code and a 640x360 size), so an SFU that looks for keyframes
-//! finds them. Audio payloads are opaque like Opus. After that prefix comes the probe:
+//! a VP8 keyframe header (start code and the layer's size: 640x360 for one layer; 320x180,
+//! 640x360 and 1280x720 for the simulcast layers `q`, `h`, `f`), so an SFU that looks for
+//! keyframes finds them and can read their height. Audio payloads are opaque like Opus. After that prefix comes the probe:
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 4 | magic `HZLT` |
 //! | 4 | publisher index (the generator's numbering), big endian |
 //! | 1 | kind: 0 audio, 1 video |
-//! | 4 | sequence number of this stream, big endian (the generator's, not RTP's) |
+//! | 1 | simulcast layer: 0 `q` (or the only layer), 1 `h`, 2 `f` |
+//! | 4 | sequence number of this stream (of this layer), big endian (the generator's, not RTP's) |
 //! | 8 | send time in microseconds since the run's epoch, big endian |
 //!
 //! The rest is filler up to the packet's size.
@@ -18,7 +20,7 @@
 use thiserror::Error;
 
 const MAGIC: &[u8; 4] = b"HZLT";
-const PROBE_LEN: usize = 4 + 4 + 1 + 4 + 8;
+const PROBE_LEN: usize = 4 + 4 + 1 + 1 + 4 + 8;
 /// VP8 payload descriptor: X=0, N=0, S=1 (start of partition), PID 0.
 const VP8_DESCRIPTOR_START: u8 = 0x10;
 /// VP8 payload descriptor of a continuation packet.
@@ -44,7 +46,9 @@ pub struct Probe {
     pub publisher: u32,
     /// Audio or video.
     pub kind: Kind,
-    /// Sequence number within the publisher's stream of this kind.
+    /// The simulcast layer (index in the publisher's `q`, `h`, `f`; 0 without simulcast).
+    pub layer: u8,
+    /// Sequence number within the publisher's stream of this kind and layer.
     pub seq: u32,
     /// Send time, microseconds since the run's epoch.
     pub sent_us: u64,
@@ -77,8 +81,9 @@ pub fn audio(probe: &Probe, size: usize) -> Vec<u8> {
     out
 }
 
-/// Writes a VP8-like video payload of `size` bytes.
-pub fn video(probe: &Probe, part: FramePart, size: usize) -> Vec<u8> {
+/// Writes a VP8-like video payload of `size` bytes; a keyframe says it is `height` pixels
+/// high (and 16:9).
+pub fn video(probe: &Probe, part: FramePart, size: usize, height: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(size.max(PROBE_LEN + 1 + VP8_KEYFRAME_HEADER));
     match part {
         FramePart::KeyframeStart => {
@@ -86,8 +91,8 @@ pub fn video(probe: &Probe, part: FramePart, size: usize) -> Vec<u8> {
             // Frame tag: bit 0 = 0 (keyframe), version 0, show_frame 1, first partition size.
             out.extend_from_slice(&[0x10, 0x02, 0x00]);
             out.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-            out.extend_from_slice(&640u16.to_le_bytes());
-            out.extend_from_slice(&360u16.to_le_bytes());
+            out.extend_from_slice(&(height / 9 * 16).to_le_bytes());
+            out.extend_from_slice(&height.to_le_bytes());
         }
         FramePart::InterframeStart => {
             out.push(VP8_DESCRIPTOR_START);
@@ -109,6 +114,7 @@ fn write_probe(out: &mut Vec<u8>, probe: &Probe) {
         Kind::Audio => 0,
         Kind::Video => 1,
     });
+    out.push(probe.layer);
     out.extend_from_slice(&probe.seq.to_be_bytes());
     out.extend_from_slice(&probe.sent_us.to_be_bytes());
 }
@@ -146,13 +152,13 @@ pub fn read(payload: &[u8]) -> Result<Probe, PayloadError> {
     Ok(Probe {
         publisher: u32::from_be_bytes(p[4..8].try_into().expect("4 bytes")),
         kind,
-        seq: u32::from_be_bytes(p[9..13].try_into().expect("4 bytes")),
-        sent_us: u64::from_be_bytes(p[13..21].try_into().expect("8 bytes")),
+        layer: p[9],
+        seq: u32::from_be_bytes(p[10..14].try_into().expect("4 bytes")),
+        sent_us: u64::from_be_bytes(p[14..22].try_into().expect("8 bytes")),
     })
 }
 
 /// Whether a video payload starts a keyframe.
-#[cfg(test)]
 pub fn is_keyframe_start(payload: &[u8]) -> bool {
     payload.first() == Some(&VP8_DESCRIPTOR_START) && payload.get(1).is_some_and(|t| t & 1 == 0)
 }
@@ -165,6 +171,7 @@ mod tests {
         Probe {
             publisher: 7,
             kind,
+            layer: 2,
             seq: 123_456,
             sent_us: 9_876_543_210,
         }
@@ -186,13 +193,15 @@ mod tests {
             (FramePart::InterframeStart, false),
             (FramePart::Continuation, false),
         ] {
-            let bytes = video(&p, part, 1100);
+            let bytes = video(&p, part, 1100, 360);
             assert_eq!(bytes.len(), 1100);
             assert_eq!(read(&bytes), Ok(p), "{part:?}");
             assert_eq!(is_keyframe_start(&bytes), key, "{part:?}");
         }
-        let key = video(&p, FramePart::KeyframeStart, 1100);
+        let key = video(&p, FramePart::KeyframeStart, 1100, 720);
         assert_eq!(&key[4..7], &[0x9d, 0x01, 0x2a], "VP8 start code");
+        assert_eq!(u16::from_le_bytes([key[7], key[8]]), 1280);
+        assert_eq!(u16::from_le_bytes([key[9], key[10]]), 720);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! One simulated WebRTC endpoint: a str0m `Rtc` (RTP mode, full ICE, real DTLS and SRTP) on its
-//! own UDP socket, sending the synthetic media of a [`MediaClock`] and measuring what arrives.
+//! own UDP socket, sending the synthetic media of a [`MediaClock`] (a camera in one layer or as
+//! simulcast) and measuring what arrives, optionally through an emulated capped downlink
+//! ([`Link`]) that its TWCC feedback then describes to the server.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -8,16 +10,17 @@ use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use thiserror::Error;
 use tokio::net::UdpSocket;
 
+use crate::link::{Link, LinkConfig};
 use crate::media::{MediaClock, MediaPlan, Outgoing};
 use crate::payload::{self, Kind, Probe};
-use crate::stats::RxStats;
+use crate::stats::{Arrival, Group, RxStats};
 
 /// Failures of a peer.
 #[derive(Debug, Error)]
@@ -65,7 +68,7 @@ impl Shared {
     }
 }
 
-/// Sender-side counters.
+/// Counters of the senders, the sockets, the emulated links and the adaptive-media signaling.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct TxCounters {
     /// RTP packets handed to str0m.
@@ -76,6 +79,18 @@ pub struct TxCounters {
     pub keyframe_requests: u64,
     /// Packets a lagging sender skipped.
     pub skipped: u64,
+    /// Keyframe requests that named a simulcast layer (rid).
+    pub keyframe_requests_by_rid: u64,
+    /// `publish_layers` requests the publishers followed.
+    pub publish_layers: u64,
+    /// Datagrams the emulated capped downlinks dropped (queue full).
+    pub downlink_drops: u64,
+    /// Datagrams that crossed the emulated capped downlinks.
+    pub downlink_delivered: u64,
+    /// `track_paused` messages the receivers got (video stopped for bandwidth).
+    pub tracks_paused: u64,
+    /// `track_resumed` messages.
+    pub tracks_resumed: u64,
 }
 
 /// A published track.
@@ -84,8 +99,10 @@ struct Track {
     kind: Kind,
     mid: Mid,
     pt: Option<Pt>,
-    rtp_seq: u64,
-    probe_seq: u32,
+    /// Per layer (one for audio and a camera without simulcast).
+    rtp_seq: Vec<u64>,
+    /// Per layer: the probe's sequence numbers are per layer too.
+    probe_seq: Vec<u32>,
 }
 
 /// One endpoint.
@@ -99,6 +116,12 @@ pub struct Peer {
     tracks: Vec<Track>,
     clock: Option<MediaClock>,
     plan: Option<MediaPlan>,
+    /// The camera's rids, by layer (`[None]` without simulcast).
+    rids: Vec<Option<Rid>>,
+    /// Layers the server asked for (`publish_layers`) before the media started.
+    wanted_layers: Option<Vec<usize>>,
+    /// The emulated capped downlink, if this participant is behind one.
+    downlink: Option<Link<(SocketAddr, Vec<u8>)>>,
     pending: Option<SdpPendingOffer>,
     next_timeout: Instant,
     scratch: Vec<Outgoing>,
@@ -136,6 +159,9 @@ impl Peer {
             tracks: Vec::new(),
             clock: None,
             plan: None,
+            rids: vec![None],
+            wanted_layers: None,
+            downlink: None,
             pending: None,
             next_timeout: now,
             scratch: Vec::new(),
@@ -156,7 +182,16 @@ impl Peer {
                 tracks.push((Kind::Audio, mid));
             }
             if plan.video() {
-                let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+                let layers = plan.video_layers();
+                let simulcast = (!plan.simulcast.is_empty()).then(|| {
+                    let mut simulcast = Simulcast::new();
+                    for layer in &layers {
+                        simulcast.add_send_layer(SimulcastLayer::new(layer.rid.expect("simulcast layers have rids")));
+                    }
+                    simulcast
+                });
+                self.rids = layers.iter().map(|l| l.rid.map(Rid::from)).collect();
+                let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast);
                 tracks.push((Kind::Video, mid));
             }
         }
@@ -170,12 +205,15 @@ impl Peer {
         self.pending = Some(pending);
         self.tracks = tracks
             .into_iter()
-            .map(|(kind, mid)| Track {
-                kind,
-                mid,
-                pt: None,
-                rtp_seq: 1,
-                probe_seq: 0,
+            .map(|(kind, mid)| {
+                let layers = if kind == Kind::Video { self.rids.len() } else { 1 };
+                Track {
+                    kind,
+                    mid,
+                    pt: None,
+                    rtp_seq: vec![1; layers],
+                    probe_seq: vec![0; layers],
+                }
             })
             .collect();
         self.plan = plan;
@@ -222,13 +260,72 @@ impl Peer {
         }
     }
 
+    /// Puts this participant behind a capped downlink: every datagram it receives crosses
+    /// `config` first. Its receivers' figures are reported as the capped group.
+    pub fn set_downlink(&mut self, config: LinkConfig) {
+        self.downlink = Some(Link::new(config));
+        self.shared.rx.borrow_mut().set_group(self.index, Group::Capped);
+    }
+
+    /// The server's `publish_layers`: send only the layers `rids` of the camera on `mid`.
+    pub fn publish_layers(&mut self, mid: &str, rids: &[String]) {
+        let Some(track) = self.tracks.iter().find(|t| t.kind == Kind::Video) else {
+            return;
+        };
+        if track.mid.to_string() != mid {
+            return;
+        }
+        let layers: Vec<usize> = self
+            .rids
+            .iter()
+            .enumerate()
+            .filter(|(_, rid)| rid.is_some_and(|r| rids.iter().any(|w| w.as_str() == &*r)))
+            .map(|(i, _)| i)
+            .collect();
+        self.shared.tx.borrow_mut().publish_layers += 1;
+        match &mut self.clock {
+            Some(clock) => clock.set_active(&layers),
+            None => self.wanted_layers = Some(layers),
+        }
+    }
+
+    /// What the run's peers share.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The socket, for receiving.
     pub fn socket(&self) -> &UdpSocket {
         &self.socket
     }
 
-    /// One datagram arrived.
+    /// One datagram arrived on the socket: it crosses the capped downlink, if there is one,
+    /// else goes to the session at once.
     pub fn on_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        match &mut self.downlink {
+            Some(link) => {
+                if !link.push(now, bytes.len(), (source, bytes.to_vec())) {
+                    self.shared.tx.borrow_mut().downlink_drops += 1;
+                }
+            }
+            None => self.deliver(now, source, bytes),
+        }
+    }
+
+    /// Hands the datagrams that have crossed the downlink by `now` to the session.
+    fn release_downlink(&mut self, now: Instant) {
+        let mut delivered = 0;
+        while let Some((source, bytes)) = self.downlink.as_mut().and_then(|l| l.pop(now)) {
+            self.deliver(now, source, &bytes);
+            delivered += 1;
+        }
+        if delivered > 0 {
+            self.shared.tx.borrow_mut().downlink_delivered += delivered;
+        }
+    }
+
+    /// One datagram reaches the session.
+    fn deliver(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         let Ok(contents) = bytes.try_into() else {
             return;
         };
@@ -261,7 +358,8 @@ impl Peer {
     /// When this peer next needs [`Self::tick`].
     pub fn next_wake(&self) -> Instant {
         let media = self.clock.as_ref().and_then(MediaClock::next_due);
-        media.map_or(self.next_timeout, |m| m.min(self.next_timeout))
+        let link = self.downlink.as_ref().and_then(Link::next_release);
+        [media, link].into_iter().flatten().fold(self.next_timeout, Instant::min)
     }
 
     /// Timers, due media, and everything str0m wants to send or tell.
@@ -269,6 +367,7 @@ impl Peer {
         if self.failed {
             return;
         }
+        self.release_downlink(now);
         if now >= self.next_timeout {
             if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
                 tracing::debug!(error = %e, "timeout handling failed");
@@ -297,21 +396,27 @@ impl Peer {
             let Some(pt) = track.pt else {
                 continue;
             };
+            let layer = usize::from(out.layer).min(track.rtp_seq.len() - 1);
             let probe = Probe {
                 publisher: self.index,
                 kind: out.kind,
-                seq: track.probe_seq,
+                layer: layer as u8,
+                seq: track.probe_seq[layer],
                 sent_us,
             };
-            track.probe_seq += 1;
+            track.probe_seq[layer] += 1;
             let bytes = match out.kind {
                 Kind::Audio => payload::audio(&probe, out.size),
-                Kind::Video => payload::video(&probe, out.part, out.size),
+                Kind::Video => payload::video(&probe, out.part, out.size, clock.height(out.layer)),
             };
-            let seq = track.rtp_seq;
-            track.rtp_seq += 1;
+            let seq = track.rtp_seq[layer];
+            track.rtp_seq[layer] += 1;
+            let rid = match out.kind {
+                Kind::Audio => None,
+                Kind::Video => self.rids.get(layer).copied().flatten(),
+            };
             let mut api = self.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+            let Some(tx) = api.stream_tx_by_mid(track.mid, rid) else {
                 continue;
             };
             tx.write_rtp(
@@ -357,8 +462,15 @@ impl Peer {
             Event::Connected => {
                 self.connected = true;
                 self.resolve_payload_types();
+                // The server estimates this participant's downlink from its TWCC feedback;
+                // str0m sends it when the SDP negotiated it, and this makes sure it does.
+                self.rtc.direct_api().enable_twcc_feedback();
                 if let Some(plan) = self.plan.clone() {
-                    self.clock = Some(MediaClock::new(plan, now));
+                    let mut clock = MediaClock::new(plan, now);
+                    if let Some(layers) = self.wanted_layers.take() {
+                        clock.set_active(&layers);
+                    }
+                    self.clock = Some(clock);
                 }
             }
             Event::RtpPacket(packet) => {
@@ -369,15 +481,27 @@ impl Peer {
                 match payload::read(&packet.payload) {
                     Ok(probe) => {
                         let at = self.shared.micros(now);
-                        self.shared.rx.borrow_mut().on_packet(self.index, &probe, at);
+                        let arrival = Arrival {
+                            keyframe_start: probe.kind == Kind::Video
+                                && payload::is_keyframe_start(&packet.payload),
+                            payload_len: packet.payload.len(),
+                        };
+                        self.shared.rx.borrow_mut().on_packet(self.index, &probe, arrival, at);
                     }
                     Err(_) => self.shared.rx.borrow_mut().on_foreign(),
                 }
             }
-            Event::KeyframeRequest(_) => {
-                self.shared.tx.borrow_mut().keyframe_requests += 1;
+            Event::KeyframeRequest(request) => {
+                let mut tx = self.shared.tx.borrow_mut();
+                tx.keyframe_requests += 1;
+                // A request names the layer by rid (str0m maps the PLI/FIR's SSRC to it); one
+                // without a rid is for the whole camera.
+                let layer = request.rid.and_then(|rid| {
+                    tx.keyframe_requests_by_rid += 1;
+                    self.rids.iter().position(|r| *r == Some(rid))
+                });
                 if let Some(clock) = &mut self.clock {
-                    clock.request_keyframe();
+                    clock.request_keyframe(layer);
                 }
             }
             Event::IceConnectionStateChange(str0m::IceConnectionState::Disconnected) => {

@@ -27,6 +27,15 @@ pub fn table(r: &Report) -> String {
             r.publisher_pps
         ),
     );
+    if !r.simulcast.is_empty() {
+        row("simulcast layers", r.simulcast.join(", "));
+    }
+    if let Some(d) = &r.downlink {
+        row(
+            "capped downlink",
+            format!("{:.0} kbit/s, queue {:.0} ms, {:.0} % of the receivers", d.kbps, d.queue_ms, d.capped_share * 100.0),
+        );
+    }
     row("measured window", format!("{:.1} s", r.measured_secs));
     row("forwarded packets/s (received)", format!("{:.0}", r.forwarded_pps));
     if let Some(s) = &r.server {
@@ -60,7 +69,47 @@ pub fn table(r: &Report) -> String {
         "delay p50 / p99 / max",
         format!("{:.2} / {:.2} / {:.2} ms", r.rx.delay_p50_ms, r.rx.delay_p99_ms, r.rx.delay_max_ms),
     );
+    if r.rx.restarts > 0 || r.rx.skipped_by_server > 0 {
+        row(
+            "layer switches + resumes seen",
+            format!("{} ({} packets skipped by the server before a keyframe, not loss)", r.rx.restarts, r.rx.skipped_by_server),
+        );
+    }
     row("jitter (mean, RFC 3550)", format!("{:.2} ms", r.rx.jitter_mean_ms));
+    if r.groups.len() > 1 || r.downlink.is_some() {
+        for g in &r.groups {
+            let ended: Vec<String> = g.ended_on.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            row(
+                &format!("{:?} receivers", g.group).to_lowercase(),
+                format!(
+                    "{}: {:.0} pkt/s each, video {:.0} kbit/s per stream, loss {:.3} %, delay p50/p99 {:.1}/{:.1} ms, videos ended on: {}",
+                    g.receivers,
+                    g.received_pps_per_receiver,
+                    g.video_kbps_per_stream,
+                    g.loss * 100.0,
+                    g.delay_p50_ms,
+                    g.delay_p99_ms,
+                    ended.join(", ")
+                ),
+            );
+        }
+        row(
+            "capped link / adaptive signaling",
+            format!(
+                "{} datagrams dropped, {} delivered; {} track_paused, {} track_resumed",
+                r.tx.downlink_drops, r.tx.downlink_delivered, r.tx.tracks_paused, r.tx.tracks_resumed
+            ),
+        );
+    }
+    if !r.simulcast.is_empty() {
+        row(
+            "keyframe requests / publish_layers",
+            format!(
+                "{} ({} naming a layer) / {}",
+                r.tx.keyframe_requests, r.tx.keyframe_requests_by_rid, r.tx.publish_layers
+            ),
+        );
+    }
     row(
         "join time p50 / p99",
         format!("{} / {} ms ({} joined, {} failed)", r.rx.join_p50_ms, r.rx.join_p99_ms, r.rx.joins, r.rx.join_failures),

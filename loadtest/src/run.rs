@@ -13,12 +13,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::janus::{self, Feeds};
+use crate::link::LinkConfig;
 use crate::media::MediaPlan;
 use crate::peer::{Shared, TxCounters};
 use crate::procstat::{self, ProcSample};
 use crate::scenario::{ParticipantSpec, Scenario};
 use crate::scrape::{self, Buckets};
-use crate::stats::{Counts, RxSummary};
+use crate::stats::{Counts, Group, GroupSummary, RxSummary};
 
 /// Which SFU and where.
 #[derive(Debug, Clone)]
@@ -88,6 +89,21 @@ pub struct RunConfig {
     pub capacity: Option<CapacityLimits>,
     /// Draw the live progress line.
     pub progress: bool,
+    /// The emulated downlink of the capped receivers, if any.
+    pub downlink: Option<LinkConfig>,
+    /// Share of the receivers behind `downlink` (0..=1).
+    pub capped_share: f64,
+}
+
+/// The capped downlink of a run, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownlinkReport {
+    /// Line rate, kbit/s.
+    pub kbps: f64,
+    /// Queue limit, ms.
+    pub queue_ms: f64,
+    /// Share of the receivers behind it.
+    pub capped_share: f64,
 }
 
 /// CPU and memory figures of a process over the measured window.
@@ -169,8 +185,14 @@ pub struct Report {
     pub video_bitrate: u64,
     /// Video frames per second.
     pub fps: u32,
-    /// Packets per second one publisher sends.
+    /// Packets per second one publisher sends (every layer).
     pub publisher_pps: f64,
+    /// Simulcast rids each camera is published in (empty: one layer).
+    pub simulcast: Vec<String>,
+    /// The capped downlink, if some receivers were behind one.
+    pub downlink: Option<DownlinkReport>,
+    /// What each receiver group (uncapped, capped) got in the window.
+    pub groups: Vec<GroupSummary>,
     /// Seconds in the measured window.
     pub measured_secs: f64,
     /// Packets the subscribers received per second in the window (= forwarded by the SFU).
@@ -191,6 +213,13 @@ pub struct Report {
     pub capacity: Option<Capacity>,
 }
 
+/// Whether the `n`-th receiver (from 0) is behind the capped link when `share` of them are:
+/// spread evenly, so that any prefix of the receivers holds about `share` capped ones.
+pub fn is_capped(n: u32, share: f64) -> bool {
+    let share = share.clamp(0.0, 1.0);
+    ((f64::from(n) + 1.0) * share).floor() > (f64::from(n) * share).floor()
+}
+
 /// A snapshot at the start or end of a window.
 struct Mark {
     at: Instant,
@@ -209,6 +238,8 @@ struct Runner {
     stop_rx: watch::Receiver<bool>,
     units: u32,
     next_index: u32,
+    /// Receivers started so far (to put the capped share behind the link evenly).
+    receivers: u32,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
     progress: ProgressBar,
@@ -238,6 +269,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         stop_rx,
         units: 0,
         next_index: 0,
+        receivers: 0,
         tasks: Vec::new(),
         started: Instant::now(),
         progress,
@@ -392,10 +424,20 @@ impl Runner {
         let room = format!("{}-{}", self.config.room_prefix, spec.unit);
         let target = self.config.target.clone();
         let feeds = self.feeds.clone();
+        let downlink = if spec.receives.is_empty() {
+            None
+        } else {
+            let n = self.receivers;
+            self.receivers += 1;
+            let capped = self.config.downlink.is_some() && is_capped(n, self.config.capped_share);
+            let group = if capped { Group::Capped } else { Group::Uncapped };
+            shared.rx.borrow_mut().set_group(spec.index, group);
+            self.config.downlink.filter(|_| capped)
+        };
         let handle = tokio::task::spawn_local(async move {
             let result = match target {
                 Target::Huizhen { url } => {
-                    crate::huizhen::participant(url, room, spec, plan, ip, shared.clone(), stop).await
+                    crate::huizhen::participant(url, room, spec, plan, downlink, ip, shared.clone(), stop).await
                 }
                 Target::Janus { url } => {
                     janus::participant(url, spec, plan, ip, shared.clone(), feeds, stop).await
@@ -502,6 +544,22 @@ impl Runner {
             video_bitrate: self.config.plan.video_bitrate,
             fps: self.config.plan.fps,
             publisher_pps: self.config.plan.packets_per_second(),
+            simulcast: self.config.plan.simulcast.iter().map(|r| r.to_string()).collect(),
+            downlink: self.config.downlink.map(|d| DownlinkReport {
+                kbps: d.rate_bps as f64 / 1000.0,
+                queue_ms: d.queue.as_secs_f64() * 1000.0,
+                capped_share: self.config.capped_share,
+            }),
+            groups: {
+                let layers: Vec<String> = self
+                    .config
+                    .plan
+                    .video_layers()
+                    .iter()
+                    .map(|l| l.rid.unwrap_or("single").to_string())
+                    .collect();
+                self.shared.rx.borrow().groups(&from.counts, dt, self.shared.micros(to.at), &layers)
+            },
             measured_secs: dt,
             forwarded_pps,
             rx,
@@ -537,5 +595,21 @@ impl Runner {
             tracing::warn!("some participants did not leave within 5 s");
         }
         self.progress.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_capped;
+
+    #[test]
+    fn the_capped_share_is_spread_evenly_over_the_receivers() {
+        let capped = |share: f64, n: u32| (0..n).filter(|&i| is_capped(i, share)).count();
+        assert_eq!(capped(0.5, 10), 5);
+        assert_eq!(capped(1.0, 7), 7);
+        assert_eq!(capped(0.0, 7), 0);
+        assert_eq!(capped(0.25, 100), 25);
+        // Alternating at one half: a followup visit has one capped and one free participant.
+        assert!(!is_capped(0, 0.5) && is_capped(1, 0.5));
     }
 }
