@@ -360,3 +360,74 @@ fn the_room_view_shows_estimates_layers_and_what_each_subscriber_gets() {
     let json = serde_json::to_string(&view).unwrap();
     assert!(!json.contains("client-"), "{json}");
 }
+
+/// The rid lists `client` was asked to publish (`publish_layers`), in order.
+fn publish_layers(net: &SimNet, client: usize) -> Vec<Vec<String>> {
+    net.clients[client]
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::PublishLayers { rids, .. } => Some(rids.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn layers_nobody_would_receive_are_switched_off_at_the_publisher_and_back_on_when_wanted() {
+    let (mut net, a, good, weak) = room(27, None);
+    net.run_media(Duration::from_secs(8));
+    // Everyone shows the camera at full size: every layer is wanted, nothing is asked.
+    assert!(publish_layers(&net, a).is_empty());
+    let pref = |net: &SimNet, rx: usize, visible: bool, max_height: Option<u32>| TrackPreference {
+        track_id: video_track_id(net, rx, a),
+        visible,
+        max_height,
+        max_fps: None,
+        pinned: false,
+    };
+    let sent = |net: &SimNet| net.clients[a].encoder.as_ref().map(|e| e.frames_sent).unwrap();
+
+    // Both show it as a 120-line thumbnail: after the delay only the quarter layer is sent.
+    for rx in [good, weak] {
+        let p = pref(&net, rx, true, Some(120));
+        prefer(&mut net, rx, p);
+    }
+    net.run_media(Duration::from_secs(5));
+    assert_eq!(publish_layers(&net, a), vec![vec!["q".to_string()]]);
+    let before = sent(&net);
+    net.run_media(Duration::from_secs(2));
+    let after = sent(&net);
+    assert!(after[0] >= before[0] + 30, "{before:?} -> {after:?}");
+    assert_eq!((after[1], after[2]), (before[1], before[2]), "h and f stopped");
+    for rx in [good, weak] {
+        let got = since(&frames(&net, rx, a), net.now - Duration::from_secs(1));
+        assert!(got.len() >= 15 && got.iter().all(|f| f.layer == 0), "{got:?}");
+    }
+    assert_eq!(net.sfu.metrics().dynacast_layers_off.get(), 2);
+
+    // One enlarges it: every layer is asked for again at once, and that subscriber climbs
+    // back to the top layer while the other keeps its thumbnail.
+    let p = pref(&net, good, true, None);
+    prefer(&mut net, good, p);
+    net.run_media(Duration::from_millis(500));
+    let asked = publish_layers(&net, a);
+    assert_eq!(asked.last().unwrap(), &vec!["q".to_string(), "h".into(), "f".into()]);
+    net.run_media(Duration::from_secs(8));
+    let got = since(&frames(&net, good, a), net.now - Duration::from_secs(1));
+    assert!(got.len() >= 15 && got.iter().all(|f| f.layer == 2), "{got:?}");
+    let got = since(&frames(&net, weak, a), net.now - Duration::from_secs(1));
+    assert!(got.len() >= 15 && got.iter().all(|f| f.layer == 0), "{got:?}");
+
+    // Nobody shows it: nothing is sent at all (the patient's uplink is spared).
+    for rx in [good, weak] {
+        let p = pref(&net, rx, false, None);
+        prefer(&mut net, rx, p);
+    }
+    net.run_media(Duration::from_secs(5));
+    assert_eq!(publish_layers(&net, a).last().unwrap(), &Vec::<String>::new());
+    let before = sent(&net);
+    net.run_media(Duration::from_secs(2));
+    assert_eq!(sent(&net), before);
+    assert_eq!(paused_notices(&net, good), (0, 0));
+}

@@ -90,6 +90,11 @@ pub struct VideoTrack {
     pub layers: [Option<u64>; MAX_LAYERS],
     /// Highest layer worth sending (from the subscriber's size limit); `None`: not shown.
     pub max_layer: Option<usize>,
+    /// There is nothing cheaper to fall back to, so the video is never paused: the publisher
+    /// declared one layer only, or its lowest declared layer is not flowing yet. Declared,
+    /// not measured: a simulcast camera whose upper layers are switched off (dynacast) can
+    /// still be paused.
+    pub single_layer: bool,
 }
 
 impl VideoTrack {
@@ -289,7 +294,7 @@ impl Allocator {
                 Target::Layer(_) => (bitrate as f64 / KEEP_TOLERANCE) as u64,
                 Target::Hidden => bitrate,
             };
-            let single = v.layers.iter().flatten().count() == 1;
+            let single = v.single_layer;
             if need <= left {
                 left = left.saturating_sub(bitrate);
                 new.insert(v.track, Target::Layer(low));
@@ -435,6 +440,7 @@ mod tests {
             priority: Priority::Normal,
             layers: [Some(Q), Some(H), Some(F)],
             max_layer: Some(2),
+            single_layer: false,
         }
     }
 
@@ -699,6 +705,7 @@ mod tests {
         let mut screen = cam(1);
         screen.priority = Priority::Screen;
         screen.layers = [Some(1_000_000), None, None];
+        screen.single_layer = true;
         let videos = [cam(2), screen];
         settle(&mut a, &mut now, 6, 1_400_000, &videos);
         // Screen first: 1M, then the camera's Q (150k); 1.32M budget leaves no room for H.
@@ -706,5 +713,19 @@ mod tests {
         // Too narrow for the screen: still sent, and the camera is paused.
         settle(&mut a, &mut now, 6, 600_000, &videos);
         assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Paused]);
+    }
+
+    #[test]
+    fn a_simulcast_camera_sending_only_its_low_layer_can_still_be_paused() {
+        // Dynacast switched its upper layers off (everyone shows a thumbnail): one layer is
+        // measured, but the camera is not a single-layer video.
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let mut v = cam(1);
+        v.layers = [Some(Q), None, None];
+        settle(&mut a, &mut now, 4, 1_000_000, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Layer(0));
+        settle(&mut a, &mut now, 6, AUDIO + Q / 3, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Paused);
     }
 }

@@ -107,6 +107,11 @@ pub struct SfuMetrics {
     /// Subscribers' keyframe requests answered by a pending switch or the per-subscription
     /// limit instead of reaching the publisher.
     pub keyframe_requests_absorbed: IntCounter,
+    /// Dynacast requests to publishers, by what changed (`on`: a layer asked for again,
+    /// `off`: layers switched off).
+    pub dynacast_changes: IntCounterVec,
+    /// Simulcast layers publishers were asked to switch off because nobody would receive them.
+    pub dynacast_layers_off: IntGauge,
     by_kind_cache: [ByKind; 2],
 }
 
@@ -326,8 +331,22 @@ impl SfuMetrics {
                 "keyframe_requests_absorbed_total",
                 "Subscribers' keyframe requests not relayed (a switch already waits for one, or the per-subscription limit)",
             ),
+            dynacast_changes: counter_vec(
+                r,
+                "dynacast_changes_total",
+                "Requests to publishers to change the simulcast layers they send, by direction (on, off)",
+                "direction",
+            ),
+            dynacast_layers_off: gauge(
+                r,
+                "dynacast_layers_off",
+                "Simulcast layers publishers were asked to switch off because nobody would receive them",
+            ),
             by_kind_cache,
         };
+        for direction in ["on", "off"] {
+            metrics.dynacast_changes.with_label_values(&[direction]);
+        }
         for direction in ["up", "down", "pause", "resume"] {
             metrics.layer_changes.with_label_values(&[direction]);
         }

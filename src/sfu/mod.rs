@@ -15,6 +15,7 @@
 
 pub mod allocation;
 pub mod demux;
+pub mod dynacast;
 pub mod forwarder;
 pub mod keyframe;
 pub mod layers;
@@ -1268,6 +1269,7 @@ impl Sfu {
             layers: Default::default(),
             last_params: None,
             rids,
+            dynacast: Default::default(),
         };
         let room = p.room;
         debug!(participant = %id, track = %track_id, ?kind, layers = track.rids.len().max(1), "track published");
@@ -1692,6 +1694,73 @@ impl Sfu {
         });
         self.metrics.paused_tracks.set(paused as i64);
         self.metrics.allocated_video_bps.set(allocated as i64);
+        self.dynacast_round(now);
+    }
+
+    /// Ask publishers to send only the simulcast layers somebody would receive (see
+    /// [`dynacast`]): the ladder up to the largest layer any subscriber's tile asks for, all of
+    /// it while the track is recorded, none while nobody shows it.
+    fn dynacast_round(&mut self, now: Instant) {
+        let mut wanted: HashMap<TrackId, dynacast::LayerMask> = HashMap::new();
+        for s in self.participants.values() {
+            for t in &s.tracks_out {
+                if t.kind != MediaKind::Video
+                    || !t.pref.visible
+                    || matches!(
+                        t.state,
+                        TrackOutState::ToStop(_) | TrackOutState::NegotiatingStop(_)
+                    )
+                {
+                    continue;
+                }
+                let Some(tin) = self
+                    .participants
+                    .get(&t.publisher)
+                    .and_then(|p| p.tracks_in.iter().find(|x| x.id == t.track))
+                else {
+                    continue;
+                };
+                if !tin.simulcast() {
+                    continue;
+                }
+                let top = max_layer_for(&tin.layers, t.pref.max_height);
+                *wanted.entry(t.track).or_default() |= dynacast::up_to(top);
+            }
+        }
+        let mut asks = Vec::new();
+        let mut off = 0;
+        for p in self.participants.values_mut() {
+            for t in &mut p.tracks_in {
+                if !t.simulcast() {
+                    continue;
+                }
+                let declared = t.declared_layers();
+                let want = if p.recorded {
+                    declared
+                } else {
+                    wanted.get(&t.id).copied().unwrap_or(0)
+                };
+                let before = t.dynacast.sent().unwrap_or(declared);
+                if let Some(next) = t.dynacast.update(now, declared, want) {
+                    let direction = if next & !before != 0 { "on" } else { "off" };
+                    self.metrics.dynacast_changes.with_label_values(&[direction]).inc();
+                    let rids: Vec<String> = t
+                        .rids
+                        .iter()
+                        .map(|r| r.to_string())
+                        .filter(|r| next & (1 << t.layer_of_rid(r)) != 0)
+                        .collect();
+                    debug!(participant = %p.id, track = %t.id, ?rids, "dynacast: layers to send");
+                    asks.push((p.id, t.mid.to_string(), rids));
+                }
+                let sent = t.dynacast.sent().unwrap_or(declared);
+                off += (declared & !sent).count_ones() as i64;
+            }
+        }
+        self.metrics.dynacast_layers_off.set(off);
+        for (id, mid, rids) in asks {
+            self.signal(id, ServerMessage::PublishLayers { mid, rids });
+        }
     }
 
     /// Allocate subscriber `id`'s estimate over the videos it receives (see [`allocation`]),
@@ -1982,6 +2051,16 @@ fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn, speaking: bool) -> Vid
         priority,
         layers,
         max_layer,
+        // A simulcast camera whose lowest layer is not flowing (its encoder starting) is
+        // treated as one layer: pausing it for the price of its upper layers would announce
+        // a weak connection for what is only a start.
+        single_layer: !tin.simulcast()
+            || tin
+                .rids
+                .iter()
+                .map(|r| tin.layer_of_rid(r))
+                .min()
+                .is_none_or(|low| layers[low].is_none()),
     }
 }
 

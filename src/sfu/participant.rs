@@ -36,6 +36,8 @@ pub struct TrackIn {
     pub layers: [LayerMeter; MAX_LAYERS],
     /// The layer handed to the recorder (the best one sent, switched on keyframes).
     pub record: LayerSwitch,
+    /// Which layers the publisher was asked to send (dynacast).
+    pub dynacast: super::dynacast::Dynacast,
     /// Payload params of the last seen incoming PT, so the lookup is done once per PT.
     pub last_params: Option<(Pt, PayloadParams)>,
 }
@@ -51,6 +53,14 @@ impl TrackIn {
         let declared: Vec<String> = self.rids.iter().map(|r| r.to_string()).collect();
         let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
         super::layers::layer_of(rid, &declared)
+    }
+
+    /// The layers this track declared, as a mask (bit `i` for layer `i`).
+    pub fn declared_layers(&self) -> super::dynacast::LayerMask {
+        self.rids
+            .iter()
+            .map(|r| 1 << self.layer_of_rid(r))
+            .fold(0, |m, b| m | b)
     }
 
     /// The rid of layer `index`, if the track declared one for it.

@@ -111,8 +111,13 @@ pub struct SimEncoder {
     keyframe_due: [bool; 3],
     /// Next sequence number per layer.
     seq: [u64; 3],
-    /// Layers sent (indexes into [`SIM_LAYERS`]).
+    /// Layers declared (indexes into [`SIM_LAYERS`]).
     pub active: [bool; 3],
+    /// Layers the server asked to stop (`publish_layers`), as a browser sets an encoding
+    /// inactive.
+    pub stopped: [bool; 3],
+    /// Frames sent per layer.
+    pub frames_sent: [usize; 3],
     /// Keyframes sent per layer.
     pub keyframes: [usize; 3],
 }
@@ -348,9 +353,10 @@ impl SimNet {
             let rtp_time = frame.wrapping_mul(4_500);
             let mut packets = Vec::new();
             for (l, (rid, size, height)) in SIM_LAYERS.iter().enumerate() {
-                if !enc.active[l] {
+                if !enc.active[l] || enc.stopped[l] {
                     continue;
                 }
+                enc.frames_sent[l] += 1;
                 let key = std::mem::take(&mut enc.keyframe_due[l]) || frame % 200 == 0;
                 let size = if key { size * 3 } else { *size };
                 if key {
@@ -641,6 +647,19 @@ impl SimNet {
                 let offer = SdpOffer::from_sdp_string(sdp).expect("server offer parses");
                 let answer = c.rtc.sdp_api().accept_offer(offer).expect("offer accepted");
                 Some(answer.to_sdp_string())
+            }
+            ServerMessage::PublishLayers { rids, .. } => {
+                if let Some(enc) = self.clients[i].encoder.as_mut() {
+                    for (l, (rid, _, _)) in SIM_LAYERS.iter().enumerate() {
+                        let stop = !rids.iter().any(|r| r == rid);
+                        if enc.stopped[l] && !stop {
+                            // An encoding switched on again starts with a keyframe.
+                            enc.keyframe_due[l] = true;
+                        }
+                        enc.stopped[l] = stop;
+                    }
+                }
+                None
             }
             _ => None,
         };
