@@ -431,3 +431,119 @@ fn layers_nobody_would_receive_are_switched_off_at_the_publisher_and_back_on_whe
     assert_eq!(sent(&net), before);
     assert_eq!(paused_notices(&net, good), (0, 0));
 }
+
+#[test]
+fn red_audio_goes_whole_to_a_lossy_subscriber_and_as_plain_opus_to_the_others_and_the_recorder() {
+    use str0m::media::MediaKind;
+    use str0m::rtp::{RedEncoder, RedundantBlock};
+
+    let mut net = SimNet::new(28);
+    net.opus_red = true;
+    let a = net.add_client("room", &[MediaKind::Audio]);
+    let red_sub = net.add_client("room", &[]);
+    net.opus_red = false;
+    let plain = net.add_client("room", &[]);
+    net.run_for(Duration::from_secs(1));
+    let a_id = net.clients[a].id;
+    net.sfu.set_recorded(net.now, a_id, true).unwrap();
+    let red_pt = net.red_pt(a).expect("the publisher negotiated RED");
+    let opus_pt = net.pt(a, MediaKind::Audio);
+    assert!(net.red_pt(red_sub).is_some());
+    assert_eq!(net.red_pt(plain), None);
+
+    // Frame i (40 + i bytes of i), each packet carrying its frame and the previous one (one
+    // level, as browsers send).
+    let frame = |i: u16| vec![i as u8; 40 + (i % 100) as usize];
+    let red_packet = |i: u16| {
+        let redundant = (i > 1).then(|| RedundantBlock {
+            pt: *opus_pt,
+            timestamp_offset: 960,
+            payload: frame(i - 1),
+        });
+        RedEncoder::encode(*opus_pt, &frame(i), redundant.as_slice())
+    };
+    let send = |net: &mut SimNet, frames: std::ops::RangeInclusive<u16>| {
+        for i in frames {
+            net.send_rtp_as(a, MediaKind::Audio, red_pt, &red_packet(i), false);
+            net.run_for(Duration::from_millis(20));
+        }
+    };
+    let got = |net: &SimNet, rx: usize| -> Vec<(u8, Vec<u8>)> {
+        let mids = net.mids_from(rx, a, TrackKind::Audio);
+        net.clients[rx]
+            .received
+            .iter()
+            .filter(|r| mids.contains(&r.mid))
+            .map(|r| (*r.pt, r.payload.clone()))
+            .collect()
+    };
+    let plain_opus = *net.pt(plain, MediaKind::Audio);
+    let sub_opus = *net.pt(red_sub, MediaKind::Audio);
+    let sub_red_pt = *net.red_pt(red_sub).unwrap();
+
+    // A clean link: RED would only cost bandwidth, so the RED-capable subscriber gets plain
+    // Opus too.
+    send(&mut net, 1..=100);
+    let clean = got(&net, red_sub);
+    assert_eq!(clean.len(), 100);
+    assert!(clean.iter().all(|(pt, _)| *pt == sub_opus), "{:?}", &clean[..3]);
+    assert_eq!(clean.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), (1..=100).map(frame).collect::<Vec<_>>());
+    assert_eq!(net.sfu.metrics().red_subscribers.get(), 0);
+
+    // Its link starts losing 10 %: once its receiver reports tell, it gets RED whole, under
+    // its own payload type.
+    let mut link = Link::rate(50_000_000);
+    link.loss = 0.10;
+    net.clients[red_sub].downlink = Some(link);
+    send(&mut net, 101..=900);
+    let lossy: Vec<(u8, Vec<u8>)> = got(&net, red_sub).into_iter().skip(100).collect();
+    let tail: Vec<&(u8, Vec<u8>)> = lossy.iter().rev().take(40).collect();
+    assert!(tail.iter().all(|(pt, _)| *pt == sub_red_pt), "RED in the end");
+    let sent: Vec<Vec<u8>> = (101..=900).map(red_packet).collect();
+    assert!(tail.iter().all(|(_, p)| sent.contains(p)), "RED payloads forwarded unchanged");
+    assert_eq!(net.sfu.metrics().red_subscribers.get(), 1);
+
+    // The subscriber without RED gets every primary frame as plain Opus, and so does the
+    // recorder.
+    let plain_got = got(&net, plain);
+    assert!(plain_got.iter().all(|(pt, _)| *pt == plain_opus));
+    assert_eq!(plain_got.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), (1..=900).map(frame).collect::<Vec<_>>());
+    let recorded: Vec<Vec<u8>> = net.recorded.iter().map(|r| r.payload.to_vec()).collect();
+    assert_eq!(recorded, (1..=900).map(frame).collect::<Vec<_>>());
+
+    // A RED payload that does not parse (a block header cut short): dropped and counted.
+    let malformed = net.sfu.metrics().dropped_packets.with_label_values(&["malformed"]).get();
+    net.send_rtp_as(a, MediaKind::Audio, red_pt, &[0x80 | *opus_pt, 0x01], false);
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(
+        net.sfu.metrics().dropped_packets.with_label_values(&["malformed"]).get(),
+        malformed + 1
+    );
+    // The subscriber leaves: the gauge follows.
+    let id = net.clients[red_sub].id;
+    net.sfu.leave(net.now, id, super::LeaveReason::Left);
+    assert_eq!(net.sfu.metrics().red_subscribers.get(), 0);
+}
+
+#[test]
+#[ignore = "exploration: prints the weak subscriber's estimate over time"]
+fn zz_explore_300k() {
+    let rate: u64 = std::env::var("RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
+    let mut net = SimNet::new(40);
+    let a = net.add_simulcast_client("room");
+    let b = net.add_simulcast_client("room");
+    let weak = net.add_client("room", &[]);
+    net.run_media(Duration::from_secs(10));
+    net.clients[weak].downlink = Some(Link::rate(rate));
+    let id = net.clients[weak].id;
+    for s in 0..45 {
+        let t = net.now;
+        net.run_media(Duration::from_secs(1));
+        let fa = since(&frames(&net, weak, a), t);
+        let fb = since(&frames(&net, weak, b), t);
+        let au = audio_since(&net, weak, a, t) + audio_since(&net, weak, b, t);
+        let (est, alloc) = net.sfu.allocation_of(id).unwrap();
+        let l = net.clients[weak].downlink.as_ref().unwrap();
+        eprintln!("t={s:2} est={:>8?} alloc={alloc:>7} a={:2}f(l{:?}) b={:2}f(l{:?}) audio={au:3} qdrops={} ", est, fa.len(), fa.last().map(|f| f.layer), fb.len(), fb.last().map(|f| f.layer), l.queue_drops);
+    }
+}

@@ -112,6 +112,8 @@ pub struct SfuMetrics {
     pub dynacast_changes: IntCounterVec,
     /// Simulcast layers publishers were asked to switch off because nobody would receive them.
     pub dynacast_layers_off: IntGauge,
+    /// Subscribers receiving RED audio now (lossy links with room for it).
+    pub red_subscribers: IntGauge,
     by_kind_cache: [ByKind; 2],
 }
 
@@ -341,6 +343,11 @@ impl SfuMetrics {
                 r,
                 "dynacast_layers_off",
                 "Simulcast layers publishers were asked to switch off because nobody would receive them",
+            ),
+            red_subscribers: gauge(
+                r,
+                "red_subscribers",
+                "Subscribers receiving redundant (RED) audio now: their links lose packets and carry the redundancy",
             ),
             by_kind_cache,
         };

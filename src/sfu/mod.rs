@@ -19,6 +19,7 @@ pub mod dynacast;
 pub mod forwarder;
 pub mod keyframe;
 pub mod layers;
+pub mod red;
 pub mod metrics;
 mod participant;
 pub mod retransmit;
@@ -28,6 +29,7 @@ pub mod view;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -538,7 +540,11 @@ impl Sfu {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            // Opus with RED (RFC 2198): str0m answers a browser's offer with RED first, so
+            // browsers send each Opus frame twice (in its own packet and the next), and a single
+            // lost packet costs no audio. Forwarded as is to subscribers that negotiated RED,
+            // stripped to the primary block for the others and the recorder.
+            .enable_opus(true, true)
             .enable_vp8(true)
             .enable_h264(true)
             .enable_vp9(true)
@@ -595,6 +601,7 @@ impl Sfu {
             dirty_since: None,
             may_publish: true,
             recorded: false,
+            red: Default::default(),
             retransmit_window: self.config.retransmit_policy().initial(),
         }
     }
@@ -792,6 +799,9 @@ impl Sfu {
         };
         p.rtc.disconnect();
         self.demux.remove(id, &p.ufrag);
+        if p.red.on() {
+            self.metrics.red_subscribers.dec();
+        }
         let members = match self.room_members.get_mut(&p.room) {
             Some(room) => {
                 room.members.retain(|m| *m != id);
@@ -1267,6 +1277,7 @@ impl Sfu {
                 target: Some(0),
             },
             layers: Default::default(),
+            red: Default::default(),
             last_params: None,
             rids,
             dynacast: Default::default(),
@@ -1350,7 +1361,12 @@ impl Sfu {
                 .and_then(|t| t.last_params.filter(|(cpt, _)| *cpt == pt));
             match cached {
                 Some((_, params)) => Some(params),
-                None => p.rtc.codec_config().find(|c| c.pt() == pt).copied(),
+                // RED rides on the Opus parameters (str0m folds it into them).
+                None => p
+                    .rtc
+                    .codec_config()
+                    .find(|c| c.pt() == pt || c.red() == Some(pt))
+                    .copied(),
             }
         };
         let Some(track) = p.tracks_in.iter_mut().find(|t| t.mid == mid) else {
@@ -1365,6 +1381,20 @@ impl Sfu {
         let video = kind == MediaKind::Video;
         let spec = params.spec();
         let clock_rate = spec.clock_rate.get();
+        let red = !video && params.red() == Some(pt);
+        // The primary block of a RED packet, for those who take plain Opus. A malformed RED
+        // payload is dropped and counted.
+        let primary: Option<Arc<[u8]>> = if red {
+            match red_primary(&packet.payload) {
+                Some(p) => Some(p),
+                None => {
+                    self.metrics.drop_packet(DropReason::Malformed);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let vp8 = if video && spec.codec == Codec::Vp8 {
             Vp8Descriptor::parse(&packet.payload).ok()
         } else {
@@ -1381,7 +1411,11 @@ impl Sfu {
             };
         let meter = &mut track.layers[layer];
         let newly_active = video && !meter.active(now);
-        meter.on_packet(now, packet.payload.len());
+        // Audio is metered as plain Opus (what most subscribers get); RED's full size apart.
+        meter.on_packet(now, primary.as_ref().map_or(packet.payload.len(), |p| p.len()));
+        if red {
+            track.red.on_packet(now, packet.payload.len());
+        }
         if keyframe && vp8.is_some() {
             if let Some(h) = layers::vp8_descriptor_len(&packet.payload)
                 .and_then(|offset| layers::vp8_keyframe_height(&packet.payload, offset))
@@ -1414,7 +1448,7 @@ impl Sfu {
                 rtp_time: packet.header.timestamp,
                 marker: packet.header.marker,
                 arrival: packet.timestamp,
-                payload: packet.payload.clone(),
+                payload: primary.clone().unwrap_or_else(|| packet.payload.clone()),
             }));
         }
 
@@ -1466,11 +1500,11 @@ impl Sfu {
                 self.metrics.drop_packet(DropReason::BeforeSubscribe);
                 continue;
             };
-            let pt_out = match t.pt_map {
-                Some((pin, pout)) if pin == pt => pout,
+            let (pt_plain, pt_red) = match t.pt_map {
+                Some((pin, plain, red_pt)) if pin == pt => (plain, red_pt),
                 _ => match negotiated_pt(&s.rtc, out_mid, params) {
                     Some(local) => {
-                        t.pt_map = Some((pt, local));
+                        t.pt_map = Some((pt, local.0, local.1));
                         local
                     }
                     None => {
@@ -1497,12 +1531,20 @@ impl Sfu {
                 );
                 t.history = Some(s.retransmit_window);
             }
+            // RED goes whole only to a subscriber that negotiated it and whose link wants it
+            // now; everyone else gets the primary block as plain Opus.
+            let (pt_out, payload) = match (&primary, pt_red) {
+                (Some(_), Some(red_pt)) if s.red.on() => (red_pt, packet.payload.clone()),
+                (Some(p), _) => (pt_plain, p.clone()),
+                (None, _) => (pt_plain, packet.payload.clone()),
+            };
+            let payload_len = payload.len();
             let mut write = RtpWrite::new(
                 pt_out,
                 out.seq.into(),
                 out.rtp_time,
                 packet.timestamp,
-                packet.payload.clone(),
+                payload,
             )
             .marker(packet.header.marker)
             .ext_vals(ext.clone())
@@ -1512,7 +1554,7 @@ impl Sfu {
             }
             tx.write_rtp(write);
             kind_metrics.packets_out.inc();
-            kind_metrics.bytes_out.inc_by(packet.payload.len() as u64);
+            kind_metrics.bytes_out.inc_by(payload_len as u64);
             if !s.dirty {
                 s.dirty = true;
                 self.dirty.push(*sub_id);
@@ -1644,6 +1686,7 @@ impl Sfu {
                 for m in &mut t.layers {
                     m.tick(now);
                 }
+                t.red.tick(now);
                 if t.simulcast() {
                     let best = (0..MAX_LAYERS).rev().find(|l| t.layers[*l].active(now));
                     if best.is_some() && best != t.record.target {
@@ -1772,6 +1815,7 @@ impl Sfu {
         };
         let mut videos = Vec::new();
         let mut audio = 0;
+        let mut audio_with_red = 0;
         for t in &s.tracks_out {
             if !matches!(t.state, TrackOutState::Open(_)) {
                 continue;
@@ -1785,6 +1829,11 @@ impl Sfu {
             };
             if t.kind == MediaKind::Audio {
                 audio += tin.layers[0].bitrate();
+                audio_with_red += if tin.red.active(now) {
+                    tin.red.bitrate()
+                } else {
+                    tin.layers[0].bitrate()
+                };
                 continue;
             }
             let speaker = self
@@ -1803,6 +1852,16 @@ impl Sfu {
         }
         let estimate = s.estimate.unwrap_or(NO_ESTIMATE);
         let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE);
+        let was_red = s.red.on();
+        if s.red.decide(sustained, audio, audio_with_red, s.allocated_video) {
+            audio = audio_with_red;
+        }
+        if s.red.on() != was_red {
+            debug!(participant = %id, red = s.red.on(), loss = ?s.red.loss(), sustained, audio_with_red, "RED audio");
+            self.metrics
+                .red_subscribers
+                .add(if s.red.on() { 1 } else { -1 });
+        }
         let outcome = s
             .allocator
             .allocate_sustained(now, estimate, sustained, audio, &videos);
@@ -1972,11 +2031,21 @@ fn sdp_error(e: impl fmt::Display) -> SfuError {
 }
 
 /// The subscriber-side payload type for `params`, if the subscriber accepted that codec on
-/// `mid` in its answer.
-fn negotiated_pt(rtc: &Rtc, mid: Mid, params: PayloadParams) -> Option<Pt> {
-    let local = rtc.codec_config().match_params(params)?.pt();
+/// `mid` in its answer, and its RED payload type for that codec if it negotiated RED.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, params: PayloadParams) -> Option<(Pt, Option<Pt>)> {
+    let local = rtc.codec_config().match_params(params)?;
     let media = rtc.media(mid)?;
-    media.remote_pts().contains(&local).then_some(local)
+    media
+        .remote_pts()
+        .contains(&local.pt())
+        .then(|| (local.pt(), local.red()))
+}
+
+/// The primary (last) block of a RED payload (RFC 2198), `None` when it does not parse.
+fn red_primary(payload: &[u8]) -> Option<Arc<[u8]>> {
+    let blocks = str0m::rtp::RedDecoder::decode(payload).ok()?;
+    let primary = blocks.into_iter().find(|b| b.is_primary)?;
+    Some(Arc::from(primary.payload))
 }
 
 fn needs_negotiation(p: &Participant) -> bool {
@@ -2178,6 +2247,14 @@ fn on_event(
                 debug!(participant = %p.id, rtt_ms = s.rtt.map(|r| r.as_millis()), window_ms = window.as_millis(), "retransmission window resized");
                 p.retransmit_window = window;
                 metrics.retransmit_window_resizes.inc();
+            }
+            None
+        }
+        Event::PeerStats(s) => {
+            // Loss of everything sent to it over the last second, from its transport-wide
+            // feedback: decides whether it gets RED audio.
+            if let Some(loss) = s.egress_loss_fraction {
+                p.red.on_loss(loss);
             }
             None
         }

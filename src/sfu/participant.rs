@@ -34,6 +34,8 @@ pub struct TrackIn {
     pub rids: Vec<str0m::media::Rid>,
     /// Per layer: bitrate, liveness, picture height, keyframe throttle.
     pub layers: [LayerMeter; MAX_LAYERS],
+    /// Audio sent with RED: the full packets' bitrate (`layers[0]` meters the primary blocks).
+    pub red: LayerMeter,
     /// The layer handed to the recorder (the best one sent, switched on keyframes).
     pub record: LayerSwitch,
     /// Which layers the publisher was asked to send (dynacast).
@@ -112,8 +114,8 @@ pub struct TrackOut {
     pub last_pli: Option<Instant>,
     /// The subscriber's wishes for this track.
     pub pref: Preference,
-    /// Incoming PT to outgoing PT, cached.
-    pub pt_map: Option<(Pt, Pt)>,
+    /// Incoming PT to outgoing PT, and the outgoing RED PT where the subscriber negotiated RED.
+    pub pt_map: Option<(Pt, Pt, Option<Pt>)>,
     /// The retransmission window the outgoing stream keeps (`None`: str0m's default, not set
     /// yet).
     pub history: Option<std::time::Duration>,
@@ -266,6 +268,8 @@ pub struct Participant {
     pub retransmit_window: std::time::Duration,
     /// Its media goes to the recorder (it consented to a recording in progress).
     pub recorded: bool,
+    /// Whether it gets RED audio now (see [`super::red`]).
+    pub red: super::red::RedPolicy,
 }
 
 /// How long an estimate must hold before resumes and upgrades go by it.

@@ -49,6 +49,8 @@ pub struct Received {
     pub mid: Mid,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// Payload type (the client's own numbering).
+    pub pt: Pt,
     /// RTP sequence number (low 16 bits).
     pub seq: u16,
     /// RTP timestamp.
@@ -182,6 +184,8 @@ pub struct SimNet {
     pub lost: usize,
     /// Packets the core handed to the recorder.
     pub recorded: Vec<super::RecordedPacket>,
+    /// Clients added from now on negotiate Opus with RED (RFC 2198), as browsers do.
+    pub opus_red: bool,
 }
 
 /// SFU settings for simulations.
@@ -218,6 +222,7 @@ impl SimNet {
             wire_seq: 0,
             lost: 0,
             recorded: Vec::new(),
+            opus_red: false,
         }
     }
 
@@ -260,7 +265,7 @@ impl SimNet {
         let builder = match video_codec {
             None => builder,
             Some(codec) => {
-                let b = builder.clear_codecs().enable_opus(true, false);
+                let b = builder.clear_codecs().enable_opus(true, self.opus_red);
                 match codec {
                     Codec::H264 => b.enable_h264(true),
                     Codec::Vp9 => b.enable_vp9(true),
@@ -445,9 +450,23 @@ impl SimNet {
             .pt()
     }
 
+    /// The RED payload type `client` negotiated for Opus, if it did.
+    pub fn red_pt(&self, client: usize) -> Option<Pt> {
+        self.clients[client]
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| p.red())
+    }
+
     /// Have `client` send one RTP packet on its published track of `kind`.
     pub fn send_rtp(&mut self, client: usize, kind: MediaKind, payload: &[u8], marker: bool) {
         let pt = self.pt(client, kind);
+        self.send_rtp_as(client, kind, pt, payload, marker);
+    }
+
+    /// Like [`SimNet::send_rtp`], with payload type `pt` (RED, for example).
+    pub fn send_rtp_as(&mut self, client: usize, kind: MediaKind, pt: Pt, payload: &[u8], marker: bool) {
         let now = self.now;
         let c = &mut self.clients[client];
         let Some((_, mid)) = c.publish_mids.iter().find(|(k, _)| *k == kind).copied() else {
@@ -703,6 +722,7 @@ impl SimNet {
                         c.received.push(Received {
                             mid,
                             payload: p.payload.to_vec(),
+                            pt: p.header.payload_type,
                             seq: p.header.sequence_number,
                             rtp_time: p.header.timestamp,
                             marker: p.header.marker,

@@ -420,6 +420,8 @@ export function sample(person) {
             'concealedSamples', 'silentConcealedSamples', 'totalSamplesReceived', 'concealmentEvents', 'jitter',
           ]),
         );
+        // The codec of the last packets (audio/red when RED arrives).
+        out.inbound[out.inbound.length - 1].codec = stats.get(s.codecId)?.mimeType;
       } else if (s.type === 'outbound-rtp') {
         out.outbound.push(
           pick(s, [
@@ -427,6 +429,7 @@ export function sample(person) {
             'framesPerSecond', 'pliCount', 'firCount', 'nackCount', 'targetBitrate', 'qualityLimitationReason', 'encoderImplementation',
           ]),
         );
+        out.outbound[out.outbound.length - 1].codec = stats.get(s.codecId)?.mimeType;
       } else if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
         out.pair = pick(s, ['availableOutgoingBitrate', 'availableIncomingBitrate', 'currentRoundTripTime', 'bytesReceived', 'bytesSent']);
       }
@@ -576,6 +579,7 @@ export function receiverFigures(receiver, a, b, { windowS = WINDOW_S, adaptS = A
         concealedSamples: concealed,
         totalSamples: total,
         concealmentEvents: delta(s0, s1, get('concealmentEvents')),
+        codec: get('codec')(s1),
         packetsLost: delta(s0, s1, get('packetsLost')),
         packetsReceived: delta(s0, s1, get('packetsReceived')),
         kbps: round(((delta(s0, s1, get('bytesReceived')) || 0) * 8) / dt / 1000, 0),

@@ -1,0 +1,123 @@
+//! RED per subscriber: redundant audio where it pays for itself.
+//!
+//! Browsers send Opus with RED (RFC 2198) when the server offers it: every packet carries
+//! its own frame and the previous one, so a single lost packet costs no audio. It also nearly
+//! doubles the audio's bitrate (two ~40 kbit/s microphones become ~180 kbit/s on the wire with
+//! their headers), which is exactly what a 120 kbit/s link cannot afford. So the core decides
+//! per subscriber: RED is forwarded while its link loses packets (the transport-wide feedback
+//! of everything sent to it over the last second) and its estimate has room for the
+//! redundancy beside the plain audio and the video it was given; otherwise only the primary
+//! blocks go out, as plain Opus. Subscribers that did not negotiate RED always get plain Opus.
+//! With RED on, the allocator charges the audio at its RED rate, so on a lossy link the video
+//! gives way to intact audio, not the other way round.
+//!
+//! Hysteresis: on at [`LOSS_ON`] smoothed loss, off below [`LOSS_OFF`]; the loss is measured
+//! before RED repairs anything, so turning RED on does not turn it off again.
+
+/// Smoothed loss at which RED is turned on.
+pub const LOSS_ON: f32 = 0.02;
+
+/// Smoothed loss below which RED is turned off again.
+pub const LOSS_OFF: f32 = 0.005;
+
+/// Weight of a new loss report (about one a second).
+const SMOOTHING: f32 = 0.3;
+
+/// One subscriber's RED state.
+#[derive(Debug, Clone, Default)]
+pub struct RedPolicy {
+    loss: Option<f32>,
+    on: bool,
+}
+
+impl RedPolicy {
+    /// Fold in the fraction (0..=1) of packets sent to it that were lost.
+    pub fn on_loss(&mut self, fraction: f32) {
+        let fraction = fraction.clamp(0.0, 1.0);
+        self.loss = Some(match self.loss {
+            Some(l) => l + SMOOTHING * (fraction - l),
+            None => fraction,
+        });
+    }
+
+    /// Decide for this round (all bit/s): its sustained estimate, its audio plain and with
+    /// RED, and the video it was last allocated.
+    pub fn decide(&mut self, sustained: u64, audio: u64, audio_with_red: u64, video: u64) -> bool {
+        let lossy = match self.loss {
+            Some(l) if self.on => l >= LOSS_OFF,
+            Some(l) => l >= LOSS_ON,
+            None => false,
+        };
+        let extra = audio_with_red.saturating_sub(audio);
+        let spare = sustained.saturating_sub(audio + video);
+        self.on = lossy && extra <= spare;
+        self.on
+    }
+
+    /// RED is forwarded now.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// The smoothed loss, if any report came.
+    pub fn loss(&self) -> Option<f32> {
+        self.loss
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Two microphones: ~110 kbit/s plain, ~180 kbit/s with RED.
+    const PLAIN: u64 = 110_000;
+    const RED: u64 = 180_000;
+
+    #[test]
+    fn a_clean_link_gets_plain_opus() {
+        let mut r = RedPolicy::default();
+        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000));
+        for _ in 0..10 {
+            r.on_loss(0.0);
+        }
+        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000));
+    }
+
+    #[test]
+    fn a_lossy_link_with_room_gets_red_until_the_loss_is_gone() {
+        let mut r = RedPolicy::default();
+        for _ in 0..3 {
+            r.on_loss(0.10);
+        }
+        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000));
+        // Loss falls but stays above the off threshold: RED stays.
+        for _ in 0..4 {
+            r.on_loss(0.01);
+        }
+        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000));
+        for _ in 0..20 {
+            r.on_loss(0.0);
+        }
+        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000));
+        // And needs the on threshold again.
+        for _ in 0..3 {
+            r.on_loss(0.01);
+        }
+        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000));
+    }
+
+    #[test]
+    fn a_narrow_link_never_pays_for_red_however_lossy() {
+        let mut r = RedPolicy::default();
+        for _ in 0..5 {
+            r.on_loss(0.2);
+        }
+        // 120 kbit/s carrying the plain audio only, and 300 kbit/s carrying a low layer too:
+        // no room for 70 kbit/s of redundancy.
+        assert!(!r.decide(120_000, PLAIN, RED, 0));
+        assert!(!r.decide(300_000, PLAIN, RED, 150_000));
+        // An audio-only call whose estimate has the room: on.
+        assert!(r.decide(200_000, PLAIN, RED, 0));
+        assert_eq!(r.loss().map(|l| (l * 100.0).round()), Some(20.0));
+    }
+}
