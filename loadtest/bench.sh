@@ -15,6 +15,17 @@
 #                    (BENCH_CAP_STEP visits per step, default 25) and teaching (one more room
 #                    of 100 observers per step)
 #   BENCH_CAP_STEP   visits added per followup capacity step (default 25)
+#   HUIZHEN_BIN      measure this server binary instead of target/release/huizhen
+#   BENCH_BIN        use this generator binary; with both given nothing is built
+#
+# Adaptive media cost (issue 9): BENCH_ADAPTIVE=1 runs, instead of the above, each scenario
+# on a fresh server four times: the server before adaptive media (BENCH_BASE_BIN) and the
+# current one with single-layer publishers, then the current one with simulcast publishers
+# (q,h,f) and with simulcast publishers and half of the receivers behind an emulated
+# 800 kbit/s downlink. Sizes: BENCH_A_FOLLOWUP (40 visits), BENCH_A_PANELS (3 rooms of 6),
+# BENCH_A_OBSERVERS (80), BENCH_A_SECS (30 s per run, of which BENCH_A_WARMUP 10 s settle:
+# the subscribers' estimates start at 500 kbit/s and take seconds to climb),
+# BENCH_A_DOWNLINK (800 kbit/s), BENCH_A_CAPPED_SHARE (0.5).
 #
 # Pinning: with two or more cores the server runs on core 0 and the generator on core 1
 # (taskset), so "per core" means what it says. All traffic stays on 127.0.0.0/8: huizhen
@@ -36,10 +47,12 @@ mkdir -p "$OUT"
 
 log() { echo "bench: $*" >&2; }
 
-cargo build --release --locked -p huizhen -p huizhen-loadtest
+if [ -z "${HUIZHEN_BIN:-}" ] || [ -z "${BENCH_BIN:-}" ]; then
+	cargo build --release --locked -p huizhen -p huizhen-loadtest
+fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-SERVER_BIN="$TARGET_DIR/release/huizhen"
-GEN_BIN="$TARGET_DIR/release/huizhen-loadtest"
+SERVER_BIN="${HUIZHEN_BIN:-$TARGET_DIR/release/huizhen}"
+GEN_BIN="${BENCH_BIN:-$TARGET_DIR/release/huizhen-loadtest}"
 
 if [ "$(nproc)" -ge 2 ]; then
 	SERVER_CORE=0
@@ -76,10 +89,12 @@ data_dir = "$HZ_DIR/data"
 local_dir = "$HZ_DIR/archive"
 EOF
 start_huizhen() {
+	local bin="${1:-$SERVER_BIN}"
+	rm -rf "$HZ_DIR/data" "$HZ_DIR/archive"
 	if [ -n "$SERVER_CORE" ]; then
-		RUST_LOG=warn taskset -c "$SERVER_CORE" "$SERVER_BIN" serve --config "$HZ_DIR/huizhen.toml" >>"$HZ_DIR/server.log" 2>&1 &
+		RUST_LOG=warn taskset -c "$SERVER_CORE" "$bin" serve --config "$HZ_DIR/huizhen.toml" >>"$HZ_DIR/server.log" 2>&1 &
 	else
-		RUST_LOG=warn "$SERVER_BIN" serve --config "$HZ_DIR/huizhen.toml" >>"$HZ_DIR/server.log" 2>&1 &
+		RUST_LOG=warn "$bin" serve --config "$HZ_DIR/huizhen.toml" >>"$HZ_DIR/server.log" 2>&1 &
 	fi
 	HZ_PID=$!
 	for _ in $(seq 100); do
@@ -113,6 +128,38 @@ hz_gen() {
 	run_gen "$1" "${PIN_GEN[@]}" "$GEN_BIN" --target huizhen --url ws://127.0.0.1:17880/ws \
 		--server-pid "$HZ_PID" --metrics-url http://127.0.0.1:17880/metrics --client-ip 127.0.0.1 "${@:2}"
 }
+
+if [ "${BENCH_ADAPTIVE:-0}" = 1 ]; then
+	BASE_BIN="${BENCH_BASE_BIN:?BENCH_BASE_BIN: the server binary before adaptive media}"
+	A_SECS="${BENCH_A_SECS:-30}"
+	A_WARMUP="${BENCH_A_WARMUP:-10}"
+	A_FIXED=(
+		"followup --units ${BENCH_A_FOLLOWUP:-40}"
+		"panel --units ${BENCH_A_PANELS:-3} --room-size 6"
+		"teaching --units 1 --observers ${BENCH_A_OBSERVERS:-80}"
+	)
+	CAPPED=(--simulcast q,h,f --downlink-kbps "${BENCH_A_DOWNLINK:-800}" --downlink-queue-ms 200
+		--capped-share "${BENCH_A_CAPPED_SHARE:-0.5}")
+	for spec in "${A_FIXED[@]}"; do
+		read -r scenario rest <<<"$spec"
+		for variant in base single simulcast capped; do
+			case $variant in
+			base) bin="$BASE_BIN" extra=() ;;
+			single) bin="$SERVER_BIN" extra=() ;;
+			simulcast) bin="$SERVER_BIN" extra=(--simulcast q,h,f) ;;
+			capped) bin="$SERVER_BIN" extra=("${CAPPED[@]}") ;;
+			esac
+			start_huizhen "$bin"
+			# shellcheck disable=SC2086
+			hz_gen "adaptive-$scenario-$variant" --scenario $scenario $rest --duration "$A_SECS" \
+				--warmup "$A_WARMUP" --ramp 100 "${extra[@]}"
+			stop_huizhen
+		done
+	done
+	python3 loadtest/bench_table.py "$OUT" | tee "$OUT/results.md"
+	log "results in $OUT/results.md"
+	exit 0
+fi
 
 for spec in "${FIXED[@]}"; do
 	read -r scenario rest <<<"$spec"

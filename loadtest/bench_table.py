@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns the JSON reports of loadtest/bench.sh into a markdown table with huizhen/Janus ratios.
 
-Usage: bench_table.py DIR   (reads DIR/{huizhen,janus}-{followup,panel,teaching}[-capacity].json)
+Usage: bench_table.py DIR   (reads DIR/{huizhen,janus}-{followup,panel,teaching}[-capacity].json,
+and DIR/adaptive-{followup,panel,teaching}-{base,single,simulcast,capped}.json of
+BENCH_ADAPTIVE=1)
 """
 import json
 import os
@@ -62,8 +64,85 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
+ADAPTIVE_VARIANTS = [
+    ("base", "before adaptive media, one layer"),
+    ("single", "current, one layer"),
+    ("simulcast", "current, simulcast q,h,f"),
+    ("capped", "current, simulcast, capped receivers"),
+]
+
+
+def group_text(r, name):
+    for g in r.get("groups", []):
+        if g["group"] == name:
+            ended = ", ".join(f"{v} {k}" for k, v in sorted(g["ended_on"].items()))
+            return (f'{g["receivers"]}: {g["received_pps_per_receiver"]:.0f} pkt/s, '
+                    f'{g["video_kbps_per_stream"]:.0f} kbit/s per video, loss {g["loss"] * 100:.2f} %, '
+                    f'p99 {g["delay_p99_ms"]:.0f} ms; ended on {ended}')
+    return ""
+
+
+def adaptive(directory):
+    """The issue-9 cost table: old vs current server, per scenario, and what capped receivers got."""
+    out = []
+    rows = []
+    ratios = []
+    capped = []
+    for scenario in SCENARIOS:
+        runs = {v: load(directory, f"adaptive-{scenario}-{v}") for v, _ in ADAPTIVE_VARIANTS}
+        if not any(runs.values()):
+            continue
+        for variant, what in ADAPTIVE_VARIANTS:
+            r = runs[variant]
+            if not r:
+                continue
+            server = r.get("server") or {}
+            rows.append(
+                f'| {scenario} | {what} | {load_text(r)} | {fmt(r["forwarded_pps"], 0)} | {fmt(server.get("cpu_percent"))} '
+                f'| {fmt(server.get("cpu_ms_per_1000_packets"), 3)} | {fmt(server.get("rss_kib_per_subscribed_track"))} '
+                f'| {r["rx"]["loss"] * 100:.3f} | {r["rx"]["delay_p50_ms"]:.2f} / {r["rx"]["delay_p99_ms"]:.2f} '
+                f'| {fmt(r["generator"]["cpu_percent"])} | {sum(r.get("errors", {}).values())} |'
+            )
+            if variant == "capped":
+                capped.append(f'| {scenario} | {group_text(r, "uncapped")} | {group_text(r, "capped")} '
+                              f'| {r["tx"].get("tracks_paused", 0)} / {r["tx"].get("tracks_resumed", 0)} '
+                              f'| {r["tx"].get("downlink_drops", 0)} |')
+        base = (runs["base"] or {}).get("server")
+        cells = []
+        for variant in ("single", "simulcast", "capped"):
+            cur = (runs[variant] or {}).get("server")
+            cells.append(ratio(cur and cur["cpu_ms_per_1000_packets"], base and base["cpu_ms_per_1000_packets"]))
+        ratios.append(f'| {scenario} | ' + " | ".join(cells) + " |")
+    if not rows:
+        return out
+    out.append("| scenario | server, publishers | load | forwarded pkt/s | server CPU % of a core "
+               "| server CPU ms per 1,000 pkts | server RSS KiB per subscribed track | loss % "
+               "| delay p50 / p99 ms | generator CPU % | participants failed |")
+    out.append("|" + " --- |" * 11)
+    out.extend(rows)
+    out.append("")
+    out.append("CPU per forwarded packet, current / before adaptive media (target ≤ 1.25 with one layer):")
+    out.append("")
+    out.append("| scenario | one layer | simulcast | simulcast, capped receivers |")
+    out.append("| --- | --- | --- | --- |")
+    out.extend(ratios)
+    if capped:
+        out.append("")
+        out.append("What the receivers got in the capped runs (window; `ended on`: the layer each video "
+                   "was on at the end, `paused`: nothing for a second):")
+        out.append("")
+        out.append("| scenario | uncapped receivers | capped receivers | track_paused / resumed | link drops |")
+        out.append("| --- | --- | --- | --- | --- |")
+        out.extend(capped)
+    return out
+
+
 def main():
     directory = sys.argv[1]
+    adaptive_rows = adaptive(directory)
+    if adaptive_rows:
+        print("\n".join(adaptive_rows))
+        return
     out = []
     out.append(
         "| scenario | server | load | forwarded pkt/s | server CPU % of a core | pkt/s per core at this cost | server CPU ms per 1,000 pkts "
