@@ -490,10 +490,10 @@ fn red_audio_goes_whole_to_a_lossy_subscriber_and_as_plain_opus_to_the_others_an
     assert_eq!(clean.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), (1..=100).map(frame).collect::<Vec<_>>());
     assert_eq!(net.sfu.metrics().red_subscribers.get(), 0);
 
-    // Its link starts losing 10 %: once its receiver reports tell, it gets RED whole, under
+    // Its link starts losing 20 %: once its transport-wide feedback tells, it gets RED whole, under
     // its own payload type.
     let mut link = Link::rate(50_000_000);
-    link.loss = 0.10;
+    link.loss = 0.20;
     net.clients[red_sub].downlink = Some(link);
     send(&mut net, 101..=900);
     let lossy: Vec<(u8, Vec<u8>)> = got(&net, red_sub).into_iter().skip(100).collect();
@@ -536,6 +536,7 @@ fn zz_explore_300k() {
     net.run_media(Duration::from_secs(10));
     net.clients[weak].downlink = Some(Link::rate(rate));
     let id = net.clients[weak].id;
+    let mut carried = 0;
     for s in 0..45 {
         let t = net.now;
         net.run_media(Duration::from_secs(1));
@@ -544,6 +545,7 @@ fn zz_explore_300k() {
         let au = audio_since(&net, weak, a, t) + audio_since(&net, weak, b, t);
         let (est, alloc) = net.sfu.allocation_of(id).unwrap();
         let l = net.clients[weak].downlink.as_ref().unwrap();
-        eprintln!("t={s:2} est={:>8?} alloc={alloc:>7} a={:2}f(l{:?}) b={:2}f(l{:?}) audio={au:3} qdrops={} ", est, fa.len(), fa.last().map(|f| f.layer), fb.len(), fb.last().map(|f| f.layer), l.queue_drops);
+        eprintln!("t={s:2} est={:>8?} alloc={alloc:>7} a={:2}f(l{:?}) b={:2}f(l{:?}) audio={au:3} qdrops={} kbps={}", est, fa.len(), fa.last().map(|f| f.layer), fb.len(), fb.last().map(|f| f.layer), l.queue_drops, (l.carried_bytes - carried) * 8 / 1000);
+        carried = l.carried_bytes;
     }
 }

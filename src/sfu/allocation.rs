@@ -7,8 +7,10 @@
 //!
 //! 1. **Audio is never allocated**: its bitrate comes off the top of the estimate and audio
 //!    is always forwarded. A weak link loses video first.
-//! 2. **Floor**: every visible video gets its lowest layer, in priority order, while it fits.
-//!    A video whose lowest layer does not fit is *paused* and the subscriber is told. A video
+//! 2. **Floor**: every visible video gets its lowest layer while it fits: a pinned video
+//!    first, then the videos on screen (a video that just resumed last), then the paused ones
+//!    by priority; a paused video does not displace one on screen because its publisher
+//!    speaks. A video whose lowest layer does not fit is *paused* and the subscriber is told. A video
 //!    sent in one layer only (a screen share, a publisher without simulcast) is never paused:
 //!    it has no cheaper layer, and the estimate it would be paused on may be wrong (a
 //!    congested client reports delay that looks like a narrow link); it is charged to the
@@ -63,7 +65,7 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(24);
 /// A resume followed by a pause within this long counts as failed.
 pub const RESUME_TRIAL: Duration = Duration::from_secs(10);
 /// A paused video resumes only when its lowest layer fits this many times over.
-pub const RESUME_MARGIN: f64 = 1.25;
+pub const RESUME_MARGIN: f64 = 1.1;
 
 
 /// Why a video is upgraded before others. Higher first.
@@ -161,8 +163,9 @@ pub struct Outcome {
     /// Bit/s the subscriber would receive with every shown video at its best layer, audio
     /// included: what bandwidth estimation should try to discover.
     pub desired: u64,
-    /// Bit/s the cheapest pending upgrade (or resume) needs on top of `allocated`, if any:
-    /// padding up to it lets the estimator prove the link can take it.
+    /// Bit/s of the cheapest pending upgrade (or resume) on top of `allocated`, if any (the
+    /// layer's own rate, before margins): padding towards it lets the estimator prove the
+    /// link can take it.
     pub next_step: Option<u64>,
 }
 
@@ -249,14 +252,34 @@ impl Allocator {
         let budget = estimate.saturating_sub(audio);
         // What a resume must leave over, on top of its own need.
         let slack = budget.saturating_sub(sustained.min(estimate).saturating_sub(audio));
+        // Upgrades go by priority.
         let mut order: Vec<&VideoTrack> = videos.iter().collect();
-        // Priority first; within it, videos that flow before paused ones, so that a resume
-        // never takes the place of a video already on screen.
-        let flowing = |t: TrackId| matches!(self.target(t), Target::Layer(_));
-        order.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(flowing(b.track).cmp(&flowing(a.track)))
+        order.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.track.cmp(&b.track)));
+        // The floor goes by what is on screen: a video the subscriber pinned, then videos that
+        // flow (settled before those still in their resume trial, which are the first to go
+        // when the link cannot hold them), then the paused ones by priority. A paused video
+        // never takes the floor of one on screen because its publisher started to speak: at
+        // the edge of a link, following the spotlight meant pausing one video, resuming
+        // another and a keyframe from each publisher every time the speaker changed.
+        let tier = |t: TrackId| match self.tracks.get(&t) {
+            Some(s) if matches!(s.target, Target::Layer(_)) => {
+                let trial = s
+                    .resumed_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < RESUME_TRIAL);
+                if trial {
+                    1
+                } else {
+                    2
+                }
+            }
+            _ => 0,
+        };
+        let mut floor_order = order.clone();
+        floor_order.sort_by(|a, b| {
+            (b.priority == Priority::Pinned)
+                .cmp(&(a.priority == Priority::Pinned))
+                .then(tier(b.track).cmp(&tier(a.track)))
+                .then(b.priority.cmp(&a.priority))
                 .then(a.track.cmp(&b.track))
         });
 
@@ -267,8 +290,8 @@ impl Allocator {
             next_step = Some(next_step.map_or(need, |n: u64| n.min(need)));
         };
 
-        // 1. Floor: the lowest layer of every shown video, in priority order.
-        for v in &order {
+        // 1. Floor: the lowest layer of every shown video, in floor order.
+        for v in &floor_order {
             let state = self.tracks.get(&v.track).copied();
             let was = state.map_or(Target::Hidden, |s| s.target);
             let (Some(_), Some((low, bitrate))) = (v.max_layer, v.lowest()) else {
@@ -304,7 +327,7 @@ impl Allocator {
                 left = left.saturating_sub(bitrate);
                 new.insert(v.track, Target::Layer(low));
             } else {
-                note_step(need);
+                note_step(bitrate);
                 new.insert(v.track, Target::Paused);
             }
         }

@@ -24,11 +24,6 @@ pub const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// browser client's encodings (see `static/call.js`).
 pub const DEFAULT_LAYER_BITRATES: [u64; MAX_LAYERS] = [100_000, 500_000, 1_700_000];
 
-/// Bytes a forwarded packet costs on the wire besides its payload: IPv4 20, UDP 8, RTP 12,
-/// header extensions ~12 (transport-wide sequence number, audio level, ...), SRTP tag 10.
-/// Bandwidth estimates count whole packets; an Opus stream of 50 packets/s pays ~25 kbit/s
-/// on top of its ~32 kbit/s of payload, which the allocation must not forget on a weak link.
-pub const PACKET_OVERHEAD: usize = 62;
 
 /// Weight of the newest measurement in the smoothed bitrate (per tick of about 250 ms: a
 /// change shows fully within about a second and a half).
@@ -65,10 +60,13 @@ pub struct LayerMeter {
 }
 
 impl LayerMeter {
-    /// Count one received packet, with what it costs on the subscriber's link beyond its
-    /// payload ([`PACKET_OVERHEAD`]).
+    /// Count one received packet by its payload. Payload bytes, not whole packets: str0m's
+    /// bandwidth estimator counts the RTP payloads it sends (headers, SRTP and UDP are not in
+    /// its figures), and a layer must be measured in the estimate's units. (Counting ~62 bytes
+    /// of headers per packet made two microphones look like 115 kbit/s against estimates that
+    /// saw 65, and a 300 kbit/s link could never show room for a video beside them.)
     pub fn on_packet(&mut self, now: Instant, payload_len: usize) {
-        self.bytes += (payload_len + PACKET_OVERHEAD) as u64;
+        self.bytes += payload_len as u64;
         self.last_packet = Some(now);
     }
 
@@ -160,13 +158,13 @@ mod tests {
         let mut now = t0;
         for _ in 0..20 {
             // 250 ms of 500 kbit/s.
-            m.on_packet(now, 500_000 / 8 / 4 - PACKET_OVERHEAD);
+            m.on_packet(now, 500_000 / 8 / 4);
             now += Duration::from_millis(250);
             m.tick(now);
         }
         assert!((480_000..=520_000).contains(&m.bitrate()), "{}", m.bitrate());
         // One keyframe of 4x the usual bytes moves the estimate by well under 2x.
-        m.on_packet(now, 4 * 500_000 / 8 / 4 - PACKET_OVERHEAD);
+        m.on_packet(now, 4 * 500_000 / 8 / 4);
         now += Duration::from_millis(250);
         m.tick(now);
         assert!(m.bitrate() < 1_000_000, "{}", m.bitrate());

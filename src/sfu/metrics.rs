@@ -114,6 +114,9 @@ pub struct SfuMetrics {
     pub dynacast_layers_off: IntGauge,
     /// Subscribers receiving RED audio now (lossy links with room for it).
     pub red_subscribers: IntGauge,
+    /// Seconds in which a subscriber lost so much that its allocation was capped at what its
+    /// link delivered.
+    pub congestion_caps: IntCounter,
     by_kind_cache: [ByKind; 2],
 }
 
@@ -348,6 +351,11 @@ impl SfuMetrics {
                 r,
                 "red_subscribers",
                 "Subscribers receiving redundant (RED) audio now: their links lose packets and carry the redundancy",
+            ),
+            congestion_caps: counter(
+                r,
+                "congestion_caps_total",
+                "Times a subscriber's allocation was capped at what its link delivered (heavy loss: the link is overfilled)",
             ),
             by_kind_cache,
         };

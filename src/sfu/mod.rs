@@ -19,6 +19,7 @@ pub mod dynacast;
 pub mod forwarder;
 pub mod keyframe;
 pub mod layers;
+pub mod probe;
 pub mod red;
 pub mod metrics;
 mod participant;
@@ -589,6 +590,10 @@ impl Sfu {
             bwe_targets: (0, 0),
             next_probe: None,
             probe_backoff: PROBE_INTERVAL,
+            prober: Default::default(),
+            probe_inputs: (0, None),
+            last_tx: None,
+            congestion_cap: None,
             allocated_video: 0,
             pending: None,
             negotiated_once: false,
@@ -1850,8 +1855,9 @@ impl Sfu {
                 .subscriber_estimate
                 .observe(s.estimate.unwrap_or(0) as f64);
         }
-        let estimate = s.estimate.unwrap_or(NO_ESTIMATE);
-        let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE);
+        let cap = s.congestion_cap(now).unwrap_or(u64::MAX);
+        let estimate = s.estimate.unwrap_or(NO_ESTIMATE).min(cap);
+        let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE).min(cap);
         let was_red = s.red.on();
         if s.red.decide(sustained, audio, audio_with_red, s.allocated_video) {
             audio = audio_with_red;
@@ -1862,6 +1868,20 @@ impl Sfu {
                 .red_subscribers
                 .add(if s.red.on() { 1 } else { -1 });
         }
+        // Padding probes (see [`probe`]) run on last round's goal; a window that proved its
+        // goal lets the allocator take that step once.
+        let (last_sending, last_goal) = s.probe_inputs;
+        // No padding into a link known to be overfilled (str0m pads up to its own estimate,
+        // which has not fallen yet).
+        let last_goal = last_goal.filter(|_| cap == u64::MAX);
+        let probe = s.prober.tick(now, estimate, last_sending, last_goal);
+        let (estimate, sustained) = match last_goal {
+            Some(goal) if probe.proven => {
+                debug!(participant = %id, goal, estimate, "probe proved the next step: trying it");
+                (estimate.max(goal), sustained.max(goal))
+            }
+            _ => (estimate, sustained),
+        };
         let outcome = s
             .allocator
             .allocate_sustained(now, estimate, sustained, audio, &videos);
@@ -1904,14 +1924,14 @@ impl Sfu {
             .filter(|t| t.switch.waiting())
             .filter_map(|t| t.switch.target.map(|l| (t.publisher, t.source_mid, l)))
             .collect();
-        // No padding beyond the media: on a link that barely carries the audio, padding up
-        // to an estimate that overshoots it costs audio packets. The estimate grows through
-        // the probes below instead.
+        // While a video waits for bandwidth, the link is kept busy (padding) up to what would
+        // let it go, when that is within reach (see [`probe`]); otherwise nothing beyond the
+        // media: on a link that barely carries the audio, padding costs audio packets.
         let sending = outcome.allocated + audio;
-        let targets = (sending, outcome.desired.max(sending));
-        let probe = outcome.next_step.is_some()
-            && s.estimate.is_some_and(|e| e < targets.1)
-            && s.next_probe.is_none_or(|t| now >= t);
+        let goal = outcome
+            .next_step
+            .map(|n| sending + (n as f64 * allocation::RESUME_MARGIN) as u64)
+            .or(s.red.waiting().map(|extra| sending + extra));
         if outcome
             .changes
             .iter()
@@ -1919,7 +1939,17 @@ impl Sfu {
         {
             // Something got better: the link has room, probe again soon.
             s.probe_backoff = PROBE_INTERVAL;
+            s.prober.step_taken(now, estimate);
         }
+        if outcome.changes.iter().any(|c| c.to == Target::Paused) {
+            s.prober.setback(now);
+        }
+        s.probe_inputs = (sending, goal);
+        let minimum = probe.minimum.max(sending);
+        let targets = (minimum, outcome.desired.max(minimum));
+        let probe = outcome.next_step.is_some()
+            && s.estimate.is_some_and(|e| e < targets.1)
+            && s.next_probe.is_none_or(|t| now >= t);
         if probe {
             // str0m probes when the desired rate rises above the estimate, once: a paused
             // video or a pending upgrade would otherwise wait for the estimate to grow on
@@ -2252,11 +2282,15 @@ fn on_event(
         }
         Event::PeerStats(s) => {
             // Loss of everything sent to it over the last second, from its transport-wide
-            // feedback: decides whether it gets RED audio.
+            // feedback: decides whether it gets RED audio, and heavy loss caps its allocation
+            // at what the link delivered.
             if let Some(loss) = s.egress_loss_fraction {
                 p.red.on_loss(loss);
             }
-            None
+            let cap = p.note_delivery(now, s.bytes_tx, s.egress_loss_fraction)?;
+            debug!(participant = %p.id, cap, loss = ?s.egress_loss_fraction, "link overfilled: allocation capped at the delivered rate");
+            metrics.congestion_caps.inc();
+            Some(Deferred::Reallocate)
         }
         Event::MediaIngressStats(s) => {
             let last = p.stats.nacks.insert((s.mid, false), s.nacks).unwrap_or(0);

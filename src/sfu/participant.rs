@@ -241,6 +241,15 @@ pub struct Participant {
     pub next_probe: Option<Instant>,
     /// The interval before the probe after next (doubles while probes find nothing).
     pub probe_backoff: Duration,
+    /// Padding towards the next step while a video waits (see [`super::probe`]).
+    pub prober: super::probe::Prober,
+    /// Last round's media rate and goal (audio and video, bit/s), for the prober.
+    pub probe_inputs: (u64, Option<u64>),
+    /// Media bytes sent to it at the last peer statistics (for the delivered rate).
+    pub last_tx: Option<(Instant, u64)>,
+    /// What its link delivered when it last lost heavily, and when: caps its allocation for
+    /// [`CONGESTION_HOLD`] while the estimator catches up.
+    pub congestion_cap: Option<(Instant, u64)>,
     /// Bit/s of video allocated to it at the last round.
     pub allocated_video: u64,
     /// Our outstanding offer.
@@ -272,6 +281,14 @@ pub struct Participant {
     pub red: super::red::RedPolicy,
 }
 
+/// Loss (of everything sent to a subscriber over a second) that means its link is
+/// overfilled, not merely lossy: random loss rarely reaches it, a link given several times its
+/// capacity does at once.
+pub const CONGESTION_LOSS: f32 = 0.25;
+
+/// How long the delivered rate of a congested second caps the allocation.
+pub const CONGESTION_HOLD: Duration = Duration::from_secs(2);
+
 /// How long an estimate must hold before resumes and upgrades go by it.
 pub const SUSTAIN_WINDOW: Duration = Duration::from_secs(2);
 
@@ -286,6 +303,31 @@ impl Participant {
             self.recent_estimates.pop_front();
         }
         self.recent_estimates.push_back((now, estimate));
+    }
+
+    /// Peer statistics came: media bytes sent so far and the loss of the last second. When
+    /// the loss says the link is overfilled, remember what it delivered (the estimator takes
+    /// seconds to fall that far; until then every packet beyond it is lost, audio first).
+    /// Returns the cap when one was set.
+    pub fn note_delivery(&mut self, now: Instant, bytes_tx: u64, loss: Option<f32>) -> Option<u64> {
+        let last = self.last_tx.replace((now, bytes_tx));
+        let (at, before) = last?;
+        let dt = now.saturating_duration_since(at).as_secs_f64();
+        let loss = loss?;
+        if dt < 0.2 || loss < CONGESTION_LOSS {
+            return None;
+        }
+        let sent = bytes_tx.saturating_sub(before) as f64 * 8.0 / dt;
+        let cap = (sent * f64::from(1.0 - loss.min(1.0))) as u64;
+        self.congestion_cap = Some((now, cap));
+        Some(cap)
+    }
+
+    /// The congestion cap, while it holds.
+    pub fn congestion_cap(&self, now: Instant) -> Option<u64> {
+        self.congestion_cap
+            .filter(|(at, _)| now.saturating_duration_since(*at) < CONGESTION_HOLD)
+            .map(|(_, cap)| cap)
     }
 
     /// The lowest estimate of the last [`SUSTAIN_WINDOW`] (the current one if older).

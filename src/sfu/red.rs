@@ -28,6 +28,7 @@ const SMOOTHING: f32 = 0.3;
 pub struct RedPolicy {
     loss: Option<f32>,
     on: bool,
+    waiting: Option<u64>,
 }
 
 impl RedPolicy {
@@ -51,7 +52,15 @@ impl RedPolicy {
         let extra = audio_with_red.saturating_sub(audio);
         let spare = sustained.saturating_sub(audio + video);
         self.on = lossy && extra <= spare;
+        self.waiting = (lossy && !self.on).then_some(extra);
         self.on
+    }
+
+    /// The redundancy's cost (bit/s) when the link wants RED but its estimate shows no room
+    /// for it: a goal for the padding probes (an audio-only call's estimate stays near the
+    /// little it carries and would never show the room otherwise).
+    pub fn waiting(&self) -> Option<u64> {
+        self.waiting
     }
 
     /// RED is forwarded now.

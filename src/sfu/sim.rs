@@ -79,6 +79,8 @@ pub struct Link {
     pub queue_drops: usize,
     /// Packets dropped by random loss.
     pub random_drops: usize,
+    /// Bytes the link carried (IP and UDP headers included).
+    pub carried_bytes: u64,
 }
 
 impl Link {
@@ -92,6 +94,7 @@ impl Link {
             free_at: None,
             queue_drops: 0,
             random_drops: 0,
+            carried_bytes: 0,
         }
     }
 }
@@ -583,6 +586,7 @@ impl SimNet {
                 return;
             }
             let bits = (bytes.len() as u64 + 28) * 8;
+            link.carried_bytes += bytes.len() as u64 + 28;
             let done = start + Duration::from_nanos(bits * 1_000_000_000 / link.rate.max(1));
             link.free_at = Some(done);
             at = done + self.latency + link.delay;
