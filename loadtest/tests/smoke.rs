@@ -71,6 +71,26 @@ async fn every_scenario_runs_against_huizhen_with_media_received() {
     let teaching = generator(&server, &["--scenario", "teaching", "--units", "1", "--observers", "4", "--duration", "5"]).await;
     check(&teaching, 5, 4, 8);
 
+    // Simulcast publishers, half of the receivers behind a 600 kbit/s downlink: everyone
+    // still gets media, the report has both groups, the publishers sent three layers.
+    let adaptive = generator(
+        &server,
+        &[
+            "--scenario", "panel", "--units", "1", "--room-size", "4", "--duration", "6", "--simulcast", "q,h,f",
+            "--downlink-kbps", "600", "--capped-share", "0.5",
+        ],
+    )
+    .await;
+    check(&adaptive, 4, 4, 24);
+    assert_eq!(adaptive["simulcast"], serde_json::json!(["q", "h", "f"]));
+    let groups = adaptive["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 2, "{adaptive:#}");
+    for g in groups {
+        assert_eq!(g["receivers"], 2, "{adaptive:#}");
+        assert!(g["received_pps"].as_f64().unwrap() > 0.0, "{adaptive:#}");
+    }
+    assert!(adaptive["tx"]["downlink_delivered"].as_u64().unwrap() > 0, "{adaptive:#}");
+
     // A short capacity search: it measures steps and names a last good one or a reason.
     let capacity = generator(
         &server,
