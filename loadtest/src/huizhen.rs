@@ -23,17 +23,26 @@ pub const BURST: usize = 64;
 /// How long the server may take to answer `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What a participant sends (if it publishes) and the link it receives through.
+#[derive(Debug, Clone)]
+pub struct ParticipantMedia {
+    /// Its media, when it publishes.
+    pub plan: MediaPlan,
+    /// Its capped downlink, if it is behind one.
+    pub downlink: Option<LinkConfig>,
+}
+
 /// Runs one participant until `stop` says so (or it fails).
 pub async fn participant(
     url: String,
     room: String,
     spec: ParticipantSpec,
-    mut plan: MediaPlan,
-    downlink: Option<LinkConfig>,
+    media: ParticipantMedia,
     ip: IpAddr,
     shared: Rc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
+    let ParticipantMedia { mut plan, downlink } = media;
     let started = Instant::now();
     let mut ws = crate::client::connect(url.as_str()).await?;
     send(

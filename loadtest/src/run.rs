@@ -437,7 +437,8 @@ impl Runner {
         let handle = tokio::task::spawn_local(async move {
             let result = match target {
                 Target::Huizhen { url } => {
-                    crate::huizhen::participant(url, room, spec, plan, downlink, ip, shared.clone(), stop).await
+                    let media = crate::huizhen::ParticipantMedia { plan, downlink };
+                    crate::huizhen::participant(url, room, spec, media, ip, shared.clone(), stop).await
                 }
                 Target::Janus { url } => {
                     janus::participant(url, spec, plan, ip, shared.clone(), feeds, stop).await
