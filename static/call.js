@@ -3,7 +3,8 @@
 // Used by the room page (static/room.js) and the clinic pages (patient, doctor, expert,
 // companion). The page owns the signaling WebSocket: it hands the media messages of protocol v1
 // (joined, participant_joined, participant_left, offer, answer, track_added, track_removed,
-// track_paused, track_resumed, active_speaker, publish_layers, bye) to `Call.handle(msg)` and
+// track_paused, track_resumed, active_speaker, publish_layers, publish_audio, bye) to
+// `Call.handle(msg)` and
 // sends what the call asks for through the `send` callback. See signaling/PROTOCOL.md.
 //
 // Negotiation follows "perfect negotiation" with the browser as the POLITE peer: the client
@@ -16,7 +17,8 @@
 // says it receives them (`joined.simulcast`), a screen share as one sharp layer, a clinical
 // instrument (stethoscope) as a second, unprocessed, high-bitrate audio track; the client tells
 // the server how it shows each received video (`track_preferences`, from the tile layout), keeps
-// only the camera layers somebody receives (`publish_layers`), shows "audio only: weak
+// only the camera layers somebody receives (`publish_layers`), caps its microphone's bitrate
+// while a subscriber's link barely carries the voices (`publish_audio`), shows "audio only: weak
 // connection" on a video the server paused (`track_paused` / `track_resumed`) and enlarges the
 // active speaker (`active_speaker`).
 //
@@ -103,6 +105,7 @@ export const MEDIA_MESSAGE_TYPES = new Set([
   'track_resumed',
   'active_speaker',
   'publish_layers',
+  'publish_audio',
   'bye',
 ]);
 
@@ -274,6 +277,8 @@ export class Call {
     this.activeSpeaker = null;
     /** The participant whose tile the user chose to show large, or null. */
     this.pinnedParticipant = null;
+    /** mid -> the microphone's bitrate cap the server asked for (`publish_audio`; null: none). */
+    this.audioCaps = new Map();
     /** mid -> rids the server wants sent (`publish_layers`), applied to that sender. */
     this.wantedLayers = new Map();
     /** track_id -> the preference last sent (JSON), so that only changes are sent. */
@@ -385,6 +390,9 @@ export class Call {
       case 'publish_layers':
         this.wantedLayers.set(msg.mid, Array.isArray(msg.rids) ? msg.rids : []);
         return this.applyLayers(msg.mid);
+      case 'publish_audio':
+        this.audioCaps.set(msg.mid, Number.isInteger(msg.max_bitrate) && msg.max_bitrate > 0 ? msg.max_bitrate : null);
+        return this.applyAudioCap(msg.mid);
       case 'bye':
         return this.onBye(msg.reason);
       default:
@@ -829,6 +837,31 @@ export class Call {
 
   async applyAllLayers() {
     for (const mid of this.wantedLayers.keys()) await this.applyLayers(mid);
+    for (const mid of this.audioCaps.keys()) await this.applyAudioCap(mid);
+  }
+
+  /**
+   * Set (or clear) the bitrate cap the server asked for (`publish_audio`) on the audio sender
+   * of `mid`: a subscriber's link barely carries the call's voices. Applied once the
+   * transceiver has the mid if it arrives earlier.
+   */
+  async applyAudioCap(mid) {
+    const pc = this.pc;
+    if (!this.audioCaps.has(mid) || !pc || pc.signalingState === 'closed') return;
+    const cap = this.audioCaps.get(mid);
+    const t = pc.getTransceivers().find((x) => x.mid === mid && !x.stopped);
+    if (!t || t.sender.track?.kind !== 'audio') return;
+    const params = t.sender.getParameters();
+    const enc = (params.encodings || [])[0];
+    if (!enc || (enc.maxBitrate ?? null) === cap) return;
+    if (cap == null) delete enc.maxBitrate;
+    else enc.maxBitrate = cap;
+    try {
+      await t.sender.setParameters(params);
+      this.record('local', { type: 'audio_cap_applied', mid, max_bitrate: cap });
+    } catch (err) {
+      this.fail('publish_audio', err);
+    }
   }
 
   // Chromium (seen in 148) stops feeding the tracks of already negotiated senders to their

@@ -331,6 +331,16 @@ pub enum ServerMessage {
         /// The rids to keep sending (`q`, `h`, `f`); empty: none.
         rids: Vec<String>,
     },
+    /// Publisher: the most bit/s the microphone on `mid` should use, because a subscriber's
+    /// link barely carries the call's voices (the client sets it as the sender's
+    /// `maxBitrate`); without `max_bitrate`, no limit (the default again).
+    PublishAudio {
+        /// The publisher's own mid of the microphone track.
+        mid: String,
+        /// Bit/s; absent: no limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bitrate: Option<u32>,
+    },
     /// A track this client received is gone (publisher left or stopped it).
     TrackRemoved {
         /// Publisher of the track.

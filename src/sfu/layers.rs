@@ -45,6 +45,16 @@ pub fn layer_of(rid: &str, declared: &[&str]) -> usize {
         .min(MAX_LAYERS - 1)
 }
 
+/// Bytes a forwarded packet costs on the wire besides its payload: IPv4 20, UDP 8, RTP 12,
+/// header extensions ~12 (transport-wide sequence number, audio level, ...), SRTP tag 10.
+/// An Opus stream of 50 packets/s pays ~25 kbit/s on top of its ~32 kbit/s of payload.
+pub const WIRE_OVERHEAD: usize = 62;
+
+/// Bits/s of headers for `pps` packets per second.
+pub fn header_rate(pps: f64) -> u64 {
+    (pps * (WIRE_OVERHEAD * 8) as f64) as u64
+}
+
 /// Bytes and liveness of one layer.
 #[derive(Debug, Default, Clone)]
 pub struct LayerMeter {
@@ -60,13 +70,13 @@ pub struct LayerMeter {
 }
 
 impl LayerMeter {
-    /// Count one received packet by its payload. Payload bytes, not whole packets: str0m's
-    /// bandwidth estimator counts the RTP payloads it sends (headers, SRTP and UDP are not in
-    /// its figures), and a layer must be measured in the estimate's units. (Counting ~62 bytes
-    /// of headers per packet made two microphones look like 115 kbit/s against estimates that
-    /// saw 65, and a 300 kbit/s link could never show room for a video beside them.)
+    /// Count one received packet: its payload and its headers on the wire
+    /// ([`WIRE_OVERHEAD`]). Allocation works in wire bits: at the rates of a weak link the
+    /// headers of small audio packets are a third of the link. str0m's estimator counts
+    /// payloads only, so the core adds the headers of what it sends to the estimate before
+    /// comparing (see `Participant::wire_estimate`).
     pub fn on_packet(&mut self, now: Instant, payload_len: usize) {
-        self.bytes += payload_len as u64;
+        self.bytes += (payload_len + WIRE_OVERHEAD) as u64;
         self.last_packet = Some(now);
     }
 
@@ -94,7 +104,7 @@ impl LayerMeter {
             .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
     }
 
-    /// Smoothed bitrate (bit/s); 0 before the first full tick.
+    /// Smoothed bitrate on the wire (bit/s, headers included); 0 before the first full tick.
     pub fn bitrate(&self) -> u64 {
         self.bitrate
     }
@@ -158,13 +168,13 @@ mod tests {
         let mut now = t0;
         for _ in 0..20 {
             // 250 ms of 500 kbit/s.
-            m.on_packet(now, 500_000 / 8 / 4);
+            m.on_packet(now, 500_000 / 8 / 4 - WIRE_OVERHEAD);
             now += Duration::from_millis(250);
             m.tick(now);
         }
         assert!((480_000..=520_000).contains(&m.bitrate()), "{}", m.bitrate());
         // One keyframe of 4x the usual bytes moves the estimate by well under 2x.
-        m.on_packet(now, 4 * 500_000 / 8 / 4);
+        m.on_packet(now, 4 * 500_000 / 8 / 4 - WIRE_OVERHEAD);
         now += Duration::from_millis(250);
         m.tick(now);
         assert!(m.bitrate() < 1_000_000, "{}", m.bitrate());

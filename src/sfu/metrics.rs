@@ -117,6 +117,10 @@ pub struct SfuMetrics {
     /// Seconds in which a subscriber lost so much that its allocation was capped at what its
     /// link delivered.
     pub congestion_caps: IntCounter,
+    /// Speech bitrate hints to microphones, by direction (on, off).
+    pub speech_cap_changes: IntCounterVec,
+    /// Microphones asked to speak at the reduced rate now.
+    pub speech_capped_microphones: IntGauge,
     by_kind_cache: [ByKind; 2],
 }
 
@@ -357,8 +361,22 @@ impl SfuMetrics {
                 "congestion_caps_total",
                 "Times a subscriber's allocation was capped at what its link delivered (heavy loss: the link is overfilled)",
             ),
+            speech_cap_changes: counter_vec(
+                r,
+                "speech_cap_changes_total",
+                "Bitrate hints to microphones (publish_audio) because a subscriber's link barely carries the audio, by direction (on, off)",
+                "direction",
+            ),
+            speech_capped_microphones: gauge(
+                r,
+                "speech_capped_microphones",
+                "Microphones asked to speak at the reduced rate now",
+            ),
             by_kind_cache,
         };
+        for direction in ["on", "off"] {
+            metrics.speech_cap_changes.with_label_values(&[direction]);
+        }
         for direction in ["on", "off"] {
             metrics.dynacast_changes.with_label_values(&[direction]);
         }

@@ -25,6 +25,7 @@ pub mod metrics;
 mod participant;
 pub mod retransmit;
 pub mod speaker;
+pub mod speech_cap;
 pub mod switcher;
 pub mod view;
 
@@ -607,6 +608,9 @@ impl Sfu {
             may_publish: true,
             recorded: false,
             red: Default::default(),
+            audio_room: Default::default(),
+            sent_packets: 0,
+            header_rate: (0, None),
             retransmit_window: self.config.retransmit_policy().initial(),
         }
     }
@@ -1283,6 +1287,7 @@ impl Sfu {
             },
             layers: Default::default(),
             red: Default::default(),
+            speech_cap: Default::default(),
             last_params: None,
             rids,
             dynacast: Default::default(),
@@ -1558,6 +1563,7 @@ impl Sfu {
                 write = write.vp8_patch(patch);
             }
             tx.write_rtp(write);
+            s.sent_packets += 1;
             kind_metrics.packets_out.inc();
             kind_metrics.bytes_out.inc_by(payload_len as u64);
             if !s.dirty {
@@ -1733,6 +1739,9 @@ impl Sfu {
                 );
             }
         }
+        for p in self.participants.values_mut() {
+            p.tick_headers(now);
+        }
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
         for id in ids {
             self.allocate(now, id);
@@ -1743,6 +1752,46 @@ impl Sfu {
         self.metrics.paused_tracks.set(paused as i64);
         self.metrics.allocated_video_bps.set(allocated as i64);
         self.dynacast_round(now);
+        self.speech_cap_round(now);
+    }
+
+    /// Ask microphones for less while a subscriber of theirs has a link that barely carries
+    /// the audio (see [`speech_cap`]); lift it once no subscriber is tight for a while.
+    fn speech_cap_round(&mut self, now: Instant) {
+        let mut tight: HashMap<TrackId, bool> = HashMap::new();
+        for s in self.participants.values() {
+            if !s.audio_room.tight() {
+                continue;
+            }
+            for t in &s.tracks_out {
+                if t.kind == MediaKind::Audio && matches!(t.state, TrackOutState::Open(_)) {
+                    tight.insert(t.track, true);
+                }
+            }
+        }
+        let mut asks = Vec::new();
+        let mut capped = 0;
+        for p in self.participants.values_mut() {
+            for t in &mut p.tracks_in {
+                if t.kind != MediaKind::Audio || t.source != TrackSource::Microphone {
+                    continue;
+                }
+                let wanted = tight.contains_key(&t.id);
+                if let Some(cap) = t.speech_cap.update(now, wanted) {
+                    debug!(participant = %p.id, track = %t.id, ?cap, "speech cap");
+                    self.metrics
+                        .speech_cap_changes
+                        .with_label_values(&[if cap.is_some() { "on" } else { "off" }])
+                        .inc();
+                    asks.push((p.id, t.mid.to_string(), cap));
+                }
+                capped += i64::from(t.speech_cap.sent().is_some());
+            }
+        }
+        self.metrics.speech_capped_microphones.set(capped);
+        for (id, mid, max_bitrate) in asks {
+            self.signal(id, ServerMessage::PublishAudio { mid, max_bitrate });
+        }
     }
 
     /// Ask publishers to send only the simulcast layers somebody would receive (see
@@ -1855,11 +1904,22 @@ impl Sfu {
                 .subscriber_estimate
                 .observe(s.estimate.unwrap_or(0) as f64);
         }
+        // Estimates count payloads; the allocation counts packets on the wire.
         let cap = s.congestion_cap(now).unwrap_or(u64::MAX);
-        let estimate = s.estimate.unwrap_or(NO_ESTIMATE).min(cap);
+        let estimate = s.wire_estimate(s.estimate.unwrap_or(NO_ESTIMATE).min(cap));
         let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE).min(cap);
+        let sustained = s.wire_estimate(sustained);
+        s.audio_room.update(sustained, audio, s.allocated_video > 0);
         let was_red = s.red.on();
-        if s.red.decide(sustained, audio, audio_with_red, s.allocated_video) {
+        let has_video = !videos.is_empty();
+        if s.red.decide(
+            sustained,
+            audio,
+            audio_with_red,
+            s.allocated_video,
+            s.congested_within(now, participant::CONGESTION_MEMORY),
+            has_video,
+        ) {
             audio = audio_with_red;
         }
         if s.red.on() != was_red {
@@ -1873,7 +1933,8 @@ impl Sfu {
         let (last_sending, last_goal) = s.probe_inputs;
         // No padding into a link known to be overfilled (str0m pads up to its own estimate,
         // which has not fallen yet).
-        let last_goal = last_goal.filter(|_| cap == u64::MAX);
+        // Nor into one that barely carries the audio: every probe there costs voices.
+        let last_goal = last_goal.filter(|_| cap == u64::MAX && !s.audio_room.tight());
         let probe = s.prober.tick(now, estimate, last_sending, last_goal);
         let (estimate, sustained) = match last_goal {
             Some(goal) if probe.proven => {
@@ -1946,8 +2007,14 @@ impl Sfu {
         }
         s.probe_inputs = (sending, goal);
         let minimum = probe.minimum.max(sending);
-        let targets = (minimum, outcome.desired.max(minimum));
+        // str0m takes payload rates.
+        let targets = (
+            s.payload_rate(minimum),
+            s.payload_rate(outcome.desired.max(minimum)),
+        );
         let probe = outcome.next_step.is_some()
+            && !s.audio_room.tight()
+            && !s.congested_within(now, participant::CONGESTION_MEMORY)
             && s.estimate.is_some_and(|e| e < targets.1)
             && s.next_probe.is_none_or(|t| now >= t);
         if probe {

@@ -36,6 +36,8 @@ pub struct TrackIn {
     pub layers: [LayerMeter; MAX_LAYERS],
     /// Audio sent with RED: the full packets' bitrate (`layers[0]` meters the primary blocks).
     pub red: LayerMeter,
+    /// The bitrate cap its microphone was asked for (see [`super::speech_cap`]).
+    pub speech_cap: super::speech_cap::SpeechCap,
     /// The layer handed to the recorder (the best one sent, switched on keyframes).
     pub record: LayerSwitch,
     /// Which layers the publisher was asked to send (dynacast).
@@ -279,6 +281,12 @@ pub struct Participant {
     pub recorded: bool,
     /// Whether it gets RED audio now (see [`super::red`]).
     pub red: super::red::RedPolicy,
+    /// Whether its link barely carries its audio (see [`super::speech_cap`]).
+    pub audio_room: super::speech_cap::AudioRoom,
+    /// Packets forwarded to it since the last allocation round.
+    pub sent_packets: u64,
+    /// Smoothed bit/s of the headers of what is forwarded to it, and when last folded.
+    pub header_rate: (u64, Option<Instant>),
 }
 
 /// Loss (of everything sent to a subscriber over a second) that means its link is
@@ -288,6 +296,10 @@ pub const CONGESTION_LOSS: f32 = 0.25;
 
 /// How long the delivered rate of a congested second caps the allocation.
 pub const CONGESTION_HOLD: Duration = Duration::from_secs(2);
+
+/// How long after its link was overfilled a subscriber gets no RED and no bursts of str0m
+/// probes: its loss was the queue's, and more bits make it worse.
+pub const CONGESTION_MEMORY: Duration = Duration::from_secs(10);
 
 /// How long an estimate must hold before resumes and upgrades go by it.
 pub const SUSTAIN_WINDOW: Duration = Duration::from_secs(2);
@@ -321,6 +333,42 @@ impl Participant {
         let cap = (sent * f64::from(1.0 - loss.min(1.0))) as u64;
         self.congestion_cap = Some((now, cap));
         Some(cap)
+    }
+
+    /// Fold the packets forwarded since the last round into the header rate.
+    pub fn tick_headers(&mut self, now: Instant) {
+        let packets = std::mem::take(&mut self.sent_packets);
+        let (rate, last) = self.header_rate;
+        let Some(last) = last else {
+            self.header_rate = (0, Some(now));
+            return;
+        };
+        let dt = now.saturating_duration_since(last).as_secs_f64();
+        if dt <= 0.0 {
+            return;
+        }
+        let instant = super::layers::header_rate(packets as f64 / dt) as f64;
+        self.header_rate = ((0.3 * instant + 0.7 * rate as f64) as u64, Some(now));
+    }
+
+    /// `payload` bit/s (str0m's estimates count RTP payloads only) as bits on the wire:
+    /// plus the headers of the packets forwarded to it. The link carried those headers while
+    /// the estimate was measured, so they are room the allocation, which counts headers,
+    /// may spend.
+    pub fn wire_estimate(&self, payload: u64) -> u64 {
+        payload.saturating_add(self.header_rate.0)
+    }
+
+    /// The other way: wire bit/s as the payload bit/s str0m's `set_bitrate` expects.
+    pub fn payload_rate(&self, wire: u64) -> u64 {
+        wire.saturating_sub(self.header_rate.0)
+    }
+
+    /// Its link was overfilled within `window` (a congestion cap was set): its loss then
+    /// came from a full queue, not from a lossy line.
+    pub fn congested_within(&self, now: Instant, window: Duration) -> bool {
+        self.congestion_cap
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < window)
     }
 
     /// The congestion cap, while it holds.

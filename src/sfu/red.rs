@@ -12,7 +12,8 @@
 //! gives way to intact audio, not the other way round.
 //!
 //! Hysteresis: on at [`LOSS_ON`] smoothed loss, off below [`LOSS_OFF`]; the loss is measured
-//! before RED repairs anything, so turning RED on does not turn it off again.
+//! before RED repairs anything, so turning RED on does not turn it off again. Never while the
+//! link is overfilled (the loss of a congested queue, where more bits make it worse).
 
 /// Smoothed loss at which RED is turned on.
 pub const LOSS_ON: f32 = 0.02;
@@ -42,8 +43,18 @@ impl RedPolicy {
     }
 
     /// Decide for this round (all bit/s): its sustained estimate, its audio plain and with
-    /// RED, and the video it was last allocated.
-    pub fn decide(&mut self, sustained: u64, audio: u64, audio_with_red: u64, video: u64) -> bool {
+    /// RED, the video it was last allocated, and whether its link is overfilled now (loss
+    /// from a queue that overflows is not helped by sending more: RED stays off), and whether
+    /// it receives any video at all.
+    pub fn decide(
+        &mut self,
+        sustained: u64,
+        audio: u64,
+        audio_with_red: u64,
+        video: u64,
+        congested: bool,
+        has_video: bool,
+    ) -> bool {
         let lossy = match self.loss {
             Some(l) if self.on => l >= LOSS_OFF,
             Some(l) => l >= LOSS_ON,
@@ -51,8 +62,19 @@ impl RedPolicy {
         };
         let extra = audio_with_red.saturating_sub(audio);
         let spare = sustained.saturating_sub(audio + video);
-        self.on = lossy && extra <= spare;
-        self.waiting = (lossy && !self.on).then_some(extra);
+        // Once on, it stays while the spare room covers half the redundancy: the estimate
+        // wobbles by more than that, and RED flipping every round helps nobody. Without any
+        // video to share the link with, the estimate stays near the little audio sent and
+        // never shows room for more: RED goes unless the link is tight for the audio itself.
+        let room = if !has_video {
+            sustained as f64 >= audio as f64 * super::speech_cap::TIGHT
+        } else if self.on {
+            extra <= spare * 2
+        } else {
+            extra <= spare
+        };
+        self.on = lossy && !congested && room;
+        self.waiting = (lossy && !congested && !self.on).then_some(extra);
         self.on
     }
 
@@ -85,11 +107,11 @@ mod tests {
     #[test]
     fn a_clean_link_gets_plain_opus() {
         let mut r = RedPolicy::default();
-        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000));
+        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000, false, true));
         for _ in 0..10 {
             r.on_loss(0.0);
         }
-        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000));
+        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000, false, true));
     }
 
     #[test]
@@ -98,21 +120,21 @@ mod tests {
         for _ in 0..3 {
             r.on_loss(0.10);
         }
-        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000));
+        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
         // Loss falls but stays above the off threshold: RED stays.
         for _ in 0..4 {
             r.on_loss(0.01);
         }
-        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000));
+        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
         for _ in 0..20 {
             r.on_loss(0.0);
         }
-        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000));
+        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
         // And needs the on threshold again.
         for _ in 0..3 {
             r.on_loss(0.01);
         }
-        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000));
+        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
     }
 
     #[test]
@@ -123,10 +145,16 @@ mod tests {
         }
         // 120 kbit/s carrying the plain audio only, and 300 kbit/s carrying a low layer too:
         // no room for 70 kbit/s of redundancy.
-        assert!(!r.decide(120_000, PLAIN, RED, 0));
-        assert!(!r.decide(300_000, PLAIN, RED, 150_000));
-        // An audio-only call whose estimate has the room: on.
-        assert!(r.decide(200_000, PLAIN, RED, 0));
+        assert!(!r.decide(120_000, PLAIN, RED, 0, false, true));
+        assert!(!r.decide(300_000, PLAIN, RED, 150_000, false, true));
+        // A subscriber with video whose estimate has the room: on.
+        assert!(r.decide(200_000, PLAIN, RED, 0, false, true));
         assert_eq!(r.loss().map(|l| (l * 100.0).round()), Some(20.0));
+        // An audio-only subscriber: its estimate hovers near the audio; on unless that is tight.
+        assert!(r.decide(160_000, PLAIN, RED, 0, false, false));
+        assert!(!r.decide(120_000, PLAIN, RED, 0, false, false));
+        // The link overfilled (the loss comes from its queue): off, and nothing to probe for.
+        assert!(!r.decide(2_000_000, PLAIN, RED, 0, true, true));
+        assert_eq!(r.waiting(), None);
     }
 }

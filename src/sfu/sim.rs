@@ -160,6 +160,8 @@ pub struct SimClient {
     pub downlink: Option<Link>,
     /// Its microphone hears speech (the audio level it sends).
     pub speaking: bool,
+    /// The microphone bitrate the server asked for (`publish_audio`), if any.
+    pub audio_cap: Option<u32>,
 }
 
 struct InFlight {
@@ -189,6 +191,9 @@ pub struct SimNet {
     pub recorded: Vec<super::RecordedPacket>,
     /// Clients added from now on negotiate Opus with RED (RFC 2198), as browsers do.
     pub opus_red: bool,
+    /// What the next client's published m-lines carry, in the order of its `publish` kinds
+    /// (empty: the defaults, microphone and camera).
+    pub next_sources: Vec<huizhen_signaling::protocol::TrackSource>,
 }
 
 /// SFU settings for simulations.
@@ -226,6 +231,7 @@ impl SimNet {
             lost: 0,
             recorded: Vec::new(),
             opus_red: false,
+            next_sources: Vec::new(),
         }
     }
 
@@ -307,6 +313,7 @@ impl SimNet {
             next_seq: HashMap::new(),
             removed: None,
             mute_network: false,
+            audio_cap: None,
             next_timeout: self.now,
             encoder: simulcast.map(|rids| SimEncoder {
                 active: SIM_LAYERS.map(|(rid, _, _)| rids.contains(&rid)),
@@ -319,8 +326,15 @@ impl SimNet {
             speaking: false,
         });
         self.route_outputs();
+        // What each published m-line carries, where the test named it (`next_sources`, in
+        // the order of `publish`).
+        let sources = std::mem::take(&mut self.next_sources)
+            .into_iter()
+            .zip(self.clients[index].publish_mids.iter())
+            .map(|(source, (_, mid))| (mid.to_string(), source))
+            .collect();
         self.sfu
-            .handle_signal(self.now, id, SignalInput::Offer { sdp: offer.to_sdp_string(), sources: Default::default() })
+            .handle_signal(self.now, id, SignalInput::Offer { sdp: offer.to_sdp_string(), sources })
             .expect("offer accepted");
         self.route_outputs();
         self.run_for(Duration::from_millis(300));
@@ -427,7 +441,11 @@ impl SimNet {
             if tick.is_multiple_of(2) {
                 for i in 0..self.clients.len() {
                     if self.clients[i].encoder.is_some() && self.clients[i].removed.is_none() {
-                        self.send_rtp(i, MediaKind::Audio, &[0x55; 100], false);
+                        // 100 bytes per 20 ms (40 kbit/s), or what `publish_audio` allows.
+                        let len = self.clients[i]
+                            .audio_cap
+                            .map_or(100, |cap| (cap as usize / 8 / 50).min(100));
+                        self.send_rtp(i, MediaKind::Audio, &vec![0x55; len], false);
                     }
                 }
             }
@@ -470,11 +488,16 @@ impl SimNet {
 
     /// Like [`SimNet::send_rtp`], with payload type `pt` (RED, for example).
     pub fn send_rtp_as(&mut self, client: usize, kind: MediaKind, pt: Pt, payload: &[u8], marker: bool) {
-        let now = self.now;
-        let c = &mut self.clients[client];
-        let Some((_, mid)) = c.publish_mids.iter().find(|(k, _)| *k == kind).copied() else {
+        let Some((_, mid)) = self.clients[client].publish_mids.iter().find(|(k, _)| *k == kind).copied() else {
             return;
         };
+        self.send_rtp_on(client, mid, kind, pt, payload, marker);
+    }
+
+    /// Have `client` send one RTP packet on its published m-line `mid`.
+    pub fn send_rtp_on(&mut self, client: usize, mid: Mid, kind: MediaKind, pt: Pt, payload: &[u8], marker: bool) {
+        let now = self.now;
+        let c = &mut self.clients[client];
         let seq = c.next_seq.entry(mid).or_insert(1);
         let this_seq = *seq;
         *seq += 1;
@@ -670,6 +693,10 @@ impl SimNet {
                 let offer = SdpOffer::from_sdp_string(sdp).expect("server offer parses");
                 let answer = c.rtc.sdp_api().accept_offer(offer).expect("offer accepted");
                 Some(answer.to_sdp_string())
+            }
+            ServerMessage::PublishAudio { max_bitrate, .. } => {
+                self.clients[i].audio_cap = *max_bitrate;
+                None
             }
             ServerMessage::PublishLayers { rids, .. } => {
                 if let Some(enc) = self.clients[i].encoder.as_mut() {

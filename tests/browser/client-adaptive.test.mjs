@@ -223,6 +223,19 @@ test('layout preferences, paused videos, active speaker and a stethoscope (one l
       await waitForPreference(ann, cyVideo, 'visible again', (p) => p.visible && p.pinned);
       await waitForPreference(ann, boVideo, 'visible again', (p) => p.visible);
 
+      // A speech bitrate hint (publish_audio): the microphone's sender gets the cap, and loses
+      // it again when the server lifts it.
+      const micCap = () =>
+        ann.page.evaluate((mid) => {
+          const t = window.huizhen.pc.getTransceivers().find((x) => x.mid === mid);
+          return t.sender.getParameters().encodings[0]?.maxBitrate ?? null;
+        }, micMid);
+      assert.equal(await micCap(), null, 'no microphone cap before the server asks');
+      ann.inject({ type: 'publish_audio', mid: micMid, max_bitrate: 16000 });
+      await waitFor('Ann: microphone capped at 16 kbit/s', async () => ({ ok: (await micCap()) === 16000, detail: await micCap() }));
+      ann.inject({ type: 'publish_audio', mid: micMid });
+      await waitFor('Ann: microphone cap lifted', async () => ({ ok: (await micCap()) === null, detail: await micCap() }));
+
       // A stethoscope on a second input: its own track, an `instrument`, stereo at 128 kbit/s.
       const device = await ann.page.evaluate(async () => {
         const inputs = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'audioinput' && d.deviceId !== 'default');

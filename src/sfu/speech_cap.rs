@@ -1,0 +1,129 @@
+//! Speech bitrate hints: when a subscriber's link barely carries the call's voices, the
+//! microphones speak more sparingly.
+//!
+//! Audio is never dropped by the allocator, but on a link of about 120 kbit/s even that is not
+//! enough: two Opus voices at Chrome's default ~32 kbit/s cost ~115 kbit/s on the wire with
+//! their headers, and the link also carries the feedback of its own publishing. An SFU cannot
+//! re-encode, so the core asks the publishers' microphones for less (`publish_audio`,
+//! `max_bitrate` [`SPEECH_CAP`]), which the browser client sets as the sender's `maxBitrate`:
+//! Opus at 16 kbit/s is still wideband speech. Everyone hears that voice at the lower rate
+//! while the weak link is in the call; the clinical instrument (a stethoscope) is never capped.
+//!
+//! A subscriber is *tight* when its sustained estimate is below [`TIGHT`] times its audio;
+//! it stays tight until a video flows to it again or the estimate reaches [`ROOMY`] times its
+//! (capped) audio, so the cap does not lift itself and come back. A microphone is capped while
+//! a subscriber of it is tight, and freed [`LIFT_DELAY`] after the last one eased.
+
+use std::time::{Duration, Instant};
+
+/// Bit/s asked of a microphone while a subscriber's link is tight.
+pub const SPEECH_CAP: u32 = 16_000;
+
+/// A subscriber is tight below this many times its audio (sustained estimate).
+pub const TIGHT: f64 = 1.3;
+
+/// A tight subscriber eases at this many times its audio, or when a video flows to it.
+pub const ROOMY: f64 = 3.0;
+
+/// A cap is lifted this long after the last tight subscriber eased.
+pub const LIFT_DELAY: Duration = Duration::from_secs(10);
+
+/// One subscriber: is its link tight for audio?
+#[derive(Debug, Clone, Default)]
+pub struct AudioRoom {
+    tight: bool,
+}
+
+impl AudioRoom {
+    /// One allocation round (bit/s): its sustained estimate, the audio it receives, and
+    /// whether any video flows to it. Returns whether it is tight.
+    pub fn update(&mut self, sustained: u64, audio: u64, video_flows: bool) -> bool {
+        if audio == 0 {
+            self.tight = false;
+        } else if self.tight {
+            self.tight = !video_flows && (sustained as f64) < audio as f64 * ROOMY;
+        } else {
+            self.tight = (sustained as f64) < audio as f64 * TIGHT;
+        }
+        self.tight
+    }
+
+    /// Tight now.
+    pub fn tight(&self) -> bool {
+        self.tight
+    }
+}
+
+/// One published microphone: the cap it was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct SpeechCap {
+    sent: Option<u32>,
+    calm_since: Option<Instant>,
+}
+
+impl SpeechCap {
+    /// Fold in whether a subscriber of it is tight now; returns the message to send when
+    /// the cap changes (`Some(None)`: lifted).
+    pub fn update(&mut self, now: Instant, wanted: bool) -> Option<Option<u32>> {
+        if wanted {
+            self.calm_since = None;
+            if self.sent.is_none() {
+                self.sent = Some(SPEECH_CAP);
+                return Some(self.sent);
+            }
+            return None;
+        }
+        self.sent?;
+        let since = *self.calm_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= LIFT_DELAY {
+            self.sent = None;
+            self.calm_since = None;
+            return Some(None);
+        }
+        None
+    }
+
+    /// The cap in force.
+    pub fn sent(&self) -> Option<u32> {
+        self.sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_that_barely_carries_the_audio_is_tight_until_video_flows_again() {
+        let mut r = AudioRoom::default();
+        assert!(!r.update(1_000_000, 64_000, true));
+        assert!(!r.update(90_000, 64_000, false));
+        assert!(r.update(75_000, 64_000, false));
+        // Capped, the audio halves: still tight (no flapping back).
+        assert!(r.update(75_000, 32_000, false));
+        // A video flows again: eased.
+        assert!(!r.update(250_000, 32_000, true));
+        // Or the estimate has plenty of room.
+        assert!(r.update(40_000, 32_000, false));
+        assert!(!r.update(100_000, 32_000, false));
+        // No audio at all: nothing to be tight about.
+        assert!(!r.update(10, 0, false));
+    }
+
+    #[test]
+    fn a_cap_is_asked_at_once_and_lifted_after_the_calm_delay() {
+        let t0 = Instant::now();
+        let mut c = SpeechCap::default();
+        assert_eq!(c.update(t0, false), None);
+        assert_eq!(c.update(t0, true), Some(Some(SPEECH_CAP)));
+        assert_eq!(c.update(t0 + Duration::from_secs(1), true), None);
+        assert_eq!(c.update(t0 + Duration::from_secs(2), false), None);
+        // Tight again within the delay: the clock starts over.
+        assert_eq!(c.update(t0 + Duration::from_secs(5), true), None);
+        assert_eq!(c.update(t0 + Duration::from_secs(6), false), None);
+        assert_eq!(c.update(t0 + Duration::from_secs(15), false), None);
+        assert_eq!(c.update(t0 + Duration::from_secs(16), false), Some(None));
+        assert_eq!(c.sent(), None);
+        assert_eq!(c.update(t0 + Duration::from_secs(30), false), None);
+    }
+}
