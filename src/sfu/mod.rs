@@ -113,6 +113,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest interval between probes that found nothing.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(16);
 
+/// How often str0m reports a participant's statistics (loss, round trip, bytes).
+const STATS_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Most `sources` entries an offer may carry (more m-lines than any client publishes).
 const MAX_SOURCES: usize = 32;
 /// Most entries of one `track_preferences` (more tracks than a room of the largest size
@@ -452,6 +455,14 @@ impl Sfu {
         })
     }
 
+    /// Pin `id`'s RED decision (tests of the forwarding, apart from the policy's inputs).
+    #[cfg(test)]
+    pub fn pin_red(&mut self, id: ParticipantId, on: bool) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.red.pin(on);
+        }
+    }
+
     /// `id`'s downlink bandwidth estimate (bit/s) and the video bitrate allocated to it.
     pub fn allocation_of(&self, id: ParticipantId) -> Option<(Option<u64>, u64)> {
         self.participants
@@ -551,7 +562,10 @@ impl Sfu {
             .enable_h264(true)
             .enable_vp9(true)
             .enable_bwe(Some(INITIAL_ESTIMATE))
-            .set_stats_interval(Some(Duration::from_secs(1)))
+            // Four times a second: the loss in them (over the last second) is how an
+            // overfilled link is noticed (see `Participant::note_delivery`), and every 250 ms
+            // sooner is 250 ms less of a weak link's audio lost when it is overfilled.
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         for addr in &self.config.udp_candidates {
             match Candidate::host(*addr, "udp") {
@@ -1909,7 +1923,10 @@ impl Sfu {
         let estimate = s.wire_estimate(s.estimate.unwrap_or(NO_ESTIMATE).min(cap));
         let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE).min(cap);
         let sustained = s.wire_estimate(sustained);
-        s.audio_room.update(sustained, audio, s.allocated_video > 0);
+        // Tightness in the estimator's own units (payload): see `speech_cap`.
+        let (sustained_payload, audio_payload) = (s.payload_rate(sustained), s.payload_rate(audio));
+        s.audio_room
+            .update(sustained_payload, audio_payload, s.allocated_video > 0);
         let was_red = s.red.on();
         let has_video = !videos.is_empty();
         if s.red.decide(
@@ -1919,6 +1936,7 @@ impl Sfu {
             s.allocated_video,
             s.congested_within(now, participant::CONGESTION_MEMORY),
             has_video,
+            s.audio_room.tight(),
         ) {
             audio = audio_with_red;
         }
@@ -2008,10 +2026,15 @@ impl Sfu {
         s.probe_inputs = (sending, goal);
         let minimum = probe.minimum.max(sending);
         // str0m takes payload rates.
-        let targets = (
-            s.payload_rate(minimum),
-            s.payload_rate(outcome.desired.max(minimum)),
-        );
+        // A link that barely carries the audio wishes for little more: str0m's periodic probes
+        // burst at twice the desired rate, and a burst of the whole call's wish into a narrow
+        // link's queue costs voices. Twice the audio still finds a link that recovered.
+        let desired = if s.audio_room.tight() {
+            minimum * 2
+        } else {
+            outcome.desired.max(minimum)
+        };
+        let targets = (s.payload_rate(minimum), s.payload_rate(desired));
         let probe = outcome.next_step.is_some()
             && !s.audio_room.tight()
             && !s.congested_within(now, participant::CONGESTION_MEMORY)

@@ -292,7 +292,7 @@ pub struct Participant {
 /// Loss (of everything sent to a subscriber over a second) that means its link is
 /// overfilled, not merely lossy: random loss rarely reaches it, a link given several times its
 /// capacity does at once.
-pub const CONGESTION_LOSS: f32 = 0.25;
+pub const CONGESTION_LOSS: f32 = 0.35;
 
 /// How long the delivered rate of a congested second caps the allocation.
 pub const CONGESTION_HOLD: Duration = Duration::from_secs(2);

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub const FIRST_WAIT: Duration = Duration::from_secs(2);
 
 /// Longest wait between failed probes.
-pub const MAX_WAIT: Duration = Duration::from_secs(16);
+pub const MAX_WAIT: Duration = Duration::from_secs(8);
 
 /// Longest a probe pads without reaching its goal.
 pub const PROBE_WINDOW: Duration = Duration::from_secs(8);

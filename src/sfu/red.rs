@@ -21,7 +21,7 @@ pub const LOSS_ON: f32 = 0.02;
 /// Smoothed loss below which RED is turned off again.
 pub const LOSS_OFF: f32 = 0.005;
 
-/// Weight of a new loss report (about one a second).
+/// Weight of a new loss report (four a second, each over the last second).
 const SMOOTHING: f32 = 0.3;
 
 /// One subscriber's RED state.
@@ -30,6 +30,8 @@ pub struct RedPolicy {
     loss: Option<f32>,
     on: bool,
     waiting: Option<u64>,
+    #[cfg(test)]
+    pinned: Option<bool>,
 }
 
 impl RedPolicy {
@@ -45,7 +47,9 @@ impl RedPolicy {
     /// Decide for this round (all bit/s): its sustained estimate, its audio plain and with
     /// RED, the video it was last allocated, and whether its link is overfilled now (loss
     /// from a queue that overflows is not helped by sending more: RED stays off), and whether
-    /// it receives any video at all.
+    /// it receives any video at all, and whether its link is tight for the audio (see
+    /// [`super::speech_cap`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,
         sustained: u64,
@@ -54,7 +58,13 @@ impl RedPolicy {
         video: u64,
         congested: bool,
         has_video: bool,
+        tight: bool,
     ) -> bool {
+        #[cfg(test)]
+        if let Some(on) = self.pinned {
+            self.on = on;
+            return on;
+        }
         let lossy = match self.loss {
             Some(l) if self.on => l >= LOSS_OFF,
             Some(l) => l >= LOSS_ON,
@@ -65,16 +75,19 @@ impl RedPolicy {
         // Once on, it stays while the spare room covers half the redundancy: the estimate
         // wobbles by more than that, and RED flipping every round helps nobody. Without any
         // video to share the link with, the estimate stays near the little audio sent and
-        // never shows room for more: RED goes unless the link is tight for the audio itself.
+        // never shows room for more: RED goes unless the link is tight for the audio itself
+        // (below).
         let room = if !has_video {
-            sustained as f64 >= audio as f64 * super::speech_cap::TIGHT
+            true
         } else if self.on {
             extra <= spare * 2
         } else {
             extra <= spare
         };
-        self.on = lossy && !congested && room;
-        self.waiting = (lossy && !congested && !self.on).then_some(extra);
+        // A link that barely carries the audio loses packets because it is full: doubling
+        // the audio would only lose more.
+        self.on = lossy && !congested && !tight && room;
+        self.waiting = (lossy && !congested && !tight && !self.on).then_some(extra);
         self.on
     }
 
@@ -83,6 +96,12 @@ impl RedPolicy {
     /// little it carries and would never show the room otherwise).
     pub fn waiting(&self) -> Option<u64> {
         self.waiting
+    }
+
+    /// Decide `on` every round from now on, whatever the link does (tests of the forwarding).
+    #[cfg(test)]
+    pub fn pin(&mut self, on: bool) {
+        self.pinned = Some(on);
     }
 
     /// RED is forwarded now.
@@ -107,11 +126,11 @@ mod tests {
     #[test]
     fn a_clean_link_gets_plain_opus() {
         let mut r = RedPolicy::default();
-        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000, false, true));
+        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000, false, true, false));
         for _ in 0..10 {
             r.on_loss(0.0);
         }
-        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000, false, true));
+        assert!(!r.decide(5_000_000, PLAIN, RED, 1_000_000, false, true, false));
     }
 
     #[test]
@@ -120,21 +139,21 @@ mod tests {
         for _ in 0..3 {
             r.on_loss(0.10);
         }
-        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
+        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true, false));
         // Loss falls but stays above the off threshold: RED stays.
         for _ in 0..4 {
             r.on_loss(0.01);
         }
-        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
+        assert!(r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true, false));
         for _ in 0..20 {
             r.on_loss(0.0);
         }
-        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
+        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true, false));
         // And needs the on threshold again.
         for _ in 0..3 {
             r.on_loss(0.01);
         }
-        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true));
+        assert!(!r.decide(2_000_000, PLAIN, RED, 1_000_000, false, true, false));
     }
 
     #[test]
@@ -145,16 +164,16 @@ mod tests {
         }
         // 120 kbit/s carrying the plain audio only, and 300 kbit/s carrying a low layer too:
         // no room for 70 kbit/s of redundancy.
-        assert!(!r.decide(120_000, PLAIN, RED, 0, false, true));
-        assert!(!r.decide(300_000, PLAIN, RED, 150_000, false, true));
+        assert!(!r.decide(120_000, PLAIN, RED, 0, false, true, false));
+        assert!(!r.decide(300_000, PLAIN, RED, 150_000, false, true, false));
         // A subscriber with video whose estimate has the room: on.
-        assert!(r.decide(200_000, PLAIN, RED, 0, false, true));
+        assert!(r.decide(200_000, PLAIN, RED, 0, false, true, false));
         assert_eq!(r.loss().map(|l| (l * 100.0).round()), Some(20.0));
         // An audio-only subscriber: its estimate hovers near the audio; on unless that is tight.
-        assert!(r.decide(160_000, PLAIN, RED, 0, false, false));
-        assert!(!r.decide(120_000, PLAIN, RED, 0, false, false));
+        assert!(r.decide(160_000, PLAIN, RED, 0, false, false, false));
+        assert!(!r.decide(120_000, PLAIN, RED, 0, false, false, true));
         // The link overfilled (the loss comes from its queue): off, and nothing to probe for.
-        assert!(!r.decide(2_000_000, PLAIN, RED, 0, true, true));
+        assert!(!r.decide(2_000_000, PLAIN, RED, 0, true, true, false));
         assert_eq!(r.waiting(), None);
     }
 }

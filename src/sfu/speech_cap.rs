@@ -9,20 +9,26 @@
 //! Opus at 16 kbit/s is still wideband speech. Everyone hears that voice at the lower rate
 //! while the weak link is in the call; the clinical instrument (a stethoscope) is never capped.
 //!
-//! A subscriber is *tight* when its sustained estimate is below [`TIGHT`] times its audio;
-//! it stays tight until a video flows to it again or the estimate reaches [`ROOMY`] times its
-//! (capped) audio, so the cap does not lift itself and come back. A microphone is capped while
-//! a subscriber of it is tight, and freed [`LIFT_DELAY`] after the last one eased.
+//! A subscriber is *tight* when no video flows to it and its sustained estimate does not
+//! even reach [`TIGHT`] times its audio, both in payload bits (the units of the estimator). A
+//! link that merely carries little has an estimate of about 1.5 times what is sent (the
+//! estimator's cap for what it has not seen), so an audio-only call on a good line is never
+//! tight; a link that cannot carry the voices makes the estimator fall below them. It stays
+//! tight until a video flows to it again or the estimate reaches [`ROOMY`] times its (capped)
+//! audio, so the cap does not lift itself and come back. A microphone is capped while a
+//! subscriber of it is tight, and freed [`LIFT_DELAY`] after the last one eased.
 
 use std::time::{Duration, Instant};
 
 /// Bit/s asked of a microphone while a subscriber's link is tight.
 pub const SPEECH_CAP: u32 = 16_000;
 
-/// A subscriber is tight below this many times its audio (sustained estimate).
-pub const TIGHT: f64 = 1.3;
+/// A subscriber is tight below this many times its audio (sustained estimate, payload).
+pub const TIGHT: f64 = 1.1;
 
-/// A tight subscriber eases at this many times its audio, or when a video flows to it.
+/// A tight subscriber eases at this many times its audio, or when a video flows to it (the
+/// capped audio is about half the voices' usual rate, and str0m pads a link carrying less than
+/// 50 kbit/s up to that: twice the capped audio is no sign of room).
 pub const ROOMY: f64 = 3.0;
 
 /// A cap is lifted this long after the last tight subscriber eased.
@@ -35,16 +41,16 @@ pub struct AudioRoom {
 }
 
 impl AudioRoom {
-    /// One allocation round (bit/s): its sustained estimate, the audio it receives, and
-    /// whether any video flows to it. Returns whether it is tight.
+    /// One allocation round (payload bit/s): its sustained estimate, the audio it receives,
+    /// and whether any video flows to it. Returns whether it is tight.
     pub fn update(&mut self, sustained: u64, audio: u64, video_flows: bool) -> bool {
-        if audio == 0 {
-            self.tight = false;
+        self.tight = if audio == 0 || video_flows {
+            false
         } else if self.tight {
-            self.tight = !video_flows && (sustained as f64) < audio as f64 * ROOMY;
+            (sustained as f64) < audio as f64 * ROOMY
         } else {
-            self.tight = (sustained as f64) < audio as f64 * TIGHT;
-        }
+            (sustained as f64) < audio as f64 * TIGHT
+        };
         self.tight
     }
 
@@ -97,14 +103,17 @@ mod tests {
     fn a_link_that_barely_carries_the_audio_is_tight_until_video_flows_again() {
         let mut r = AudioRoom::default();
         assert!(!r.update(1_000_000, 64_000, true));
-        assert!(!r.update(90_000, 64_000, false));
-        assert!(r.update(75_000, 64_000, false));
+        // An audio-only call on a good line: the estimate sits at ~1.5 times the audio.
+        assert!(!r.update(96_000, 64_000, false));
+        // The estimate falls below the voices: tight.
+        assert!(r.update(60_000, 64_000, false));
         // Capped, the audio halves: still tight (no flapping back).
-        assert!(r.update(75_000, 32_000, false));
+        assert!(r.update(60_000, 32_000, false));
         // A video flows again: eased.
         assert!(!r.update(250_000, 32_000, true));
         // Or the estimate has plenty of room.
-        assert!(r.update(40_000, 32_000, false));
+        assert!(r.update(30_000, 32_000, false));
+        assert!(r.update(70_000, 32_000, false));
         assert!(!r.update(100_000, 32_000, false));
         // No audio at all: nothing to be tight about.
         assert!(!r.update(10, 0, false));
