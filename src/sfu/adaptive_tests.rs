@@ -300,7 +300,7 @@ fn a_publisher_sending_quarter_and_full_layers_only_serves_both_ends() {
 }
 
 #[test]
-fn the_active_speaker_is_announced_and_their_camera_is_favoured() {
+fn the_active_speaker_is_announced_and_a_change_of_speaker_takes_no_layer_away() {
     let mut net = SimNet::new(28);
     let a = net.add_simulcast_client("room");
     let b = net.add_simulcast_client("room");
@@ -319,17 +319,27 @@ fn the_active_speaker_is_announced_and_their_camera_is_favoured() {
     let b_id = net.clients[b].id.to_string();
     assert_eq!(speaker(&net, weak), Some(Some(b_id.clone())));
     assert_eq!(speaker(&net, a), Some(Some(b_id)));
+    // One camera on the top layer, the other below it (which one climbed first depends on
+    // when the spotlight was announced relative to the estimate's climb; the order among
+    // climbers is tested in `allocation`).
     let t = net.now - Duration::from_secs(2);
-    let top = |frames: Vec<Frame>| frames.iter().map(|f| f.layer).max();
-    assert_eq!(top(since(&frames(&net, weak, b), t)), Some(2), "the speaker's camera on top");
-    assert!(top(since(&frames(&net, weak, a), t)).unwrap_or(0) < 2);
-    // The other one speaks now: after the hold, the spotlight and the top layer move.
+    let top = |frames: Vec<Frame>| frames.iter().map(|f| f.layer).max().unwrap_or(0);
+    let tops = |net: &SimNet| (top(since(&frames(net, weak, a), t)), top(since(&frames(net, weak, b), t)));
+    let before = tops(&net);
+    assert!(before == (2, 0) || before == (2, 1) || before == (0, 2) || before == (1, 2), "{before:?}");
+    // The other one speaks now: after the hold the spotlight moves, but the layers stay where
+    // they are (a swap would cost a keyframe from each publisher for nothing the subscriber
+    // asked for; its page pins the tile it enlarges, and a pinned video does climb).
+    let switches = net.sfu.metrics().layer_switches.get();
     net.clients[b].speaking = false;
     net.clients[a].speaking = true;
     net.run_media(Duration::from_secs(15));
     assert_eq!(speaker(&net, weak), Some(Some(net.clients[a].id.to_string())));
     let t = net.now - Duration::from_secs(2);
-    assert_eq!(top(since(&frames(&net, weak, a), t)), Some(2));
+    let after = (top(since(&frames(&net, weak, a), t)), top(since(&frames(&net, weak, b), t)));
+    assert_eq!(after.0 == 2, before.0 == 2, "the top layer stays: {before:?} -> {after:?}");
+    assert_eq!(after.1 == 2, before.1 == 2, "the top layer stays: {before:?} -> {after:?}");
+    assert!(net.sfu.metrics().layer_switches.get() - switches <= 2, "no swap");
 }
 
 #[test]

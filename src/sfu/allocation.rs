@@ -15,9 +15,11 @@
 //!    it has no cheaper layer, and the estimate it would be paused on may be wrong (a
 //!    congested client reports delay that looks like a narrow link); it is charged to the
 //!    budget so the other videos give way first.
-//! 3. **Upgrades** by priority: the tile shown large or pinned, then screen shares, then the
-//!    active speaker, then the rest. Each video climbs as far as its layers, the subscriber's
-//!    size limit and the budget allow before the next one gets anything.
+//! 3. **Upgrades**: videos pinned by the subscriber (the tile shown large) get back to what
+//!    they had and climb first; then every other video gets back to what it had while that
+//!    fits (on-screen order), and only then do they climb, by priority: screen shares, the
+//!    active speaker, the rest. A new active speaker therefore never takes a layer away from
+//!    another video (a swap costs a keyframe from both publishers); it climbs into free room.
 //!
 //! Hysteresis, so that a subscriber's picture does not flap between layers on a noisy
 //! estimate (the times are deliberately in the range the browsers' own adaptation uses):
@@ -332,73 +334,45 @@ impl Allocator {
             }
         }
 
-        // 2. Upgrades: each video in priority order, first back to what it had (if it still
-        //    fits), then further with headroom and the hold times.
+        // 2. Pinned videos (the subscriber's own choice) first get back to what they had and
+        //    climb. 3. The others get back to what they had, if it still fits, in floor order
+        //    (videos on screen first). 4. Then they climb in priority order. Keeping comes
+        //    before climbing: when the active speaker changes on a link with room for one top
+        //    layer, the new speaker's camera must not take the other's top layer (a swap
+        //    costs a keyframe from each publisher and changes nothing the subscriber asked
+        //    for); the speaker climbs when there is room.
         let headroom = (budget as f64 * UPGRADE_HEADROOM) as u64;
-        for v in &order {
-            let Some(Target::Layer(floor)) = new.get(&v.track).copied() else {
-                continue;
-            };
-            let state = self.tracks.get(&v.track).copied();
-            let mut layer = floor;
-            let mut spent = v.layers[floor].unwrap_or(0);
-            if let Some(Target::Layer(had)) = state.map(|s| s.target) {
-                let cap = v.max_layer.unwrap_or(0).min(had);
-                // Just after an upgrade, the keyframe that started the new layer overfills
-                // the link for a moment and dents the estimate: the layer is kept through
-                // that (within KEEP_TOLERANCE) instead of being dropped by its own start.
-                let fresh = state
-                    .and_then(|s| s.last_up)
-                    .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_GRACE);
-                let room = if fresh {
-                    (left as f64 * KEEP_TOLERANCE) as u64
-                } else {
-                    left
-                };
-                if let Some((keep, bitrate)) = v.best_at_most(cap) {
-                    if keep > layer && bitrate.saturating_sub(spent) <= room {
-                        left = left.saturating_sub(bitrate.saturating_sub(spent));
-                        layer = keep;
-                        spent = bitrate;
-                    } else if keep > layer {
-                        // Try the layers between the floor and what it had.
-                        for l in (layer + 1..keep).rev() {
-                            if let Some(b) = v.layers[l] {
-                                if b.saturating_sub(spent) <= left {
-                                    left -= b.saturating_sub(spent);
-                                    layer = l;
-                                    spent = b;
-                                    break;
-                                }
-                            }
-                        }
-                    }
+        let pinned = |v: &&&VideoTrack| v.priority == Priority::Pinned;
+        let (first, rest): (Vec<&&VideoTrack>, Vec<&&VideoTrack>) = floor_order.iter().partition(pinned);
+        for v in first {
+            if let Some(Target::Layer(floor)) = new.get(&v.track).copied() {
+                let state = self.tracks.get(&v.track).copied();
+                let kept = keep_layer(v, state, now, floor, &mut left);
+                let (layer, step) = climb(v, state, now, kept, &mut left, headroom);
+                if let Some(step) = step {
+                    note_step(step);
                 }
+                new.insert(v.track, Target::Layer(layer));
             }
-            let had = match state.map(|s| s.target) {
-                Some(Target::Layer(h)) => Some(h),
-                _ => None,
-            };
-            let may_climb = had.is_some_and(|h| layer >= h)
-                && state.is_none_or(|s| {
-                    s.last_down
-                        .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD)
-                        && s.last_up
-                            .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP)
-                });
-            if let Some((up, bitrate)) = v.next_above(layer) {
-                let delta = bitrate.saturating_sub(spent);
-                if may_climb && delta + headroom <= left {
-                    left -= delta;
-                    layer = up;
-                } else {
-                    note_step(delta);
+        }
+        for v in &rest {
+            if let Some(Target::Layer(floor)) = new.get(&v.track).copied() {
+                let state = self.tracks.get(&v.track).copied();
+                new.insert(v.track, Target::Layer(keep_layer(v, state, now, floor, &mut left)));
+            }
+        }
+        for v in order.iter().filter(|v| v.priority != Priority::Pinned) {
+            if let Some(Target::Layer(kept)) = new.get(&v.track).copied() {
+                let state = self.tracks.get(&v.track).copied();
+                let (layer, step) = climb(v, state, now, kept, &mut left, headroom);
+                if let Some(step) = step {
+                    note_step(step);
                 }
+                new.insert(v.track, Target::Layer(layer));
             }
-            new.insert(v.track, Target::Layer(layer));
         }
 
-        // 3. Record, with the times the hysteresis needs.
+        // 5. Record, with the times the hysteresis needs.
         let mut outcome = Outcome::default();
         for v in &order {
             let to = new.get(&v.track).copied().unwrap_or(Target::Hidden);
@@ -445,6 +419,77 @@ impl Allocator {
         outcome.desired += audio;
         outcome.next_step = next_step;
         outcome
+    }
+}
+
+/// The layer `v` gets back to from its floor: what it had, if that still fits in `left`
+/// (just after an upgrade within [`KEEP_TOLERANCE`]: the keyframe that started the new layer
+/// overfills the link for a moment and dents the estimate), else the best layer between.
+fn keep_layer(v: &VideoTrack, state: Option<State>, now: Instant, floor: usize, left: &mut u64) -> usize {
+    let mut layer = floor;
+    let spent = v.layers[floor].unwrap_or(0);
+    let Some(Target::Layer(had)) = state.map(|s| s.target) else {
+        return layer;
+    };
+    let cap = v.max_layer.unwrap_or(0).min(had);
+    let fresh = state
+        .and_then(|s| s.last_up)
+        .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_GRACE);
+    let room = if fresh {
+        (*left as f64 * KEEP_TOLERANCE) as u64
+    } else {
+        *left
+    };
+    if let Some((keep, bitrate)) = v.best_at_most(cap) {
+        if keep > layer && bitrate.saturating_sub(spent) <= room {
+            *left = left.saturating_sub(bitrate.saturating_sub(spent));
+            layer = keep;
+        } else if keep > layer {
+            for l in (layer + 1..keep).rev() {
+                if let Some(b) = v.layers[l] {
+                    if b.saturating_sub(spent) <= *left {
+                        *left -= b.saturating_sub(spent);
+                        layer = l;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    layer
+}
+
+/// One step up from `layer` for `v`, if it fits in `left` with `headroom` to spare and the
+/// hold times allow; otherwise the step's cost, for the probes.
+fn climb(
+    v: &VideoTrack,
+    state: Option<State>,
+    now: Instant,
+    layer: usize,
+    left: &mut u64,
+    headroom: u64,
+) -> (usize, Option<u64>) {
+    let spent = v.layers[layer].unwrap_or(0);
+    let had = match state.map(|s| s.target) {
+        Some(Target::Layer(h)) => Some(h),
+        _ => None,
+    };
+    let may_climb = had.is_some_and(|h| layer >= h)
+        && state.is_none_or(|s| {
+            s.last_down
+                .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD)
+                && s.last_up
+                    .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP)
+        });
+    let Some((up, bitrate)) = v.next_above(layer) else {
+        return (layer, None);
+    };
+    let delta = bitrate.saturating_sub(spent);
+    if may_climb && delta + headroom <= *left {
+        *left -= delta;
+        (up, None)
+    } else {
+        (layer, Some(delta))
     }
 }
 
@@ -750,5 +795,28 @@ mod tests {
         assert_eq!(a.target(TrackId(1)), Target::Layer(0));
         settle(&mut a, &mut now, 6, AUDIO + Q / 3, std::slice::from_ref(&v));
         assert_eq!(a.target(TrackId(1)), Target::Paused);
+    }
+
+    #[test]
+    fn a_new_speaker_does_not_take_the_top_layer_from_the_video_that_has_it() {
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let mut one = cam(1);
+        one.priority = Priority::Speaker;
+        // Room for one F beside the other's H, not for two F.
+        let budget = AUDIO + F + H + 300_000;
+        settle(&mut a, &mut now, 8, budget, &[one.clone(), cam(2)]);
+        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(1)]);
+        // The other one speaks now: nothing moves (no keyframes for a swap).
+        let mut two = cam(2);
+        two.priority = Priority::Speaker;
+        one.priority = Priority::Normal;
+        let out = a.allocate(now, budget, AUDIO, &[one.clone(), two.clone()]);
+        assert!(out.changes.is_empty(), "{:?}", out.changes);
+        settle(&mut a, &mut now, 8, budget, &[one.clone(), two.clone()]);
+        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(1)]);
+        // Room for both: the speaker climbs.
+        settle(&mut a, &mut now, 8, AUDIO + 2 * F + 400_000, &[one, two]);
+        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(2)]);
     }
 }
