@@ -27,7 +27,8 @@
 //! - a layer just upgraded to is kept for [`UPGRADE_GRACE`] within [`KEEP_TOLERANCE`] (the
 //!   keyframe it starts with must not undo it);
 //! - going *up* needs [`UPGRADE_HEADROOM`] of the budget to stay free after the step, no
-//!   upgrade within [`UPGRADE_HOLD`] of the same video's last downgrade, and at most one step
+//!   upgrade within [`UPGRADE_HOLD`] of the same video's last downgrade (doubling, up to
+//!   [`MAX_UPGRADE_HOLD`], each time a climb is undone within [`UPGRADE_TRIAL`]), and at most one step
 //!   per video per [`UPGRADE_STEP`];
 //! - a flowing video is paused only when its lowest layer exceeds what is left by
 //!   [`KEEP_TOLERANCE`] (a keyframe dents the estimate of a weak link for a moment);
@@ -49,6 +50,11 @@ pub const MAX_LAYERS: usize = 3;
 pub const UPGRADE_HEADROOM: f64 = 0.10;
 /// No upgrade of a video within this long of its last downgrade.
 pub const UPGRADE_HOLD: Duration = Duration::from_secs(5);
+/// A downgrade within this long of the climb it undoes doubles the video's hold, up to
+/// [`MAX_UPGRADE_HOLD`].
+pub const UPGRADE_TRIAL: Duration = Duration::from_secs(10);
+/// The longest hold after repeated failed climbs.
+pub const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(40);
 /// At most one upgrade step per video per this interval (each step waits for a keyframe).
 pub const UPGRADE_STEP: Duration = Duration::from_secs(1);
 /// A paused video stays paused at least this long; each pause that follows a resume within
@@ -179,6 +185,8 @@ struct State {
     pause_for: Duration,
     resumed_at: Option<Instant>,
     last_down: Option<Instant>,
+    /// How long after a bandwidth downgrade this video waits before climbing again.
+    hold: Duration,
     last_up: Option<Instant>,
 }
 
@@ -190,6 +198,7 @@ impl State {
             pause_for: MIN_PAUSE,
             resumed_at: None,
             last_down: None,
+            hold: UPGRADE_HOLD,
             last_up: None,
         }
     }
@@ -383,7 +392,24 @@ impl Allocator {
                 // asked for (a smaller tile, a hidden video) says nothing about the link.
                 let cap = v.max_layer.unwrap_or(0);
                 match (from.layer(), to.layer()) {
-                    (Some(a), Some(b)) if b < a.min(cap) => state.last_down = Some(now),
+                    (Some(a), Some(b)) if b < a.min(cap) => {
+                        // A layer lost within UPGRADE_TRIAL of climbing to it: the link did
+                        // not hold it, so the next climb waits twice as long (a loss-limited
+                        // estimate swinging around two top layers' sum made a video climb and
+                        // fall every few seconds, a keyframe each time).
+                        // (A fall within UPGRADE_GRACE is the climb's own keyframe denting
+                        // the estimate beyond the tolerance, not the link swinging.)
+                        let failed = state.last_up.is_some_and(|t| {
+                            let since = now.saturating_duration_since(t);
+                            since >= UPGRADE_GRACE && since < UPGRADE_TRIAL
+                        });
+                        state.hold = if failed {
+                            (state.hold * 2).min(MAX_UPGRADE_HOLD)
+                        } else {
+                            UPGRADE_HOLD
+                        };
+                        state.last_down = Some(now);
+                    }
                     (Some(a), Some(b)) if b > a => state.last_up = Some(now),
                     (Some(_), None) if to == Target::Paused => state.last_down = Some(now),
                     _ => {}
@@ -477,7 +503,7 @@ fn climb(
     let may_climb = had.is_some_and(|h| layer >= h)
         && state.is_none_or(|s| {
             s.last_down
-                .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD)
+                .is_none_or(|t| now.saturating_duration_since(t) >= s.hold)
                 && s.last_up
                     .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP)
         });
@@ -595,7 +621,9 @@ mod tests {
         let mut a = Allocator::default();
         let mut now = Instant::now();
         let videos = [cam(1)];
-        settle(&mut a, &mut now, 5, 3_000_000, &videos);
+        // On the top layer for longer than UPGRADE_TRIAL (a climb undone sooner doubles the
+        // hold: see the next test).
+        settle(&mut a, &mut now, 12, 3_000_000, &videos);
         assert_eq!(a.target(TrackId(1)), Target::Layer(2));
         let out = a.allocate(now, 700_000, AUDIO, &videos);
         assert_eq!(a.target(TrackId(1)), Target::Layer(1), "{out:?}");
@@ -818,5 +846,44 @@ mod tests {
         // Room for both: the speaker climbs.
         settle(&mut a, &mut now, 8, AUDIO + 2 * F + 400_000, &[one, two]);
         assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(2)]);
+    }
+
+    #[test]
+    fn a_climb_the_link_does_not_hold_waits_longer_each_time() {
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        let videos = [cam(1)];
+        let high = AUDIO + F + 400_000;
+        let low = AUDIO + H + 100_000;
+        settle(&mut a, &mut now, 6, high, &videos);
+        assert_eq!(a.target(TrackId(1)), Target::Layer(2));
+        // The estimate swings: each fall a few seconds after a climb (past the grace of the
+        // climb's own keyframe) doubles the wait before the next.
+        let mut climbs = Vec::new();
+        let t0 = now;
+        for _ in 0..12 {
+            settle(&mut a, &mut now, 3, high, &videos);
+            settle(&mut a, &mut now, 1, low, &videos);
+            assert!(a.target(TrackId(1)).layer() < Some(2));
+            let mut waited = 0;
+            while a.target(TrackId(1)) != Target::Layer(2) && waited < 60 {
+                settle(&mut a, &mut now, 1, high, &videos);
+                waited += 1;
+            }
+            climbs.push(waited);
+        }
+        assert!(now.saturating_duration_since(t0) > Duration::from_secs(200), "{climbs:?}");
+        assert!(climbs.windows(2).take(2).all(|w| w[1] > w[0]), "waits grow: {climbs:?}");
+        assert!(climbs.iter().all(|w| *w <= 42), "bounded: {climbs:?}");
+        // A video that held its climb for a while starts from the short hold again; so does
+        // one that falls within the grace (its own keyframe dented the estimate).
+        settle(&mut a, &mut now, 15, high, &videos);
+        settle(&mut a, &mut now, 1, low, &videos);
+        let mut waited = 0;
+        while a.target(TrackId(1)) != Target::Layer(2) && waited < 60 {
+            settle(&mut a, &mut now, 1, high, &videos);
+            waited += 1;
+        }
+        assert!(waited <= 7, "{waited}");
     }
 }
