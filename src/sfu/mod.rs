@@ -455,6 +455,15 @@ impl Sfu {
         })
     }
 
+    /// The track `track` that `publisher` publishes, if both are still there.
+    fn track_in(&self, publisher: ParticipantId, track: TrackId) -> Option<&TrackIn> {
+        self.participants
+            .get(&publisher)?
+            .tracks_in
+            .iter()
+            .find(|t| t.id == track)
+    }
+
     /// Pin `id`'s RED decision (tests of the forwarding, apart from the policy's inputs).
     #[cfg(test)]
     pub fn pin_red(&mut self, id: ParticipantId, on: bool) {
@@ -648,7 +657,6 @@ impl Sfu {
                 display_name: p.display_name.clone(),
             })
             .collect();
-        let _ = room_key;
         self.signal(
             id,
             ServerMessage::Joined {
@@ -659,6 +667,19 @@ impl Sfu {
                 simulcast: true,
             },
         );
+        // A latecomer learns who speaks now (the others heard it when it changed).
+        let speaker = self
+            .room_members
+            .get(&room_key)
+            .and_then(|r| r.speaker.current());
+        if let Some(speaker) = speaker {
+            self.signal(
+                id,
+                ServerMessage::ActiveSpeaker {
+                    participant_id: Some(speaker.to_string()),
+                },
+            );
+        }
         for member in members {
             self.signal(
                 *member,
@@ -922,9 +943,7 @@ impl Sfu {
         track: TrackId,
     ) {
         let Some((mid, layer)) = self
-            .participants
-            .get(&participant)
-            .and_then(|p| p.tracks_in.iter().find(|t| t.id == track))
+            .track_in(participant, track)
             .map(|t| (t.mid, t.record.target.unwrap_or(0)))
         else {
             return;
@@ -1824,11 +1843,7 @@ impl Sfu {
                 {
                     continue;
                 }
-                let Some(tin) = self
-                    .participants
-                    .get(&t.publisher)
-                    .and_then(|p| p.tracks_in.iter().find(|x| x.id == t.track))
-                else {
+                let Some(tin) = self.track_in(t.publisher, t.track) else {
                     continue;
                 };
                 if !tin.simulcast() {
@@ -1888,11 +1903,7 @@ impl Sfu {
             if !matches!(t.state, TrackOutState::Open(_)) {
                 continue;
             }
-            let Some(tin) = self
-                .participants
-                .get(&t.publisher)
-                .and_then(|p| p.tracks_in.iter().find(|x| x.id == t.track))
-            else {
+            let Some(tin) = self.track_in(t.publisher, t.track) else {
                 continue;
             };
             if t.kind == MediaKind::Audio {
