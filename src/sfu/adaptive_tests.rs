@@ -595,6 +595,17 @@ fn microphones_speak_sparingly_while_a_link_barely_carries_the_voices_and_freely
     let t = net.now - Duration::from_secs(4);
     let (fa, fb) = (audio_since(&net, weak, a, t), audio_since(&net, weak, b, t));
     assert!(fa >= 180 && fb >= 180, "audio packets in 4 s: {fa} / {fb}");
+    // And what arrives is the capped speech: 16 kbit/s is 40 bytes per 20 ms packet.
+    for publisher in [a, b] {
+        let mids = net.mids_from(weak, publisher, TrackKind::Audio);
+        let sizes: Vec<usize> = net.clients[weak]
+            .received
+            .iter()
+            .filter(|r| mids.contains(&r.mid) && r.at >= t)
+            .map(|r| r.payload.len())
+            .collect();
+        assert!(!sizes.is_empty() && sizes.iter().all(|n| *n == 40), "{sizes:?}");
+    }
     // The link clears: once video flows to it again and the calm delay passed, the caps go.
     net.clients[weak].downlink = None;
     net.run_media(Duration::from_secs(30));
