@@ -196,9 +196,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let scheme = if server.is_tls() { "https" } else { "http" };
     let http = server.http_addr();
     println!("huizhen is running.");
-    println!("  Open a room:  {scheme}://{http}/room/demo  (open it in two tabs to talk to yourself)");
+    println!(
+        "  Open a room:  {scheme}://{http}/room/demo  (open it in two tabs to talk to yourself)"
+    );
     println!("  Metrics:      {scheme}://{http}/metrics");
-    println!("  Media:        udp {}  ice-tcp {:?}", server.udp_addr(), server.tcp_addr());
+    println!(
+        "  Media:        udp {}  ice-tcp {:?}",
+        server.udp_addr(),
+        server.tcp_addr()
+    );
     if let Some(dev) = server.dev_info() {
         println!("Development mode: demo clinic seeded (tokens signed with a generated secret).");
         println!("  Doctor:     {}", dev.links.doctor);
@@ -284,7 +290,10 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
             Err(e) => anyhow::bail!("audit trail BROKEN: {e}"),
         },
-        Some(None) => Ok(huizhen::audit::export_jsonl(&entries, std::io::stdout().lock())?),
+        Some(None) => Ok(huizhen::audit::export_jsonl(
+            &entries,
+            std::io::stdout().lock(),
+        )?),
         Some(Some(file)) => {
             let f = std::fs::File::create(&file)
                 .with_context(|| format!("creating {}", file.display()))?;
@@ -299,7 +308,10 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
 fn archive_keys(
     config: &Config,
     args: &ArchiveArgs,
-) -> anyhow::Result<(Option<huizhen::vault::LocalKek>, Option<huizhen::vault::VerifyingKey>)> {
+) -> anyhow::Result<(
+    Option<huizhen::vault::LocalKek>,
+    Option<huizhen::vault::VerifyingKey>,
+)> {
     let data_dir = &config.storage.data_dir;
     let kek = match &args.key {
         Some(path) => Some(huizhen::vault::LocalKek::from_file(path)?),
@@ -351,7 +363,9 @@ async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
                     m.ended_at_ms.map_or("-".into(), |t| t.to_string()),
                     m.tracks.len(),
                     segments,
-                    m.interrupted.as_ref().map_or(String::new(), |w| format!("\tINTERRUPTED: {w}")),
+                    m.interrupted
+                        .as_ref()
+                        .map_or(String::new(), |w| format!("\tINTERRUPTED: {w}")),
                 );
             }
             Ok(())
@@ -361,14 +375,19 @@ async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
             if kek_ref.is_none() {
                 eprintln!("no key-encryption key: checking signature and hashes only (use --key)");
             }
-            let report = huizhen::recorder::tools::verify(store.as_ref(), id, signer.as_ref(), kek_ref).await?;
+            let report =
+                huizhen::recorder::tools::verify(store.as_ref(), id, signer.as_ref(), kek_ref)
+                    .await?;
             println!("{report}");
             anyhow::ensure!(report.is_ok(), "recording {id} FAILED verification");
             Ok(())
         }
-        RecordingCommand::Export { id, out, composite, .. } => {
+        RecordingCommand::Export {
+            id, out, composite, ..
+        } => {
             let kek = kek.context("export needs the key-encryption key (--key FILE)")?;
-            let files = huizhen::recorder::tools::export(store, id, signer.as_ref(), &kek, out).await?;
+            let files =
+                huizhen::recorder::tools::export(store, id, signer.as_ref(), &kek, out).await?;
             for (f, _) in &files {
                 println!("{}", f.display());
             }

@@ -15,18 +15,18 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::Config;
-use crate::edge::{self, LocalAddress, MediaHandle, MediaTask};
 use crate::auth::{AuthConfig, TokenMinter, TokenVerifier};
 use crate::clinic::ClinicParts;
+use crate::config::Config;
+use crate::edge::{self, LocalAddress, MediaHandle, MediaTask};
 use crate::http::api::ApiState;
 use crate::http::ws::SessionDeps;
 use crate::http::{self, ws::SignalingMetrics, AppState};
+use crate::sfu::{Sfu, SfuConfig, SfuMetrics};
 use crate::store::Store;
+use crate::telemetry::Metrics;
 use crate::webhook::Webhooks;
 use huizhen_signaling::clinic::ClinicEngine;
-use crate::sfu::{Sfu, SfuConfig, SfuMetrics};
-use crate::telemetry::Metrics;
 
 /// How long shutdown waits for sessions to finish before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -166,11 +166,13 @@ impl ServerHandle {
 const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
-    let socket = UdpSocket::bind(addr).await.map_err(|source| ServerError::Bind {
-        what: "media UDP",
-        addr,
-        source,
-    })?;
+    let socket = UdpSocket::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "media UDP",
+            addr,
+            source,
+        })?;
     let sock = socket2::SockRef::from(&socket);
     for (what, result) in [
         ("receive", sock.set_recv_buffer_size(UDP_BUFFER_BYTES)),
@@ -192,7 +194,9 @@ async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
 }
 
 async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
 /// Bind everything and start serving.
@@ -235,7 +239,11 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let sfu_config = sfu_config(&config, udp_addr, tcp_addr);
     let sfu = Sfu::new(sfu_config, sfu_metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let webhooks = Webhooks::spawn(config.webhook.clone(), &metrics.component("webhook"), shutdown_rx.clone())?;
+    let webhooks = Webhooks::spawn(
+        config.webhook.clone(),
+        &metrics.component("webhook"),
+        shutdown_rx.clone(),
+    )?;
     let (recorder, keyframe_wants, recorder_task) =
         start_recorder(&config, &mut metrics, webhooks.clone(), shutdown_rx.clone()).await?;
     let local = LocalAddress {
@@ -396,7 +404,8 @@ async fn start_recorder(
             crate::vault::LocalKek::load_or_generate_file(&path)?
         }
     };
-    let signer = crate::vault::load_or_generate_signing_key(&config.recording.signing_key_path(data_dir))?;
+    let signer =
+        crate::vault::load_or_generate_signing_key(&config.recording.signing_key_path(data_dir))?;
     let journal_dir = data_dir.join("recordings-journal");
     crate::recorder::task::spawn(
         crate::recorder::task::RecorderParts {
@@ -501,7 +510,11 @@ fn public_url(config: &Config, http: SocketAddr) -> String {
     if let Some(url) = &config.signaling.public_url {
         return url.trim_end_matches('/').to_owned();
     }
-    let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
+    let scheme = if config.http.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let host = if http.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), http.port())
     } else {
@@ -513,14 +526,19 @@ fn public_url(config: &Config, http: SocketAddr) -> String {
 fn sfu_config(config: &Config, udp: SocketAddr, tcp: Option<SocketAddr>) -> SfuConfig {
     let m = &config.media;
     let udp_candidates = if m.announce_udp {
-        m.announce.iter().map(|ip| SocketAddr::new(*ip, udp.port())).collect()
+        m.announce
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, udp.port()))
+            .collect()
     } else {
         Vec::new()
     };
     let tcp_candidates = match tcp {
-        Some(tcp) if m.announce_tcp => {
-            m.announce.iter().map(|ip| SocketAddr::new(*ip, tcp.port())).collect()
-        }
+        Some(tcp) if m.announce_tcp => m
+            .announce
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, tcp.port()))
+            .collect(),
         _ => Vec::new(),
     };
     SfuConfig {
@@ -547,11 +565,14 @@ fn spawn_http(
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let result = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await;
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
         if let Err(e) = result {
             warn!(error = %e, "HTTP server failed");
         }
@@ -578,7 +599,8 @@ async fn spawn_https(
         shutdown_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
     // TCP_NODELAY under TLS too (see spawn_http).
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
     let server = axum_server::from_tcp(std_listener)
         .map_err(|e| ServerError::Tls(format!("listener: {e}")))?
         .acceptor(acceptor)
@@ -586,7 +608,8 @@ async fn spawn_https(
     Ok(tokio::spawn(async move {
         if let Err(e) = server
             .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .await {
+            .await
+        {
             warn!(error = %e, "HTTPS server failed");
         }
     }))

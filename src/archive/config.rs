@@ -172,7 +172,11 @@ impl ArchiveConfig {
                 message: message.to_owned(),
             })
         };
-        if self.spool_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        if self
+            .spool_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             return invalid("archive.spool_dir", "must not be empty");
         }
         if self.multipart_part_bytes < MIN_PART_SIZE || self.multipart_part_bytes > 5 << 30 {

@@ -379,7 +379,10 @@ mod tests {
     #[test]
     fn every_kind_is_listed() {
         let kinds: Vec<&str> = every_event().iter().map(kind_of).collect();
-        assert_eq!(kinds, EVENT_KINDS, "EVENT_KINDS must list every event, in order");
+        assert_eq!(
+            kinds, EVENT_KINDS,
+            "EVENT_KINDS must list every event, in order"
+        );
     }
 
     #[test]

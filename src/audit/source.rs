@@ -28,7 +28,8 @@ impl SourceHasher {
 
     /// `src-` and 12 hex digits of HMAC-SHA256(key, address).
     pub fn source(&self, ip: IpAddr) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .expect("HMAC takes any key length");
         mac.update(ip.to_string().as_bytes());
         let digest = mac.finalize().into_bytes();
         format!("src-{}", hex::encode(&digest[..6]))

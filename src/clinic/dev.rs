@@ -1,9 +1,7 @@
 //! Development mode: a seeded demo clinic and ready-to-open links, so `huizhen serve` shows
 //! the whole flow (waiting room, invitation, call) on one machine without a hospital system.
 
-use huizhen_signaling::clinic::{
-    Appointment, AppointmentId, Clinic, ClinicEngine, Millis, Role,
-};
+use huizhen_signaling::clinic::{Appointment, AppointmentId, Clinic, ClinicEngine, Millis, Role};
 
 use crate::auth::{Claims, TokenError, TokenMinter};
 
@@ -69,10 +67,19 @@ pub fn links(
     doctor.clinics = vec![DEMO_CLINIC.to_owned()];
     let mut patient = Claims::new(DEMO_PATIENT, "Demo Patient", Role::Patient, now_secs, ttl);
     patient.appointment = Some(appointment.0.clone());
-    let mut companion = Claims::new("companion-demo", "Demo Companion", Role::Companion, now_secs, ttl);
+    let mut companion = Claims::new(
+        "companion-demo",
+        "Demo Companion",
+        Role::Companion,
+        now_secs,
+        ttl,
+    );
     companion.appointment = Some(appointment.0.clone());
     Ok(DemoLinks {
-        doctor: format!("{base_url}/doctor?token={}&clinic={DEMO_CLINIC}", minter.mint(&doctor)?),
+        doctor: format!(
+            "{base_url}/doctor?token={}&clinic={DEMO_CLINIC}",
+            minter.mint(&doctor)?
+        ),
         patient: format!(
             "{base_url}/patient?token={}&appointment={}",
             minter.mint(&patient)?,

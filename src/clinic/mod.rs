@@ -149,8 +149,12 @@ impl ClinicCommand {
         Some(match self {
             ClinicCommand::CheckIn(a) => a.0.clone(),
             ClinicCommand::LeaveQueue => return None,
-            ClinicCommand::SetAway(c, _) | ClinicCommand::Invite(c, _) | ClinicCommand::MoveUp(c, _) => c.0.clone(),
-            ClinicCommand::CancelInvitation(i) | ClinicCommand::Accept(i) | ClinicCommand::Decline(i) => i.0.clone(),
+            ClinicCommand::SetAway(c, _)
+            | ClinicCommand::Invite(c, _)
+            | ClinicCommand::MoveUp(c, _) => c.0.clone(),
+            ClinicCommand::CancelInvitation(i)
+            | ClinicCommand::Accept(i)
+            | ClinicCommand::Decline(i) => i.0.clone(),
             ClinicCommand::Join(c)
             | ClinicCommand::LeaveConsultation(c)
             | ClinicCommand::Admit(c, _)
@@ -324,7 +328,10 @@ pub struct ClinicHandle {
 pub struct ClinicGone;
 
 fn unavailable() -> Refusal {
-    (ErrorCode::Unavailable, "the clinic service is not running".to_owned())
+    (
+        ErrorCode::Unavailable,
+        "the clinic service is not running".to_owned(),
+    )
 }
 
 impl ClinicHandle {
@@ -341,7 +348,12 @@ impl ClinicHandle {
     }
 
     /// Run a command of `session` and wait for its outcome.
-    pub async fn command(&self, session: u64, actor: Actor, command: ClinicCommand) -> Result<CommandReply, Refusal> {
+    pub async fn command(
+        &self,
+        session: u64,
+        actor: Actor,
+        command: ClinicCommand,
+    ) -> Result<CommandReply, Refusal> {
         self.ask(|reply| ClinicRequest::Command {
             session,
             actor,
@@ -352,7 +364,11 @@ impl ClinicHandle {
     }
 
     /// An admin request by API key `actor`.
-    pub async fn admin<T>(&self, actor: &str, make: impl FnOnce(Reply<T>) -> AdminRequest) -> Result<T, Refusal> {
+    pub async fn admin<T>(
+        &self,
+        actor: &str,
+        make: impl FnOnce(Reply<T>) -> AdminRequest,
+    ) -> Result<T, Refusal> {
         let actor = actor.to_owned();
         self.ask(|reply| ClinicRequest::Admin {
             actor,
@@ -385,14 +401,29 @@ impl ClinicMetrics {
             &["command", "result"],
         )
         .expect("metric");
-        let events = IntCounterVec::new(Opts::new("events_total", "Clinic events, by kind"), &["kind"])
-            .expect("metric");
-        let commits = IntCounter::new("commits_total", "Store transactions committed (each a batch of requests)").expect("metric");
-        let commit_failures =
-            IntCounter::new("commit_failures_total", "Store commits that failed (the batch was answered unavailable)").expect("metric");
+        let events = IntCounterVec::new(
+            Opts::new("events_total", "Clinic events, by kind"),
+            &["kind"],
+        )
+        .expect("metric");
+        let commits = IntCounter::new(
+            "commits_total",
+            "Store transactions committed (each a batch of requests)",
+        )
+        .expect("metric");
+        let commit_failures = IntCounter::new(
+            "commit_failures_total",
+            "Store commits that failed (the batch was answered unavailable)",
+        )
+        .expect("metric");
         let commit_seconds = Histogram::with_opts(
-            HistogramOpts::new("commit_duration_seconds", "Time of one store commit, including its fsync")
-                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]),
+            HistogramOpts::new(
+                "commit_duration_seconds",
+                "Time of one store commit, including its fsync",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
+            ]),
         )
         .expect("metric");
         let batch_requests = Histogram::with_opts(
@@ -400,10 +431,15 @@ impl ClinicMetrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )
         .expect("metric");
-        let live_appointments = IntGauge::new("live_appointments", "Appointments held in memory").expect("metric");
-        let live_consultations = IntGauge::new("live_consultations", "Consultations held in memory").expect("metric");
+        let live_appointments =
+            IntGauge::new("live_appointments", "Appointments held in memory").expect("metric");
+        let live_consultations =
+            IntGauge::new("live_consultations", "Consultations held in memory").expect("metric");
         let sessions_ended = IntCounterVec::new(
-            Opts::new("sessions_ended_total", "Sessions the server ended, by reason"),
+            Opts::new(
+                "sessions_ended_total",
+                "Sessions the server ended, by reason",
+            ),
             &["reason"],
         )
         .expect("metric");
@@ -415,12 +451,24 @@ impl ClinicMetrics {
         for m in [&commands, &events, &sessions_ended, &refusals] {
             registry.register(Box::new(m.clone())).expect("metric");
         }
-        registry.register(Box::new(commits.clone())).expect("metric");
-        registry.register(Box::new(commit_failures.clone())).expect("metric");
-        registry.register(Box::new(commit_seconds.clone())).expect("metric");
-        registry.register(Box::new(batch_requests.clone())).expect("metric");
-        registry.register(Box::new(live_appointments.clone())).expect("metric");
-        registry.register(Box::new(live_consultations.clone())).expect("metric");
+        registry
+            .register(Box::new(commits.clone()))
+            .expect("metric");
+        registry
+            .register(Box::new(commit_failures.clone()))
+            .expect("metric");
+        registry
+            .register(Box::new(commit_seconds.clone()))
+            .expect("metric");
+        registry
+            .register(Box::new(batch_requests.clone()))
+            .expect("metric");
+        registry
+            .register(Box::new(live_appointments.clone()))
+            .expect("metric");
+        registry
+            .register(Box::new(live_consultations.clone()))
+            .expect("metric");
         for command in ClinicCommand::NAMES {
             for result in ["ok", "refused"] {
                 commands.with_label_values(&[command, result]);
@@ -518,7 +566,10 @@ pub(crate) struct Service {
 }
 
 /// Start the clinic task.
-pub fn spawn(parts: ClinicParts, shutdown: watch::Receiver<bool>) -> (ClinicHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    parts: ClinicParts,
+    shutdown: watch::Receiver<bool>,
+) -> (ClinicHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let service = Service {
         recorder: parts.recorder,
@@ -541,7 +592,11 @@ pub fn spawn(parts: ClinicParts, shutdown: watch::Receiver<bool>) -> (ClinicHand
     (ClinicHandle { requests: tx }, task)
 }
 
-async fn run(mut service: Service, mut requests: mpsc::Receiver<ClinicRequest>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    mut service: Service,
+    mut requests: mpsc::Receiver<ClinicRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // Whatever the start-up changed (a restart's grace marks, the demo seed) is written first.
     service.flush(now_ms()).await;
     loop {
@@ -612,17 +667,23 @@ impl Service {
             };
             Millis(at.saturating_mul(1000))
         });
-        [self.engine.poll_timeout(), self.refusals.poll_timeout(), sessions.min()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.engine.poll_timeout(),
+            self.refusals.poll_timeout(),
+            sessions.min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timeout(&mut self, now: Millis) {
         // Revocations stop mattering once every token they cover has expired.
         let now_s = now.0 / 1000;
         self.revocations.retain(|r| match r {
-            Revocation::Token { keep_until_s, .. } | Revocation::User { keep_until_s, .. } => *keep_until_s > now_s,
+            Revocation::Token { keep_until_s, .. } | Revocation::User { keep_until_s, .. } => {
+                *keep_until_s > now_s
+            }
         });
         self.engine.handle_timeout(now);
         self.after_change_by(now, None);
@@ -657,7 +718,10 @@ impl Service {
                 // Loud: the batch is lost, and everyone who asked is told so.
                 tracing::error!(error = %e, rows = changes.rows(), audit = audit.len(), "CLINIC BATCH NOT SAVED");
                 self.metrics.commit_failures.inc();
-                let failure = (ErrorCode::Unavailable, "the change could not be saved; try again".to_owned());
+                let failure = (
+                    ErrorCode::Unavailable,
+                    "the change could not be saved; try again".to_owned(),
+                );
                 for effect in effects {
                     if let Effect::Reply(_) = effect {
                         self.carry_out(effect, Err(failure.clone())).await;
@@ -673,8 +737,9 @@ impl Service {
         // only when they clearly outnumber the live sessions, so the scan is amortised.
         if self.names.len() > 2 * self.sockets.len() + 256 {
             let (sockets, engine) = (&self.sockets, &self.engine);
-            self.names
-                .retain(|user, _| sockets.iter().any(|s| &s.actor.user == user) || engine.is_live_user(user));
+            self.names.retain(|user, _| {
+                sockets.iter().any(|s| &s.actor.user == user) || engine.is_live_user(user)
+            });
         }
         let (appointments, consultations) = self.engine.live_counts();
         self.metrics.live_appointments.set(appointments as i64);
@@ -711,13 +776,17 @@ impl Service {
                 for s in &self.sockets {
                     if s.actor.role == Role::Doctor {
                         for clinic in &s.actor.clinics {
-                            let _ = self.engine.set_doctor_presence(&s.actor, clinic, true, false);
+                            let _ = self
+                                .engine
+                                .set_doctor_presence(&s.actor, clinic, true, false);
                         }
                     }
                 }
                 while self.engine.poll_event().is_some() {}
             }
-            Err(e) => tracing::error!(error = %e, "clinic state could not be reloaded after a failed commit"),
+            Err(e) => {
+                tracing::error!(error = %e, "clinic state could not be reloaded after a failed commit")
+            }
         }
     }
 
@@ -731,7 +800,16 @@ impl Service {
                 source,
                 events,
                 reply,
-            } => self.connect(now, session, actor, display_name, token_times, source, events, reply),
+            } => self.connect(
+                now,
+                session,
+                actor,
+                display_name,
+                token_times,
+                source,
+                events,
+                reply,
+            ),
             ClinicRequest::Renew {
                 session,
                 actor,
@@ -747,7 +825,8 @@ impl Service {
                 participant,
             } => {
                 if self.sockets.iter().any(|s| s.session == session) {
-                    self.in_room.insert(session, (consultation.clone(), participant));
+                    self.in_room
+                        .insert(session, (consultation.clone(), participant));
                     self.apply_recording(&consultation);
                 } else {
                     // The session ended while it was joining: its media goes too.
@@ -773,15 +852,23 @@ impl Service {
                 let result = if self.sockets.iter().any(|s| s.session == session) {
                     self.execute(now, &actor, command.clone())
                 } else {
-                    Err((ErrorCode::NotAuthenticated, "this session has ended; authenticate again".to_owned()))
+                    Err((
+                        ErrorCode::NotAuthenticated,
+                        "this session has ended; authenticate again".to_owned(),
+                    ))
                 };
-                if let (Ok(CommandReply::EnterRoom { .. }), ClinicCommand::Join(c)) = (&result, &command) {
+                if let (Ok(CommandReply::EnterRoom { .. }), ClinicCommand::Join(c)) =
+                    (&result, &command)
+                {
                     // Entering (or re-entering after a refresh) a recorded call: show the
                     // recording state again, and ask again if the answer is still pending.
                     self.push_recording_view(&actor, c);
                 }
                 let label = if result.is_ok() { "ok" } else { "refused" };
-                self.metrics.commands.with_label_values(&[name, label]).inc();
+                self.metrics
+                    .commands
+                    .with_label_values(&[name, label])
+                    .inc();
                 if let Err((code, message)) = &result {
                     self.refused(
                         now,
@@ -810,13 +897,23 @@ impl Service {
 
     /// Audit a refusal (bounded by the [`RefusalLog`]).
     fn refused(&mut self, now: Millis, refused: Refused) {
-        self.metrics.refusals.with_label_values(&[refused.kind]).inc();
+        self.metrics
+            .refusals
+            .with_label_values(&[refused.kind])
+            .inc();
         if let Some(row) = self.refusals.record(now, refused) {
             self.audit.push(row);
         }
     }
 
-    fn push_audit(&mut self, now: Millis, kind: &str, actor: Option<String>, subject: Option<String>, details: serde_json::Value) {
+    fn push_audit(
+        &mut self,
+        now: Millis,
+        kind: &str,
+        actor: Option<String>,
+        subject: Option<String>,
+        details: serde_json::Value,
+    ) {
         self.audit.push(PendingAudit {
             at_ms: now.0,
             kind: kind.to_owned(),
@@ -854,7 +951,10 @@ impl Service {
                     reason: "the token was revoked".into(),
                 },
             );
-            self.reply(reply, Err((ErrorCode::RevokedToken, "this token was revoked".into())));
+            self.reply(
+                reply,
+                Err((ErrorCode::RevokedToken, "this token was revoked".into())),
+            );
             return;
         }
         // One live session per identity: an older socket of the same user is replaced.
@@ -877,11 +977,18 @@ impl Service {
             }
         }
         self.names.insert(actor.user.clone(), display_name);
-        let seats = self.engine.seats_of(&actor.user).iter().map(|c| c.0.clone()).collect();
+        let seats = self
+            .engine
+            .seats_of(&actor.user)
+            .iter()
+            .map(|c| c.0.clone())
+            .collect();
         self.reply(reply, Ok(seats));
         if actor.role == Role::Doctor {
             for clinic in actor.clinics.clone() {
-                let _ = self.engine.set_doctor_presence(&actor, &clinic, true, false);
+                let _ = self
+                    .engine
+                    .set_doctor_presence(&actor, &clinic, true, false);
             }
         }
         self.sockets.push(Socket {
@@ -899,7 +1006,12 @@ impl Service {
         self.after_change_by(now, None);
     }
 
-    fn renew(&mut self, session: u64, actor: &Actor, (issued_at, expires_at): (u64, u64)) -> Result<(), Refusal> {
+    fn renew(
+        &mut self,
+        session: u64,
+        actor: &Actor,
+        (issued_at, expires_at): (u64, u64),
+    ) -> Result<(), Refusal> {
         if self.is_revoked(actor, issued_at) {
             return Err((ErrorCode::RevokedToken, "this token was revoked".into()));
         }
@@ -907,7 +1019,10 @@ impl Service {
             .sockets
             .iter_mut()
             .find(|s| s.session == session)
-            .ok_or((ErrorCode::NotAuthenticated, "this session has ended; authenticate again".to_owned()))?;
+            .ok_or((
+                ErrorCode::NotAuthenticated,
+                "this session has ended; authenticate again".to_owned(),
+            ))?;
         if socket.actor.user != actor.user || socket.actor.role != actor.role {
             return Err((
                 ErrorCode::Forbidden,
@@ -934,7 +1049,10 @@ impl Service {
 
     /// The server ends a session: `bye` to the socket (which then closes) and its media goes.
     fn end_session(&mut self, socket: &Socket, reason: &'static str) {
-        self.metrics.sessions_ended.with_label_values(&[reason]).inc();
+        self.metrics
+            .sessions_ended
+            .with_label_values(&[reason])
+            .inc();
         self.effect(Effect::Send(
             socket.events.clone(),
             socket.session,
@@ -966,7 +1084,9 @@ impl Service {
         }
         if socket.actor.role == Role::Doctor {
             for clinic in socket.actor.clinics.clone() {
-                let _ = self.engine.set_doctor_presence(&socket.actor, &clinic, false, false);
+                let _ = self
+                    .engine
+                    .set_doctor_presence(&socket.actor, &clinic, false, false);
             }
         }
         self.after_change_by(now, None);
@@ -984,7 +1104,9 @@ impl Service {
                 let message = ServerMessage::TokenExpiring {
                     expires_at: s.expires_at,
                 };
-                self.effects.get_mut().push(Effect::Send(s.events.clone(), s.session, message));
+                self.effects
+                    .get_mut()
+                    .push(Effect::Send(s.events.clone(), s.session, message));
             }
         }
         for session in expired {
@@ -1011,7 +1133,9 @@ impl Service {
         let ended: Vec<u64> = self
             .sockets
             .iter()
-            .filter(|s| revocation.covers(s.actor.token_id.as_deref(), &s.actor.user.0, s.issued_at))
+            .filter(|s| {
+                revocation.covers(s.actor.token_id.as_deref(), &s.actor.user.0, s.issued_at)
+            })
             .map(|s| s.session)
             .collect();
         self.revocations.push(revocation.clone());
@@ -1063,9 +1187,18 @@ impl Service {
                 self.reply(reply, result);
             }
             AdminRequest::Reschedule(id, slot_start, reply) => {
-                let result = self.engine.reschedule_appointment(now, &id, slot_start).map_err(|e| refusal(&e));
+                let result = self
+                    .engine
+                    .reschedule_appointment(now, &id, slot_start)
+                    .map_err(|e| refusal(&e));
                 if result.is_ok() {
-                    self.push_audit(now, "appointment_rescheduled", actor, Some(id.0.clone()), json!({ "slot_start_ms": slot_start.0 }));
+                    self.push_audit(
+                        now,
+                        "appointment_rescheduled",
+                        actor,
+                        Some(id.0.clone()),
+                        json!({ "slot_start_ms": slot_start.0 }),
+                    );
                 }
                 self.reply(reply, result);
             }
@@ -1073,7 +1206,10 @@ impl Service {
                 let result = match self.engine.appointment(&id) {
                     Some(_) => self.engine.cancel_appointment(&id).map_err(|e| refusal(&e)),
                     None => match self.stored_appointment(&id) {
-                        Ok(Some(_)) => Err((ErrorCode::Conflict, "this appointment is history and cannot be cancelled".into())),
+                        Ok(Some(_)) => Err((
+                            ErrorCode::Conflict,
+                            "this appointment is history and cannot be cancelled".into(),
+                        )),
                         Ok(None) => Err(refusal(&ClinicError::NotFound("appointment"))),
                         Err(e) => Err(e),
                     },
@@ -1151,7 +1287,10 @@ impl Service {
         let store = self.store.clone();
         blocking(|| store.appointment(id)).map_err(|e| {
             tracing::error!(error = %e, "reading an appointment failed");
-            (ErrorCode::Internal, "the store could not be read".to_owned())
+            (
+                ErrorCode::Internal,
+                "the store could not be read".to_owned(),
+            )
         })
     }
 
@@ -1160,7 +1299,10 @@ impl Service {
         let store = self.store.clone();
         let found = blocking(|| store.consultation(&consultation.0)).map_err(|e| {
             tracing::error!(error = %e, "reading a consultation failed");
-            (ErrorCode::Internal, "the store could not be read".to_owned())
+            (
+                ErrorCode::Internal,
+                "the store could not be read".to_owned(),
+            )
         })?;
         Ok(found.is_some_and(|c| c.state == huizhen_signaling::clinic::ConsultationState::Ended))
     }
@@ -1178,17 +1320,27 @@ impl Service {
                 };
             }
         }
-        self.engine.book_appointment(now, appointment).map_err(|e| refusal(&e))
+        self.engine
+            .book_appointment(now, appointment)
+            .map_err(|e| refusal(&e))
     }
 
     // ----- clinic commands -----
 
-    fn execute(&mut self, now: Millis, actor: &Actor, command: ClinicCommand) -> Result<CommandReply, Refusal> {
+    fn execute(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        command: ClinicCommand,
+    ) -> Result<CommandReply, Refusal> {
         let e = &mut self.engine;
-        let done = |r: Result<(), ClinicError>| r.map(|_| CommandReply::Done).map_err(|e| refusal(&e));
+        let done =
+            |r: Result<(), ClinicError>| r.map(|_| CommandReply::Done).map_err(|e| refusal(&e));
         match command {
             ClinicCommand::CheckIn(appointment) => {
-                let view = e.check_in(now, actor, &appointment).map_err(|e| refusal(&e))?;
+                let view = e
+                    .check_in(now, actor, &appointment)
+                    .map_err(|e| refusal(&e))?;
                 if let Some(invitation) = &view.ringing {
                     // A refresh while being called: ring again.
                     if let Some(inv) = self.engine.invitation(invitation).cloned() {
@@ -1198,20 +1350,29 @@ impl Service {
                 Ok(CommandReply::Done)
             }
             ClinicCommand::LeaveQueue => done(e.leave_queue(actor)),
-            ClinicCommand::SetAway(clinic, away) => done(e.set_doctor_presence(actor, &clinic, true, away)),
-            ClinicCommand::Invite(clinic, patient) => done(e.invite(now, actor, &clinic, patient.as_ref()).map(|_| ())),
+            ClinicCommand::SetAway(clinic, away) => {
+                done(e.set_doctor_presence(actor, &clinic, true, away))
+            }
+            ClinicCommand::Invite(clinic, patient) => {
+                done(e.invite(now, actor, &clinic, patient.as_ref()).map(|_| ()))
+            }
             ClinicCommand::CancelInvitation(inv) => done(e.cancel_invitation(actor, &inv)),
             ClinicCommand::MoveUp(clinic, patient) => done(e.move_up(actor, &clinic, &patient)),
-            ClinicCommand::Accept(inv) => e.answer(now, actor, &inv).map(join_reply).map_err(|e| refusal(&e)),
+            ClinicCommand::Accept(inv) => e
+                .answer(now, actor, &inv)
+                .map(join_reply)
+                .map_err(|e| refusal(&e)),
             ClinicCommand::Decline(inv) => done(e.decline(actor, &inv)),
             ClinicCommand::Join(c) => match e.join(now, actor, &c) {
                 Ok(outcome) => Ok(join_reply(outcome)),
                 // Ended consultations leave memory: ask the store before saying "not found".
-                Err(ClinicError::NotFound("consultation")) if self.ended_in_store(&c)? => Err(refusal(&if actor.role == Role::Expert {
-                    ClinicError::LinkExpired
-                } else {
-                    ClinicError::InvalidState("the consultation has ended")
-                })),
+                Err(ClinicError::NotFound("consultation")) if self.ended_in_store(&c)? => {
+                    Err(refusal(&if actor.role == Role::Expert {
+                        ClinicError::LinkExpired
+                    } else {
+                        ClinicError::InvalidState("the consultation has ended")
+                    }))
+                }
                 Err(e) => Err(refusal(&e)),
             },
             ClinicCommand::LeaveConsultation(c) => done(e.leave(actor, &c)),
@@ -1246,10 +1407,12 @@ impl Service {
         claims.consultation = Some(consultation.0.clone());
         claims.jti = Some(link.clone());
         // Minted before the engine records the link, so a failure leaves nothing behind.
-        let token = self
-            .minter
-            .mint(&claims)
-            .map_err(|e| (ErrorCode::Internal, format!("cannot mint the expert link: {e}")))?;
+        let token = self.minter.mint(&claims).map_err(|e| {
+            (
+                ErrorCode::Internal,
+                format!("cannot mint the expert link: {e}"),
+            )
+        })?;
         self.engine
             .invite_expert(actor, consultation, link)
             .map_err(|e| refusal(&e))?;
@@ -1284,7 +1447,9 @@ impl Service {
 
 fn join_reply(outcome: JoinOutcome) -> CommandReply {
     match outcome {
-        JoinOutcome::Admitted { room, may_publish } => CommandReply::EnterRoom { room, may_publish },
+        JoinOutcome::Admitted { room, may_publish } => {
+            CommandReply::EnterRoom { room, may_publish }
+        }
         JoinOutcome::WaitingForApproval => CommandReply::WaitingForApproval,
     }
 }

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use huizhen_signaling::clinic::{Actor, ClinicEvent, ClinicId, ConsultationId, InvitationId, Millis, Role, UserId};
+use huizhen_signaling::clinic::{
+    Actor, ClinicEvent, ClinicId, ConsultationId, InvitationId, Millis, Role, UserId,
+};
 use huizhen_signaling::protocol::{QueueEntryInfo, ServerMessage};
 use serde_json::json;
 
@@ -15,7 +17,12 @@ use crate::recorder::task::RecorderCommand;
 use crate::sfu::ParticipantId;
 
 impl Service {
-    pub(super) fn notify(&self, now: Millis, event: &ClinicEvent, touched: &mut BTreeSet<ClinicId>) {
+    pub(super) fn notify(
+        &self,
+        now: Millis,
+        event: &ClinicEvent,
+        touched: &mut BTreeSet<ClinicId>,
+    ) {
         match event {
             ClinicEvent::CheckedIn { clinic, .. }
             | ClinicEvent::Reconnected { clinic, .. }
@@ -43,7 +50,13 @@ impl Service {
             } => {
                 if let Some(c) = self.engine.consultation(consultation).cloned() {
                     touched.insert(c.clinic.clone());
-                    self.invitation_status(&c.clinic, invitation, consultation, patient, "answered");
+                    self.invitation_status(
+                        &c.clinic,
+                        invitation,
+                        consultation,
+                        patient,
+                        "answered",
+                    );
                     let ready = ServerMessage::ConsultationReady {
                         consultation: c.id.0.clone(),
                         room: c.room.clone(),
@@ -54,15 +67,25 @@ impl Service {
                         consultation: c.id.0.clone(),
                     };
                     for s in self.sockets.iter().filter(|s| {
-                        s.actor.role == Role::Companion && s.actor.appointment.as_ref() == Some(&c.appointment)
+                        s.actor.role == Role::Companion
+                            && s.actor.appointment.as_ref() == Some(&c.appointment)
                     }) {
                         self.effect(Effect::Send(s.events.clone(), s.session, open.clone()));
                     }
                 }
             }
-            ClinicEvent::Declined { invitation, patient }
-            | ClinicEvent::InvitationExpired { invitation, patient }
-            | ClinicEvent::InvitationCancelled { invitation, patient } => {
+            ClinicEvent::Declined {
+                invitation,
+                patient,
+            }
+            | ClinicEvent::InvitationExpired {
+                invitation,
+                patient,
+            }
+            | ClinicEvent::InvitationCancelled {
+                invitation,
+                patient,
+            } => {
                 let status = match event {
                     ClinicEvent::Declined { .. } => "declined",
                     ClinicEvent::InvitationExpired { .. } => "expired",
@@ -70,7 +93,13 @@ impl Service {
                 };
                 if let Some(clinic) = self.engine.patient_view(now, patient).map(|v| v.clinic) {
                     touched.insert(clinic.clone());
-                    self.invitation_status(&clinic, invitation, &ConsultationId(String::new()), patient, status);
+                    self.invitation_status(
+                        &clinic,
+                        invitation,
+                        &ConsultationId(String::new()),
+                        patient,
+                        status,
+                    );
                 }
             }
             ClinicEvent::ConsultationStarted { consultation, .. } => {
@@ -78,7 +107,11 @@ impl Service {
             }
             ClinicEvent::CompanionWaiting { consultation, user } => {
                 if let Some(c) = self.engine.consultation(consultation).cloned() {
-                    let display_name = self.names.get(user).cloned().unwrap_or_else(|| "Companion".into());
+                    let display_name = self
+                        .names
+                        .get(user)
+                        .cloned()
+                        .unwrap_or_else(|| "Companion".into());
                     self.send_to_clinic_doctors(
                         &c.clinic,
                         ServerMessage::CompanionWaiting {
@@ -98,7 +131,9 @@ impl Service {
                     self.send_to_user(user, ready);
                 }
             }
-            ClinicEvent::Left { consultation, user, .. } => {
+            ClinicEvent::Left {
+                consultation, user, ..
+            } => {
                 let ended = self
                     .engine
                     .consultation(consultation)
@@ -112,11 +147,15 @@ impl Service {
                     );
                 }
             }
-            ClinicEvent::ConsultationEnded { consultation, room, .. } => {
+            ClinicEvent::ConsultationEnded {
+                consultation, room, ..
+            } => {
                 if let Some(c) = self.engine.consultation(consultation).cloned() {
                     touched.insert(c.clinic);
                 }
-                self.effect(Effect::Media(MediaCommand::CloseRoom { room: room.clone() }));
+                self.effect(Effect::Media(MediaCommand::CloseRoom {
+                    room: room.clone(),
+                }));
                 self.webhook("consultation.ended", now, consultation);
             }
             ClinicEvent::Joined { .. } | ClinicEvent::ExpertInvited { .. } => {}
@@ -126,11 +165,11 @@ impl Service {
             } => {
                 if let Some(c) = self.engine.consultation(consultation) {
                     self.effect(Effect::Recorder(RecorderCommand::Start {
-                            recording: recording.clone(),
-                            consultation: consultation.0.clone(),
-                            room: c.room.clone(),
-                            started_at_ms: now.0,
-                        }));
+                        recording: recording.clone(),
+                        consultation: consultation.0.clone(),
+                        room: c.room.clone(),
+                        started_at_ms: now.0,
+                    }));
                 }
                 self.recording_status_to_all(consultation);
                 self.apply_recording(consultation);
@@ -212,15 +251,20 @@ impl Service {
     }
 
     /// Hand the recorder every consent decision and let it seal the manifest.
-    pub(super) fn stop_recorder(&self, consultation: &ConsultationId, recording: &str, now: Millis) {
+    pub(super) fn stop_recorder(
+        &self,
+        consultation: &ConsultationId,
+        recording: &str,
+        now: Millis,
+    ) {
         let Some((consents, stopped_at)) = self.consent_records(consultation, recording) else {
             return;
         };
         self.effect(Effect::Recorder(RecorderCommand::Stop {
-                recording: recording.to_owned(),
-                ended_at_ms: stopped_at.unwrap_or(now).0,
-                consents,
-            }));
+            recording: recording.to_owned(),
+            ended_at_ms: stopped_at.unwrap_or(now).0,
+            consents,
+        }));
     }
 
     /// Tell the SFU, for every participant in the consultation's room, whether its media goes
@@ -237,9 +281,9 @@ impl Service {
             // Journaled with every segment, so a crash cannot separate media from its consent.
             if let Some((consents, _)) = self.consent_records(consultation, id) {
                 self.effect(Effect::Recorder(RecorderCommand::Consents {
-                        recording: id.clone(),
-                        consents,
-                    }));
+                    recording: id.clone(),
+                    consents,
+                }));
             }
         }
         let sessions: Vec<(u64, ParticipantId)> = self
@@ -256,11 +300,11 @@ impl Service {
             match (&recording, record) {
                 (Some(recording), true) => {
                     self.effect(Effect::Recorder(RecorderCommand::Assign {
-                            recording: recording.clone(),
-                            participant,
-                            user: socket.actor.user.0.clone(),
-                            role: socket.actor.role.as_str().to_owned(),
-                        }));
+                        recording: recording.clone(),
+                        participant,
+                        user: socket.actor.user.0.clone(),
+                        role: socket.actor.role.as_str().to_owned(),
+                    }));
                 }
                 _ => {
                     self.effect(Effect::Recorder(RecorderCommand::Unassign { participant }));
@@ -313,7 +357,11 @@ impl Service {
                         consultation: consultation.0.clone(),
                         recording: rec.id.clone(),
                         user: x.user.0.clone(),
-                        display_name: self.names.get(&x.user).cloned().unwrap_or_else(|| x.user.0.clone()),
+                        display_name: self
+                            .names
+                            .get(&x.user)
+                            .cloned()
+                            .unwrap_or_else(|| x.user.0.clone()),
                         decision: decision.to_owned(),
                     },
                 );
@@ -351,7 +399,11 @@ impl Service {
         let Some(c) = self.engine.consultation(consultation) else {
             return;
         };
-        let display_name = self.names.get(user).cloned().unwrap_or_else(|| user.0.clone());
+        let display_name = self
+            .names
+            .get(user)
+            .cloned()
+            .unwrap_or_else(|| user.0.clone());
         self.send_to_clinic_doctors(
             &c.clinic,
             ServerMessage::ConsentStatus {
@@ -364,7 +416,12 @@ impl Service {
         );
     }
 
-    pub(super) fn webhook(&self, event_type: &'static str, now: Millis, consultation: &ConsultationId) {
+    pub(super) fn webhook(
+        &self,
+        event_type: &'static str,
+        now: Millis,
+        consultation: &ConsultationId,
+    ) {
         let Some(c) = self.engine.consultation(consultation) else {
             return;
         };
@@ -454,7 +511,11 @@ impl Service {
             .queue_rows(now, clinic)
             .into_iter()
             .map(|r| QueueEntryInfo {
-                display_name: self.names.get(&r.patient).cloned().unwrap_or_else(|| "Patient".into()),
+                display_name: self
+                    .names
+                    .get(&r.patient)
+                    .cloned()
+                    .unwrap_or_else(|| "Patient".into()),
                 patient: r.patient.0,
                 appointment: r.appointment.0,
                 slot_start_ms: r.slot_start.0,

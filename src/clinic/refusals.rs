@@ -42,7 +42,14 @@ pub struct Refused {
     pub reason: String,
 }
 
-type Key = (&'static str, Option<String>, Option<String>, Option<String>, String, &'static str);
+type Key = (
+    &'static str,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    &'static str,
+);
 
 #[derive(Debug)]
 struct Bucket {
@@ -192,7 +199,10 @@ mod tests {
         }
         assert_eq!(rows.len(), 1, "the first is written at once");
         assert_eq!(rows[0].details["claimed_user_verified"], false);
-        assert!(log.flush(Millis(30_000)).is_empty(), "the interval is not over");
+        assert!(
+            log.flush(Millis(30_000)).is_empty(),
+            "the interval is not over"
+        );
         let end = log.poll_timeout().unwrap();
         let summary = log.flush(end);
         assert_eq!(summary.len(), 1);
@@ -206,7 +216,10 @@ mod tests {
         let mut log = RefusalLog::new(60_000, 8);
         let mut rows = 0;
         for i in 0..1_000u64 {
-            rows += usize::from(log.record(Millis(i), bad_token(&format!("src-{i}"), &format!("u{i}"))).is_some());
+            rows += usize::from(
+                log.record(Millis(i), bad_token(&format!("src-{i}"), &format!("u{i}")))
+                    .is_some(),
+            );
         }
         assert_eq!(rows, 9, "eight keys and the overflow key");
         let summary = log.flush(Millis(60_000));
@@ -228,10 +241,20 @@ mod tests {
             claimed_user: None,
             reason: "auth first".into(),
         };
-        let stranger = (0..1_000).filter(|i| log.record(Millis(*i), before_auth(None, *i)).is_some()).count();
+        let stranger = (0..1_000)
+            .filter(|i| log.record(Millis(*i), before_auth(None, *i)).is_some())
+            .count();
         assert_eq!(stranger, 1);
-        let user = (0..10).filter(|i| log.record(Millis(*i), before_auth(Some("pat-a"), *i)).is_some()).count();
-        assert_eq!(user, 10, "each target an authenticated user tried is on record");
+        let user = (0..10)
+            .filter(|i| {
+                log.record(Millis(*i), before_auth(Some("pat-a"), *i))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(
+            user, 10,
+            "each target an authenticated user tried is on record"
+        );
     }
 
     #[test]

@@ -34,7 +34,12 @@ pub struct SendBatch {
 
 impl SendBatch {
     /// Adds a datagram; `forwarded_from` is when the media packet it carries was received.
-    pub fn push(&mut self, destination: SocketAddr, contents: Vec<u8>, forwarded_from: Option<Instant>) {
+    pub fn push(
+        &mut self,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+        forwarded_from: Option<Instant>,
+    ) {
         self.destinations.push(destination);
         self.contents.push(contents);
         self.forwarded_from.push(forwarded_from);
@@ -56,7 +61,11 @@ impl SendBatch {
         let mut start = 0;
         while start < self.len() {
             let end = (start + MAX_BATCH).min(self.len());
-            let results = send_many(socket, &self.destinations[start..end], &self.contents[start..end]);
+            let results = send_many(
+                socket,
+                &self.destinations[start..end],
+                &self.contents[start..end],
+            );
             for (result, from) in results.into_iter().zip(&self.forwarded_from[start..end]) {
                 outcome(result, *from);
             }
@@ -80,7 +89,10 @@ fn classify(e: io::Error) -> Sent {
 fn send_many(socket: &UdpSocket, destinations: &[SocketAddr], contents: &[Vec<u8>]) -> Vec<Sent> {
     use std::os::fd::AsRawFd;
 
-    let addresses: Vec<socket2::SockAddr> = destinations.iter().map(|d| socket2::SockAddr::from(*d)).collect();
+    let addresses: Vec<socket2::SockAddr> = destinations
+        .iter()
+        .map(|d| socket2::SockAddr::from(*d))
+        .collect();
     let mut iovecs: Vec<libc::iovec> = contents
         .iter()
         .map(|c| libc::iovec {
@@ -112,7 +124,14 @@ fn send_many(socket: &UdpSocket, destinations: &[SocketAddr], contents: &[Vec<u8
         // SAFETY: `headers[next..]` are valid mmsghdrs whose name and iovec pointers point into
         // `addresses`, `iovecs` and `contents`, which outlive the call; the kernel writes only
         // `msg_len`.
-        let sent = unsafe { libc::sendmmsg(fd, headers[next..].as_mut_ptr(), remaining, libc::MSG_DONTWAIT) };
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                headers[next..].as_mut_ptr(),
+                remaining,
+                libc::MSG_DONTWAIT,
+            )
+        };
         if sent < 0 {
             // The first remaining datagram failed: drop it and go on with the rest.
             results.push(classify(io::Error::last_os_error()));
@@ -155,7 +174,11 @@ mod tests {
         // More than one system call's worth, alternating receivers.
         let n = MAX_BATCH + 10;
         for i in 0..n {
-            let to = if i % 2 == 0 { a.local_addr().unwrap() } else { b.local_addr().unwrap() };
+            let to = if i % 2 == 0 {
+                a.local_addr().unwrap()
+            } else {
+                b.local_addr().unwrap()
+            };
             batch.push(to, format!("datagram {i}").into_bytes(), None);
         }
         let mut outcomes = Vec::new();
@@ -188,8 +211,13 @@ mod tests {
         let t = Instant::now();
         batch.push(to, b"last".to_vec(), Some(t));
         let mut outcomes = Vec::new();
-        batch.send(&sender, |sent, from| outcomes.push((matches!(sent, Sent::Ok), from)));
-        assert_eq!(outcomes, vec![(true, None), (false, None), (false, None), (true, Some(t))]);
+        batch.send(&sender, |sent, from| {
+            outcomes.push((matches!(sent, Sent::Ok), from))
+        });
+        assert_eq!(
+            outcomes,
+            vec![(true, None), (false, None), (false, None), (true, Some(t))]
+        );
         let mut buf = [0u8; 64];
         let (len, _) = receiver.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..len], b"first");

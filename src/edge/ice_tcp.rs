@@ -47,7 +47,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, media: MediaHandl
     };
     let (read_half, mut write_half) = stream.into_split();
     let (writer, mut frames) = mpsc::channel::<Vec<u8>>(queue);
-    if media.send(MediaCommand::TcpOpened { peer, writer }).await.is_err() {
+    if media
+        .send(MediaCommand::TcpOpened { peer, writer })
+        .await
+        .is_err()
+    {
         return;
     }
     let write_task = tokio::spawn(async move {

@@ -327,7 +327,8 @@ impl Edge {
     fn on_udp(&mut self, source: SocketAddr, bytes: &[u8]) {
         self.udp_received.inc();
         let local = self.local.for_source(source, self.udp_port);
-        self.sfu.handle_datagram(Instant::now(), Protocol::Udp, source, local, bytes);
+        self.sfu
+            .handle_datagram(Instant::now(), Protocol::Udp, source, local, bytes);
         if self.sfu.pending_outputs() >= batch::MAX_BATCH {
             self.flush();
         }
@@ -383,9 +384,13 @@ impl Edge {
                 self.tcp.insert(peer, writer);
             }
             MediaCommand::TcpFrame { peer, local, data } => {
-                self.metrics.datagrams_received.with_label_values(&["tcp"]).inc();
+                self.metrics
+                    .datagrams_received
+                    .with_label_values(&["tcp"])
+                    .inc();
                 let local = self.local.for_source(peer, local.port());
-                self.sfu.handle_datagram(now, Protocol::Tcp, peer, local, &data);
+                self.sfu
+                    .handle_datagram(now, Protocol::Tcp, peer, local, &data);
             }
             MediaCommand::TcpClosed { peer } => {
                 if self.tcp.remove(&peer).is_some() {
@@ -409,7 +414,10 @@ impl Edge {
                         Some(_) => "dropped",
                         None => "no_recorder",
                     };
-                    self.metrics.recorder_packets.with_label_values(&[result]).inc();
+                    self.metrics
+                        .recorder_packets
+                        .with_label_values(&[result])
+                        .inc();
                 }
                 SfuOutput::Removed {
                     participant,
@@ -432,19 +440,22 @@ impl Edge {
             return;
         }
         let (metrics, sent) = (&self.metrics, &self.udp_sent);
-        self.batch.send(&self.udp, |outcome, forwarded_from| match outcome {
-            Sent::Ok => {
-                sent.inc();
-                if let Some(received) = forwarded_from {
-                    metrics.forward_latency.observe(received.elapsed().as_secs_f64());
+        self.batch
+            .send(&self.udp, |outcome, forwarded_from| match outcome {
+                Sent::Ok => {
+                    sent.inc();
+                    if let Some(received) = forwarded_from {
+                        metrics
+                            .forward_latency
+                            .observe(received.elapsed().as_secs_f64());
+                    }
                 }
-            }
-            Sent::WouldBlock => metrics.drop_packet(DropReason::SocketFull),
-            Sent::Failed(e) => {
-                debug!(error = %e, "udp send failed");
-                metrics.drop_packet(DropReason::NoRoute);
-            }
-        });
+                Sent::WouldBlock => metrics.drop_packet(DropReason::SocketFull),
+                Sent::Failed(e) => {
+                    debug!(error = %e, "udp send failed");
+                    metrics.drop_packet(DropReason::NoRoute);
+                }
+            });
     }
 
     fn transmit(&mut self, t: Transmit) {
@@ -495,11 +506,13 @@ impl Edge {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(participant = %to, "signaling queue full; removing participant");
                 self.sessions.remove(&to);
-                self.sfu.leave(Instant::now(), to, LeaveReason::SignalingClosed);
+                self.sfu
+                    .leave(Instant::now(), to, LeaveReason::SignalingClosed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.sessions.remove(&to);
-                self.sfu.leave(Instant::now(), to, LeaveReason::SignalingClosed);
+                self.sfu
+                    .leave(Instant::now(), to, LeaveReason::SignalingClosed);
             }
         }
     }
@@ -569,9 +582,15 @@ mod tests {
             .dropped_packets
             .with_label_values(&["tcp_queue_full"])
             .get();
-        assert_eq!(dropped, 96, "the slow queue holds 4, the rest is dropped and counted");
         assert_eq!(
-            edge.metrics.datagrams_sent.with_label_values(&["tcp"]).get(),
+            dropped, 96,
+            "the slow queue holds 4, the rest is dropped and counted"
+        );
+        assert_eq!(
+            edge.metrics
+                .datagrams_sent
+                .with_label_values(&["tcp"])
+                .get(),
             104,
             "all 100 fast frames and 4 slow ones went out"
         );

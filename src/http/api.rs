@@ -73,7 +73,10 @@ pub struct ApiActor(pub String);
 
 /// The id under which a key's actions are audited.
 pub fn key_id(key: &str) -> String {
-    format!("api-key:{}", hex::encode(&Sha256::digest(key.as_bytes())[..4]))
+    format!(
+        "api-key:{}",
+        hex::encode(&Sha256::digest(key.as_bytes())[..4])
+    )
 }
 
 /// API routes, mounted under `/api/v1`.
@@ -83,9 +86,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/clinics/{id}/slots", get(list_slots).post(create_slots))
         .route("/clinics/{id}/queue", get(clinic_queue))
         .route("/clinics/{id}/consultations", get(clinic_consultations))
-        .route("/appointments", get(list_appointments).post(create_appointment))
-        .route("/appointments/{id}", get(get_appointment).delete(cancel_appointment))
-        .route("/appointments/{id}/reschedule", post(reschedule_appointment))
+        .route(
+            "/appointments",
+            get(list_appointments).post(create_appointment),
+        )
+        .route(
+            "/appointments/{id}",
+            get(get_appointment).delete(cancel_appointment),
+        )
+        .route(
+            "/appointments/{id}/reschedule",
+            post(reschedule_appointment),
+        )
         .route("/consultations/{id}", get(get_consultation))
         .route("/consultations/{id}/media", get(consultation_media))
         .route("/tokens", post(create_token))
@@ -115,7 +127,11 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "admin API read failed");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store could not be read".into())
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the store could not be read".into(),
+    )
 }
 
 /// The key check for every protected route (constant-time); a refusal is audited, bounded per
@@ -128,7 +144,9 @@ async fn require_key(State(state): State<ApiState>, mut request: Request, next: 
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(presented.as_bytes(), state.key.as_bytes()) {
-        request.extensions_mut().insert(ApiActor(key_id(&state.key)));
+        request
+            .extensions_mut()
+            .insert(ApiActor(key_id(&state.key)));
         return next.run(request).await;
     }
     let route = request
@@ -150,7 +168,12 @@ async fn require_key(State(state): State<ApiState>, mut request: Request, next: 
             code: "unauthorized",
             source,
             claimed_user: None,
-            reason: if presented.is_empty() { "no API key" } else { "wrong API key" }.into(),
+            reason: if presented.is_empty() {
+                "no API key"
+            } else {
+                "wrong API key"
+            }
+            .into(),
         }))
         .await;
     ApiError(
@@ -170,7 +193,9 @@ async fn openapi() -> Response {
 fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -197,7 +222,9 @@ fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     if (1..=MAX_NAME_CHARS).contains(&count) && !name.chars().any(char::is_control) {
         Ok(())
     } else {
-        Err(bad_request(format!("{field} must be 1-{MAX_NAME_CHARS} characters without control characters")))
+        Err(bad_request(format!(
+            "{field} must be 1-{MAX_NAME_CHARS} characters without control characters"
+        )))
     }
 }
 
@@ -212,7 +239,8 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 fn body<T>(body: JsonBody<T>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| bad_request(e.body_text()))
+    body.map(|Json(b)| b)
+        .map_err(|e| bad_request(e.body_text()))
 }
 
 #[derive(Deserialize)]
@@ -249,12 +277,23 @@ async fn create_clinic(
         slots: Vec::new(),
     };
     let c = clinic.clone();
-    state.clinic.admin(&actor.0, |r| AdminRequest::UpsertClinic(c, r)).await.map_err(refused)?;
+    state
+        .clinic
+        .admin(&actor.0, |r| AdminRequest::UpsertClinic(c, r))
+        .await
+        .map_err(refused)?;
     Ok((StatusCode::CREATED, Json(clinic)).into_response())
 }
 
-async fn list_clinics(State(state): State<ApiState>, Extension(actor): Extension<ApiActor>) -> Result<Response, ApiError> {
-    let clinics = state.clinic.admin(&actor.0, AdminRequest::ListClinics).await.map_err(refused)?;
+async fn list_clinics(
+    State(state): State<ApiState>,
+    Extension(actor): Extension<ApiActor>,
+) -> Result<Response, ApiError> {
+    let clinics = state
+        .clinic
+        .admin(&actor.0, AdminRequest::ListClinics)
+        .await
+        .map_err(refused)?;
     Ok(Json(clinics).into_response())
 }
 
@@ -282,11 +321,15 @@ async fn create_slots(
     let new = body(new)?;
     let start = check_time("start_ms", new.start_ms)?;
     if !(1..=200).contains(&new.count) || !(1..=100).contains(&new.capacity) {
-        return Err(bad_request("count must be within 1..=200 and capacity within 1..=100"));
+        return Err(bad_request(
+            "count must be within 1..=200 and capacity within 1..=100",
+        ));
     }
     let slots = state
         .clinic
-        .admin(&actor.0, |r| AdminRequest::AddSlots(ClinicId(clinic), start, new.count, new.capacity, r))
+        .admin(&actor.0, |r| {
+            AdminRequest::AddSlots(ClinicId(clinic), start, new.count, new.capacity, r)
+        })
         .await
         .map_err(refused)?;
     Ok((StatusCode::CREATED, Json(slots_json(&slots))).into_response())
@@ -366,20 +409,29 @@ async fn clinic_consultations(
             let (ms, id) = cursor
                 .split_once('.')
                 .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id)))
-                .ok_or_else(|| bad_request("before must be the `next` cursor of a previous page"))?;
+                .ok_or_else(|| {
+                    bad_request("before must be the `next` cursor of a previous page")
+                })?;
             check_id("before", id)?;
             Some((ms, id.to_owned()))
         }
     };
     let store = state.store.clone();
     let page = tokio::task::spawn_blocking(move || {
-        store.consultations_page(&ClinicId(clinic), before.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit)
+        store.consultations_page(
+            &ClinicId(clinic),
+            before.as_ref().map(|(ms, id)| (*ms, id.as_str())),
+            limit,
+        )
     })
     .await
     .map_err(internal)?
     .map_err(internal)?;
     let next = (page.len() == limit)
-        .then(|| page.last().map(|c| format!("{}.{}", c.started_at.map_or(0, |t| t.0), c.id.0)))
+        .then(|| {
+            page.last()
+                .map(|c| format!("{}.{}", c.started_at.map_or(0, |t| t.0), c.id.0))
+        })
         .flatten();
     Ok(Json(json!({ "consultations": page, "next": next })).into_response())
 }
@@ -432,7 +484,10 @@ struct AppointmentPage {
     limit: Option<usize>,
 }
 
-async fn list_appointments(State(state): State<ApiState>, Query(q): Query<AppointmentPage>) -> Result<Response, ApiError> {
+async fn list_appointments(
+    State(state): State<ApiState>,
+    Query(q): Query<AppointmentPage>,
+) -> Result<Response, ApiError> {
     if let Some(c) = &q.clinic {
         check_id("clinic", c)?;
     }
@@ -454,7 +509,10 @@ async fn list_appointments(State(state): State<ApiState>, Query(q): Query<Appoin
     Ok(Json(list).into_response())
 }
 
-async fn get_appointment(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_appointment(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     check_id("id", &id)?;
     let store = state.store.clone();
     let found = tokio::task::spawn_blocking(move || store.appointment(&AppointmentId(id)))
@@ -463,7 +521,11 @@ async fn get_appointment(State(state): State<ApiState>, Path(id): Path<String>) 
         .map_err(internal)?;
     match found {
         Some(a) => Ok(Json(a).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, "not_found", "no such appointment".into())),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such appointment".into(),
+        )),
     }
 }
 
@@ -484,7 +546,9 @@ async fn reschedule_appointment(
     let slot_start = check_time("slot_start_ms", new.slot_start_ms)?;
     let moved = state
         .clinic
-        .admin(&actor.0, |r| AdminRequest::Reschedule(AppointmentId(id), slot_start, r))
+        .admin(&actor.0, |r| {
+            AdminRequest::Reschedule(AppointmentId(id), slot_start, r)
+        })
         .await
         .map_err(refused)?;
     Ok(Json(moved).into_response())
@@ -504,7 +568,10 @@ async fn cancel_appointment(
     Ok(Json(cancelled).into_response())
 }
 
-async fn get_consultation(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_consultation(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     check_id("id", &id)?;
     let store = state.store.clone();
     let found = tokio::task::spawn_blocking(move || store.consultation(&id))
@@ -513,7 +580,11 @@ async fn get_consultation(State(state): State<ApiState>, Path(id): Path<String>)
         .map_err(internal)?;
     match found {
         Some(c) => Ok(Json(c).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, "not_found", "no such consultation".into())),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such consultation".into(),
+        )),
     }
 }
 
@@ -532,15 +603,23 @@ async fn consultation_media(
         .map_err(internal)?
         .map_err(internal)?;
     let Some(consultation) = found else {
-        return Err(ApiError(StatusCode::NOT_FOUND, "not_found", "no such consultation".into()));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such consultation".into(),
+        ));
     };
-    let media = state.media.room_media(consultation.room).await.map_err(|_| {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the media engine is not running".into(),
-        )
-    })?;
+    let media = state
+        .media
+        .room_media(consultation.room)
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the media engine is not running".into(),
+            )
+        })?;
     let media = media.unwrap_or(crate::sfu::view::RoomMedia {
         active_speaker: None,
         participants: Vec::new(),
@@ -588,11 +667,14 @@ async fn create_token(
     }
     let max_ttl = MAX_TOKEN_TTL_SECS.min(state.minter.max_lifetime_secs());
     if !(60..=max_ttl).contains(&new.ttl_secs) {
-        return Err(bad_request(format!("ttl_secs must be within 60..={max_ttl}")));
+        return Err(bad_request(format!(
+            "ttl_secs must be within 60..={max_ttl}"
+        )));
     }
     let now = crate::clinic::now_ms().0 / 1000;
     let jti = format!("t{:016x}", rand::random::<u64>());
-    let mut claims = Claims::new(new.sub, new.name, new.role, now, new.ttl_secs).with_jti(jti.clone());
+    let mut claims =
+        Claims::new(new.sub, new.name, new.role, now, new.ttl_secs).with_jti(jti.clone());
     claims.clinics = new.clinics;
     claims.consultation = new.consultation;
     claims.appointment = new.appointment;
@@ -617,7 +699,11 @@ async fn create_token(
         })
         .await
         .map_err(refused)?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "jti": jti, "expires_at": claims.exp }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "jti": jti, "expires_at": claims.exp })),
+    )
+        .into_response())
 }
 
 async fn revoke_token(
@@ -629,7 +715,10 @@ async fn revoke_token(
     let now = crate::clinic::now_ms().0 / 1000;
     // Kept as long as any token could still verify (tokens live at most this long).
     let keep_until_s = now + state.minter.max_lifetime_secs().max(MAX_TOKEN_TTL_SECS) + 300;
-    let revocation = Revocation::Token { jti: jti.clone(), keep_until_s };
+    let revocation = Revocation::Token {
+        jti: jti.clone(),
+        keep_until_s,
+    };
     let ended = state
         .clinic
         .admin(&actor.0, |r| AdminRequest::Revoke(revocation, r))
@@ -656,7 +745,10 @@ async fn revoke_user_tokens(
         .admin(&actor.0, |r| AdminRequest::Revoke(revocation, r))
         .await
         .map_err(refused)?;
-    Ok(Json(json!({ "revoked_user": user, "issued_up_to": now, "sessions_ended": ended })).into_response())
+    Ok(
+        Json(json!({ "revoked_user": user, "issued_up_to": now, "sessions_ended": ended }))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -665,7 +757,10 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit(State(state): State<ApiState>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+async fn audit(
+    State(state): State<ApiState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
     let store = state.store.clone();
     let from = q.from_seq.unwrap_or(1);
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
@@ -728,20 +823,36 @@ mod tests {
     fn every_route_is_in_the_openapi_document() {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         for (method, path) in ROUTES {
-            assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing from openapi.json"
+            );
         }
         let documented: usize = doc["paths"]
             .as_object()
             .unwrap()
             .values()
-            .map(|p| p.as_object().unwrap().keys().filter(|k| *k != "parameters").count())
+            .map(|p| {
+                p.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| *k != "parameters")
+                    .count()
+            })
             .sum();
-        assert_eq!(documented, ROUTES.len(), "openapi.json documents a route the router does not serve");
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "openapi.json documents a route the router does not serve"
+        );
     }
 
     #[test]
     fn checks_name_the_field() {
-        assert!(check_time("slot_start_ms", 1 << 63).unwrap_err().2.starts_with("slot_start_ms"));
+        assert!(check_time("slot_start_ms", 1 << 63)
+            .unwrap_err()
+            .2
+            .starts_with("slot_start_ms"));
         assert!(check_time("slot_start_ms", EARLIEST_MS).is_ok());
         assert!(check_name("name", "").is_err());
         assert!(check_name("name", "王医生").is_ok());

@@ -86,7 +86,10 @@ pub const PAGES: &[(&str, &str)] = &[
 
 /// The page served at `/<name>`, if there is one.
 pub fn page(name: &str) -> Option<&'static str> {
-    PAGES.iter().find(|(n, _)| *n == name).map(|(_, body)| *body)
+    PAGES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, body)| *body)
 }
 
 /// Look up an embedded file.
@@ -105,13 +108,20 @@ mod tests {
             .map(|(_, body)| *body)
             .chain(ASSETS.iter().map(|a| a.body));
         for text in sources {
-            for part in text.split("/static/").skip(1).chain(text.split("from './").skip(1)) {
+            for part in text
+                .split("/static/")
+                .skip(1)
+                .chain(text.split("from './").skip(1))
+            {
                 let name: String = part
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
                     .collect();
                 if name.ends_with(".js") || name.ends_with(".css") {
-                    assert!(find(&name).is_some(), "{name} is referenced but not in ASSETS");
+                    assert!(
+                        find(&name).is_some(),
+                        "{name} is referenced but not in ASSETS"
+                    );
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! The HTTP front: signaling WebSocket, the browser client, metrics and health probes.
 
 pub mod api;
-pub mod penalty;
 pub mod assets;
+pub mod penalty;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,18 +75,25 @@ async fn websocket(
             let _ = state
                 .session
                 .clinic
-                .send(crate::clinic::ClinicRequest::Refused(crate::clinic::refusals::Refused {
-                    kind: "refused",
-                    actor: None,
-                    subject: None,
-                    command: "upgrade".into(),
-                    code: huizhen_signaling::protocol::ErrorCode::TooManyRefusals.as_str(),
-                    source: Some(state.session.sources.source(ip)),
-                    claimed_user: None,
-                    reason: "this source's sockets were closed for refusals too often; retry later".into(),
-                }))
+                .send(crate::clinic::ClinicRequest::Refused(
+                    crate::clinic::refusals::Refused {
+                        kind: "refused",
+                        actor: None,
+                        subject: None,
+                        command: "upgrade".into(),
+                        code: huizhen_signaling::protocol::ErrorCode::TooManyRefusals.as_str(),
+                        source: Some(state.session.sources.source(ip)),
+                        claimed_user: None,
+                        reason:
+                            "this source's sockets were closed for refusals too often; retry later"
+                                .into(),
+                    },
+                ))
                 .await;
-            return (StatusCode::TOO_MANY_REQUESTS, "too many refused connections from this address; retry later")
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many refused connections from this address; retry later",
+            )
                 .into_response();
         }
     }

@@ -31,7 +31,12 @@ pub struct PenaltyBox {
 
 impl PenaltyBox {
     /// `threshold` closings within `window` block a source for `block`.
-    pub fn new(window: Duration, threshold: u32, block: Duration, max_sources: usize) -> PenaltyBox {
+    pub fn new(
+        window: Duration,
+        threshold: u32,
+        block: Duration,
+        max_sources: usize,
+    ) -> PenaltyBox {
         PenaltyBox {
             window,
             threshold: threshold.max(1),
@@ -47,7 +52,12 @@ impl PenaltyBox {
             self.forget_expired(now);
             if self.sources.len() >= self.max_sources {
                 // Still full: drop the entry whose window started first.
-                if let Some(oldest) = self.sources.iter().min_by_key(|(_, e)| e.window_start).map(|(ip, _)| *ip) {
+                if let Some(oldest) = self
+                    .sources
+                    .iter()
+                    .min_by_key(|(_, e)| e.window_start)
+                    .map(|(ip, _)| *ip)
+                {
                     self.sources.remove(&oldest);
                 }
             }
@@ -109,10 +119,19 @@ mod tests {
         assert!(!b.record(t0, ip(1)));
         assert!(!b.record(t0 + Duration::from_secs(1), ip(1)));
         assert!(!b.is_blocked(t0 + Duration::from_secs(1), ip(1)));
-        assert!(b.record(t0 + Duration::from_secs(2), ip(1)), "third closing within the window");
+        assert!(
+            b.record(t0 + Duration::from_secs(2), ip(1)),
+            "third closing within the window"
+        );
         assert!(b.is_blocked(t0 + Duration::from_secs(31), ip(1)));
-        assert!(!b.is_blocked(t0 + Duration::from_secs(33), ip(1)), "released after the block");
-        assert!(!b.is_blocked(t0 + Duration::from_secs(2), ip(2)), "other sources are not affected");
+        assert!(
+            !b.is_blocked(t0 + Duration::from_secs(33), ip(1)),
+            "released after the block"
+        );
+        assert!(
+            !b.is_blocked(t0 + Duration::from_secs(2), ip(2)),
+            "other sources are not affected"
+        );
     }
 
     #[test]
@@ -120,7 +139,10 @@ mod tests {
         let t0 = Instant::now();
         let mut b = PenaltyBox::new(Duration::from_secs(10), 3, Duration::from_secs(30), 100);
         for i in 0..10 {
-            assert!(!b.record(t0 + Duration::from_secs(6 * i), ip(1)), "closing {i}");
+            assert!(
+                !b.record(t0 + Duration::from_secs(6 * i), ip(1)),
+                "closing {i}"
+            );
         }
     }
 

@@ -11,9 +11,7 @@
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use huizhen_signaling::protocol::{
-    parse_client_message, ClientMessage, ErrorCode, ServerMessage,
-};
+use huizhen_signaling::protocol::{parse_client_message, ClientMessage, ErrorCode, ServerMessage};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +25,10 @@ use tracing::{debug, info};
 use crate::audit::source::SourceHasher;
 use crate::auth::{TokenVerifier, Verified};
 use crate::clinic::refusals::Refused;
-use crate::clinic::{ClinicCommand, ClinicHandle, ClinicRequest, CommandReply, BYE_REPLACED, BYE_REVOKED, BYE_TOKEN_EXPIRED};
+use crate::clinic::{
+    ClinicCommand, ClinicHandle, ClinicRequest, CommandReply, BYE_REPLACED, BYE_REVOKED,
+    BYE_TOKEN_EXPIRED,
+};
 use crate::edge::{MediaCommand, MediaHandle, SIGNAL_QUEUE};
 use crate::redact::Redacted;
 use crate::sfu::{LeaveReason, ParticipantId, SignalInput};
@@ -48,9 +49,13 @@ pub struct SignalingMetrics {
 impl SignalingMetrics {
     /// Create and register.
     pub fn new(registry: &Registry) -> SignalingMetrics {
-        let connections = IntGauge::new("connections", "Open signaling WebSockets").expect("metric");
+        let connections =
+            IntGauge::new("connections", "Open signaling WebSockets").expect("metric");
         let messages = IntCounterVec::new(
-            Opts::new("messages_received_total", "Signaling frames received, by type"),
+            Opts::new(
+                "messages_received_total",
+                "Signaling frames received, by type",
+            ),
             &["type"],
         )
         .expect("metric");
@@ -59,15 +64,21 @@ impl SignalingMetrics {
             &["code"],
         )
         .expect("metric");
-        registry.register(Box::new(connections.clone())).expect("metric");
-        registry.register(Box::new(messages.clone())).expect("metric");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("metric");
+        registry
+            .register(Box::new(messages.clone()))
+            .expect("metric");
         registry.register(Box::new(errors.clone())).expect("metric");
         let blocked_upgrades = prometheus::IntCounter::new(
             "blocked_upgrades_total",
             "WebSocket upgrades refused (429) from sources whose sockets kept being closed for refusals",
         )
         .expect("metric");
-        registry.register(Box::new(blocked_upgrades.clone())).expect("metric");
+        registry
+            .register(Box::new(blocked_upgrades.clone()))
+            .expect("metric");
         for code in ErrorCode::ALL {
             errors.with_label_values(&[code.as_str()]);
         }
@@ -245,14 +256,19 @@ async fn send(
     if let ServerMessage::Error { code, .. } = message {
         metrics.errors.with_label_values(&[code.as_str()]).inc();
     }
-    sink.send(Message::Text(Utf8Bytes::from(message.to_json()))).await
+    sink.send(Message::Text(Utf8Bytes::from(message.to_json())))
+        .await
 }
 
 impl Session {
     /// This stranger's socket is being closed for refusals: it counts against its source.
     fn penalize(&self) {
         if let Some(peer) = self.peer {
-            let mut penalties = self.deps.penalties.lock().unwrap_or_else(|p| p.into_inner());
+            let mut penalties = self
+                .deps
+                .penalties
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if penalties.record(std::time::Instant::now(), peer) {
                 debug!("source blocked after repeated refusals");
             }
@@ -295,7 +311,11 @@ impl Session {
         let message = match parse_client_message(text) {
             Ok(m) => m,
             Err(e) => {
-                self.deps.metrics.messages.with_label_values(&["invalid"]).inc();
+                self.deps
+                    .metrics
+                    .messages
+                    .with_label_values(&["invalid"])
+                    .inc();
                 return Next::Reply(self.error(e.code(), e.to_string()));
             }
         };
@@ -328,7 +348,12 @@ impl Session {
         }
     }
 
-    async fn join_room(&mut self, room: String, display_name: String, token: Option<String>) -> Next {
+    async fn join_room(
+        &mut self,
+        room: String,
+        display_name: String,
+        token: Option<String>,
+    ) -> Next {
         if self.participant.is_some() {
             return Next::Reply(self.error(
                 ErrorCode::AlreadyJoined,
@@ -379,13 +404,21 @@ impl Session {
                 Next::Continue
             }
             Ok(Err(e)) => Next::Reply(self.error(e.code(), e.to_string())),
-            Err(_) => Next::Reply(self.error(ErrorCode::Unavailable, "the server is shutting down".into())),
+            Err(_) => Next::Reply(
+                self.error(ErrorCode::Unavailable, "the server is shutting down".into()),
+            ),
         }
     }
 
     /// Refuse an action the session itself judged (before the clinic saw it): answered,
     /// counted, and audited like the clinic's own refusals.
-    async fn refuse(&mut self, command: &str, code: ErrorCode, reason: &str, subject: Option<String>) -> Next {
+    async fn refuse(
+        &mut self,
+        command: &str,
+        code: ErrorCode,
+        reason: &str,
+        subject: Option<String>,
+    ) -> Next {
         let actor = self.identity.as_ref().map(|(a, _)| a.user.0.clone());
         let _ = self
             .deps
@@ -503,11 +536,17 @@ impl Session {
         let Some(participant) = self.participant else {
             return Next::Reply(self.error(ErrorCode::NotJoined, "not in a room".into()));
         };
-        if let (Some(consultation), Some((actor, _))) = (self.consultation.clone(), self.identity.clone()) {
+        if let (Some(consultation), Some((actor, _))) =
+            (self.consultation.clone(), self.identity.clone())
+        {
             let _ = self
                 .deps
                 .clinic
-                .command(self.id, actor, ClinicCommand::LeaveConsultation(consultation))
+                .command(
+                    self.id,
+                    actor,
+                    ClinicCommand::LeaveConsultation(consultation),
+                )
                 .await;
         }
         let _ = self
@@ -524,7 +563,10 @@ impl Session {
 
     async fn signal(&mut self, input: SignalInput) -> Next {
         let Some(participant) = self.participant else {
-            return Next::Reply(self.error(ErrorCode::NotJoined, "join a room before negotiating media".into()));
+            return Next::Reply(self.error(
+                ErrorCode::NotJoined,
+                "join a room before negotiating media".into(),
+            ));
         };
         match self
             .deps
@@ -533,7 +575,9 @@ impl Session {
             .await
         {
             Ok(()) => Next::Continue,
-            Err(_) => Next::Reply(self.error(ErrorCode::Unavailable, "the server is shutting down".into())),
+            Err(_) => Next::Reply(
+                self.error(ErrorCode::Unavailable, "the server is shutting down".into()),
+            ),
         }
     }
 
@@ -550,7 +594,9 @@ impl Session {
                 .await;
         };
         let Some(command) = clinic_command(message) else {
-            return Next::Reply(self.error(ErrorCode::InvalidMessage, "not a clinic message".into()));
+            return Next::Reply(
+                self.error(ErrorCode::InvalidMessage, "not a clinic message".into()),
+            );
         };
         let joining = match &command {
             ClinicCommand::Join(c) => Some(c.clone()),
@@ -606,12 +652,16 @@ fn claimed_subject(token: &str) -> Option<String> {
     if payload.len() > 4096 {
         return None;
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let sub = value.get("sub")?.as_str()?;
     let ok = !sub.is_empty()
         && sub.len() <= 128
-        && sub.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        && sub
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     ok.then(|| sub.to_owned())
 }
 
@@ -625,7 +675,9 @@ fn unix_now() -> u64 {
 /// The clinic command a clinic message asks for.
 fn clinic_command(message: ClientMessage) -> Option<ClinicCommand> {
     Some(match message {
-        ClientMessage::CheckIn { appointment } => ClinicCommand::CheckIn(AppointmentId(appointment)),
+        ClientMessage::CheckIn { appointment } => {
+            ClinicCommand::CheckIn(AppointmentId(appointment))
+        }
         ClientMessage::LeaveQueue {} => ClinicCommand::LeaveQueue,
         ClientMessage::SetAway { clinic, away } => ClinicCommand::SetAway(ClinicId(clinic), away),
         ClientMessage::Invite { clinic, patient } => {
@@ -637,8 +689,12 @@ fn clinic_command(message: ClientMessage) -> Option<ClinicCommand> {
         ClientMessage::MoveUp { clinic, patient } => {
             ClinicCommand::MoveUp(ClinicId(clinic), UserId(patient))
         }
-        ClientMessage::AcceptInvitation { invitation } => ClinicCommand::Accept(InvitationId(invitation)),
-        ClientMessage::DeclineInvitation { invitation } => ClinicCommand::Decline(InvitationId(invitation)),
+        ClientMessage::AcceptInvitation { invitation } => {
+            ClinicCommand::Accept(InvitationId(invitation))
+        }
+        ClientMessage::DeclineInvitation { invitation } => {
+            ClinicCommand::Decline(InvitationId(invitation))
+        }
         ClientMessage::JoinConsultation { consultation } => {
             ClinicCommand::Join(ConsultationId(consultation))
         }
@@ -649,7 +705,9 @@ fn clinic_command(message: ClientMessage) -> Option<ClinicCommand> {
             consultation,
             display_name,
         } => ClinicCommand::InviteExpert(ConsultationId(consultation), display_name),
-        ClientMessage::EndConsultation { consultation } => ClinicCommand::End(ConsultationId(consultation)),
+        ClientMessage::EndConsultation { consultation } => {
+            ClinicCommand::End(ConsultationId(consultation))
+        }
         ClientMessage::StartRecording { consultation } => {
             ClinicCommand::StartRecording(ConsultationId(consultation))
         }
@@ -694,8 +752,28 @@ fn message_type(message: &ClientMessage) -> &'static str {
 
 /// All message types, for pre-registering the metric's label values.
 const MESSAGE_TYPES: &[&str] = &[
-    "join", "offer", "answer", "candidate", "leave", "ping", "track_preferences", "auth", "check_in", "leave_queue",
-    "set_away", "invite", "cancel_invitation", "move_up", "accept_invitation",
-    "decline_invitation", "join_consultation", "admit", "invite_expert", "end_consultation",
-    "start_recording", "stop_recording", "consent", "invalid",
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "leave",
+    "ping",
+    "track_preferences",
+    "auth",
+    "check_in",
+    "leave_queue",
+    "set_away",
+    "invite",
+    "cancel_invitation",
+    "move_up",
+    "accept_invitation",
+    "decline_invitation",
+    "join_consultation",
+    "admit",
+    "invite_expert",
+    "end_consultation",
+    "start_recording",
+    "stop_recording",
+    "consent",
+    "invalid",
 ];

@@ -103,7 +103,12 @@ impl RecordingArchiver {
     /// Tell whose media an SFU participant carries (ids in the manifest are user ids).
     pub fn assign(&mut self, participant: ParticipantId, user_id: &str, role: &str) {
         self.users.insert(participant, user_id.to_owned());
-        if !self.manifest.participants.iter().any(|p| p.user_id == user_id) {
+        if !self
+            .manifest
+            .participants
+            .iter()
+            .any(|p| p.user_id == user_id)
+        {
             self.manifest.participants.push(Participant {
                 user_id: user_id.to_owned(),
                 role: role.to_owned(),
@@ -312,7 +317,10 @@ mod tests {
         let signer = SigningKey::from_bytes(&[3; 32]);
         let (store, manifest) = record(&kek, &signer);
         assert_eq!(manifest.tracks.len(), 2);
-        assert!(manifest.tracks.iter().all(|t| t.segments.len() >= 3), "4 s segments of 12 s");
+        assert!(
+            manifest.tracks.iter().all(|t| t.segments.len() >= 3),
+            "4 s segments of 12 s"
+        );
         assert!(store.contains_key(&manifest_key("rec-1")));
         let report = verify_recording(
             &manifest,
@@ -327,7 +335,10 @@ mod tests {
         let plain: Vec<Vec<u8>> = track
             .segments
             .iter()
-            .map(|s| crate::vault::open_recorded_segment(&manifest, s, &key, &store[&s.object_key]).unwrap())
+            .map(|s| {
+                crate::vault::open_recorded_segment(&manifest, s, &key, &store[&s.object_key])
+                    .unwrap()
+            })
             .collect();
         let file = finalize(&plain).unwrap();
         assert!(file.len() > 1000);
@@ -340,10 +351,18 @@ mod tests {
         let (mut store, manifest) = record(&kek, &signer);
         let victim = manifest.tracks[1].segments[1].object_key.clone();
         store.get_mut(&victim).unwrap()[40] ^= 1;
-        let report = verify_recording(&manifest, |k| store.get(k).cloned().ok_or("missing"), None, Some(&kek));
+        let report = verify_recording(
+            &manifest,
+            |k| store.get(k).cloned().ok_or("missing"),
+            None,
+            Some(&kek),
+        );
         let failure = report.first_failure.as_ref().expect("tamper found");
         assert_eq!(failure.object_key, victim);
         let wrong = LocalKek::from_bytes(&[8; 32]).unwrap();
-        assert!(matches!(KeyWrapper::unwrap(&wrong, &manifest.wrapped_key), Err(KeyError::WrongKek { .. })));
+        assert!(matches!(
+            KeyWrapper::unwrap(&wrong, &manifest.wrapped_key),
+            Err(KeyError::WrongKek { .. })
+        ));
     }
 }

@@ -22,9 +22,9 @@ use tracing::{error, info, warn};
 use super::archiver::{RecordingArchiver, RecordingInfo, StoredObject};
 use super::{RecorderConfig, Recording};
 use crate::archive::{ArchiveStore, Spool};
-use crate::webhook::WebhookHandle;
 use crate::sfu::{ParticipantId, RecordedPacket, TrackId};
 use crate::vault::{Cipher, ConsentRecord, KeyWrapper, Manifest, SigningKey};
+use crate::webhook::WebhookHandle;
 
 /// Packets queued towards the recorder before further ones are dropped.
 const PACKET_QUEUE: usize = 8_192;
@@ -169,12 +169,18 @@ pub async fn spawn(
     std::fs::create_dir_all(&parts.journal_dir)?;
     let recordings = IntGauge::new("active", "Recordings in progress").expect("metric");
     let objects = IntCounterVec::new(
-        Opts::new("objects_total", "Objects handed to the archive spool, by kind and result"),
+        Opts::new(
+            "objects_total",
+            "Objects handed to the archive spool, by kind and result",
+        ),
         &["kind", "result"],
     )
     .expect("metric");
-    let bytes = IntCounter::new("bytes_total", "Encrypted recording bytes handed to the spool")
-        .expect("metric");
+    let bytes = IntCounter::new(
+        "bytes_total",
+        "Encrypted recording bytes handed to the spool",
+    )
+    .expect("metric");
     let _ = parts.registry.register(Box::new(recordings.clone()));
     let _ = parts.registry.register(Box::new(objects.clone()));
     let _ = parts.registry.register(Box::new(bytes.clone()));
@@ -238,8 +244,13 @@ async fn run(
     // Shutting down: what was recorded so far is archived, marked as cut short.
     let ids: Vec<String> = task.active.keys().cloned().collect();
     for id in ids {
-        task.stop(&id, crate::clinic::now_ms().0, None, Some("the server shut down during the recording".into()))
-            .await;
+        task.stop(
+            &id,
+            crate::clinic::now_ms().0,
+            None,
+            Some("the server shut down during the recording".into()),
+        )
+        .await;
     }
 }
 
@@ -306,7 +317,10 @@ impl Task {
                 recording,
                 ended_at_ms,
                 consents,
-            } => self.stop(&recording, ended_at_ms, Some(consents), None).await,
+            } => {
+                self.stop(&recording, ended_at_ms, Some(consents), None)
+                    .await
+            }
         }
     }
 
@@ -357,7 +371,8 @@ impl Task {
             active.archiver.set_consents(consents);
         }
         let manifest = active.archiver.draft().clone();
-        let object = RecordingArchiver::seal(manifest, ended_at_ms, interrupted, &self.parts.signer);
+        let object =
+            RecordingArchiver::seal(manifest, ended_at_ms, interrupted, &self.parts.signer);
         let summary = summary(&object);
         self.archive_manifest(object, summary).await;
         let _ = std::fs::remove_file(journal_path(&self.parts.journal_dir, recording));
@@ -445,8 +460,12 @@ impl Task {
             };
             let ended = crate::clinic::now_ms().0;
             let id = manifest.recording_id.clone();
-            let object =
-                RecordingArchiver::seal(manifest, ended, Some(INTERRUPTED.into()), &self.parts.signer);
+            let object = RecordingArchiver::seal(
+                manifest,
+                ended,
+                Some(INTERRUPTED.into()),
+                &self.parts.signer,
+            );
             let summary = summary(&object);
             self.archive_manifest(object, summary).await;
             let _ = std::fs::remove_file(&path);
@@ -457,7 +476,11 @@ impl Task {
 
 async fn put(parts: &RecorderParts, objects: &Counters, kind: &'static str, object: StoredObject) {
     let len = object.bytes.len() as u64;
-    match parts.spool.enqueue(&object.key, Bytes::from(object.bytes)).await {
+    match parts
+        .spool
+        .enqueue(&object.key, Bytes::from(object.bytes))
+        .await
+    {
         Ok(()) => {
             objects.objects.with_label_values(&[kind, "spooled"]).inc();
             objects.bytes.inc_by(len);

@@ -169,12 +169,16 @@ pub async fn export(
         for segment in &track.segments {
             let bytes = &objects[&segment.object_key];
             // Verified above; a failure here would mean the store changed under us.
-            let segment_plain = open_recorded_segment(&manifest, segment, &key, bytes).map_err(|e| {
-                ToolError::Verification {
-                    id: id.to_owned(),
-                    report: format!("segment {} of track {}: {e}", segment.index, track.track_id),
-                }
-            })?;
+            let segment_plain =
+                open_recorded_segment(&manifest, segment, &key, bytes).map_err(|e| {
+                    ToolError::Verification {
+                        id: id.to_owned(),
+                        report: format!(
+                            "segment {} of track {}: {e}",
+                            segment.index, track.track_id
+                        ),
+                    }
+                })?;
             plain.push(segment_plain);
         }
         let file = finalize(&plain).map_err(|source| ToolError::Export {
@@ -201,7 +205,13 @@ pub async fn export(
 /// File-name-safe form of a user id.
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -266,18 +276,23 @@ pub fn composite(files: &[(PathBuf, u64)], out: &Path) -> Result<(), CompositeEr
         filter.push(';');
         for (j, (_, start)) in audios.iter().enumerate() {
             let input = videos.len() + j;
-            filter.push_str(&format!("[{input}:a]asetpts=PTS-STARTPTS,adelay={start}:all=1[a{j}];"));
+            filter.push_str(&format!(
+                "[{input}:a]asetpts=PTS-STARTPTS,adelay={start}:all=1[a{j}];"
+            ));
         }
         for j in 0..audios.len() {
             filter.push_str(&format!("[a{j}]"));
         }
         filter.push_str(&format!("amix=inputs={}:duration=longest[a]", audios.len()));
     }
-    cmd.arg("-filter_complex").arg(&filter).args(["-map", "[v]"]);
+    cmd.arg("-filter_complex")
+        .arg(&filter)
+        .args(["-map", "[v]"]);
     if !audios.is_empty() {
         cmd.args(["-map", "[a]", "-c:a", "libopus"]);
     }
-    cmd.args(["-c:v", "libvpx", "-deadline", "realtime", "-b:v", "1M"]).arg(out);
+    cmd.args(["-c:v", "libvpx", "-deadline", "realtime", "-b:v", "1M"])
+        .arg(out);
     let output = match cmd.output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CompositeError::NoFfmpeg),
@@ -285,7 +300,11 @@ pub fn composite(files: &[(PathBuf, u64)], out: &Path) -> Result<(), CompositeEr
     };
     if !output.status.success() {
         return Err(CompositeError::Ffmpeg(
-            String::from_utf8_lossy(&output.stderr).lines().take(5).collect::<Vec<_>>().join("; "),
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("; "),
         ));
     }
     Ok(())

@@ -75,7 +75,6 @@ pub const RESUME_TRIAL: Duration = Duration::from_secs(10);
 /// A paused video resumes only when its lowest layer fits this many times over.
 pub const RESUME_MARGIN: f64 = 1.1;
 
-
 /// Why a video is upgraded before others. Higher first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -213,9 +212,7 @@ pub struct Allocator {
 impl Allocator {
     /// The current target of `track` (a new track is [`Target::Hidden`] until allocated).
     pub fn target(&self, track: TrackId) -> Target {
-        self.tracks
-            .get(&track)
-            .map_or(Target::Hidden, |s| s.target)
+        self.tracks.get(&track).map_or(Target::Hidden, |s| s.target)
     }
 
     /// Forget a track the subscriber no longer receives.
@@ -352,7 +349,8 @@ impl Allocator {
         //    for); the speaker climbs when there is room.
         let headroom = (budget as f64 * UPGRADE_HEADROOM) as u64;
         let pinned = |v: &&&VideoTrack| v.priority == Priority::Pinned;
-        let (first, rest): (Vec<&&VideoTrack>, Vec<&&VideoTrack>) = floor_order.iter().partition(pinned);
+        let (first, rest): (Vec<&&VideoTrack>, Vec<&&VideoTrack>) =
+            floor_order.iter().partition(pinned);
         for v in first {
             if let Some(Target::Layer(floor)) = new.get(&v.track).copied() {
                 let state = self.tracks.get(&v.track).copied();
@@ -367,7 +365,10 @@ impl Allocator {
         for v in &rest {
             if let Some(Target::Layer(floor)) = new.get(&v.track).copied() {
                 let state = self.tracks.get(&v.track).copied();
-                new.insert(v.track, Target::Layer(keep_layer(v, state, now, floor, &mut left)));
+                new.insert(
+                    v.track,
+                    Target::Layer(keep_layer(v, state, now, floor, &mut left)),
+                );
             }
         }
         for v in order.iter().filter(|v| v.priority != Priority::Pinned) {
@@ -451,7 +452,13 @@ impl Allocator {
 /// The layer `v` gets back to from its floor: what it had, if that still fits in `left`
 /// (just after an upgrade within [`KEEP_TOLERANCE`]: the keyframe that started the new layer
 /// overfills the link for a moment and dents the estimate), else the best layer between.
-fn keep_layer(v: &VideoTrack, state: Option<State>, now: Instant, floor: usize, left: &mut u64) -> usize {
+fn keep_layer(
+    v: &VideoTrack,
+    state: Option<State>,
+    now: Instant,
+    floor: usize,
+    left: &mut u64,
+) -> usize {
     let mut layer = floor;
     let spent = v.layers[floor].unwrap_or(0);
     let Some(Target::Layer(had)) = state.map(|s| s.target) else {
@@ -543,7 +550,13 @@ mod tests {
     }
 
     /// Runs allocation rounds every 250 ms for `secs` at a steady estimate.
-    fn settle(a: &mut Allocator, now: &mut Instant, secs: u64, estimate: u64, videos: &[VideoTrack]) {
+    fn settle(
+        a: &mut Allocator,
+        now: &mut Instant,
+        secs: u64,
+        estimate: u64,
+        videos: &[VideoTrack],
+    ) {
         for _ in 0..secs * 4 {
             a.allocate(*now, estimate, AUDIO, videos);
             *now += Duration::from_millis(250);
@@ -556,7 +569,10 @@ mod tests {
         let mut now = Instant::now();
         let videos = [cam(1), cam(2)];
         settle(&mut a, &mut now, 5, 5_000_000, &videos);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(2)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(2), Target::Layer(2)]
+        );
     }
 
     #[test]
@@ -571,7 +587,10 @@ mod tests {
         // 450 kbit/s: both low layers (300k of 370k); no upgrade fits.
         let mut a = Allocator::default();
         a.allocate(now, 450_000, AUDIO, &[cam(1), cam(2)]);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Layer(0)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(0), Target::Layer(0)]
+        );
     }
 
     #[test]
@@ -581,7 +600,10 @@ mod tests {
         assert_eq!(targets(&a, &[1, 2]), vec![Target::Paused, Target::Paused]);
         assert_eq!(out.allocated, 0);
         assert_eq!(out.changes.len(), 2);
-        assert!(out.changes.iter().all(|c| c.from == Target::Hidden && c.to == Target::Paused));
+        assert!(out
+            .changes
+            .iter()
+            .all(|c| c.from == Target::Hidden && c.to == Target::Paused));
         assert_eq!(out.next_step, Some(Q));
     }
 
@@ -595,7 +617,10 @@ mod tests {
         // 2 Mbit/s: floors 300k, then video 2 climbs to F (1.5M; 10 % of the budget stays
         // free), video 1 keeps Q.
         settle(&mut a, &mut now, 6, 2_000_000, &videos);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Layer(2)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(0), Target::Layer(2)]
+        );
     }
 
     #[test]
@@ -691,7 +716,11 @@ mod tests {
         assert_eq!(a.target(TrackId(1)), Target::Layer(0));
         assert_eq!(
             out.changes,
-            vec![Change { track: TrackId(1), from: Target::Paused, to: Target::Layer(0) }]
+            vec![Change {
+                track: TrackId(1),
+                from: Target::Paused,
+                to: Target::Layer(0)
+            }]
         );
     }
 
@@ -756,7 +785,11 @@ mod tests {
         // The link carries Q only now and then: wide for a moment, narrow again.
         for _ in 0..240 {
             let before = a.target(TrackId(1));
-            let estimate = if a.target(TrackId(1)) == Target::Paused { 400_000 } else { 150_000 };
+            let estimate = if a.target(TrackId(1)) == Target::Paused {
+                400_000
+            } else {
+                150_000
+            };
             a.allocate(now, estimate, AUDIO, &videos);
             if before != Target::Paused && a.target(TrackId(1)) == Target::Paused {
                 pauses.push(now);
@@ -776,7 +809,11 @@ mod tests {
         let mut v = cam(1);
         v.layers = [Some(Q), None, Some(F)];
         settle(&mut a, &mut now, 5, 900_000, std::slice::from_ref(&v));
-        assert_eq!(a.target(TrackId(1)), Target::Layer(0), "F does not fit, H is not sent");
+        assert_eq!(
+            a.target(TrackId(1)),
+            Target::Layer(0),
+            "F does not fit, H is not sent"
+        );
         settle(&mut a, &mut now, 8, 3_000_000, std::slice::from_ref(&v));
         assert_eq!(a.target(TrackId(1)), Target::Layer(2));
     }
@@ -805,7 +842,10 @@ mod tests {
         let videos = [cam(2), screen];
         settle(&mut a, &mut now, 6, 1_400_000, &videos);
         // Screen first: 1M, then the camera's Q (150k); 1.32M budget leaves no room for H.
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Layer(0)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(0), Target::Layer(0)]
+        );
         // Too narrow for the screen: still sent, and the camera is paused.
         settle(&mut a, &mut now, 6, 600_000, &videos);
         assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Paused]);
@@ -834,7 +874,10 @@ mod tests {
         // Room for one F beside the other's H, not for two F.
         let budget = AUDIO + F + H + 300_000;
         settle(&mut a, &mut now, 8, budget, &[one.clone(), cam(2)]);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(1)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(2), Target::Layer(1)]
+        );
         // The other one speaks now: nothing moves (no keyframes for a swap).
         let mut two = cam(2);
         two.priority = Priority::Speaker;
@@ -842,10 +885,16 @@ mod tests {
         let out = a.allocate(now, budget, AUDIO, &[one.clone(), two.clone()]);
         assert!(out.changes.is_empty(), "{:?}", out.changes);
         settle(&mut a, &mut now, 8, budget, &[one.clone(), two.clone()]);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(1)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(2), Target::Layer(1)]
+        );
         // Room for both: the speaker climbs.
         settle(&mut a, &mut now, 8, AUDIO + 2 * F + 400_000, &[one, two]);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(2)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(2), Target::Layer(2)]
+        );
     }
 
     #[test]
@@ -872,8 +921,14 @@ mod tests {
             }
             climbs.push(waited);
         }
-        assert!(now.saturating_duration_since(t0) > Duration::from_secs(200), "{climbs:?}");
-        assert!(climbs.windows(2).take(2).all(|w| w[1] > w[0]), "waits grow: {climbs:?}");
+        assert!(
+            now.saturating_duration_since(t0) > Duration::from_secs(200),
+            "{climbs:?}"
+        );
+        assert!(
+            climbs.windows(2).take(2).all(|w| w[1] > w[0]),
+            "waits grow: {climbs:?}"
+        );
         assert!(climbs.iter().all(|w| *w <= 42), "bounded: {climbs:?}");
         // A video that held its climb for a while starts from the short hold again; so does
         // one that falls within the grace (its own keyframe dented the estimate).

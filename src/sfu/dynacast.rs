@@ -53,7 +53,12 @@ impl Dynacast {
 
     /// Fold in the layers wanted now (`wanted`, within the `declared` ones). Returns the new
     /// set to ask the publisher for when it changes.
-    pub fn update(&mut self, now: Instant, declared: LayerMask, wanted: LayerMask) -> Option<LayerMask> {
+    pub fn update(
+        &mut self,
+        now: Instant,
+        declared: LayerMask,
+        wanted: LayerMask,
+    ) -> Option<LayerMask> {
         let wanted = wanted & declared;
         let current = self.sent.unwrap_or(declared) & declared;
         let mut next = current | wanted;
@@ -122,7 +127,10 @@ mod tests {
         assert_eq!(d.next_change(), None);
         assert_eq!(d.update(t0 + Duration::from_secs(5), ALL, 0b001), None);
         // Someone enlarges the tile: the layers come back in the same round.
-        assert_eq!(d.update(t0 + Duration::from_secs(6), ALL, 0b111), Some(0b111));
+        assert_eq!(
+            d.update(t0 + Duration::from_secs(6), ALL, 0b111),
+            Some(0b111)
+        );
         assert_eq!(d.update(t0 + Duration::from_secs(7), ALL, 0b111), None);
     }
 
@@ -135,7 +143,10 @@ mod tests {
         // The clock starts again from the next time it is unwanted.
         assert_eq!(d.update(t0 + Duration::from_secs(4), ALL, 0b011), None);
         assert_eq!(d.update(t0 + Duration::from_secs(6), ALL, 0b011), None);
-        assert_eq!(d.update(t0 + Duration::from_secs(7), ALL, 0b011), Some(0b011));
+        assert_eq!(
+            d.update(t0 + Duration::from_secs(7), ALL, 0b011),
+            Some(0b011)
+        );
     }
 
     #[test]
@@ -147,6 +158,9 @@ mod tests {
         assert_eq!(d.update(t0, declared, 0), None);
         assert_eq!(d.update(t0 + LAYER_OFF_DELAY, declared, 0), Some(0));
         // A thumbnail asks for layers 0..=1; only 0 exists.
-        assert_eq!(d.update(t0 + Duration::from_secs(4), declared, up_to(1)), Some(0b001));
+        assert_eq!(
+            d.update(t0 + Duration::from_secs(4), declared, up_to(1)),
+            Some(0b001)
+        );
     }
 }

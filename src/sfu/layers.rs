@@ -24,7 +24,6 @@ pub const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// browser client's encodings (see `static/call.js`).
 pub const DEFAULT_LAYER_BITRATES: [u64; MAX_LAYERS] = [100_000, 500_000, 1_700_000];
 
-
 /// Weight of the newest measurement in the smoothed bitrate (per tick of about 250 ms: a
 /// change shows fully within about a second and a half).
 const SMOOTHING: f64 = 0.3;
@@ -156,7 +155,11 @@ mod tests {
         assert_eq!(layer_of("h", &["q", "h"]), 1, "two layers of q/h/f");
         assert_eq!(layer_of("lo", &["lo", "mid", "hi"]), 0);
         assert_eq!(layer_of("hi", &["lo", "mid", "hi"]), 2);
-        assert_eq!(layer_of("x", &["a", "b", "c", "d", "x"]), 2, "capped at the top layer");
+        assert_eq!(
+            layer_of("x", &["a", "b", "c", "d", "x"]),
+            2,
+            "capped at the top layer"
+        );
         assert_eq!(layer_of("zzz", &["a"]), 0, "unknown rid: lowest");
     }
 
@@ -172,7 +175,11 @@ mod tests {
             now += Duration::from_millis(250);
             m.tick(now);
         }
-        assert!((480_000..=520_000).contains(&m.bitrate()), "{}", m.bitrate());
+        assert!(
+            (480_000..=520_000).contains(&m.bitrate()),
+            "{}",
+            m.bitrate()
+        );
         // One keyframe of 4x the usual bytes moves the estimate by well under 2x.
         m.on_packet(now, 4 * 500_000 / 8 / 4 - WIRE_OVERHEAD);
         now += Duration::from_millis(250);
@@ -190,7 +197,11 @@ mod tests {
         p.extend_from_slice(&[0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
         assert_eq!(vp8_descriptor_len(&p), Some(4));
         assert_eq!(vp8_descriptor_len(&[0x10]), Some(1));
-        assert_eq!(vp8_descriptor_len(&[0x90, 0xf0, 0x01, 0x02, 0x03]), Some(5), "7-bit id, L, T/K");
+        assert_eq!(
+            vp8_descriptor_len(&[0x90, 0xf0, 0x01, 0x02, 0x03]),
+            Some(5),
+            "7-bit id, L, T/K"
+        );
         assert_eq!(vp8_descriptor_len(&[0x90, 0x80]), None, "truncated");
         assert_eq!(vp8_keyframe_height(&p, 4), Some(480));
         let mut inter = p.clone();

@@ -16,13 +16,14 @@
 pub mod allocation;
 pub mod demux;
 pub mod dynacast;
+pub mod feedback;
 pub mod forwarder;
 pub mod keyframe;
 pub mod layers;
-pub mod probe;
-pub mod red;
 pub mod metrics;
 mod participant;
+pub mod probe;
+pub mod red;
 pub mod retransmit;
 pub mod speaker;
 pub mod speech_cap;
@@ -31,9 +32,9 @@ pub mod view;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huizhen_signaling::protocol::{
@@ -48,18 +49,19 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
+use allocation::{Priority, Target, VideoTrack, MAX_LAYERS};
 pub use demux::Demux;
+use layers::{LayerMeter, DEFAULT_LAYER_BITRATES};
 pub use metrics::{DropReason, SfuMetrics};
 pub use participant::LeaveReason;
-use allocation::{Priority, Target, VideoTrack, MAX_LAYERS};
-use layers::{LayerMeter, DEFAULT_LAYER_BITRATES};
 use participant::{Participant, Preference, TrackIn, TrackOut, TrackOutState};
-use switcher::{LayerSwitch, Verdict};
 use retransmit::RetransmitPolicy;
+use switcher::{LayerSwitch, Verdict};
 
 /// A hash map whose iteration order depends only on its contents (SipHash with fixed keys).
 /// Participant ids are assigned by the server, so there is no flooding to defend against.
-type FixedMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+type FixedMap<K, V> =
+    HashMap<K, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
 
 /// Server-assigned participant id. Not a user id: it means nothing outside this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -391,7 +393,13 @@ impl Sfu {
     pub fn room_media(&self, room: &str) -> Option<view::RoomMedia> {
         let key = self.rooms.get(room)?;
         let r = self.room_members.get(key)?;
-        let kind = |k: MediaKind| if k == MediaKind::Audio { "audio" } else { "video" };
+        let kind = |k: MediaKind| {
+            if k == MediaKind::Audio {
+                "audio"
+            } else {
+                "video"
+            }
+        };
         let participants = r
             .members
             .iter()
@@ -612,6 +620,8 @@ impl Sfu {
             recent_estimates: Default::default(),
             allocator: Default::default(),
             bwe_targets: (0, 0),
+            padding_floor: true,
+            twcc_interval: feedback::MIN_INTERVAL,
             next_probe: None,
             probe_backoff: PROBE_INTERVAL,
             prober: Default::default(),
@@ -914,7 +924,11 @@ impl Sfu {
         let was = std::mem::replace(&mut p.recorded, recorded);
         if recorded && !was {
             let mut video = Vec::new();
-            for t in p.tracks_in.iter_mut().filter(|t| t.kind == MediaKind::Video) {
+            for t in p
+                .tracks_in
+                .iter_mut()
+                .filter(|t| t.kind == MediaKind::Video)
+            {
                 // The recording starts on a keyframe of the layer it takes.
                 let layer = t.record.target.unwrap_or(0);
                 t.record.current = None;
@@ -1301,9 +1315,11 @@ impl Sfu {
             );
             return;
         }
-        let source = p.sources.get(&mid.to_string()).copied().unwrap_or(
-            TrackSource::default_for(track_kind(kind)),
-        );
+        let source = p
+            .sources
+            .get(&mid.to_string())
+            .copied()
+            .unwrap_or(TrackSource::default_for(track_kind(kind)));
         let rids = match p.rtc.media(mid).map(|m| m.rids_rx()) {
             Some(Rids::Specific(rids)) if kind == MediaKind::Video => rids.clone(),
             _ => Vec::new(),
@@ -1455,7 +1471,10 @@ impl Sfu {
         let meter = &mut track.layers[layer];
         let newly_active = video && !meter.active(now);
         // Audio is metered as plain Opus (what most subscribers get); RED's full size apart.
-        meter.on_packet(now, primary.as_ref().map_or(packet.payload.len(), |p| p.len()));
+        meter.on_packet(
+            now,
+            primary.as_ref().map_or(packet.payload.len(), |p| p.len()),
+        );
         if red {
             track.red.on_packet(now, packet.payload.len());
         }
@@ -1869,7 +1888,10 @@ impl Sfu {
                 let before = t.dynacast.sent().unwrap_or(declared);
                 if let Some(next) = t.dynacast.update(now, declared, want) {
                     let direction = if next & !before != 0 { "on" } else { "off" };
-                    self.metrics.dynacast_changes.with_label_values(&[direction]).inc();
+                    self.metrics
+                        .dynacast_changes
+                        .with_label_values(&[direction])
+                        .inc();
                     let rids: Vec<String> = t
                         .rids
                         .iter()
@@ -1936,8 +1958,12 @@ impl Sfu {
         let sustained = s.wire_estimate(sustained);
         // Tightness in the estimator's own units (payload): see `speech_cap`.
         let (sustained_payload, audio_payload) = (s.payload_rate(sustained), s.payload_rate(audio));
-        s.audio_room
-            .update(sustained_payload, audio_payload, s.allocated_video > 0);
+        s.audio_room.update(
+            sustained_payload,
+            audio_payload,
+            s.allocated_video > 0,
+            cap != u64::MAX,
+        );
         let was_red = s.red.on();
         let has_video = !videos.is_empty();
         if s.red.decide(
@@ -1983,6 +2009,17 @@ impl Sfu {
                 continue;
             };
             t.switch.set_target(c.to.layer());
+            if c.to == Target::Paused {
+                // Nothing more of a paused video will be decoded (it resumes on a keyframe):
+                // what str0m still holds of it would only take the link from the audio. At a
+                // cut to 120 kbit/s the pacer queue, filled while the estimate was high, kept
+                // the link full for 3 s after the pause (simulator).
+                if let Some(mid) = t.mid() {
+                    if let Some(tx) = s.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                        tx.drop_unsent();
+                    }
+                }
+            }
             let direction = match (c.from, c.to) {
                 (Target::Paused, Target::Layer(_)) => Some("resume"),
                 (_, Target::Paused) => Some("pause"),
@@ -2042,6 +2079,12 @@ impl Sfu {
         // link's queue costs voices. Twice the audio still finds a link that recovered.
         let desired = if s.audio_room.tight() {
             minimum * 2
+        } else if s.congested_within(now, participant::CONGESTION_MEMORY) {
+            // Overfilled lately: no wish beyond what is sent. str0m's estimate lags the cut by
+            // seconds, and sending far below it starts its periodic probes at twice the
+            // desired rate: with the whole call's wish, bursts of padding kept a link cut to
+            // 120 kbit/s full for seconds after every video was paused.
+            minimum
         } else {
             outcome.desired.max(minimum)
         };
@@ -2063,6 +2106,21 @@ impl Sfu {
                 .bwe()
                 .set_bitrate(Bitrate::bps(targets.0), Bitrate::bps(targets.0));
             s.bwe_targets = (0, 0);
+        }
+        // The feedback for what it publishes shares this link (see [`feedback`]).
+        let twcc = feedback::interval(s.estimate.map(|_| sustained));
+        if twcc != s.twcc_interval {
+            s.twcc_interval = twcc;
+            s.rtc.direct_api().set_twcc_feedback_interval(twcc);
+        }
+        // str0m pads every link up to 50 kbit/s while media flows, for its own probing. Into a
+        // link that carries no video that is pure cost (on a 120 kbit/s link it crowds out the
+        // voices): the prober above pads when a paused video may come back, and only then.
+        let padding_floor = outcome.allocated > 0;
+        if padding_floor != s.padding_floor {
+            s.padding_floor = padding_floor;
+            let floor = (!padding_floor).then_some(Bitrate::ZERO);
+            s.rtc.bwe().set_padding_floor(floor);
         }
         if targets != s.bwe_targets && s.estimate.is_some() {
             s.bwe_targets = targets;
@@ -2371,11 +2429,12 @@ fn on_event(
         Event::MediaEgressStats(s) => {
             let last = p.stats.nacks.insert((s.mid, true), s.nacks).unwrap_or(0);
             metrics.nacks_received.inc_by(s.nacks.saturating_sub(last));
-            if let Some(window) = s
-                .rtt
-                .and_then(|rtt| retransmit.resize(p.retransmit_window, rtt))
-            {
-                debug!(participant = %p.id, rtt_ms = s.rtt.map(|r| r.as_millis()), window_ms = window.as_millis(), "retransmission window resized");
+            if let Some(rtt) = s.rtt {
+                p.stats.rtt.insert(s.mid, rtt);
+            }
+            let rtt = s.rtt.and(p.stats.rtt.values().max().copied());
+            if let Some(window) = rtt.and_then(|rtt| retransmit.resize(p.retransmit_window, rtt)) {
+                debug!(participant = %p.id, rtt_ms = rtt.map(|r| r.as_millis()), window_ms = window.as_millis(), "retransmission window resized");
                 p.retransmit_window = window;
                 metrics.retransmit_window_resizes.inc();
             }

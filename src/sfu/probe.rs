@@ -96,7 +96,13 @@ impl Prober {
         }
     }
 
-    fn next_minimum(&mut self, now: Instant, estimate: u64, sending: u64, goal: Option<u64>) -> u64 {
+    fn next_minimum(
+        &mut self,
+        now: Instant,
+        estimate: u64,
+        sending: u64,
+        goal: Option<u64>,
+    ) -> u64 {
         let Some(goal) = goal.filter(|g| *g > sending) else {
             self.state = State::Idle;
             self.next_at = None;
@@ -189,7 +195,10 @@ mod tests {
             assert_eq!(ask(&mut p, at(t0, ms), 180_000, AUDIO, None), AUDIO);
         }
         // A goal that is already sent is no goal.
-        assert_eq!(ask(&mut p, at(t0, 20_000), 180_000, AUDIO, Some(AUDIO)), AUDIO);
+        assert_eq!(
+            ask(&mut p, at(t0, 20_000), 180_000, AUDIO, Some(AUDIO)),
+            AUDIO
+        );
         assert!(!p.probing());
     }
 
@@ -198,13 +207,19 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Prober::default();
         assert_eq!(ask(&mut p, t0, 180_000, AUDIO, Some(GOAL)), AUDIO);
-        assert_eq!(ask(&mut p, at(t0, 1_000), 180_000, AUDIO, Some(GOAL)), AUDIO);
+        assert_eq!(
+            ask(&mut p, at(t0, 1_000), 180_000, AUDIO, Some(GOAL)),
+            AUDIO
+        );
         assert_eq!(ask(&mut p, at(t0, 2_000), 180_000, AUDIO, Some(GOAL)), GOAL);
         // The estimate climbs; the padding holds while the goal waits.
         assert_eq!(ask(&mut p, at(t0, 4_000), 235_000, AUDIO, Some(GOAL)), GOAL);
         // The allocator resumes the video: the goal moves to the next step, a new window.
         p.step_taken(at(t0, 5_000), 240_000);
-        assert_eq!(ask(&mut p, at(t0, 5_000), 240_000, GOAL, Some(700_000)), 700_000);
+        assert_eq!(
+            ask(&mut p, at(t0, 5_000), 240_000, GOAL, Some(700_000)),
+            700_000
+        );
         assert!(p.probing());
     }
 
@@ -241,8 +256,14 @@ mod tests {
         }
         let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.len() >= 3, "{starts:?}");
-        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "waits grow: {gaps:?}");
-        assert!(*gaps.last().unwrap() <= MAX_WAIT.as_millis() as u64 + 1_000, "{gaps:?}");
+        assert!(
+            gaps.windows(2).all(|g| g[1] >= g[0]),
+            "waits grow: {gaps:?}"
+        );
+        assert!(
+            *gaps.last().unwrap() <= MAX_WAIT.as_millis() as u64 + 1_000,
+            "{gaps:?}"
+        );
     }
 
     #[test]
@@ -253,7 +274,13 @@ mod tests {
         assert_eq!(ask(&mut p, at(t0, 2_000), 180_000, AUDIO, Some(GOAL)), GOAL);
         assert_eq!(ask(&mut p, at(t0, 9_750), 190_000, AUDIO, Some(GOAL)), GOAL);
         let end = p.tick(at(t0, 10_000), 190_000, AUDIO, Some(GOAL));
-        assert_eq!(end, Probe { minimum: AUDIO, proven: false });
+        assert_eq!(
+            end,
+            Probe {
+                minimum: AUDIO,
+                proven: false
+            }
+        );
         assert!(!p.probing());
     }
 
@@ -265,9 +292,18 @@ mod tests {
         assert_eq!(ask(&mut p, at(t0, 2_000), 180_000, AUDIO, Some(GOAL)), GOAL);
         // Padding's small packets: the estimate ends at 92 % of the goal.
         let goal_share = GOAL * 92 / 100;
-        assert_eq!(ask(&mut p, at(t0, 9_750), goal_share, AUDIO, Some(GOAL)), GOAL);
+        assert_eq!(
+            ask(&mut p, at(t0, 9_750), goal_share, AUDIO, Some(GOAL)),
+            GOAL
+        );
         let end = p.tick(at(t0, 10_000), goal_share, AUDIO, Some(GOAL));
-        assert_eq!(end, Probe { minimum: AUDIO, proven: true });
+        assert_eq!(
+            end,
+            Probe {
+                minimum: AUDIO,
+                proven: true
+            }
+        );
         assert!(!p.tick(at(t0, 10_250), goal_share, AUDIO, Some(GOAL)).proven);
     }
 }

@@ -334,7 +334,14 @@ impl SimNet {
             .map(|(source, (_, mid))| (mid.to_string(), source))
             .collect();
         self.sfu
-            .handle_signal(self.now, id, SignalInput::Offer { sdp: offer.to_sdp_string(), sources })
+            .handle_signal(
+                self.now,
+                id,
+                SignalInput::Offer {
+                    sdp: offer.to_sdp_string(),
+                    sources,
+                },
+            )
             .expect("offer accepted");
         self.route_outputs();
         self.run_for(Duration::from_millis(300));
@@ -350,7 +357,13 @@ impl SimNet {
     /// Like [`SimNet::add_simulcast_client`], declaring and sending only the layers `rids`
     /// (of [`SIM_LAYERS`]), as a browser does for a camera too small for three.
     pub fn add_simulcast_client_with(&mut self, room: &str, rids: &[&str]) -> usize {
-        self.add_client_full(room, &[MediaKind::Audio, MediaKind::Video], Some(Codec::Vp8), true, Some(rids))
+        self.add_client_full(
+            room,
+            &[MediaKind::Audio, MediaKind::Video],
+            Some(Codec::Vp8),
+            true,
+            Some(rids),
+        )
     }
 
     /// Have every client with a simulcast camera send one frame on each active layer (and
@@ -366,7 +379,11 @@ impl SimNet {
             if c.removed.is_some() {
                 continue;
             }
-            let Some((_, mid)) = c.publish_mids.iter().find(|(k, _)| *k == MediaKind::Video).copied()
+            let Some((_, mid)) = c
+                .publish_mids
+                .iter()
+                .find(|(k, _)| *k == MediaKind::Video)
+                .copied()
             else {
                 continue;
             };
@@ -390,7 +407,18 @@ impl SimNet {
                 // 14-bit width and height), the layer and frame number, then filler.
                 let mut body = if key {
                     let w = height * 4 / 3;
-                    vec![0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, w as u8, (w >> 8) as u8, *height as u8, (*height >> 8) as u8]
+                    vec![
+                        0x50,
+                        0x2a,
+                        0x00,
+                        0x9d,
+                        0x01,
+                        0x2a,
+                        w as u8,
+                        (w >> 8) as u8,
+                        *height as u8,
+                        (*height >> 8) as u8,
+                    ]
                 } else {
                     vec![0x51, 0x2a, 0x00]
                 };
@@ -487,15 +515,35 @@ impl SimNet {
     }
 
     /// Like [`SimNet::send_rtp`], with payload type `pt` (RED, for example).
-    pub fn send_rtp_as(&mut self, client: usize, kind: MediaKind, pt: Pt, payload: &[u8], marker: bool) {
-        let Some((_, mid)) = self.clients[client].publish_mids.iter().find(|(k, _)| *k == kind).copied() else {
+    pub fn send_rtp_as(
+        &mut self,
+        client: usize,
+        kind: MediaKind,
+        pt: Pt,
+        payload: &[u8],
+        marker: bool,
+    ) {
+        let Some((_, mid)) = self.clients[client]
+            .publish_mids
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .copied()
+        else {
             return;
         };
         self.send_rtp_on(client, mid, kind, pt, payload, marker);
     }
 
     /// Have `client` send one RTP packet on its published m-line `mid`.
-    pub fn send_rtp_on(&mut self, client: usize, mid: Mid, kind: MediaKind, pt: Pt, payload: &[u8], marker: bool) {
+    pub fn send_rtp_on(
+        &mut self,
+        client: usize,
+        mid: Mid,
+        kind: MediaKind,
+        pt: Pt,
+        payload: &[u8],
+        marker: bool,
+    ) {
         let now = self.now;
         let c = &mut self.clients[client];
         let seq = c.next_seq.entry(mid).or_insert(1);
@@ -513,10 +561,16 @@ impl SimNet {
             ..Default::default()
         };
         tx.write_rtp(
-            RtpWrite::new(pt, this_seq.into(), (this_seq * 20 * clock) as u32, now, payload.to_vec())
-                .marker(marker)
-                .ext_vals(ext)
-                .nackable(true),
+            RtpWrite::new(
+                pt,
+                this_seq.into(),
+                (this_seq * 20 * clock) as u32,
+                now,
+                payload.to_vec(),
+            )
+            .marker(marker)
+            .ext_vals(ext)
+            .nackable(true),
         );
         let _ = c.rtc.handle_input(Input::Timeout(now));
         self.drain_client(client);
@@ -544,7 +598,9 @@ impl SimNet {
             next = next.min(*at);
         }
         // Always make progress, in steps no larger than 10 ms of virtual time.
-        let next = next.max(self.now + Duration::from_micros(100)).min(self.now + Duration::from_millis(10));
+        let next = next
+            .max(self.now + Duration::from_micros(100))
+            .min(self.now + Duration::from_millis(10));
         self.now = next.min(end).max(self.now);
         self.deliver_due();
         self.sfu.handle_timeout(self.now);
@@ -559,11 +615,22 @@ impl SimNet {
     }
 
     fn deliver_due(&mut self) {
-        while self.wire.first_key_value().is_some_and(|((at, _), _)| *at <= self.now) {
-            let Some((_, p)) = self.wire.pop_first() else { break };
+        while self
+            .wire
+            .first_key_value()
+            .is_some_and(|((at, _), _)| *at <= self.now)
+        {
+            let Some((_, p)) = self.wire.pop_first() else {
+                break;
+            };
             if p.destination == SERVER_ADDR {
-                self.sfu
-                    .handle_datagram(self.now, Protocol::Udp, p.source, p.destination, &p.bytes);
+                self.sfu.handle_datagram(
+                    self.now,
+                    Protocol::Udp,
+                    p.source,
+                    p.destination,
+                    &p.bytes,
+                );
                 self.route_outputs();
             } else if let Some(i) = self.clients.iter().position(|c| c.addr == p.destination) {
                 let Ok(contents) = p.bytes.as_slice().try_into() else {
@@ -684,7 +751,10 @@ impl SimNet {
                 let c = &mut self.clients[i];
                 if let Some(pending) = c.pending.take() {
                     let answer = SdpAnswer::from_sdp_string(sdp).expect("server answer parses");
-                    c.rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+                    c.rtc
+                        .sdp_api()
+                        .accept_answer(pending, answer)
+                        .expect("answer accepted");
                 }
                 None
             }
@@ -767,7 +837,10 @@ impl SimNet {
                         .entry(req.rid.map(|r| r.to_string()))
                         .or_default() += 1;
                     if let (Some(enc), Some(rid)) = (c.encoder.as_mut(), req.rid) {
-                        if let Some(l) = SIM_LAYERS.iter().position(|(r, _, _)| rid.to_string() == *r) {
+                        if let Some(l) = SIM_LAYERS
+                            .iter()
+                            .position(|(r, _, _)| rid.to_string() == *r)
+                        {
                             enc.keyframe_due[l] = true;
                         }
                     }

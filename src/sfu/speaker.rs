@@ -86,24 +86,25 @@ impl SpeakerDetector {
             self.current = None;
         }
         let activity = |who: Option<ParticipantId>| {
-            who.and_then(|w| self.voices.get(&w)).map_or(0.0, |v| v.activity)
+            who.and_then(|w| self.voices.get(&w))
+                .map_or(0.0, |v| v.activity)
         };
         // The most active participant other than the speaker (ties: the lower id).
         let leader = self
             .voices
             .iter()
             .filter(|(who, v)| Some(**who) != self.current && v.activity >= MIN_ACTIVITY)
-            .max_by(|a, b| {
-                a.1.activity
-                    .total_cmp(&b.1.activity)
-                    .then(b.0.cmp(a.0))
-            })
+            .max_by(|a, b| a.1.activity.total_cmp(&b.1.activity).then(b.0.cmp(a.0)))
             .map(|(who, v)| (*who, v.activity));
         match leader {
-            Some((who, a)) if self.current.is_none() || a >= activity(self.current) + SWITCH_MARGIN => {
+            Some((who, a))
+                if self.current.is_none() || a >= activity(self.current) + SWITCH_MARGIN =>
+            {
                 match self.challenger {
                     Some((c, since)) if c == who => {
-                        if self.current.is_none() || now.saturating_duration_since(since) >= SWITCH_HOLD {
+                        if self.current.is_none()
+                            || now.saturating_duration_since(since) >= SWITCH_HOLD
+                        {
                             self.current = Some(who);
                             self.challenger = None;
                         }
@@ -159,7 +160,10 @@ mod tests {
         let mut d = SpeakerDetector::default();
         let mut now = Instant::now();
         let all = [1, 2, 3];
-        assert!(run(&mut d, &mut now, 8, &all, &[]).is_empty(), "silence: nobody");
+        assert!(
+            run(&mut d, &mut now, 8, &all, &[]).is_empty(),
+            "silence: nobody"
+        );
         let changes = run(&mut d, &mut now, 8, &all, &[2]);
         assert_eq!(changes, vec![Some(ParticipantId(2))]);
         // A pause in speech: still the speaker.

@@ -27,8 +27,8 @@ pub const SPEECH_CAP: u32 = 16_000;
 pub const TIGHT: f64 = 1.1;
 
 /// A tight subscriber eases at this many times its audio, or when a video flows to it (the
-/// capped audio is about half the voices' usual rate, and str0m pads a link carrying less than
-/// 50 kbit/s up to that: twice the capped audio is no sign of room).
+/// capped audio is about half the voices' usual rate: twice the capped audio is no sign of
+/// room).
 pub const ROOMY: f64 = 3.0;
 
 /// A cap is lifted this long after the last tight subscriber eased.
@@ -42,10 +42,24 @@ pub struct AudioRoom {
 
 impl AudioRoom {
     /// One allocation round (payload bit/s): its sustained estimate, the audio it receives,
-    /// and whether any video flows to it. Returns whether it is tight.
-    pub fn update(&mut self, sustained: u64, audio: u64, video_flows: bool) -> bool {
+    /// whether any video flows to it, and whether its link is overfilled now (a congestion
+    /// cap holds: heavy loss, and the estimator has not caught up). Returns whether it is
+    /// tight.
+    ///
+    /// An overfilled link with no video left is tight at once: after a cut the estimator
+    /// takes seconds to fall below the voices (simulator, 120 kbit/s: 4 s, losing 15 % of
+    /// the audio meanwhile), while the loss already says the voices do not fit.
+    pub fn update(
+        &mut self,
+        sustained: u64,
+        audio: u64,
+        video_flows: bool,
+        overfilled: bool,
+    ) -> bool {
         self.tight = if audio == 0 || video_flows {
             false
+        } else if overfilled {
+            true
         } else if self.tight {
             (sustained as f64) < audio as f64 * ROOMY
         } else {
@@ -102,21 +116,32 @@ mod tests {
     #[test]
     fn a_link_that_barely_carries_the_audio_is_tight_until_video_flows_again() {
         let mut r = AudioRoom::default();
-        assert!(!r.update(1_000_000, 64_000, true));
+        assert!(!r.update(1_000_000, 64_000, true, false));
         // An audio-only call on a good line: the estimate sits at ~1.5 times the audio.
-        assert!(!r.update(96_000, 64_000, false));
+        assert!(!r.update(96_000, 64_000, false, false));
         // The estimate falls below the voices: tight.
-        assert!(r.update(60_000, 64_000, false));
+        assert!(r.update(60_000, 64_000, false, false));
         // Capped, the audio halves: still tight (no flapping back).
-        assert!(r.update(60_000, 32_000, false));
+        assert!(r.update(60_000, 32_000, false, false));
         // A video flows again: eased.
-        assert!(!r.update(250_000, 32_000, true));
+        assert!(!r.update(250_000, 32_000, true, false));
         // Or the estimate has plenty of room.
-        assert!(r.update(30_000, 32_000, false));
-        assert!(r.update(70_000, 32_000, false));
-        assert!(!r.update(100_000, 32_000, false));
+        assert!(r.update(30_000, 32_000, false, false));
+        assert!(r.update(70_000, 32_000, false, false));
+        assert!(!r.update(100_000, 32_000, false, false));
         // No audio at all: nothing to be tight about.
-        assert!(!r.update(10, 0, false));
+        assert!(!r.update(10, 0, false, false));
+    }
+
+    #[test]
+    fn an_overfilled_link_without_video_is_tight_before_its_estimate_falls() {
+        let mut r = AudioRoom::default();
+        // Cut: the videos still flow, the estimate is stale and high.
+        assert!(!r.update(1_500_000, 80_000, true, true));
+        // Videos paused, the link still loses: tight with the estimate far above the voices.
+        assert!(r.update(900_000, 80_000, false, true));
+        // The cap is gone and the estimate fell to the link: still tight (hysteresis).
+        assert!(r.update(60_000, 32_000, false, false));
     }
 
     #[test]

@@ -238,13 +238,25 @@ mod tests {
         assert_eq!(s.decide(2, true), Verdict::Drop, "not the target");
         s.set_target(Some(2));
         assert!(s.waiting());
-        assert_eq!(s.decide(0, false), Verdict::Forward, "going up: the old layer until the switch");
+        assert_eq!(
+            s.decide(0, false),
+            Verdict::Forward,
+            "going up: the old layer until the switch"
+        );
         assert_eq!(s.decide(2, false), Verdict::Drop);
         assert_eq!(s.decide(2, true), Verdict::Switched);
-        assert_eq!(s.decide(0, false), Verdict::Drop, "the old layer is dropped after it");
+        assert_eq!(
+            s.decide(0, false),
+            Verdict::Drop,
+            "the old layer is dropped after it"
+        );
         assert!(!s.waiting());
         s.set_target(Some(0));
-        assert_eq!(s.decide(2, false), Verdict::Drop, "going down: the old layer stops at once");
+        assert_eq!(
+            s.decide(2, false),
+            Verdict::Drop,
+            "going down: the old layer stops at once"
+        );
         assert_eq!(s.decide(0, false), Verdict::Drop);
         assert_eq!(s.decide(0, true), Verdict::Switched);
         s.set_target(Some(2));
@@ -253,7 +265,11 @@ mod tests {
         assert_eq!(s.decide(2, false), Verdict::Drop);
         assert_eq!(s.decide(2, true), Verdict::Drop, "paused");
         s.set_target(Some(2));
-        assert_eq!(s.decide(2, false), Verdict::Drop, "a resume waits for a keyframe");
+        assert_eq!(
+            s.decide(2, false),
+            Verdict::Drop,
+            "a resume waits for a keyframe"
+        );
         assert_eq!(s.decide(2, true), Verdict::Switched);
     }
 
@@ -263,28 +279,62 @@ mod tests {
         let mut r = Rewriter::default();
         // Layer q: ssrc 1, seq 100.., ts 9000.. (30 fps at 90 kHz).
         let a = r.rewrite(t0, 1, 100, 9_000, 90_000, None).unwrap();
-        let b = r.rewrite(t0 + Duration::from_millis(33), 1, 101, 12_000, 90_000, None).unwrap();
+        let b = r
+            .rewrite(t0 + Duration::from_millis(33), 1, 101, 12_000, 90_000, None)
+            .unwrap();
         assert_eq!((a.seq, b.seq), (1, 2));
         assert_eq!(b.rtp_time.wrapping_sub(a.rtp_time), 3_000);
         // Switch to layer f: ssrc 2, unrelated numbers.
         r.restart();
         let c = r
-            .rewrite(t0 + Duration::from_millis(66), 2, 50_000, 4_000_000_000, 90_000, None)
+            .rewrite(
+                t0 + Duration::from_millis(66),
+                2,
+                50_000,
+                4_000_000_000,
+                90_000,
+                None,
+            )
             .unwrap();
         assert_eq!(c.seq, 3, "sequence numbers continue");
         assert_eq!(c.rtp_time.wrapping_sub(b.rtp_time), 2_970, "33 ms later");
         let d = r
-            .rewrite(t0 + Duration::from_millis(100), 2, 50_001, 4_000_003_000, 90_000, None)
+            .rewrite(
+                t0 + Duration::from_millis(100),
+                2,
+                50_001,
+                4_000_003_000,
+                90_000,
+                None,
+            )
             .unwrap();
-        assert_eq!(d.rtp_time.wrapping_sub(c.rtp_time), 3_000, "source spacing kept");
+        assert_eq!(
+            d.rtp_time.wrapping_sub(c.rtp_time),
+            3_000,
+            "source spacing kept"
+        );
         // Paused for a second on the same source, then resumed: no gap in seq.
         r.restart();
         let e = r
-            .rewrite(t0 + Duration::from_millis(1100), 2, 50_031, 4_000_093_000, 90_000, None)
+            .rewrite(
+                t0 + Duration::from_millis(1100),
+                2,
+                50_031,
+                4_000_093_000,
+                90_000,
+                None,
+            )
             .unwrap();
         assert_eq!(e.seq, 5, "no gap for the subscriber to NACK");
-        assert_eq!(e.rtp_time.wrapping_sub(d.rtp_time), 90_000, "one second later");
-        assert!(r.rewrite(t0, 2, 50_030, 0, 90_000, None).is_none(), "older than the run");
+        assert_eq!(
+            e.rtp_time.wrapping_sub(d.rtp_time),
+            90_000,
+            "one second later"
+        );
+        assert!(
+            r.rewrite(t0, 2, 50_030, 0, 90_000, None).is_none(),
+            "older than the run"
+        );
     }
 
     #[test]
@@ -312,6 +362,15 @@ mod tests {
         let d4 = Vp8Descriptor::parse(&p4).unwrap();
         let w4 = r.rewrite(t0, 2, 501, 3077, 90_000, Some(&d4)).unwrap();
         let wrapped = (0x7fffu16.wrapping_sub(32_000).wrapping_add(1002)) & 0x7fff;
-        assert_eq!(w4.vp8, Some(d4.patch().picture_id(wrapped).tl0_pic_idx(10).build().unwrap()));
+        assert_eq!(
+            w4.vp8,
+            Some(
+                d4.patch()
+                    .picture_id(wrapped)
+                    .tl0_pic_idx(10)
+                    .build()
+                    .unwrap()
+            )
+        );
     }
 }

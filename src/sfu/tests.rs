@@ -157,17 +157,27 @@ fn retransmit_window_follows_the_measured_round_trip() {
     let b_id = net.clients[b].id;
     // Round trips of ~10 ms: receiver reports keep the floor.
     send_media(&mut net, &[a], 150);
-    assert_eq!(net.sfu.retransmit_window(b_id), Some(retransmit::MIN_WINDOW));
+    assert_eq!(
+        net.sfu.retransmit_window(b_id),
+        Some(retransmit::MIN_WINDOW)
+    );
     assert_eq!(net.sfu.metrics().retransmit_window_resizes.get(), 0);
     // A 200 ms round trip needs 4 x 200 + 100 = 900 ms (RTCP's 1/65536 s time units and
     // the report delay can add a step of 50 ms).
     net.latency = Duration::from_millis(100);
     send_media_from(&mut net, &[a], 150, 250);
     let window = net.sfu.retransmit_window(b_id).unwrap();
-    assert!((900..=950).contains(&window.as_millis()), "window {window:?}");
+    assert!(
+        (900..=950).contains(&window.as_millis()),
+        "window {window:?}"
+    );
     assert_eq!(net.sfu.metrics().retransmit_window_resizes.get(), 1);
     net.run_for(Duration::from_secs(1));
-    assert_eq!(seqs(&net.payloads_from(b, a, TrackKind::Video)).len(), 400, "no loss on this network");
+    assert_eq!(
+        seqs(&net.payloads_from(b, a, TrackKind::Video)).len(),
+        400,
+        "no loss on this network"
+    );
 }
 
 #[test]
@@ -187,11 +197,23 @@ fn server_offers_carry_twcc_on_every_m_line_for_bandwidth_estimation() {
         .expect("b got a server offer for a's tracks");
     let sections: Vec<&str> = offer.split("\r\nm=").skip(1).collect();
     let twcc = |s: &str| s.contains("transport-wide-cc");
-    let sending: Vec<&&str> = sections.iter().filter(|s| s.contains("a=sendonly")).collect();
-    let receiving: Vec<&&str> = sections.iter().filter(|s| s.contains("a=recvonly")).collect();
+    let sending: Vec<&&str> = sections
+        .iter()
+        .filter(|s| s.contains("a=sendonly"))
+        .collect();
+    let receiving: Vec<&&str> = sections
+        .iter()
+        .filter(|s| s.contains("a=recvonly"))
+        .collect();
     assert_eq!((sending.len(), receiving.len()), (2, 2), "{offer}");
-    assert!(sending.iter().all(|s| twcc(s)), "forwarded tracks carry TWCC: {offer}");
-    assert!(receiving.iter().all(|s| twcc(s)), "b's own tracks keep TWCC: {offer}");
+    assert!(
+        sending.iter().all(|s| twcc(s)),
+        "forwarded tracks carry TWCC: {offer}"
+    );
+    assert!(
+        receiving.iter().all(|s| twcc(s)),
+        "b's own tracks keep TWCC: {offer}"
+    );
     // Media still flows both ways after the answer.
     send_media(&mut net, &[a, b], 20);
     assert!(seqs(&net.payloads_from(b, a, TrackKind::Video)).len() >= 19);
@@ -309,7 +331,14 @@ fn bad_sdp_and_candidates_get_typed_errors() {
     let now = net.now;
     let err = net
         .sfu
-        .handle_signal(now, id, SignalInput::Offer { sdp: "v=0\r\nnonsense".into(), sources: Default::default() })
+        .handle_signal(
+            now,
+            id,
+            SignalInput::Offer {
+                sdp: "v=0\r\nnonsense".into(),
+                sources: Default::default(),
+            },
+        )
         .unwrap_err();
     assert!(matches!(err, SfuError::InvalidSdp(_)), "{err:?}");
     let err = net
@@ -469,7 +498,10 @@ fn recorder_keyframe_requests_retry_sooner_than_subscribers_may() {
     ask(&mut net);
     net.run_for(Duration::from_millis(30));
     assert_eq!(net.clients[a].keyframe_requests - before, 1);
-    assert_eq!(net.sfu.metrics().keyframe_requests_throttled.get(), throttled + 1);
+    assert_eq!(
+        net.sfu.metrics().keyframe_requests_throttled.get(),
+        throttled + 1
+    );
 }
 
 #[test]

@@ -18,7 +18,10 @@ use huizhen_signaling::clinic::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{enum_from_db, enum_to_db, from_db, from_json, opt_from_db, opt_to_db, set_meta, to_db, to_json, StoreError, NEXT_ID_KEY};
+use super::{
+    enum_from_db, enum_to_db, from_db, from_json, opt_from_db, opt_to_db, set_meta, to_db, to_json,
+    StoreError, NEXT_ID_KEY,
+};
 
 // ----- writing -----
 
@@ -99,7 +102,12 @@ fn upsert_appointment(tx: &Connection, a: &Appointment) -> Result<(), StoreError
              clinic = excluded.clinic, patient = excluded.patient,
              slot_start_ms = excluded.slot_start_ms",
     )?
-    .execute(params![a.id.0, a.clinic.0, a.patient.0, to_db("slot_start", a.slot_start.0)?])?;
+    .execute(params![
+        a.id.0,
+        a.clinic.0,
+        a.patient.0,
+        to_db("slot_start", a.slot_start.0)?
+    ])?;
     Ok(())
 }
 
@@ -131,7 +139,10 @@ fn write_consultation(tx: &Connection, c: &Consultation) -> Result<(), StoreErro
         .prepare_cached("SELECT user_id FROM participants WHERE consultation = ?1")?
         .query_map([&c.id.0], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    for user in stored.iter().filter(|u| c.seat(&u.as_str().into()).is_none()) {
+    for user in stored
+        .iter()
+        .filter(|u| c.seat(&u.as_str().into()).is_none())
+    {
         tx.prepare_cached("DELETE FROM participants WHERE consultation = ?1 AND user_id = ?2")?
             .execute([&c.id.0, user])?;
     }
@@ -141,7 +152,12 @@ fn write_consultation(tx: &Connection, c: &Consultation) -> Result<(), StoreErro
     Ok(())
 }
 
-fn upsert_participant(tx: &Connection, consultation: &str, order: usize, seat: &Seat) -> Result<(), StoreError> {
+fn upsert_participant(
+    tx: &Connection,
+    consultation: &str,
+    order: usize,
+    seat: &Seat,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO participants (consultation, user_id, role, admitted, disconnected_since_ms,
                                    seat_order)
@@ -170,18 +186,28 @@ fn upsert_invitation(tx: &Connection, inv: &Invitation) -> Result<(), StoreError
              consultation = excluded.consultation, patient = excluded.patient,
              expires_at_ms = excluded.expires_at_ms",
     )?
-    .execute(params![inv.id.0, inv.consultation.0, inv.patient.0, to_db("expires_at", inv.expires_at.0)?])?;
+    .execute(params![
+        inv.id.0,
+        inv.consultation.0,
+        inv.patient.0,
+        to_db("expires_at", inv.expires_at.0)?
+    ])?;
     Ok(())
 }
 
 // ----- restoring -----
 
 const APPOINTMENT_COLUMNS: &str = "id, clinic, patient, slot_start_ms";
-const CONSULTATION_COLUMNS: &str = "id, clinic, appointment, room, state, started_at_ms, ended_at_ms,
+const CONSULTATION_COLUMNS: &str =
+    "id, clinic, appointment, room, state, started_at_ms, ended_at_ms,
      expert_links_json, recordings_json, invited_by";
 
 /// The live state at `now`: see the module docs.
-pub(super) fn load_live(conn: &Connection, now: Millis, horizon_ms: u64) -> Result<EngineSnapshot, StoreError> {
+pub(super) fn load_live(
+    conn: &Connection,
+    now: Millis,
+    horizon_ms: u64,
+) -> Result<EngineSnapshot, StoreError> {
     let next_id = match super::get_meta(conn, NEXT_ID_KEY)? {
         Some(text) => text
             .parse()
@@ -191,7 +217,9 @@ pub(super) fn load_live(conn: &Connection, now: Millis, horizon_ms: u64) -> Resu
     let clinics = load_clinics(conn)?;
     let consultations = query_consultations(
         conn,
-        &format!("SELECT {CONSULTATION_COLUMNS} FROM consultations WHERE state <> 'ended' ORDER BY id"),
+        &format!(
+            "SELECT {CONSULTATION_COLUMNS} FROM consultations WHERE state <> 'ended' ORDER BY id"
+        ),
         [],
     )?;
     let invitations = load_invitations(conn)?;
@@ -207,7 +235,12 @@ pub(super) fn load_live(conn: &Connection, now: Millis, horizon_ms: u64) -> Resu
     // Older appointments still in use: someone waits or sits for them.
     let in_use: BTreeSet<String> = clinics
         .iter()
-        .flat_map(|r| r.queue.ordered().into_iter().map(|e| e.appointment.0.clone()))
+        .flat_map(|r| {
+            r.queue
+                .ordered()
+                .into_iter()
+                .map(|e| e.appointment.0.clone())
+        })
         .chain(consultations.iter().map(|c| c.appointment.0.clone()))
         .collect();
     for id in in_use {
@@ -242,32 +275,50 @@ fn load_clinics(conn: &Connection) -> Result<Vec<ClinicRecord>, StoreError> {
                 recent_lengths_json, slots_json
          FROM clinics ORDER BY id",
     )?;
-    type Row = (String, String, String, u32, String, Option<String>, String, String);
-    let rows: Vec<Row> = statement.query_map([], |r| Row::try_from(r))?.collect::<Result<_, _>>()?;
+    type Row = (
+        String,
+        String,
+        String,
+        u32,
+        String,
+        Option<String>,
+        String,
+        String,
+    );
+    let rows: Vec<Row> = statement
+        .query_map([], |r| Row::try_from(r))?
+        .collect::<Result<_, _>>()?;
     rows.into_iter()
-        .map(|(id, doctor, name, slot_minutes, queue, active, lengths, slots)| {
-            let queue: WaitingRoom = from_json(&format!("clinic {id} queue_json"), &queue)?;
-            Ok(ClinicRecord {
-                queue,
-                recent_lengths_ms: from_json(&format!("clinic {id} recent_lengths_json"), &lengths)?,
-                active: active.map(|a| a.as_str().into()),
-                clinic: Clinic {
-                    id: id.as_str().into(),
-                    doctor: doctor.as_str().into(),
-                    name,
-                    slot_minutes,
-                    slots: from_json(&format!("clinic {id} slots_json"), &slots)?,
-                },
-            })
-        })
+        .map(
+            |(id, doctor, name, slot_minutes, queue, active, lengths, slots)| {
+                let queue: WaitingRoom = from_json(&format!("clinic {id} queue_json"), &queue)?;
+                Ok(ClinicRecord {
+                    queue,
+                    recent_lengths_ms: from_json(
+                        &format!("clinic {id} recent_lengths_json"),
+                        &lengths,
+                    )?,
+                    active: active.map(|a| a.as_str().into()),
+                    clinic: Clinic {
+                        id: id.as_str().into(),
+                        doctor: doctor.as_str().into(),
+                        name,
+                        slot_minutes,
+                        slots: from_json(&format!("clinic {id} slots_json"), &slots)?,
+                    },
+                })
+            },
+        )
         .collect()
 }
 
 fn load_invitations(conn: &Connection) -> Result<Vec<Invitation>, StoreError> {
-    let mut statement =
-        conn.prepare_cached("SELECT id, consultation, patient, expires_at_ms FROM invitations ORDER BY id")?;
-    let rows: Vec<(String, String, String, i64)> =
-        statement.query_map([], |r| r.try_into())?.collect::<Result<_, _>>()?;
+    let mut statement = conn.prepare_cached(
+        "SELECT id, consultation, patient, expires_at_ms FROM invitations ORDER BY id",
+    )?;
+    let rows: Vec<(String, String, String, i64)> = statement
+        .query_map([], |r| r.try_into())?
+        .collect::<Result<_, _>>()?;
     rows.into_iter()
         .map(|(id, consultation, patient, expires)| {
             Ok(Invitation {
@@ -280,10 +331,15 @@ fn load_invitations(conn: &Connection) -> Result<Vec<Invitation>, StoreError> {
         .collect()
 }
 
-fn query_appointments<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> Result<Vec<Appointment>, StoreError> {
+fn query_appointments<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> Result<Vec<Appointment>, StoreError> {
     let mut statement = conn.prepare_cached(sql)?;
-    let rows: Vec<(String, String, String, i64)> =
-        statement.query_map(params, |r| r.try_into())?.collect::<Result<_, _>>()?;
+    let rows: Vec<(String, String, String, i64)> = statement
+        .query_map(params, |r| r.try_into())?
+        .collect::<Result<_, _>>()?;
     rows.into_iter()
         .map(|(id, clinic, patient, slot)| {
             Ok(Appointment {
@@ -296,27 +352,49 @@ fn query_appointments<P: rusqlite::Params>(conn: &Connection, sql: &str, params:
         .collect()
 }
 
-type ConsultationRow = (String, String, String, String, String, Option<i64>, Option<i64>, String, String, Option<String>);
+type ConsultationRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+);
 
-fn query_consultations<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> Result<Vec<Consultation>, StoreError> {
+fn query_consultations<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> Result<Vec<Consultation>, StoreError> {
     let mut statement = conn.prepare_cached(sql)?;
-    let rows: Vec<ConsultationRow> =
-        statement.query_map(params, |r| r.try_into())?.collect::<Result<_, _>>()?;
+    let rows: Vec<ConsultationRow> = statement
+        .query_map(params, |r| r.try_into())?
+        .collect::<Result<_, _>>()?;
     let mut seats_of = conn.prepare_cached(
         "SELECT user_id, role, admitted, disconnected_since_ms
          FROM participants WHERE consultation = ?1 ORDER BY seat_order",
     )?;
     let mut out = Vec::with_capacity(rows.len());
-    for (id, clinic, appointment, room, state, started, ended, links, recordings, invited_by) in rows {
-        let seat_rows: Vec<(String, String, bool, Option<i64>)> =
-            seats_of.query_map([&id], |r| r.try_into())?.collect::<Result<_, _>>()?;
+    for (id, clinic, appointment, room, state, started, ended, links, recordings, invited_by) in
+        rows
+    {
+        let seat_rows: Vec<(String, String, bool, Option<i64>)> = seats_of
+            .query_map([&id], |r| r.try_into())?
+            .collect::<Result<_, _>>()?;
         let mut seats = Vec::with_capacity(seat_rows.len());
         for (n, (user, role, admitted, disconnected)) in seat_rows.into_iter().enumerate() {
             // Errors are logged: they name the seat by position, never the user.
             let what = format!("seat {} of consultation {id}", n + 1);
             seats.push(Seat {
                 role: enum_from_db(&format!("{what} role"), &role)?,
-                disconnected_since: opt_from_db(&format!("{what} disconnected_since_ms"), disconnected)?,
+                disconnected_since: opt_from_db(
+                    &format!("{what} disconnected_since_ms"),
+                    disconnected,
+                )?,
                 user: user.as_str().into(),
                 admitted,
             });
@@ -341,7 +419,10 @@ fn query_consultations<P: rusqlite::Params>(conn: &Connection, sql: &str, params
 // ----- reads for the admin API -----
 
 /// One appointment.
-pub(super) fn appointment(conn: &Connection, id: &AppointmentId) -> Result<Option<Appointment>, StoreError> {
+pub(super) fn appointment(
+    conn: &Connection,
+    id: &AppointmentId,
+) -> Result<Option<Appointment>, StoreError> {
     Ok(query_appointments(
         conn,
         &format!("SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE id = ?1"),
@@ -374,8 +455,16 @@ pub(super) fn appointments_page(
 }
 
 /// One consultation with its seats.
-pub(super) fn consultation(conn: &Connection, id: &str) -> Result<Option<Consultation>, StoreError> {
-    Ok(query_consultations(conn, &format!("SELECT {CONSULTATION_COLUMNS} FROM consultations WHERE id = ?1"), [id])?.pop())
+pub(super) fn consultation(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<Consultation>, StoreError> {
+    Ok(query_consultations(
+        conn,
+        &format!("SELECT {CONSULTATION_COLUMNS} FROM consultations WHERE id = ?1"),
+        [id],
+    )?
+    .pop())
 }
 
 /// A clinic's started consultations, newest first: those that started before `before`

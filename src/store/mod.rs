@@ -266,7 +266,14 @@ impl Store {
         let mut head = audit_head(&tx)?;
         let mut sealed = Vec::with_capacity(audit.len());
         for a in audit {
-            let entry = AuditEntry::seal(&head, a.at_ms, &a.kind, a.actor.clone(), a.subject.clone(), a.details.clone())?;
+            let entry = AuditEntry::seal(
+                &head,
+                a.at_ms,
+                &a.kind,
+                a.actor.clone(),
+                a.subject.clone(),
+                a.details.clone(),
+            )?;
             insert_audit(&tx, &entry)?;
             head = ChainHead {
                 seq: entry.seq,
@@ -531,8 +538,8 @@ impl AuditRow {
 #[cfg(test)]
 mod tests {
     use huizhen_signaling::clinic::{
-        Clinic, ClinicEngine, ClinicRecord, ClinicSettings, ConsultationState, Invitation, QueueOrder, Role,
-        Seat, WaitingRoom,
+        Clinic, ClinicEngine, ClinicRecord, ClinicSettings, ConsultationState, Invitation,
+        QueueOrder, Role, Seat, WaitingRoom,
     };
     use serde_json::json;
 
@@ -627,8 +634,16 @@ mod tests {
             clinics: snap.clinics.clone(),
             appointments: snap.appointments.clone(),
             cancelled_appointments: Vec::new(),
-            consultations: snap.consultations.iter().map(|c| (c.id.clone(), Some(c.clone()))).collect(),
-            invitations: snap.invitations.iter().map(|i| (i.id.clone(), Some(i.clone()))).collect(),
+            consultations: snap
+                .consultations
+                .iter()
+                .map(|c| (c.id.clone(), Some(c.clone())))
+                .collect(),
+            invitations: snap
+                .invitations
+                .iter()
+                .map(|i| (i.id.clone(), Some(i.clone())))
+                .collect(),
             next_id: snap.next_id,
         }
     }
@@ -650,14 +665,23 @@ mod tests {
     fn a_new_database_loads_as_an_empty_engine() {
         let store = Store::open_in_memory().unwrap();
         let snap = store.load_live(NOW, DAY).unwrap();
-        assert_eq!(snap, ClinicEngine::new(ClinicSettings::default()).snapshot());
+        assert_eq!(
+            snap,
+            ClinicEngine::new(ClinicSettings::default()).snapshot()
+        );
         assert_eq!(store.schema_version().unwrap(), LATEST_VERSION);
     }
 
     #[test]
     fn a_commit_round_trips_keeping_seat_order_with_its_audit_rows() {
         let store = Store::open_in_memory().unwrap();
-        let sealed = store.commit(&changes(&snapshot()), &[audit_row("a"), audit_row("b")], &[]).unwrap();
+        let sealed = store
+            .commit(
+                &changes(&snapshot()),
+                &[audit_row("a"), audit_row("b")],
+                &[],
+            )
+            .unwrap();
         assert_eq!(sealed.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(sealed[1].prev_hash, sealed[0].hash);
         assert_eq!(store.load_live(NOW, DAY).unwrap(), snapshot());
@@ -685,14 +709,28 @@ mod tests {
             next_id: 4,
             ..ChangeSet::default()
         };
-        store.commit(&one, &[audit_row("doctor_status")], &[]).unwrap();
+        store
+            .commit(&one, &[audit_row("doctor_status")], &[])
+            .unwrap();
         let written = store.writer().total_changes() - before;
-        assert!(written <= 3, "one clinic row, the id counter and one audit row; wrote {written}");
+        assert!(
+            written <= 3,
+            "one clinic row, the id counter and one audit row; wrote {written}"
+        );
         // History beyond the horizon stays on disk but is not loaded.
         let live = store.load_live(NOW, DAY).unwrap();
         assert_eq!(live.appointments.len(), 1);
-        assert_eq!(store.appointments_page(None, None, usize::MAX).unwrap().len(), 2_001);
-        assert_eq!(store.appointment(&"h7".into()).unwrap().unwrap().patient.0, "p7");
+        assert_eq!(
+            store
+                .appointments_page(None, None, usize::MAX)
+                .unwrap()
+                .len(),
+            2_001
+        );
+        assert_eq!(
+            store.appointment(&"h7".into()).unwrap().unwrap().patient.0,
+            "p7"
+        );
     }
 
     #[test]
@@ -743,22 +781,51 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         let mut snap = snapshot();
         snap.appointments[0].slot_start = Millis(u64::MAX);
-        let err = store.commit(&changes(&snap), &[audit_row("appointment_booked")], &[]).unwrap_err();
+        let err = store
+            .commit(&changes(&snap), &[audit_row("appointment_booked")], &[])
+            .unwrap_err();
         assert!(
-            matches!(err, StoreError::TooLarge { field: "slot_start", .. }),
+            matches!(
+                err,
+                StoreError::TooLarge {
+                    field: "slot_start",
+                    ..
+                }
+            ),
             "{err}"
         );
         let empty = ClinicEngine::new(ClinicSettings::default()).snapshot();
-        assert_eq!(store.load_live(NOW, DAY).unwrap(), empty, "the failed commit was rolled back");
-        assert_eq!(store.audit_head().unwrap(), ChainHead::genesis(), "with its audit row");
+        assert_eq!(
+            store.load_live(NOW, DAY).unwrap(),
+            empty,
+            "the failed commit was rolled back"
+        );
+        assert_eq!(
+            store.audit_head().unwrap(),
+            ChainHead::genesis(),
+            "with its audit row"
+        );
     }
 
     #[test]
     fn revocations_are_kept_until_they_stop_mattering() {
         let store = Store::open_in_memory().unwrap();
-        let token = Revocation::Token { jti: "t1".into(), keep_until_s: 2_000 };
-        let user = Revocation::User { user: "wang".into(), issued_up_to_s: 1_000, keep_until_s: 3_000 };
-        store.commit(&ChangeSet::default(), &[audit_row("token_revoked")], &[token.clone(), user.clone()]).unwrap();
+        let token = Revocation::Token {
+            jti: "t1".into(),
+            keep_until_s: 2_000,
+        };
+        let user = Revocation::User {
+            user: "wang".into(),
+            issued_up_to_s: 1_000,
+            keep_until_s: 3_000,
+        };
+        store
+            .commit(
+                &ChangeSet::default(),
+                &[audit_row("token_revoked")],
+                &[token.clone(), user.clone()],
+            )
+            .unwrap();
         let now = store.revocations(1_500).unwrap();
         assert_eq!(now.len(), 2);
         assert!(user.covers(None, "wang", 999) && !user.covers(None, "wang", 1_001));

@@ -58,7 +58,12 @@ pub(super) fn insert(tx: &Connection, r: &Revocation) -> Result<(), StoreError> 
          ON CONFLICT (kind, id) DO UPDATE SET
              issued_up_to_s = excluded.issued_up_to_s, keep_until_s = excluded.keep_until_s",
     )?
-    .execute(params![kind, id, to_db("issued_up_to_s", up_to)?, to_db("keep_until_s", keep)?])?;
+    .execute(params![
+        kind,
+        id,
+        to_db("issued_up_to_s", up_to)?,
+        to_db("keep_until_s", keep)?
+    ])?;
     Ok(())
 }
 
@@ -73,7 +78,10 @@ pub(super) fn load(conn: &Connection, now_secs: u64) -> Result<Vec<Revocation>, 
         .map(|(kind, id, up_to, keep)| {
             let keep_until_s = from_db("revocation keep_until_s", keep)?;
             match kind.as_str() {
-                "token" => Ok(Revocation::Token { jti: id, keep_until_s }),
+                "token" => Ok(Revocation::Token {
+                    jti: id,
+                    keep_until_s,
+                }),
                 "user" => Ok(Revocation::User {
                     user: id,
                     issued_up_to_s: from_db("revocation issued_up_to_s", up_to)?,
