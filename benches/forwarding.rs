@@ -52,7 +52,10 @@ fn forwarding(c: &mut Criterion) {
                         }
                     }
                     total += start.elapsed();
-                    assert!(sent >= datagrams.len() * n / 2, "forwarding stalled: {sent}");
+                    assert!(
+                        sent >= datagrams.len() * n / 2,
+                        "forwarding stalled: {sent}"
+                    );
                 }
                 total
             });

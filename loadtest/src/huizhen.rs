@@ -70,7 +70,14 @@ pub async fn participant(
         peer.set_downlink(link);
     }
     let offer = peer.offer(spec.publishes.then_some(plan), &[]);
-    send(&mut ws, &ClientMessage::Offer { sdp: offer, sources: Default::default() }).await?;
+    send(
+        &mut ws,
+        &ClientMessage::Offer {
+            sdp: offer,
+            sources: Default::default(),
+        },
+    )
+    .await?;
 
     let mut buf = vec![0u8; 2048];
     let mut join_recorded = false;
@@ -108,7 +115,10 @@ pub async fn participant(
         peer.tick(Instant::now());
         if !join_recorded {
             if let Some(at) = peer.first_media {
-                shared.rx.borrow_mut().on_joined(at.duration_since(started).as_millis() as u64);
+                shared
+                    .rx
+                    .borrow_mut()
+                    .on_joined(at.duration_since(started).as_millis() as u64);
                 join_recorded = true;
             }
         }
@@ -143,8 +153,8 @@ async fn wait_joined(ws: &mut WsStream) -> Result<bool, ClientError> {
 }
 
 async fn on_signal(ws: &mut WsStream, peer: &mut Peer, text: &str) -> Result<(), ClientError> {
-    let message: ServerMessage =
-        serde_json::from_str(text).map_err(|e| ClientError::Protocol(format!("{e}: {text:.120}")))?;
+    let message: ServerMessage = serde_json::from_str(text)
+        .map_err(|e| ClientError::Protocol(format!("{e}: {text:.120}")))?;
     match message {
         ServerMessage::Answer { sdp } => peer.accept_answer(&sdp)?,
         ServerMessage::Offer { sdp } => {

@@ -70,11 +70,17 @@ pub async fn participant(
         .as_str()
         .into_client_request()
         .map_err(|e| ClientError::Connect(e.to_string()))?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("janus-protocol"));
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("janus-protocol"),
+    );
     let ws = crate::client::connect(request).await?;
-    let mut janus = Janus { ws, session: 0, next: 0, up: Default::default() };
+    let mut janus = Janus {
+        ws,
+        session: 0,
+        next: 0,
+        up: Default::default(),
+    };
     let created = janus.request(json!({"janus": "create"})).await?;
     janus.session = id_of(&created)?;
     let room = ROOM_BASE + u64::from(spec.unit);
@@ -101,9 +107,9 @@ pub async fn participant(
                 Some(json!({"type": "offer", "sdp": offer, "trickle": false})),
             )
             .await?;
-        let sdp = answered["jsep"]["sdp"]
-            .as_str()
-            .ok_or_else(|| ClientError::Protocol(format!("publish without an answer: {answered}")))?;
+        let sdp = answered["jsep"]["sdp"].as_str().ok_or_else(|| {
+            ClientError::Protocol(format!("publish without an answer: {answered}"))
+        })?;
         peer.accept_answer(sdp)?;
         publisher = Some(peer);
     }
@@ -131,10 +137,15 @@ pub async fn participant(
                         Err(e) => break Err(e),
                     },
                 };
-                match janus.subscribe(handle, room, &feed_ids, ip, spec.index, &shared).await {
+                match janus
+                    .subscribe(handle, room, &feed_ids, ip, spec.index, &shared)
+                    .await
+                {
                     Ok(peer) => subscriber = Some(peer),
                     // Janus may not have set the publisher up yet though its media flows.
-                    Err(ClientError::Refused(e)) if e.contains("No such feed") && feed_retries < 40 => {
+                    Err(ClientError::Refused(e))
+                        if e.contains("No such feed") && feed_retries < 40 =>
+                    {
                         feed_retries += 1;
                         subscribe_after = now + Duration::from_millis(250);
                     }
@@ -188,7 +199,9 @@ pub async fn participant(
                 };
                 janus.note(&event);
                 if event["janus"] == "hangup" || event["janus"] == "timeout" {
-                    break Err(ClientError::Removed(event["reason"].as_str().unwrap_or("hangup").into()));
+                    break Err(ClientError::Removed(
+                        event["reason"].as_str().unwrap_or("hangup").into(),
+                    ));
                 }
             }
             Wake::Signal(Some(Ok(Message::Close(_))) | None) => break Err(ClientError::Closed),
@@ -215,11 +228,18 @@ pub async fn participant(
         }
         if !join_recorded {
             if let Some(at) = subscriber.as_ref().and_then(|s| s.first_media) {
-                shared.rx.borrow_mut().on_joined(at.duration_since(started).as_millis() as u64);
+                shared
+                    .rx
+                    .borrow_mut()
+                    .on_joined(at.duration_since(started).as_millis() as u64);
                 join_recorded = true;
             }
         }
-        if [&publisher, &subscriber].into_iter().flatten().any(|p| p.failed) {
+        if [&publisher, &subscriber]
+            .into_iter()
+            .flatten()
+            .any(|p| p.failed)
+        {
             break Err(ClientError::MediaFailed);
         }
     };
@@ -292,8 +312,8 @@ impl Janus {
                 let Message::Text(text) = frame else {
                     continue;
                 };
-                let reply: Value =
-                    serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let reply: Value = serde_json::from_str(&text)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 self.note(&reply);
                 if reply["transaction"] != transaction || reply["janus"] == "ack" {
                     continue;
@@ -318,7 +338,12 @@ impl Janus {
     }
 
     /// A plugin message; fails on a VideoRoom error.
-    async fn message(&mut self, handle: u64, body: Value, jsep: Option<Value>) -> Result<Value, ClientError> {
+    async fn message(
+        &mut self,
+        handle: u64,
+        body: Value,
+        jsep: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let mut message = json!({"janus": "message", "handle_id": handle, "body": body});
         if let Some(jsep) = jsep {
             message["jsep"] = jsep;
@@ -359,11 +384,15 @@ impl Janus {
     ) -> Result<Peer, ClientError> {
         let streams: Vec<Value> = feeds.iter().map(|f| json!({"feed": f})).collect();
         let attached = self
-            .message(handle, json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}), None)
+            .message(
+                handle,
+                json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
+                None,
+            )
             .await?;
-        let offer = attached["jsep"]["sdp"]
-            .as_str()
-            .ok_or_else(|| ClientError::Protocol(format!("subscriber join without an offer: {attached}")))?;
+        let offer = attached["jsep"]["sdp"].as_str().ok_or_else(|| {
+            ClientError::Protocol(format!("subscriber join without an offer: {attached}"))
+        })?;
         let mut peer = Peer::bind(ip, index, shared.clone()).await?;
         let answer = peer.answer(offer)?;
         self.message(

@@ -189,7 +189,11 @@ mod tests {
         let mut l = link(300, 500);
         let t0 = Instant::now();
         for i in 0..20 {
-            l.push(t0 + Duration::from_millis(u64::from(i)), 100 + 50 * i as usize, i);
+            l.push(
+                t0 + Duration::from_millis(u64::from(i)),
+                100 + 50 * i as usize,
+                i,
+            );
         }
         let mut got = Vec::new();
         let mut last = t0;

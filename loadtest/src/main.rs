@@ -38,7 +38,11 @@ enum TargetKind {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "huizhen-loadtest", version, about = "Load generator for huizhen: follow-up visits, expert panels and teaching rooms over real WebRTC")]
+#[command(
+    name = "huizhen-loadtest",
+    version,
+    about = "Load generator for huizhen: follow-up visits, expert panels and teaching rooms over real WebRTC"
+)]
 struct Args {
     /// The SFU under load.
     #[arg(long, value_enum, default_value = "huizhen")]
@@ -170,7 +174,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             problems.push(format!("participants stopped early: {:?}", report.errors));
         }
         if report.rx.joins < u64::from(report.participants.min(count_receivers(&report))) {
-            problems.push(format!("only {} participants received media", report.rx.joins));
+            problems.push(format!(
+                "only {} participants received media",
+                report.rx.joins
+            ));
         }
         if report.rx.received == 0 {
             problems.push("no media received in the measured window".into());
@@ -192,11 +199,20 @@ fn count_receivers(report: &run::Report) -> u32 {
 }
 
 fn config(args: &Args) -> anyhow::Result<RunConfig> {
-    anyhow::ensure!(args.units > 0 || args.find_capacity, "--units must be at least 1");
+    anyhow::ensure!(
+        args.units > 0 || args.find_capacity,
+        "--units must be at least 1"
+    );
     anyhow::ensure!(args.duration > 0, "--duration must be at least 1 s");
-    anyhow::ensure!((2..=100).contains(&args.room_size), "--room-size must be within 2..=100");
+    anyhow::ensure!(
+        (2..=100).contains(&args.room_size),
+        "--room-size must be within 2..=100"
+    );
     anyhow::ensure!(args.fps <= 120, "--fps must be at most 120");
-    anyhow::ensure!(args.keyframe_interval > 0.0, "--keyframe-interval must be positive");
+    anyhow::ensure!(
+        args.keyframe_interval > 0.0,
+        "--keyframe-interval must be positive"
+    );
     let mut simulcast = Vec::new();
     for rid in &args.simulcast {
         let known = SIMULCAST_LAYERS.iter().find(|(r, _, _)| r == rid);
@@ -208,7 +224,10 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
     }
     // Lowest first, whatever the order given.
     simulcast.sort_by_key(|rid| SIMULCAST_LAYERS.iter().position(|(r, _, _)| r == rid));
-    anyhow::ensure!((0.0..=1.0).contains(&args.capped_share), "--capped-share must be within 0..=1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.capped_share),
+        "--capped-share must be within 0..=1"
+    );
     let downlink = match args.downlink_kbps {
         Some(kbps) => {
             anyhow::ensure!(kbps > 0, "--downlink-kbps must be positive");

@@ -23,8 +23,11 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(200);
 /// The simulcast layers a publisher may send: rid, bitrate (`None`: the plan's
 /// `video_bitrate`) and frame height. The bitrates are the browser client's `maxBitrate`s for
 /// `q` and `h` (see `signaling/PROTOCOL.md`); `f` is the camera of a call without simulcast.
-pub const SIMULCAST_LAYERS: [(&str, Option<u64>, u16); 3] =
-    [("q", Some(150_000), 180), ("h", Some(500_000), 360), ("f", None, 720)];
+pub const SIMULCAST_LAYERS: [(&str, Option<u64>, u16); 3] = [
+    ("q", Some(150_000), 180),
+    ("h", Some(500_000), 360),
+    ("f", None, 720),
+];
 
 /// Frame height of a camera without simulcast.
 const SINGLE_LAYER_HEIGHT: u16 = 360;
@@ -132,7 +135,9 @@ impl MediaPlan {
     }
 
     fn interframe_bytes(&self, bitrate: u64) -> usize {
-        let frames = (self.keyframe_interval.as_secs_f64() * f64::from(self.fps)).round().max(2.0);
+        let frames = (self.keyframe_interval.as_secs_f64() * f64::from(self.fps))
+            .round()
+            .max(2.0);
         let avg = self.average_frame_bytes(bitrate) as f64;
         let key = avg * f64::from(self.keyframe_factor);
         (((avg * frames) - key) / (frames - 1.0)).max(avg / 4.0) as usize
@@ -232,7 +237,9 @@ impl MediaClock {
 
     /// Frame height of `layer`.
     pub fn height(&self, layer: u8) -> u16 {
-        self.layers.get(usize::from(layer)).map_or(SINGLE_LAYER_HEIGHT, |l| l.height)
+        self.layers
+            .get(usize::from(layer))
+            .map_or(SINGLE_LAYER_HEIGHT, |l| l.height)
     }
 
     /// When the next packet is due.
@@ -295,7 +302,11 @@ impl MediaClock {
             }
             let forced = std::mem::take(&mut layer.force_keyframe);
             let keyframe = periodic || forced;
-            let bytes = if keyframe { layer.key_bytes } else { layer.inter_bytes };
+            let bytes = if keyframe {
+                layer.key_bytes
+            } else {
+                layer.inter_bytes
+            };
             let packets = bytes.div_ceil(max_payload).max(1);
             let each = bytes.div_ceil(packets);
             for i in 0..packets {
@@ -357,15 +368,27 @@ mod tests {
         let out = run(plan.clone(), 10);
         let bytes: usize = out.iter().map(|o| o.size).sum();
         let bitrate = bytes as f64 * 8.0 / 10.0;
-        assert!((bitrate / 1_200_000.0 - 1.0).abs() < 0.02, "bitrate {bitrate}");
-        let keyframes = out.iter().filter(|o| o.part == FramePart::KeyframeStart).count();
+        assert!(
+            (bitrate / 1_200_000.0 - 1.0).abs() < 0.02,
+            "bitrate {bitrate}"
+        );
+        let keyframes = out
+            .iter()
+            .filter(|o| o.part == FramePart::KeyframeStart)
+            .count();
         assert_eq!(keyframes, 5, "one keyframe every 2 s for 10 s");
         let frames = out.iter().filter(|o| o.marker).count();
         assert_eq!(frames, 300);
         assert!(out.iter().all(|o| o.size <= plan.max_payload));
         let pps = out.len() as f64 / 10.0;
-        assert!((pps - expected_pps).abs() / expected_pps < 0.02, "{pps} vs {expected_pps}");
-        assert!(out.iter().any(|o| o.size > 1000), "realistic video packet sizes");
+        assert!(
+            (pps - expected_pps).abs() / expected_pps < 0.02,
+            "{pps} vs {expected_pps}"
+        );
+        assert!(
+            out.iter().any(|o| o.size > 1000),
+            "realistic video packet sizes"
+        );
     }
 
     #[test]
@@ -394,19 +417,37 @@ mod tests {
         let expected_pps = plan.packets_per_second();
         let out = run(plan, 10);
         for (layer, want) in [(0u8, 150_000.0), (1, 500_000.0), (2, 1_200_000.0)] {
-            let bytes: usize = out.iter().filter(|o| o.layer == layer).map(|o| o.size).sum();
+            let bytes: usize = out
+                .iter()
+                .filter(|o| o.layer == layer)
+                .map(|o| o.size)
+                .sum();
             let bitrate = bytes as f64 * 8.0 / 10.0;
-            assert!((bitrate / want - 1.0).abs() < 0.03, "layer {layer}: {bitrate}");
-            let keys = out.iter().filter(|o| o.layer == layer && o.part == FramePart::KeyframeStart).count();
+            assert!(
+                (bitrate / want - 1.0).abs() < 0.03,
+                "layer {layer}: {bitrate}"
+            );
+            let keys = out
+                .iter()
+                .filter(|o| o.layer == layer && o.part == FramePart::KeyframeStart)
+                .count();
             assert_eq!(keys, 5, "layer {layer}");
             let frames = out.iter().filter(|o| o.layer == layer && o.marker).count();
             assert_eq!(frames, 300, "layer {layer}");
         }
         // Every frame has the same timestamp on every layer.
-        let f = |layer: u8| out.iter().filter(|o| o.layer == layer && o.marker).map(|o| o.rtp_time).collect::<Vec<_>>();
+        let f = |layer: u8| {
+            out.iter()
+                .filter(|o| o.layer == layer && o.marker)
+                .map(|o| o.rtp_time)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(f(0), f(2));
         let pps = out.len() as f64 / 10.0;
-        assert!((pps - expected_pps).abs() / expected_pps < 0.02, "{pps} vs {expected_pps}");
+        assert!(
+            (pps - expected_pps).abs() / expected_pps < 0.02,
+            "{pps} vs {expected_pps}"
+        );
     }
 
     #[test]
@@ -418,7 +459,11 @@ mod tests {
         out.clear();
         clock.request_keyframe(Some(1));
         clock.due(t0 + Duration::from_millis(40), &mut out);
-        let keys: Vec<u8> = out.iter().filter(|o| o.part == FramePart::KeyframeStart).map(|o| o.layer).collect();
+        let keys: Vec<u8> = out
+            .iter()
+            .filter(|o| o.part == FramePart::KeyframeStart)
+            .map(|o| o.layer)
+            .collect();
         assert_eq!(keys, vec![1]);
         assert_eq!(clock.height(1), 360);
     }
@@ -437,7 +482,11 @@ mod tests {
         clock.set_active(&[0, 2]);
         out.clear();
         clock.due(t0 + Duration::from_millis(240), &mut out);
-        let keys: Vec<u8> = out.iter().filter(|o| o.part == FramePart::KeyframeStart).map(|o| o.layer).collect();
+        let keys: Vec<u8> = out
+            .iter()
+            .filter(|o| o.part == FramePart::KeyframeStart)
+            .map(|o| o.layer)
+            .collect();
         assert_eq!(keys, vec![2]);
     }
 

@@ -139,7 +139,9 @@ impl Peer {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
             .await
             .map_err(|source| PeerError::Bind { ip, source })?;
-        let local = socket.local_addr().map_err(|source| PeerError::Bind { ip, source })?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| PeerError::Bind { ip, source })?;
         let now = Instant::now();
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
@@ -186,12 +188,15 @@ impl Peer {
                 let simulcast = (!plan.simulcast.is_empty()).then(|| {
                     let mut simulcast = Simulcast::new();
                     for layer in &layers {
-                        simulcast.add_send_layer(SimulcastLayer::new(layer.rid.expect("simulcast layers have rids")));
+                        simulcast.add_send_layer(SimulcastLayer::new(
+                            layer.rid.expect("simulcast layers have rids"),
+                        ));
                     }
                     simulcast
                 });
                 self.rids = layers.iter().map(|l| l.rid.map(Rid::from)).collect();
-                let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast);
+                let mid =
+                    change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast);
                 tracks.push((Kind::Video, mid));
             }
         }
@@ -206,7 +211,11 @@ impl Peer {
         self.tracks = tracks
             .into_iter()
             .map(|(kind, mid)| {
-                let layers = if kind == Kind::Video { self.rids.len() } else { 1 };
+                let layers = if kind == Kind::Video {
+                    self.rids.len()
+                } else {
+                    1
+                };
                 Track {
                     kind,
                     mid,
@@ -264,7 +273,10 @@ impl Peer {
     /// `config` first. Its receivers' figures are reported as the capped group.
     pub fn set_downlink(&mut self, config: LinkConfig) {
         self.downlink = Some(Link::new(config));
-        self.shared.rx.borrow_mut().set_group(self.index, Group::Capped);
+        self.shared
+            .rx
+            .borrow_mut()
+            .set_group(self.index, Group::Capped);
     }
 
     /// The server's `publish_layers`: send only the layers `rids` of the camera on `mid`.
@@ -359,7 +371,10 @@ impl Peer {
     pub fn next_wake(&self) -> Instant {
         let media = self.clock.as_ref().and_then(MediaClock::next_due);
         let link = self.downlink.as_ref().and_then(Link::next_release);
-        [media, link].into_iter().flatten().fold(self.next_timeout, Instant::min)
+        [media, link]
+            .into_iter()
+            .flatten()
+            .fold(self.next_timeout, Instant::min)
     }
 
     /// Timers, due media, and everything str0m wants to send or tell.
@@ -486,7 +501,10 @@ impl Peer {
                                 && payload::is_keyframe_start(&packet.payload),
                             payload_len: packet.payload.len(),
                         };
-                        self.shared.rx.borrow_mut().on_packet(self.index, &probe, arrival, at);
+                        self.shared
+                            .rx
+                            .borrow_mut()
+                            .on_packet(self.index, &probe, arrival, at);
                     }
                     Err(_) => self.shared.rx.borrow_mut().on_foreign(),
                 }

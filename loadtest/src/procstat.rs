@@ -41,10 +41,14 @@ pub enum ProcError {
 /// Reads `pid`'s CPU time and resident memory.
 pub fn sample(pid: u32) -> Result<ProcSample, ProcError> {
     let read = |file: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|source| ProcError::Io { pid, source })
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .map_err(|source| ProcError::Io { pid, source })
     };
     let cpu = parse_stat_cpu(&read("stat")?).ok_or(ProcError::Format { pid, file: "stat" })?;
-    let rss_bytes = parse_status_rss(&read("status")?).ok_or(ProcError::Format { pid, file: "status" })?;
+    let rss_bytes = parse_status_rss(&read("status")?).ok_or(ProcError::Format {
+        pid,
+        file: "status",
+    })?;
     Ok(ProcSample { cpu, rss_bytes })
 }
 

@@ -33,17 +33,31 @@ pub fn table(r: &Report) -> String {
     if let Some(d) = &r.downlink {
         row(
             "capped downlink",
-            format!("{:.0} kbit/s, queue {:.0} ms, {:.0} % of the receivers", d.kbps, d.queue_ms, d.capped_share * 100.0),
+            format!(
+                "{:.0} kbit/s, queue {:.0} ms, {:.0} % of the receivers",
+                d.kbps,
+                d.queue_ms,
+                d.capped_share * 100.0
+            ),
         );
     }
     row("measured window", format!("{:.1} s", r.measured_secs));
-    row("forwarded packets/s (received)", format!("{:.0}", r.forwarded_pps));
+    row(
+        "forwarded packets/s (received)",
+        format!("{:.0}", r.forwarded_pps),
+    );
     if let Some(s) = &r.server {
         row("server CPU", format!("{:.1} % of a core", s.cpu_percent));
-        row("server CPU per 1,000 forwarded packets", format!("{:.3} ms", s.cpu_ms_per_1000_packets));
+        row(
+            "server CPU per 1,000 forwarded packets",
+            format!("{:.3} ms", s.cpu_ms_per_1000_packets),
+        );
         row(
             "server memory",
-            format!("{:.1} MiB ({:.1} KiB per subscribed track)", s.rss_mib, s.rss_kib_per_subscribed_track),
+            format!(
+                "{:.1} MiB ({:.1} KiB per subscribed track)",
+                s.rss_mib, s.rss_kib_per_subscribed_track
+            ),
         );
     } else {
         row("server CPU and memory", "n/a (give --server-pid)".into());
@@ -51,7 +65,10 @@ pub fn table(r: &Report) -> String {
     if let Some(l) = &r.server_latency {
         row(
             "time inside the server p50 / p99",
-            format!("{:.3} / {:.3} ms (server histogram, {} packets)", l.p50_ms, l.p99_ms, l.packets),
+            format!(
+                "{:.3} / {:.3} ms (server histogram, {} packets)",
+                l.p50_ms, l.p99_ms, l.packets
+            ),
         );
     }
     row(
@@ -63,19 +80,34 @@ pub fn table(r: &Report) -> String {
     );
     row(
         "loss",
-        format!("{:.3} % ({} of {} packets), {} reordered", r.rx.loss * 100.0, r.rx.lost, r.rx.expected, r.rx.reordered),
+        format!(
+            "{:.3} % ({} of {} packets), {} reordered",
+            r.rx.loss * 100.0,
+            r.rx.lost,
+            r.rx.expected,
+            r.rx.reordered
+        ),
     );
     row(
         "delay p50 / p99 / max",
-        format!("{:.2} / {:.2} / {:.2} ms", r.rx.delay_p50_ms, r.rx.delay_p99_ms, r.rx.delay_max_ms),
+        format!(
+            "{:.2} / {:.2} / {:.2} ms",
+            r.rx.delay_p50_ms, r.rx.delay_p99_ms, r.rx.delay_max_ms
+        ),
     );
     if r.rx.restarts > 0 || r.rx.skipped_by_server > 0 {
         row(
             "layer switches + resumes seen",
-            format!("{} ({} packets skipped by the server before a keyframe, not loss)", r.rx.restarts, r.rx.skipped_by_server),
+            format!(
+                "{} ({} packets skipped by the server before a keyframe, not loss)",
+                r.rx.restarts, r.rx.skipped_by_server
+            ),
         );
     }
-    row("jitter (mean, RFC 3550)", format!("{:.2} ms", r.rx.jitter_mean_ms));
+    row(
+        "jitter (mean, RFC 3550)",
+        format!("{:.2} ms", r.rx.jitter_mean_ms),
+    );
     if r.groups.len() > 1 || r.downlink.is_some() {
         for g in &r.groups {
             let ended: Vec<String> = g.ended_on.iter().map(|(k, v)| format!("{v} {k}")).collect();
@@ -97,7 +129,10 @@ pub fn table(r: &Report) -> String {
             "capped link / adaptive signaling",
             format!(
                 "{} datagrams dropped, {} delivered; {} track_paused, {} track_resumed",
-                r.tx.downlink_drops, r.tx.downlink_delivered, r.tx.tracks_paused, r.tx.tracks_resumed
+                r.tx.downlink_drops,
+                r.tx.downlink_delivered,
+                r.tx.tracks_paused,
+                r.tx.tracks_resumed
             ),
         );
     }
@@ -112,7 +147,10 @@ pub fn table(r: &Report) -> String {
     }
     row(
         "join time p50 / p99",
-        format!("{} / {} ms ({} joined, {} failed)", r.rx.join_p50_ms, r.rx.join_p99_ms, r.rx.joins, r.rx.join_failures),
+        format!(
+            "{} / {} ms ({} joined, {} failed)",
+            r.rx.join_p50_ms, r.rx.join_p99_ms, r.rx.joins, r.rx.join_failures
+        ),
     );
     if !r.errors.is_empty() {
         row("participants stopped early", format!("{:?}", r.errors));
@@ -130,7 +168,10 @@ pub fn table(r: &Report) -> String {
                     s.loss * 100.0
                 ),
             ),
-            None => row("capacity (last good step)", "none: the first step was over the limits".into()),
+            None => row(
+                "capacity (last good step)",
+                "none: the first step was over the limits".into(),
+            ),
         }
         row("capacity search stopped", c.stopped_because.clone());
     }

@@ -293,7 +293,10 @@ impl Runner {
     /// A mark for a window's edge: also scrapes the server's latency histogram.
     async fn window_mark(&self) -> anyhow::Result<Mark> {
         let latency = match &self.config.metrics_url {
-            Some(url) => Some(Buckets::parse(&scrape::fetch(url).await?, scrape::FORWARD_LATENCY)),
+            Some(url) => Some(Buckets::parse(
+                &scrape::fetch(url).await?,
+                scrape::FORWARD_LATENCY,
+            )),
             None => None,
         };
         Ok(Mark {
@@ -352,7 +355,8 @@ impl Runner {
                 delay_p99_ms: report.rx.delay_p99_ms,
                 server_cpu_percent: report.server.as_ref().map(|s| s.cpu_percent),
                 generator_cpu_percent: report.generator.cpu_percent,
-                good: report.rx.loss <= limits.max_loss && report.rx.delay_p99_ms <= limits.max_p99_ms,
+                good: report.rx.loss <= limits.max_loss
+                    && report.rx.delay_p99_ms <= limits.max_p99_ms,
             };
             self.progress.println(format!(
                 "step: {} units, {} participants, {:.0} pkt/s, loss {:.3} %, p99 {:.2} ms, server {} — {}",
@@ -430,7 +434,11 @@ impl Runner {
             let n = self.receivers;
             self.receivers += 1;
             let capped = self.config.downlink.is_some() && is_capped(n, self.config.capped_share);
-            let group = if capped { Group::Capped } else { Group::Uncapped };
+            let group = if capped {
+                Group::Capped
+            } else {
+                Group::Uncapped
+            };
             shared.rx.borrow_mut().set_group(spec.index, group);
             self.config.downlink.filter(|_| capped)
         };
@@ -438,7 +446,8 @@ impl Runner {
             let result = match target {
                 Target::Huizhen { url } => {
                     let media = crate::huizhen::ParticipantMedia { plan, downlink };
-                    crate::huizhen::participant(url, room, spec, media, ip, shared.clone(), stop).await
+                    crate::huizhen::participant(url, room, spec, media, ip, shared.clone(), stop)
+                        .await
                 }
                 Target::Janus { url } => {
                     janus::participant(url, spec, plan, ip, shared.clone(), feeds, stop).await
@@ -447,7 +456,10 @@ impl Runner {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "participant stopped");
                 shared.rx.borrow_mut().on_join_failed();
-                *errors.borrow_mut().entry(e.label().to_string()).or_default() += 1;
+                *errors
+                    .borrow_mut()
+                    .entry(e.label().to_string())
+                    .or_default() += 1;
             }
         });
         self.tasks.push(handle);
@@ -529,7 +541,9 @@ impl Runner {
                 },
                 rss_mib: b.rss_bytes as f64 / (1024.0 * 1024.0),
                 rss_kib_per_subscribed_track: if subscribed_tracks > 0 {
-                    b.rss_bytes.saturating_sub(baseline) as f64 / 1024.0 / f64::from(subscribed_tracks)
+                    b.rss_bytes.saturating_sub(baseline) as f64
+                        / 1024.0
+                        / f64::from(subscribed_tracks)
                 } else {
                     0.0
                 },
@@ -545,7 +559,13 @@ impl Runner {
             video_bitrate: self.config.plan.video_bitrate,
             fps: self.config.plan.fps,
             publisher_pps: self.config.plan.packets_per_second(),
-            simulcast: self.config.plan.simulcast.iter().map(|r| r.to_string()).collect(),
+            simulcast: self
+                .config
+                .plan
+                .simulcast
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
             downlink: self.config.downlink.map(|d| DownlinkReport {
                 kbps: d.rate_bps as f64 / 1000.0,
                 queue_ms: d.queue.as_secs_f64() * 1000.0,
@@ -559,7 +579,10 @@ impl Runner {
                     .iter()
                     .map(|l| l.rid.unwrap_or("single").to_string())
                     .collect();
-                self.shared.rx.borrow().groups(&from.counts, dt, self.shared.micros(to.at), &layers)
+                self.shared
+                    .rx
+                    .borrow()
+                    .groups(&from.counts, dt, self.shared.micros(to.at), &layers)
             },
             measured_secs: dt,
             forwarded_pps,
@@ -592,7 +615,10 @@ impl Runner {
         let _ = self.stop_tx.send(true);
         let tasks = std::mem::take(&mut self.tasks);
         let all = futures_util::future::join_all(tasks);
-        if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
             tracing::warn!("some participants did not leave within 5 s");
         }
         self.progress.finish_and_clear();

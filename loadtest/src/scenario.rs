@@ -54,7 +54,10 @@ impl Scenario {
 
     /// Subscribed tracks per unit (audio and video count separately).
     pub fn subscribed_tracks_per_unit(&self) -> u32 {
-        self.participants(0, 0).iter().map(|p| p.receives.len() as u32 * 2).sum()
+        self.participants(0, 0)
+            .iter()
+            .map(|p| p.receives.len() as u32 * 2)
+            .sum()
     }
 
     /// The participants of unit `unit`, numbered from `first_index`.
@@ -96,7 +99,10 @@ mod tests {
         assert_eq!(p[0].receives, vec![11]);
         assert_eq!(p[1].receives, vec![10]);
         assert!(p.iter().all(|x| x.publishes && x.unit == 3));
-        assert_eq!(scenario(ScenarioKind::Followup).subscribed_tracks_per_unit(), 4);
+        assert_eq!(
+            scenario(ScenarioKind::Followup).subscribed_tracks_per_unit(),
+            4
+        );
     }
 
     #[test]
@@ -104,7 +110,9 @@ mod tests {
         let s = scenario(ScenarioKind::Panel);
         let p = s.participants(0, 0);
         assert_eq!(p.len(), 6);
-        assert!(p.iter().all(|x| x.publishes && x.receives.len() == 5 && !x.receives.contains(&x.index)));
+        assert!(p
+            .iter()
+            .all(|x| x.publishes && x.receives.len() == 5 && !x.receives.contains(&x.index)));
         assert_eq!(s.subscribed_tracks_per_unit(), 60);
     }
 
@@ -114,7 +122,9 @@ mod tests {
         let p = s.participants(1, 100);
         assert_eq!(p.len(), 21);
         assert!(p[0].publishes && p[0].receives.is_empty());
-        assert!(p[1..].iter().all(|x| !x.publishes && x.receives == vec![100]));
+        assert!(p[1..]
+            .iter()
+            .all(|x| !x.publishes && x.receives == vec![100]));
         assert_eq!(s.subscribed_tracks_per_unit(), 40);
     }
 }

@@ -41,7 +41,11 @@ impl Buckets {
             let Some(le) = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
                 continue;
             };
-            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
             let Some(count) = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok()) else {
                 continue;
             };
@@ -61,7 +65,11 @@ impl Buckets {
             self.0
                 .iter()
                 .map(|(b, c)| {
-                    let before = earlier.0.iter().find(|(eb, _)| eb == b).map_or(0, |(_, ec)| *ec);
+                    let before = earlier
+                        .0
+                        .iter()
+                        .find(|(eb, _)| eb == b)
+                        .map_or(0, |(_, ec)| *ec);
                     (*b, c.saturating_sub(before))
                 })
                 .collect(),
@@ -89,7 +97,11 @@ impl Buckets {
                     return Some(lower_bound);
                 }
                 let in_bucket = (count - lower_count) as f64;
-                let fraction = if in_bucket > 0.0 { (rank - lower_count as f64) / in_bucket } else { 1.0 };
+                let fraction = if in_bucket > 0.0 {
+                    (rank - lower_count as f64) / in_bucket
+                } else {
+                    1.0
+                };
                 return Some(lower_bound + (bound - lower_bound) * fraction);
             }
             lower_bound = bound;
@@ -101,17 +113,34 @@ impl Buckets {
 
 /// GETs `url` (plain HTTP/1.0) and returns the body.
 pub async fn fetch(url: &str) -> Result<String, ScrapeError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| ScrapeError::Url(url.into()))?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let http = |reason: String| ScrapeError::Http { url: url.into(), reason };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ScrapeError::Url(url.into()))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let http = |reason: String| ScrapeError::Http {
+        url: url.into(),
+        reason,
+    };
     let work = async {
-        let mut stream = TcpStream::connect(host).await.map_err(|e| http(e.to_string()))?;
+        let mut stream = TcpStream::connect(host)
+            .await
+            .map_err(|e| http(e.to_string()))?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| http(e.to_string()))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| http(e.to_string()))?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.map_err(|e| http(e.to_string()))?;
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| http(e.to_string()))?;
         let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| http("no HTTP header".into()))?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| http("no HTTP header".into()))?;
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
             return Err(http(head.lines().next().unwrap_or_default().to_string()));
         }
@@ -157,7 +186,13 @@ mod tests {
 
     #[test]
     fn only_plain_http_urls_are_fetched() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        assert!(matches!(rt.block_on(fetch("https://x/metrics")), Err(ScrapeError::Url(_))));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            rt.block_on(fetch("https://x/metrics")),
+            Err(ScrapeError::Url(_))
+        ));
     }
 }

@@ -123,7 +123,10 @@ pub struct Counts {
 impl Counts {
     /// Lost fraction of `self - earlier` (0 when nothing was expected).
     pub fn loss_since(&self, earlier: &Counts) -> f64 {
-        loss(self.expected.saturating_sub(earlier.expected), self.received.saturating_sub(earlier.received))
+        loss(
+            self.expected.saturating_sub(earlier.expected),
+            self.received.saturating_sub(earlier.received),
+        )
     }
 }
 
@@ -157,7 +160,8 @@ impl Default for RxStats {
 impl RxStats {
     /// Empty statistics.
     pub fn new() -> RxStats {
-        let histogram = || Histogram::new_with_max(MAX_DELAY_US, 3).expect("valid histogram bounds");
+        let histogram =
+            || Histogram::new_with_max(MAX_DELAY_US, 3).expect("valid histogram bounds");
         RxStats {
             streams: HashMap::new(),
             groups: HashMap::new(),
@@ -277,14 +281,23 @@ impl RxStats {
     /// and the layer each video stream was on at `now_us`. Groups without receivers are left
     /// out. `layers` names the publishers' layers (rids, lowest first; one unnamed layer
     /// without simulcast).
-    pub fn groups(&self, since: &Counts, secs: f64, now_us: u64, layers: &[String]) -> Vec<GroupSummary> {
+    pub fn groups(
+        &self,
+        since: &Counts,
+        secs: f64,
+        now_us: u64,
+        layers: &[String],
+    ) -> Vec<GroupSummary> {
         let now = self.counts();
         let mut out = Vec::new();
         for group in Group::ALL {
             let i = group.index();
             let receivers = self.groups.values().filter(|g| **g == group).count() as u64;
-            let videos: Vec<&StreamRx> =
-                self.streams.values().filter(|s| s.group == group && s.kind_video).collect();
+            let videos: Vec<&StreamRx> = self
+                .streams
+                .values()
+                .filter(|s| s.group == group && s.kind_video)
+                .collect();
             if receivers == 0 && videos.is_empty() {
                 continue;
             }
@@ -297,7 +310,10 @@ impl RxStats {
                 let name = if now_us.saturating_sub(v.last_us) > PAUSED_AFTER_US {
                     "paused".to_string()
                 } else {
-                    layers.get(usize::from(v.layer)).cloned().unwrap_or_else(|| format!("layer {}", v.layer))
+                    layers
+                        .get(usize::from(v.layer))
+                        .cloned()
+                        .unwrap_or_else(|| format!("layer {}", v.layer))
                 };
                 *ended_on.entry(name).or_default() += 1;
             }
@@ -307,12 +323,20 @@ impl RxStats {
                 receivers,
                 video_streams: videos.len() as u64,
                 received_pps: per_sec(received),
-                received_pps_per_receiver: if receivers > 0 { per_sec(received) / receivers as f64 } else { 0.0 },
+                received_pps_per_receiver: if receivers > 0 {
+                    per_sec(received) / receivers as f64
+                } else {
+                    0.0
+                },
                 loss: loss(expected, received),
                 lost: expected.saturating_sub(received),
                 skipped: b.skipped.saturating_sub(a.skipped),
                 restarts: b.restarts.saturating_sub(a.restarts),
-                video_kbps_per_stream: if videos.is_empty() { 0.0 } else { video_kbps / videos.len() as f64 },
+                video_kbps_per_stream: if videos.is_empty() {
+                    0.0
+                } else {
+                    video_kbps / videos.len() as f64
+                },
                 delay_p50_ms: self.group_delay_us[i].value_at_quantile(0.5) as f64 / 1000.0,
                 delay_p99_ms: self.group_delay_us[i].value_at_quantile(0.99) as f64 / 1000.0,
                 ended_on,
@@ -332,8 +356,20 @@ impl RxStats {
             jitters.iter().sum::<f64>() / jitters.len() as f64
         };
         let ms = |us: u64| us as f64 / 1000.0;
-        let skipped: u64 = (0..2).map(|i| counts.groups[i].skipped.saturating_sub(since.groups[i].skipped)).sum();
-        let restarts: u64 = (0..2).map(|i| counts.groups[i].restarts.saturating_sub(since.groups[i].restarts)).sum();
+        let skipped: u64 = (0..2)
+            .map(|i| {
+                counts.groups[i]
+                    .skipped
+                    .saturating_sub(since.groups[i].skipped)
+            })
+            .sum();
+        let restarts: u64 = (0..2)
+            .map(|i| {
+                counts.groups[i]
+                    .restarts
+                    .saturating_sub(since.groups[i].restarts)
+            })
+            .sum();
         RxSummary {
             streams: self.streams.len() as u64,
             received: counts.received.saturating_sub(since.received),
@@ -446,8 +482,22 @@ mod tests {
     fn loss_reordering_and_delay_are_counted() {
         let mut s = RxStats::new();
         // Sequence 10..=19 with 13 and 17 lost, 15 arriving after 16.
-        for (seq, delay) in [(10, 100), (11, 100), (12, 200), (14, 100), (16, 100), (15, 300), (18, 100), (19, 5000)] {
-            s.on_packet(2, &probe(seq, 1_000_000 + u64::from(seq) * 1000), Arrival::default(), 1_000_000 + u64::from(seq) * 1000 + delay);
+        for (seq, delay) in [
+            (10, 100),
+            (11, 100),
+            (12, 200),
+            (14, 100),
+            (16, 100),
+            (15, 300),
+            (18, 100),
+            (19, 5000),
+        ] {
+            s.on_packet(
+                2,
+                &probe(seq, 1_000_000 + u64::from(seq) * 1000),
+                Arrival::default(),
+                1_000_000 + u64::from(seq) * 1000 + delay,
+            );
         }
         let sum = s.summary(&Counts::default());
         assert_eq!(sum.received, 8);
@@ -455,8 +505,16 @@ mod tests {
         assert_eq!(sum.lost, 2);
         assert!((sum.loss - 0.2).abs() < 1e-9);
         assert_eq!(sum.reordered, 1);
-        assert!((sum.delay_p50_ms - 0.1).abs() < 0.001, "{}", sum.delay_p50_ms);
-        assert!((sum.delay_max_ms - 5.0).abs() < 0.01, "{}", sum.delay_max_ms);
+        assert!(
+            (sum.delay_p50_ms - 0.1).abs() < 0.001,
+            "{}",
+            sum.delay_p50_ms
+        );
+        assert!(
+            (sum.delay_max_ms - 5.0).abs() < 0.01,
+            "{}",
+            sum.delay_max_ms
+        );
         assert!(sum.jitter_mean_ms > 0.0);
     }
 
@@ -465,7 +523,15 @@ mod tests {
         let mut s = RxStats::new();
         s.on_packet(1, &probe(5, 0), Arrival::default(), 10);
         s.on_packet(2, &probe(100, 0), Arrival::default(), 10);
-        s.on_packet(2, &Probe { kind: Kind::Audio, ..probe(7, 0) }, Arrival::default(), 10);
+        s.on_packet(
+            2,
+            &Probe {
+                kind: Kind::Audio,
+                ..probe(7, 0)
+            },
+            Arrival::default(),
+            10,
+        );
         let sum = s.summary(&Counts::default());
         assert_eq!(sum.streams, 3);
         assert_eq!(sum.lost, 0);
@@ -489,8 +555,14 @@ mod tests {
 
     /// A video packet of `layer` with the layer's own sequence number.
     fn video(layer: u8, seq: u32, key: bool) -> (Probe, Arrival) {
-        let probe = Probe { layer, ..probe(seq, 0) };
-        let arrival = Arrival { keyframe_start: key, payload_len: 1000 };
+        let probe = Probe {
+            layer,
+            ..probe(seq, 0)
+        };
+        let arrival = Arrival {
+            keyframe_start: key,
+            payload_len: 1000,
+        };
         (probe, arrival)
     }
 
@@ -517,14 +589,21 @@ mod tests {
         assert_eq!(sum.expected, 18, "10 + 5 + 3 in three segments");
         assert_eq!(sum.lost, 0);
         assert_eq!(sum.restarts, 2);
-        assert_eq!(sum.skipped_by_server, 0, "switches between layers skip nothing countable");
+        assert_eq!(
+            sum.skipped_by_server, 0,
+            "switches between layers skip nothing countable"
+        );
     }
 
     #[test]
     fn a_pause_on_one_layer_is_skipped_but_loss_inside_a_segment_counts() {
         let mut s = RxStats::new();
         // q 0..=9 with 5 lost, paused after 9, resumed at the keyframe 30; 33 lost.
-        for seq in (0..10).filter(|&n| n != 5).chain(30..36).filter(|&n| n != 33) {
+        for seq in (0..10)
+            .filter(|&n| n != 5)
+            .chain(30..36)
+            .filter(|&n| n != 33)
+        {
             let (p, a) = video(0, seq, seq == 0 || seq == 30);
             s.on_packet(1, &p, a, 1);
         }
@@ -563,7 +642,11 @@ mod tests {
         assert_eq!(free.group, Group::Uncapped);
         assert_eq!(free.received_pps, 100.0);
         assert!((free.video_kbps_per_stream - 800.0).abs() < 1e-9);
-        assert_eq!(free.ended_on.get("paused"), Some(&1), "nothing for a second at the end");
+        assert_eq!(
+            free.ended_on.get("paused"),
+            Some(&1),
+            "nothing for a second at the end"
+        );
         assert_eq!(capped.receivers, 1);
         assert_eq!(capped.video_streams, 2);
         assert_eq!(capped.received_pps, 26.0);

@@ -10,23 +10,47 @@ use serde_json::Value;
 
 /// Runs the generator binary with `args` against `server`; returns its JSON report.
 fn run_generator(server: &huizhen::server::ServerHandle, args: &[&str]) -> Value {
-    let dir = std::env::temp_dir().join(format!("huizhen-loadtest-smoke-{}-{}", std::process::id(), args.join("-")));
+    let dir = std::env::temp_dir().join(format!(
+        "huizhen-loadtest-smoke-{}-{}",
+        std::process::id(),
+        args.join("-")
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let json = dir.join("report.json");
     let url = format!("ws://{}/ws", server.http_addr());
     let pid = std::process::id().to_string();
     let metrics = format!("http://{}/metrics", server.http_addr());
     let output = Command::new(env!("CARGO_BIN_EXE_huizhen-loadtest"))
-        .args(["--url", &url, "--server-pid", &pid, "--quiet", "--require-media", "--warmup", "1"])
-        .args(["--json", json.to_str().expect("utf-8 path"), "--metrics-url", &metrics])
+        .args([
+            "--url",
+            &url,
+            "--server-pid",
+            &pid,
+            "--quiet",
+            "--require-media",
+            "--warmup",
+            "1",
+        ])
+        .args([
+            "--json",
+            json.to_str().expect("utf-8 path"),
+            "--metrics-url",
+            &metrics,
+        ])
         .args(args)
         .output()
         .expect("the generator runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("{stdout}");
-    assert!(output.status.success(), "generator {args:?} failed: {:?}\n{stdout}\n{stderr}", output.status);
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report written")).expect("JSON report parses");
+    assert!(
+        output.status.success(),
+        "generator {args:?} failed: {:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report written"))
+            .expect("JSON report parses");
     let _ = std::fs::remove_dir_all(&dir);
     report
 }
@@ -35,22 +59,47 @@ fn check(report: &Value, participants: u64, receivers: u64, subscribed_tracks: u
     assert_eq!(report["target"], "huizhen");
     assert_eq!(report["participants"], participants, "{report:#}");
     assert_eq!(report["subscribed_tracks"], subscribed_tracks, "{report:#}");
-    assert_eq!(report["errors"], serde_json::json!({}), "nobody stopped early: {report:#}");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!({}),
+        "nobody stopped early: {report:#}"
+    );
     let rx = &report["rx"];
-    assert_eq!(rx["joins"], receivers, "every receiver got media: {report:#}");
+    assert_eq!(
+        rx["joins"], receivers,
+        "every receiver got media: {report:#}"
+    );
     assert_eq!(rx["join_failures"], 0);
     assert!(rx["received"].as_u64().unwrap() > 0, "{report:#}");
-    assert_eq!(rx["foreign"], 0, "every payload arrived intact and was ours");
+    assert_eq!(
+        rx["foreign"], 0,
+        "every payload arrived intact and was ours"
+    );
     // Both kinds from every publisher at every receiver.
     assert_eq!(rx["streams"], subscribed_tracks, "{report:#}");
     assert!(report["forwarded_pps"].as_f64().unwrap() > 0.0);
-    assert!(report["server"]["cpu_ms_per_1000_packets"].as_f64().unwrap() > 0.0, "server CPU sampled");
-    assert!(report["generator"]["rss_mib"].as_f64().unwrap() > 0.0, "generator sampled");
-    assert!(report["server_latency"]["packets"].as_u64().unwrap() > 0, "server histogram scraped: {report:#}");
+    assert!(
+        report["server"]["cpu_ms_per_1000_packets"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "server CPU sampled"
+    );
+    assert!(
+        report["generator"]["rss_mib"].as_f64().unwrap() > 0.0,
+        "generator sampled"
+    );
+    assert!(
+        report["server_latency"]["packets"].as_u64().unwrap() > 0,
+        "server histogram scraped: {report:#}"
+    );
 }
 
 /// Runs the generator on a blocking thread (the server keeps serving on the runtime).
-async fn generator(server: &std::sync::Arc<huizhen::server::ServerHandle>, args: &'static [&'static str]) -> Value {
+async fn generator(
+    server: &std::sync::Arc<huizhen::server::ServerHandle>,
+    args: &'static [&'static str],
+) -> Value {
     let server = server.clone();
     tokio::task::spawn_blocking(move || run_generator(&server, args))
         .await
@@ -59,16 +108,48 @@ async fn generator(server: &std::sync::Arc<huizhen::server::ServerHandle>, args:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_against_huizhen_with_media_received() {
-    let server = huizhen::server::start(Config::loopback_for_tests()).await.expect("server starts");
+    let server = huizhen::server::start(Config::loopback_for_tests())
+        .await
+        .expect("server starts");
     let server = std::sync::Arc::new(server);
 
-    let followup = generator(&server, &["--scenario", "followup", "--units", "2", "--duration", "5"]).await;
+    let followup = generator(
+        &server,
+        &["--scenario", "followup", "--units", "2", "--duration", "5"],
+    )
+    .await;
     check(&followup, 4, 4, 8);
 
-    let panel = generator(&server, &["--scenario", "panel", "--units", "1", "--room-size", "4", "--duration", "5"]).await;
+    let panel = generator(
+        &server,
+        &[
+            "--scenario",
+            "panel",
+            "--units",
+            "1",
+            "--room-size",
+            "4",
+            "--duration",
+            "5",
+        ],
+    )
+    .await;
     check(&panel, 4, 4, 24);
 
-    let teaching = generator(&server, &["--scenario", "teaching", "--units", "1", "--observers", "4", "--duration", "5"]).await;
+    let teaching = generator(
+        &server,
+        &[
+            "--scenario",
+            "teaching",
+            "--units",
+            "1",
+            "--observers",
+            "4",
+            "--duration",
+            "5",
+        ],
+    )
+    .await;
     check(&teaching, 5, 4, 8);
 
     // Simulcast publishers, half of the receivers behind a 600 kbit/s downlink: everyone
@@ -76,8 +157,20 @@ async fn every_scenario_runs_against_huizhen_with_media_received() {
     let adaptive = generator(
         &server,
         &[
-            "--scenario", "panel", "--units", "1", "--room-size", "4", "--duration", "6", "--simulcast", "q,h,f",
-            "--downlink-kbps", "600", "--capped-share", "0.5",
+            "--scenario",
+            "panel",
+            "--units",
+            "1",
+            "--room-size",
+            "4",
+            "--duration",
+            "6",
+            "--simulcast",
+            "q,h,f",
+            "--downlink-kbps",
+            "600",
+            "--capped-share",
+            "0.5",
         ],
     )
     .await;
@@ -89,18 +182,34 @@ async fn every_scenario_runs_against_huizhen_with_media_received() {
         assert_eq!(g["receivers"], 2, "{adaptive:#}");
         assert!(g["received_pps"].as_f64().unwrap() > 0.0, "{adaptive:#}");
     }
-    assert!(adaptive["tx"]["downlink_delivered"].as_u64().unwrap() > 0, "{adaptive:#}");
+    assert!(
+        adaptive["tx"]["downlink_delivered"].as_u64().unwrap() > 0,
+        "{adaptive:#}"
+    );
 
     // A short capacity search: it measures steps and names a last good one or a reason.
     let capacity = generator(
         &server,
         &[
-            "--scenario", "followup", "--units", "1", "--find-capacity", "--step-units", "1", "--step-secs", "2",
-            "--max-units", "2", "--duration", "15",
+            "--scenario",
+            "followup",
+            "--units",
+            "1",
+            "--find-capacity",
+            "--step-units",
+            "1",
+            "--step-secs",
+            "2",
+            "--max-units",
+            "2",
+            "--duration",
+            "15",
         ],
     )
     .await;
-    let steps = capacity["capacity"]["steps"].as_array().expect("capacity steps");
+    let steps = capacity["capacity"]["steps"]
+        .as_array()
+        .expect("capacity steps");
     assert!(!steps.is_empty(), "{capacity:#}");
     assert!(capacity["capacity"]["stopped_because"].as_str().is_some());
 

@@ -811,10 +811,9 @@ mod tests {
 
     #[test]
     fn parses_join_with_and_without_token() {
-        let m = parse_client_message(
-            r#"{"type":"join","v":1,"room":"r1","display_name":"Dr. Li"}"#,
-        )
-        .unwrap();
+        let m =
+            parse_client_message(r#"{"type":"join","v":1,"room":"r1","display_name":"Dr. Li"}"#)
+                .unwrap();
         assert_eq!(
             m,
             ClientMessage::Join {
@@ -850,7 +849,9 @@ mod tests {
             ProtocolError::UnknownType("dance".into())
         );
         assert_eq!(
-            parse_client_message(r#"{"type":"offer"}"#).unwrap_err().code(),
+            parse_client_message(r#"{"type":"offer"}"#)
+                .unwrap_err()
+                .code(),
             ErrorCode::InvalidMessage
         );
         assert_eq!(
@@ -874,8 +875,14 @@ mod tests {
 
     #[test]
     fn oversized_frame_is_refused() {
-        let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
-        assert_eq!(parse_client_message(&big).unwrap_err().code(), ErrorCode::BadJson);
+        let big = format!(
+            r#"{{"type":"offer","sdp":"{}"}}"#,
+            "a".repeat(MAX_FRAME_BYTES)
+        );
+        assert_eq!(
+            parse_client_message(&big).unwrap_err().code(),
+            ErrorCode::BadJson
+        );
     }
 
     #[test]
@@ -893,16 +900,28 @@ mod tests {
             r#"{"type":"track_added","participant_id":"p1","track_id":"t1","mid":"3","kind":"video","source":"screen"}"#
         );
         let json = ServerMessage::error(ErrorCode::InvalidSdp, "bad").to_json();
-        assert_eq!(json, r#"{"type":"error","code":"invalid_sdp","message":"bad"}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"error","code":"invalid_sdp","message":"bad"}"#
+        );
         assert_eq!(ServerMessage::Pong {}.to_json(), r#"{"type":"pong"}"#);
     }
 
     #[test]
     fn leave_and_ping_need_no_fields() {
-        assert_eq!(parse_client_message(r#"{"type":"leave"}"#).unwrap(), ClientMessage::Leave {});
-        assert_eq!(parse_client_message(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping {});
         assert_eq!(
-            parse_client_message(r#"{"type":"track_preferences","tracks":[{"track_id":"t3","max_height":180}]}"#).unwrap(),
+            parse_client_message(r#"{"type":"leave"}"#).unwrap(),
+            ClientMessage::Leave {}
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping {}
+        );
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"track_preferences","tracks":[{"track_id":"t3","max_height":180}]}"#
+            )
+            .unwrap(),
             ClientMessage::TrackPreferences {
                 tracks: vec![TrackPreference {
                     track_id: "t3".into(),

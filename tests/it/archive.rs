@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use crate::common;
 
 use async_trait::async_trait;
-use common::s3::{S3sFs, ACCESS_KEY, BUCKET, SECRET_KEY};
 use bytes::Bytes;
+use common::s3::{S3sFs, ACCESS_KEY, BUCKET, SECRET_KEY};
 use huizhen::archive::{
     build_store, ArchiveBackend, ArchiveConfig, ArchiveError, ArchiveStore, LocalStore, ObjectInfo,
     ObjectLockMode, PutOptions, RetryPolicy, S3Store, Spool,
@@ -58,7 +58,6 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
-
 
 /// Wraps a store and records the order in which puts succeeded.
 struct OrderRecorder {

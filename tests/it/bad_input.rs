@@ -11,7 +11,6 @@ use common::*;
 use huizhen_signaling::protocol::{ErrorCode, ServerMessage};
 use tokio::io::AsyncWriteExt;
 
-
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http_text(&addr.to_string(), "GET", path, None, None).await
 }
@@ -36,13 +35,20 @@ async fn malformed_signaling_gets_typed_errors_and_the_socket_survives() {
     let mut stranger = connect_ws(server.http_addr()).await;
     send_text(&mut stranger, r#"{"type":"offer","sdp":"v=0"}"#).await;
     expect_error(&mut stranger, ErrorCode::NotJoined).await;
-    send_text(&mut stranger, r#"{"type":"join","v":99,"room":"r","display_name":"x"}"#).await;
+    send_text(
+        &mut stranger,
+        r#"{"type":"join","v":99,"room":"r","display_name":"x"}"#,
+    )
+    .await;
     expect_error(&mut stranger, ErrorCode::UnsupportedVersion).await;
     send_text(&mut stranger, r#"{"type":"join","v":1,"room":42}"#).await;
     expect_error(&mut stranger, ErrorCode::InvalidMessage).await;
     expect_error(&mut stranger, ErrorCode::TooManyRefusals).await;
     assert!(
-        matches!(next_event(&mut stranger, REPLY_TIMEOUT).await, Some(WsEvent::Closed(_))),
+        matches!(
+            next_event(&mut stranger, REPLY_TIMEOUT).await,
+            Some(WsEvent::Closed(_))
+        ),
         "the stranger's socket is closed"
     );
 
@@ -65,14 +71,27 @@ async fn malformed_signaling_gets_typed_errors_and_the_socket_survives() {
     expect_error(&mut ws, ErrorCode::AlreadyJoined).await;
     send_text(&mut ws, r#"{"type":"offer","sdp":"this is not sdp"}"#).await;
     let message = expect_error(&mut ws, ErrorCode::InvalidSdp).await;
-    assert!(!message.contains("PointerOffset"), "internal detail leaked: {message}");
+    assert!(
+        !message.contains("PointerOffset"),
+        "internal detail leaked: {message}"
+    );
     send_text(&mut ws, r#"{"type":"answer","sdp":"v=0\r\n"}"#).await;
     let reply = recv_msg(&mut ws).await;
     assert!(
-        matches!(reply, ServerMessage::Error { code: ErrorCode::InvalidSdp | ErrorCode::NoPendingOffer, .. }),
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::InvalidSdp | ErrorCode::NoPendingOffer,
+                ..
+            }
+        ),
         "{reply:?}"
     );
-    send_text(&mut ws, r#"{"type":"candidate","candidate":"candidate:nonsense"}"#).await;
+    send_text(
+        &mut ws,
+        r#"{"type":"candidate","candidate":"candidate:nonsense"}"#,
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::InvalidCandidate).await;
     let huge = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "x".repeat(300 * 1024));
     send_text(&mut ws, huge).await;
@@ -83,12 +102,25 @@ async fn malformed_signaling_gets_typed_errors_and_the_socket_survives() {
     assert_eq!(recv_msg(&mut ws).await, ServerMessage::Pong {});
     let metrics = server.render_metrics();
     assert!(metric_sum(&metrics, "huizhen_signaling_errors_total") >= 12.0);
-    assert!(metric_sum(&metrics, "huizhen_signaling_errors_total{code=\"invalid_sdp\"}") >= 1.0);
+    assert!(
+        metric_sum(
+            &metrics,
+            "huizhen_signaling_errors_total{code=\"invalid_sdp\"}"
+        ) >= 1.0
+    );
     assert_eq!(metric_sum(&metrics, "huizhen_sfu_participants"), 1.0);
 
     send_text(&mut ws, r#"{"type":"leave"}"#).await;
-    let (bye, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Bye { .. })).await;
-    assert_eq!(bye, ServerMessage::Bye { reason: "left".into() });
+    let (bye, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Bye { .. })
+    })
+    .await;
+    assert_eq!(
+        bye,
+        ServerMessage::Bye {
+            reason: "left".into()
+        }
+    );
     server.shutdown().await;
 }
 
@@ -97,10 +129,18 @@ async fn garbage_on_media_ports_is_counted_and_the_room_keeps_its_media() {
     init_tracing();
     let server = start_server().await;
     let room = unique_room("garbage");
-    let a = RsPeer::connect(server.http_addr(), &room, "a", 0).await.expect("peer a");
-    let b = RsPeer::connect(server.http_addr(), &room, "b", 1).await.expect("peer b");
-    a.wait_remote_tracks(2, Duration::from_secs(20)).await.expect("a sees b's tracks");
-    b.wait_remote_tracks(2, Duration::from_secs(20)).await.expect("b sees a's tracks");
+    let a = RsPeer::connect(server.http_addr(), &room, "a", 0)
+        .await
+        .expect("peer a");
+    let b = RsPeer::connect(server.http_addr(), &room, "b", 1)
+        .await
+        .expect("peer b");
+    a.wait_remote_tracks(2, Duration::from_secs(20))
+        .await
+        .expect("a sees b's tracks");
+    b.wait_remote_tracks(2, Duration::from_secs(20))
+        .await
+        .expect("b sees a's tracks");
     let media_a = a.start_media(Duration::from_millis(20));
     let media_b = b.start_media(Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -115,7 +155,9 @@ async fn garbage_on_media_ports_is_counted_and_the_room_keeps_its_media() {
         seed ^= seed >> 17;
         seed ^= seed << 5;
         let len = (seed % 1200) as usize;
-        let mut bytes: Vec<u8> = (0..len).map(|j| (seed >> (j % 24)) as u8 ^ j as u8).collect();
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|j| (seed >> (j % 24)) as u8 ^ j as u8)
+            .collect();
         if let Some(first) = bytes.first_mut() {
             *first = [0u8, 1, 23, 128, 200, 255][(i % 6) as usize];
         }
@@ -128,17 +170,28 @@ async fn garbage_on_media_ports_is_counted_and_the_room_keeps_its_media() {
     // Garbage on ICE-TCP: a frame of junk, then a truncated frame and a hang-up.
     let tcp_addr = server.tcp_addr().expect("ICE-TCP enabled");
     let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
-    tcp.write_all(&[0, 5, 1, 2, 3, 4, 5, 0xff, 0xff, 9]).await.unwrap();
+    tcp.write_all(&[0, 5, 1, 2, 3, 4, 5, 0xff, 0xff, 9])
+        .await
+        .unwrap();
     drop(tcp);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_a = a.received_total();
     let after_b = b.received_total();
-    assert!(after_a > before_a + 50, "a's media stalled: {before_a} -> {after_a}");
-    assert!(after_b > before_b + 50, "b's media stalled: {before_b} -> {after_b}");
+    assert!(
+        after_a > before_a + 50,
+        "a's media stalled: {before_a} -> {after_a}"
+    );
+    assert!(
+        after_b > before_b + 50,
+        "b's media stalled: {before_b} -> {after_b}"
+    );
     let metrics = server.render_metrics();
     let dropped = metric_sum(&metrics, "huizhen_sfu_dropped_packets_total");
-    assert!(dropped >= 1_500.0, "only {dropped} garbage datagrams counted:\n{metrics}");
+    assert!(
+        dropped >= 1_500.0,
+        "only {dropped} garbage datagrams counted:\n{metrics}"
+    );
     assert_eq!(metric_sum(&metrics, "huizhen_sfu_participants"), 2.0);
     let (status, _) = http_get(server.http_addr(), "/healthz").await;
     assert_eq!(status, 200);
@@ -188,7 +241,10 @@ async fn health_metrics_and_client_pages_are_served() {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        assert!(metrics.contains(&name), "dashboard charts {name}, which /metrics lacks");
+        assert!(
+            metrics.contains(&name),
+            "dashboard charts {name}, which /metrics lacks"
+        );
         charted += 1;
     }
     assert!(charted >= 15, "dashboard references only {charted} metrics");
@@ -220,10 +276,17 @@ async fn a_source_whose_sockets_keep_being_closed_for_refusals_is_shut_out() {
     // The next upgrade from this address is refused cheaply, and counted.
     let url = format!("ws://{}/ws", server.http_addr());
     match tokio_tungstenite::connect_async(&url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429)
+        }
         other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
     }
-    assert!(metric_sum(&server.render_metrics(), "huizhen_signaling_blocked_upgrades_total") >= 1.0);
+    assert!(
+        metric_sum(
+            &server.render_metrics(),
+            "huizhen_signaling_blocked_upgrades_total"
+        ) >= 1.0
+    );
     // Plain HTTP (the REST API, pages) is not affected.
     let (status, _) = http_get(server.http_addr(), "/healthz").await;
     assert_eq!(status, 200);

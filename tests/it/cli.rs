@@ -11,7 +11,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_huizhen");
 fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     s.read_to_string(&mut response).ok()?;
     response.split(' ').nth(1)?.parse().ok()
@@ -24,7 +28,10 @@ fn serve_prints_links_and_stops_on_sigterm() {
     let config = dir.join("huizhen.toml");
     std::fs::write(
         &config,
-        format!("[archive]\nlocal_dir = \"{}\"\n", dir.join("archive").display()),
+        format!(
+            "[archive]\nlocal_dir = \"{}\"\n",
+            dir.join("archive").display()
+        ),
     )
     .unwrap();
     let mut child = Command::new(BIN)
@@ -69,7 +76,10 @@ fn serve_prints_links_and_stops_on_sigterm() {
         if let Some(exit) = child.try_wait().unwrap() {
             break exit;
         }
-        assert!(Instant::now() < deadline, "server did not stop within 10 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "server did not stop within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status after SIGTERM: {exit}");
@@ -94,6 +104,10 @@ fn bad_config_is_refused_with_the_field_name() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,12 +28,37 @@ fn now_secs() -> u64 {
 
 /// `join_consultation`, then hand the socket to a webrtc-rs peer.
 async fn enter_call(mut ws: Ws, consultation: &str, name: &str, index: u8) -> RsPeer {
-    send_msg(&mut ws, &ClientMessage::JoinConsultation { consultation: consultation.into() }).await;
-    let (joined, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Joined { .. })).await;
-    let ServerMessage::Joined { participant_id, participants, .. } = joined else { unreachable!() };
-    RsPeer::on_joined_socket(ws, Joined { participant_id, participants }, name, index, CandidateMode::Trickle)
-        .await
-        .expect("peer connects")
+    send_msg(
+        &mut ws,
+        &ClientMessage::JoinConsultation {
+            consultation: consultation.into(),
+        },
+    )
+    .await;
+    let (joined, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Joined { .. })
+    })
+    .await;
+    let ServerMessage::Joined {
+        participant_id,
+        participants,
+        ..
+    } = joined
+    else {
+        unreachable!()
+    };
+    RsPeer::on_joined_socket(
+        ws,
+        Joined {
+            participant_id,
+            participants,
+        },
+        name,
+        index,
+        CandidateMode::Trickle,
+    )
+    .await
+    .expect("peer connects")
 }
 
 /// A doctor and a patient in a call through the server at `addr` (set up through its REST API
@@ -41,37 +66,105 @@ async fn enter_call(mut ws: Ws, consultation: &str, name: &str, index: u8) -> Rs
 /// with `consents`.
 async fn recorded_call(addr: &str, api_key: &str, consents: bool) -> (RsPeer, RsPeer, String) {
     let soon = now_secs() * 1000 + 60_000;
-    assert_eq!(http_json(addr, "POST", "/api/v1/clinics", Some(api_key), Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))).await.0, 201);
     assert_eq!(
-        http_json(addr, "POST", "/api/v1/appointments", Some(api_key), Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))).await.0,
+        http_json(
+            addr,
+            "POST",
+            "/api/v1/clinics",
+            Some(api_key),
+            Some(json!({"id": "k", "doctor": "dr-li", "name": "K"}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        http_json(
+            addr,
+            "POST",
+            "/api/v1/appointments",
+            Some(api_key),
+            Some(json!({"id": "ap", "clinic": "k", "patient": "pat-a", "slot_start_ms": soon}))
+        )
+        .await
+        .0,
         201
     );
     let token = |body: serde_json::Value| async move {
-        let (status, reply) = http_json(addr, "POST", "/api/v1/tokens", Some(api_key), Some(body)).await;
+        let (status, reply) =
+            http_json(addr, "POST", "/api/v1/tokens", Some(api_key), Some(body)).await;
         assert_eq!(status, 201, "{reply}");
         reply["token"].as_str().unwrap().to_owned()
     };
-    let dt = token(json!({"sub": "dr-li", "name": "Dr Li", "role": "doctor", "clinics": ["k"]})).await;
-    let pt = token(json!({"sub": "pat-a", "name": "A", "role": "patient", "appointment": "ap"})).await;
+    let dt =
+        token(json!({"sub": "dr-li", "name": "Dr Li", "role": "doctor", "clinics": ["k"]})).await;
+    let pt =
+        token(json!({"sub": "pat-a", "name": "A", "role": "patient", "appointment": "ap"})).await;
     let mut doctor_ws = authed_socket(addr, dt).await;
     let mut patient_ws = authed_socket(addr, pt).await;
-    send_msg(&mut patient_ws, &ClientMessage::CheckIn { appointment: "ap".into() }).await;
-    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Waiting { .. })).await;
-    send_msg(&mut doctor_ws, &ClientMessage::Invite { clinic: "k".into(), patient: None }).await;
-    let (ringing, _) = recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Ringing { .. })).await;
-    let ServerMessage::Ringing { invitation, consultation, .. } = ringing else { unreachable!() };
-    send_msg(&mut patient_ws, &ClientMessage::AcceptInvitation { invitation }).await;
-    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::ConsultationReady { .. })).await;
+    send_msg(
+        &mut patient_ws,
+        &ClientMessage::CheckIn {
+            appointment: "ap".into(),
+        },
+    )
+    .await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Waiting { .. })
+    })
+    .await;
+    send_msg(
+        &mut doctor_ws,
+        &ClientMessage::Invite {
+            clinic: "k".into(),
+            patient: None,
+        },
+    )
+    .await;
+    let (ringing, _) = recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Ringing { .. })
+    })
+    .await;
+    let ServerMessage::Ringing {
+        invitation,
+        consultation,
+        ..
+    } = ringing
+    else {
+        unreachable!()
+    };
+    send_msg(
+        &mut patient_ws,
+        &ClientMessage::AcceptInvitation { invitation },
+    )
+    .await;
+    recv_until(&mut patient_ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::ConsultationReady { .. })
+    })
+    .await;
     let doctor = enter_call(doctor_ws, &consultation, "doctor", 0).await;
     let patient = enter_call(patient_ws, &consultation, "patient", 1).await;
-    doctor.wait_remote_tracks(2, WAIT).await.expect("doctor receives the patient");
-    patient.wait_remote_tracks(2, WAIT).await.expect("patient receives the doctor");
-    doctor.send(ClientMessage::StartRecording { consultation: consultation.clone() });
+    doctor
+        .wait_remote_tracks(2, WAIT)
+        .await
+        .expect("doctor receives the patient");
     patient
-        .wait_message("consent request", WAIT, |m| matches!(m, ServerMessage::ConsentRequest { .. }))
+        .wait_remote_tracks(2, WAIT)
+        .await
+        .expect("patient receives the doctor");
+    doctor.send(ClientMessage::StartRecording {
+        consultation: consultation.clone(),
+    });
+    patient
+        .wait_message("consent request", WAIT, |m| {
+            matches!(m, ServerMessage::ConsentRequest { .. })
+        })
         .await
         .unwrap();
-    patient.send(ClientMessage::Consent { consultation: consultation.clone(), granted: consents });
+    patient.send(ClientMessage::Consent {
+        consultation: consultation.clone(),
+        granted: consents,
+    });
     patient
         .wait_message("consent applied", WAIT, |m| {
             matches!(m, ServerMessage::RecordingStatus { recorded, .. } if *recorded == consents)
@@ -83,9 +176,13 @@ async fn recorded_call(addr: &str, api_key: &str, consents: bool) -> (RsPeer, Rs
 
 /// The doctor stops the recording and sees it stopped.
 async fn stop_recording(doctor: &RsPeer, consultation: &str) {
-    doctor.send(ClientMessage::StopRecording { consultation: consultation.to_owned() });
+    doctor.send(ClientMessage::StopRecording {
+        consultation: consultation.to_owned(),
+    });
     doctor
-        .wait_message("stopped", WAIT, |m| matches!(m, ServerMessage::RecordingStatus { active: false, .. }))
+        .wait_message("stopped", WAIT, |m| {
+            matches!(m, ServerMessage::RecordingStatus { active: false, .. })
+        })
         .await
         .unwrap();
 }
@@ -104,18 +201,33 @@ async fn wait_for_manifest(archive_dir: &Path) -> std::path::PathBuf {
         if let Some(p) = found {
             return p;
         }
-        assert!(std::time::Instant::now() < deadline, "no manifest archived in {}", recordings.display());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no manifest archived in {}",
+            recordings.display()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn ffprobe_stream(file: &Path) -> serde_json::Value {
     let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
         .arg(file)
         .output()
         .expect("ffprobe runs (tests/run-all.sh installs ffmpeg)");
-    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -144,30 +256,48 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
 
     // The manifest reaches the archive once the spool has uploaded everything.
     let manifest_path = wait_for_manifest(&archive_dir).await;
-    let manifest = huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let manifest =
+        huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
     let kek = huizhen::vault::LocalKek::from_file(&data_dir.join("recording-kek")).unwrap();
-    let signer = huizhen::vault::load_signing_key(&data_dir.join("recording-signing-key.pem")).unwrap();
+    let signer =
+        huizhen::vault::load_signing_key(&data_dir.join("recording-signing-key.pem")).unwrap();
     let fetch = |key: &str| std::fs::read(archive_dir.join(key)).map_err(|e| e.to_string());
-    let report = huizhen::vault::verify_recording(&manifest, fetch, Some(&signer.verifying_key()), Some(&kek));
+    let report = huizhen::vault::verify_recording(
+        &manifest,
+        fetch,
+        Some(&signer.verifying_key()),
+        Some(&kek),
+    );
     assert!(report.is_ok(), "{report}");
     // The hospital's system hears that it is complete and archived.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let archived = hooks.lock().unwrap().iter().any(|v| {
-            v["type"] == "recording.archived" && v["data"]["recording"] == manifest.recording_id.as_str()
+            v["type"] == "recording.archived"
+                && v["data"]["recording"] == manifest.recording_id.as_str()
         });
         if archived {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no recording.archived webhook");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recording.archived webhook"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // The refusing patient is absent; the decisions are in the manifest.
     assert!(!manifest.tracks.is_empty());
-    assert!(manifest.tracks.iter().all(|t| t.participant == "dr-li"), "{:?}", manifest.tracks);
-    let decisions: Vec<(&str, huizhen::vault::ConsentDecision)> =
-        manifest.consents.iter().map(|c| (c.user_id.as_str(), c.decision)).collect();
+    assert!(
+        manifest.tracks.iter().all(|t| t.participant == "dr-li"),
+        "{:?}",
+        manifest.tracks
+    );
+    let decisions: Vec<(&str, huizhen::vault::ConsentDecision)> = manifest
+        .consents
+        .iter()
+        .map(|c| (c.user_id.as_str(), c.decision))
+        .collect();
     assert!(decisions.contains(&("pat-a", huizhen::vault::ConsentDecision::Refused)));
     assert!(decisions.contains(&("dr-li", huizhen::vault::ConsentDecision::Granted)));
 
@@ -178,14 +308,36 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
         let plain: Vec<Vec<u8>> = track
             .segments
             .iter()
-            .map(|s| huizhen::vault::open_recorded_segment(&manifest, s, &data_key, &fetch(&s.object_key).unwrap()).unwrap())
+            .map(|s| {
+                huizhen::vault::open_recorded_segment(
+                    &manifest,
+                    s,
+                    &data_key,
+                    &fetch(&s.object_key).unwrap(),
+                )
+                .unwrap()
+            })
             .collect();
-        let file = data_dir.join(format!("{}.{}", track.track_id, if track.codec == "h264" { "mkv" } else { "webm" }));
+        let file = data_dir.join(format!(
+            "{}.{}",
+            track.track_id,
+            if track.codec == "h264" { "mkv" } else { "webm" }
+        ));
         std::fs::write(&file, huizhen::recorder::finalize(&plain).unwrap()).unwrap();
         let probe = ffprobe_stream(&file);
-        let codec = probe["streams"][0]["codec_name"].as_str().unwrap().to_owned();
-        let duration: f64 = probe["format"]["duration"].as_str().unwrap().parse().unwrap();
-        assert!((2.0..=5.0).contains(&duration), "{codec} lasts {duration} s for a ~4 s recording");
+        let codec = probe["streams"][0]["codec_name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let duration: f64 = probe["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (2.0..=5.0).contains(&duration),
+            "{codec} lasts {duration} s for a ~4 s recording"
+        );
         codecs.push(codec);
     }
     codecs.sort();
@@ -219,7 +371,11 @@ fn cli_tools(data_dir: &Path, archive_dir: &Path, manifest: &huizhen::vault::Man
             .args(["--config", config.to_str().unwrap()])
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     };
     let id = manifest.recording_id.as_str();
@@ -241,7 +397,14 @@ fn cli_tools(data_dir: &Path, archive_dir: &Path, manifest: &huizhen::vault::Man
     let wrong = data_dir.join("wrong-kek");
     std::fs::write(&wrong, [7u8; 32]).unwrap();
     let wrong_dir = data_dir.join("wrong-export");
-    let (ok, text) = run(&["export", id, "--out", wrong_dir.to_str().unwrap(), "--key", wrong.to_str().unwrap()]);
+    let (ok, text) = run(&[
+        "export",
+        id,
+        "--out",
+        wrong_dir.to_str().unwrap(),
+        "--key",
+        wrong.to_str().unwrap(),
+    ]);
     assert!(!ok && text.contains("wrong key-encryption key"), "{text}");
     assert!(!wrong_dir.exists() || std::fs::read_dir(&wrong_dir).unwrap().next().is_none());
 
@@ -261,7 +424,10 @@ fn cli_tools(data_dir: &Path, archive_dir: &Path, manifest: &huizhen::vault::Man
     let tampered_dir = data_dir.join("tampered-export");
     let (ok, text) = run(&["export", id, "--out", tampered_dir.to_str().unwrap()]);
     assert!(!ok && text.contains("FAILED"), "{text}");
-    assert!(!tampered_dir.exists(), "nothing exported from a tampered recording");
+    assert!(
+        !tampered_dir.exists(),
+        "nothing exported from a tampered recording"
+    );
 }
 
 /// A running `huizhen serve` process with its printed address and API key.
@@ -292,7 +458,11 @@ fn serve(config: &Path) -> Process {
     while http.is_none() || key.is_none() {
         let Some(Ok(line)) = lines.next() else { break };
         if line.contains("/room/demo") {
-            http = line.split("http://").nth(1).and_then(|r| r.split('/').next()).map(str::to_owned);
+            http = line
+                .split("http://")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .map(str::to_owned);
         }
         if let Some(rest) = line.trim().strip_prefix("API key:") {
             key = rest.split_whitespace().next().map(str::to_owned);
@@ -308,7 +478,10 @@ fn serve(config: &Path) -> Process {
 async fn authed_socket(addr: &str, token: String) -> Ws {
     let mut ws = connect_ws(addr.parse().unwrap()).await;
     send_msg(&mut ws, &ClientMessage::Auth { token }).await;
-    recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Authenticated { .. })).await;
+    recv_until(&mut ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Authenticated { .. })
+    })
+    .await;
     ws
 }
 
@@ -350,12 +523,19 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
         if journaled >= 6 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no segments journaled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segments journaled"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut server = server;
     let pid = server.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
     let _ = server.child.wait();
     media_doctor.stop().await;
     media_patient.stop().await;
@@ -366,9 +546,20 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
     // Restart: the journal is signed as interrupted and archived with every spooled segment.
     let restarted = serve(&config);
     let manifest_path = wait_for_manifest(&archive_dir).await;
-    let manifest = huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    assert!(manifest.interrupted.is_some(), "the manifest records the interruption");
-    assert!(manifest.tracks.iter().map(|t| t.segments.len()).sum::<usize>() >= 6);
+    let manifest =
+        huizhen::vault::Manifest::from_json(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert!(
+        manifest.interrupted.is_some(),
+        "the manifest records the interruption"
+    );
+    assert!(
+        manifest
+            .tracks
+            .iter()
+            .map(|t| t.segments.len())
+            .sum::<usize>()
+            >= 6
+    );
     // Every segment it lists reached the archive (spooled before the crash, uploaded after).
     let deadline = std::time::Instant::now() + WAIT;
     while manifest
@@ -377,16 +568,29 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
         .flat_map(|t| t.segments.iter())
         .any(|s| !archive_dir.join(&s.object_key).exists())
     {
-        assert!(std::time::Instant::now() < deadline, "segments missing from the archive");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments missing from the archive"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(restarted);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
-        .args(["recording", "verify", &manifest.recording_id, "--config", config.to_str().unwrap()])
+        .args([
+            "recording",
+            "verify",
+            &manifest.recording_id,
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && report.contains("result: OK"), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && report.contains("result: OK"),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -423,7 +627,10 @@ async fn an_s3_outage_mid_call_loses_nothing() {
         .find(|l| l.starts_with("huizhen_archive_spool_depth "))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("spool depth metric");
-    assert!(depth >= 2.0, "segments wait in the spool during the outage (depth {depth})");
+    assert!(
+        depth >= 2.0,
+        "segments wait in the spool during the outage (depth {depth})"
+    );
     s3.restart();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     stop_recording(&doctor, &consultation).await;
@@ -433,23 +640,45 @@ async fn an_s3_outage_mid_call_loses_nothing() {
     let store: std::sync::Arc<dyn huizhen::archive::ArchiveStore> = std::sync::Arc::new(s3.store());
     let deadline = std::time::Instant::now() + WAIT;
     let id = loop {
-        let listed = huizhen::recorder::tools::list(store.as_ref()).await.unwrap();
+        let listed = huizhen::recorder::tools::list(store.as_ref())
+            .await
+            .unwrap();
         if let Some(r) = listed.first() {
             break r.id.clone();
         }
-        assert!(std::time::Instant::now() < deadline, "no manifest reached S3");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no manifest reached S3"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let kek = huizhen::vault::LocalKek::from_file(&data_dir.join("recording-kek")).unwrap();
-    let signer = huizhen::vault::load_signing_key(&data_dir.join("recording-signing-key.pem")).unwrap();
-    let report = huizhen::recorder::tools::verify(store.as_ref(), &id, Some(&signer.verifying_key()), Some(&kek))
-        .await
-        .unwrap();
+    let signer =
+        huizhen::vault::load_signing_key(&data_dir.join("recording-signing-key.pem")).unwrap();
+    let report = huizhen::recorder::tools::verify(
+        store.as_ref(),
+        &id,
+        Some(&signer.verifying_key()),
+        Some(&kek),
+    )
+    .await
+    .unwrap();
     assert!(report.is_ok(), "{report}");
-    let manifest = huizhen::recorder::tools::list(store.as_ref()).await.unwrap().remove(0).manifest;
+    let manifest = huizhen::recorder::tools::list(store.as_ref())
+        .await
+        .unwrap()
+        .remove(0)
+        .manifest;
     let segments: usize = manifest.tracks.iter().map(|t| t.segments.len()).sum();
-    assert!(segments >= 4 * 5, "about 6 s of 4 tracks in 1 s segments, got {segments}");
-    assert_eq!(manifest.tracks.len(), 4, "doctor and patient, audio and video");
+    assert!(
+        segments >= 4 * 5,
+        "about 6 s of 4 tracks in 1 s segments, got {segments}"
+    );
+    assert_eq!(
+        manifest.tracks.len(),
+        4,
+        "doctor and patient, audio and video"
+    );
     doctor.close().await;
     patient.close().await;
     server.shutdown().await;

@@ -72,7 +72,11 @@ fn start(config: &Path) -> Running {
 
 fn stop(mut running: Running) {
     let pid = running.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     while running.child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
@@ -80,27 +84,59 @@ fn stop(mut running: Running) {
     }
 }
 
-async fn http(base: &str, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn http(
+    base: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     http_json(base, method, path, Some(key), body).await
 }
 
 fn mint(config: &Path, sub: &str, role: &str, extra: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args(["token", "--config", config.to_str().unwrap(), "--sub", sub, "--name", sub, "--role", role])
+        .args([
+            "token",
+            "--config",
+            config.to_str().unwrap(),
+            "--sub",
+            sub,
+            "--name",
+            sub,
+            "--role",
+            role,
+        ])
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 async fn check_in(base: &str, token: String, appointment: &str) -> (Ws, ServerMessage) {
     let mut ws = connect_ws(base.parse().unwrap()).await;
     send_msg(&mut ws, &ClientMessage::Auth { token }).await;
-    recv_until(&mut ws, REPLY_TIMEOUT, |m| matches!(m, ServerMessage::Authenticated { .. })).await;
-    send_msg(&mut ws, &ClientMessage::CheckIn { appointment: appointment.into() }).await;
+    recv_until(&mut ws, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Authenticated { .. })
+    })
+    .await;
+    send_msg(
+        &mut ws,
+        &ClientMessage::CheckIn {
+            appointment: appointment.into(),
+        },
+    )
+    .await;
     let (waiting, _) = recv_until(&mut ws, REPLY_TIMEOUT, |m| {
-        matches!(m, ServerMessage::Waiting { .. } | ServerMessage::Error { .. })
+        matches!(
+            m,
+            ServerMessage::Waiting { .. } | ServerMessage::Error { .. }
+        )
     })
     .await;
     (ws, waiting)
@@ -126,7 +162,14 @@ async fn appointments_queue_and_audit_chain_survive_a_restart() {
         .unwrap()
         .as_millis() as u64
         + 5 * 60_000;
-    let (status, body) = http(&server.http, &key, "POST", "/api/v1/clinics", Some(json!({"id": "neuro", "doctor": "dr-x", "name": "Neurology"}))).await;
+    let (status, body) = http(
+        &server.http,
+        &key,
+        "POST",
+        "/api/v1/clinics",
+        Some(json!({"id": "neuro", "doctor": "dr-x", "name": "Neurology"})),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     for (appt, patient) in [("ap-1", "p-1"), ("ap-2", "p-2")] {
         let (status, body) = http(
@@ -142,36 +185,109 @@ async fn appointments_queue_and_audit_chain_survive_a_restart() {
     let t1 = mint(&config, "p-1", "patient", &["--appointment", "ap-1"]);
     let t2 = mint(&config, "p-2", "patient", &["--appointment", "ap-2"]);
     let (ws1, w1) = check_in(&server.http, t1.clone(), "ap-1").await;
-    assert!(matches!(w1, ServerMessage::Waiting { position: Some(1), .. }), "{w1:?}");
+    assert!(
+        matches!(
+            w1,
+            ServerMessage::Waiting {
+                position: Some(1),
+                ..
+            }
+        ),
+        "{w1:?}"
+    );
     let (ws2, w2) = check_in(&server.http, t2.clone(), "ap-2").await;
-    assert!(matches!(w2, ServerMessage::Waiting { position: Some(2), .. }), "{w2:?}");
+    assert!(
+        matches!(
+            w2,
+            ServerMessage::Waiting {
+                position: Some(2),
+                ..
+            }
+        ),
+        "{w2:?}"
+    );
     drop((ws1, ws2));
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop(server);
 
     let before = audit_verify(&config);
-    assert!(before.status.success(), "{}", String::from_utf8_lossy(&before.stderr));
+    assert!(
+        before.status.success(),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
     let summary = String::from_utf8_lossy(&before.stdout).to_string();
 
     // Restart: the appointments are there, both patients keep their places on reconnecting.
     let server = start(&config);
-    let (status, list) = http(&server.http, &server.api_key, "GET", "/api/v1/appointments?clinic=neuro", None).await;
+    let (status, list) = http(
+        &server.http,
+        &server.api_key,
+        "GET",
+        "/api/v1/appointments?clinic=neuro",
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let ids: Vec<&str> = list.as_array().unwrap().iter().filter_map(|a| a["id"].as_str()).collect();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
     assert_eq!(ids, ["ap-1", "ap-2"]);
     let (_ws2, w2) = check_in(&server.http, t2, "ap-2").await;
-    assert!(matches!(w2, ServerMessage::Waiting { position: Some(2), .. }), "place kept: {w2:?}");
+    assert!(
+        matches!(
+            w2,
+            ServerMessage::Waiting {
+                position: Some(2),
+                ..
+            }
+        ),
+        "place kept: {w2:?}"
+    );
     let (_ws1, w1) = check_in(&server.http, t1, "ap-1").await;
-    assert!(matches!(w1, ServerMessage::Waiting { position: Some(1), .. }), "place kept: {w1:?}");
+    assert!(
+        matches!(
+            w1,
+            ServerMessage::Waiting {
+                position: Some(1),
+                ..
+            }
+        ),
+        "place kept: {w1:?}"
+    );
     let (_, entries) = http(&server.http, &server.api_key, "GET", "/api/v1/audit", None).await;
-    let kinds: Vec<&str> = entries.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "checked_in").count(), 2, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| **k == "reconnected").count(), 2, "{kinds:?}");
+    let kinds: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "checked_in").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "reconnected").count(),
+        2,
+        "{kinds:?}"
+    );
     stop(server);
 
     let after = audit_verify(&config);
-    assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
-    assert_ne!(String::from_utf8_lossy(&after.stdout), summary, "the chain grew across the restart");
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&after.stdout),
+        summary,
+        "the chain grew across the restart"
+    );
 
     // One byte of entry 2 changed (by someone with file access, past the triggers).
     let db = dir.join("data").join("huizhen.db");
@@ -192,8 +308,14 @@ async fn appointments_queue_and_audit_chain_survive_a_restart() {
     assert_eq!(changed, 1);
     drop(conn);
     let tampered = audit_verify(&config);
-    assert!(!tampered.status.success(), "verify must fail after tampering");
+    assert!(
+        !tampered.status.success(),
+        "verify must fail after tampering"
+    );
     let message = String::from_utf8_lossy(&tampered.stderr);
-    assert!(message.contains("BROKEN") && message.contains('2'), "{message}");
+    assert!(
+        message.contains("BROKEN") && message.contains('2'),
+        "{message}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

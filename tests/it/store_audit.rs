@@ -196,7 +196,9 @@ fn the_morning_is_what_it_claims_to_be() {
 fn commit_and_compare(store: &Store, engine: &mut ClinicEngine, now: Millis, what: &str) {
     store.commit(&engine.take_changes(), &[], &[]).unwrap();
     engine.evict_history(now);
-    let live = store.load_live(now, ClinicSettings::default().history_horizon_ms).unwrap();
+    let live = store
+        .load_live(now, ClinicSettings::default().history_horizon_ms)
+        .unwrap();
     assert_eq!(live, engine.snapshot(), "{what}");
 }
 
@@ -235,9 +237,16 @@ fn a_restart_restores_the_clinics_and_the_session_goes_on() {
     let store = Store::open(&path).unwrap();
     let loaded = store.load_live(Millis(NINE), horizon).unwrap();
     assert_eq!(loaded, before);
-    assert!(loaded.consultations.iter().all(|x| x.state != ConsultationState::Ended));
+    assert!(loaded
+        .consultations
+        .iter()
+        .all(|x| x.state != ConsultationState::Ended));
     let history = store.consultation(&ended[0].0).unwrap().unwrap();
-    assert_eq!(history.state, ConsultationState::Ended, "history is read from the store");
+    assert_eq!(
+        history.state,
+        ConsultationState::Ended,
+        "history is read from the store"
+    );
     let now = Millis(NINE + 40 * MIN);
     let mut restored = ClinicEngine::from_snapshot(ClinicSettings::default(), loaded, now);
     let mut expected = engine.consultation(&c).unwrap().clone();
@@ -277,8 +286,14 @@ fn a_restart_restores_the_clinics_and_the_session_goes_on() {
     assert_eq!(after, restored.snapshot());
     // Ended consultations keep who took part: it is their history.
     let ended = store.consultation(&c.0).unwrap().unwrap();
-    assert_eq!(ended.state, huizhen_signaling::clinic::ConsultationState::Ended);
-    assert!(!ended.seats.is_empty(), "participants stay on record after the end");
+    assert_eq!(
+        ended.state,
+        huizhen_signaling::clinic::ConsultationState::Ended
+    );
+    assert!(
+        !ended.seats.is_empty(),
+        "participants stay on record after the end"
+    );
     assert_eq!(after.clinics[0].recent_lengths_ms.len(), 2);
     assert_eq!(
         ended.invited_by.as_ref().map(|u| u.0.as_str()),

@@ -43,7 +43,9 @@ async fn https_and_wss_are_served_with_the_configured_certificate() {
     let mut config = huizhen::config::Config::loopback_for_tests();
     config.http.tls_cert = Some(cert);
     config.http.tls_key = Some(key);
-    let server = huizhen::server::start(config).await.expect("server with TLS");
+    let server = huizhen::server::start(config)
+        .await
+        .expect("server with TLS");
     assert!(server.is_tls());
 
     let mut tls = tls_connect(server.http_addr(), &der).await;
@@ -64,13 +66,19 @@ async fn https_and_wss_are_served_with_the_configured_certificate() {
     assert_eq!(reply, ServerMessage::Pong {});
 
     // Plain HTTP on the TLS port is refused, not served.
-    let mut plain = tokio::net::TcpStream::connect(server.http_addr()).await.unwrap();
+    let mut plain = tokio::net::TcpStream::connect(server.http_addr())
+        .await
+        .unwrap();
     plain
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), plain.read_to_end(&mut buf)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        plain.read_to_end(&mut buf),
+    )
+    .await;
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -81,6 +89,9 @@ async fn unreadable_certificate_is_a_clear_start_error() {
     let mut config = huizhen::config::Config::loopback_for_tests();
     config.http.tls_cert = Some("/nonexistent/cert.pem".into());
     config.http.tls_key = Some("/nonexistent/key.pem".into());
-    let err = huizhen::server::start(config).await.err().expect("start must fail");
+    let err = huizhen::server::start(config)
+        .await
+        .err()
+        .expect("start must fail");
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }

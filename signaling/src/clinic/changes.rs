@@ -16,7 +16,9 @@
 
 use std::collections::BTreeSet;
 
-use super::model::{Appointment, AppointmentId, ClinicId, Consultation, ConsultationId, Invitation, InvitationId};
+use super::model::{
+    Appointment, AppointmentId, ClinicId, Consultation, ConsultationId, Invitation, InvitationId,
+};
 use super::ClinicRecord;
 
 /// Ids touched since the last [`super::ClinicEngine::take_changes`].

@@ -445,11 +445,7 @@ impl ClinicEngine {
     /// Plain records of the whole state.
     pub fn snapshot(&self) -> EngineSnapshot {
         EngineSnapshot {
-            clinics: self
-                .clinics
-                .values()
-                .map(ClinicState::record)
-                .collect(),
+            clinics: self.clinics.values().map(ClinicState::record).collect(),
             appointments: self.appointments.values().cloned().collect(),
             consultations: self.consultations.values().cloned().collect(),
             invitations: self.invitations.values().cloned().collect(),
@@ -460,7 +456,11 @@ impl ClinicEngine {
 
     /// Rebuild after a restart at `now`. Nobody is connected any more, so everyone waiting or
     /// seated starts their reconnect grace period now and keeps their place if they return.
-    pub fn from_snapshot(settings: ClinicSettings, snapshot: EngineSnapshot, now: Millis) -> ClinicEngine {
+    pub fn from_snapshot(
+        settings: ClinicSettings,
+        snapshot: EngineSnapshot,
+        now: Millis,
+    ) -> ClinicEngine {
         let mut engine = ClinicEngine::new(settings);
         engine.next_id = snapshot.next_id.max(1);
         for record in snapshot.clinics {
@@ -558,7 +558,9 @@ impl ClinicEngine {
         let ended: Vec<ConsultationId> = self
             .consultations
             .iter()
-            .filter(|(id, c)| c.state == ConsultationState::Ended && !self.dirty.consultations.contains(*id))
+            .filter(|(id, c)| {
+                c.state == ConsultationState::Ended && !self.dirty.consultations.contains(*id)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in &ended {
@@ -576,7 +578,11 @@ impl ClinicEngine {
         let old: Vec<AppointmentId> = self
             .appointments
             .values()
-            .filter(|a| a.slot_start < cutoff && !in_use.contains(&a.id) && !self.dirty.appointments.contains(&a.id))
+            .filter(|a| {
+                a.slot_start < cutoff
+                    && !in_use.contains(&a.id)
+                    && !self.dirty.appointments.contains(&a.id)
+            })
             .map(|a| a.id.clone())
             .collect();
         for id in &old {
@@ -674,26 +680,42 @@ impl ClinicEngine {
         }
         self.check_slot(&appointment.clinic, appointment.slot_start, &appointment.id)?;
         self.dirty.appointments.insert(appointment.id.clone());
-        self.appointments.insert(appointment.id.clone(), appointment);
+        self.appointments
+            .insert(appointment.id.clone(), appointment);
         Ok(Booking::Created)
     }
 
     /// Like [`ClinicEngine::add_appointment`], refusing slots that are already history at
     /// `now` (they could never be checked in to).
-    pub fn book_appointment(&mut self, now: Millis, appointment: Appointment) -> Result<Booking, ClinicError> {
+    pub fn book_appointment(
+        &mut self,
+        now: Millis,
+        appointment: Appointment,
+    ) -> Result<Booking, ClinicError> {
         if appointment.slot_start < Millis(now.0.saturating_sub(self.settings.history_horizon_ms))
             && !self.appointments.contains_key(&appointment.id)
         {
-            return Err(ClinicError::InvalidState("this slot is too far in the past to book"));
+            return Err(ClinicError::InvalidState(
+                "this slot is too far in the past to book",
+            ));
         }
         self.add_appointment(appointment)
     }
 
     /// The slot at `start` of `clinic` exists (when the clinic has slots) and has room for
     /// one more appointment besides `ignoring`.
-    fn check_slot(&self, clinic: &ClinicId, start: Millis, ignoring: &AppointmentId) -> Result<(), ClinicError> {
+    fn check_slot(
+        &self,
+        clinic: &ClinicId,
+        start: Millis,
+        ignoring: &AppointmentId,
+    ) -> Result<(), ClinicError> {
         let clinic_id = clinic;
-        let clinic = &self.clinics.get(clinic).ok_or(ClinicError::NotFound("clinic"))?.clinic;
+        let clinic = &self
+            .clinics
+            .get(clinic)
+            .ok_or(ClinicError::NotFound("clinic"))?
+            .clinic;
         if clinic.slots.is_empty() {
             return Ok(());
         }
@@ -716,20 +738,33 @@ impl ClinicEngine {
     /// Why an appointment cannot change now: its patient waits or is called, or its
     /// consultation runs or has ended.
     fn check_appointment_idle(&self, id: &AppointmentId) -> Result<&Appointment, ClinicError> {
-        let appointment = self.appointments.get(id).ok_or(ClinicError::NotFound("appointment"))?;
+        let appointment = self
+            .appointments
+            .get(id)
+            .ok_or(ClinicError::NotFound("appointment"))?;
         let waiting = self
             .clinics
             .get(&appointment.clinic)
             .and_then(|s| s.queue.get(&appointment.patient))
             .is_some_and(|e| &e.appointment == id);
         if waiting {
-            return Err(ClinicError::Conflict("the patient is checked in for this appointment"));
+            return Err(ClinicError::Conflict(
+                "the patient is checked in for this appointment",
+            ));
         }
-        if self.consultations.values().any(|c| &c.appointment == id && c.state != ConsultationState::Ended) {
-            return Err(ClinicError::Conflict("this appointment's consultation is under way"));
+        if self
+            .consultations
+            .values()
+            .any(|c| &c.appointment == id && c.state != ConsultationState::Ended)
+        {
+            return Err(ClinicError::Conflict(
+                "this appointment's consultation is under way",
+            ));
         }
         if self.ended_appointments.contains(id) {
-            return Err(ClinicError::Conflict("this appointment's consultation has taken place"));
+            return Err(ClinicError::Conflict(
+                "this appointment's consultation has taken place",
+            ));
         }
         Ok(appointment)
     }
@@ -744,7 +779,9 @@ impl ClinicEngine {
     ) -> Result<Appointment, ClinicError> {
         let appointment = self.check_appointment_idle(id)?.clone();
         if slot_start < Millis(now.0.saturating_sub(self.settings.history_horizon_ms)) {
-            return Err(ClinicError::InvalidState("this slot is too far in the past to book"));
+            return Err(ClinicError::InvalidState(
+                "this slot is too far in the past to book",
+            ));
         }
         self.check_slot(&appointment.clinic, slot_start, id)?;
         let a = self.appointments.get_mut(id).expect("checked above");
@@ -841,7 +878,9 @@ impl ClinicEngine {
         &'a self,
         appointment: &'a AppointmentId,
     ) -> impl Iterator<Item = &'a Consultation> + 'a {
-        self.consultations.values().filter(move |c| &c.appointment == appointment)
+        self.consultations
+            .values()
+            .filter(move |c| &c.appointment == appointment)
     }
 
     /// An invitation.
@@ -895,9 +934,15 @@ impl ClinicEngine {
             .ok_or(ClinicError::NotFound("appointment"))?
             .clone();
         if appt.patient != actor.user {
-            return Err(ClinicError::Forbidden("this appointment belongs to another patient"));
+            return Err(ClinicError::Forbidden(
+                "this appointment belongs to another patient",
+            ));
         }
-        let opens_at = Millis(appt.slot_start.0.saturating_sub(self.settings.checkin_window_ms));
+        let opens_at = Millis(
+            appt.slot_start
+                .0
+                .saturating_sub(self.settings.checkin_window_ms),
+        );
         if now < opens_at {
             return Err(ClinicError::TooEarly {
                 opens_at,
@@ -905,11 +950,18 @@ impl ClinicEngine {
             });
         }
         if self.ended_appointments.contains(&appt.id)
-            || self.consultation_of_appointment(&appt.id).is_some_and(|c| c.state == ConsultationState::Ended)
+            || self
+                .consultation_of_appointment(&appt.id)
+                .is_some_and(|c| c.state == ConsultationState::Ended)
         {
-            return Err(ClinicError::InvalidState("this appointment's consultation has ended"));
+            return Err(ClinicError::InvalidState(
+                "this appointment's consultation has ended",
+            ));
         }
-        let state = self.clinics.get_mut(&appt.clinic).ok_or(ClinicError::NotFound("clinic"))?;
+        let state = self
+            .clinics
+            .get_mut(&appt.clinic)
+            .ok_or(ClinicError::NotFound("clinic"))?;
         self.dirty.clinics.insert(appt.clinic.clone());
         let added = state
             .queue
@@ -991,7 +1043,12 @@ impl ClinicEngine {
     }
 
     /// The doctor's queue, in order.
-    pub fn queue(&self, now: Millis, actor: &Actor, clinic: &ClinicId) -> Result<Vec<QueueRow>, ClinicError> {
+    pub fn queue(
+        &self,
+        now: Millis,
+        actor: &Actor,
+        clinic: &ClinicId,
+    ) -> Result<Vec<QueueRow>, ClinicError> {
         self.require_doctor_of(actor, clinic)?;
         Ok(self.queue_rows(now, clinic))
     }
@@ -1021,7 +1078,13 @@ impl ClinicEngine {
     pub fn waiting_patients(&self, clinic: &ClinicId) -> Vec<UserId> {
         self.clinics
             .get(clinic)
-            .map(|s| s.queue.ordered().into_iter().map(|e| e.patient.clone()).collect())
+            .map(|s| {
+                s.queue
+                    .ordered()
+                    .into_iter()
+                    .map(|e| e.patient.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -1083,7 +1146,12 @@ impl ClinicEngine {
     }
 
     /// Move a waiting patient to the front.
-    pub fn move_up(&mut self, actor: &Actor, clinic: &ClinicId, patient: &UserId) -> Result<(), ClinicError> {
+    pub fn move_up(
+        &mut self,
+        actor: &Actor,
+        clinic: &ClinicId,
+        patient: &UserId,
+    ) -> Result<(), ClinicError> {
         self.require_doctor_of(actor, clinic)?;
         let moved = self
             .clinics
@@ -1111,7 +1179,11 @@ impl ClinicEngine {
     ) -> Result<Invitation, ClinicError> {
         self.require_doctor_of(actor, clinic)?;
         let state = &self.clinics[clinic];
-        if let Some(active) = state.active.as_ref().and_then(|c| self.consultations.get(c)) {
+        if let Some(active) = state
+            .active
+            .as_ref()
+            .and_then(|c| self.consultations.get(c))
+        {
             if active.state != ConsultationState::Ended {
                 return Err(ClinicError::InvalidState(
                     "finish or cancel the current consultation before inviting the next patient",
@@ -1119,14 +1191,19 @@ impl ClinicEngine {
             }
         }
         let entry = match patient {
-            Some(p) => state.queue.get(p).ok_or(ClinicError::NotFound("waiting patient"))?,
+            Some(p) => state
+                .queue
+                .get(p)
+                .ok_or(ClinicError::NotFound("waiting patient"))?,
             None => state
                 .queue
                 .next_callable()
                 .ok_or(ClinicError::InvalidState("nobody is waiting"))?,
         };
         if entry.invited.is_some() {
-            return Err(ClinicError::InvalidState("this patient is already being called"));
+            return Err(ClinicError::InvalidState(
+                "this patient is already being called",
+            ));
         }
         let (patient, appointment) = (entry.patient.clone(), entry.appointment.clone());
         let consultation_id = ConsultationId(self.fresh_id("c"));
@@ -1153,8 +1230,10 @@ impl ClinicEngine {
             patient: patient.clone(),
             expires_at: now.plus(self.settings.invite_timeout_ms),
         };
-        self.consultations.insert(consultation_id.clone(), consultation);
-        self.invitations.insert(invitation_id.clone(), invitation.clone());
+        self.consultations
+            .insert(consultation_id.clone(), consultation);
+        self.invitations
+            .insert(invitation_id.clone(), invitation.clone());
         let state = self.clinics.get_mut(clinic).expect("checked above");
         state.active = Some(consultation_id.clone());
         if let Some(e) = state.queue.get_mut(&patient) {
@@ -1170,7 +1249,11 @@ impl ClinicEngine {
     }
 
     /// The doctor withdraws an unanswered invitation.
-    pub fn cancel_invitation(&mut self, actor: &Actor, invitation: &InvitationId) -> Result<(), ClinicError> {
+    pub fn cancel_invitation(
+        &mut self,
+        actor: &Actor,
+        invitation: &InvitationId,
+    ) -> Result<(), ClinicError> {
         let inv = self
             .invitations
             .get(invitation)
@@ -1218,7 +1301,9 @@ impl ClinicEngine {
             .ok_or(ClinicError::NotFound("invitation"))?
             .clone();
         if actor.role != Role::Patient || inv.patient != actor.user {
-            return Err(ClinicError::Forbidden("this invitation is for another patient"));
+            return Err(ClinicError::Forbidden(
+                "this invitation is for another patient",
+            ));
         }
         if !self.consultations.contains_key(&inv.consultation) {
             return Err(ClinicError::NotFound("consultation"));
@@ -1226,7 +1311,10 @@ impl ClinicEngine {
         self.invitations.remove(invitation);
         self.dirty.invitations.insert(inv.id.clone());
         self.dirty.consultations.insert(inv.consultation.clone());
-        let c = self.consultations.get_mut(&inv.consultation).expect("checked above");
+        let c = self
+            .consultations
+            .get_mut(&inv.consultation)
+            .expect("checked above");
         c.state = ConsultationState::InProgress;
         c.started_at = Some(now);
         c.seats.push(Seat {
@@ -1236,7 +1324,10 @@ impl ClinicEngine {
             disconnected_since: None,
         });
         let (room, clinic, id) = (c.room.clone(), c.clinic.clone(), c.id.clone());
-        let doctor = c.invited_by.clone().unwrap_or_else(|| UserId(String::new()));
+        let doctor = c
+            .invited_by
+            .clone()
+            .unwrap_or_else(|| UserId(String::new()));
         if let Some(state) = self.clinics.get_mut(&clinic) {
             state.queue.remove(&actor.user);
             self.dirty.clinics.insert(clinic.clone());
@@ -1270,7 +1361,9 @@ impl ClinicEngine {
             .ok_or(ClinicError::NotFound("invitation"))?
             .clone();
         if actor.role != Role::Patient || inv.patient != actor.user {
-            return Err(ClinicError::Forbidden("this invitation is for another patient"));
+            return Err(ClinicError::Forbidden(
+                "this invitation is for another patient",
+            ));
         }
         self.drop_invitation(invitation);
         self.emit(ClinicEvent::Declined {
@@ -1322,7 +1415,9 @@ impl ClinicEngine {
             });
         }
         if actor.role != Role::Doctor && c.state != ConsultationState::InProgress {
-            return Err(ClinicError::InvalidState("the consultation has not started"));
+            return Err(ClinicError::InvalidState(
+                "the consultation has not started",
+            ));
         }
         let room = c.room.clone();
         let may_publish = actor.role.may_publish();
@@ -1390,19 +1485,25 @@ impl ClinicEngine {
                 if appointment.is_some_and(|a| a.patient == actor.user) {
                     Ok(())
                 } else {
-                    Err(ClinicError::Forbidden("this is another patient's consultation"))
+                    Err(ClinicError::Forbidden(
+                        "this is another patient's consultation",
+                    ))
                 }
             }
             Role::Companion => {
                 if actor.appointment.as_ref() == Some(&c.appointment) {
                     Ok(())
                 } else {
-                    Err(ClinicError::Forbidden("no grant to accompany this consultation"))
+                    Err(ClinicError::Forbidden(
+                        "no grant to accompany this consultation",
+                    ))
                 }
             }
             Role::Expert => {
                 if actor.consultation.as_ref() != Some(&c.id) {
-                    return Err(ClinicError::Forbidden("the link is for another consultation"));
+                    return Err(ClinicError::Forbidden(
+                        "the link is for another consultation",
+                    ));
                 }
                 let link = c
                     .expert_links
@@ -1410,9 +1511,9 @@ impl ClinicEngine {
                     .find(|(id, _)| Some(id) == actor.token_id.as_ref());
                 match link {
                     None => Err(ClinicError::Forbidden("unknown expert link")),
-                    Some((_, Some(user))) if *user != actor.user => {
-                        Err(ClinicError::Forbidden("this link was already used by someone else"))
-                    }
+                    Some((_, Some(user))) if *user != actor.user => Err(ClinicError::Forbidden(
+                        "this link was already used by someone else",
+                    )),
                     Some(_) => Ok(()),
                 }
             }
@@ -1420,7 +1521,9 @@ impl ClinicEngine {
                 if actor.consultation.as_ref() == Some(&c.id) || actor.has_clinic(&c.clinic) {
                     Ok(())
                 } else {
-                    Err(ClinicError::Forbidden("no grant to observe this consultation"))
+                    Err(ClinicError::Forbidden(
+                        "no grant to observe this consultation",
+                    ))
                 }
             }
         }
@@ -1458,7 +1561,11 @@ impl ClinicEngine {
     }
 
     /// Someone leaves the call for good.
-    pub fn leave(&mut self, actor: &Actor, consultation: &ConsultationId) -> Result<(), ClinicError> {
+    pub fn leave(
+        &mut self,
+        actor: &Actor,
+        consultation: &ConsultationId,
+    ) -> Result<(), ClinicError> {
         let c = self
             .consultations
             .get_mut(consultation)
@@ -1478,7 +1585,12 @@ impl ClinicEngine {
     }
 
     /// The doctor ends the consultation: the room closes for everyone, expert links die.
-    pub fn end(&mut self, now: Millis, actor: &Actor, consultation: &ConsultationId) -> Result<(), ClinicError> {
+    pub fn end(
+        &mut self,
+        now: Millis,
+        actor: &Actor,
+        consultation: &ConsultationId,
+    ) -> Result<(), ClinicError> {
         let c = self.consultation_of_doctor(actor, consultation)?;
         match c.state {
             ConsultationState::Ended => return Err(ClinicError::InvalidState("already ended")),
@@ -1537,7 +1649,9 @@ impl ClinicEngine {
     ) -> Result<(), ClinicError> {
         let c = self.consultation_of_doctor(actor, consultation)?;
         if c.state != ConsultationState::InProgress {
-            return Err(ClinicError::InvalidState("only a running consultation can be recorded"));
+            return Err(ClinicError::InvalidState(
+                "only a running consultation can be recorded",
+            ));
         }
         if c.active_recording().is_some() {
             return Err(ClinicError::InvalidState("a recording is already running"));
@@ -1578,7 +1692,13 @@ impl ClinicEngine {
     }
 
     /// Ask `user` (who just took an admitted seat) if a recording runs and they were not asked.
-    fn ask_consent(&mut self, now: Millis, consultation: &ConsultationId, user: &UserId, role: Role) {
+    fn ask_consent(
+        &mut self,
+        now: Millis,
+        consultation: &ConsultationId,
+        user: &UserId,
+        role: Role,
+    ) {
         let Some(c) = self.consultations.get_mut(consultation) else {
             return;
         };
@@ -1624,7 +1744,9 @@ impl ClinicEngine {
             .consents
             .iter_mut()
             .find(|x| x.user == actor.user)
-            .ok_or(ClinicError::Forbidden("you were not asked for consent in this consultation"))?;
+            .ok_or(ClinicError::Forbidden(
+                "you were not asked for consent in this consultation",
+            ))?;
         let decision = if granted {
             ConsentDecision::Granted
         } else {

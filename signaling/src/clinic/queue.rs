@@ -152,7 +152,10 @@ impl WaitingRoom {
 
     /// Earliest disconnect time among entries (for the grace timer).
     pub fn earliest_disconnect(&self) -> Option<Millis> {
-        self.entries.iter().filter_map(|e| e.disconnected_since).min()
+        self.entries
+            .iter()
+            .filter_map(|e| e.disconnected_since)
+            .min()
     }
 
     /// Number of entries.
@@ -178,7 +181,12 @@ mod tests {
     use super::*;
 
     fn add(room: &mut WaitingRoom, now: u64, who: &str, slot: u64) {
-        room.add(Millis(now), AppointmentId(format!("a-{who}")), who.into(), Millis(slot));
+        room.add(
+            Millis(now),
+            AppointmentId(format!("a-{who}")),
+            who.into(),
+            Millis(slot),
+        );
     }
 
     #[test]
@@ -188,7 +196,10 @@ mod tests {
         add(&mut room, 20, "early-slot", 1_000);
         add(&mut room, 30, "early-slot-later", 1_000);
         let order: Vec<_> = room.ordered().iter().map(|e| e.patient.0.clone()).collect();
-        assert_eq!(order, ["early-slot", "early-slot-later", "late-slot-early-arrival"]);
+        assert_eq!(
+            order,
+            ["early-slot", "early-slot-later", "late-slot-early-arrival"]
+        );
         assert_eq!(room.position(&"early-slot-later".into()), Some(2));
     }
 

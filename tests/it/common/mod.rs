@@ -195,7 +195,11 @@ pub async fn http_text(
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read");
     let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
 }
@@ -209,11 +213,19 @@ pub async fn http_json(
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
     let (status, text) = http_text(addr, method, path, bearer, body).await;
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// A local receiver for the hospital-system webhooks: records verified bodies.
-pub async fn webhook_receiver(secret: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+pub async fn webhook_receiver(
+    secret: &'static str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
     use axum::body::Bytes;
     use axum::http::{HeaderMap, StatusCode};
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -223,13 +235,22 @@ pub async fn webhook_receiver(secret: &'static str) -> (String, std::sync::Arc<s
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
             let store = store.clone();
             async move {
-                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
                 let ts: u64 = h(huizhen::webhook::HEADER_TIMESTAMP).parse().unwrap_or(0);
                 let sig = h(huizhen::webhook::HEADER_SIGNATURE);
                 if !huizhen::webhook::verify_signature(secret.as_bytes(), ts, &body, &sig) {
                     return StatusCode::UNAUTHORIZED;
                 }
-                store.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+                store
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
                 StatusCode::NO_CONTENT
             }
         }),
@@ -239,7 +260,6 @@ pub async fn webhook_receiver(secret: &'static str) -> (String, std::sync::Arc<s
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
 }
-
 
 /// Sum of a metric's samples whose line starts with `prefix`.
 pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {

@@ -397,7 +397,6 @@ impl RsPeer {
         index: u8,
         mode: CandidateMode,
     ) -> anyhow::Result<RsPeer> {
-
         let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
         let (gathering_tx, mut gathering_rx) = watch::channel(RTCIceGatheringState::New);
         let (connection_tx, connection_rx) = watch::channel(RTCPeerConnectionState::New);
@@ -472,7 +471,10 @@ impl RsPeer {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         // Queued before any candidate, so the server sees the offer first.
         out_tx
-            .send(ClientMessage::Offer { sdp: offer_sdp, sources: Default::default() })
+            .send(ClientMessage::Offer {
+                sdp: offer_sdp,
+                sources: Default::default(),
+            })
             .map_err(|_| anyhow!("signaling task gone"))?;
         let signaling = tokio::spawn(signaling_task(
             name.to_owned(),
