@@ -258,7 +258,7 @@ pub struct Participant {
     pub probe_inputs: (u64, Option<u64>),
     /// Media bytes sent to it at the last peer statistics (for the delivered rate).
     pub last_tx: Option<(Instant, u64)>,
-    /// What its link delivered when it last lost heavily, and when: caps its allocation for
+    /// What its link delivered (wire bit/s) when it last lost heavily, and when: caps its allocation for
     /// [`CONGESTION_HOLD`] while the estimator catches up.
     pub congestion_cap: Option<(Instant, u64)>,
     /// Bit/s of video allocated to it at the last round.
@@ -334,9 +334,9 @@ impl Participant {
     }
 
     /// Peer statistics came: media bytes sent so far and the loss of the last second. When
-    /// the loss says the link is overfilled, remember what it delivered (the estimator takes
-    /// seconds to fall that far; until then every packet beyond it is lost, audio first).
-    /// Returns the cap when one was set.
+    /// the loss says the link is overfilled, remember what it delivered, in wire bits (the
+    /// estimator takes seconds to fall that far; until then every packet beyond it is lost,
+    /// audio first). Returns the cap when one was set.
     pub fn note_delivery(&mut self, now: Instant, bytes_tx: u64, loss: Option<f32>) -> Option<u64> {
         let last = self.last_tx.replace((now, bytes_tx));
         let (at, before) = last?;
@@ -345,7 +345,11 @@ impl Participant {
         if dt < 0.2 || loss < CONGESTION_LOSS {
             return None;
         }
-        let sent = bytes_tx.saturating_sub(before) as f64 * 8.0 / dt;
+        // In wire bits: the payload str0m counts plus the headers of what was sent (the
+        // delivered share of both). Payload alone plus the *sent* header rate, as the
+        // allocation converts estimates, overstated it by the lost packets' headers: ~100
+        // kbit/s while a cut link was being flooded, enough to keep a video on 120 kbit/s.
+        let sent = bytes_tx.saturating_sub(before) as f64 * 8.0 / dt + self.header_rate.0 as f64;
         let cap = (sent * f64::from(1.0 - loss.min(1.0))) as u64;
         self.congestion_cap = Some((now, cap));
         Some(cap)
@@ -393,7 +397,7 @@ impl Participant {
         let age = now.saturating_duration_since(at);
         let behind = self
             .estimate
-            .is_some_and(|e| e as f64 > cap as f64 * ESTIMATOR_BEHIND);
+            .is_some_and(|e| self.wire_estimate(e) as f64 > cap as f64 * ESTIMATOR_BEHIND);
         (age < CONGESTION_HOLD || (behind && age < CONGESTION_MEMORY)).then_some(cap)
     }
 

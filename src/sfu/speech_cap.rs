@@ -42,23 +42,26 @@ pub struct AudioRoom {
 
 impl AudioRoom {
     /// One allocation round (payload bit/s): its sustained estimate, the audio it receives,
-    /// whether any video flows to it, and whether its link is overfilled now (a congestion
-    /// cap holds: heavy loss, and the estimator has not caught up). Returns whether it is
-    /// tight.
+    /// whether any video flows to it, whether its link is overfilled now (a congestion cap
+    /// holds: heavy loss, and the estimator has not caught up) and whether it was lately.
+    /// Returns whether it is tight.
     ///
     /// An overfilled link with no video left is tight at once: after a cut the estimator
     /// takes seconds to fall below the voices (simulator, 120 kbit/s: 4 s, losing 15 % of
-    /// the audio meanwhile), while the loss already says the voices do not fit.
+    /// the audio meanwhile), while the loss already says the voices do not fit. For the same
+    /// reason its estimate cannot ease it while the overfilling is recent: it was still
+    /// falling through four times the capped voices when the cap ended.
     pub fn update(
         &mut self,
         sustained: u64,
         audio: u64,
         video_flows: bool,
         overfilled: bool,
+        recently_overfilled: bool,
     ) -> bool {
         self.tight = if audio == 0 || video_flows {
             false
-        } else if overfilled {
+        } else if overfilled || (self.tight && recently_overfilled) {
             true
         } else if self.tight {
             (sustained as f64) < audio as f64 * ROOMY
@@ -116,32 +119,35 @@ mod tests {
     #[test]
     fn a_link_that_barely_carries_the_audio_is_tight_until_video_flows_again() {
         let mut r = AudioRoom::default();
-        assert!(!r.update(1_000_000, 64_000, true, false));
+        assert!(!r.update(1_000_000, 64_000, true, false, false));
         // An audio-only call on a good line: the estimate sits at ~1.5 times the audio.
-        assert!(!r.update(96_000, 64_000, false, false));
+        assert!(!r.update(96_000, 64_000, false, false, false));
         // The estimate falls below the voices: tight.
-        assert!(r.update(60_000, 64_000, false, false));
+        assert!(r.update(60_000, 64_000, false, false, false));
         // Capped, the audio halves: still tight (no flapping back).
-        assert!(r.update(60_000, 32_000, false, false));
+        assert!(r.update(60_000, 32_000, false, false, false));
         // A video flows again: eased.
-        assert!(!r.update(250_000, 32_000, true, false));
+        assert!(!r.update(250_000, 32_000, true, false, false));
         // Or the estimate has plenty of room.
-        assert!(r.update(30_000, 32_000, false, false));
-        assert!(r.update(70_000, 32_000, false, false));
-        assert!(!r.update(100_000, 32_000, false, false));
+        assert!(r.update(30_000, 32_000, false, false, false));
+        assert!(r.update(70_000, 32_000, false, false, false));
+        assert!(!r.update(100_000, 32_000, false, false, false));
         // No audio at all: nothing to be tight about.
-        assert!(!r.update(10, 0, false, false));
+        assert!(!r.update(10, 0, false, false, false));
     }
 
     #[test]
     fn an_overfilled_link_without_video_is_tight_before_its_estimate_falls() {
         let mut r = AudioRoom::default();
         // Cut: the videos still flow, the estimate is stale and high.
-        assert!(!r.update(1_500_000, 80_000, true, true));
+        assert!(!r.update(1_500_000, 80_000, true, true, false));
         // Videos paused, the link still loses: tight with the estimate far above the voices.
-        assert!(r.update(900_000, 80_000, false, true));
+        assert!(r.update(900_000, 80_000, false, true, false));
         // The cap is gone and the estimate fell to the link: still tight (hysteresis).
-        assert!(r.update(60_000, 32_000, false, false));
+        // Eased by its estimate only once the overfilling is past: still falling through
+        // four times the capped voices just after the cap, it stays tight.
+        assert!(r.update(130_000, 32_000, false, false, true));
+        assert!(!r.update(130_000, 32_000, false, false, false));
     }
 
     #[test]

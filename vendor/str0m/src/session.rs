@@ -1298,7 +1298,16 @@ impl Session {
             self.media_bytes_tx += payload_size as u64;
         }
 
-        Some(protected.into())
+        // huizhen patch: let the pacer choose its next queue at once. Its gate otherwise waits
+        // for a full `handle_timeout` after every packet (every stream's NACK, report and
+        // queue bookkeeping, the estimator), which made each forwarded packet of an SFU cost a
+        // whole session timeout instead of one pass for a burst. Same `now`, same pacer
+        // decision: a packet it holds back still waits for its time.
+        let protected: DatagramSend = protected.into();
+        let probe_media = self.probe_media();
+        self.update_queue_state(now, probe_media);
+
+        Some(protected)
     }
 
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {
