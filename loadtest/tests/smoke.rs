@@ -163,8 +163,12 @@ async fn every_scenario_runs_against_huizhen_with_media_received() {
             "1",
             "--room-size",
             "4",
+            // Long enough for a video paused at the start to come back: a receiver whose
+            // first second lost heavily (a debug-built generator on a loaded machine) has its
+            // link left unprobed for PROBE_EMBARGO (5 s), a resume waits 3 s at least and needs
+            // its estimate sustained for 2 s; in 6 s such a video was never received.
             "--duration",
-            "6",
+            "15",
             "--simulcast",
             "q,h,f",
             "--downlink-kbps",

@@ -1964,7 +1964,7 @@ impl Sfu {
             audio_payload,
             s.allocated_video > 0,
             cap != u64::MAX,
-            s.congested_within(now, participant::CONGESTION_MEMORY),
+            s.embargoed(now),
         );
         let was_red = s.red.on();
         let has_video = !videos.is_empty();
@@ -2076,7 +2076,7 @@ impl Sfu {
         s.probe_inputs = (sending, goal);
         let minimum = probe.minimum.max(sending);
         // str0m takes payload rates.
-        let desired = if s.congested_within(now, participant::CONGESTION_MEMORY) {
+        let desired = if s.embargoed(now) {
             // Overfilled lately: no wish beyond what is sent. str0m's estimate lags the cut by
             // seconds, and sending far below it starts its periodic probes at twice the
             // desired rate: with the whole call's wish, bursts of padding kept a link cut to
@@ -2092,14 +2092,14 @@ impl Sfu {
             outcome.desired.max(minimum)
         };
         let targets = (s.payload_rate(minimum), s.payload_rate(desired));
-        // A link tight for the audio is probed too, once it has not been overfilled for
-        // CONGESTION_MEMORY: the probe is one short cluster just above the estimate (the
+        // A link tight for the audio is probed too, once the embargo after its last
+        // overfilling is over (`participant::PROBE_EMBARGO`): the probe is one short cluster just above the estimate (the
         // desired rate there is twice the media), and without it an audio-only link that
         // recovered may never show it (its estimate stays near 1.5 times the audio, and
         // str0m's periodic probes need the audio below 65 % of the estimate: simulator, 1 run
         // in 15 stayed audio-only for 90 s after the link cleared).
         let probe = outcome.next_step.is_some()
-            && !s.congested_within(now, participant::CONGESTION_MEMORY)
+            && !s.embargoed(now)
             && s.estimate.is_some_and(|e| e < targets.1)
             && s.next_probe.is_none_or(|t| now >= t);
         if probe {

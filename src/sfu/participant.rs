@@ -317,6 +317,13 @@ pub const ESTIMATOR_BEHIND: f64 = 1.5;
 /// probes: its loss was the queue's, and more bits make it worse.
 pub const CONGESTION_MEMORY: Duration = Duration::from_secs(10);
 
+/// After an overfilling, how long its link is not probed, wishes for nothing beyond what it
+/// carries, and keeps a tight audio tight (counted from the last overfilled second; the
+/// congestion cap holding extends it). Short enough that a link cut to 300 kbit/s gets a video
+/// back soon (10 s left the weak participant audio-only for 10-15 s after the cut), long enough
+/// that the estimator has fallen: the cap holds while it is more than 1.5 times the cap.
+pub const PROBE_EMBARGO: Duration = Duration::from_secs(5);
+
 /// How long an estimate must hold before resumes and upgrades go by it.
 pub const SUSTAIN_WINDOW: Duration = Duration::from_secs(2);
 
@@ -389,6 +396,11 @@ impl Participant {
     pub fn congested_within(&self, now: Instant, window: Duration) -> bool {
         self.congestion_cap
             .is_some_and(|(at, _)| now.saturating_duration_since(at) < window)
+    }
+
+    /// Within the probe embargo after an overfilling (see [`PROBE_EMBARGO`]).
+    pub fn embargoed(&self, now: Instant) -> bool {
+        self.congestion_cap(now).is_some() || self.congested_within(now, PROBE_EMBARGO)
     }
 
     /// The congestion cap, while it holds.

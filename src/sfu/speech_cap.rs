@@ -143,11 +143,13 @@ mod tests {
         assert!(!r.update(1_500_000, 80_000, true, true, false));
         // Videos paused, the link still loses: tight with the estimate far above the voices.
         assert!(r.update(900_000, 80_000, false, true, false));
-        // The cap is gone and the estimate fell to the link: still tight (hysteresis).
         // Eased by its estimate only once the overfilling is past: still falling through
         // four times the capped voices just after the cap, it stays tight.
         assert!(r.update(130_000, 32_000, false, false, true));
-        assert!(!r.update(130_000, 32_000, false, false, false));
+        // The estimate fell to the link: still tight (hysteresis).
+        assert!(r.update(60_000, 32_000, false, false, false));
+        // And eases once it has room for three times the capped voices.
+        assert!(!r.update(100_000, 32_000, false, false, false));
     }
 
     #[test]

@@ -1304,8 +1304,15 @@ impl Session {
         // whole session timeout instead of one pass for a burst. Same `now`, same pacer
         // decision: a packet it holds back still waits for its time.
         let protected: DatagramSend = protected.into();
-        let probe_media = self.probe_media();
-        self.update_queue_state(now, probe_media);
+        //
+        // Not while a probe cluster runs: its timing and completion are checked in the full
+        // `handle_timeout` (`handle_timeout_bwe`), and refreshing between its packets left a
+        // cluster that never completed, after which no probe ran again (an audio-only link
+        // that recovered stayed at its application-limited estimate for good).
+        if self.pacer.active_cluster().is_none() {
+            let probe_media = self.probe_media();
+            self.update_queue_state(now, probe_media);
+        }
 
         Some(protected)
     }

@@ -1320,16 +1320,17 @@ impl StreamTx {
         }
     }
 
-    /// Drop what is queued for sending and not sent yet, the resends waiting and the resend
-    /// history (huizhen patch).
+    /// Drop what is queued for sending and not sent yet, and the resends waiting (huizhen
+    /// patch).
     ///
     /// An SFU that pauses a video for a subscriber whose link was just cut wants nothing
     /// more of it on that link: the pacer queue, filled while the estimate was still high,
-    /// otherwise drains for seconds at the lowered pacing rate, and NACKs of it are answered,
-    /// both ahead of the audio the link can still carry. The receiver sees the dropped packets
-    /// as lost; the next packet written continues the sequence.
+    /// otherwise drains for seconds at the lowered pacing rate, ahead of the audio the link
+    /// can still carry, and NACKs of it are answered from the resend history. The receiver
+    /// sees the dropped packets as lost; the next packet written continues the sequence.
     pub fn drop_unsent(&mut self) {
         self.send_queue.clear();
+        self.queue_info = None;
         self.resends.clear();
         self.rtx_cache.clear();
     }
