@@ -44,14 +44,19 @@ fn since(frames: &[Frame], t: Instant) -> Vec<Frame> {
     frames.iter().copied().filter(|f| f.at >= t).collect()
 }
 
-/// Audio packets `rx` received of `tx` since `t`.
-fn audio_since(net: &SimNet, rx: usize, tx: usize, t: Instant) -> usize {
-    let mids = net.mids_from(rx, tx, TrackKind::Audio);
+/// Packets of `kind` `rx` received of `tx` since `t`.
+fn packets_since(net: &SimNet, rx: usize, tx: usize, kind: TrackKind, t: Instant) -> usize {
+    let mids = net.mids_from(rx, tx, kind);
     net.clients[rx]
         .received
         .iter()
         .filter(|r| mids.contains(&r.mid) && r.at >= t)
         .count()
+}
+
+/// Audio packets `rx` received of `tx` since `t`.
+fn audio_since(net: &SimNet, rx: usize, tx: usize, t: Instant) -> usize {
+    packets_since(net, rx, tx, TrackKind::Audio, t)
 }
 
 fn paused_notices(net: &SimNet, rx: usize) -> (usize, usize) {
@@ -830,16 +835,6 @@ fn microphones_speak_sparingly_while_a_link_barely_carries_the_voices_and_freely
     assert!(!since(&frames(&net, weak, a), net.now - Duration::from_secs(1)).is_empty());
 }
 
-/// Video packets `rx` received of `tx` since `t`.
-fn video_packets_since(net: &SimNet, rx: usize, tx: usize, t: Instant) -> usize {
-    let mids = net.mids_from(rx, tx, TrackKind::Video);
-    net.clients[rx]
-        .received
-        .iter()
-        .filter(|r| mids.contains(&r.mid) && r.at >= t)
-        .count()
-}
-
 #[test]
 fn a_link_cut_to_less_than_the_voices_stops_the_video_and_carries_the_capped_voices_within_seconds()
 {
@@ -848,7 +843,15 @@ fn a_link_cut_to_less_than_the_voices_stops_the_video_and_carries_the_capped_voi
     let b = net.add_simulcast_client("room");
     let weak = net.add_client("room", &[]);
     net.run_media(Duration::from_secs(10));
-    assert!(video_packets_since(&net, weak, a, net.now - Duration::from_secs(1)) > 100);
+    assert!(
+        packets_since(
+            &net,
+            weak,
+            a,
+            TrackKind::Video,
+            net.now - Duration::from_secs(1)
+        ) > 100
+    );
     let (paused_before, _) = paused_notices(&net, weak);
     // Cut from ~3 Mbit/s of video to 120 kbit/s, less than the two voices with their headers
     // (~115 kbit/s) and their feedback. The estimator still says ~1 Mbit/s for seconds.
@@ -867,7 +870,8 @@ fn a_link_cut_to_less_than_the_voices_stops_the_video_and_carries_the_capped_voi
     net.run_media(Duration::from_secs(1));
     let t = net.now;
     net.run_media(Duration::from_secs(6));
-    let late_video = video_packets_since(&net, weak, a, t) + video_packets_since(&net, weak, b, t);
+    let late_video = packets_since(&net, weak, a, TrackKind::Video, t)
+        + packets_since(&net, weak, b, TrackKind::Video, t);
     assert_eq!(late_video, 0, "video reached the cut link after the pause");
     // The overfilled link with no video left was tight at once: the microphones were capped
     // without waiting for the estimate to fall below them (it was still ~900 kbit/s).
