@@ -746,6 +746,12 @@ fn explore_a_weak_link_over_time() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let mut net = SimNet::new(40);
     let a = net.add_simulcast_client("room");
     let b = net.add_simulcast_client("room");

@@ -14,6 +14,7 @@
 //! handled hop by hop by str0m on both legs.
 
 pub mod allocation;
+pub mod delivery;
 pub mod demux;
 pub mod dynacast;
 pub mod feedback;
@@ -627,6 +628,7 @@ impl Sfu {
             prober: Default::default(),
             probe_inputs: (0, None),
             last_tx: None,
+            delivery: Default::default(),
             congestion_cap: None,
             allocated_video: 0,
             pending: None,
@@ -1954,6 +1956,9 @@ impl Sfu {
         // Estimates count payloads; the allocation counts packets on the wire.
         // The congestion cap is in wire bits already (what the link delivered).
         let cap = s.congestion_cap(now).unwrap_or(u64::MAX);
+        // What flows now and the link carries without loss is kept through the estimator's
+        // dips (see `delivery`); resumes still go by the sustained estimate.
+        let carried = s.estimate.and(s.delivery.carried_floor(now)).unwrap_or(0);
         let estimate = s.wire_estimate(s.estimate.unwrap_or(NO_ESTIMATE)).min(cap);
         let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE);
         let sustained = s.wire_estimate(sustained).min(cap);
@@ -2000,9 +2005,11 @@ impl Sfu {
             }
             _ => (estimate, sustained),
         };
+        // (The prober above judges its padding by the estimator's own estimate.)
+        let kept = estimate.max(carried.min(cap));
         let outcome = s
             .allocator
-            .allocate_sustained(now, estimate, sustained, audio, &videos);
+            .allocate_sustained(now, kept, sustained, audio, &videos);
         s.allocated_video = outcome.allocated;
         let mut signals = Vec::new();
         for c in &outcome.changes {

@@ -261,6 +261,8 @@ pub struct Participant {
     /// What its link delivered (wire bit/s) when it last lost heavily, and when: caps its allocation for
     /// [`CONGESTION_HOLD`] while the estimator catches up.
     pub congestion_cap: Option<(Instant, u64)>,
+    /// What its link delivered lately (see [`super::delivery`]).
+    pub delivery: super::delivery::DeliveryLog,
     /// Bit/s of video allocated to it at the last round.
     pub allocated_video: u64,
     /// Our outstanding offer.
@@ -348,8 +350,7 @@ impl Participant {
         let last = self.last_tx.replace((now, bytes_tx));
         let (at, before) = last?;
         let dt = now.saturating_duration_since(at).as_secs_f64();
-        let loss = loss?;
-        if dt < 0.2 || loss < CONGESTION_LOSS {
+        if dt < 0.2 {
             return None;
         }
         // In wire bits: the payload str0m counts plus the headers of what was sent (the
@@ -357,7 +358,13 @@ impl Participant {
         // allocation converts estimates, overstated it by the lost packets' headers: ~100
         // kbit/s while a cut link was being flooded, enough to keep a video on 120 kbit/s.
         let sent = bytes_tx.saturating_sub(before) as f64 * 8.0 / dt + self.header_rate.0 as f64;
-        let cap = (sent * f64::from(1.0 - loss.min(1.0))) as u64;
+        let delivered = (sent * f64::from(1.0 - loss.unwrap_or(0.0).clamp(0.0, 1.0))) as u64;
+        self.delivery.record(now, delivered, loss);
+        let loss = loss?;
+        if loss < CONGESTION_LOSS {
+            return None;
+        }
+        let cap = delivered;
         self.congestion_cap = Some((now, cap));
         Some(cap)
     }
