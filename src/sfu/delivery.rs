@@ -9,10 +9,11 @@
 //! - its delay-based part drops to 85 % of the acknowledged rate on a delay spike (a keyframe
 //!   on a narrow link), a rate measured while less was sent.
 //!
-//! So what flows now and the link delivered without loss over the last [`CARRIED_WINDOW`] is
-//! a floor under the estimate for *keeping* it ([`DeliveryLog::carried_floor`]). Never for
-//! resuming or climbing: the floor is what is sent, never more; a link that stops carrying it
-//! loses packets, and one lossy round removes the floor.
+//! So what the link delivered without loss over the last [`CARRIED_WINDOW`] is a floor under
+//! the estimate for *keeping* the lowest layers of the videos that flow
+//! ([`DeliveryLog::carried_floor`]; the core limits it to the audio and those layers). Never for
+//! resuming or climbing, nor for holding a higher layer against a delay-based backoff: the floor
+//! saves a video from a pause, it is what is sent, never more, and one lossy round removes it.
 //!
 //! Tried and left out: telling str0m's estimator to forget the loss of the overfilled seconds
 //! once the link delivered cleanly again (a patch resetting its loss observations, as it does

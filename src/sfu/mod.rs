@@ -1923,6 +1923,8 @@ impl Sfu {
         let mut videos = Vec::new();
         let mut audio = 0;
         let mut audio_with_red = 0;
+        // The lowest layers of the videos that flow now (what the carried floor may keep).
+        let mut lowest_flowing = 0;
         for t in &s.tracks_out {
             if !matches!(t.state, TrackOutState::Open(_)) {
                 continue;
@@ -1943,7 +1945,11 @@ impl Sfu {
                 .room_members
                 .get(&s.room)
                 .and_then(|r| r.speaker.current());
-            videos.push(video_track(now, t, tin, speaker == Some(t.publisher)));
+            let v = video_track(now, t, tin, speaker == Some(t.publisher));
+            if t.switch.target.is_some() {
+                lowest_flowing += v.layers.iter().flatten().next().copied().unwrap_or(0);
+            }
+            videos.push(v);
         }
         let Some(s) = self.participants.get_mut(&id) else {
             return;
@@ -2005,8 +2011,11 @@ impl Sfu {
             }
             _ => (estimate, sustained),
         };
-        // (The prober above judges its padding by the estimator's own estimate.)
-        let kept = estimate.max(carried.min(cap));
+        // Only as far as the lowest layers of what flows: the floor saves a video from a pause
+        // on an estimator's dip, it does not hold a high layer against a delay-based backoff
+        // (a link with a deep buffer delays long before it loses). The prober above judges its
+        // padding by the estimator's own estimate.
+        let kept = estimate.max(carried.min(cap).min(audio + lowest_flowing));
         let outcome = s
             .allocator
             .allocate_sustained(now, kept, sustained, audio, &videos);
