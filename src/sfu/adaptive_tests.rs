@@ -842,6 +842,38 @@ fn microphones_speak_sparingly_while_a_link_barely_carries_the_voices_and_freely
 }
 
 #[test]
+fn a_link_cut_to_a_video_and_the_voices_keeps_one_video_flowing_from_the_first_seconds() {
+    let mut net = SimNet::new(35);
+    let a = net.add_simulcast_client("room");
+    let b = net.add_simulcast_client("room");
+    let weak = net.add_client("room", &[]);
+    net.run_media(Duration::from_secs(10));
+    // Cut from ~3 Mbit/s of video to 300 kbit/s: room for the two voices (~115 kbit/s with
+    // their headers) and one video's lowest layer (~130 kbit/s), not two.
+    net.clients[weak].downlink = Some(Link::rate(300_000));
+    net.run_media(Duration::from_secs(2));
+    // The cap is what the link delivered by the client's receive times (its own rate), not
+    // the round's sent rate times a second's loss, which fell below the link once the videos
+    // were paused: then both videos paused and stayed so for ~10 s.
+    let id = net.clients[weak].id;
+    for s in 0..8 {
+        let t = net.now;
+        net.run_media(Duration::from_secs(1));
+        let video = since(&frames(&net, weak, a), t).len() + since(&frames(&net, weak, b), t).len();
+        let voices = audio_since(&net, weak, a, t) + audio_since(&net, weak, b, t);
+        let allocated = net.sfu.allocation_of(id).map(|(_, v)| v);
+        assert!(
+            video >= 15,
+            "second {s} after the first two: {video} frames, allocated video {allocated:?}"
+        );
+        assert!(
+            voices >= 90,
+            "second {s} after the first two: {voices} of 100 voice packets"
+        );
+    }
+}
+
+#[test]
 fn a_link_cut_to_less_than_the_voices_stops_the_video_and_carries_the_capped_voices_within_seconds()
 {
     let mut net = SimNet::new(33);

@@ -1967,7 +1967,10 @@ impl Sfu {
         let carried = s.estimate.and(s.delivery.carried_floor(now)).unwrap_or(0);
         let estimate = s.wire_estimate(s.estimate.unwrap_or(NO_ESTIMATE)).min(cap);
         let sustained = s.sustained_estimate(now).unwrap_or(NO_ESTIMATE);
-        let sustained = s.wire_estimate(sustained).min(cap);
+        let sustained = s
+            .wire_estimate(sustained)
+            .min(cap)
+            .min(s.link_ceiling(now).unwrap_or(u64::MAX));
         // Tightness in the estimator's own units (payload): see `speech_cap`.
         let (sustained_payload, audio_payload) = (s.payload_rate(sustained), s.payload_rate(audio));
         s.audio_room.update(
@@ -2027,7 +2030,13 @@ impl Sfu {
                 continue;
             };
             t.switch.set_target(c.to.layer());
-            if c.to == Target::Paused {
+            // Going down on an overfilled link is the same: the old layer stops at once (see
+            // `LayerSwitch::set_target`), and what str0m still queues of it would only keep the
+            // link full ahead of the voices (simulator, a cut to 300 kbit/s that keeps one video
+            // at its lowest layer: 55 of the first 200 voice packets arrived, 140 when paused).
+            let congested_down = cap != u64::MAX
+                && matches!((c.from, c.to), (Target::Layer(a), Target::Layer(b)) if b < a);
+            if c.to == Target::Paused || congested_down {
                 // Nothing more of a paused video will be decoded (it resumes on a keyframe):
                 // what str0m still holds of it would only take the link from the audio. At a
                 // cut to 120 kbit/s the pacer queue, filled while the estimate was high, kept
@@ -2471,7 +2480,8 @@ fn on_event(
             if let Some(loss) = s.egress_loss_fraction {
                 p.red.on_loss(loss);
             }
-            let cap = p.note_delivery(now, s.bytes_tx, s.egress_loss_fraction)?;
+            let cap =
+                p.note_delivery(now, s.bytes_tx, s.egress_loss_fraction, s.egress_received)?;
             debug!(participant = %p.id, cap, loss = ?s.egress_loss_fraction, "link overfilled: allocation capped at the delivered rate");
             metrics.congestion_caps.inc();
             Some(Deferred::Reallocate)

@@ -326,6 +326,11 @@ pub const CONGESTION_MEMORY: Duration = Duration::from_secs(10);
 /// that the estimator has fallen: the cap holds while it is more than 1.5 times the cap.
 pub const PROBE_EMBARGO: Duration = Duration::from_secs(5);
 
+/// How long after an overfilling the rate its link delivered then bounds resumes (see
+/// [`Participant::link_ceiling`]). Short enough that a link that recovers gets its videos
+/// back within seconds of the ceiling's end.
+pub const LINK_CEILING_MEMORY: Duration = Duration::from_secs(15);
+
 /// How long an estimate must hold before resumes and upgrades go by it.
 pub const SUSTAIN_WINDOW: Duration = Duration::from_secs(2);
 
@@ -346,7 +351,13 @@ impl Participant {
     /// the loss says the link is overfilled, remember what it delivered, in wire bits (the
     /// estimator takes seconds to fall that far; until then every packet beyond it is lost,
     /// audio first). Returns the cap when one was set.
-    pub fn note_delivery(&mut self, now: Instant, bytes_tx: u64, loss: Option<f32>) -> Option<u64> {
+    pub fn note_delivery(
+        &mut self,
+        now: Instant,
+        bytes_tx: u64,
+        loss: Option<f32>,
+        received: Option<(Duration, u64, u64)>,
+    ) -> Option<u64> {
         let last = self.last_tx.replace((now, bytes_tx));
         let (at, before) = last?;
         let dt = now.saturating_duration_since(at).as_secs_f64();
@@ -358,7 +369,19 @@ impl Participant {
         // allocation converts estimates, overstated it by the lost packets' headers: ~100
         // kbit/s while a cut link was being flooded, enough to keep a video on 120 kbit/s.
         let sent = bytes_tx.saturating_sub(before) as f64 * 8.0 / dt + self.header_rate.0 as f64;
-        let delivered = (sent * f64::from(1.0 - loss.unwrap_or(0.0).clamp(0.0, 1.0))) as u64;
+        // Best, what the client's feedback says it received in the last moments, by its
+        // receive times: while the link is overfilled, the link's own rate. The sent rate of
+        // this round times the loss of the last second mixes spans: once the videos were
+        // paused it fell to 100-150 kbit/s on a 300 kbit/s link (Chromium), so both videos
+        // paused and the cap held for ~10 s.
+        let delivered = match received {
+            Some((window, bytes, packets)) if !window.is_zero() => {
+                let secs = window.as_secs_f64();
+                (bytes as f64 * 8.0 / secs) as u64
+                    + super::layers::header_rate(packets as f64 / secs)
+            }
+            _ => (sent * f64::from(1.0 - loss.unwrap_or(0.0).clamp(0.0, 1.0))) as u64,
+        };
         self.delivery.record(now, delivered, loss);
         let loss = loss?;
         if loss < CONGESTION_LOSS {
@@ -408,6 +431,18 @@ impl Participant {
     /// Within the probe embargo after an overfilling (see [`PROBE_EMBARGO`]).
     pub fn embargoed(&self, now: Instant) -> bool {
         self.congestion_cap(now).is_some() || self.congested_within(now, PROBE_EMBARGO)
+    }
+
+    /// The rate its link delivered when it was last overfilled, for [`LINK_CEILING_MEMORY`]
+    /// after: what resumes, RED and the audio's room go by may not exceed it. The estimator
+    /// leaps on a probe (Chromium at 300 kbit/s: 1.2 Mbit/s for a moment, 11 s after the cut)
+    /// and a paused video resumed into a link that could not hold it, cost its publisher a
+    /// keyframe and was paused again within a second; RED came on the same way and its
+    /// redundancy paused the one video that fitted.
+    pub fn link_ceiling(&self, now: Instant) -> Option<u64> {
+        self.congestion_cap
+            .filter(|(at, _)| now.saturating_duration_since(*at) < LINK_CEILING_MEMORY)
+            .map(|(_, cap)| cap)
     }
 
     /// The congestion cap, while it holds.

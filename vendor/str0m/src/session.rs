@@ -1420,6 +1420,12 @@ impl Session {
         snapshot.bwe_tx = self.bwe.as_ref().and_then(|bwe| bwe.last_estimate());
 
         snapshot.egress_loss_fraction = self.twcc_tx_register.loss(Duration::from_secs(1), now);
+        // huizhen patch: see `PeerStats::egress_received`.
+        const RECEIVED_WINDOW: Duration = Duration::from_millis(300);
+        snapshot.received_tx = self
+            .twcc_tx_register
+            .received(RECEIVED_WINDOW)
+            .map(|(bytes, packets)| (RECEIVED_WINDOW, bytes, packets));
         snapshot.rtt = self.twcc_tx_register.rtt();
         snapshot.ingress_loss_fraction = self.twcc_rx_register.loss();
     }

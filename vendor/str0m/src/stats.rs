@@ -26,6 +26,8 @@ pub(crate) struct StatsSnapshot {
     pub ingress: HashMap<MidRid, MediaIngressStats>,
     pub egress: HashMap<MidRid, MediaEgressStats>,
     pub bwe_tx: Option<Bitrate>,
+    /// huizhen patch: see `PeerStats::egress_received`.
+    pub received_tx: Option<(Duration, u64, u64)>,
     pub selected_candidate_pair: Option<CandidatePairStats>,
     timestamp: Instant,
 }
@@ -43,6 +45,7 @@ impl StatsSnapshot {
             egress: HashMap::new(),
             rtt: None,
             bwe_tx: None,
+            received_tx: None,
             selected_candidate_pair: None,
             timestamp,
         }
@@ -77,6 +80,11 @@ pub struct PeerStats {
     pub bwe_tx: Option<Bitrate>,
     /// The egress loss over the last second.
     pub egress_loss_fraction: Option<f32>,
+    /// What the remote received lately, by its own receive times in its transport-wide
+    /// feedback: (window, RTP payload bytes, packets) (huizhen patch). While the link is
+    /// overfilled this is what it carries; the bytes sent times the loss fraction only
+    /// approximate it, their spans differing.
+    pub egress_received: Option<(Duration, u64, u64)>,
     /// The ingress loss since the last stats event.
     pub ingress_loss_fraction: Option<f32>,
     /// The most recent RTT since the last stats event.
@@ -304,6 +312,7 @@ impl Stats {
             timestamp: snapshot.timestamp,
             bwe_tx: snapshot.bwe_tx,
             egress_loss_fraction: snapshot.egress_loss_fraction,
+            egress_received: snapshot.received_tx,
             ingress_loss_fraction: snapshot.ingress_loss_fraction,
             rtt: snapshot.rtt,
             selected_candidate_pair: snapshot.selected_candidate_pair.clone(),

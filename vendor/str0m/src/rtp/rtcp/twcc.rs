@@ -1351,6 +1351,36 @@ impl TwccSendRegister {
         Some((lost as f32) / (total as f32))
     }
 
+    /// What the remote received in the last `window` of its own receive times: (payload
+    /// bytes, packets), from the packets it reported (huizhen patch; see
+    /// `PeerStats::egress_received`). Unsmoothed, unlike the BWE's acknowledged bitrate: while
+    /// a link is overfilled this is the link's own rate from the first report on.
+    pub fn received(&self, window: Duration) -> Option<(u64, u64)> {
+        // The latest receive time among the recent reports (reports arrive in order, a few
+        // records late at most: look at the newest reported packets).
+        let latest = self
+            .queue
+            .iter()
+            .rev()
+            .filter_map(|s| s.remote_recv_time())
+            .take(16)
+            .max()?;
+        let from = latest.checked_sub(window)?;
+        // Packets received in the window were sent within it plus the queueing they met; stop
+        // a second before that, bounding the walk.
+        let newest_sent = self.queue.back()?.local_send_time;
+        let stop = newest_sent.checked_sub(window + Duration::from_secs(1));
+        let (bytes, packets) = self
+            .queue
+            .iter()
+            .rev()
+            .take_while(|s| stop.is_none_or(|stop| s.local_send_time >= stop))
+            .filter_map(|s| s.remote_recv_time().map(|t| (t, s.size as u64)))
+            .filter(|(t, _)| *t > from && *t <= latest)
+            .fold((0, 0), |(b, n), (_, size)| (b + size, n + 1));
+        Some((bytes, packets))
+    }
+
     /// Calculate the RTT for the most recently reported packet.
     pub fn rtt(&self) -> Option<Duration> {
         self.queue.iter().rev().find_map(|s| s.rtt())
