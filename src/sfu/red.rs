@@ -77,8 +77,20 @@ impl RedPolicy {
         // video to share the link with, the estimate stays near the little audio sent and
         // never shows room for more: RED goes unless the link is tight for the audio itself
         // (below).
+        // Beside a flowing video the band lies above instead: on with half the redundancy
+        // again to spare, off as soon as it would eat into the video's room. With the band
+        // below, a link near its floor (joining at 300 kbit/s: 7-11 % loss from its own
+        // queue, one low layer flowing) kept RED on while the estimate wobbled under audio,
+        // video and redundancy, and the allocator, charging RED, paused the video that fitted
+        // and swapped it with the other one.
         let room = if !has_video {
             true
+        } else if video > 0 {
+            if self.on {
+                extra <= spare
+            } else {
+                extra.saturating_mul(3) / 2 <= spare
+            }
         } else if self.on {
             extra <= spare * 2
         } else {
@@ -172,6 +184,16 @@ mod tests {
         // An audio-only subscriber: its estimate hovers near the audio; on unless that is tight.
         assert!(r.decide(160_000, PLAIN, RED, 0, false, false, false));
         assert!(!r.decide(120_000, PLAIN, RED, 0, false, false, true));
+        // Beside a flowing low layer: on only with half the redundancy again to spare, off
+        // as soon as the redundancy would eat into the video's room.
+        let mut v = RedPolicy::default();
+        for _ in 0..5 {
+            v.on_loss(0.08);
+        }
+        assert!(!v.decide(320_000, PLAIN, RED, 130_000, false, true, false));
+        assert!(v.decide(360_000, PLAIN, RED, 130_000, false, true, false));
+        assert!(v.decide(315_000, PLAIN, RED, 130_000, false, true, false));
+        assert!(!v.decide(300_000, PLAIN, RED, 130_000, false, true, false));
         // The link overfilled (the loss comes from its queue): off, and nothing to probe for.
         assert!(!r.decide(2_000_000, PLAIN, RED, 0, true, true, false));
         assert_eq!(r.waiting(), None);
