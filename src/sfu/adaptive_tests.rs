@@ -72,6 +72,17 @@ fn paused_notices(net: &SimNet, rx: usize) -> (usize, usize) {
 
 /// A room with one simulcast publisher and two subscribers; the second one's downlink is
 /// limited to `rate` bit/s from the start.
+/// Two simulcast publishers and a subscriber that publishes nothing (the one whose link is
+/// then impaired), after `warm_up` of unimpaired media.
+fn two_cameras_and_a_weak_one(seed: u64, warm_up: Duration) -> (SimNet, usize, usize, usize) {
+    let mut net = SimNet::new(seed);
+    let a = net.add_simulcast_client("room");
+    let b = net.add_simulcast_client("room");
+    let weak = net.add_client("room", &[]);
+    net.run_media(warm_up);
+    (net, a, b, weak)
+}
+
 fn room(seed: u64, rate: Option<u64>) -> (SimNet, usize, usize, usize) {
     let mut net = SimNet::new(seed);
     let a = net.add_simulcast_client("room");
@@ -752,11 +763,7 @@ fn explore_a_weak_link_over_time() {
             .with_test_writer()
             .try_init();
     }
-    let mut net = SimNet::new(40);
-    let a = net.add_simulcast_client("room");
-    let b = net.add_simulcast_client("room");
-    let weak = net.add_client("room", &[]);
-    net.run_media(Duration::from_secs(10));
+    let (mut net, a, b, weak) = two_cameras_and_a_weak_one(40, Duration::from_secs(10));
     net.clients[weak].downlink = Some(Link::rate(rate));
     let id = net.clients[weak].id;
     let mut carried = 0;
@@ -797,11 +804,7 @@ fn publish_audio(net: &SimNet, client: usize) -> Vec<Option<u32>> {
 
 #[test]
 fn microphones_speak_sparingly_while_a_link_barely_carries_the_voices_and_freely_after() {
-    let mut net = SimNet::new(29);
-    let a = net.add_simulcast_client("room");
-    let b = net.add_simulcast_client("room");
-    let weak = net.add_client("room", &[]);
-    net.run_media(Duration::from_secs(6));
+    let (mut net, a, b, weak) = two_cameras_and_a_weak_one(29, Duration::from_secs(6));
     assert!(publish_audio(&net, a).is_empty());
     // Two voices of 40 kbit/s payload, ~140 kbit/s on the wire with their headers, into a
     // 120 kbit/s link: tight. Capped at 16 kbit/s they take ~85 kbit/s and fit.
@@ -843,11 +846,7 @@ fn microphones_speak_sparingly_while_a_link_barely_carries_the_voices_and_freely
 
 #[test]
 fn a_link_cut_to_a_video_and_the_voices_keeps_one_video_flowing_from_the_first_seconds() {
-    let mut net = SimNet::new(35);
-    let a = net.add_simulcast_client("room");
-    let b = net.add_simulcast_client("room");
-    let weak = net.add_client("room", &[]);
-    net.run_media(Duration::from_secs(10));
+    let (mut net, a, b, weak) = two_cameras_and_a_weak_one(35, Duration::from_secs(10));
     // Cut from ~3 Mbit/s of video to 300 kbit/s: room for the two voices (~115 kbit/s with
     // their headers) and one video's lowest layer (~130 kbit/s), not two.
     net.clients[weak].downlink = Some(Link::rate(300_000));
@@ -876,11 +875,7 @@ fn a_link_cut_to_a_video_and_the_voices_keeps_one_video_flowing_from_the_first_s
 #[test]
 fn a_link_cut_to_less_than_the_voices_stops_the_video_and_carries_the_capped_voices_within_seconds()
 {
-    let mut net = SimNet::new(33);
-    let a = net.add_simulcast_client("room");
-    let b = net.add_simulcast_client("room");
-    let weak = net.add_client("room", &[]);
-    net.run_media(Duration::from_secs(10));
+    let (mut net, a, b, weak) = two_cameras_and_a_weak_one(33, Duration::from_secs(10));
     assert!(
         packets_since(
             &net,
