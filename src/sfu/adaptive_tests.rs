@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use huizhen_signaling::protocol::{ServerMessage, TrackKind, TrackPreference, TrackSource};
 
-use super::sim::{Link, SimNet};
+use super::sim::{Link, Received, SimNet};
 use super::{SignalInput, MAX_PREFERENCES};
 
 /// A video frame as a subscriber received its first packet.
@@ -980,4 +980,86 @@ fn a_stethoscope_is_never_paused_or_capped_while_the_voices_and_video_give_way()
         "stethoscope packets in 4 s: {steth_heard}"
     );
     assert!(heard(&net, 0x11) >= 190);
+}
+
+#[test]
+fn a_subscriber_asking_for_fewer_frames_per_second_gets_the_base_temporal_layers() {
+    let (mut net, a, good, other) = room(27, None);
+    net.run_media(Duration::from_secs(8));
+    let track = video_track_id(&net, good, a);
+    let requests_to_top = |net: &SimNet| {
+        net.clients[a]
+            .keyframe_requests_by_rid
+            .get(&Some("f".into()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let top_requests_before = requests_to_top(&net);
+    let ask = |net: &mut SimNet, max_fps| {
+        prefer(
+            net,
+            good,
+            TrackPreference {
+                track_id: track.clone(),
+                visible: true,
+                max_height: None,
+                max_fps,
+                pinned: false,
+            },
+        )
+    };
+    // (frames in the last 2 s, highest TID among them, sequence numbers without a hole,
+    // picture ids without a hole)
+    let last_two_seconds = |net: &SimNet, rx: usize| {
+        let t = net.now - Duration::from_secs(2);
+        let got = since(&frames(net, rx, a), t);
+        let mids = net.mids_from(rx, a, TrackKind::Video);
+        let packets: Vec<&Received> = net.clients[rx]
+            .received
+            .iter()
+            .filter(|r| mids.contains(&r.mid) && r.at >= t && r.payload.len() > 10)
+            .collect();
+        let tid = packets.iter().map(|r| r.payload[5] >> 6).max();
+        let mut seqs: Vec<u16> = packets.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let seq_holes = seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        let mut pids: Vec<u16> = got.iter().map(|f| f.picture_id).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let pid_holes = pids.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        (got.len(), tid, seq_holes, pid_holes)
+    };
+    // A thumbnail at 10 fps: TIDs 0 and 1 of the top layer, renumbered without holes.
+    ask(&mut net, Some(10));
+    net.run_media(Duration::from_secs(3));
+    let (n, tid, seq_holes, pid_holes) = last_two_seconds(&net, good);
+    assert!((18..=22).contains(&n), "{n} frames in 2 s at max_fps 10");
+    assert_eq!(tid, Some(1));
+    assert_eq!((seq_holes, pid_holes), (0, 0), "numbering without holes");
+    let (n_other, tid_other, _, _) = last_two_seconds(&net, other);
+    assert!(
+        n_other >= 38,
+        "the other subscriber keeps 20 fps: {n_other}"
+    );
+    assert_eq!(tid_other, Some(2));
+    assert!(
+        since(&frames(&net, good, a), net.now - Duration::from_secs(2))
+            .iter()
+            .all(|f| f.layer == 2)
+    );
+    // 5 fps: the base layer only.
+    ask(&mut net, Some(5));
+    net.run_media(Duration::from_secs(3));
+    let (n, tid, seq_holes, pid_holes) = last_two_seconds(&net, good);
+    assert!((8..=12).contains(&n), "{n} frames in 2 s at max_fps 5");
+    assert_eq!((tid, seq_holes, pid_holes), (Some(0), 0, 0));
+    // No limit again: every picture, the numbering still continuous.
+    ask(&mut net, None);
+    net.run_media(Duration::from_secs(3));
+    let (n, tid, seq_holes, pid_holes) = last_two_seconds(&net, good);
+    assert!(n >= 38, "{n} frames in 2 s without a limit");
+    assert_eq!((tid, seq_holes, pid_holes), (Some(2), 0, 0));
+    // Temporal layers change without a keyframe: none was asked of the publisher.
+    assert_eq!(requests_to_top(&net), top_requests_before);
 }

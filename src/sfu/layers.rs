@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::allocation::MAX_LAYERS;
 use super::keyframe::KeyframeThrottle;
+use super::temporal::TemporalMeter;
 
 /// A layer that sent nothing for this long is not offered to subscribers.
 pub const LAYER_IDLE: Duration = Duration::from_millis(1500);
@@ -66,6 +67,8 @@ pub struct LayerMeter {
     pub height: Option<u32>,
     /// Throttles keyframe requests to this layer.
     pub keyframe: KeyframeThrottle,
+    /// Pictures and bytes per temporal layer.
+    pub temporal: TemporalMeter,
 }
 
 impl LayerMeter {
@@ -81,6 +84,7 @@ impl LayerMeter {
 
     /// Fold the bytes since the last tick into the smoothed bitrate.
     pub fn tick(&mut self, now: Instant) {
+        self.temporal.tick(now);
         let Some(last) = self.last_tick.replace(now) else {
             self.bytes = 0;
             return;

@@ -104,6 +104,9 @@ pub struct SfuMetrics {
     pub paused_tracks: IntGauge,
     /// Layer switches completed on a keyframe of the target layer.
     pub layer_switches: IntCounter,
+    /// Video packets not forwarded because their picture is above the temporal layer a
+    /// subscriber asked for (`max_fps`).
+    pub temporal_drops: IntCounter,
     /// Subscribers' keyframe requests answered by a pending switch or the per-subscription
     /// limit instead of reaching the publisher.
     pub keyframe_requests_absorbed: IntCounter,
@@ -334,6 +337,11 @@ impl SfuMetrics {
                 r,
                 "layer_switches_total",
                 "Layer switches completed on a keyframe of the target layer",
+            ),
+            temporal_drops: counter(
+                r,
+                "temporal_layer_drops_total",
+                "Video packets not forwarded to a subscriber that asked for fewer frames per second (temporal layers above its limit)",
             ),
             keyframe_requests_absorbed: counter(
                 r,

@@ -29,6 +29,7 @@ pub mod retransmit;
 pub mod speaker;
 pub mod speech_cap;
 pub mod switcher;
+pub mod temporal;
 pub mod view;
 
 use std::cmp::Reverse;
@@ -57,7 +58,7 @@ pub use metrics::{DropReason, SfuMetrics};
 pub use participant::LeaveReason;
 use participant::{Participant, Preference, TrackIn, TrackOut, TrackOutState};
 use retransmit::RetransmitPolicy;
-use switcher::{LayerSwitch, Verdict};
+use switcher::{LayerSwitch, Skip, Verdict};
 
 /// A hash map whose iteration order depends only on its contents (SipHash with fixed keys).
 /// Participant ids are assigned by the server, so there is no flooding to defend against.
@@ -453,6 +454,9 @@ impl Sfu {
                             visible: t.pref.visible,
                             pinned: t.pref.pinned,
                             max_height: t.pref.max_height,
+                            max_fps: t.pref.max_fps,
+                            temporal_layer: Some(t.rewriter.temporal.target())
+                                .filter(|tid| *tid != temporal::ALL),
                         }
                     })
                     .collect(),
@@ -1477,6 +1481,11 @@ impl Sfu {
             now,
             primary.as_ref().map_or(packet.payload.len(), |p| p.len()),
         );
+        if vp8.is_some() {
+            meter
+                .temporal
+                .on_packet(packet.payload.len() + layers::WIRE_OVERHEAD, vp8.as_ref());
+        }
         if red {
             track.red.on_packet(now, packet.payload.len());
         }
@@ -1553,16 +1562,23 @@ impl Sfu {
                 }
                 Verdict::Forward => {}
             }
-            let Some(out) = t.rewriter.rewrite(
+            let out = match t.rewriter.rewrite(
                 now,
                 *ssrc,
                 *packet.seq_no,
                 packet.header.timestamp,
                 clock_rate,
                 vp8.as_ref(),
-            ) else {
-                self.metrics.drop_packet(DropReason::BeforeSubscribe);
-                continue;
+            ) {
+                Ok(out) => out,
+                Err(Skip::Old) => {
+                    self.metrics.drop_packet(DropReason::BeforeSubscribe);
+                    continue;
+                }
+                Err(Skip::Temporal) => {
+                    self.metrics.temporal_drops.inc();
+                    continue;
+                }
             };
             let (pt_plain, pt_red) = match t.pt_map {
                 Some((pin, plain, red_pt)) if pin == pt => (plain, red_pt),
@@ -1735,6 +1751,7 @@ impl Sfu {
                 t.pref = Preference {
                     visible: pref.visible,
                     max_height: pref.max_height,
+                    max_fps: pref.max_fps,
                     pinned: pref.pinned,
                 };
             }
@@ -1925,6 +1942,8 @@ impl Sfu {
         let mut audio_with_red = 0;
         // The lowest layers of the videos that flow now (what the carried floor may keep).
         let mut lowest_flowing = 0;
+        // Per received video, the highest temporal layer its `max_fps` allows, per layer.
+        let mut temporal = Vec::new();
         for t in &s.tracks_out {
             if !matches!(t.state, TrackOutState::Open(_)) {
                 continue;
@@ -1946,6 +1965,13 @@ impl Sfu {
                 .get(&s.room)
                 .and_then(|r| r.speaker.current());
             let v = video_track(now, t, tin, speaker == Some(t.publisher));
+            temporal.push((
+                t.track,
+                tin.layers
+                    .iter()
+                    .map(|m| m.temporal.tid_for(t.pref.max_fps))
+                    .collect::<Vec<u8>>(),
+            ));
             if t.switch.target.is_some() {
                 lowest_flowing += v.layers.iter().flatten().next().copied().unwrap_or(0);
             }
@@ -2068,6 +2094,15 @@ impl Sfu {
                     participant_id: t.publisher.to_string(),
                     track_id: t.track.to_string(),
                 });
+            }
+        }
+        // The temporal layers follow the spatial layer being switched to.
+        for (track, tids) in temporal {
+            if let Some(t) = s.tracks_out.iter_mut().find(|t| t.track == track) {
+                let layer = t.switch.target.or(t.switch.current);
+                if let Some(tid) = layer.and_then(|l| tids.get(l)) {
+                    t.rewriter.temporal.set_target(*tid);
+                }
             }
         }
         // Every switch still waiting asks for its keyframe (throttled per layer, so a lost
@@ -2311,13 +2346,17 @@ fn video_track(now: Instant, t: &TrackOut, tin: &TrackIn, speaking: bool) -> Vid
     for (i, m) in tin.layers.iter().enumerate() {
         if m.active(now) {
             let measured = m.bitrate();
-            layers[i] = Some(if measured > 0 {
+            let full = if measured > 0 {
                 measured
             } else if tin.simulcast() {
                 DEFAULT_LAYER_BITRATES[i]
             } else {
                 DEFAULT_LAYER_BITRATES[0]
-            });
+            };
+            // A subscriber that wants fewer frames per second costs what its temporal layers
+            // carry.
+            let share = m.temporal.share_up_to(m.temporal.tid_for(t.pref.max_fps));
+            layers[i] = Some((full as f64 * share) as u64);
         }
     }
     let priority = if t.pref.pinned {

@@ -143,6 +143,8 @@ pub struct Preference {
     pub visible: bool,
     /// Largest useful picture height.
     pub max_height: Option<u32>,
+    /// Highest useful frame rate (temporal layers above it are not sent).
+    pub max_fps: Option<u32>,
     /// Shown large or pinned.
     pub pinned: bool,
 }
@@ -152,6 +154,7 @@ impl Default for Preference {
         Preference {
             visible: true,
             max_height: None,
+            max_fps: None,
             pinned: false,
         }
     }

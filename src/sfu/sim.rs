@@ -104,7 +104,8 @@ pub const SIM_LAYERS: [(&str, usize, u16); 3] =
     [("q", 750, 120), ("h", 2_500, 240), ("f", 8_000, 480)];
 
 /// A simulated simulcast encoder: VP8-shaped frames per layer with real payload descriptors
-/// (15-bit picture ids, TL0PICIDX), keyframes with frame headers carrying their size, and the
+/// (15-bit picture ids, TL0PICIDX, three temporal layers in Chrome's L1T3 pattern: TIDs
+/// 0 2 1 2, a keyframe always TID 0), keyframes with frame headers carrying their size, and the
 /// layer index and frame number in the payload so receivers can tell what they got.
 #[derive(Debug, Clone, Default)]
 pub struct SimEncoder {
@@ -112,6 +113,8 @@ pub struct SimEncoder {
     pub frame: u32,
     /// Next picture id per layer (each layer has its own numbering, as in Chrome).
     picture_id: [u16; 3],
+    /// TL0PICIDX per layer: counts the layer's TID 0 pictures.
+    tl0: [u8; 3],
     /// Keyframe wanted per layer.
     keyframe_due: [bool; 3],
     /// Next sequence number per layer.
@@ -403,6 +406,15 @@ impl SimNet {
                 }
                 let pid = enc.picture_id[l];
                 enc.picture_id[l] = (pid + 1) & 0x7fff;
+                let tid: u8 = if key {
+                    0
+                } else {
+                    [0, 2, 1, 2][frame as usize % 4]
+                };
+                if tid == 0 {
+                    enc.tl0[l] = enc.tl0[l].wrapping_add(1);
+                }
+                let tl0 = enc.tl0[l];
                 // The frame: a VP8 frame tag (keyframe: bit 0 clear, then the start code and
                 // 14-bit width and height), the layer and frame number, then filler.
                 let mut body = if key {
@@ -433,8 +445,9 @@ impl SimNet {
                         0xe0,
                         0x80 | (pid >> 8) as u8,
                         pid as u8,
-                        frame as u8,
-                        0x20,
+                        tl0,
+                        // TID, and Y (layer sync) on pictures that depend on TID 0 only.
+                        tid << 6 | if tid == 2 { 0 } else { 0x20 },
                     ];
                     payload.extend_from_slice(chunk);
                     let seq = enc.seq[l];

@@ -18,6 +18,7 @@ use std::time::Instant;
 use str0m::rtp::{Vp8Descriptor, Vp8Patch};
 
 use super::forwarder::SeqRewriter;
+use super::temporal::{Temporal, TemporalFilter};
 
 /// What to do with one packet of the subscribed track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,17 @@ pub struct Rewriter {
     /// The source (SSRC) the time and VP8 offsets belong to; `None` after a restart.
     source: Option<u32>,
     vp8: Vp8Base,
+    /// The temporal layers this subscriber gets (see [`super::temporal`]).
+    pub temporal: TemporalFilter,
+}
+
+/// Why a packet is not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Older than the current run (reordered across a subscribe, a switch or a resume).
+    Old,
+    /// Its picture is above the subscriber's temporal layer.
+    Temporal,
 }
 
 /// One packet's rewritten fields.
@@ -125,10 +137,11 @@ impl Rewriter {
         self.source = None;
         self.seq.restart();
         self.vp8.started = false;
+        self.temporal.restart();
     }
 
     /// Rewrite a packet of source `ssrc` (`clock_rate` Hz) received at `now`. `vp8` is its
-    /// parsed VP8 descriptor, if the track is VP8. `None` for packets older than the run.
+    /// parsed VP8 descriptor, if the track is VP8.
     pub fn rewrite(
         &mut self,
         now: Instant,
@@ -137,8 +150,16 @@ impl Rewriter {
         rtp_time: u32,
         clock_rate: u32,
         vp8: Option<&Vp8Descriptor>,
-    ) -> Option<Rewritten> {
-        let seq = self.seq.rewrite(ssrc, seq_in)?;
+    ) -> Result<Rewritten, Skip> {
+        if self.source != Some(ssrc) {
+            // Another source numbers its packets and pictures afresh.
+            self.temporal.restart();
+        }
+        let (seq_in, picture_id) = match self.temporal.filter(seq_in, vp8) {
+            Temporal::Drop => return Err(Skip::Temporal),
+            Temporal::Forward { seq, picture_id } => (seq, picture_id),
+        };
+        let seq = self.seq.rewrite(ssrc, seq_in).ok_or(Skip::Old)?;
         if self.source != Some(ssrc) {
             self.source = Some(ssrc);
             self.vp8.started = false;
@@ -164,16 +185,19 @@ impl Rewriter {
             time.last_out = rtp_out;
             time.last_at = now;
         }
-        let vp8 = vp8.and_then(|d| self.vp8_patch(d));
-        Some(Rewritten {
+        let vp8 = vp8.and_then(|d| self.vp8_patch(d, picture_id));
+        Ok(Rewritten {
             seq,
             rtp_time: rtp_out,
             vp8,
         })
     }
 
-    fn vp8_patch(&mut self, d: &Vp8Descriptor) -> Option<Vp8Patch> {
-        let pid = d.picture_id()?;
+    /// `picture_id`: the picture id with dropped temporal layers taken out, where the
+    /// temporal filter renumbered it.
+    fn vp8_patch(&mut self, d: &Vp8Descriptor, picture_id: Option<u16>) -> Option<Vp8Patch> {
+        let raw = d.picture_id()?;
+        let pid = picture_id.unwrap_or(raw);
         // Picture ids are 15-bit (Chrome's width); a 7-bit one that would need more is left
         // alone below.
         let mask: u16 = 0x7fff;
@@ -189,7 +213,7 @@ impl Rewriter {
         }
         let out_pid = pid.wrapping_add(v.pid_offset) & mask;
         let mut patch = d.patch();
-        if out_pid != pid {
+        if out_pid != raw {
             patch = patch.picture_id(out_pid);
         }
         v.last_pid = Some(out_pid);
@@ -332,7 +356,7 @@ mod tests {
             "one second later"
         );
         assert!(
-            r.rewrite(t0, 2, 50_030, 0, 90_000, None).is_none(),
+            r.rewrite(t0, 2, 50_030, 0, 90_000, None).is_err(),
             "older than the run"
         );
     }

@@ -79,4 +79,8 @@ pub struct ReceivedTrack {
     pub pinned: bool,
     /// The subscriber's size limit.
     pub max_height: Option<u32>,
+    /// The subscriber's frame rate limit.
+    pub max_fps: Option<u32>,
+    /// Highest temporal layer forwarded (`None`: all of them).
+    pub temporal_layer: Option<u8>,
 }

@@ -221,6 +221,9 @@ pub struct Vp8Descriptor {
     picture_id: Option<Vp8PictureId>,
     tl0_pic_idx: Option<Vp8Field>,
     key_idx: Option<Vp8Field>,
+    // huizhen patch 6: the temporal layer fields, for an SFU that drops temporal layers.
+    tid: Option<u8>,
+    layer_sync: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -257,6 +260,8 @@ impl Vp8Descriptor {
             picture_id: None,
             tl0_pic_idx: None,
             key_idx: None,
+            tid: None,
+            layer_sync: false,
         };
 
         if required & 0x80 != 0 {
@@ -300,6 +305,10 @@ impl Vp8Descriptor {
                 if has_key_idx {
                     descriptor.key_idx = Some(Vp8Field { value, offset });
                 }
+                if has_tid {
+                    descriptor.tid = Some(value >> 6);
+                    descriptor.layer_sync = value & 0x20 != 0;
+                }
             }
         }
 
@@ -324,6 +333,25 @@ impl Vp8Descriptor {
             Some(tl0_pic_idx) => Some(tl0_pic_idx.value),
             None => None,
         }
+    }
+
+    /// Returns whether the PictureID is the 15-bit form (`None` without one).
+    pub const fn picture_id_is_15_bit(&self) -> Option<bool> {
+        match self.picture_id {
+            Some(picture_id) => Some(picture_id.is_15_bit),
+            None => None,
+        }
+    }
+
+    /// Returns the temporal layer index (TID) if present.
+    pub const fn tid(&self) -> Option<u8> {
+        self.tid
+    }
+
+    /// Returns the layer sync bit (Y): the frame depends only on the base temporal layer.
+    /// `false` without a TID.
+    pub const fn layer_sync(&self) -> bool {
+        self.layer_sync
     }
 
     /// returns the VP8 KEYIDX if present
@@ -1066,6 +1094,19 @@ mod test {
         assert_eq!(full.picture_id(), Some(0x1234));
         assert_eq!(full.tl0_pic_idx(), Some(0x55));
         assert_eq!(full.key_idx(), Some(0x07));
+        // 0xa7: TID 2, Y 1, KEYIDX 7.
+        assert_eq!(full.tid(), Some(2));
+        assert!(full.layer_sync());
+        assert_eq!(full.picture_id_is_15_bit(), Some(true));
+        assert_eq!(short.tid(), None);
+        assert!(!short.layer_sync());
+        assert_eq!(short.picture_id_is_15_bit(), Some(false));
+
+        // T without K: TID 1, no layer sync, no KEYIDX.
+        let t_only = Vp8Descriptor::parse(&[0x90, 0xe0, 0x81, 0x00, 0x07, 0x40, 0x00]).unwrap();
+        assert_eq!(t_only.tid(), Some(1));
+        assert!(!t_only.layer_sync());
+        assert_eq!(t_only.key_idx(), None);
     }
 
     #[test]
