@@ -14,7 +14,10 @@
 //      (fake) input is published as an `instrument` in stereo at 128 kbit/s, and the others
 //      receive it;
 //   2. with `simulcast: true` the 640x480 camera offers two layers q, f (both really sent), and `publish_layers`
-//      switches encodings on and off.
+//      switches encodings on and off;
+//   3. temporal layers: a subscriber whose `track_preferences` (sent by the test) ask for at
+//      most 10 fps of a 20 fps simulcast camera decodes about 10 fps of the top layer, without
+//      asking for a keyframe, and 20 fps again without the limit.
 //
 // Run: cd tests/browser && node --test client-adaptive.test.mjs
 // Env (see harness.mjs): HUIZHEN_BIN, CHROMIUM_BIN, HUIZHEN_TEST_STATIC_FROM_DISK=1 (client
@@ -51,6 +54,7 @@ after(closeAll);
 async function openRoomPage(browser, server, room, name, { locale = 'en-US', joinedExtra = { simulcast: false }, dropFromServer = [] } = {}) {
   const sent = [];
   let toPage = null;
+  let toServer = null;
   const person = await newPerson(
     browser,
     name,
@@ -60,6 +64,7 @@ async function openRoomPage(browser, server, room, name, { locale = 'en-US', joi
         context.routeWebSocket(/\/ws$/, (ws) => {
           const upstream = ws.connectToServer();
           toPage = (msg) => ws.send(JSON.stringify(msg));
+          toServer = (msg) => upstream.send(JSON.stringify(msg));
           ws.onMessage((frame) => {
             const msg = JSON.parse(frame);
             sent.push(msg);
@@ -78,6 +83,11 @@ async function openRoomPage(browser, server, room, name, { locale = 'en-US', joi
   person.inject = (msg) => {
     assert.ok(toPage, `${name}: no socket to inject into`);
     toPage(msg);
+  };
+  /** Send a frame to the server as if the page sent it (the page's own preferences are not). */
+  person.tell = (msg) => {
+    assert.ok(toServer, `${name}: no socket to send on`);
+    toServer(msg);
   };
   await person.page.goto(`${server.pageBase}/room/${encodeURIComponent(room)}?name=${encodeURIComponent(name)}`);
   person.id = await waitFor(`${name} to join ${room}`, async () => {
@@ -356,6 +366,52 @@ test('simulcast: the camera layers Chromium sends at its size, and publish_layer
         return { ok: applied.length === 4 && applied.every((e) => e.mid === cameraMid), detail: applied };
       });
       await assertNoPageErrors([dee]);
+    }),
+  ),
+);
+
+test('temporal layers: max_fps 10 gives the top layer at half the frame rate, no keyframe asked', () =>
+  withBrowser(HOST_RULES, (browser) =>
+    withAdaptiveServer('adaptive-temporal', async (server, people) => {
+      const dee = await openRoomPage(browser, server, 'fps', 'Dee', { joinedExtra: { simulcast: true } });
+      people.push(dee);
+      const eve = await openRoomPage(browser, server, 'fps', 'Eve', { joinedExtra: { simulcast: true } });
+      people.push(eve);
+      await waitForMedia('two participants', allPairs([dee, eve]));
+      const track = await videoTrackOf(eve, dee);
+      // Eve's decoding of Dee's camera over `seconds`: fps, height, keyframe requests sent.
+      const measure = async (seconds) => {
+        const read = () =>
+          eve.page.evaluate(async (trackId) => {
+            const mid = window.huizhen.remoteTracks.get(trackId)?.mid;
+            const stats = await window.huizhen.pc.getStats();
+            const r = [...stats.values()].find((x) => x.type === 'inbound-rtp' && x.kind === 'video' && x.mid === mid);
+            return r ? { t: performance.now(), frames: r.framesDecoded || 0, height: r.frameHeight, plis: (r.pliCount || 0) + (r.firCount || 0) } : null;
+          }, track);
+        const a = await read();
+        await new Promise((r) => setTimeout(r, seconds * 1000));
+        const b = await read();
+        assert.ok(a && b, `Eve: inbound video of ${track}`);
+        return { fps: ((b.frames - a.frames) * 1000) / (b.t - a.t), height: b.height, plis: b.plis - a.plis };
+      };
+      // The top layer at full rate first (the camera's ramp-up: up to 20 s).
+      await waitFor('Eve: Dee’s camera at 480 lines and at least 15 fps', async () => {
+        const m = await measure(2);
+        return { ok: m.height === 480 && m.fps >= 15, detail: m };
+      }, 40_000);
+      eve.tell({ type: 'track_preferences', tracks: [{ track_id: track, visible: true, max_fps: 10 }] });
+      await new Promise((r) => setTimeout(r, 1500));
+      const limited = await measure(4);
+      assert.ok(limited.fps >= 7 && limited.fps <= 13, `about 10 fps with max_fps 10: ${JSON.stringify(limited)}`);
+      assert.equal(limited.height, 480, 'still the top layer');
+      assert.equal(limited.plis, 0, 'no keyframe asked while temporal layers are dropped');
+      eve.tell({ type: 'track_preferences', tracks: [{ track_id: track, visible: true }] });
+      await new Promise((r) => setTimeout(r, 1500));
+      const full = await measure(4);
+      console.log(`temporal layers: max_fps 10 -> ${limited.fps.toFixed(1)} fps at ${limited.height} lines; no limit -> ${full.fps.toFixed(1)} fps`);
+      assert.ok(full.fps >= 15, `the full rate again without a limit: ${JSON.stringify(full)}`);
+      assert.equal(full.plis, 0, 'no keyframe asked when the limit goes');
+      await assertNoPageErrors([dee, eve]);
     }),
   ),
 );
