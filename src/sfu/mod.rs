@@ -1998,7 +1998,18 @@ impl Sfu {
             .min(cap)
             .min(s.link_ceiling(now).unwrap_or(u64::MAX));
         // Tightness in the estimator's own units (payload): see `speech_cap`.
-        let (sustained_payload, audio_payload) = (s.payload_rate(sustained), s.payload_rate(audio));
+        // The header rate counts everything forwarded: in the rounds after a cut it still
+        // holds the paused videos' headers and exceeds the audio itself, which must not read
+        // as no audio (the link would not turn tight and the microphones were asked for less
+        // only ~0.5-1 s later, Chromium at 120 kbit/s).
+        let (sustained_payload, audio_payload) = (
+            s.payload_rate(sustained),
+            if audio == 0 {
+                0
+            } else {
+                s.payload_rate(audio).max(1)
+            },
+        );
         s.audio_room.update(
             sustained_payload,
             audio_payload,
@@ -2049,6 +2060,20 @@ impl Sfu {
             .allocator
             .allocate_sustained(now, kept, sustained, audio, &videos);
         s.allocated_video = outcome.allocated;
+        // The round that pauses the last video of an overfilled link makes it tight for the
+        // voices now, not at the next round: the microphones are asked for less at once
+        // (Chromium, a cut to 120 kbit/s: the cap went out ~0.5 s after the pause, the voices
+        // still filling the link meanwhile).
+        let newly_tight = cap != u64::MAX
+            && outcome.allocated == 0
+            && !s.audio_room.tight()
+            && s.audio_room.update(
+                sustained_payload,
+                audio_payload,
+                false,
+                true,
+                s.embargoed(now),
+            );
         let mut signals = Vec::new();
         for c in &outcome.changes {
             debug!(participant = %id, track = %c.track, from = ?c.from, to = ?c.to, estimate, audio, "allocation changed");
@@ -2205,6 +2230,9 @@ impl Sfu {
         }
         for (publisher, mid, layer) in wanted {
             self.request_keyframe(now, publisher, mid, layer, KeyframeRequestKind::Pli);
+        }
+        if newly_tight {
+            self.speech_cap_round(now);
         }
     }
 
