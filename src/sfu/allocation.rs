@@ -170,13 +170,9 @@ pub struct Outcome {
     /// Bit/s the subscriber would receive with every shown video at its best layer, audio
     /// included: what bandwidth estimation should try to discover.
     pub desired: u64,
-    /// Bit/s of the cheapest pending upgrade (or resume) on top of `allocated`, if any: padding
-    /// towards it lets the estimator prove the link can take it. A resume's is the layer's
-    /// own rate (before [`RESUME_MARGIN`]); a climb's includes the [`UPGRADE_HEADROOM`] it must
-    /// leave free, so that a link proven to carry the step lets the climb happen (without it
-    /// a subscriber on a clean link whose estimate sat between the two, 3.55 against 3.82
-    /// Mbit/s, was proven again and again and never climbed, and every change of the active
-    /// speaker swapped its two videos' layers: a keyframe from each publisher).
+    /// Bit/s of the cheapest pending upgrade (or resume) on top of `allocated`, if any (the
+    /// layer's own rate, before margins): padding towards it lets the estimator prove the
+    /// link can take it.
     pub next_step: Option<u64>,
 }
 
@@ -526,7 +522,7 @@ fn climb(
         *left -= delta;
         (up, None)
     } else {
-        (layer, Some(delta + headroom))
+        (layer, Some(delta))
     }
 }
 

@@ -24,23 +24,23 @@
 // Env: as adaptive.mjs, and
 //   HUIZHEN_ADAPTIVE_MEASURE_ONLY=1  run and print the figures, assert nothing
 //   HUIZHEN_ADAPTIVE_SCENARIOS=a,b   scenarios to run (default 300k,loss10,120k,join-300k)
-//   HUIZHEN_ADAPTIVE_MEASURE_S       measured seconds per scenario (default 30 here)
+//   HUIZHEN_ADAPTIVE_MEASURE_S       measured seconds per scenario (default 45, as the bench)
 //   HUIZHEN_ADAPTIVE_WARMUP_S        most seconds waited for the cameras' ramp-up (default 20 here)
-//   HUIZHEN_ADAPTIVE_TIMEOUT_MS      bound of the whole file (default 480000)
+//   HUIZHEN_ADAPTIVE_TIMEOUT_MS      bound of the whole file (default 600000)
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 const env = process.env;
-// The test measures 30 s per scenario unless told otherwise (the bench: 45 s); set before the
-// runner module reads it.
-env.HUIZHEN_ADAPTIVE_MEASURE_S ||= '30';
+// The test measures 45 s per scenario, as the issue's targets are defined (the bench too);
+// set before the runner module reads it.
+env.HUIZHEN_ADAPTIVE_MEASURE_S ||= '45';
 env.HUIZHEN_ADAPTIVE_WARMUP_S ||= '20';
 const { ADAPT_S, WINDOW_S, impairmentUnavailable, runScenario, scenario, table } = await import('./adaptive.mjs');
 
 const MEASURE_ONLY = env.HUIZHEN_ADAPTIVE_MEASURE_ONLY === '1';
 const IDS = (env.HUIZHEN_ADAPTIVE_SCENARIOS || '300k,loss10,120k,join-300k').split(',').filter(Boolean);
-const TIMEOUT_MS = Number(env.HUIZHEN_ADAPTIVE_TIMEOUT_MS || 480_000);
+const TIMEOUT_MS = Number(env.HUIZHEN_ADAPTIVE_TIMEOUT_MS || 600_000);
 
 /** The good participants keep at least this share of the fps they received before the impairment. */
 const GOOD_FPS_RATIO = 0.75;
