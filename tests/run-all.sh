@@ -53,14 +53,4 @@ log "browser tests (headless Chromium)"
 export HUIZHEN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/huizhen"
 (cd tests/browser && npm test)
 
-# Adaptive media under an impaired downlink (issue 9): three Chromium participants, one in a
-# network namespace whose downlink is shaped (tests/impair/netns.sh; needs root, skipped with
-# the reason otherwise). It measures adaptation in real time on this machine, where a debug
-# server forwarding ~10 Mbit/s to three browsers is itself the bottleneck, so it runs the
-# release build. About 6 minutes.
-log "adaptive-media harness (impaired downlink, release build)"
-cargo build --release --locked --bin huizhen
-RELEASE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/huizhen"
-(cd tests/browser && HUIZHEN_BIN="$RELEASE_BIN" npm run adaptive-test)
-
 log "all tests passed"
