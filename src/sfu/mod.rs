@@ -1505,10 +1505,13 @@ impl Sfu {
             .then_some(packet.header.ext_vals.audio_level)
             .flatten();
         let record = p.recorded && track.record.decide(layer, starts) != Verdict::Drop;
-        let metrics = self.metrics.clone();
-        let kind_metrics = metrics.kind(video);
+        let kind_metrics = self.metrics.kind(video);
         kind_metrics.packets_in.inc();
         kind_metrics.bytes_in.inc_by(packet.payload.len() as u64);
+        // Counted once after the fan-out, not per copy: two atomics per subscriber, and a
+        // clone of every metric handle per packet before (1-2 % of the server's CPU in the
+        // follow-up load).
+        let (mut packets_out, mut bytes_out) = (0u64, 0u64);
         if record {
             self.outputs.push_back(SfuOutput::Record(RecordedPacket {
                 participant: id,
@@ -1634,14 +1637,17 @@ impl Sfu {
             }
             tx.write_rtp(write);
             s.sent_packets += 1;
-            kind_metrics.packets_out.inc();
-            kind_metrics.bytes_out.inc_by(payload_len as u64);
+            packets_out += 1;
+            bytes_out += payload_len as u64;
             if !s.dirty {
                 s.dirty = true;
                 self.dirty.push(*sub_id);
             }
             s.dirty_since.get_or_insert(now);
         }
+        let kind_metrics = self.metrics.kind(video);
+        kind_metrics.packets_out.inc_by(packets_out);
+        kind_metrics.bytes_out.inc_by(bytes_out);
     }
 
     /// A subscriber asked for a keyframe on one of its received tracks. It reaches the
