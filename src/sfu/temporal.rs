@@ -38,8 +38,9 @@ const FPS_SLACK: f64 = 1.1;
 const SMOOTHING: f64 = 0.3;
 
 /// Dropped numbers are remembered one by one this far below the highest number seen; older
-/// ones are only counted (a packet that old is refused by the sequence rewriter anyway).
-const GAP_MEMORY: u64 = 4096;
+/// ones are only counted. A packet that late is past any use (a subscriber's resend history
+/// holds at most 1024 packets): at most 8 KiB per list, two lists per limited subscription.
+const GAP_MEMORY: u64 = 1024;
 
 /// Numbers removed from a stream (the sequence numbers or picture ids of dropped pictures),
 /// so that the ones kept are renumbered without holes.
