@@ -2004,18 +2004,7 @@ impl Sfu {
             .min(cap)
             .min(s.link_ceiling(now).unwrap_or(u64::MAX));
         // Tightness in the estimator's own units (payload): see `speech_cap`.
-        // The header rate counts everything forwarded: in the rounds after a cut it still
-        // holds the paused videos' headers and exceeds the audio itself, which must not read
-        // as no audio (the link would not turn tight and the microphones were asked for less
-        // only ~0.5-1 s later, Chromium at 120 kbit/s).
-        let (sustained_payload, audio_payload) = (
-            s.payload_rate(sustained),
-            if audio == 0 {
-                0
-            } else {
-                s.payload_rate(audio).max(1)
-            },
-        );
+        let (sustained_payload, audio_payload) = (s.payload_rate(sustained), s.payload_rate(audio));
         s.audio_room.update(
             sustained_payload,
             audio_payload,
@@ -2084,12 +2073,18 @@ impl Sfu {
         // voices now, not at the next round: the microphones are asked for less at once
         // (Chromium, a cut to 120 kbit/s: the cap went out ~0.5 s after the pause, the voices
         // still filling the link meanwhile).
+        // The header rate counts everything forwarded: in the rounds after a cut it still
+        // holds the paused videos' headers and may exceed the audio, whose payload must not
+        // read as no audio here (the microphones were asked for less only ~0.5-1 s later,
+        // Chromium at 120 kbit/s). Only here: elsewhere a subscriber whose estimate does not
+        // exceed its header rate yet (joining) would read as tight.
         let newly_tight = cap != u64::MAX
             && outcome.allocated == 0
+            && audio > 0
             && !s.audio_room.tight()
             && s.audio_room.update(
                 sustained_payload,
-                audio_payload,
+                audio_payload.max(1),
                 false,
                 true,
                 s.embargoed(now),
