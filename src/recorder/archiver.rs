@@ -254,6 +254,7 @@ mod tests {
             marker: false,
             arrival: start + Duration::from_millis(i * 20),
             payload: vec![0xFC, (i % 251) as u8, 1, 2, 3].into(),
+            starts_run: false,
         }
     }
 

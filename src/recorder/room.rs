@@ -244,6 +244,7 @@ mod tests {
             marker: false,
             arrival,
             payload: Arc::from(&[0x78u8, 1, 2, 3][..]),
+            starts_run: false,
         }
     }
 

@@ -228,12 +228,16 @@ impl TrackRecorder {
                 self.timeline.anchor(packet.rtp_time, packet.arrival);
             }
             Some(ssrc) if ssrc == packet.ssrc => {}
-            Some(_) if self.old_ssrcs.contains(&packet.ssrc) => {
+            // A straggler of a stream that was replaced, unless the SFU says a run of it
+            // starts here (a simulcast recording back on a layer it recorded before).
+            Some(_) if self.old_ssrcs.contains(&packet.ssrc) && !packet.starts_run => {
                 self.stats.late += 1;
                 return;
             }
             Some(old) => {
-                // The sender restarted: finish what the old stream had, then start over.
+                // The sender restarted, or the SFU switched layers: finish what the old
+                // stream had, then start over.
+                self.old_ssrcs.retain(|s| *s != packet.ssrc);
                 self.release(now, true);
                 self.jitter.reset();
                 self.assembler.reset();
@@ -459,6 +463,7 @@ mod tests {
             marker: false,
             arrival: start + Duration::from_millis(seq * 20),
             payload: Arc::from(&[0x78u8, 0xAA, 0xBB][..]),
+            starts_run: false,
         }
     }
 
@@ -613,6 +618,44 @@ mod tests {
         assert_eq!(
             segs[0].duration_ms, 520,
             "0..80 ms, then the restart at 500 ms"
+        );
+    }
+
+    #[test]
+    fn a_layer_the_recording_returns_to_is_recorded_again() {
+        // Simulcast: the SFU records the lowest layer (SSRC 42), switches to the top (43), and
+        // back to the lowest when the encoder drops the top one; each switch starts on a
+        // keyframe the SFU marks. The return is a new run of 42, not a straggler.
+        let start = Instant::now();
+        let mut rec = TrackRecorder::new(start, RecordCodec::Opus, 1, config()).unwrap();
+        let at = |seq: u64, ssrc: u32, ms: u64, starts_run: bool| {
+            let mut p = opus_packet(start, seq);
+            p.ssrc = ssrc;
+            p.arrival = start + Duration::from_millis(ms);
+            p.rtp_time = (ms * 48) as u32;
+            p.starts_run = starts_run;
+            p
+        };
+        let mut pushed = 0;
+        for (i, (ssrc, base, from_ms)) in [(42, 0, 0), (43, 5_000, 200), (42, 100, 400)]
+            .into_iter()
+            .enumerate()
+        {
+            for k in 0..5u64 {
+                let p = at(base + k, ssrc, from_ms + k * 20, i > 0 && k == 0);
+                rec.push(p.arrival, &p);
+                pushed += 1;
+            }
+        }
+        // Without the mark the same SSRC coming back is a straggler of a replaced stream.
+        let straggler = at(50, 43, 500, false);
+        rec.push(straggler.arrival, &straggler);
+        rec.finish(start + Duration::from_secs(1));
+        drain(&mut rec, start + Duration::from_secs(1));
+        let stats = rec.stats();
+        assert_eq!(
+            (stats.ssrc_changes, stats.late, stats.frames),
+            (2, 1, pushed)
         );
     }
 }

@@ -1063,3 +1063,77 @@ fn a_subscriber_asking_for_fewer_frames_per_second_gets_the_base_temporal_layers
     // Temporal layers change without a keyframe: none was asked of the publisher.
     assert_eq!(requests_to_top(&net), top_requests_before);
 }
+
+#[test]
+fn a_recording_follows_the_best_layer_down_up_and_down_again_without_losing_video() {
+    use crate::recorder::segmenter::TrackRecorder;
+    use crate::recorder::{RecordCodec, RecorderConfig};
+    use str0m::media::MediaKind;
+
+    // The encoder drops its top layers (as Chrome does under CPU load) and takes them up
+    // again: the recording goes to the best layer left, and back, each time from a keyframe.
+    // Going back to a layer recorded before is a new run of that SSRC, not stragglers.
+    let mut net = SimNet::new(41);
+    let a = net.add_simulcast_client("room");
+    let _viewer = net.add_client("room", &[]);
+    net.run_media(Duration::from_secs(2));
+    let a_id = net.clients[a].id;
+    net.sfu.set_recorded(net.now, a_id, true).unwrap();
+    let start = net.now;
+    let set_top = |net: &mut SimNet, on: bool| {
+        let enc = net.clients[a].encoder.as_mut().unwrap();
+        enc.active[1] = on;
+        enc.active[2] = on;
+    };
+    // A layer counts as gone ~1.5 s after its last packet: phases long enough for that.
+    net.run_media(Duration::from_secs(3));
+    set_top(&mut net, false);
+    net.run_media(Duration::from_secs(4));
+    set_top(&mut net, true);
+    net.run_media(Duration::from_secs(3));
+    set_top(&mut net, false);
+    net.run_media(Duration::from_secs(5));
+    let end = net.now;
+
+    let video: Vec<_> = net
+        .recorded
+        .iter()
+        .filter(|p| p.kind == MediaKind::Video)
+        .collect();
+    // The runs: SSRC changes in what the SFU handed over, each marked as a start.
+    let mut runs = vec![video[0].ssrc];
+    for w in video.windows(2) {
+        if w[1].ssrc != w[0].ssrc {
+            assert!(
+                w[1].starts_run,
+                "a switch without the mark at seq {}",
+                w[1].seq
+            );
+            runs.push(w[1].ssrc);
+        }
+    }
+    assert_eq!(runs.len(), 4, "top, lowest, top, lowest: {runs:?}");
+    assert_eq!((runs[0], runs[1]), (runs[2], runs[3]));
+    let last_run_from = video.iter().rposition(|p| p.starts_run).unwrap();
+    assert!(
+        video[last_run_from].arrival < start + Duration::from_secs(13),
+        "the last switch came late"
+    );
+
+    let mut rec =
+        TrackRecorder::new(start, RecordCodec::Vp8, 1, RecorderConfig::default()).unwrap();
+    for p in &video {
+        rec.push(p.arrival, p);
+    }
+    rec.finish(end);
+    let stats = rec.stats();
+    assert_eq!((stats.ssrc_changes, stats.late), (3, 0), "{stats:?}");
+    // Each run is recorded from its first keyframe to its end: ~15 s at 20 fps, less the
+    // waits for the lost layers to count as gone.
+    assert!(stats.frames > 200, "{stats:?}");
+    let last_run_frames = video[last_run_from..].iter().filter(|p| p.marker).count() as u64;
+    assert!(
+        last_run_frames > 40,
+        "{last_run_frames} frames after the return"
+    );
+}

@@ -217,6 +217,12 @@ pub struct RecordedPacket {
     pub arrival: Instant,
     /// RTP payload.
     pub payload: std::sync::Arc<[u8]>,
+    /// The SFU switched the recording to this packet's layer on it (a keyframe of a
+    /// simulcast layer, or the first packet of a single stream): a stream starts here even if
+    /// its SSRC was recorded before. Without it a recording that goes back to a layer it left
+    /// (top layer, then the lowest when the encoder drops the top one) took the returning
+    /// layer's packets for stragglers of a replaced stream and recorded no more video.
+    pub starts_run: bool,
 }
 
 /// Signaling input for a joined participant.
@@ -1504,7 +1510,11 @@ impl Sfu {
         let speech = (kind == MediaKind::Audio && track.source == TrackSource::Microphone)
             .then_some(packet.header.ext_vals.audio_level)
             .flatten();
-        let record = p.recorded && track.record.decide(layer, starts) != Verdict::Drop;
+        let record_verdict = if p.recorded {
+            track.record.decide(layer, starts)
+        } else {
+            Verdict::Drop
+        };
         let kind_metrics = self.metrics.kind(video);
         kind_metrics.packets_in.inc();
         kind_metrics.bytes_in.inc_by(packet.payload.len() as u64);
@@ -1512,7 +1522,7 @@ impl Sfu {
         // clone of every metric handle per packet before (1-2 % of the server's CPU in the
         // follow-up load).
         let (mut packets_out, mut bytes_out) = (0u64, 0u64);
-        if record {
+        if record_verdict != Verdict::Drop {
             self.outputs.push_back(SfuOutput::Record(RecordedPacket {
                 participant: id,
                 track: track_id,
@@ -1525,6 +1535,7 @@ impl Sfu {
                 marker: packet.header.marker,
                 arrival: packet.timestamp,
                 payload: primary.clone().unwrap_or_else(|| packet.payload.clone()),
+                starts_run: record_verdict == Verdict::Switched,
             }));
         }
 

@@ -367,6 +367,7 @@ fn rtp_packets(
                 marker: kind == MediaKind::Video && k + 1 == n,
                 arrival: at,
                 payload: Arc::from(&payload[..]),
+                starts_run: false,
             });
             seq += 1;
         }
