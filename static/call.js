@@ -98,7 +98,7 @@ const HEIGHT_STEPS = [90, 120, 180, 240, 360, 480, 540, 720, 1080, 1440, 2160];
  * upper temporal layers for it (Chrome's 20 fps camera: 10 fps), which saves a weak link a
  * third of the video's bytes where nobody looks closely.
  */
-const THUMBNAIL_HEIGHT = 90;
+const THUMBNAIL_HEIGHT = 120;
 const THUMBNAIL_FPS = 15;
 
 /** Message types a `Call` consumes. */

@@ -205,11 +205,11 @@ test('layout preferences, paused videos, active speaker and a stethoscope (one l
       const strip = await ann.page.addStyleTag({
         content: `${boTile} .track-box, ${boTile} .tile-media { min-height: 0 !important; } ${boTile} video { height: 90px !important; flex: 0 0 auto !important; }`,
       });
-      await waitForPreference(ann, boVideo, 'a thumbnail at 15 fps', (p) => p.visible && !p.pinned && p.max_height <= 90 && p.max_fps === 15);
+      await waitForPreference(ann, boVideo, 'a thumbnail at 15 fps', (p) => p.visible && !p.pinned && p.max_height <= 120 && p.max_fps === 15);
       const cyNow = lastPreference(ann, cyVideo);
       assert.equal(cyNow.max_fps, undefined, `the large tile has no frame rate limit: ${JSON.stringify(cyNow)}`);
       await strip.evaluate((el) => el.remove());
-      await waitForPreference(ann, boVideo, 'no frame rate limit in a large window', (p) => p.visible && p.max_height > 90 && p.max_fps === undefined);
+      await waitForPreference(ann, boVideo, 'no frame rate limit in a large window', (p) => p.visible && p.max_height > 120 && p.max_fps === undefined);
 
       // Cy's video paused for Ann (English): name and notice over the video, in large type.
       ann.inject({ type: 'track_paused', participant_id: cy.id, track_id: cyVideo, reason: 'bandwidth' });
