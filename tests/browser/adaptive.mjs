@@ -942,7 +942,9 @@ export function judge(sc, r, ref = null) {
   if (t.concealedMaxPct != null) add(`weak audio concealed <= ${t.concealedMaxPct} %`, w.audioConcealedPct != null && w.audioConcealedPct <= t.concealedMaxPct, w.audioConcealedPct);
   if (t.audioOnlyAnnounced) add('video paused and announced (audio only)', !!r.pauseAnnounced, r.pauseAnnounced);
   if (t.firstFrameS != null) {
-    const v = r.firstFrameS ? Math.max(...Object.values(r.firstFrameS).map((x) => (x == null ? Infinity : x))) : Infinity;
+    // The videos shown: one paused from the start (announced) has no first frame to wait for.
+    const shown = Object.entries(r.firstFrameS || {}).filter(([who, x]) => x != null || !(t.restMayPause && r.weak?.video?.find((w) => w.from === who)?.pauseEvents?.includes('track_paused')));
+    const v = shown.length ? Math.max(...shown.map(([, x]) => (x == null ? Infinity : x))) : Infinity;
     add(`first frame <= ${t.firstFrameS} s after joining`, v <= t.firstFrameS, Number.isFinite(v) ? v : null);
   }
   if (t.recoveryS != null) add(`top resolution <= ${t.recoveryS} s after recovery`, r.recoveryS != null && r.recoveryS <= t.recoveryS, r.recoveryS);
