@@ -81,7 +81,7 @@ if (why) {
     test(`weak downlink: ${sc.label}`, async () => {
       const r = await runScenario(sc);
       results.push(r);
-      console.log(JSON.stringify({ scenario: id, weak: r.weak, firstFrameS: r.firstFrameS, pauseAnnounced: r.pauseAnnounced, publishers: r.publishers, publishersPre: r.publishersPre, loadavg: r.loadavg }));
+      console.log(JSON.stringify({ scenario: id, weak: r.weak, firstFrameS: r.firstFrameS, pauseAnnounced: r.pauseAnnounced, publishers: r.publishers, publishersPre: r.publishersPre, good: r.good, goodPre: r.goodPre, loadavg: r.loadavg }));
       if (MEASURE_ONLY) {
         console.log(`MEASURE ONLY (HUIZHEN_ADAPTIVE_MEASURE_ONLY=1): ${id} measured, nothing asserted`);
         return;
