@@ -36,7 +36,7 @@
 //!   [`KEEP_TOLERANCE`] (a keyframe dents the estimate of a weak link for a moment);
 //! - a paused video stays paused at least [`MIN_PAUSE`], twice as long after each resume that
 //!   failed within [`RESUME_TRIAL`] (up to [`MAX_PAUSE`]), and resumes only when its lowest
-//!   layer fits with [`RESUME_MARGIN`] to spare.
+//!   layer fits with [`RESUME_MARGIN`] to spare, and at most one every [`RESUME_SPACING`].
 //!
 //! Pure: time and the estimate are passed in; no str0m types, so it is tested on its own.
 
@@ -76,6 +76,11 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(24);
 pub const RESUME_TRIAL: Duration = Duration::from_secs(10);
 /// A paused video resumes only when its lowest layer fits this many times over.
 pub const RESUME_MARGIN: f64 = 1.1;
+/// One resume at a time: no paused video resumes within this long of another's resume (its
+/// keyframe must flow and the estimate show whether the link holds it). Chromium, joining at
+/// 300 kbit/s where one video fits: a leap of the estimate resumed both paused videos in one
+/// round, twice, and both were paused again within a second, a 12 s gap in the shown one.
+pub const RESUME_SPACING: Duration = Duration::from_secs(3);
 
 /// Why a video is upgraded before others. Higher first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -293,6 +298,10 @@ impl Allocator {
                 .then(a.track.cmp(&b.track))
         });
 
+        let mut resume_spaced = self.tracks.values().any(|s| {
+            s.resumed_at
+                .is_some_and(|at| now.saturating_duration_since(at) < RESUME_SPACING)
+        });
         let mut new: HashMap<TrackId, Target> = HashMap::new();
         let mut left = budget;
         let mut next_step: Option<u64> = None;
@@ -314,7 +323,7 @@ impl Allocator {
                         s.paused_at
                             .is_some_and(|at| now.saturating_duration_since(at) < s.pause_for)
                     });
-                    if held {
+                    if held || resume_spaced {
                         note_step(bitrate);
                         new.insert(v.track, Target::Paused);
                         continue;
@@ -331,6 +340,7 @@ impl Allocator {
             if need <= left {
                 left = left.saturating_sub(bitrate);
                 new.insert(v.track, Target::Layer(low));
+                resume_spaced |= was == Target::Paused;
             } else if single {
                 // No cheaper layer to fall back to: it is sent (charged, so other videos
                 // give way first) rather than paused on an estimate that may be wrong.
@@ -1069,5 +1079,30 @@ mod tests {
             swaps.iter().all(|u| *u >= 1),
             "the top layer never followed: {swaps:?}"
         );
+    }
+
+    #[test]
+    fn paused_videos_resume_one_at_a_time() {
+        let mut a = Allocator::default();
+        let t0 = Instant::now();
+        let videos = [cam(1), cam(2)];
+        a.allocate(t0, 200_000, AUDIO, &videos);
+        assert_eq!(targets(&a, &[1, 2]), vec![Target::Paused, Target::Paused]);
+        // A leap that would fit both: one resumes.
+        let wide = AUDIO + 2 * Q * 2;
+        let at = t0 + MIN_PAUSE;
+        a.allocate(at, wide, AUDIO, &videos);
+        let resumed = |a: &Allocator| {
+            targets(a, &[1, 2])
+                .iter()
+                .filter(|t| t.layer().is_some())
+                .count()
+        };
+        assert_eq!(resumed(&a), 1);
+        a.allocate(at + RESUME_SPACING / 2, wide, AUDIO, &videos);
+        assert_eq!(resumed(&a), 1);
+        // The other once the first has shown the link holds it.
+        a.allocate(at + RESUME_SPACING, wide, AUDIO, &videos);
+        assert_eq!(resumed(&a), 2);
     }
 }
