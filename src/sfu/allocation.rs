@@ -598,6 +598,21 @@ mod tests {
         }
     }
 
+    /// Seconds of `estimate` until video 1 is back on its top layer (at most 60).
+    fn seconds_to_top(
+        a: &mut Allocator,
+        now: &mut Instant,
+        estimate: u64,
+        videos: &[VideoTrack],
+    ) -> u64 {
+        let mut waited = 0;
+        while a.target(TrackId(1)) != Target::Layer(2) && waited < 60 {
+            settle(a, now, 1, estimate, videos);
+            waited += 1;
+        }
+        waited
+    }
+
     #[test]
     fn a_wide_link_climbs_to_the_top_layer_of_every_video() {
         let mut a = Allocator::default();
@@ -955,12 +970,7 @@ mod tests {
             settle(&mut a, &mut now, 3, high, &videos);
             settle(&mut a, &mut now, 1, low, &videos);
             assert!(a.target(TrackId(1)).layer() < Some(2));
-            let mut waited = 0;
-            while a.target(TrackId(1)) != Target::Layer(2) && waited < 60 {
-                settle(&mut a, &mut now, 1, high, &videos);
-                waited += 1;
-            }
-            climbs.push(waited);
+            climbs.push(seconds_to_top(&mut a, &mut now, high, &videos));
         }
         assert!(
             now.saturating_duration_since(t0) > Duration::from_secs(200),
@@ -974,11 +984,7 @@ mod tests {
         // A video that held its climb for a while starts from the short hold again.
         settle(&mut a, &mut now, UPGRADE_TRIAL.as_secs() + 5, high, &videos);
         settle(&mut a, &mut now, 1, low, &videos);
-        let mut waited = 0;
-        while a.target(TrackId(1)) != Target::Layer(2) && waited < 60 {
-            settle(&mut a, &mut now, 1, high, &videos);
-            waited += 1;
-        }
+        let waited = seconds_to_top(&mut a, &mut now, high, &videos);
         assert!(waited <= 7, "{waited}");
     }
 
@@ -989,26 +995,18 @@ mod tests {
         let videos = [cam(1)];
         let high = AUDIO + F + 400_000;
         let low = AUDIO + H + 100_000;
-        let climb = |a: &mut Allocator, now: &mut Instant| {
-            let mut waited = 0;
-            while a.target(TrackId(1)) != Target::Layer(2) && waited < 60 {
-                settle(a, now, 1, high, &videos);
-                waited += 1;
-            }
-            waited
-        };
         settle(&mut a, &mut now, 6, high, &videos);
         // Two climbs undone after 3 s: the hold doubles twice (5 -> 10 -> 20 s).
         for _ in 0..2 {
             settle(&mut a, &mut now, 3, high, &videos);
             settle(&mut a, &mut now, 1, low, &videos);
-            climb(&mut a, &mut now);
+            seconds_to_top(&mut a, &mut now, high, &videos);
         }
         // Then one undone at once (within the grace): the next climb still waits ~20 s,
         // not the 5 s of a fresh start.
         settle(&mut a, &mut now, 1, low, &videos);
         assert!(a.target(TrackId(1)).layer() < Some(2));
-        let waited = climb(&mut a, &mut now);
+        let waited = seconds_to_top(&mut a, &mut now, high, &videos);
         assert!(waited >= 19, "{waited}");
     }
 
