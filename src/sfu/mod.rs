@@ -117,6 +117,10 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest interval between probes that found nothing.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(16);
 
+/// str0m's periodic probes (twice the desired rate) go at least this multiple of the estimate
+/// on a link that is not overfilled: a probe below the estimate can only lower it.
+const PROBE_ABOVE_ESTIMATE: f64 = 1.1;
+
 /// How often str0m reports a participant's statistics (loss, round trip, bytes).
 const STATS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -2017,6 +2021,7 @@ impl Sfu {
         // Tightness in the estimator's own units (payload): see `speech_cap`.
         let (sustained_payload, audio_payload) = (s.payload_rate(sustained), s.payload_rate(audio));
         s.audio_room.update(
+            now,
             sustained_payload,
             audio_payload,
             s.allocated_video > 0,
@@ -2094,6 +2099,7 @@ impl Sfu {
             && audio > 0
             && !s.audio_room.tight()
             && s.audio_room.update(
+                now,
                 sustained_payload,
                 audio_payload.max(1),
                 false,
@@ -2200,7 +2206,19 @@ impl Sfu {
             let roomy = (audio_payload as f64 * speech_cap::ROOMY * 1.1) as u64;
             s.wire_estimate(roomy).max(minimum)
         } else {
-            outcome.desired.max(minimum)
+            // At least a little over half the estimate. str0m's periodic probe, while the link
+            // is used below its estimate, goes at twice the desired rate and its result replaces
+            // the estimate: a wish under half the estimate probed below it, the link carried the
+            // probe whole, and the estimate fell to the probe's rate (Chromium on loopback,
+            // the top layer at `max_fps` 10: 1.0 -> 0.4 Mbit/s in 4 s, and the top layer was
+            // lost when the full frame rate came back; at a call's start the same held a clean
+            // link on the lowest layer for ~10 s). The desired rate steers only str0m's probes,
+            // never padding. Not while overfilled or tight (above): there a probe below a
+            // stale estimate is what brings it down to the link's rate.
+            let half = s.estimate.map_or(0, |e| {
+                s.wire_estimate((e as f64 * PROBE_ABOVE_ESTIMATE / 2.0) as u64)
+            });
+            outcome.desired.max(minimum).max(half)
         };
         let targets = (s.payload_rate(minimum), s.payload_rate(desired));
         // A link tight for the audio is probed too, once the embargo after its last
