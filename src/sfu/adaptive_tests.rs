@@ -820,7 +820,11 @@ fn explore_a_weak_link_over_time() {
             .with_test_writer()
             .try_init();
     }
-    let (mut net, a, b, weak) = two_cameras_and_a_weak_one(40, Duration::from_secs(10));
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let (mut net, a, b, weak) = two_cameras_and_a_weak_one(seed, Duration::from_secs(10));
     net.clients[weak].downlink = Some(Link::rate(rate));
     let id = net.clients[weak].id;
     let mut carried = 0;
