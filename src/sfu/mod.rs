@@ -117,6 +117,10 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest interval between probes that found nothing.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(16);
 
+/// While a link is tight for the voices, the desired rate given to str0m changes only when the
+/// wish moves out of this band (a factor either way) around the one held.
+const TIGHT_WISH_BAND: f64 = 1.3;
+
 /// str0m's periodic probes (twice the desired rate) go at least this multiple of the estimate
 /// on a link that is not overfilled: a probe below the estimate can only lower it.
 const PROBE_ABOVE_ESTIMATE: f64 = 1.1;
@@ -502,6 +506,12 @@ impl Sfu {
             .map(|p| (p.estimate, p.allocated_video))
     }
 
+    /// The (minimum, desired) payload bit/s last given to `id`'s bandwidth estimator.
+    #[cfg(test)]
+    pub fn bwe_targets_of(&self, id: ParticipantId) -> Option<(u64, u64)> {
+        self.participants.get(&id).map(|p| p.bwe_targets)
+    }
+
     /// How long `id`'s outgoing streams keep sent packets for NACKs (see [`retransmit`]).
     pub fn retransmit_window(&self, id: ParticipantId) -> Option<Duration> {
         self.participants.get(&id).map(|p| p.retransmit_window)
@@ -636,6 +646,7 @@ impl Sfu {
             allocator: Default::default(),
             bwe_targets: (0, 0),
             padding_floor: true,
+            tight_wish: None,
             twcc_interval: feedback::MIN_INTERVAL,
             next_probe: None,
             probe_backoff: PROBE_INTERVAL,
@@ -2193,6 +2204,9 @@ impl Sfu {
         s.probe_inputs = (sending, goal);
         let minimum = probe.minimum.max(sending);
         // str0m takes payload rates.
+        if !s.audio_room.tight() || s.embargoed(now) {
+            s.tight_wish = None;
+        }
         let desired = if s.embargoed(now) {
             // Overfilled lately: no wish beyond what is sent. str0m's estimate lags the cut by
             // seconds, and sending far below it starts its periodic probes at twice the
@@ -2204,7 +2218,18 @@ impl Sfu {
             // `speech_cap::ROOMY`), so that a probe can show a link that recovered, and no more
             // (str0m's periodic probes burst at twice the wish).
             let roomy = (audio_payload as f64 * speech_cap::ROOMY * 1.1) as u64;
-            s.wire_estimate(roomy).max(minimum)
+            let wish = s.wire_estimate(roomy);
+            // Held while the voices' rate wobbles: str0m starts an allocation probe each time
+            // the desired rate rises above the estimate, and a wish that followed the voices
+            // round by round rose every second or two (Chromium at 120 kbit/s: probe clusters
+            // every 1-2 s, the voices losing a few packets to most of them).
+            let held = s.tight_wish.filter(|h| {
+                let ratio = wish as f64 / *h as f64;
+                (1.0 / TIGHT_WISH_BAND..=TIGHT_WISH_BAND).contains(&ratio)
+            });
+            let held = held.unwrap_or(wish);
+            s.tight_wish = Some(held);
+            held.max(minimum)
         } else {
             // At least a little over half the estimate. str0m's periodic probe, while the link
             // is used below its estimate, goes at twice the desired rate and its result replaces

@@ -249,6 +249,9 @@ pub struct Participant {
     pub bwe_targets: (u64, u64),
     /// Whether str0m's automatic padding floor (50 kbit/s) is on: only while video flows to it.
     pub padding_floor: bool,
+    /// The desired rate held while its link is tight for the voices (see the core's
+    /// `TIGHT_WISH_BAND`).
+    pub tight_wish: Option<u64>,
     /// How often it gets transport-wide feedback for what it sends (see [`super::feedback`]).
     pub twcc_interval: std::time::Duration,
     /// When its link may be probed again (see `PROBE_INTERVAL`).
