@@ -51,6 +51,11 @@ impl DeliveryLog {
         self.rounds.push_back((now, delivered, loss));
     }
 
+    /// The loss of the last second, as of the latest round that reported one.
+    pub fn last_loss(&self) -> Option<f32> {
+        self.rounds.iter().rev().find_map(|(_, _, loss)| *loss)
+    }
+
     /// The least the link delivered in the rounds of the last [`CARRIED_WINDOW`], when they
     /// span most of it and every one was clean; `None` otherwise (a link just joined, silent,
     /// or losing packets proves nothing).

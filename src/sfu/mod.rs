@@ -121,6 +121,12 @@ const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(16);
 /// wish moves out of this band (a factor either way) around the one held.
 const TIGHT_WISH_BAND: f64 = 1.3;
 
+/// Within the memory of an overfilling, this share of the rate the link delivered then keeps
+/// the lowest layers of what flows through the estimator's fall...
+const CEILING_FLOOR_SHARE: f64 = 0.9;
+/// ... while the loss of the last second stays below this.
+const CEILING_FLOOR_LOSS: f32 = 0.1;
+
 /// str0m's periodic probes (twice the desired rate) go at least this multiple of the estimate
 /// on a link that is not overfilled: a probe below the estimate can only lower it.
 const PROBE_ABOVE_ESTIMATE: f64 = 1.1;
@@ -506,6 +512,17 @@ impl Sfu {
             .map(|p| (p.estimate, p.allocated_video))
     }
 
+    /// Tests: from now on, every estimate for `id` reads as `estimate` (`None`: str0m's own).
+    #[cfg(test)]
+    pub fn pin_estimate(&mut self, now: Instant, id: ParticipantId, estimate: Option<u64>) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.estimate_pin = estimate;
+            if let Some(e) = estimate {
+                p.note_estimate(now, e);
+            }
+        }
+    }
+
     /// The (minimum, desired) payload bit/s last given to `id`'s bandwidth estimator.
     #[cfg(test)]
     pub fn bwe_targets_of(&self, id: ParticipantId) -> Option<(u64, u64)> {
@@ -671,6 +688,8 @@ impl Sfu {
             audio_room: Default::default(),
             sent_packets: 0,
             header_rate: (0, None),
+            #[cfg(test)]
+            estimate_pin: None,
             retransmit_window: self.config.retransmit_policy().initial(),
         }
     }
@@ -2091,7 +2110,25 @@ impl Sfu {
         // on an estimator's dip, it does not hold a high layer against a delay-based backoff
         // (a link with a deep buffer delays long before it loses). The prober above judges its
         // padding by the estimator's own estimate.
-        let kept = estimate.max(carried.min(cap).min(audio + lowest_flowing));
+        // And within the memory of an overfilling, most of what the link delivered then is a
+        // floor too while it loses little now: the estimator keeps falling for seconds after a
+        // cut (Chromium at 300 kbit/s: to ~200 kbit/s 4-5 s after it, below the voices and one
+        // low layer), while the carried floor still waits for two clean seconds; the one video
+        // that fitted was paused for 2-4 s.
+        let ceiling_floor = s
+            .link_ceiling(now)
+            .filter(|_| {
+                s.delivery
+                    .last_loss()
+                    .is_some_and(|l| l < CEILING_FLOOR_LOSS)
+            })
+            .map_or(0, |c| (c as f64 * CEILING_FLOOR_SHARE) as u64);
+        let kept = estimate.max(
+            carried
+                .max(ceiling_floor)
+                .min(cap)
+                .min(audio + lowest_flowing),
+        );
         let outcome = s
             .allocator
             .allocate_sustained(now, kept, sustained, audio, &videos);

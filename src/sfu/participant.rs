@@ -304,6 +304,10 @@ pub struct Participant {
     pub sent_packets: u64,
     /// Smoothed bit/s of the headers of what is forwarded to it, and when last folded.
     pub header_rate: (u64, Option<Instant>),
+    /// Tests: every estimate str0m reports reads as this one (an estimator that falls the
+    /// way Chromium's did, which the simulator's link does not make it do).
+    #[cfg(test)]
+    pub estimate_pin: Option<u64>,
 }
 
 /// Loss (of everything sent to a subscriber over a second) that means its link is
@@ -346,6 +350,8 @@ const MAX_RECENT_ESTIMATES: usize = 64;
 impl Participant {
     /// Remember an estimate.
     pub fn note_estimate(&mut self, now: Instant, estimate: u64) {
+        #[cfg(test)]
+        let estimate = self.estimate_pin.unwrap_or(estimate);
         self.estimate = Some(estimate);
         if self.recent_estimates.len() >= MAX_RECENT_ESTIMATES {
             self.recent_estimates.pop_front();
