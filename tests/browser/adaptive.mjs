@@ -56,6 +56,8 @@ export const PRE_S = Number(env.HUIZHEN_ADAPTIVE_PRE_S || 10);
 export const MEASURE_S = Number(env.HUIZHEN_ADAPTIVE_MEASURE_S || 45);
 /** Seconds at the start of the measured window given to adaptation. */
 export const ADAPT_S = 5;
+/** A video announced paused for at least this share of the time after adaptation counts as paused in the figures (not as a shown video with a long stall). */
+const PAUSED_SHARE = 0.9;
 /** After adaptation, the weak participant must decode something in every window of this length. */
 export const WINDOW_S = 5;
 /** Bound of every wait for a state (join, media flowing). */
@@ -599,6 +601,9 @@ export function receiverFigures(receiver, a, b, { windowS = WINDOW_S, adaptS = A
         // Announced paused from the end of adaptation to the end of the window: audio only
         // for this person, by the server's choice and told to the page.
         pausedAfterAdapt: after.length > 0 && after.every((s) => pausedAt(last.pauses, tr.track_id, s.t)),
+        // The share of that time it stood announced paused (resume attempts of a second or two
+        // interrupt a pause that lasts the window).
+        pausedShareAfterAdapt: after.length ? round(after.filter((s) => pausedAt(last.pauses, tr.track_id, s.t)).length / after.length, 2) : 0,
         pauseEvents: last.pauses.filter((e) => e.track_id === tr.track_id && e.at >= a && e.at <= b).map((e) => e.type),
       });
     } else if (tr.kind === 'audio') {
@@ -623,8 +628,9 @@ export function receiverFigures(receiver, a, b, { windowS = WINDOW_S, adaptS = A
   out.videoFpsMin = out.video.length ? Math.min(...out.video.map((v) => v.fps)) : null;
   out.videoHeightMin = out.video.length ? Math.min(...out.video.map((v) => v.height ?? 0)) : null;
   out.maxStallAfterAdaptS = out.video.length ? Math.max(...out.video.map((v) => v.maxStallAfterAdaptS)) : null;
-  // The videos shown after adaptation (the others stood paused and announced throughout).
-  const shown = out.video.filter((v) => !v.pausedAfterAdapt);
+  // The videos shown after adaptation (the others stood paused and announced throughout, or
+  // for at least PAUSED_SHARE of it, with resume attempts that did not hold: the table says so).
+  const shown = out.video.filter((v) => !v.pausedAfterAdapt && v.pausedShareAfterAdapt < PAUSED_SHARE);
   out.shownFrom = shown.map((v) => v.from);
   out.shownFpsMin = shown.length ? Math.min(...shown.map((v) => v.fps)) : null;
   out.shownStallAfterAdaptS = shown.length ? Math.max(...shown.map((v) => v.maxStallAfterAdaptS)) : null;
@@ -988,7 +994,7 @@ export function table(results) {
     const goodH = Object.values(r.good).map((g) => g.videoHeightMin);
     const qp = ['alice', 'bob'].map((n) => r.publishers[n]?.qp).filter((x) => x != null);
     rows.push(
-      `| ${r.label}${extra.length ? ` (${extra.join('; ')})` : ''} | ${w.video.map((v) => (v.pausedAfterAdapt ? `${v.fps} (paused)` : `${v.fps}`)).join(' / ')} | ${w.shownStallAfterAdaptS ?? '-'} s | ${w.video.map((v) => (v.framesDecoded > 0 ? v.height ?? '-' : '-')).join(' / ')} | ${w.audioConcealedPct ?? '-'} % | ${w.lossPct ?? '-'} % (${w.packetsLost}) | ${Math.min(...goodFps)} | ${Math.min(...goodH)} | ${['alice', 'bob'].map((n) => r.publishers[n]?.keyframesPer10s ?? '-').join(' / ')} | ${qp.join(' / ')} | ${missed.length ? missed.join('; ') : 'none'} |`,
+      `| ${r.label}${extra.length ? ` (${extra.join('; ')})` : ''} | ${w.video.map((v) => (v.pausedAfterAdapt ? `${v.fps} (paused)` : v.pausedShareAfterAdapt >= PAUSED_SHARE ? `${v.fps} (paused ${Math.round(v.pausedShareAfterAdapt * 100)} % of the time)` : `${v.fps}`)).join(' / ')} | ${w.shownStallAfterAdaptS ?? '-'} s | ${w.video.map((v) => (v.framesDecoded > 0 ? v.height ?? '-' : '-')).join(' / ')} | ${w.audioConcealedPct ?? '-'} % | ${w.lossPct ?? '-'} % (${w.packetsLost}) | ${Math.min(...goodFps)} | ${Math.min(...goodH)} | ${['alice', 'bob'].map((n) => r.publishers[n]?.keyframesPer10s ?? '-').join(' / ')} | ${qp.join(' / ')} | ${missed.length ? missed.join('; ') : 'none'} |`,
     );
   }
   return rows.join('\n');
