@@ -418,6 +418,12 @@ impl SfuMetrics {
         for result in ["queued", "dropped", "no_recorder"] {
             metrics.recorder_packets.with_label_values(&[result]);
         }
+        for signal in [
+            super::participant::OverfillSignal::Loss,
+            super::participant::OverfillSignal::Queue,
+        ] {
+            metrics.congestion_caps.with_label_values(&[signal.label()]);
+        }
         for kind in ["pli", "fir"] {
             metrics.keyframe_requests_sent.with_label_values(&[kind]);
             metrics
