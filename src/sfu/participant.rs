@@ -340,6 +340,13 @@ pub const OVERFILL_DELIVERY_SHARE: f64 = 0.5;
 /// behind each keyframe; random loss on a link that keeps up: none.
 pub const FULL_QUEUE: Duration = Duration::from_millis(50);
 
+/// How long a link must have been measured before its queue alone can call it overfilled. A
+/// link's first seconds carry str0m's initial probes, which overfill a narrow link on
+/// purpose; capping on their queue paused a video before its first packet (load generator,
+/// 600 kbit/s receivers: a subscribed video never received in 15 s). There the loss acts as
+/// before.
+pub const QUEUE_SIGNAL_AFTER: Duration = Duration::from_secs(3);
+
 /// Shortest receive span over which the queue's delivery rate is measured (a few packets at
 /// 120 kbit/s).
 pub const QUEUE_RATE_SPAN: Duration = Duration::from_millis(40);
@@ -454,6 +461,7 @@ impl Participant {
             // No heavy loss known yet, but a queue building at a fraction of what is sent:
             // what arrived since it began is the link's rate.
             queuing
+                .filter(|_| self.delivery.covers(now, QUEUE_SIGNAL_AFTER))
                 .filter(|q| q.delay >= OVERFILL_QUEUE && q.span >= QUEUE_RATE_SPAN)
                 .map(|q| {
                     let secs = q.span.as_secs_f64();
