@@ -2087,14 +2087,7 @@ impl Sfu {
         // which has not fallen yet).
         // Nor into one that barely carries the audio: every probe there costs voices.
         let last_goal = last_goal.filter(|_| cap == u64::MAX && !s.audio_room.tight());
-        // A queue with loss: the padding found the link's rate. A queue alone may be this
-        // server's own scheduling (a busy event loop delays what it has already counted as
-        // sent), which no probe should be given up for.
-        if s.queue_delay >= Some(participant::FULL_QUEUE)
-            && s.delivery
-                .last_loss()
-                .is_some_and(|l| l >= delivery::CLEAN_LOSS)
-        {
+        if s.queue_delay >= Some(participant::FULL_QUEUE) {
             s.prober.queue_met(now);
         }
         let probe = s.prober.tick(now, estimate, last_sending, last_goal);

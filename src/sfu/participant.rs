@@ -334,8 +334,7 @@ pub const OVERFILL_QUEUE: Duration = Duration::from_millis(100);
 pub const OVERFILL_DELIVERY_SHARE: f64 = 0.5;
 
 /// A queue this deep means the link is at its rate, whatever it delivers: RED does not come on
-/// (see `red::QUEUE_MEMORY`), a padding probe stops if the link also loses (see
-/// `probe::Prober::queue_met`).
+/// (see `red::QUEUE_MEMORY`) and a padding probe stops (see `probe::Prober::queue_met`).
 /// Measured in the simulator at 300 kbit/s with one low layer and the voices: 50-110 ms
 /// behind each keyframe; random loss on a link that keeps up: none.
 pub const FULL_QUEUE: Duration = Duration::from_millis(50);

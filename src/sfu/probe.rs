@@ -158,8 +158,8 @@ impl Prober {
         }
     }
 
-    /// Its link showed a full queue (`participant::FULL_QUEUE`) and lost packets: a probe
-    /// padding now has found the link's rate, and stops at once as a failed one. str0m's estimate falls by
+    /// Its link showed a full queue (`participant::FULL_QUEUE`): a probe padding now has
+    /// found the link's rate, and stops at once as a failed one. str0m's estimate falls by
     /// [`ABORT_DROP`] only seconds later: a probe towards a second video on a 300 kbit/s link
     /// padded for 2-4 s and lost a tenth of the voices (simulator).
     pub fn queue_met(&mut self, now: Instant) {
