@@ -145,8 +145,6 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
-    /// huizhen patch 8: the cause given with it (see `propagate_estimate`).
-    last_updated_cause: Option<BandwidthLimitedCause>,
 }
 
 impl SendSideBandwidthEstimator {
@@ -170,7 +168,6 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
-            last_updated_cause: None,
         }
     }
 
@@ -355,24 +352,18 @@ impl SendSideBandwidthEstimator {
         let Some(estimate) = self.last_estimate() else {
             return;
         };
-        let cause = self.bandwidth_limited_cause();
-
-        // Did it change? huizhen patch 8: the cause too. Probe control gates every probe on
-        // the cause it was last given; given only with a changed estimate, an estimate that
-        // fell while the delay controller was overusing and then held still (an
-        // application-limited link: audio only) kept the overuse as its cause, and no probe
-        // ever ran again. libwebrtc gives both on every feedback.
-        if self.last_updated_estimate == Some(estimate) && self.last_updated_cause == Some(cause)
-        {
+        // Did it change?
+        if self.last_updated_estimate == Some(estimate) {
             return;
         }
+
+        let cause = self.bandwidth_limited_cause();
 
         self.probe_control.set_estimated_bitrate(estimate, cause);
         self.alr_detector.set_estimated_bitrate(estimate);
 
         // Don't update until this changes.
         self.last_updated_estimate = Some(estimate);
-        self.last_updated_cause = Some(cause);
     }
 
     fn bandwidth_limited_cause(&self) -> BandwidthLimitedCause {
