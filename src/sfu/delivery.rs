@@ -51,6 +51,13 @@ impl DeliveryLog {
         self.rounds.push_back((now, delivered, loss));
     }
 
+    /// Rounds have been recorded for at least `window` (the oldest kept is that old).
+    pub fn covers(&self, now: Instant, window: Duration) -> bool {
+        self.rounds
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) >= window)
+    }
+
     /// The loss of the last second, as of the latest round that reported one.
     pub fn last_loss(&self) -> Option<f32> {
         self.rounds.iter().rev().find_map(|(_, _, loss)| *loss)

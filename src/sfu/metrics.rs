@@ -117,9 +117,10 @@ pub struct SfuMetrics {
     pub dynacast_layers_off: IntGauge,
     /// Subscribers receiving RED audio now (lossy links with room for it).
     pub red_subscribers: IntGauge,
-    /// Seconds in which a subscriber lost so much that its allocation was capped at what its
-    /// link delivered.
-    pub congestion_caps: IntCounter,
+    /// Rounds in which a subscriber's link was found overfilled and its allocation capped at
+    /// what the link delivered, by the signal that showed it (`loss`: a second's heavy loss;
+    /// `queue`: a queue building at a fraction of what is sent, before the loss shows).
+    pub congestion_caps: IntCounterVec,
     /// Speech bitrate hints to microphones, by direction (on, off).
     pub speech_cap_changes: IntCounterVec,
     /// Microphones asked to speak at the reduced rate now.
@@ -364,10 +365,11 @@ impl SfuMetrics {
                 "red_subscribers",
                 "Subscribers receiving redundant (RED) audio now: their links lose packets and carry the redundancy",
             ),
-            congestion_caps: counter(
+            congestion_caps: counter_vec(
                 r,
                 "congestion_caps_total",
-                "Times a subscriber's allocation was capped at what its link delivered (heavy loss: the link is overfilled)",
+                "Times a subscriber's allocation was capped at what its overfilled link delivered, by the signal that showed it (loss: heavy loss; queue: a queue building before the loss shows)",
+                "signal",
             ),
             speech_cap_changes: counter_vec(
                 r,
@@ -415,6 +417,12 @@ impl SfuMetrics {
         }
         for result in ["queued", "dropped", "no_recorder"] {
             metrics.recorder_packets.with_label_values(&[result]);
+        }
+        for signal in [
+            super::participant::OverfillSignal::Loss,
+            super::participant::OverfillSignal::Queue,
+        ] {
+            metrics.congestion_caps.with_label_values(&[signal.label()]);
         }
         for kind in ["pli", "fir"] {
             metrics.keyframe_requests_sent.with_label_values(&[kind]);

@@ -688,6 +688,8 @@ impl Sfu {
             audio_room: Default::default(),
             sent_packets: 0,
             header_rate: (0, None),
+            queue_delay: None,
+            queued_at: None,
             #[cfg(test)]
             estimate_pin: None,
             retransmit_window: self.config.retransmit_policy().initial(),
@@ -2066,13 +2068,14 @@ impl Sfu {
             audio_with_red,
             s.allocated_video,
             s.congested_within(now, participant::CONGESTION_MEMORY),
+            s.queued_within(now, red::QUEUE_MEMORY),
             has_video,
             s.audio_room.tight(),
         ) {
             audio = audio_with_red;
         }
         if s.red.on() != was_red {
-            debug!(participant = %id, red = s.red.on(), loss = ?s.red.loss(), sustained, audio_with_red, "RED audio");
+            debug!(participant = %id, red = s.red.on(), loss = ?s.red.loss(), sustained, audio_with_red, video = s.allocated_video, queue_ms = ?s.queue_delay.map(|d| d.as_millis()), "RED audio");
             self.metrics
                 .red_subscribers
                 .add(if s.red.on() { 1 } else { -1 });
@@ -2084,6 +2087,9 @@ impl Sfu {
         // which has not fallen yet).
         // Nor into one that barely carries the audio: every probe there costs voices.
         let last_goal = last_goal.filter(|_| cap == u64::MAX && !s.audio_room.tight());
+        if s.queue_delay >= Some(participant::FULL_QUEUE) {
+            s.prober.queue_met(now);
+        }
         let probe = s.prober.tick(now, estimate, last_sending, last_goal);
         let (estimate, sustained) = match last_goal {
             Some(goal) if probe.proven => {
@@ -2222,10 +2228,16 @@ impl Sfu {
         // let it go, when that is within reach (see [`probe`]); otherwise nothing beyond the
         // media: on a link that barely carries the audio, padding costs audio packets.
         let sending = outcome.allocated + audio;
+        // Nor beyond the rate the link delivered when it was last overfilled, while that
+        // bounds resumes (`Participant::link_ceiling`): the step could not be taken anyway,
+        // and padding towards it overfilled a link cut to 300 kbit/s 10 s after the cut
+        // (simulator: ~100 kbit/s of padding for 4 s, a fifth of the voices lost).
+        let ceiling = s.link_ceiling(now).unwrap_or(u64::MAX);
         let goal = outcome
             .next_step
             .map(|n| sending + (n as f64 * allocation::RESUME_MARGIN) as u64)
-            .or(s.red.waiting().map(|extra| sending + extra));
+            .or(s.red.waiting().map(|extra| sending + extra))
+            .filter(|goal| *goal <= ceiling);
         if outcome
             .changes
             .iter()
@@ -2299,6 +2311,7 @@ impl Sfu {
             // its own, which a link carrying little media never makes it do. Probes that
             // bring nothing come less often (up to PROBE_INTERVAL_MAX): each one briefly
             // sends more than the estimate.
+            debug!(participant = %id, minimum = targets.0, desired = targets.1, estimate = ?s.estimate, "str0m probe asked");
             s.next_probe = Some(now + s.probe_backoff);
             s.probe_backoff = (s.probe_backoff * 2).min(PROBE_INTERVAL_MAX);
             s.rtc
@@ -2653,10 +2666,19 @@ fn on_event(
             if let Some(loss) = s.egress_loss_fraction {
                 p.red.on_loss(loss);
             }
-            let cap =
-                p.note_delivery(now, s.bytes_tx, s.egress_loss_fraction, s.egress_received)?;
-            debug!(participant = %p.id, cap, loss = ?s.egress_loss_fraction, "link overfilled: allocation capped at the delivered rate");
-            metrics.congestion_caps.inc();
+            tracing::trace!(participant = %p.id, bwe = ?s.bwe_tx, loss = ?s.egress_loss_fraction, received = ?s.egress_received, queuing = ?s.egress_queuing, tx = s.bytes_tx, "peer stats");
+            let (cap, signal) = p.note_delivery(
+                now,
+                s.bytes_tx,
+                s.egress_loss_fraction,
+                s.egress_received,
+                s.egress_queuing,
+            )?;
+            debug!(participant = %p.id, cap, signal = signal.label(), loss = ?s.egress_loss_fraction, queue_ms = ?s.egress_queuing.map(|q| q.delay.as_millis()), "link overfilled: allocation capped at the delivered rate");
+            metrics
+                .congestion_caps
+                .with_label_values(&[signal.label()])
+                .inc();
             Some(Deferred::Reallocate)
         }
         Event::MediaIngressStats(s) => {

@@ -12,6 +12,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::Ssrc;
+use str0m::stats::EgressQueuing;
 use str0m::Rtc;
 
 use super::allocation::{Allocator, MAX_LAYERS};
@@ -304,6 +305,10 @@ pub struct Participant {
     pub sent_packets: u64,
     /// Smoothed bit/s of the headers of what is forwarded to it, and when last folded.
     pub header_rate: (u64, Option<Instant>),
+    /// The queue its link showed in the last peer statistics (see [`OVERFILL_QUEUE`]).
+    pub queue_delay: Option<Duration>,
+    /// When its link last showed a queue of [`FULL_QUEUE`] or more.
+    pub queued_at: Option<Instant>,
     /// Tests: every estimate str0m reports reads as this one (an estimator that falls the
     /// way Chromium's did, which the simulator's link does not make it do).
     #[cfg(test)]
@@ -314,6 +319,55 @@ pub struct Participant {
 /// overfilled, not merely lossy: random loss rarely reaches it, a link given several times its
 /// capacity does at once.
 pub const CONGESTION_LOSS: f32 = 0.35;
+
+/// A queue this deep (the newest reported packet's delay above the least delayed of the last
+/// second), building while the link delivers under [`OVERFILL_DELIVERY_SHARE`] of what is
+/// sent to it, means the link is overfilled now. It shows in the first feedback after a cut,
+/// where the loss shows only once a packet sent after the drops has crossed the full queue:
+/// at 120 kbit/s behind a 200 ms queue the second's loss reached [`CONGESTION_LOSS`] 0.7-0.9 s
+/// after the cut, the voices mostly lost meanwhile. Jitter does not reach it on a link that
+/// keeps up, and a keyframe queued on a link near its rate leaves it delivering most of what
+/// is sent.
+pub const OVERFILL_QUEUE: Duration = Duration::from_millis(100);
+
+/// See [`OVERFILL_QUEUE`].
+pub const OVERFILL_DELIVERY_SHARE: f64 = 0.5;
+
+/// A queue this deep means the link is at its rate, whatever it delivers: RED does not come on
+/// (see `red::QUEUE_MEMORY`) and a padding probe stops (see `probe::Prober::queue_met`).
+/// Measured in the simulator at 300 kbit/s with one low layer and the voices: 50-110 ms
+/// behind each keyframe; random loss on a link that keeps up: none.
+pub const FULL_QUEUE: Duration = Duration::from_millis(50);
+
+/// How long a link must have been measured before its queue alone can call it overfilled. A
+/// link's first seconds carry str0m's initial probes, which overfill a narrow link on
+/// purpose; capping on their queue paused a video before its first packet (load generator,
+/// 600 kbit/s receivers: a subscribed video never received in 15 s). There the loss acts as
+/// before.
+pub const QUEUE_SIGNAL_AFTER: Duration = Duration::from_secs(3);
+
+/// Shortest receive span over which the queue's delivery rate is measured (a few packets at
+/// 120 kbit/s).
+pub const QUEUE_RATE_SPAN: Duration = Duration::from_millis(40);
+
+/// What showed a link overfilled (the label of `congestion_caps_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverfillSignal {
+    /// The last second lost [`CONGESTION_LOSS`] or more.
+    Loss,
+    /// A queue of [`OVERFILL_QUEUE`] building at under [`OVERFILL_DELIVERY_SHARE`] of what is sent.
+    Queue,
+}
+
+impl OverfillSignal {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            OverfillSignal::Loss => "loss",
+            OverfillSignal::Queue => "queue",
+        }
+    }
+}
 
 /// How long the delivered rate of a congested second caps the allocation at least.
 pub const CONGESTION_HOLD: Duration = Duration::from_secs(2);
@@ -362,14 +416,19 @@ impl Participant {
     /// Peer statistics came: media bytes sent so far and the loss of the last second. When
     /// the loss says the link is overfilled, remember what it delivered, in wire bits (the
     /// estimator takes seconds to fall that far; until then every packet beyond it is lost,
-    /// audio first). Returns the cap when one was set.
+    /// audio first). Returns the cap when one was set, and what showed the overfilling.
     pub fn note_delivery(
         &mut self,
         now: Instant,
         bytes_tx: u64,
         loss: Option<f32>,
         received: Option<(Duration, u64, u64)>,
-    ) -> Option<u64> {
+        queuing: Option<EgressQueuing>,
+    ) -> Option<(u64, OverfillSignal)> {
+        self.queue_delay = queuing.map(|q| q.delay);
+        if self.queue_delay >= Some(FULL_QUEUE) {
+            self.queued_at = Some(now);
+        }
         let last = self.last_tx.replace((now, bytes_tx));
         let (at, before) = last?;
         let dt = now.saturating_duration_since(at).as_secs_f64();
@@ -395,13 +454,24 @@ impl Participant {
             _ => (sent * f64::from(1.0 - loss.unwrap_or(0.0).clamp(0.0, 1.0))) as u64,
         };
         self.delivery.record(now, delivered, loss);
-        let loss = loss?;
-        if loss < CONGESTION_LOSS {
-            return None;
-        }
-        let cap = delivered;
+        let (cap, signal) = if loss.is_some_and(|loss| loss >= CONGESTION_LOSS) {
+            (delivered, OverfillSignal::Loss)
+        } else {
+            // No heavy loss known yet, but a queue building at a fraction of what is sent:
+            // what arrived since it began is the link's rate.
+            queuing
+                .filter(|_| self.delivery.covers(now, QUEUE_SIGNAL_AFTER))
+                .filter(|q| q.delay >= OVERFILL_QUEUE && q.span >= QUEUE_RATE_SPAN)
+                .map(|q| {
+                    let secs = q.span.as_secs_f64();
+                    (q.bytes as f64 * 8.0 / secs) as u64
+                        + super::layers::header_rate(q.packets as f64 / secs)
+                })
+                .filter(|rate| (*rate as f64) < sent * OVERFILL_DELIVERY_SHARE)
+                .map(|rate| (rate, OverfillSignal::Queue))?
+        };
         self.congestion_cap = Some((now, cap));
-        Some(cap)
+        Some((cap, signal))
     }
 
     /// Fold the packets forwarded since the last round into the header rate.
@@ -438,6 +508,12 @@ impl Participant {
     pub fn congested_within(&self, now: Instant, window: Duration) -> bool {
         self.congestion_cap
             .is_some_and(|(at, _)| now.saturating_duration_since(at) < window)
+    }
+
+    /// Its link showed a queue of [`FULL_QUEUE`] or more within `window`.
+    pub fn queued_within(&self, now: Instant, window: Duration) -> bool {
+        self.queued_at
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 
     /// Within the probe embargo after an overfilling (see [`PROBE_EMBARGO`]).

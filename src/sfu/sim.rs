@@ -81,6 +81,8 @@ pub struct Link {
     pub random_drops: usize,
     /// Bytes the link carried (IP and UDP headers included).
     pub carried_bytes: u64,
+    /// Of those, per RTP payload type (RTCP under 255), for explorations.
+    pub carried_by_pt: std::collections::BTreeMap<u8, u64>,
 }
 
 impl Link {
@@ -95,6 +97,7 @@ impl Link {
             queue_drops: 0,
             random_drops: 0,
             carried_bytes: 0,
+            carried_by_pt: Default::default(),
         }
     }
 }
@@ -690,6 +693,14 @@ impl SimNet {
             }
             let bits = (bytes.len() as u64 + 28) * 8;
             link.carried_bytes += bytes.len() as u64 + 28;
+            if is_media {
+                let pt = match bytes.get(1) {
+                    Some(b @ 192..=223) if *b != 0 => 255,
+                    Some(b) => b & 0x7f,
+                    None => 0,
+                };
+                *link.carried_by_pt.entry(pt).or_default() += bytes.len() as u64 + 28;
+            }
             let done = start + Duration::from_nanos(bits * 1_000_000_000 / link.rate.max(1));
             link.free_at = Some(done);
             at = done + self.latency + link.delay;

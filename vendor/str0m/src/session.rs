@@ -1426,6 +1426,15 @@ impl Session {
             .twcc_tx_register
             .received(RECEIVED_WINDOW)
             .map(|(bytes, packets)| (RECEIVED_WINDOW, bytes, packets));
+        // huizhen patch: see `PeerStats::egress_queuing`.
+        snapshot.queuing_tx = self.twcc_tx_register.queuing(Duration::from_secs(1)).map(
+            |(delay, span, bytes, packets)| crate::stats::EgressQueuing {
+                delay,
+                span,
+                bytes,
+                packets,
+            },
+        );
         snapshot.rtt = self.twcc_tx_register.rtt();
         snapshot.ingress_loss_fraction = self.twcc_rx_register.loss();
     }

@@ -28,6 +28,8 @@ pub(crate) struct StatsSnapshot {
     pub bwe_tx: Option<Bitrate>,
     /// huizhen patch: see `PeerStats::egress_received`.
     pub received_tx: Option<(Duration, u64, u64)>,
+    /// huizhen patch: see `PeerStats::egress_queuing`.
+    pub queuing_tx: Option<EgressQueuing>,
     pub selected_candidate_pair: Option<CandidatePairStats>,
     timestamp: Instant,
 }
@@ -46,10 +48,26 @@ impl StatsSnapshot {
             rtt: None,
             bwe_tx: None,
             received_tx: None,
+            queuing_tx: None,
             selected_candidate_pair: None,
             timestamp,
         }
     }
+}
+
+/// The queue a link is building, from the one-way delays of the packets the remote reported
+/// (huizhen patch; see `PeerStats::egress_queuing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressQueuing {
+    /// How much later than the least delayed packet of the last second the newest reported
+    /// packet arrived: the queue it met.
+    pub delay: Duration,
+    /// The remote's receive times spanned by what arrived since the queue began.
+    pub span: Duration,
+    /// RTP payload bytes that arrived in `span`.
+    pub bytes: u64,
+    /// Packets that arrived in `span`.
+    pub packets: u64,
 }
 
 // Output events
@@ -85,6 +103,11 @@ pub struct PeerStats {
     /// overfilled this is what it carries; the bytes sent times the loss fraction only
     /// approximate it, their spans differing.
     pub egress_received: Option<(Duration, u64, u64)>,
+    /// The queue the link to the remote is building now, from the one-way delays in its
+    /// transport-wide feedback (huizhen patch). A link suddenly given several times its rate
+    /// shows it here in the first feedback, while its loss shows only once a packet sent after
+    /// the drops has crossed the whole queue.
+    pub egress_queuing: Option<EgressQueuing>,
     /// The ingress loss since the last stats event.
     pub ingress_loss_fraction: Option<f32>,
     /// The most recent RTT since the last stats event.
@@ -313,6 +336,7 @@ impl Stats {
             bwe_tx: snapshot.bwe_tx,
             egress_loss_fraction: snapshot.egress_loss_fraction,
             egress_received: snapshot.received_tx,
+            egress_queuing: snapshot.queuing_tx,
             ingress_loss_fraction: snapshot.ingress_loss_fraction,
             rtt: snapshot.rtt,
             selected_candidate_pair: snapshot.selected_candidate_pair.clone(),

@@ -320,6 +320,23 @@ impl LossController {
             }
         }
 
+        // huizhen patch 9: a Decreasing state whose loss is gone leaves it, as libwebrtc's
+        // "at least 1 kbps" above means it to ("thus padding is triggered"). Held at its upper
+        // bound (in ALR, the link capacity an ALR probe measured; a probe that ran into a full
+        // queue right after a cut measured 64 kbit/s on a link carrying 40 kbit/s of audio),
+        // the best candidate equals the current estimate, so the estimate never counts as
+        // increasing, the state stays Decreasing, probe control allows no probe in it, and no
+        // probe can raise that capacity: an audio-only link stayed at 64 kbit/s for the 60 s
+        // the capacity is kept, long after the link had cleared (simulator, ~1 run in 40).
+        if self.state == LossControllerState::Decreasing
+            && best_candidate.loss_limited_bandwidth >= self.current_estimate.loss_limited_bandwidth
+            && self.average_reported_loss_ratio() <= best_candidate.inherent_loss
+        {
+            best_candidate.loss_limited_bandwidth = best_candidate
+                .loss_limited_bandwidth
+                .max(self.current_estimate.loss_limited_bandwidth + Bitrate::bps(1));
+        }
+
         let loss_limited_bandwidth = best_candidate.loss_limited_bandwidth;
 
         // HOLD check (WebRTC lines 321-334): If in Decreasing state and HOLD timer active, cap at HOLD rate

@@ -145,6 +145,8 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    /// huizhen patch 8: the cause given with it (see `propagate_estimate`).
+    last_updated_cause: Option<BandwidthLimitedCause>,
 }
 
 impl SendSideBandwidthEstimator {
@@ -168,6 +170,7 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            last_updated_cause: None,
         }
     }
 
@@ -197,7 +200,15 @@ impl SendSideBandwidthEstimator {
 
         // Feed records to probe estimator for analysis and process any new probe results
         let mut latest_probe_result = None;
-        for (config, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
+        let delay_estimate = self.delay_controller.last_estimate();
+        for (config, bitrate, lower_bound) in
+            self.probe_estimator.update(send_records.iter().copied())
+        {
+            // huizhen patch 10: a probe we sent too slowly shows only that the link carries
+            // what we sent: it may raise the estimate, never lower it.
+            if lower_bound && delay_estimate.is_some_and(|e| bitrate <= e) {
+                continue;
+            }
             latest_probe_result = Some(bitrate);
 
             // Update link capacity estimator for every successful ALR probe, not just the latest.
@@ -352,18 +363,24 @@ impl SendSideBandwidthEstimator {
         let Some(estimate) = self.last_estimate() else {
             return;
         };
-        // Did it change?
-        if self.last_updated_estimate == Some(estimate) {
+        let cause = self.bandwidth_limited_cause();
+
+        // Did it change? huizhen patch 8: the cause too. Probe control gates every probe on
+        // the cause it was last given; given only with a changed estimate, an estimate that
+        // fell while the delay controller was overusing and then held still (an
+        // application-limited link: audio only) kept the overuse as its cause, and no probe
+        // ever ran again. libwebrtc gives both on every feedback.
+        if self.last_updated_estimate == Some(estimate) && self.last_updated_cause == Some(cause)
+        {
             return;
         }
-
-        let cause = self.bandwidth_limited_cause();
 
         self.probe_control.set_estimated_bitrate(estimate, cause);
         self.alr_detector.set_estimated_bitrate(estimate);
 
         // Don't update until this changes.
         self.last_updated_estimate = Some(estimate);
+        self.last_updated_cause = Some(cause);
     }
 
     fn bandwidth_limited_cause(&self) -> BandwidthLimitedCause {

@@ -1381,6 +1381,78 @@ impl TwccSendRegister {
         Some((bytes, packets))
     }
 
+    /// The queue the link is building now, from the one-way delays of the packets reported
+    /// received among those sent in the last `window` (huizhen patch; see
+    /// `PeerStats::egress_queuing`): how much later than the window's least delayed packet the
+    /// newest one arrived, and what arrived since the queue began, by the remote's receive
+    /// times: (queueing delay, receive span, RTP payload bytes, packets). A link given several
+    /// times its rate shows it in the first feedback, where its loss shows only once a packet
+    /// sent after the drops has crossed the full queue (its whole length later).
+    pub fn queuing(&self, window: Duration) -> Option<(Duration, Duration, u64, u64)> {
+        // One-way delays in nanoseconds against the newest send time: the remote's receive
+        // times are mapped onto our clock at an unknown offset, so only their differences mean
+        // anything, and they may precede the send times.
+        let newest_sent = self.queue.back()?.local_send_time;
+        let stop = newest_sent.checked_sub(window);
+        let owd = |s: &TwccSendRecord| -> Option<i128> {
+            let recv = s.remote_recv_time()?;
+            let recv = if recv >= newest_sent {
+                (recv - newest_sent).as_nanos() as i128
+            } else {
+                -((newest_sent - recv).as_nanos() as i128)
+            };
+            Some(recv + (newest_sent - s.local_send_time).as_nanos() as i128)
+        };
+        let recent = || {
+            self.queue
+                .iter()
+                .rev()
+                .take_while(move |s| stop.is_none_or(|stop| s.local_send_time >= stop))
+        };
+        let base = recent().filter_map(owd).min()?;
+        // The newest packet reported received, and its delay above the base.
+        let newest = recent().find(|s| s.remote_recv_time().is_some())?;
+        let delay = owd(newest)? - base;
+        // The queue began at the newest packet (walking back) that met less than a quarter
+        // of that delay; what arrived after it arrived from a busy queue, at the link's rate.
+        let threshold = base + delay / 4;
+        let newest_recv = newest.remote_recv_time()?;
+        let (mut bytes, mut packets) = (0u64, 0u64);
+        // The earliest arrival counted, and its size: the start of the span if the queue
+        // began before the window.
+        let mut earliest = (newest_recv, 0u64);
+        let mut start = None;
+        for s in recent().skip_while(|s| s.remote_recv_time().is_none()) {
+            let (Some(d), Some(recv)) = (owd(s), s.remote_recv_time()) else {
+                continue;
+            };
+            if d < threshold {
+                start = Some(recv);
+                break;
+            }
+            bytes += s.size as u64;
+            packets += 1;
+            if recv <= earliest.0 {
+                earliest = (recv, s.size as u64);
+            }
+        }
+        let start = match start {
+            Some(start) => start,
+            None => {
+                // The rate is over the intervals between arrivals: the first one opens the span.
+                bytes -= earliest.1;
+                packets = packets.saturating_sub(1);
+                earliest.0
+            }
+        };
+        Some((
+            Duration::from_nanos(delay.max(0) as u64),
+            newest_recv.saturating_duration_since(start),
+            bytes,
+            packets,
+        ))
+    }
+
     /// Calculate the RTT for the most recently reported packet.
     pub fn rtt(&self) -> Option<Duration> {
         self.queue.iter().rev().find_map(|s| s.rtt())
