@@ -769,6 +769,9 @@ export async function runScenario(sc, { preS = PRE_S, measureS = MEASURE_S, log 
     const goods = [alice, bob];
     let weak = null;
     const result = { id: sc.id, label: sc.label, shape: sc.shape, preS, measureS, namespace: nsInfo, at: new Date().toISOString() };
+    // Where the server's log is, if it is kept (HUIZHEN_TEST_KEEP_LOGS): a failed check prints
+    // its allocation changes from it.
+    if (env.HUIZHEN_TEST_KEEP_LOGS) result.serverLog = server.logPath;
 
     const mediaFlows = async (receivers, publishers) => {
       for (const r of receivers) {

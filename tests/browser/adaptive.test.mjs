@@ -31,6 +31,7 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 
 const env = process.env;
 // The test measures 45 s per scenario, as the issue's targets are defined (the bench too);
@@ -144,6 +145,15 @@ function check(sc, r) {
     if (now && pre && now.keyframesPer10s > pre.keyframesPer10s + EXTRA_KEYFRAMES_PER_10S) {
       problems.push(`${name}'s camera: ${now.keyframesPer10s} keyframes / 10 s during the impairment, ${pre.keyframesPer10s} before (${now.plisReceived} PLIs received)`);
     }
+  }
+  if (problems.length && r.serverLog) {
+    // What the server decided, for the failure's reader (RUST_LOG=huizhen::sfu=debug).
+    const lines = fs
+      .readFileSync(r.serverLog, 'utf8')
+      .split('\n')
+      .filter((l) => /allocation changed|overfilled|probe asked|probe proved|track paused|RED audio/.test(l))
+      .slice(-120);
+    console.log(`--- ${sc.id}: the server's allocation decisions (${r.serverLog}) ---\n${lines.join('\n')}`);
   }
   assert.deepEqual(problems, [], `${sc.label}: adaptation did not happen:\n  ${problems.join('\n  ')}`);
 }
