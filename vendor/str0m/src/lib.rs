@@ -942,6 +942,50 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // huizhen patch 11: which idle subsystems need not be driven (see `IdleGate`).
+    idle: IdleGate,
+}
+
+/// huizhen patch 11: subsystems that an `Input::Timeout` need not drive.
+///
+/// Every `handle_input` used to drive ICE, SCTP and the channels, and every `poll_output`
+/// after it walked SCTP, however idle they were. A media server hands a subscriber's `Rtc` a
+/// timeout for every burst of forwarded packets and a datagram for every transport-wide
+/// feedback report (every 50 ms), so with estimation on most of an `Rtc`'s work was these
+/// idle walks. ICE and SCTP are now driven only when their own timer is due or something
+/// reached them since (a STUN packet, DTLS application data, an API call, an SCTP
+/// transmit), and SCTP is polled only until it first reports nothing new.
+#[derive(Debug, Default)]
+struct IdleGate {
+    /// ICE's next timer as of its last drive; `None`: drive it at the next timeout.
+    ice_at: Option<Instant>,
+    /// SCTP's and the channels' next timer as of their last drive; `None`: drive them.
+    sctp_at: Option<Instant>,
+    /// SCTP was polled to `None` and nothing reached it since.
+    sctp_quiet: bool,
+    /// DTLS was polled to its timeout and nothing reached it since.
+    dtls_quiet: bool,
+}
+
+impl IdleGate {
+    fn touch_ice(&mut self) {
+        self.ice_at = None;
+    }
+
+    fn touch_sctp(&mut self) {
+        self.sctp_at = None;
+        self.sctp_quiet = false;
+    }
+
+    fn touch_dtls(&mut self) {
+        self.dtls_quiet = false;
+    }
+
+    fn touch_all(&mut self) {
+        self.touch_ice();
+        self.touch_sctp();
+        self.touch_dtls();
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1315,6 +1359,7 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            idle: IdleGate::default(),
         })
     }
 
@@ -1449,6 +1494,8 @@ impl Rtc {
     /// rtc.sdp_api().accept_answer(pending, answer).unwrap();
     /// ```
     pub fn sdp_api(&mut self) -> SdpApi {
+        // Negotiation can restart ICE and start SCTP (huizhen patch 11).
+        self.idle.touch_all();
         SdpApi::new(self)
     }
 
@@ -1522,6 +1569,7 @@ impl Rtc {
         }
 
         debug!("DTLS setup is: {:?}", active);
+        self.idle.touch_dtls();
         self.dtls.set_active(active);
 
         // Initialize the DTLS state (client or server) before any operations
@@ -1548,6 +1596,7 @@ impl Rtc {
             return Ok(());
         }
 
+        self.idle.touch_sctp();
         self.sctp.init(
             client,
             self.last_now,
@@ -1620,6 +1669,7 @@ impl Rtc {
     /// Conservatively re-poll the whole tree.
     fn wake_all(&mut self) {
         drop(self.readiness.wake());
+        self.idle.touch_all();
     }
 
     // Returns None when polling must restart after handling an SCTP packet.
@@ -1674,6 +1724,7 @@ impl Rtc {
         if let Some(timeout) = self.next_dtls_timeout {
             if timeout <= self.last_now {
                 self.next_dtls_timeout = None;
+                self.idle.touch_dtls();
 
                 if let Err(error) = self.dtls.handle_timeout(self.last_now) {
                     // A failed timer transition leaves DTLS unrecoverable. Close the
@@ -1684,9 +1735,10 @@ impl Rtc {
             }
         }
 
-        // Poll DTLS output - collect packets, handle events
+        // Poll DTLS output - collect packets, handle events; only until it first reports
+        // its timeout while nothing reaches it (huizhen patch 11).
         let mut just_connected = false;
-        loop {
+        while !self.idle.dtls_quiet {
             match self.dtls.poll_output(&mut self.dtls_buf) {
                 DtlsOutput::Packet(_) => {
                     unreachable!("We don't expect DTLS packets here since we use poll_packet");
@@ -1748,10 +1800,12 @@ impl Rtc {
                     }
                 }
                 DtlsOutput::ApplicationData(data) => {
+                    self.idle.touch_sctp();
                     self.sctp.handle_input(self.last_now, data);
                 }
                 DtlsOutput::Timeout(t) => {
                     self.next_dtls_timeout = Some(t);
+                    self.idle.dtls_quiet = true;
                     break;
                 }
                 DtlsOutput::CloseNotify => {
@@ -1770,10 +1824,18 @@ impl Rtc {
             return Ok(Some(Output::Event(Event::Connected)));
         }
 
-        while let Some(e) = self.sctp.poll() {
+        // SCTP is polled until it first has nothing new (huizhen patch 11).
+        while !self.idle.sctp_quiet {
+            let Some(e) = self.sctp.poll() else {
+                self.idle.sctp_quiet = true;
+                break;
+            };
+            // What it sends starts its timers.
+            self.idle.sctp_at = None;
             match e {
                 SctpEvent::Transmit { mut packets } => {
                     if let Some(v) = packets.front() {
+                        self.idle.touch_dtls();
                         if let Err(e) = self.dtls.handle_input(v) {
                             if is_would_block(&e) {
                                 self.sctp.push_back_transmit(packets);
@@ -1868,6 +1930,7 @@ impl Rtc {
         }
 
         if let Some(v) = self.ice.poll_transmit() {
+            self.idle.touch_ice();
             return Ok(Some(Output::Transmit(v)));
         }
 
@@ -2073,6 +2136,7 @@ impl Rtc {
 
     fn start_dtls_close(&mut self) -> Result<(), RtcError> {
         if !self.close_dtls_started {
+            self.idle.touch_dtls();
             self.dtls.close()?;
             self.close_dtls_started = true;
         }
@@ -2120,16 +2184,32 @@ impl Rtc {
             peer_bytes_rx,
             peer_bytes_tx,
             readiness,
+            idle,
             ..
         } = self;
 
         // ICE is an external crate and can't be handed a `Wake`. Driving it can
         // transmit and re-arm timers, so arm both on its behalf at the boundary.
-        ice.handle_timeout(now);
-        drop(readiness.wake());
+        // Only when its timer is due or something reached it (huizhen patch 11).
+        if idle.ice_at.is_none_or(|t| now >= t) {
+            ice.handle_timeout(now);
+            drop(readiness.wake());
+            idle.ice_at = Some(ice.poll_timeout().unwrap_or_else(not_happening));
+        }
 
-        sctp.handle_timeout(now, &mut readiness.wake());
-        chan.handle_timeout(now, sctp, &mut readiness.wake());
+        // SCTP keeps its clock whether or not it is driven: what it transmits next is
+        // timed from it.
+        sctp.advance_time(now);
+        if idle.sctp_at.is_none_or(|t| now >= t) {
+            sctp.handle_timeout(now, &mut readiness.wake());
+            chan.handle_timeout(now, sctp, &mut readiness.wake());
+            idle.sctp_quiet = false;
+            let at = [sctp.poll_timeout(), chan.poll_timeout(sctp)]
+                .into_iter()
+                .flatten()
+                .min();
+            idle.sctp_at = Some(at.unwrap_or_else(not_happening));
+        }
         session.handle_timeout(now, &mut readiness.wake())?;
 
         if let Some(stats) = stats {
@@ -2180,6 +2260,7 @@ impl Rtc {
             dtls,
             session,
             readiness,
+            idle,
             ..
         } = self;
 
@@ -2194,10 +2275,12 @@ impl Rtc {
                 // ICE is an external crate; arm both on its behalf.
                 ice.handle_packet(recv_time, packet);
                 drop(readiness.wake());
+                idle.touch_ice();
             }
             Dtls(dtls_packet) => {
                 // A failed receive can still change DTLS state and timers.
                 let _wake = readiness.wake();
+                idle.touch_dtls();
                 dtls.handle_receive(dtls_packet)?;
             }
             Rtp(rtp) => session.handle_rtp_receive(recv_time, rtp, &mut readiness.wake()),
@@ -2234,6 +2317,8 @@ impl Rtc {
             return None;
         }
 
+        // A write reaches SCTP (huizhen patch 11).
+        self.idle.touch_sctp();
         Some(Channel::new(sctp_stream_id, self))
     }
 

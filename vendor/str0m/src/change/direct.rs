@@ -62,6 +62,7 @@ impl<'a> DirectApi<'a> {
     /// If `controlling` is `false`, this peer connection is set as the ICE controlled agent,
     /// meaning it will respond to connectivity checks sent by the controlling agent.
     pub fn set_ice_controlling(&mut self, controlling: bool) {
+        self.rtc.idle.touch_ice();
         self.rtc.ice.set_controlling(controlling);
     }
 
@@ -75,11 +76,13 @@ impl<'a> DirectApi<'a> {
 
     /// Sets the local ICE credentials.
     pub fn set_local_ice_credentials(&mut self, local_ice_credentials: IceCreds) {
+        self.rtc.idle.touch_ice();
         self.rtc.ice.set_local_credentials(local_ice_credentials);
     }
 
     /// Sets the remote ICE credentials.
     pub fn set_remote_ice_credentials(&mut self, remote_ice_credentials: IceCreds) {
+        self.rtc.idle.touch_ice();
         self.rtc.ice.set_remote_credentials(remote_ice_credentials);
     }
 
@@ -93,6 +96,7 @@ impl<'a> DirectApi<'a> {
     ///
     /// Returns `true` if the candidate was found and invalidated.
     pub fn invalidate_candidate(&mut self, c: &Candidate) -> bool {
+        self.rtc.idle.touch_ice();
         self.rtc.ice.invalidate_candidate(c)
     }
 
@@ -175,6 +179,7 @@ impl<'a> DirectApi<'a> {
 
     /// Create a new data channel.
     pub fn create_data_channel(&mut self, config: ChannelConfig) -> ChannelId {
+        self.rtc.idle.touch_sctp();
         let id = self.rtc.chan.new_channel(&config);
         self.rtc.chan.confirm(id, config);
         id
@@ -184,11 +189,13 @@ impl<'a> DirectApi<'a> {
     pub fn close_data_channel(&mut self, channel_id: ChannelId) {
         // One arming deref, then split-borrow the real `&mut Rtc`.
         let rtc = &mut *self.rtc;
+        rtc.idle.touch_sctp();
         rtc.chan.close_channel(channel_id, &mut rtc.sctp);
     }
 
     /// Set whether to enable ice-lite.
     pub fn set_ice_lite(&mut self, ice_lite: bool) {
+        self.rtc.idle.touch_ice();
         self.rtc.ice.set_ice_lite(ice_lite);
     }
 

@@ -706,6 +706,14 @@ impl RtcSctp {
         }
     }
 
+    /// Keep the clock that transmits are timed from, without driving timers (huizhen
+    /// patch 11: an idle association is not driven on every `Rtc` timeout).
+    pub fn advance_time(&mut self, now: Instant) {
+        if self.state != RtcSctpState::Uninited {
+            self.last_now = self.last_now.max(now);
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant, wake: &mut Wake) {
         if self.state == RtcSctpState::Uninited {
             // Need to call `init()` before any timeouts are accepted.
