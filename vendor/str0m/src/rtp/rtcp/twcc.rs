@@ -1220,10 +1220,21 @@ impl TwccSendRegister {
         let (first_seq_no, _, first_instant) = iter.next()?;
 
         // The queue is in seq order: find the report's first record by
-        // binary search rather than walking every older record.
-        let Ok(first_index) = self.queue.binary_search_by_key(&first_seq_no, |r| r.seq()) else {
-            // Old report for which we no longer have any send records.
-            return None;
+        // binary search rather than walking every older record. Sequence numbers are
+        // registered one by one, so its offset from the head is tried first (huizhen patch 12:
+        // the search was ~1 % of an SFU's CPU, one per feedback report per subscriber).
+        let guess = (*first_seq_no).checked_sub(*head_seq).map(|d| d as usize);
+        let first_index = match guess
+            .filter(|i| self.queue.get(*i).is_some_and(|r| r.seq() == first_seq_no))
+        {
+            Some(i) => i,
+            None => {
+                let Ok(i) = self.queue.binary_search_by_key(&first_seq_no, |r| r.seq()) else {
+                    // Old report for which we no longer have any send records.
+                    return None;
+                };
+                i
+            }
         };
         let mut iter2 = self.queue.range_mut(first_index..);
         let first_record = iter2.next()?;
