@@ -1963,12 +1963,27 @@ impl Rtc {
     fn poll_timeout(&mut self) -> Instant {
         if self.readiness.wants_timeout() {
             let stats_timeout = self.stats.as_mut().and_then(|s| s.poll_timeout());
+            // ICE's and SCTP's timers as of their last drive, unless something reached them
+            // since (huizhen patch 13: asking them again walked both on every drive).
+            let never = not_happening();
+            let (ice_at, sctp_at, chan_at) = match (self.idle.ice_at, self.idle.sctp_at) {
+                (Some(ice), Some(sctp)) => (
+                    Some(ice).filter(|t| *t < never),
+                    Some(sctp).filter(|t| *t < never),
+                    None,
+                ),
+                _ => (
+                    self.ice.poll_timeout(),
+                    self.sctp.poll_timeout(),
+                    self.chan.poll_timeout(&self.sctp),
+                ),
+            };
             let time_and_reason = (None, Reason::NotHappening)
                 .soonest((self.next_dtls_timeout, Reason::DTLS))
-                .soonest((self.ice.poll_timeout(), Reason::Ice))
+                .soonest((ice_at, Reason::Ice))
                 .soonest(self.session.poll_timeout())
-                .soonest((self.sctp.poll_timeout(), Reason::Sctp))
-                .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
+                .soonest((sctp_at, Reason::Sctp))
+                .soonest((chan_at, Reason::Channel))
                 .soonest((stats_timeout, Reason::Stats));
 
             let time = time_and_reason.0.unwrap_or_else(not_happening);

@@ -13,14 +13,24 @@ const TOLERANCE: f64 = 0.05;
 /// Smooths BWE estimates by averaging over a time window.
 pub struct EstimateSmoother {
     estimates: VecDeque<TimeBitrate>,
+    /// Sum of `estimates` in millibit/s (huizhen patch 13). The estimator's additive increase
+    /// changes the estimate on every timeout, so a busy session holds hundreds of entries in
+    /// the window; summing them on every poll read the whole window per session drive.
+    /// Fixed point keeps the running sum exact: adding and removing never drifts.
+    sum_mbps: i128,
     maybe_emit: bool,
     emitted: Option<Bitrate>,
+}
+
+fn millibits(b: Bitrate) -> i128 {
+    (b.as_f64() * 1000.0).round() as i128
 }
 
 impl EstimateSmoother {
     pub fn new() -> Self {
         Self {
             estimates: VecDeque::new(),
+            sum_mbps: 0,
             maybe_emit: false,
             emitted: None,
         }
@@ -34,6 +44,7 @@ impl EstimateSmoother {
         if do_update {
             self.maybe_emit = true;
             self.estimates.push_back((now, estimate));
+            self.sum_mbps += millibits(estimate);
         }
 
         // Remove entries older than the window.
@@ -45,7 +56,9 @@ impl EstimateSmoother {
                 }
 
                 self.maybe_emit = true;
-                self.estimates.pop_front();
+                if let Some((_, old)) = self.estimates.pop_front() {
+                    self.sum_mbps -= millibits(old);
+                }
             } else {
                 break;
             }
@@ -62,8 +75,7 @@ impl EstimateSmoother {
             return None;
         }
 
-        let total: f64 = self.estimates.iter().map(|b| b.1.as_f64()).sum();
-        let avg = total / self.estimates.len() as f64;
+        let avg = self.sum_mbps as f64 / 1000.0 / self.estimates.len() as f64;
         let rate: Bitrate = avg.into();
 
         // This forces emitting if we have the first ever value, or a last
