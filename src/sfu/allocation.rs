@@ -656,7 +656,10 @@ mod tests {
         // Plenty: both videos climb to their top layers, and nothing more is wanted.
         settle(&mut a, &mut now, 20, 20_000_000, &videos);
         let out = a.allocate(now, 20_000_000, AUDIO, &videos);
-        assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(2), Target::Layer(2)]);
+        assert_eq!(
+            targets(&a, &[1, 2]),
+            vec![Target::Layer(2), Target::Layer(2)]
+        );
         assert!(out.complete);
         assert_eq!(out.desired, out.allocated + AUDIO);
         // Nothing shown: nothing to discover either.
