@@ -22,8 +22,9 @@ pub struct EstimateSmoother {
     emitted: Option<Bitrate>,
 }
 
+/// Clamped to 1 Pbit/s so that a non-finite estimate cannot overflow the sum (NaN counts 0).
 fn millibits(b: Bitrate) -> i128 {
-    (b.as_f64() * 1000.0).round() as i128
+    (b.as_f64().clamp(0.0, 1e15) * 1000.0).round() as i128
 }
 
 impl EstimateSmoother {
