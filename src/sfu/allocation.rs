@@ -185,9 +185,6 @@ pub struct Outcome {
     /// layer's own rate, before margins): padding towards it lets the estimator prove the
     /// link can take it.
     pub next_step: Option<u64>,
-    /// Every shown video gets its best layer (within the subscriber's limits): nothing the
-    /// estimator could discover would change this round.
-    pub complete: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -476,7 +473,6 @@ impl Allocator {
                 outcome.desired += v.best_at_most(top).map_or(0, |(_, b)| b);
             }
         }
-        outcome.complete = outcome.allocated == outcome.desired;
         outcome.desired += audio;
         outcome.next_step = next_step;
         outcome
@@ -638,7 +634,6 @@ mod tests {
         assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Paused]);
         assert_eq!(out.allocated, Q);
         assert_eq!(out.desired, 2 * F + AUDIO);
-        assert!(!out.complete, "an upgrade is still wanted");
         // 450 kbit/s: both low layers (300k of 370k); no upgrade fits.
         let mut a = Allocator::default();
         a.allocate(now, 450_000, AUDIO, &[cam(1), cam(2)]);
@@ -646,28 +641,6 @@ mod tests {
             targets(&a, &[1, 2]),
             vec![Target::Layer(0), Target::Layer(0)]
         );
-    }
-
-    #[test]
-    fn a_round_is_complete_only_when_every_shown_video_has_its_best_layer() {
-        let mut a = Allocator::default();
-        let mut now = Instant::now();
-        let videos = [cam(1), cam(2)];
-        // Plenty: both videos climb to their top layers, and nothing more is wanted.
-        settle(&mut a, &mut now, 20, 20_000_000, &videos);
-        let out = a.allocate(now, 20_000_000, AUDIO, &videos);
-        assert_eq!(
-            targets(&a, &[1, 2]),
-            vec![Target::Layer(2), Target::Layer(2)]
-        );
-        assert!(out.complete);
-        assert_eq!(out.desired, out.allocated + AUDIO);
-        // Nothing shown: nothing to discover either.
-        let out = Allocator::default().allocate(now, 100_000, AUDIO, &[]);
-        assert!(out.complete);
-        // Paused videos: not complete.
-        let out = Allocator::default().allocate(now, 120_000, AUDIO, &videos);
-        assert!(!out.complete);
     }
 
     #[test]

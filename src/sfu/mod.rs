@@ -663,7 +663,6 @@ impl Sfu {
             allocator: Default::default(),
             bwe_targets: (0, 0),
             padding_floor: true,
-            periodic_probing: true,
             tight_wish: None,
             twcc_interval: feedback::MIN_INTERVAL,
             next_probe: None,
@@ -2343,16 +2342,6 @@ impl Sfu {
             s.padding_floor = padding_floor;
             let floor = (!padding_floor).then_some(Bitrate::ZERO);
             s.rtc.bwe().set_padding_floor(floor);
-        }
-        // str0m probes a link used below its estimate every 5 s (twice the desired rate, in
-        // padding). A subscriber that gets every layer it shows learns nothing from that it
-        // could use, and each probe cost it a burst of padding and a dozen drives (teaching
-        // load: ~200 of the server's ~600 remaining timer drives a second). It is probed again
-        // once it wants more, and str0m probes at once when the desired rate rises.
-        let periodic = !outcome.complete;
-        if periodic != s.periodic_probing {
-            s.periodic_probing = periodic;
-            s.rtc.bwe().set_periodic_probing(periodic);
         }
         if targets != s.bwe_targets && s.estimate.is_some() {
             s.bwe_targets = targets;

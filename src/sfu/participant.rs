@@ -250,8 +250,6 @@ pub struct Participant {
     pub bwe_targets: (u64, u64),
     /// Whether str0m's automatic padding floor (50 kbit/s) is on: only while video flows to it.
     pub padding_floor: bool,
-    /// Whether str0m's periodic probes are on (see the core's allocation).
-    pub periodic_probing: bool,
     /// The desired rate held while its link is tight for the voices (see the core's
     /// `TIGHT_WISH_BAND`).
     pub tight_wish: Option<u64>,

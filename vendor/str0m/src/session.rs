@@ -1446,13 +1446,6 @@ impl Session {
         }
     }
 
-    /// huizhen patch 14: see `Bwe::set_periodic_probing`.
-    pub fn set_periodic_probing(&mut self, enabled: bool) {
-        if let Some(bwe) = self.bwe.as_mut() {
-            bwe.set_periodic_probing(enabled);
-        }
-    }
-
     /// huizhen patch: see `Bwe::set_padding_floor`.
     pub fn set_padding_floor(&mut self, floor: Option<Bitrate>) {
         self.pacer_control.set_padding_floor(floor);

@@ -103,19 +103,6 @@ impl<'a> Bwe<'a> {
         m.no_events();
     }
 
-    /// Turn str0m's periodic probes in the application-limited region on or off (huizhen
-    /// patch 14; on by default).
-    ///
-    /// While the link is used below ~65 % of the estimate, a probe at twice the desired rate
-    /// goes out every 5 s. An SFU subscriber that already receives every layer it wants
-    /// learns nothing it needs from them, and each costs a burst of padding and a dozen
-    /// session drives. Probes on a rise of the desired rate, and after a large drop, stay.
-    pub fn set_periodic_probing(&mut self, enabled: bool) {
-        let mut m = self.0.mutate();
-        m.session.set_periodic_probing(enabled);
-        m.no_events();
-    }
-
     /// Reset the BWE with a new init_bitrate
     ///
     /// This discards the current estimator state and starts estimation again

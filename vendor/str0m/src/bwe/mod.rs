@@ -85,10 +85,6 @@ impl Bwe {
         self.bwe.start_probe(config, now)
     }
 
-    pub fn set_periodic_probing(&mut self, enabled: bool) {
-        self.bwe.probe_control.set_periodic_alr(enabled);
-    }
-
     pub fn end_probe(&mut self, now: Instant, cluster_id: TwccClusterId) {
         self.bwe.end_probe(now, cluster_id);
     }

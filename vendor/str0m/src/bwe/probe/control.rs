@@ -81,8 +81,6 @@ pub struct ProbeControl {
     scheduled_exponential: Option<Instant>,
     scheduled_periodic_alr: Option<Instant>,
     scheduled_stagnant: Option<Instant>,
-    /// Periodic probes in the application-limited region (huizhen patch 14).
-    periodic_alr: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,7 +118,6 @@ impl Default for ProbeControl {
             scheduled_exponential: None,
             scheduled_periodic_alr: None,
             scheduled_stagnant: None,
-            periodic_alr: true,
         }
     }
 }
@@ -149,11 +146,6 @@ impl ProbeControl {
             self.scheduled_stagnant = None;
             self.next_timeout = not_happening();
         }
-    }
-
-    /// huizhen patch 14: see `Bwe::set_periodic_probing`.
-    pub fn set_periodic_alr(&mut self, v: bool) {
-        self.periodic_alr = v;
     }
 
     pub fn set_desired_bitrate(&mut self, v: Bitrate) {
@@ -393,8 +385,8 @@ impl ProbeControl {
             return false;
         }
 
-        // Periodic probes only fire in ALR (application-limited region), if wanted (patch 14).
-        if !self.periodic_alr || !self.in_alr() {
+        // Periodic probes only fire in ALR (application-limited region).
+        if !self.in_alr() {
             return false;
         }
 
@@ -584,7 +576,7 @@ impl ProbeControl {
         }
 
         // ALR periodic probing
-        if self.periodic_alr && self.in_alr() {
+        if self.in_alr() {
             if self.scheduled_periodic_alr.is_none() {
                 self.scheduled_periodic_alr = Some(now + MIN_TIME_BETWEEN_ALR_PROBES);
             }
