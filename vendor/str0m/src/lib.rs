@@ -1496,6 +1496,7 @@ impl Rtc {
     pub fn sdp_api(&mut self) -> SdpApi {
         // Negotiation can restart ICE and start SCTP (huizhen patch 11).
         self.idle.touch_all();
+        self.session.streams_touched();
         SdpApi::new(self)
     }
 
@@ -1503,6 +1504,8 @@ impl Rtc {
     ///
     /// This is a low level API. For "normal" use via SDP, see [`Rtc::sdp_api()`].
     pub fn direct_api(&mut self) -> DirectApi {
+        // It can change any stream (huizhen patch 15).
+        self.session.streams_touched();
         DirectApi::new(self)
     }
 
@@ -1539,6 +1542,7 @@ impl Rtc {
         if self.session.rtp_mode {
             panic!("In rtp_mode use direct_api().stream_tx().write_rtp()");
         }
+        self.session.streams_touched();
 
         if self.state != RtcState::Alive {
             return None;
@@ -2109,6 +2113,10 @@ impl Rtc {
             return Ok(());
         }
 
+        // Any input may change a stream (a NACK queues resends) before the session's
+        // timeout refreshes the pacer, which an earlier `now` skips (huizhen patch 15).
+        self.session.streams_touched();
+
         // The handlers below each arm their own `Wake`; nothing to do here.
         match input {
             Input::Timeout(now) => self.do_handle_timeout(now)?,
@@ -2341,6 +2349,7 @@ impl Rtc {
     ///
     /// Only relevant if BWE was enabled in the [`RtcConfig::enable_bwe()`]
     pub fn bwe(&mut self) -> Bwe {
+        self.session.streams_touched();
         Bwe::new(self)
     }
 

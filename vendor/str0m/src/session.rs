@@ -19,7 +19,7 @@ use crate::media::Media;
 use crate::media::{KeyframeRequestKind, MID_PROBE};
 use crate::media::{MediaAdded, MediaChanged};
 use crate::pacer::PacerControl;
-use crate::pacer::{Pacer, PacerImpl};
+use crate::pacer::{Pacer, PacerImpl, PaddingRequest};
 use crate::packet::{RedBlock, RedDecoder, red_same_pt_blocks};
 use crate::poll::Wake;
 use crate::rtp::{Extension, RawPacket};
@@ -107,6 +107,11 @@ pub(crate) struct Session {
     /// A pacer for sending RTP at specific rate.
     pacer: PacerImpl,
     pacer_control: PacerControl,
+    /// huizhen patch: the pacer holds every stream's queue state as of this instant, and
+    /// since then nothing but this session's own sends has changed a stream (any input or
+    /// API access clears it: [`Session::streams_touched`]). After a send, the pacer then
+    /// needs only the sent stream's state again, not a pass over every stream.
+    queue_states_at: Option<Instant>,
 
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
     poll_packet_buf: Vec<u8>,
@@ -210,6 +215,7 @@ impl Session {
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
+            queue_states_at: None,
             poll_packet_buf: vec![0; 2000],
             pending_packet: None,
             media_bytes_rx: 0,
@@ -385,6 +391,7 @@ impl Session {
     }
 
     fn update_queue_state(&mut self, now: Instant, probe_media: Option<(Mid, Pt)>) {
+        self.queue_states_at = None;
         // Do not make unsendable media/padding ready before DTLS supplies keys.
         // Otherwise an immediate pacer deadline can starve the application's I/O.
         if self.srtp_tx.is_none() {
@@ -405,15 +412,30 @@ impl Session {
         });
 
         let Some(padding_request) = self.pacer.handle_timeout(now, iter) else {
+            // A probe's states are adjusted for it (`can_probe`, the probe stream): only
+            // plain states may be refreshed one by one.
+            self.queue_states_at = probe_media.is_none().then_some(now);
             return;
         };
 
+        self.generate_padding(padding_request);
+    }
+
+    /// Padding the pacer asked for changes its stream after the states were taken: the
+    /// next refresh gathers them all again (`queue_states_at` stays `None`).
+    fn generate_padding(&mut self, padding_request: PaddingRequest) {
         let stream = self
             .streams
             .stream_tx_by_midrid(padding_request.midrid)
             .expect("pacer to use an existing stream");
 
         stream.generate_padding(padding_request.padding);
+    }
+
+    /// huizhen patch: something outside this session's sends may change the streams (an
+    /// input, the direct or SDP API, a writer): the pacer's next refresh gathers them all.
+    pub(crate) fn streams_touched(&mut self) {
+        self.queue_states_at = None;
     }
 
     // Use a negotiated PT and MID so browser transports can route the packet to
@@ -1254,6 +1276,9 @@ impl Session {
         let twcc = twcc_enabled.then_some(&mut self.twcc);
 
         let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+        // The sent stream's queue after the send, for the pacer's refresh below when the
+        // other streams' states it holds are still current.
+        let sent_queue = (self.queue_states_at == Some(now)).then(|| stream.queue_state(now));
 
         let PacketReceipt {
             header,
@@ -1309,9 +1334,21 @@ impl Session {
         // `handle_timeout` (`handle_timeout_bwe`), and refreshing between its packets left a
         // cluster that never completed, after which no probe ran again (an audio-only link
         // that recovered stayed at its application-limited estimate for good).
+        //
+        // A refresh outside a cluster never offers probe media (`update_queue_state` keeps it
+        // for a running cluster only), so none is looked up here; and when the other
+        // streams' states are current, only the sent stream's is taken again.
         if self.pacer.active_cluster().is_none() {
-            let probe_media = self.probe_media();
-            self.update_queue_state(now, probe_media);
+            match sent_queue.and_then(|q| self.pacer.handle_timeout_one(now, q)) {
+                Some(None) => {}
+                Some(Some(padding_request)) => {
+                    self.queue_states_at = None;
+                    self.generate_padding(padding_request);
+                }
+                None => self.update_queue_state(now, None),
+            }
+        } else {
+            self.queue_states_at = None;
         }
 
         Some(protected)

@@ -81,45 +81,11 @@ impl Pacer for LeakyBucketPacer {
         now: Instant,
         iter: impl Iterator<Item = QueueState>,
     ) -> Option<PaddingRequest> {
-        // Clear the gate when time advances
-        self.needs_timeout_before_next_poll = false;
-
-        // Clear the poll time - it will be recalculated below if needed.
-        // This is important because if we return early (e.g., next_poll_queue is already set),
-        // we don't want the old Immediate timeout to keep firing.
-        self.next_poll_time = None;
-
         // This is called periodically and whenever packet is queued.
         self.queue_states.clear();
         self.queue_states.extend(iter);
 
-        let elapsed = self.update_handle_time_and_get_elapsed(now);
-
-        self.clear_debt(elapsed);
-        self.maybe_update_adjusted_bitrate(now);
-
-        if let Some(request) = self.maybe_create_padding_request(now) {
-            self.next_poll_queue = Some(request.midrid);
-            return Some(request);
-        }
-
-        if self.next_poll_queue.is_some() {
-            return None;
-        }
-
-        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
-
-        if now < next_poll_time_and_reason.0 {
-            // We don't set this because between now and the neaxt poll, queue state can change such
-            // that we should poll a different queue i.e. media could be queued.
-            self.next_poll_queue = None;
-        } else {
-            self.next_poll_queue = queue.map(|q| q.midrid);
-        }
-
-        self.next_poll_time = Some(next_poll_time_and_reason);
-
-        None
+        self.decide(now)
     }
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
@@ -164,6 +130,67 @@ impl Pacer for LeakyBucketPacer {
 }
 
 impl LeakyBucketPacer {
+    /// huizhen patch: `handle_timeout` after only the queue of `state` changed since the
+    /// last call, at the same `now` (one packet sent). The other queues' states are kept
+    /// as they are, which is what gathering them again would give; `None` when `state`'s
+    /// queue is not among them, and the caller gathers them all.
+    pub(crate) fn handle_timeout_one(
+        &mut self,
+        now: Instant,
+        state: QueueState,
+    ) -> Option<Option<PaddingRequest>> {
+        let mut matching = self
+            .queue_states
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.midrid == state.midrid)
+            .map(|(i, _)| i);
+        let (Some(i), None) = (matching.next(), matching.next()) else {
+            return None;
+        };
+        self.queue_states[i] = state;
+        Some(self.decide(now))
+    }
+
+    /// What `handle_timeout` decides from the queue states it holds.
+    fn decide(&mut self, now: Instant) -> Option<PaddingRequest> {
+        // Clear the gate when time advances
+        self.needs_timeout_before_next_poll = false;
+
+        // Clear the poll time - it will be recalculated below if needed.
+        // This is important because if we return early (e.g., next_poll_queue is already set),
+        // we don't want the old Immediate timeout to keep firing.
+        self.next_poll_time = None;
+
+        let elapsed = self.update_handle_time_and_get_elapsed(now);
+
+        self.clear_debt(elapsed);
+        self.maybe_update_adjusted_bitrate(now);
+
+        if let Some(request) = self.maybe_create_padding_request(now) {
+            self.next_poll_queue = Some(request.midrid);
+            return Some(request);
+        }
+
+        if self.next_poll_queue.is_some() {
+            return None;
+        }
+
+        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
+
+        if now < next_poll_time_and_reason.0 {
+            // We don't set this because between now and the neaxt poll, queue state can change such
+            // that we should poll a different queue i.e. media could be queued.
+            self.next_poll_queue = None;
+        } else {
+            self.next_poll_queue = queue.map(|q| q.midrid);
+        }
+
+        self.next_poll_time = Some(next_poll_time_and_reason);
+
+        None
+    }
+
     pub fn new(initial_pacing_bitrate: Bitrate) -> Self {
         const DEFAULT_QUEUE_LIMIT: Duration = Duration::from_secs(2);
 

@@ -47,6 +47,19 @@ impl PacerImpl {
         }
     }
 
+    /// huizhen patch: see [`LeakyBucketPacer::handle_timeout_one`]; `None` (gather them
+    /// all) for the null pacer, whose `poll_queue` edits the states it holds.
+    pub fn handle_timeout_one(
+        &mut self,
+        now: Instant,
+        state: QueueState,
+    ) -> Option<Option<PaddingRequest>> {
+        match self {
+            PacerImpl::Null(_) => None,
+            PacerImpl::LeakyBucket(v) => v.handle_timeout_one(now, state),
+        }
+    }
+
     pub fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         match self {
             PacerImpl::Null(_) => None,
