@@ -391,8 +391,15 @@ impl LeakyBucketPacer {
             self.queue_states
                 .iter()
                 .fold((Duration::ZERO, 0, DataSize::ZERO), |acc, q| {
+                    // An empty queue adds no time since its snapshot (huizhen patch 15:
+                    // skips the clock arithmetic, twice per forwarded packet in an SFU).
+                    let queue_time = if q.snapshot.packet_count == 0 {
+                        q.snapshot.total_queue_time_origin
+                    } else {
+                        q.snapshot.total_queue_time(now)
+                    };
                     (
-                        acc.0 + q.snapshot.total_queue_time(now),
+                        acc.0 + queue_time,
                         acc.1 + q.snapshot.packet_count,
                         acc.2 + DataSize::from(q.snapshot.byte_size),
                     )
