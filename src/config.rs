@@ -78,6 +78,16 @@ pub struct SignalingConfig {
     pub open_rooms: bool,
     /// Base URL printed in links (`http(s)://host:port`); derived from `http.listen` if unset.
     pub public_url: Option<String>,
+    /// How long a participant whose WebSocket dropped is kept (media and all) for `resume`;
+    /// 0 turns resume off (the participant leaves when its socket closes).
+    pub resume_grace_seconds: u64,
+}
+
+impl SignalingConfig {
+    /// [`Self::resume_grace_seconds`] as a duration.
+    pub fn resume_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.resume_grace_seconds)
+    }
 }
 
 impl Default for SignalingConfig {
@@ -85,6 +95,7 @@ impl Default for SignalingConfig {
         SignalingConfig {
             open_rooms: true,
             public_url: None,
+            resume_grace_seconds: 30,
         }
     }
 }
@@ -386,6 +397,9 @@ impl Config {
         }
         if !(1..=720).contains(&c.history_horizon_hours) {
             return invalid("clinic.history_horizon_hours", "must be within 1..=720");
+        }
+        if self.signaling.resume_grace_seconds > 600 {
+            return invalid("signaling.resume_grace_seconds", "must be within 0..=600");
         }
         if !(5..=3600).contains(&c.grace_seconds) {
             return invalid("clinic.grace_seconds", "must be within 5..=3600");

@@ -315,6 +315,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
                 PENALTY_BLOCK,
                 PENALTY_SOURCES,
             ))),
+            resumes: Arc::new(std::sync::Mutex::new(http::resume::ResumeRegistry::new(
+                config.signaling.resume_grace(),
+            ))),
         },
         metrics: metrics.clone(),
         connections: Arc::new(Semaphore::new(config.http.max_connections)),
@@ -550,6 +553,7 @@ fn sfu_config(config: &Config, udp: SocketAddr, tcp: Option<SocketAddr>) -> SfuC
         retransmit_history: m.retransmit_history(),
         peer_timeout: m.peer_timeout(),
         connect_timeout: m.connect_timeout(),
+        resume_grace: config.signaling.resume_grace(),
     }
 }
 

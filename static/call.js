@@ -104,6 +104,7 @@ const THUMBNAIL_FPS = 15;
 /** Message types a `Call` consumes. */
 export const MEDIA_MESSAGE_TYPES = new Set([
   'joined',
+  'resumed',
   'participant_joined',
   'participant_left',
   'offer',
@@ -350,6 +351,8 @@ export class Call {
     switch (msg.type) {
       case 'joined':
         return this.onJoined(msg);
+      case 'resumed':
+        return this.onResumed(msg);
       case 'participant_joined':
         this.participants.set(msg.participant.id, msg.participant);
         this.tileFor(msg.participant.id);
@@ -657,6 +660,9 @@ export class Call {
     this.participantId = msg.participant_id;
     this.room = msg.room;
     this.state = 'joined';
+    // How to take this participant back if the socket drops (`resume`): absent when the
+    // server has resume off.
+    this.resumeGrant = msg.resume || null;
     this.simulcast = msg.simulcast === true;
     this.adaptive = typeof msg.simulcast === 'boolean';
     for (const p of msg.participants) {
@@ -981,6 +987,79 @@ export class Call {
       this.removeMediaElement(el);
       this.mediaElements.delete(trackId);
     }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Resume: the signaling socket dropped, the media session goes on.
+
+  /**
+   * The socket dropped: keep the peer connection (media flows on while ICE lives) and let the
+   * page take the participant back on a new socket with `resume`. False when that cannot be
+   * tried (no token, not in a call): the page then closes the call as before.
+   */
+  suspend() {
+    if (this.state !== 'joined' || !this.resumeGrant?.token) return false;
+    this.state = 'resuming';
+    this.resumeDeadline = Date.now() + this.resumeGrant.grace_seconds * 1000;
+    this.record('local', { type: 'call_suspended' });
+    this.changed();
+    return true;
+  }
+
+  /** The token for a `resume` frame, or null once the server's grace is over. */
+  resumeToken() {
+    if (this.state !== 'resuming' || !this.resumeGrant || Date.now() >= this.resumeDeadline) return null;
+    return this.resumeGrant.token;
+  }
+
+  /**
+   * Back on a new socket: the server's state now (not a replay). Participants and tracks the
+   * socket missed are added, those gone are removed, pauses and the speaker are taken as
+   * they are; a pending server offer follows as a normal `offer`.
+   */
+  onResumed(msg) {
+    this.resumeGrant = msg.resume;
+    this.state = 'joined';
+    const present = new Set(msg.participants.map((p) => p.id));
+    for (const id of [...this.participants.keys()]) {
+      if (!present.has(id)) this.onParticipantLeft(id);
+    }
+    for (const p of msg.participants) {
+      this.participants.set(p.id, p);
+      this.tileFor(p.id);
+      this.updateTileName(p.id);
+    }
+    const tracks = new Map(msg.tracks.map((t) => [t.track_id, t]));
+    for (const id of [...this.remoteTracks.keys()]) {
+      if (!tracks.has(id)) this.removeRemoteTrack(id);
+    }
+    for (const t of msg.tracks) {
+      if (this.remoteTracks.has(t.track_id)) continue;
+      this.remoteTracks.set(t.track_id, {
+        participant_id: t.participant_id,
+        kind: t.kind,
+        mid: t.mid,
+        source: t.source || (t.kind === 'video' ? 'camera' : 'microphone'),
+      });
+      this.tileFor(t.participant_id);
+    }
+    const paused = new Set(msg.paused || []);
+    for (const id of [...this.pausedTracks.keys()]) {
+      if (!paused.has(id)) this.pausedTracks.delete(id);
+    }
+    for (const id of paused) {
+      const t = tracks.get(id);
+      if (t) this.pausedTracks.set(id, t.participant_id);
+    }
+    this.activeSpeaker = msg.active_speaker ?? null;
+    this.renderRemoteTracks();
+    for (const id of tracks.keys()) this.renderPaused(id);
+    this.log(`resumed in ${msg.room} as ${msg.participant_id}`);
+    this.record('local', { type: 'call_resumed', tracks: msg.tracks.length });
+    // Preferences sent while the socket was down were lost: send the layout again.
+    this.preferencesSent.clear();
+    this.updateLayout();
+    this.changed();
   }
 
   onParticipantLeft(participantId) {

@@ -95,6 +95,8 @@ export function createClinicPage(opts) {
   let ws = null;
   let pingTimer = null;
   let reconnectTimer = null;
+  /** A `resume` is on its way: its refusal falls back to `join_consultation`. */
+  let resumeSent = false;
   let reconnectAttempt = 0;
   let fatal = false;
   let everAuthenticated = false;
@@ -290,9 +292,15 @@ export function createClinicPage(opts) {
       if (ws !== socket) return;
       clearInterval(pingTimer);
       record('local', { type: 'socket_closed', code: event.code, reason: event.reason });
-      // The server removes our media session with the socket; the seat stays for the grace
-      // period and is taken again after reconnecting.
-      if (call && call.state !== 'left' && call.state !== 'closed') call.close('closed');
+      // The server keeps our media session for its resume grace (the call goes on) and the
+      // seat for the clinic's: after reconnecting and `auth`, `resume` takes the call back.
+      // Without a resume token the media session ends with the socket and the seat is taken
+      // again with `join_consultation`.
+      if (call && call.state === 'joined' && call.suspend()) {
+        updateCallView();
+      } else if (call && call.state !== 'left' && call.state !== 'closed' && call.state !== 'resuming') {
+        call.close('closed');
+      }
       pendingJoin = null;
       opts.onSocketLost?.();
       if (fatal) {
@@ -321,6 +329,15 @@ export function createClinicPage(opts) {
     }
     if (msg.type === 'token_renewed') return;
     if (MEDIA_MESSAGE_TYPES.has(msg.type)) {
+      if (msg.type === 'resumed' && call) {
+        resumeSent = false;
+        call.enqueue(async () => {
+          await call.process(msg);
+          setState('in_call');
+          updateCallView();
+        });
+        return;
+      }
       if (msg.type === 'joined' && call) {
         pendingJoin = null;
         call.enqueue(async () => {
@@ -373,6 +390,17 @@ export function createClinicPage(opts) {
       return;
     }
     updateLocalName();
+    if (call && call.state === 'resuming') {
+      const token = call.resumeToken();
+      if (token && send({ type: 'resume', token })) {
+        resumeSent = true;
+        // The page module's rejoin from `seats` waits: `joinConsultation` leaves a resuming
+        // call alone, and a refused resume falls back to it (`onError`).
+        opts.onAuthenticated(msg, { reconnect });
+        return;
+      }
+      call.close('closed');
+    }
     opts.onAuthenticated(msg, { reconnect });
   }
 
@@ -383,6 +411,14 @@ export function createClinicPage(opts) {
       setState('error');
       showError({ code: msg.code, detail: msg.message });
       ws?.close(1000, 'token refused');
+      return;
+    }
+    if (resumeSent && call && call.state === 'resuming') {
+      // The resume was refused (grace over, call ended): take the seat again the old way.
+      resumeSent = false;
+      record('local', { type: 'resume_refused', code: msg.code });
+      call.close('closed');
+      if (huizhen.consultation && !huizhen.ended) joinConsultation(huizhen.consultation, { force: true });
       return;
     }
     if (call && call.onServerError(msg)) return;
@@ -600,7 +636,7 @@ export function createClinicPage(opts) {
   async function joinConsultation(consultation, { force = false, view = 'call-view' } = {}) {
     if (!consultation) return;
     if (pendingJoin === consultation && !force) return;
-    if (call && huizhen.consultation === consultation && call.state === 'joined') return;
+    if (call && huizhen.consultation === consultation && (call.state === 'joined' || call.state === 'resuming')) return;
     if (call && call.state !== 'closed' && call.state !== 'left') call.close('closed');
     if (huizhen.consultation !== consultation) resetRecording();
     huizhen.consultation = consultation;

@@ -9,6 +9,8 @@ import { Call, MEDIA_MESSAGE_TYPES, getLocalMedia } from './call.js';
 
 const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 15000;
+/** Waits between attempts to take the call back on a new socket (`resume`), last repeated. */
+const RESUME_DELAYS_MS = [250, 500, 1000, 2000];
 
 // ---------------------------------------------------------------------------------------------
 // Room and display name from the URL: /room/<name>?name=<display name>
@@ -39,6 +41,9 @@ const events = [];
 const errors = [];
 let ws = null;
 let pingTimer = null;
+let resumeAttempt = 0;
+/** No reconnect before this time (tests: a signaling outage of a given length). */
+let holdReconnectUntil = 0;
 
 function record(dir, msg) {
   events.push({ dir, type: msg.type, at: Date.now(), msg });
@@ -79,7 +84,7 @@ const huizhen = {
   },
   room: ROOM,
   displayName: DISPLAY_NAME,
-  /** 'starting' | 'connecting' | 'joined' | 'left' | 'closed' | 'failed' */
+  /** 'starting' | 'connecting' | 'joined' | 'resuming' | 'left' | 'closed' | 'failed' */
   get state() {
     return call.state;
   },
@@ -107,6 +112,11 @@ const huizhen = {
   toggleMicrophone: () => call.toggleMicrophone(),
   toggleCamera: () => call.toggleCamera(),
   leave,
+  /** Tests: drop the signaling socket and stay away from the server for `ms` (the call goes on). */
+  dropSignaling(ms) {
+    holdReconnectUntil = Date.now() + ms;
+    ws?.close(4000, 'signaling outage (test)');
+  },
 };
 window.huizhen = huizhen;
 
@@ -184,11 +194,25 @@ function send(msg) {
 
 function connect() {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  ws = new WebSocket(`${scheme}://${location.host}/ws`);
-  call.state = 'connecting';
-  setStatus('Connecting…');
+  const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+  ws = socket;
+  const resuming = call.state === 'resuming';
+  if (!resuming) {
+    call.state = 'connecting';
+    setStatus('Connecting…');
+  }
   ws.addEventListener('open', () => {
-    send({ type: 'join', v: PROTOCOL_VERSION, room: ROOM, display_name: DISPLAY_NAME });
+    const token = resuming ? call.resumeToken() : null;
+    if (resuming && !token) {
+      // The server's grace is over: the participant is gone.
+      call.close('closed');
+      setStatus('Disconnected from server', true);
+      socket.close(1000, 'grace over');
+      return;
+    }
+    if (token) send({ type: 'resume', token });
+    else send({ type: 'join', v: PROTOCOL_VERSION, room: ROOM, display_name: DISPLAY_NAME });
+    clearInterval(pingTimer);
     pingTimer = setInterval(() => send({ type: 'ping' }), PING_INTERVAL_MS);
   });
   ws.addEventListener('message', (event) => {
@@ -203,10 +227,22 @@ function connect() {
     call.enqueue(() => handleServerMessage(msg));
   });
   ws.addEventListener('close', (event) => {
+    if (ws !== socket) return;
     clearInterval(pingTimer);
     if (call.state === 'left' || call.state === 'closed') return;
     const wasFailed = call.state === 'failed';
     record('local', { type: 'socket_closed', code: event.code, reason: event.reason });
+    // The media session outlives the socket for the server's grace: take it back on a new
+    // socket while the call goes on.
+    if (call.suspend() || (call.state === 'resuming' && call.resumeToken())) {
+      const backoff = RESUME_DELAYS_MS[Math.min(resumeAttempt, RESUME_DELAYS_MS.length - 1)];
+      const delay = Math.max(backoff, holdReconnectUntil - Date.now());
+      resumeAttempt += 1;
+      setStatus('Connection to the server lost; reconnecting (the call goes on)…', true);
+      logLine(`socket closed (${event.code}); resuming`, true);
+      setTimeout(connect, delay);
+      return;
+    }
     if (!wasFailed) {
       setStatus(`Disconnected from server (code ${event.code}${event.reason ? `: ${event.reason}` : ''})`, true);
     }
@@ -222,6 +258,11 @@ async function handleServerMessage(msg) {
       await call.process(msg);
       $('local-name').textContent = DISPLAY_NAME;
       setStatus(`Joined room “${msg.room}” as ${DISPLAY_NAME}`);
+      return;
+    case 'resumed':
+      await call.process(msg);
+      resumeAttempt = 0;
+      setStatus(`Back in room “${msg.room}” as ${DISPLAY_NAME}`);
       return;
     case 'error':
       return onServerError(msg);
@@ -242,6 +283,12 @@ function onServerError(msg) {
   errors.push({ code: msg.code, message: msg.message });
   setStatus(`Server error (${msg.code}): ${msg.message}`, true);
   logLine(`server error ${msg.code}: ${msg.message}`, true);
+  if (call.state === 'resuming') {
+    // The resume was refused (the grace ended, the call ended): the session is gone.
+    call.close('closed');
+    setStatus(`Disconnected from server (${msg.code})`, true);
+    return;
+  }
   if (call.state !== 'joined') {
     // The join itself was refused (room_full, unsupported_version, ...): nothing more to do.
     call.state = 'failed';

@@ -21,8 +21,36 @@ pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// Longest accepted room name, in bytes.
 pub const MAX_ROOM_NAME_BYTES: usize = 128;
 
+/// Longest accepted resume token, in bytes (the server issues 43).
+pub const MAX_RESUME_TOKEN_BYTES: usize = 128;
+
 /// Longest accepted display name, in bytes.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 128;
+
+/// A token to take a participant back after its socket dropped ([`ClientMessage::Resume`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeGrant {
+    /// Opaque, single use, a secret of this client (like its media session).
+    pub token: String,
+    /// How long after the socket dropped the participant is kept, in seconds.
+    pub grace_seconds: u64,
+}
+
+/// One received track in [`ServerMessage::Resumed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedTrack {
+    /// Publisher of the track.
+    pub participant_id: String,
+    /// Server-assigned track id.
+    pub track_id: String,
+    /// The mid it is received on.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// What it carries.
+    #[serde(default = "TrackSource::unknown_default")]
+    pub source: TrackSource,
+}
 
 /// A message from a client to the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +96,15 @@ pub enum ClientMessage {
     },
     /// Leave the room; the server removes the client's tracks and closes the socket.
     Leave {},
+    /// Take back a participant whose socket dropped, within the grace period, with the
+    /// token from `joined` (or the last `resumed`). Instead of `join`, on a new socket; a
+    /// participant that entered with an identity must `auth` as the same user first. The
+    /// answer is [`ServerMessage::Resumed`] with the current state; the media session is
+    /// kept (its tracks, mids and ids), so the client keeps its peer connection.
+    Resume {
+        /// The resume token.
+        token: String,
+    },
     /// Keep-alive; answered with [`ServerMessage::Pong`].
     Ping {},
     /// How the client shows the tracks it receives (sent whenever its layout changes). The
@@ -262,6 +299,30 @@ pub enum ServerMessage {
         /// `h`, `f`, lowest first). Absent (older servers): publish one layer.
         #[serde(default)]
         simulcast: bool,
+        /// How to take this participant back if the socket drops (absent: resume is off).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeGrant>,
+    },
+    /// The answer to `resume`: the participant is back, with the state as it is now (not a
+    /// replay of what the socket missed). The client reconciles its view with it; a server
+    /// offer that was waiting for an answer follows (with its `track_added`).
+    Resumed {
+        /// The participant's id (unchanged).
+        participant_id: String,
+        /// The room.
+        room: String,
+        /// Everyone else in the room now.
+        participants: Vec<ParticipantInfo>,
+        /// The tracks this client receives now, as `track_added` announced them.
+        tracks: Vec<ResumedTrack>,
+        /// Of those, the ids of the ones paused now (`track_paused`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        paused: Vec<String>,
+        /// Who speaks now, if anyone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        active_speaker: Option<String>,
+        /// A fresh token for the next resume (the old one is spent).
+        resume: ResumeGrant,
     },
     /// Someone entered the room.
     ParticipantJoined {
@@ -701,6 +762,7 @@ const CLIENT_TYPES: &[&str] = &[
     "answer",
     "candidate",
     "leave",
+    "resume",
     "ping",
     "track_preferences",
     "auth",
@@ -752,6 +814,14 @@ pub fn parse_client_message(frame: &str) -> Result<ClientMessage, ProtocolError>
 }
 
 fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
+    if let ClientMessage::Resume { token } = message {
+        if token.is_empty() || token.len() > MAX_RESUME_TOKEN_BYTES {
+            return Err(ProtocolError::InvalidMessage {
+                kind: "resume".into(),
+                detail: format!("token must be 1..={MAX_RESUME_TOKEN_BYTES} bytes"),
+            });
+        }
+    }
     let invalid = |detail: String| ProtocolError::InvalidMessage {
         kind: "join".into(),
         detail,

@@ -824,9 +824,18 @@ impl Service {
                 consultation,
                 participant,
             } => {
-                if self.sockets.iter().any(|s| s.session == session) {
+                if let Some(user) = self
+                    .sockets
+                    .iter()
+                    .find(|s| s.session == session)
+                    .map(|s| s.actor.user.clone())
+                {
                     self.in_room
                         .insert(session, (consultation.clone(), participant));
+                    // A participant resumed on a new socket takes its seat again.
+                    if self.engine.rejoined(&user, &consultation) {
+                        self.after_change_by(now, None);
+                    }
                     self.apply_recording(&consultation);
                 } else {
                     // The session ended while it was joining: its media goes too.
@@ -1061,11 +1070,21 @@ impl Service {
             },
         ));
         if let Some((_, participant)) = self.in_room.remove(&socket.session) {
-            self.effect(Effect::Recorder(RecorderCommand::Unassign { participant }));
-            self.effect(Effect::Media(MediaCommand::Leave {
-                participant,
-                reason: LeaveReason::SignalingClosed,
-            }));
+            if reason == BYE_REPLACED {
+                // Another socket of the same user took over, most likely to resume this
+                // participant (a change of network with the old socket half-open): its media
+                // is kept for the resume grace, as when a socket closes.
+                self.effect(Effect::Media(MediaCommand::Detach {
+                    participant,
+                    session: socket.session,
+                }));
+            } else {
+                self.effect(Effect::Recorder(RecorderCommand::Unassign { participant }));
+                self.effect(Effect::Media(MediaCommand::Leave {
+                    participant,
+                    reason: LeaveReason::SignalingClosed,
+                }));
+            }
         }
     }
 

@@ -17,17 +17,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use huizhen_signaling::protocol::ServerMessage;
+use huizhen_signaling::protocol::{ResumeGrant, ServerMessage};
 use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use self::batch::{SendBatch, Sent};
+use crate::sfu::resume::BYE_RESUMED_ELSEWHERE;
 use crate::sfu::{
     DropReason, LeaveReason, ParticipantId, Sfu, SfuError, SfuMetrics, SfuOutput, SignalInput,
     Transmit,
 };
+
+/// The signaling socket a participant's messages go to.
+struct Attached {
+    /// Its id (a socket that closed after another one resumed the participant changes
+    /// nothing).
+    session: u64,
+    events: mpsc::Sender<ServerMessage>,
+}
 
 /// Capacity of the command channel into the media task.
 const COMMAND_QUEUE: usize = 4_096;
@@ -54,10 +63,36 @@ pub enum MediaCommand {
         display_name: String,
         /// False for observers: their offered tracks are refused.
         may_publish: bool,
+        /// The signaling socket's id.
+        session: u64,
+        /// The resume token for `joined` (`None`: resume is off).
+        resume: Option<ResumeGrant>,
         /// Where this participant's signaling messages go.
         events: mpsc::Sender<ServerMessage>,
         /// The outcome.
         reply: oneshot::Sender<Result<ParticipantId, SfuError>>,
+    },
+    /// The signaling socket `session` of `participant` closed: keep the participant for the
+    /// resume grace ([`Sfu::detach`]). Ignored when another socket has taken it over.
+    Detach {
+        /// Who.
+        participant: ParticipantId,
+        /// The socket that closed.
+        session: u64,
+    },
+    /// A new socket takes `participant` back (its resume token was checked by signaling);
+    /// a socket still attached to it is told `bye` (`resumed_elsewhere`).
+    Resume {
+        /// Who.
+        participant: ParticipantId,
+        /// The new socket's id.
+        session: u64,
+        /// The token for the next resume.
+        grant: ResumeGrant,
+        /// Where the participant's messages go from now on.
+        events: mpsc::Sender<ServerMessage>,
+        /// Resumed, or the participant is gone.
+        reply: oneshot::Sender<Result<(), SfuError>>,
     },
     /// Signaling from a joined participant; errors come back as `error` frames.
     Signal {
@@ -134,6 +169,8 @@ impl MediaHandle {
         room: String,
         display_name: String,
         may_publish: bool,
+        session: u64,
+        resume: Option<ResumeGrant>,
         events: mpsc::Sender<ServerMessage>,
     ) -> Result<Result<ParticipantId, SfuError>, MediaGone> {
         let (reply, answer) = oneshot::channel();
@@ -141,6 +178,28 @@ impl MediaHandle {
             room,
             display_name,
             may_publish,
+            session,
+            resume,
+            events,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| MediaGone)
+    }
+
+    /// Take `participant` back on a new socket ([`MediaCommand::Resume`]).
+    pub async fn resume(
+        &self,
+        participant: ParticipantId,
+        session: u64,
+        grant: ResumeGrant,
+        events: mpsc::Sender<ServerMessage>,
+    ) -> Result<Result<(), SfuError>, MediaGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(MediaCommand::Resume {
+            participant,
+            session,
+            grant,
             events,
             reply,
         })
@@ -240,7 +299,7 @@ struct Edge {
     udp: UdpSocket,
     udp_port: u16,
     local: LocalAddress,
-    sessions: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
+    sessions: HashMap<ParticipantId, Attached>,
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     recorder: Option<crate::recorder::task::RecorderHandle>,
 }
@@ -341,12 +400,16 @@ impl Edge {
                 room,
                 display_name,
                 may_publish,
+                session,
+                resume,
                 events,
                 reply,
             } => {
-                let result = self.sfu.join(now, &room, &display_name, may_publish);
+                let result = self
+                    .sfu
+                    .join(now, &room, &display_name, may_publish, resume);
                 if let Ok(id) = result {
-                    self.sessions.insert(id, events);
+                    self.sessions.insert(id, Attached { session, events });
                     // `joined` must be queued before the session learns the join succeeded,
                     // so it precedes any reply to the client's next frame.
                     self.flush();
@@ -368,6 +431,60 @@ impl Edge {
                 participant,
                 reason,
             } => self.sfu.leave(now, participant, reason),
+            MediaCommand::Detach {
+                participant,
+                session,
+            } => {
+                match self.sessions.get(&participant) {
+                    // Another socket resumed it: this one's end changes nothing.
+                    Some(a) if a.session != session => return,
+                    Some(_) => {
+                        self.sessions.remove(&participant);
+                    }
+                    None => {}
+                }
+                self.sfu.detach(now, participant);
+            }
+            MediaCommand::Resume {
+                participant,
+                session,
+                grant,
+                events,
+                reply,
+            } => {
+                let old = self
+                    .sessions
+                    .insert(participant, Attached { session, events });
+                match self.sfu.resume(now, participant, grant) {
+                    Ok(()) => {
+                        if let Some(old) = old.filter(|o| o.session != session) {
+                            // A socket not yet seen to drop (a half-open one after a change
+                            // of network): it must not act for the participant any more.
+                            let _ = old.events.try_send(ServerMessage::Bye {
+                                reason: BYE_RESUMED_ELSEWHERE.into(),
+                            });
+                        }
+                        // `resumed` is queued before the socket learns it succeeded.
+                        self.flush();
+                        if reply.send(Ok(())).is_err() {
+                            // The new socket closed meanwhile: detached again.
+                            self.sessions.remove(&participant);
+                            self.sfu.detach(now, participant);
+                        }
+                    }
+                    Err(e) => {
+                        match old {
+                            Some(old) => {
+                                self.sessions.insert(participant, old);
+                            }
+                            None => {
+                                self.sessions.remove(&participant);
+                            }
+                        }
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             MediaCommand::CloseRoom { room } => self.sfu.close_room(now, &room),
             MediaCommand::RoomMedia { room, reply } => {
                 let _ = reply.send(self.sfu.room_media(&room));
@@ -423,7 +540,7 @@ impl Edge {
                     participant,
                     reason,
                 } => {
-                    if let Some(events) = self.sessions.remove(&participant) {
+                    if let Some(Attached { events, .. }) = self.sessions.remove(&participant) {
                         let _ = events.try_send(ServerMessage::Bye {
                             reason: reason.as_str().into(),
                         });
@@ -498,7 +615,7 @@ impl Edge {
     /// Queue a signaling message; a client that does not read its socket is removed rather
     /// than allowed to hold up the media task.
     fn deliver(&mut self, to: ParticipantId, message: ServerMessage) {
-        let Some(events) = self.sessions.get(&to) else {
+        let Some(Attached { events, .. }) = self.sessions.get(&to) else {
             return;
         };
         match events.try_send(message) {
@@ -510,15 +627,17 @@ impl Edge {
                     .leave(Instant::now(), to, LeaveReason::SignalingClosed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The socket is gone (its `Detach` may still be on the way): keep the
+                // participant for a resume, as the socket's end would.
                 self.sessions.remove(&to);
-                self.sfu
-                    .leave(Instant::now(), to, LeaveReason::SignalingClosed);
+                self.sfu.detach(Instant::now(), to);
             }
         }
     }
 
     fn shutdown(&mut self) {
-        let ids: Vec<ParticipantId> = self.sessions.keys().copied().collect();
+        // Detached participants too: they have no socket but still a media session.
+        let ids = self.sfu.participant_ids();
         let now = Instant::now();
         for id in ids {
             self.sfu.leave(now, id, LeaveReason::Shutdown);
@@ -601,8 +720,17 @@ mod tests {
         let mut edge = edge().await;
         let (tx, _rx_never_read) = mpsc::channel(2);
         let now = Instant::now();
-        let id = edge.sfu.join(now, "room", "slow reader", true).unwrap();
-        edge.sessions.insert(id, tx);
+        let id = edge
+            .sfu
+            .join(now, "room", "slow reader", true, None)
+            .unwrap();
+        edge.sessions.insert(
+            id,
+            Attached {
+                session: 1,
+                events: tx,
+            },
+        );
         for _ in 0..3 {
             edge.deliver(id, ServerMessage::Pong {});
         }

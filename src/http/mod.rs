@@ -3,6 +3,7 @@
 pub mod api;
 pub mod assets;
 pub mod penalty;
+pub mod resume;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -31,6 +31,7 @@ use crate::clinic::{
 };
 use crate::edge::{MediaCommand, MediaHandle, SIGNAL_QUEUE};
 use crate::redact::Redacted;
+use crate::sfu::resume::BYE_RESUMED_ELSEWHERE;
 use crate::sfu::{LeaveReason, ParticipantId, SignalInput};
 
 /// Signaling metrics (`huizhen_signaling_` registry).
@@ -111,6 +112,8 @@ pub struct SessionDeps {
     pub sources: SourceHasher,
     /// Sources whose sockets keep being closed for refusals ([`super::penalty`]).
     pub penalties: std::sync::Arc<std::sync::Mutex<super::penalty::PenaltyBox>>,
+    /// Resume tokens of joined participants ([`super::resume`]).
+    pub resumes: std::sync::Arc<std::sync::Mutex<super::resume::ResumeRegistry>>,
 }
 
 /// A socket that has neither authenticated nor joined an open room by then is closed.
@@ -134,6 +137,8 @@ struct Session {
     peer: Option<std::net::IpAddr>,
     /// Refused frames while neither authenticated nor joined.
     stranger_refusals: u32,
+    /// The participant's current resume token (given in `joined` or `resumed`).
+    resume_token: Option<String>,
 }
 
 /// What to do after a client frame.
@@ -166,6 +171,7 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
         source,
         peer,
         stranger_refusals: 0,
+        resume_token: None,
     };
     let deadline = tokio::time::sleep(AUTH_DEADLINE);
     tokio::pin!(deadline);
@@ -184,6 +190,22 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                     break;
                 }
                 if let Some(reason) = bye {
+                    if reason == BYE_RESUMED_ELSEWHERE {
+                        // Another socket took the participant back (this one was stale): it
+                        // no longer acts for it, and its token was spent by that resume.
+                        session.participant = None;
+                        session.consultation = None;
+                        session.resume_token = None;
+                        break;
+                    }
+                    if reason != BYE_REPLACED {
+                        // The media session is over (or the identity is): nothing to resume.
+                        // A socket replaced by another of the same user keeps its token for
+                        // the grace: that socket is likely to resume the participant.
+                        if let Some(token) = session.resume_token.take() {
+                            session.resumes().forget(&token);
+                        }
+                    }
                     if [BYE_REPLACED, BYE_TOKEN_EXPIRED, BYE_REVOKED].contains(&reason.as_str()) {
                         // The clinic ended this session (another socket took over, the token
                         // expired or was revoked): the socket goes with it.
@@ -285,18 +307,29 @@ impl Session {
         ServerMessage::error(code, message)
     }
 
-    /// The socket closed: leave the SFU room; the clinic keeps places and seats for the
-    /// reconnect grace period.
+    fn resumes(&self) -> std::sync::MutexGuard<'_, super::resume::ResumeRegistry> {
+        self.deps.resumes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket closed: the participant is kept for the resume grace (or leaves the SFU
+    /// room when resume is off); the clinic keeps places and seats for its reconnect grace.
     async fn close(&mut self) {
         if let Some(participant) = self.participant.take() {
-            let _ = self
-                .deps
-                .media
-                .send(MediaCommand::Leave {
+            let command = match self.resume_token.take() {
+                Some(token) => {
+                    self.resumes()
+                        .socket_closed(std::time::Instant::now(), &token);
+                    MediaCommand::Detach {
+                        participant,
+                        session: self.id,
+                    }
+                }
+                None => MediaCommand::Leave {
                     participant,
                     reason: LeaveReason::SignalingClosed,
-                })
-                .await;
+                },
+            };
+            let _ = self.deps.media.send(command).await;
         }
         if self.identity.is_some() {
             let _ = self
@@ -344,6 +377,7 @@ impl Session {
                 self.signal(SignalInput::Candidate(candidate)).await
             }
             ClientMessage::Leave {} => self.leave().await,
+            ClientMessage::Resume { token } => self.resume(&token).await,
             other => self.clinic_message(other).await,
         }
     }
@@ -393,14 +427,29 @@ impl Session {
 
     async fn enter_room(&mut self, room: String, display_name: String, may_publish: bool) -> Next {
         info!(room = %Redacted(&room), display_name = %Redacted(&display_name), "join requested");
+        let grant = self.resumes().grant(std::time::Instant::now());
+        let (token, grant) = grant.unzip();
         match self
             .deps
             .media
-            .join(room, display_name, may_publish, self.events_tx.clone())
+            .join(
+                room,
+                display_name,
+                may_publish,
+                self.id,
+                grant,
+                self.events_tx.clone(),
+            )
             .await
         {
             Ok(Ok(id)) => {
                 self.participant = Some(id);
+                if let Some(token) = token {
+                    let actor = self.identity.as_ref().map(|(a, _)| a.clone());
+                    let consultation = self.consultation.clone();
+                    self.resumes().register(&token, id, actor, consultation);
+                    self.resume_token = Some(token);
+                }
                 Next::Continue
             }
             Ok(Err(e)) => Next::Reply(self.error(e.code(), e.to_string())),
@@ -532,10 +581,82 @@ impl Session {
         }
     }
 
+    /// Take back the participant of `token` (see [`crate::sfu::resume`]).
+    async fn resume(&mut self, token: &str) -> Next {
+        if self.participant.is_some() {
+            return Next::Reply(self.error(
+                ErrorCode::AlreadyJoined,
+                "this socket is already in a room; resume on a new socket".into(),
+            ));
+        }
+        let now = std::time::Instant::now();
+        let user = self.identity.as_ref().map(|(a, _)| a.user.clone());
+        let taken = self.resumes().take(now, token, user.as_ref());
+        let entry = match taken {
+            Ok(entry) => entry,
+            Err(e) => {
+                let code = match e {
+                    super::resume::ResumeError::Unknown => ErrorCode::NotFound,
+                    super::resume::ResumeError::WrongUser => ErrorCode::NotAuthenticated,
+                };
+                return self.refuse("resume", code, &e.to_string(), None).await;
+            }
+        };
+        let Some((new_token, grant)) = self.resumes().grant(now) else {
+            return Next::Reply(self.error(
+                ErrorCode::Unavailable,
+                "resume is not available on this server now; join again".into(),
+            ));
+        };
+        let participant = entry.participant;
+        match self
+            .deps
+            .media
+            .resume(participant, self.id, grant, self.events_tx.clone())
+            .await
+        {
+            Ok(Ok(())) => {
+                self.resumes().register(
+                    &new_token,
+                    participant,
+                    entry.actor.clone(),
+                    entry.consultation.clone(),
+                );
+                self.participant = Some(participant);
+                self.resume_token = Some(new_token);
+                self.consultation = entry.consultation.clone();
+                if let Some(consultation) = entry.consultation {
+                    // The clinic learns which socket speaks for the participant now (its
+                    // seat is taken again, recording follows as before).
+                    let _ = self
+                        .deps
+                        .clinic
+                        .send(ClinicRequest::InRoom {
+                            session: self.id,
+                            consultation,
+                            participant,
+                        })
+                        .await;
+                }
+                Next::Continue
+            }
+            Ok(Err(_)) => Next::Reply(self.error(
+                ErrorCode::NotFound,
+                "the participant is gone (its grace ended or the call ended); join again".into(),
+            )),
+            Err(_) => Next::Reply(
+                self.error(ErrorCode::Unavailable, "the server is shutting down".into()),
+            ),
+        }
+    }
+
     async fn leave(&mut self) -> Next {
         let Some(participant) = self.participant else {
             return Next::Reply(self.error(ErrorCode::NotJoined, "not in a room".into()));
         };
+        if let Some(token) = self.resume_token.take() {
+            self.resumes().forget(&token);
+        }
         if let (Some(consultation), Some((actor, _))) =
             (self.consultation.clone(), self.identity.clone())
         {
@@ -602,6 +723,7 @@ impl Session {
             ClinicCommand::Join(c) => Some(c.clone()),
             _ => None,
         };
+        let actor_user = actor.user.clone();
         if joining.is_some() && self.participant.is_some() {
             return Next::Reply(self.error(
                 ErrorCode::AlreadyJoined,
@@ -620,6 +742,19 @@ impl Session {
             },
             Ok(CommandReply::EnterRoom { room, may_publish }) => match joining {
                 Some(consultation) => {
+                    // Participants this user left in the consultation on earlier sockets (a
+                    // page reload: its peer connection is gone) cannot be resumed any more.
+                    let stale = self.resumes().supersede(&actor_user, &consultation);
+                    for participant in stale {
+                        let _ = self
+                            .deps
+                            .media
+                            .send(MediaCommand::Leave {
+                                participant,
+                                reason: LeaveReason::SignalingClosed,
+                            })
+                            .await;
+                    }
                     self.consultation = Some(consultation.clone());
                     let next = self.enter_room(room, display_name, may_publish).await;
                     if let Some(participant) = self.participant {
@@ -729,6 +864,7 @@ fn message_type(message: &ClientMessage) -> &'static str {
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Leave {} => "leave",
+        ClientMessage::Resume { .. } => "resume",
         ClientMessage::Ping {} => "ping",
         ClientMessage::TrackPreferences { .. } => "track_preferences",
         ClientMessage::Auth { .. } => "auth",
@@ -757,6 +893,7 @@ const MESSAGE_TYPES: &[&str] = &[
     "answer",
     "candidate",
     "leave",
+    "resume",
     "ping",
     "track_preferences",
     "auth",

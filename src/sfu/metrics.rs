@@ -92,6 +92,10 @@ pub struct SfuMetrics {
     pub ice_tcp_connections: IntGauge,
     /// Offers sent to clients by the server.
     pub renegotiations: IntCounter,
+    /// Participants whose signaling socket dropped, kept for `resume` (see [`super::resume`]).
+    pub detached: IntGauge,
+    /// Participants taken back by `resume`.
+    pub resumes: IntCounter,
     /// Packets of consenting participants handed towards the recorder, by result.
     pub recorder_packets: IntCounterVec,
     /// Subscribers' send-side bandwidth estimates, sampled at each allocation round.
@@ -311,6 +315,12 @@ impl SfuMetrics {
             forward_latency,
             ice_tcp_connections: gauge(r, "ice_tcp_connections", "Open ICE-TCP connections"),
             renegotiations: counter(r, "renegotiations_total", "Offers sent by the server"),
+            detached: gauge(
+                r,
+                "detached_participants",
+                "Participants whose signaling socket dropped, kept for resume",
+            ),
+            resumes: counter(r, "resumes_total", "Participants taken back by resume"),
             recorder_packets: counter_vec(
                 r,
                 "recorder_packets_total",

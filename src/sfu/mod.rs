@@ -25,6 +25,7 @@ pub mod metrics;
 mod participant;
 pub mod probe;
 pub mod red;
+pub mod resume;
 pub mod retransmit;
 pub mod speaker;
 pub mod speech_cap;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huizhen_signaling::protocol::{
-    ErrorCode, ParticipantInfo, ServerMessage, TrackKind, TrackPreference, TrackSource,
+    ErrorCode, ParticipantInfo, ResumeGrant, ServerMessage, TrackKind, TrackPreference, TrackSource,
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -159,6 +160,9 @@ pub struct SfuConfig {
     pub peer_timeout: Duration,
     /// Remove a participant not connected this long after joining.
     pub connect_timeout: Duration,
+    /// Keep a participant whose signaling socket dropped this long, for `resume`
+    /// ([`Sfu::detach`]); zero removes it at once.
+    pub resume_grace: Duration,
 }
 
 impl SfuConfig {
@@ -389,6 +393,11 @@ impl Sfu {
     }
 
     /// Participants currently joined.
+    pub fn participant_ids(&self) -> Vec<ParticipantId> {
+        self.participants.keys().copied().collect()
+    }
+
+    /// Number of participants.
     pub fn participant_count(&self) -> usize {
         self.participants.len()
     }
@@ -542,6 +551,7 @@ impl Sfu {
         room: &str,
         display_name: &str,
         may_publish: bool,
+        resume: Option<ResumeGrant>,
     ) -> Result<ParticipantId, SfuError> {
         if self.participants.len() >= self.config.max_participants {
             self.metrics
@@ -580,7 +590,7 @@ impl Sfu {
             );
             self.metrics.rooms.inc();
         }
-        self.announce_join(id, room_key, room, &members);
+        self.announce_join(id, room_key, room, &members, resume);
         self.subscribe_to_existing(id, &members);
         if let Some(room) = self.room_members.get_mut(&room_key) {
             room.members.push(id);
@@ -674,6 +684,8 @@ impl Sfu {
             congestion_cap: None,
             allocated_video: 0,
             pending: None,
+            offer_sdp: None,
+            detached_since: None,
             negotiated_once: false,
             connected: false,
             joined_at: now,
@@ -702,6 +714,7 @@ impl Sfu {
         room_key: RoomKey,
         room: &str,
         members: &[ParticipantId],
+        resume: Option<ResumeGrant>,
     ) {
         let me = ParticipantInfo {
             id: id.to_string(),
@@ -723,6 +736,7 @@ impl Sfu {
                 room: room.to_owned(),
                 participants: others,
                 simulcast: true,
+                resume,
             },
         );
         // A latecomer learns who speaks now (the others heard it when it changed).
@@ -899,6 +913,9 @@ impl Sfu {
         let Some(mut p) = self.participants.remove(&id) else {
             return;
         };
+        if p.detached_since.is_some() {
+            self.metrics.detached.dec();
+        }
         p.rtc.disconnect();
         self.demux.remove(id, &p.ufrag);
         if p.red.on() {
@@ -1161,23 +1178,28 @@ impl Sfu {
 
     /// Remove participants that went silent or never connected.
     fn sweep_liveness(&mut self, now: Instant) {
-        let expired: Vec<_> = self
-            .participants
-            .values()
-            .filter_map(|p| {
-                if p.connected
-                    && now.saturating_duration_since(p.last_rx) > self.config.peer_timeout
-                {
-                    Some((p.id, LeaveReason::Timeout))
-                } else if !p.connected
-                    && now.saturating_duration_since(p.joined_at) > self.config.connect_timeout
-                {
-                    Some((p.id, LeaveReason::ConnectTimeout))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let expired: Vec<_> =
+            self.participants
+                .values()
+                .filter_map(|p| {
+                    if p.connected
+                        && now.saturating_duration_since(p.last_rx) > self.config.peer_timeout
+                    {
+                        Some((p.id, LeaveReason::Timeout))
+                    } else if !p.connected
+                        && now.saturating_duration_since(p.joined_at) > self.config.connect_timeout
+                    {
+                        Some((p.id, LeaveReason::ConnectTimeout))
+                    } else if p.detached_since.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= self.config.resume_grace
+                    }) {
+                        // Its socket dropped and nobody resumed it within the grace.
+                        Some((p.id, LeaveReason::SignalingClosed))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
         for (id, reason) in expired {
             self.leave(now, id, reason);
         }
@@ -2417,18 +2439,17 @@ impl Sfu {
             return;
         };
         p.pending = Some(pending);
+        let sdp = offer.to_sdp_string();
+        // Kept while it waits for the answer: a client that resumes after its socket dropped
+        // gets it again (see [`Sfu::resume`]).
+        p.offer_sdp = Some(sdp.clone());
         self.metrics.renegotiations.inc();
         for m in added {
             self.signal(id, m);
         }
         // Forwarded m-lines keep transport-wide congestion control: the subscriber's feedback
         // drives the send-side bandwidth estimate the allocation runs on.
-        self.signal(
-            id,
-            ServerMessage::Offer {
-                sdp: offer.to_sdp_string(),
-            },
-        );
+        self.signal(id, ServerMessage::Offer { sdp });
     }
 }
 

@@ -274,6 +274,10 @@ pub struct Participant {
     pub allocated_video: u64,
     /// Our outstanding offer.
     pub pending: Option<SdpPendingOffer>,
+    /// The text of the pending offer, for a client that resumes before answering it.
+    pub offer_sdp: Option<String>,
+    /// Its signaling socket dropped at this time; kept for `resume` until the grace ends.
+    pub detached_since: Option<Instant>,
     /// The client's first offer has been answered; server offers may follow.
     pub negotiated_once: bool,
     /// ICE+DTLS connected at least once.

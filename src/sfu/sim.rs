@@ -157,6 +157,11 @@ pub struct SimClient {
     pub removed: Option<LeaveReason>,
     /// Drop everything this client sends (simulates a dead peer).
     pub mute_network: bool,
+    /// Its signaling socket is down: the server's messages to it are lost (counted in
+    /// `signals_lost`), as the edge drops them for a detached participant.
+    pub signaling_down: bool,
+    /// Messages lost while `signaling_down`.
+    pub signals_lost: usize,
     next_timeout: Instant,
     /// Its simulcast camera, if it publishes one.
     pub encoder: Option<SimEncoder>,
@@ -213,6 +218,7 @@ pub fn sim_config() -> SfuConfig {
         retransmit_history: Duration::from_millis(1000),
         peer_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(20),
+        resume_grace: Duration::from_secs(30),
     }
 }
 
@@ -274,7 +280,13 @@ impl SimNet {
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
         let id = self
             .sfu
-            .join(self.now, room, &format!("client-{index}"), may_publish)
+            .join(
+                self.now,
+                room,
+                &format!("client-{index}"),
+                may_publish,
+                None,
+            )
             .expect("join accepted");
         let builder = Rtc::builder().set_rtp_mode(true);
         let builder = match video_codec {
@@ -319,6 +331,8 @@ impl SimNet {
             next_seq: HashMap::new(),
             removed: None,
             mute_network: false,
+            signaling_down: false,
+            signals_lost: 0,
             audio_cap: None,
             next_timeout: self.now,
             encoder: simulcast.map(|rids| SimEncoder {
@@ -768,6 +782,10 @@ impl SimNet {
         };
         if self.clients[i].removed.is_some() {
             self.clients[i].signals.push(message);
+            return;
+        }
+        if self.clients[i].signaling_down {
+            self.clients[i].signals_lost += 1;
             return;
         }
         let reply = match &message {

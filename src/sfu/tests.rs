@@ -370,10 +370,10 @@ fn room_limit_is_enforced() {
     net.add_client("full", &[]);
     let now = net.now;
     assert_eq!(
-        net.sfu.join(now, "full", "third", true),
+        net.sfu.join(now, "full", "third", true, None),
         Err(super::SfuError::RoomFull(2))
     );
-    assert!(net.sfu.join(now, "other", "third", true).is_ok());
+    assert!(net.sfu.join(now, "other", "third", true, None).is_ok());
 }
 
 #[test]
@@ -556,4 +556,147 @@ fn only_consenting_participants_are_handed_to_the_recorder() {
         Err(super::SfuError::UnknownParticipant)
     );
     let _ = b_id;
+}
+
+fn grant(token: &str) -> huizhen_signaling::protocol::ResumeGrant {
+    huizhen_signaling::protocol::ResumeGrant {
+        token: token.into(),
+        grace_seconds: 10,
+    }
+}
+
+#[test]
+fn a_detached_participant_keeps_its_media_and_resumes_into_the_current_state() {
+    let config = super::SfuConfig {
+        resume_grace: Duration::from_secs(10),
+        ..super::sim::sim_config()
+    };
+    let mut net = SimNet::with_config(11, config);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, b], 10);
+    let b_id = net.clients[b].id;
+
+    // B's socket drops: the core keeps B, and media keeps flowing both ways.
+    net.clients[b].signaling_down = true;
+    net.sfu.detach(net.now, b_id);
+    assert_eq!(net.sfu.metrics().detached.get(), 1);
+    let before = (
+        seqs(&net.payloads_from(b, a, TrackKind::Video)).len(),
+        seqs(&net.payloads_from(a, b, TrackKind::Video)).len(),
+    );
+    send_media_from(&mut net, &[a, b], 10, 250); // 5 s, within the grace
+    let after = (
+        seqs(&net.payloads_from(b, a, TrackKind::Video)).len(),
+        seqs(&net.payloads_from(a, b, TrackKind::Video)).len(),
+    );
+    assert!(
+        after.0 >= before.0 + 240 && after.1 >= before.1 + 240,
+        "media while detached: {before:?} -> {after:?}"
+    );
+    assert!(net.clients[b].removed.is_none());
+    assert!(!net.clients[a]
+        .signals
+        .iter()
+        .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
+
+    // Meanwhile C joins and publishes: B misses C's arrival, C's tracks and the offer.
+    let c = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        net.clients[b].signals_lost >= 3,
+        "{}",
+        net.clients[b].signals_lost
+    );
+
+    // B comes back: the state as it is now, then the offer it missed.
+    net.clients[b].signaling_down = false;
+    let seen = net.clients[b].signals.len();
+    net.sfu
+        .resume(net.now, b_id, grant("next"))
+        .expect("resumed");
+    net.route_outputs();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.sfu.metrics().detached.get(), 0);
+    assert_eq!(net.sfu.metrics().resumes.get(), 1);
+    let got = &net.clients[b].signals[seen..];
+    let Some(ServerMessage::Resumed {
+        participant_id,
+        participants,
+        tracks,
+        resume,
+        ..
+    }) = got.first()
+    else {
+        panic!("resumed first, got {got:?}");
+    };
+    assert_eq!(participant_id, &b_id.to_string());
+    assert_eq!(resume.token, "next");
+    let mut others: Vec<&str> = participants.iter().map(|p| p.id.as_str()).collect();
+    others.sort_unstable();
+    let mut want = vec![net.clients[a].id.to_string(), net.clients[c].id.to_string()];
+    want.sort_unstable();
+    assert_eq!(others, want);
+    // A's two tracks were open before; C's come with the offer that follows.
+    let a_id = net.clients[a].id.to_string();
+    assert_eq!(tracks.len(), 2);
+    assert!(tracks.iter().all(|t| t.participant_id == a_id));
+    let c_id = net.clients[c].id.to_string();
+    let c_added = got
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::TrackAdded { participant_id, .. } if *participant_id == c_id))
+        .count();
+    assert_eq!(c_added, 2, "{got:?}");
+    assert!(got.iter().any(|m| matches!(m, ServerMessage::Offer { .. })));
+    // The offer was answered: C's media reaches B.
+    send_media(&mut net, &[c], 50);
+    assert!(seqs(&net.payloads_from(b, c, TrackKind::Audio)).len() >= 45);
+    assert!(seqs(&net.payloads_from(b, c, TrackKind::Video)).len() >= 45);
+    // Nobody saw B leave or come back.
+    let b_name = b_id.to_string();
+    let seen_b = |m: &ServerMessage| match m {
+        ServerMessage::ParticipantLeft { participant_id } => *participant_id == b_name,
+        ServerMessage::ParticipantJoined { participant } => participant.id == b_name,
+        _ => false,
+    };
+    assert_eq!(
+        net.clients[a].signals.iter().filter(|m| seen_b(m)).count(),
+        1,
+        "A saw B arrive once, and never leave"
+    );
+    assert!(!net.clients[c].signals.iter().any(seen_b));
+
+    // Dropped again and never resumed: removed once the grace is over.
+    net.clients[b].signaling_down = true;
+    net.sfu.detach(net.now, b_id);
+    net.run_for(Duration::from_secs(9));
+    assert!(net.clients[b].removed.is_none(), "kept within the grace");
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.clients[b].removed, Some(LeaveReason::SignalingClosed));
+    assert_eq!(net.sfu.metrics().detached.get(), 0);
+    assert!(net.clients[a]
+        .signals
+        .iter()
+        .any(|m| matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == b_id.to_string())));
+    assert!(net.sfu.resume(net.now, b_id, grant("late")).is_err());
+}
+
+#[test]
+fn without_a_resume_grace_a_dropped_socket_leaves_at_once() {
+    let config = super::SfuConfig {
+        resume_grace: Duration::ZERO,
+        ..super::sim::sim_config()
+    };
+    let mut net = SimNet::with_config(12, config);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    net.sfu.detach(net.now, net.clients[b].id);
+    net.route_outputs();
+    assert_eq!(net.clients[b].removed, Some(LeaveReason::SignalingClosed));
+    assert!(net.clients[a]
+        .signals
+        .iter()
+        .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
 }

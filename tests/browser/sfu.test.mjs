@@ -13,7 +13,10 @@
 //      still flows;
 //   3. a participant without camera or microphone offers a data channel only and receives;
 //   4. three participants against a server announcing only its ICE-TCP (passive, RFC 4571)
-//      candidate: audio and video decode, over TCP.
+//      candidate: audio and video decode, over TCP;
+//   5. a 5 s signaling outage: one page's WebSocket drops and stays away; media keeps flowing
+//      both ways meanwhile, the page resumes as the same participant with the same tracks, and
+//      the other never sees it leave.
 // Every wait is bounded (HUIZHEN_WAIT_MS) and the whole run too (HUIZHEN_TEST_TIMEOUT_MS);
 // servers are killed whatever happens. The server, browser and stats helpers are in harness.mjs.
 //
@@ -34,6 +37,7 @@ import {
   eventLines,
   mediaFromPublishers,
   newPerson,
+  sleep,
   snapshot,
   startRun,
   startServer,
@@ -394,6 +398,74 @@ test('three participants over ICE-TCP only: audio/video', (t) =>
       const metrics = await fetchMetrics(server);
       assert.ok(metricSum(metrics, 'huizhen_sfu_rtp_packets_sent_total') > 0, 'packets were forwarded over TCP');
       t.diagnostic(`negotiation: ${JSON.stringify(await negotiationIncidents(participants.filter((p) => p.name !== 'Carol')))}`);
+    }),
+  ),
+);
+
+test('a 5 s signaling outage: media keeps flowing, the page resumes as the same participant', (t) =>
+  withBrowser(HOST_RULES, (browser) =>
+    withSfuServer('resume', { announceUdp: true, announceTcp: false }, async (server, participants) => {
+      const room = 'room-resume';
+      const ann = await openParticipant(browser, server, room, 'Ann');
+      participants.push(ann);
+      const ben = await openParticipant(browser, server, room, 'Ben');
+      participants.push(ben);
+      await waitForMediaFromOthers(participants, 'before the outage');
+      const before = await snapshot(ben);
+      const tracksBefore = before.remoteTracks.map((x) => `${x.track_id}@${x.mid}`).sort();
+
+      await ben.page.evaluate(() => window.huizhen.dropSignaling(5000));
+      await waitFor("Ben's call to wait for its socket", async () => {
+        const state = await ben.page.evaluate(() => window.huizhen.state);
+        return { ok: state === 'resuming', detail: state };
+      });
+      const start = { ann: await snapshot(ann), ben: await snapshot(ben), at: Date.now() };
+      await sleep(3000);
+      const during = { ann: await snapshot(ann), ben: await snapshot(ben), at: Date.now() };
+      assert.equal(await ben.page.evaluate(() => window.huizhen.state), 'resuming', 'the socket is still down 3 s into the outage');
+      const fps = (a, b, snapA, snapB, pub) => {
+        const mids = snapB.remoteTracks.filter((x) => x.participant_id === pub.id && x.kind === 'video').map((x) => x.mid);
+        const frames = (s) => s.inbound.filter((x) => mids.includes(x.mid)).reduce((n, x) => n + x.framesDecoded, 0);
+        return ((frames(snapB) - frames(snapA)) * 1000) / (b - a);
+      };
+      const annFromBen = fps(start.at, during.at, start.ann, during.ann, ben);
+      const benFromAnn = fps(start.at, during.at, start.ben, during.ben, ann);
+      t.diagnostic(`during the outage: Ann decodes Ben at ${annFromBen.toFixed(1)} fps, Ben decodes Ann at ${benFromAnn.toFixed(1)} fps`);
+      for (const [who, snapA, snapB, pub] of [
+        ['Ann', start.ann, during.ann, ben],
+        ['Ben', start.ben, during.ben, ann],
+      ]) {
+        const res = mediaFromPublishers(snapB, [pub], { baseline: snapA });
+        assert.ok(res.ok, `${who} keeps receiving ${pub.name} during the outage: ${JSON.stringify(res.problems)}`);
+      }
+
+      const resumed = await waitFor('Ben to resume', async () => {
+        const s = await ben.page.evaluate(() => ({
+          state: window.huizhen.state,
+          id: window.huizhen.participantId,
+          resumed: window.huizhen.events.filter((e) => e.dir === 'in' && e.type === 'resumed').length,
+          joined: window.huizhen.events.filter((e) => e.dir === 'in' && e.type === 'joined').length,
+        }));
+        return { ok: s.state === 'joined' && s.resumed === 1, value: s, detail: s };
+      });
+      assert.equal(resumed.id, ben.id, 'the same participant id');
+      assert.equal(resumed.joined, 1, 'no second join');
+      const after = await snapshot(ben);
+      assert.deepEqual(after.remoteTracks.map((x) => `${x.track_id}@${x.mid}`).sort(), tracksBefore, 'the same tracks on the same mids');
+      const annSaw = await ann.page.evaluate(() =>
+        window.huizhen.events.filter((e) => e.dir === 'in' && ['participant_left', 'participant_joined', 'track_removed'].includes(e.type)).map((e) => e.msg),
+      );
+      // Ben's arrival once, at his join; no leave, no second arrival, no track removed.
+      assert.deepEqual(
+        annSaw.map((m) => `${m.type}:${m.participant?.id ?? m.participant_id}`),
+        [`participant_joined:${ben.id}`],
+        `Ann saw nothing of the outage: ${JSON.stringify(annSaw)}`,
+      );
+      await waitForMediaFromOthers(participants, 'after the resume', { fresh: true });
+      const metrics = await fetchMetrics(server);
+      assert.equal(metricSum(metrics, 'huizhen_sfu_resumes_total'), 1, 'one resume counted');
+      assert.equal(metricSum(metrics, 'huizhen_sfu_detached_participants'), 0, 'nobody detached now');
+      await assertNoErrors(participants);
     }),
   ),
 );

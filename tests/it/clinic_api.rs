@@ -1243,6 +1243,14 @@ async fn server_minted_tokens_respect_the_configured_lifetime_cap() {
 
 /// The doctor invites pat-a, who answers and enters the call's SFU room on `a`.
 async fn running_call(server: &ServerHandle) -> (Ws, Ws, String) {
+    let (doctor, a, consultation, _) = running_call_with_grant(server).await;
+    (doctor, a, consultation)
+}
+
+/// [`running_call`], with the patient's resume grant from `joined`.
+async fn running_call_with_grant(
+    server: &ServerHandle,
+) -> (Ws, Ws, String, huizhen_signaling::protocol::ResumeGrant) {
     let mut dc = claims("dr-li", Role::Doctor);
     dc.clinics = vec!["cardio".into()];
     let mut ac = claims("pat-a", Role::Patient);
@@ -1292,24 +1300,36 @@ async fn running_call(server: &ServerHandle) -> (Ws, Ws, String) {
         },
     )
     .await;
-    recv_until(&mut a, REPLY_TIMEOUT, |m| {
+    let (joined, _) = recv_until(&mut a, REPLY_TIMEOUT, |m| {
         matches!(m, ServerMessage::Joined { .. })
     })
     .await;
-    (doctor, a, consultation)
+    let ServerMessage::Joined {
+        resume: Some(grant),
+        ..
+    } = joined
+    else {
+        panic!("joined with a resume grant: {joined:?}")
+    };
+    (doctor, a, consultation, grant)
 }
 
 /// Wait until the SFU holds `n` participants.
 async fn expect_participants(server: &ServerHandle, n: f64) {
+    expect_metric(server, "huizhen_sfu_participants", n).await;
+}
+
+/// Wait until the metric `name` sums to `n`.
+async fn expect_metric(server: &ServerHandle, name: &str, n: f64) {
     for _ in 0..100 {
-        if metric_sum(&server.render_metrics(), "huizhen_sfu_participants") == n {
+        if metric_sum(&server.render_metrics(), name) == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!(
-        "expected {n} SFU participants: {}",
-        metric_sum(&server.render_metrics(), "huizhen_sfu_participants")
+        "expected {name} {n}: {}",
+        metric_sum(&server.render_metrics(), name)
     );
 }
 
@@ -1318,6 +1338,7 @@ async fn a_second_socket_of_the_same_user_takes_over_the_seat_and_the_old_one_le
     let server = setup().await;
     let (_doctor, mut a, consultation) = running_call(&server).await;
     expect_participants(&server, 1.0).await;
+    expect_metric(&server, "huizhen_sfu_detached_participants", 0.0).await;
     let mut ac = claims("pat-a", Role::Patient);
     ac.appointment = Some("appt-a".into());
     let mut again = authed(&server, token(&server, ac)).await;
@@ -1338,12 +1359,16 @@ async fn a_second_socket_of_the_same_user_takes_over_the_seat_and_the_old_one_le
         ),
         "the old socket closes"
     );
-    expect_participants(&server, 0.0).await;
+    // Its media session is kept for the resume grace (the new socket may be the same device
+    // after a change of network), without a socket.
+    expect_metric(&server, "huizhen_sfu_detached_participants", 1.0).await;
+    expect_participants(&server, 1.0).await;
     expect_audit(&server, "takeover", |e| {
         e["kind"] == "session_replaced" && e["actor"] == "pat-a"
     })
     .await;
-    // The new socket holds the seat and enters the call: one media participant, not two.
+    // The new socket holds the seat and enters the call afresh (a reload: no resume): the
+    // old participant is superseded at once, one media participant, not two.
     send_msg(
         &mut again,
         &ClientMessage::JoinConsultation { consultation },
@@ -1354,6 +1379,87 @@ async fn a_second_socket_of_the_same_user_takes_over_the_seat_and_the_old_one_le
     })
     .await;
     expect_participants(&server, 1.0).await;
+    expect_metric(&server, "huizhen_sfu_detached_participants", 0.0).await;
+    assert_eq!(
+        metric_sum(
+            &server.render_metrics(),
+            "huizhen_sfu_leaves_total{reason=\"signaling_closed\"}"
+        ),
+        1.0,
+        "the superseded participant left"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_whose_socket_is_replaced_resumes_the_same_participant_and_seat() {
+    let server = setup().await;
+    let (_doctor, mut a, _consultation, grant) = running_call_with_grant(&server).await;
+    expect_participants(&server, 1.0).await;
+    // A change of network: a new socket of the same patient while the old one lingers.
+    let mut ac = claims("pat-a", Role::Patient);
+    ac.appointment = Some("appt-a".into());
+    let mut again = authed(&server, token(&server, ac)).await;
+    recv_until(
+        &mut a,
+        REPLY_TIMEOUT,
+        |m| matches!(m, ServerMessage::Bye { reason } if reason == "replaced"),
+    )
+    .await;
+    // Somebody else's socket cannot take the participant, even with the token.
+    let mut other = authed(&server, token(&server, claims("pat-b", Role::Patient))).await;
+    send_msg(
+        &mut other,
+        &ClientMessage::Resume {
+            token: grant.token.clone(),
+        },
+    )
+    .await;
+    let (refused, _) = recv_until(&mut other, REPLY_TIMEOUT, |m| {
+        matches!(m, ServerMessage::Error { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            refused,
+            ServerMessage::Error {
+                code: ErrorCode::NotAuthenticated,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    // The patient's new socket resumes: same participant, nothing renegotiated.
+    send_msg(
+        &mut again,
+        &ClientMessage::Resume {
+            token: grant.token.clone(),
+        },
+    )
+    .await;
+    let (resumed, _) = recv_until(&mut again, REPLY_TIMEOUT, |m| {
+        matches!(
+            m,
+            ServerMessage::Resumed { .. } | ServerMessage::Error { .. }
+        )
+    })
+    .await;
+    assert!(
+        matches!(resumed, ServerMessage::Resumed { .. }),
+        "{resumed:?}"
+    );
+    expect_participants(&server, 1.0).await;
+    expect_metric(&server, "huizhen_sfu_detached_participants", 0.0).await;
+    expect_metric(&server, "huizhen_sfu_resumes_total", 1.0).await;
+    // The resumed socket speaks for the seat: leaving the consultation works from it.
+    send_msg(&mut again, &ClientMessage::Leave {}).await;
+    recv_until(
+        &mut again,
+        REPLY_TIMEOUT,
+        |m| matches!(m, ServerMessage::Bye { reason } if reason == "left"),
+    )
+    .await;
+    expect_participants(&server, 0.0).await;
     server.shutdown().await;
 }
 
@@ -1412,7 +1518,10 @@ async fn an_expert_link_holds_one_live_session() {
         |m| matches!(m, ServerMessage::Bye { reason } if reason == "replaced"),
     )
     .await;
-    expect_participants(&server, 1.0).await;
+    // The first socket's participant is kept for the resume grace, without a socket; only the
+    // holder of its resume token (the first device) could take it back.
+    expect_participants(&server, 2.0).await;
+    expect_metric(&server, "huizhen_sfu_detached_participants", 1.0).await;
     send_msg(
         &mut third,
         &ClientMessage::JoinConsultation { consultation },
@@ -1422,7 +1531,9 @@ async fn an_expert_link_holds_one_live_session() {
         matches!(m, ServerMessage::Joined { .. })
     })
     .await;
+    // Joining afresh supersedes it: the patient and one expert, never two listeners on one link.
     expect_participants(&server, 2.0).await;
+    expect_metric(&server, "huizhen_sfu_detached_participants", 0.0).await;
     server.shutdown().await;
 }
 

@@ -12,6 +12,7 @@ mod crash;
 mod recorder_mux;
 mod recording;
 mod restart;
+mod resume;
 mod store_audit;
 mod tls;
 mod vault;

@@ -1832,6 +1832,22 @@ impl ClinicEngine {
         }
     }
 
+    /// `user`'s seat in `consultation` is taken again without a new `join_consultation` (its
+    /// participant was resumed on a new socket): its grace period ends. True if it was running.
+    pub fn rejoined(&mut self, user: &UserId, consultation: &ConsultationId) -> bool {
+        let Some(c) = self.consultations.get_mut(consultation) else {
+            return false;
+        };
+        let Some(seat) = c.seats.iter_mut().find(|s| &s.user == user) else {
+            return false;
+        };
+        if seat.disconnected_since.take().is_none() {
+            return false;
+        }
+        self.dirty.consultations.insert(consultation.clone());
+        true
+    }
+
     /// Consultations where `user` holds a seat (for reconnecting clients).
     pub fn seats_of(&self, user: &UserId) -> Vec<ConsultationId> {
         self.consultations
