@@ -100,6 +100,10 @@ const HEIGHT_STEPS = [90, 120, 180, 240, 360, 480, 540, 720, 1080, 1440, 2160];
  */
 const THUMBNAIL_HEIGHT = 120;
 const THUMBNAIL_FPS = 15;
+/** A connection `disconnected` this long gets new ICE credentials (an ICE restart). */
+const ICE_RESTART_AFTER_MS = 2000;
+/** Most ICE restarts per minute (a path that keeps failing is not hammered). */
+const MAX_ICE_RESTARTS_PER_MINUTE = 3;
 
 /** Message types a `Call` consumes. */
 export const MEDIA_MESSAGE_TYPES = new Set([
@@ -694,6 +698,7 @@ export class Call {
     pc.addEventListener('connectionstatechange', () => {
       this.record('local', { type: 'connection_state', state: pc.connectionState });
       this.log(`media connection ${pc.connectionState}`, pc.connectionState === 'failed');
+      this.watchPath(pc);
       this.changed();
     });
 
@@ -990,6 +995,36 @@ export class Call {
   }
 
   // -------------------------------------------------------------------------------------------
+  // ICE restart: a path that failed (a change of network, a NAT that forgot us) is replaced
+  // by new ICE credentials in a new offer; the participant, its tracks and mids stay.
+
+  /** Restart ICE when the connection fails, or stays `disconnected` for ICE_RESTART_AFTER_MS. */
+  watchPath(pc) {
+    clearTimeout(this.iceTimer);
+    if (pc !== this.pc || this.state === 'closed' || this.state === 'left') return;
+    if (pc.connectionState === 'failed') this.restartIce('failed');
+    else if (pc.connectionState === 'disconnected') {
+      this.iceTimer = setTimeout(() => {
+        if (pc === this.pc && pc.connectionState === 'disconnected') this.restartIce('disconnected');
+      }, ICE_RESTART_AFTER_MS);
+    }
+  }
+
+  /** Ask the browser for new ICE credentials (it offers them); bounded per minute. */
+  restartIce(why) {
+    const pc = this.pc;
+    if (!pc || pc.signalingState === 'closed') return false;
+    const now = Date.now();
+    this.iceRestarts = (this.iceRestarts || []).filter((t) => now - t < 60000);
+    if (this.iceRestarts.length >= MAX_ICE_RESTARTS_PER_MINUTE) return false;
+    this.iceRestarts.push(now);
+    this.record('local', { type: 'ice_restart', why });
+    this.log(`restarting ICE (${why})`);
+    pc.restartIce();
+    return true;
+  }
+
+  // -------------------------------------------------------------------------------------------
   // Resume: the signaling socket dropped, the media session goes on.
 
   /**
@@ -1247,6 +1282,7 @@ export class Call {
 
   teardown() {
     clearTimeout(this.offerTimer);
+    clearTimeout(this.iceTimer);
     clearTimeout(this.preferencesTimer);
     this.preferencesTimer = null;
     this.resizeObserver?.disconnect();

@@ -108,6 +108,8 @@ const huizhen = {
   },
   call,
   startScreenShare: () => call.startScreenShare(),
+  /** New ICE credentials now (as after a failed path). */
+  restartIce: () => call.restartIce('requested'),
   stopScreenShare: () => call.stopScreenShare(),
   toggleMicrophone: () => call.toggleMicrophone(),
   toggleCamera: () => call.toggleCamera(),

@@ -111,6 +111,11 @@ impl<Id: Copy + Eq> Demux<Id> {
         self.by_source.retain(|_, owner| *owner != id);
     }
 
+    /// Forget one ufrag (a participant's credentials before its ICE restart).
+    pub fn remove_ufrag(&mut self, ufrag: &str) {
+        self.by_ufrag.remove(ufrag);
+    }
+
     /// Forget a transport address (its ICE-TCP connection closed).
     pub fn forget_source(&mut self, proto: Protocol, source: SocketAddr) {
         self.by_source.remove(&(proto, source));

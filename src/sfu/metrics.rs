@@ -96,6 +96,8 @@ pub struct SfuMetrics {
     pub detached: IntGauge,
     /// Participants taken back by `resume`.
     pub resumes: IntCounter,
+    /// ICE restarts (client offers with new ICE credentials).
+    pub ice_restarts: IntCounter,
     /// Packets of consenting participants handed towards the recorder, by result.
     pub recorder_packets: IntCounterVec,
     /// Subscribers' send-side bandwidth estimates, sampled at each allocation round.
@@ -321,6 +323,11 @@ impl SfuMetrics {
                 "Participants whose signaling socket dropped, kept for resume",
             ),
             resumes: counter(r, "resumes_total", "Participants taken back by resume"),
+            ice_restarts: counter(
+                r,
+                "ice_restarts_total",
+                "ICE restarts (client offers with new ICE credentials)",
+            ),
             recorder_packets: counter_vec(
                 r,
                 "recorder_packets_total",

@@ -686,6 +686,8 @@ impl Sfu {
             pending: None,
             offer_sdp: None,
             detached_since: None,
+            retired_ufrag: None,
+            restart_checked: false,
             negotiated_once: false,
             connected: false,
             joined_at: now,
@@ -832,6 +834,20 @@ impl Sfu {
             .accept_offer(offer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         p.negotiated_once = true;
+        // An offer with new ICE credentials restarts ICE (a change of network, a failed path):
+        // str0m answers with new local credentials, which the demux must route from now on.
+        let ufrag = p.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != p.ufrag {
+            let old = std::mem::replace(&mut p.ufrag, ufrag.clone());
+            let older = p.retired_ufrag.replace(old);
+            p.restart_checked = false;
+            if let Some(older) = older {
+                self.demux.remove_ufrag(&older);
+            }
+            self.demux.insert_ufrag(ufrag, id);
+            self.metrics.ice_restarts.inc();
+            info!(participant = %id, "ICE restart");
+        }
         self.renegotiate = true;
         self.signal(
             id,
@@ -918,6 +934,9 @@ impl Sfu {
         }
         p.rtc.disconnect();
         self.demux.remove(id, &p.ufrag);
+        if let Some(old) = &p.retired_ufrag {
+            self.demux.remove_ufrag(old);
+        }
         if p.red.on() {
             self.metrics.red_subscribers.dec();
         }
@@ -1128,6 +1147,18 @@ impl Sfu {
             return;
         }
         p.last_rx = now;
+        if p.retired_ufrag.is_some() {
+            // After an ICE restart the old ufrag is forgotten once the new credentials have
+            // carried a check and then media.
+            if is_stun {
+                p.restart_checked |= demux::stun_local_ufrag(bytes) == Some(p.ufrag.as_str());
+            } else if p.restart_checked && demux::classify(bytes) == demux::PacketClass::Rtp {
+                if let Some(old) = p.retired_ufrag.take() {
+                    self.demux.remove_ufrag(&old);
+                    debug!(participant = %id, "old ICE credentials retired");
+                }
+            }
+        }
         if is_stun && self.demux.learn_source(proto, source, id) {
             debug!(participant = %id, ?proto, "learnt transport address");
         }

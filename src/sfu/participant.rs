@@ -278,6 +278,11 @@ pub struct Participant {
     pub offer_sdp: Option<String>,
     /// Its signaling socket dropped at this time; kept for `resume` until the grace ends.
     pub detached_since: Option<Instant>,
+    /// The server ufrag before the client's last ICE restart: still routed until the new
+    /// credentials have carried a check and then media (see `Sfu::handle_datagram`).
+    pub retired_ufrag: Option<String>,
+    /// A check with the new ufrag arrived since the restart.
+    pub restart_checked: bool,
     /// The client's first offer has been answered; server offers may follow.
     pub negotiated_once: bool,
     /// ICE+DTLS connected at least once.

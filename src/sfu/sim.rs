@@ -368,6 +368,29 @@ impl SimNet {
         index
     }
 
+    /// `client` restarts ICE: an offer with new ICE credentials (as a browser's
+    /// `restartIce()`), answered by the server. Returns its new ufrag.
+    pub fn restart_ice(&mut self, client: usize) -> String {
+        let c = &mut self.clients[client];
+        let mut change = c.rtc.sdp_api();
+        let creds = change.ice_restart(true);
+        let (offer, pending) = change.apply().expect("restart offer");
+        c.pending = Some(pending);
+        let id = c.id;
+        self.sfu
+            .handle_signal(
+                self.now,
+                id,
+                SignalInput::Offer {
+                    sdp: offer.to_sdp_string(),
+                    sources: Default::default(),
+                },
+            )
+            .expect("restart offer accepted");
+        self.route_outputs();
+        creds.ufrag
+    }
+
     /// Join `room` with a microphone and a simulcast camera (the layers of [`SIM_LAYERS`]),
     /// and run until negotiated. Returns the index.
     pub fn add_simulcast_client(&mut self, room: &str) -> usize {

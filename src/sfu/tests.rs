@@ -700,3 +700,44 @@ fn without_a_resume_grace_a_dropped_socket_leaves_at_once() {
         .iter()
         .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
 }
+
+#[test]
+fn an_ice_restart_keeps_the_participant_and_its_tracks_and_retires_the_old_credentials() {
+    let mut net = SimNet::new(13);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, b], 10);
+    let b_id = net.clients[b].id;
+    let mids_before = net.mids_from(b, a, TrackKind::Video);
+    let (ufrags_before, _) = net.sfu.demux_entries();
+    let before = seqs(&net.payloads_from(b, a, TrackKind::Video)).len();
+
+    net.restart_ice(b);
+    assert_eq!(net.sfu.metrics().ice_restarts.get(), 1);
+    // Both credentials route while the new ones have not carried media yet.
+    assert_eq!(net.sfu.demux_entries().0, ufrags_before + 1);
+    send_media_from(&mut net, &[a, b], 10, 100);
+    let after = seqs(&net.payloads_from(b, a, TrackKind::Video)).len();
+    assert!(
+        after >= before + 95,
+        "media across the restart: {before} -> {after}"
+    );
+    let back = seqs(&net.payloads_from(a, b, TrackKind::Video)).len();
+    assert!(
+        back >= 105,
+        "B's media reaches A across the restart: {back}"
+    );
+    // The new credentials carried checks and media: the old ufrag is forgotten.
+    assert_eq!(net.sfu.demux_entries().0, ufrags_before);
+    assert_eq!(net.clients[b].id, b_id);
+    assert_eq!(net.mids_from(b, a, TrackKind::Video), mids_before);
+    assert!(net.clients[b].removed.is_none());
+    assert!(!net.clients[a]
+        .signals
+        .iter()
+        .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
+    // Leaving forgets every ufrag.
+    net.sfu.leave(net.now, b_id, LeaveReason::Left);
+    assert_eq!(net.sfu.demux_entries().0, ufrags_before - 1);
+}

@@ -16,7 +16,9 @@
 //      candidate: audio and video decode, over TCP;
 //   5. a 5 s signaling outage: one page's WebSocket drops and stays away; media keeps flowing
 //      both ways meanwhile, the page resumes as the same participant with the same tracks, and
-//      the other never sees it leave.
+//      the other never sees it leave;
+//   6. an ICE restart: new ICE credentials on both sides, the same participant and tracks, media
+//      flowing again both ways.
 // Every wait is bounded (HUIZHEN_WAIT_MS) and the whole run too (HUIZHEN_TEST_TIMEOUT_MS);
 // servers are killed whatever happens. The server, browser and stats helpers are in harness.mjs.
 //
@@ -465,6 +467,43 @@ test('a 5 s signaling outage: media keeps flowing, the page resumes as the same 
       const metrics = await fetchMetrics(server);
       assert.equal(metricSum(metrics, 'huizhen_sfu_resumes_total'), 1, 'one resume counted');
       assert.equal(metricSum(metrics, 'huizhen_sfu_detached_participants'), 0, 'nobody detached now');
+      await assertNoErrors(participants);
+    }),
+  ),
+);
+
+test('an ICE restart: new credentials, the same participant and tracks, media flows on', (t) =>
+  withBrowser(HOST_RULES, (browser) =>
+    withSfuServer('ice-restart', { announceUdp: true, announceTcp: false }, async (server, participants) => {
+      const room = 'room-ice-restart';
+      const cy = await openParticipant(browser, server, room, 'Cy');
+      participants.push(cy);
+      const di = await openParticipant(browser, server, room, 'Di');
+      participants.push(di);
+      await waitForMediaFromOthers(participants, 'before the restart');
+      const ufrags = () =>
+        di.page.evaluate(() => ({
+          local: /a=ice-ufrag:(\S+)/.exec(window.huizhen.pc.localDescription.sdp)?.[1],
+          remote: /a=ice-ufrag:(\S+)/.exec(window.huizhen.pc.remoteDescription.sdp)?.[1],
+        }));
+      const before = { ...(await ufrags()), tracks: (await snapshot(di)).remoteTracks.map((x) => `${x.track_id}@${x.mid}`).sort() };
+      assert.ok(await di.page.evaluate(() => window.huizhen.restartIce()), 'the restart is started');
+      const after = await waitFor('new ICE credentials on both sides', async () => {
+        const u = await ufrags();
+        const stable = await di.page.evaluate(() => window.huizhen.pc.signalingState === 'stable');
+        return { ok: stable && u.local !== before.local && u.remote !== before.remote, value: u, detail: { before, u } };
+      });
+      t.diagnostic(`ufrags: client ${before.local} -> ${after.local}, server ${before.remote} -> ${after.remote}`);
+      await waitForMediaFromOthers(participants, 'after the restart', { fresh: true });
+      const snap = await snapshot(di);
+      assert.equal(snap.participantId, di.id, 'the same participant');
+      assert.deepEqual(snap.remoteTracks.map((x) => `${x.track_id}@${x.mid}`).sort(), before.tracks, 'the same tracks on the same mids');
+      const cySaw = await cy.page.evaluate(() =>
+        window.huizhen.events.filter((e) => e.dir === 'in' && ['participant_left', 'track_removed'].includes(e.type)).length,
+      );
+      assert.equal(cySaw, 0, 'Cy saw nobody leave and no track removed');
+      const metrics = await fetchMetrics(server);
+      assert.equal(metricSum(metrics, 'huizhen_sfu_ice_restarts_total'), 1, 'one ICE restart counted');
       await assertNoErrors(participants);
     }),
   ),
