@@ -724,6 +724,12 @@ export class Call {
 
   async makeOffer() {
     const pc = this.pc;
+    if (pc && pc.signalingState === 'stable' && this.state === 'resuming') {
+      // No socket to offer on (an ICE restart or a new track while it is down): offered once
+      // the call is resumed (`onResumed`), since negotiationneeded does not fire again.
+      this.offerSkipped = true;
+      return;
+    }
     if (!pc || pc.signalingState !== 'stable' || this.state !== 'joined') return;
     if (this.offerFailures >= MAX_OFFER_FAILURES) {
       this.fail('invalid_sdp', 'the server refused our offer repeatedly; not offering again');
@@ -1095,6 +1101,10 @@ export class Call {
     this.preferencesSent.clear();
     this.updateLayout();
     this.changed();
+    if (this.offerSkipped) {
+      this.offerSkipped = false;
+      this.enqueue(() => this.makeOffer());
+    }
   }
 
   onParticipantLeft(participantId) {
