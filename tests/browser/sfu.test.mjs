@@ -441,6 +441,10 @@ test('a 5 s signaling outage: media keeps flowing, the page resumes as the same 
         assert.ok(res.ok, `${who} keeps receiving ${pub.name} during the outage: ${JSON.stringify(res.problems)}`);
       }
 
+      // A restart asked for while the socket is down (a change of network drops both) is
+      // offered once the call is back.
+      const ufragBefore = await ben.page.evaluate(() => /a=ice-ufrag:(\S+)/.exec(window.huizhen.pc.localDescription.sdp)?.[1]);
+      assert.ok(await ben.page.evaluate(() => window.huizhen.restartIce()), 'a restart is started while resuming');
       const resumed = await waitFor('Ben to resume', async () => {
         const s = await ben.page.evaluate(() => ({
           state: window.huizhen.state,
@@ -463,9 +467,17 @@ test('a 5 s signaling outage: media keeps flowing, the page resumes as the same 
         [`participant_joined:${ben.id}`],
         `Ann saw nothing of the outage: ${JSON.stringify(annSaw)}`,
       );
+      await waitFor('the restart offered after the resume', async () => {
+        const u = await ben.page.evaluate(() => ({
+          ufrag: /a=ice-ufrag:(\S+)/.exec(window.huizhen.pc.localDescription.sdp)?.[1],
+          stable: window.huizhen.pc.signalingState === 'stable',
+        }));
+        return { ok: u.stable && u.ufrag !== ufragBefore, detail: { ufragBefore, u } };
+      });
       await waitForMediaFromOthers(participants, 'after the resume', { fresh: true });
       const metrics = await fetchMetrics(server);
       assert.equal(metricSum(metrics, 'huizhen_sfu_resumes_total'), 1, 'one resume counted');
+      assert.equal(metricSum(metrics, 'huizhen_sfu_ice_restarts_total'), 1, 'the restart reached the server');
       assert.equal(metricSum(metrics, 'huizhen_sfu_detached_participants'), 0, 'nobody detached now');
       await assertNoErrors(participants);
     }),
