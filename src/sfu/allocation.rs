@@ -226,6 +226,20 @@ impl Allocator {
         self.tracks.get(&track).map_or(Target::Hidden, |s| s.target)
     }
 
+    /// The subscriber raised (or lifted) `track`'s frame-rate limit: its current layer costs
+    /// more by the subscriber's own choice, not because the link changed. It is kept like a
+    /// layer just upgraded to (within [`KEEP_TOLERANCE`] for [`UPGRADE_GRACE`]) while the
+    /// estimate, which followed the limited rate, catches up. (Dropped at once, a camera whose
+    /// full rate came back 20 % above the estimate fell to its lowest layer: Chromium, 1 run in
+    /// 6 of `client-adaptive.test.mjs` with the debug build.)
+    pub fn limit_raised(&mut self, track: TrackId, now: Instant) {
+        if let Some(s) = self.tracks.get_mut(&track) {
+            if s.target.layer().is_some() {
+                s.last_up = Some(now);
+            }
+        }
+    }
+
     /// Forget a track the subscriber no longer receives.
     pub fn remove(&mut self, track: TrackId) {
         self.tracks.remove(&track);
@@ -689,6 +703,59 @@ mod tests {
         );
         let out = a.allocate(now, 10_000_000, AUDIO, &videos);
         assert_eq!(out.desired, Q + F + AUDIO);
+    }
+
+    #[test]
+    fn a_lifted_frame_rate_limit_keeps_the_layer_while_the_estimate_catches_up() {
+        let mut a = Allocator::default();
+        let mut now = Instant::now();
+        // The top layer at half its frame rate (a `max_fps` limit): F / 2 on the wire.
+        let mut v = cam(1);
+        v.layers[2] = Some(F / 2);
+        settle(
+            &mut a,
+            &mut now,
+            UPGRADE_TRIAL.as_secs() + 2,
+            1_000_000,
+            std::slice::from_ref(&v),
+        );
+        assert_eq!(a.target(TrackId(1)), Target::Layer(2));
+        // The limit goes: the layer costs F, 20 % above what the estimate leaves for it.
+        v.layers[2] = Some(F);
+        let estimate = (F as f64 / 1.2) as u64 + AUDIO;
+        let mut without = Allocator::default();
+        let mut t = now;
+        let mut plain = cam(1);
+        plain.layers[2] = Some(F / 2);
+        settle(
+            &mut without,
+            &mut t,
+            UPGRADE_TRIAL.as_secs() + 2,
+            1_000_000,
+            std::slice::from_ref(&plain),
+        );
+        without.allocate(t, estimate, AUDIO, std::slice::from_ref(&v));
+        assert_eq!(
+            without.target(TrackId(1)),
+            Target::Layer(1),
+            "without the mark the layer is dropped at once"
+        );
+        a.limit_raised(TrackId(1), now);
+        a.allocate(now, estimate, AUDIO, std::slice::from_ref(&v));
+        assert_eq!(
+            a.target(TrackId(1)),
+            Target::Layer(2),
+            "kept within the grace"
+        );
+        // The estimate catches up: kept for good.
+        now += UPGRADE_GRACE;
+        a.allocate(now, F + AUDIO + 100_000, AUDIO, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Layer(2));
+        // A link that cannot carry it still loses it once the grace is over.
+        a.limit_raised(TrackId(1), now);
+        now += UPGRADE_GRACE;
+        a.allocate(now, estimate, AUDIO, std::slice::from_ref(&v));
+        assert_eq!(a.target(TrackId(1)), Target::Layer(1));
     }
 
     #[test]

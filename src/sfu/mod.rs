@@ -808,7 +808,7 @@ impl Sfu {
                         "track_preferences lists at most {MAX_PREFERENCES} tracks"
                     )));
                 }
-                self.set_preferences(id, &prefs)
+                self.set_preferences(now, id, &prefs)
             }
             SignalInput::Answer(sdp) => self.handle_answer(now, id, &sdp)?,
             SignalInput::Candidate(c) => self.handle_candidate(id, &c)?,
@@ -1841,7 +1841,7 @@ impl Sfu {
     }
 
     /// A subscriber's layout changed.
-    fn set_preferences(&mut self, id: ParticipantId, prefs: &[TrackPreference]) {
+    fn set_preferences(&mut self, now: Instant, id: ParticipantId, prefs: &[TrackPreference]) {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
@@ -1855,6 +1855,14 @@ impl Sfu {
                 continue;
             };
             if let Some(t) = p.tracks_out.iter_mut().find(|t| t.track == track) {
+                let raised = match (t.pref.max_fps, pref.max_fps) {
+                    (Some(old), Some(new)) => new > old,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if raised {
+                    p.allocator.limit_raised(track, now);
+                }
                 t.pref = Preference {
                     visible: pref.visible,
                     max_height: pref.max_height,
