@@ -371,14 +371,7 @@ export class Call {
       case 'answer':
         return this.onServerAnswer(msg.sdp);
       case 'track_added':
-        this.remoteTracks.set(msg.track_id, {
-          participant_id: msg.participant_id,
-          kind: msg.kind,
-          mid: msg.mid,
-          // Older servers do not say: a camera for video, the microphone for audio.
-          source: msg.source || (msg.kind === 'video' ? 'camera' : 'microphone'),
-        });
-        this.tileFor(msg.participant_id);
+        this.rememberTrack(msg);
         this.renderRemoteTracks();
         this.updateLayout();
         this.changed();
@@ -1075,14 +1068,7 @@ export class Call {
       if (!tracks.has(id)) this.removeRemoteTrack(id);
     }
     for (const t of msg.tracks) {
-      if (this.remoteTracks.has(t.track_id)) continue;
-      this.remoteTracks.set(t.track_id, {
-        participant_id: t.participant_id,
-        kind: t.kind,
-        mid: t.mid,
-        source: t.source || (t.kind === 'video' ? 'camera' : 'microphone'),
-      });
-      this.tileFor(t.participant_id);
+      if (!this.remoteTracks.has(t.track_id)) this.rememberTrack(t);
     }
     const paused = new Set(msg.paused || []);
     for (const id of [...this.pausedTracks.keys()]) {
@@ -1105,6 +1091,18 @@ export class Call {
       this.offerSkipped = false;
       this.enqueue(() => this.makeOffer());
     }
+  }
+
+  /** A received track as `track_added` (or `resumed.tracks`) announces it, and its tile. */
+  rememberTrack(t) {
+    this.remoteTracks.set(t.track_id, {
+      participant_id: t.participant_id,
+      kind: t.kind,
+      mid: t.mid,
+      // Older servers do not say: a camera for video, the microphone for audio.
+      source: t.source || (t.kind === 'video' ? 'camera' : 'microphone'),
+    });
+    this.tileFor(t.participant_id);
   }
 
   onParticipantLeft(participantId) {

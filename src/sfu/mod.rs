@@ -2455,13 +2455,7 @@ impl Sfu {
                         None,
                     );
                     t.state = TrackOutState::Negotiating(mid);
-                    added.push(ServerMessage::TrackAdded {
-                        participant_id: t.publisher.to_string(),
-                        track_id: t.track.to_string(),
-                        mid: mid.to_string(),
-                        kind: track_kind(t.kind),
-                        source: t.source,
-                    });
+                    added.push(t.announcement(mid));
                 }
                 TrackOutState::ToStop(mid) => {
                     change.stop_media(mid);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use huizhen_signaling::protocol::TrackSource;
+use huizhen_signaling::protocol::{ServerMessage, TrackSource};
 
 use str0m::change::SdpPendingOffer;
 use str0m::format::PayloadParams;
@@ -133,6 +133,17 @@ impl TrackOut {
             | TrackOutState::Open(m)
             | TrackOutState::ToStop(m)
             | TrackOutState::NegotiatingStop(m) => Some(m),
+        }
+    }
+
+    /// The `track_added` that announces this track on `mid`.
+    pub fn announcement(&self, mid: Mid) -> ServerMessage {
+        ServerMessage::TrackAdded {
+            participant_id: self.publisher.to_string(),
+            track_id: self.track.to_string(),
+            mid: mid.to_string(),
+            kind: super::track_kind(self.kind),
+            source: self.source,
         }
     }
 }

@@ -102,15 +102,7 @@ impl Sfu {
         let paused = paused_tracks(&p.allocator, p.tracks_out.iter().map(|t| (t.track, t)));
         let again: Vec<ServerMessage> = if p.pending.is_some() {
             let added = p.tracks_out.iter().filter_map(|t| match t.state {
-                TrackOutState::Negotiating(mid) if !t.stop_when_open => {
-                    Some(ServerMessage::TrackAdded {
-                        participant_id: t.publisher.to_string(),
-                        track_id: t.track.to_string(),
-                        mid: mid.to_string(),
-                        kind: track_kind(t.kind),
-                        source: t.source,
-                    })
-                }
+                TrackOutState::Negotiating(mid) if !t.stop_when_open => Some(t.announcement(mid)),
                 _ => None,
             });
             added
