@@ -581,6 +581,20 @@ impl Session {
         }
     }
 
+    /// Tell the clinic this socket's `participant` is in `consultation`'s room: it decides
+    /// whether the participant's media is recorded and takes its seat as occupied.
+    async fn in_room(&self, consultation: ConsultationId, participant: ParticipantId) {
+        let _ = self
+            .deps
+            .clinic
+            .send(ClinicRequest::InRoom {
+                session: self.id,
+                consultation,
+                participant,
+            })
+            .await;
+    }
+
     /// Take back the participant of `token` (see [`crate::sfu::resume`]).
     async fn resume(&mut self, token: &str) -> Next {
         if self.participant.is_some() {
@@ -628,15 +642,7 @@ impl Session {
                 if let Some(consultation) = entry.consultation {
                     // The clinic learns which socket speaks for the participant now (its
                     // seat is taken again, recording follows as before).
-                    let _ = self
-                        .deps
-                        .clinic
-                        .send(ClinicRequest::InRoom {
-                            session: self.id,
-                            consultation,
-                            participant,
-                        })
-                        .await;
+                    self.in_room(consultation, participant).await;
                 }
                 Next::Continue
             }
@@ -758,16 +764,7 @@ impl Session {
                     self.consultation = Some(consultation.clone());
                     let next = self.enter_room(room, display_name, may_publish).await;
                     if let Some(participant) = self.participant {
-                        // The clinic decides whether this participant's media is recorded.
-                        let _ = self
-                            .deps
-                            .clinic
-                            .send(ClinicRequest::InRoom {
-                                session: self.id,
-                                consultation,
-                                participant,
-                            })
-                            .await;
+                        self.in_room(consultation, participant).await;
                     }
                     next
                 }
