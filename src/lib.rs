@@ -16,5 +16,6 @@ pub mod server;
 pub mod sfu;
 pub mod store;
 pub mod telemetry;
+pub mod turn;
 pub mod vault;
 pub mod webhook;
