@@ -83,6 +83,9 @@ tcp_listen = "127.0.0.1:17883"
 announce = ["127.0.0.1"]
 max_participants_per_room = 1000
 max_participants = 10000
+[turn]
+udp_listen = "127.0.0.1:17884"
+tcp_listen = "127.0.0.1:17884"
 [storage]
 data_dir = "$HZ_DIR/data"
 [archive]

@@ -68,6 +68,8 @@ pub struct Config {
     pub recorder: crate::recorder::RecorderConfig,
     /// Where recordings are archived.
     pub archive: crate::archive::ArchiveConfig,
+    /// The embedded TURN server.
+    pub turn: crate::turn::TurnConfig,
 }
 
 /// Signaling settings.
@@ -328,6 +330,12 @@ impl Config {
             storage: StorageConfig {
                 data_dir: data_dir.clone(),
             },
+            turn: crate::turn::TurnConfig {
+                udp_listen: any_local,
+                tcp_listen: any_local,
+                tls_listen: any_local,
+                ..Default::default()
+            },
             archive: crate::archive::ArchiveConfig {
                 local_dir: data_dir.join("archive"),
                 spool_dir: Some(data_dir.join("spool")),
@@ -426,6 +434,9 @@ impl Config {
                 return invalid("api.key", "must be at least 16 characters");
             }
         }
+        self.turn
+            .validate(self.http.tls_cert.is_some())
+            .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         self.auth.validate().map_err(|e| ConfigError::Invalid {
             field: e.field(),
             message: e.message(),

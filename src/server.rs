@@ -97,6 +97,7 @@ pub struct ServerHandle {
     http_addr: SocketAddr,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
+    turn: TurnAddrs,
     tls: bool,
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
@@ -120,6 +121,10 @@ impl ServerHandle {
     /// Bound ICE-TCP address, if enabled.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+    /// Bound TURN listeners (all `None` when TURN is off).
+    pub fn turn_addrs(&self) -> TurnAddrs {
+        self.turn
     }
     /// True when HTTPS/WSS is served.
     pub fn is_tls(&self) -> bool {
@@ -165,14 +170,10 @@ impl ServerHandle {
 /// must queue in the kernel rather than be dropped while the media task is busy.
 const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
+async fn bind_udp(what: &'static str, addr: SocketAddr) -> Result<UdpSocket, ServerError> {
     let socket = UdpSocket::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind {
-            what: "media UDP",
-            addr,
-            source,
-        })?;
+        .map_err(|source| ServerError::Bind { what, addr, source })?;
     let sock = socket2::SockRef::from(&socket);
     for (what, result) in [
         ("receive", sock.set_recv_buffer_size(UDP_BUFFER_BYTES)),
@@ -206,7 +207,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let sfu_metrics = SfuMetrics::new(&metrics.component("sfu"));
     let signaling = SignalingMetrics::new(&metrics.component("signaling"));
 
-    let udp = bind_udp(config.media.udp_listen).await?;
+    let udp = bind_udp("media UDP", config.media.udp_listen).await?;
     let udp_addr = udp.local_addr().map_err(|source| ServerError::Bind {
         what: "media UDP",
         addr: config.media.udp_listen,
@@ -237,6 +238,14 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     }
 
     let sfu_config = sfu_config(&config, udp_addr, tcp_addr);
+    let turn = start_turn(
+        &config,
+        &mut metrics,
+        sfu_config.udp_candidates.clone(),
+        &public_url(&config, http_addr),
+    )
+    .await?;
+    let turn_addrs = turn.as_ref().map(|t| t.addrs).unwrap_or_default();
     let sfu = Sfu::new(sfu_config, sfu_metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let webhooks = Webhooks::spawn(
@@ -249,6 +258,10 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let local = LocalAddress {
         announce: config.media.announce.clone(),
     };
+    let (turn_edge, turn_listeners, turn_grants) = match turn {
+        Some(t) => (Some(t.edge), t.listeners, Some(t.grants)),
+        None => (None, Vec::new(), None),
+    };
     let (media, media_task) = edge::spawn(
         MediaTask {
             sfu,
@@ -256,10 +269,21 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             local,
             recorder: Some(recorder.clone()),
             keyframe_wants: Some(keyframe_wants),
+            turn: turn_edge,
         },
         shutdown_rx.clone(),
     );
     let mut tasks = Vec::new();
+    for (listener, tls, limits, metrics) in turn_listeners {
+        tasks.push(tokio::spawn(edge::turn::run_listener(
+            listener,
+            tls,
+            media.clone(),
+            limits,
+            metrics,
+            shutdown_rx.clone(),
+        )));
+    }
     if let Some(listener) = ice_tcp {
         tasks.push(tokio::spawn(edge::ice_tcp::run(
             listener,
@@ -315,6 +339,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
                 PENALTY_BLOCK,
                 PENALTY_SOURCES,
             ))),
+            turn: turn_grants,
             resumes: Arc::new(std::sync::Mutex::new(http::resume::ResumeRegistry::new(
                 config.signaling.resume_grace(),
             ))),
@@ -356,6 +381,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         http_addr,
         udp_addr,
         tcp_addr,
+        turn: turn_addrs,
         tls,
         shutdown: shutdown_tx,
         draining,
@@ -524,6 +550,151 @@ fn public_url(config: &Config, http: SocketAddr) -> String {
         http
     };
     format!("{scheme}://{host}")
+}
+
+/// The bound TURN listeners.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TurnAddrs {
+    /// TURN over UDP.
+    pub udp: Option<SocketAddr>,
+    /// TURN over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// TURN over TLS.
+    pub tls: Option<SocketAddr>,
+}
+
+type TurnListener = (
+    TcpListener,
+    Option<edge::turn::TlsAcceptor>,
+    edge::turn::StreamLimits,
+    crate::turn::TurnMetrics,
+);
+
+struct TurnParts {
+    edge: edge::turn::TurnEdge,
+    listeners: Vec<TurnListener>,
+    grants: Arc<crate::turn::TurnGrants>,
+    addrs: TurnAddrs,
+}
+
+/// Bind the TURN listeners and build its core; `None` when TURN is off (or has no UDP media
+/// address to relay to).
+async fn start_turn(
+    config: &Config,
+    metrics: &mut Metrics,
+    peers: Vec<SocketAddr>,
+    base_url: &str,
+) -> Result<Option<TurnParts>, ServerError> {
+    let t = &config.turn;
+    if !t.enabled {
+        return Ok(None);
+    }
+    if peers.is_empty() {
+        warn!("turn: media.announce_udp is false, so there is no UDP media address to relay to; TURN is off");
+        return Ok(None);
+    }
+    let turn_metrics = crate::turn::TurnMetrics::new(&metrics.component("turn"));
+    use crate::turn::config::TurnTransport;
+    let udp = match t.listen(TurnTransport::Udp) {
+        Some(addr) => Some(bind_udp("TURN UDP", addr).await?),
+        None => None,
+    };
+    let tcp = match t.listen(TurnTransport::Tcp) {
+        Some(addr) => Some(bind_tcp("TURN TCP", addr).await?),
+        None => None,
+    };
+    let tls = match t.listen(TurnTransport::Tls) {
+        Some(addr) => {
+            let cert = t.tls_cert.as_ref().or(config.http.tls_cert.as_ref());
+            let key = t.tls_key.as_ref().or(config.http.tls_key.as_ref());
+            let (Some(cert), Some(key)) = (cert, key) else {
+                return Err(ServerError::Tls("turn: tls needs a certificate".into()));
+            };
+            let acceptor = turn_tls_acceptor(cert, key)?;
+            Some((bind_tcp("TURN TLS", addr).await?, acceptor))
+        }
+        None => None,
+    };
+    let addrs = TurnAddrs {
+        udp: udp.as_ref().and_then(|u| u.local_addr().ok()),
+        tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        tls: tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+    };
+    let tls_host = t.tls_host.clone().or_else(|| {
+        base_url
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or("").to_owned())
+            .filter(|h| !h.is_empty())
+    });
+    let urls = crate::turn::urls(
+        &config.media.announce,
+        addrs.udp.map(|a| a.port()),
+        addrs.tcp.map(|a| a.port()),
+        match (&tls_host, addrs.tls) {
+            (Some(host), Some(a)) => Some((host.as_str(), a.port())),
+            _ => None,
+        },
+    );
+    let secret = crate::turn::TurnSecret::random();
+    let now = std::time::Instant::now();
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let core = crate::turn::TurnServer::new(
+        crate::turn::server::TurnCoreConfig {
+            realm: t.realm.clone(),
+            max_allocations: t.max_allocations,
+            max_allocations_per_credential: t.max_allocations_per_credential,
+        },
+        secret.clone(),
+        peers,
+        Box::new(crate::turn::server::BoundRelayPorts::new(
+            config.media.announce.clone(),
+        )),
+        turn_metrics.clone(),
+        now,
+        now_unix,
+    );
+    let limits = edge::turn::StreamLimits {
+        open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        max_connections: t.max_connections,
+        queue: t.queue_frames,
+    };
+    let mut listeners = Vec::new();
+    if let Some(l) = tcp {
+        listeners.push((l, None, limits.clone(), turn_metrics.clone()));
+    }
+    if let Some((l, acceptor)) = tls {
+        listeners.push((l, Some(acceptor), limits.clone(), turn_metrics.clone()));
+    }
+    info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "turn server running");
+    Ok(Some(TurnParts {
+        edge: edge::turn::TurnEdge::new(core, udp, turn_metrics),
+        listeners,
+        grants: Arc::new(crate::turn::TurnGrants::new(
+            secret,
+            t.credential_ttl_seconds,
+            urls,
+        )),
+        addrs,
+    }))
+}
+
+/// A rustls acceptor for TURN over TLS from PEM files.
+fn turn_tls_acceptor(cert: &Path, key: &Path) -> Result<edge::turn::TlsAcceptor, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
 fn sfu_config(config: &Config, udp: SocketAddr, tcp: Option<SocketAddr>) -> SfuConfig {

@@ -257,6 +257,8 @@ export class Call {
    * @param {boolean} [opts.stopLocalMedia]  stop the local tracks on teardown (default true)
    * @param {(p: {id: string, display_name: string}|undefined, id: string) => string} [opts.tileName]
    * @param {boolean} [opts.pinControls]  a "show large" button on remote tiles (default true)
+   * @param {'all'|'relay'} [opts.iceTransportPolicy]  'relay': media only through the server's
+   *   TURN (for networks where direct paths are blocked or must not be tried; default 'all')
    */
   constructor(opts) {
     this.opts = opts;
@@ -660,6 +662,8 @@ export class Call {
     // How to take this participant back if the socket drops (`resume`): absent when the
     // server has resume off.
     this.resumeGrant = msg.resume || null;
+    // The server's embedded TURN with a credential for this session (absent: no TURN).
+    this.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
     this.simulcast = msg.simulcast === true;
     this.adaptive = typeof msg.simulcast === 'boolean';
     for (const p of msg.participants) {
@@ -673,7 +677,11 @@ export class Call {
   }
 
   createPeerConnection() {
-    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers || [],
+      iceTransportPolicy: this.opts.iceTransportPolicy === 'relay' ? 'relay' : 'all',
+      bundlePolicy: 'max-bundle',
+    });
     this.pc = pc;
 
     pc.addEventListener('negotiationneeded', () => this.enqueue(() => this.makeOffer()));
@@ -1053,6 +1061,15 @@ export class Call {
    */
   onResumed(msg) {
     this.resumeGrant = msg.resume;
+    if (Array.isArray(msg.ice_servers) && msg.ice_servers.length && this.pc) {
+      // Fresh TURN credentials: an ICE restart after the resume gathers with them.
+      this.iceServers = msg.ice_servers;
+      try {
+        this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers: msg.ice_servers });
+      } catch (err) {
+        this.log(`ice servers not updated: ${err}`, true);
+      }
+    }
     this.state = 'joined';
     const present = new Set(msg.participants.map((p) => p.id));
     for (const id of [...this.participants.keys()]) {

@@ -650,6 +650,8 @@ export function createClinicPage(opts) {
     const stream = await ensureLocalMedia();
     if (joinAttempt !== attempt || pendingJoin !== consultation) return; // superseded meanwhile
     call = new Call({
+      // ?ice=relay: media only through the server's TURN (tests, networks that need it).
+      iceTransportPolicy: new URLSearchParams(location.search).get('ice') === 'relay' ? 'relay' : 'all',
       send,
       record,
       onError: localError,

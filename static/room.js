@@ -51,6 +51,8 @@ function record(dir, msg) {
 }
 
 const call = new Call({
+  // ?ice=relay: media only through the server's TURN (tests, networks that need it).
+  iceTransportPolicy: params.get('ice') === 'relay' ? 'relay' : 'all',
   send,
   record,
   onError: fail,

@@ -36,6 +36,19 @@ pub struct ResumeGrant {
     pub grace_seconds: u64,
 }
 
+/// An ICE server for the client's `RTCPeerConnection` (`RTCIceServer`): the server's embedded
+/// TURN, with a credential minted for this session that expires (`username` is
+/// `<expiry unix seconds>:<random tag>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `turn:` / `turns:` URLs (UDP, TCP, TLS).
+    pub urls: Vec<String>,
+    /// The TURN username.
+    pub username: String,
+    /// The TURN password.
+    pub credential: String,
+}
+
 /// One received track in [`ServerMessage::Resumed`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumedTrack {
@@ -302,6 +315,10 @@ pub enum ServerMessage {
         /// How to take this participant back if the socket drops (absent: resume is off).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<ResumeGrant>,
+        /// ICE servers to configure (the embedded TURN, for networks that block UDP or all
+        /// but a few ports). Empty when the server runs no TURN.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// The answer to `resume`: the participant is back, with the state as it is now (not a
     /// replay of what the socket missed). The client reconciles its view with it; a server
@@ -323,6 +340,9 @@ pub enum ServerMessage {
         active_speaker: Option<String>,
         /// A fresh token for the next resume (the old one is spent).
         resume: ResumeGrant,
+        /// Fresh ICE server credentials (for an ICE restart after the resume).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// Someone entered the room.
     ParticipantJoined {

@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod ice_tcp;
+pub mod turn;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -148,6 +149,25 @@ pub enum MediaCommand {
         /// Remote address.
         peer: SocketAddr,
     },
+    /// A TURN client connected over TCP or TLS; bytes for it go to `writer`.
+    TurnStreamOpened {
+        /// The connection.
+        key: crate::turn::ClientKey,
+        /// Bounded queue of bytes to write.
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    /// One TURN message (STUN or ChannelData) from a TCP or TLS client.
+    TurnStreamFrame {
+        /// The connection.
+        key: crate::turn::ClientKey,
+        /// The message.
+        data: Vec<u8>,
+    },
+    /// A TURN client's TCP or TLS connection closed (its allocation goes with it).
+    TurnStreamClosed {
+        /// The connection.
+        key: crate::turn::ClientKey,
+    },
 }
 
 /// Cheap, clonable handle to the media task.
@@ -240,6 +260,8 @@ pub struct MediaTask {
     pub recorder: Option<crate::recorder::task::RecorderHandle>,
     /// Tracks the recorder wants a keyframe for.
     pub keyframe_wants: Option<crate::recorder::task::KeyframeWants>,
+    /// The embedded TURN server, if on.
+    pub turn: Option<turn::TurnEdge>,
 }
 
 /// Which local address to report to the core as a received datagram's destination.
@@ -302,6 +324,9 @@ struct Edge {
     sessions: HashMap<ParticipantId, Attached>,
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     recorder: Option<crate::recorder::task::RecorderHandle>,
+    turn: Option<turn::TurnEdge>,
+    /// `datagrams_received{protocol="turn"}`: relayed datagrams handed to the core.
+    turn_received: prometheus::IntCounter,
 }
 
 async fn run(
@@ -316,6 +341,7 @@ async fn run(
         udp_received: metrics.datagrams_received.with_label_values(&["udp"]),
         udp_sent: metrics.datagrams_sent.with_label_values(&["udp"]),
         tcp_sent: metrics.datagrams_sent.with_label_values(&["tcp"]),
+        turn_received: metrics.datagrams_received.with_label_values(&["turn"]),
         batch: SendBatch::default(),
         metrics,
         udp_port: task.udp.local_addr().map(|a| a.port()).unwrap_or(0),
@@ -324,8 +350,10 @@ async fn run(
         recorder: task.recorder,
         sessions: HashMap::new(),
         tcp: HashMap::new(),
+        turn: task.turn,
     };
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut turn_buf = vec![0u8; MAX_DATAGRAM];
     let (_never_tx, never) = mpsc::channel(1);
     let mut keyframe_wants = task_wants.unwrap_or(never);
     info!(udp_port = edge.udp_port, "media engine running");
@@ -361,6 +389,10 @@ async fn run(
                 }
                 Err(e) => debug!(error = %e, "udp receive failed"),
             },
+            received = recv_turn_udp(&edge.turn, &mut turn_buf) => match received {
+                Ok((n, source)) => edge.on_turn_udp(source, &turn_buf[..n]),
+                Err(e) => debug!(error = %e, "turn udp receive failed"),
+            },
             command = commands.recv() => match command {
                 Some(command) => edge.handle_command(command),
                 None => break,
@@ -375,13 +407,64 @@ async fn run(
         if now >= wake || edge.sfu.poll_timeout().is_some_and(|t| t <= now) {
             edge.sfu.handle_timeout(now);
         }
+        if let Some(turn) = &mut edge.turn {
+            turn.tick(now);
+        }
         edge.flush();
     }
     edge.shutdown();
     info!("media engine stopped");
 }
 
+/// The next datagram on the TURN UDP socket (never, when TURN over UDP is off).
+async fn recv_turn_udp(
+    turn: &Option<turn::TurnEdge>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match turn.as_ref().and_then(|t| t.udp.as_ref()) {
+        Some(udp) => udp.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Edge {
+    /// One datagram on the TURN UDP socket.
+    fn on_turn_udp(&mut self, source: SocketAddr, bytes: &[u8]) {
+        let Some(listen) = self.turn.as_ref().and_then(|t| t.udp_addr) else {
+            return;
+        };
+        let key = crate::turn::ClientKey {
+            transport: crate::turn::Transport::Udp,
+            client: source,
+            listen,
+        };
+        self.on_turn_message(key, bytes);
+    }
+
+    /// One TURN message from a client: a reply to it, or relayed data for the core.
+    fn on_turn_message(&mut self, key: crate::turn::ClientKey, bytes: &[u8]) {
+        let Some(turn) = &mut self.turn else {
+            return;
+        };
+        let now = Instant::now();
+        match turn.core.handle_client(now, key, bytes) {
+            Some(crate::turn::TurnOutput::Reply(reply)) => turn.send_to_client(key, reply),
+            Some(crate::turn::TurnOutput::ToPeer {
+                relayed,
+                peer,
+                data,
+            }) => {
+                self.turn_received.inc();
+                self.sfu
+                    .handle_datagram(now, Protocol::Udp, relayed, peer, data);
+                if self.sfu.pending_outputs() >= batch::MAX_BATCH {
+                    self.flush();
+                }
+            }
+            None => {}
+        }
+    }
+
     /// One datagram from the UDP socket; the output is sent once enough has gathered.
     fn on_udp(&mut self, source: SocketAddr, bytes: &[u8]) {
         self.udp_received.inc();
@@ -515,6 +598,18 @@ impl Edge {
                 }
                 self.sfu.tcp_closed(peer);
             }
+            MediaCommand::TurnStreamOpened { key, writer } => {
+                if let Some(turn) = &mut self.turn {
+                    turn.streams.insert(key, writer);
+                }
+            }
+            MediaCommand::TurnStreamFrame { key, data } => self.on_turn_message(key, &data),
+            MediaCommand::TurnStreamClosed { key } => {
+                if let Some(turn) = &mut self.turn {
+                    turn.streams.remove(&key);
+                    turn.core.client_closed(&key);
+                }
+            }
         }
     }
 
@@ -578,6 +673,12 @@ impl Edge {
     fn transmit(&mut self, t: Transmit) {
         let sent = match t.proto {
             Protocol::Udp => {
+                if let Some(turn) = &mut self.turn {
+                    if turn.core.owns(&t.destination) {
+                        turn.relay_to_client(Instant::now(), t.source, t.destination, &t.contents);
+                        return;
+                    }
+                }
                 self.batch.push(t.destination, t.contents, t.forwarded_from);
                 if self.batch.len() >= batch::MAX_BATCH {
                     self.send_batch();
@@ -658,6 +759,7 @@ mod tests {
             udp_received: metrics.datagrams_received.with_label_values(&["udp"]),
             udp_sent: metrics.datagrams_sent.with_label_values(&["udp"]),
             tcp_sent: metrics.datagrams_sent.with_label_values(&["tcp"]),
+            turn_received: metrics.datagrams_received.with_label_values(&["turn"]),
             batch: SendBatch::default(),
             metrics,
             udp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
@@ -668,6 +770,7 @@ mod tests {
             sessions: HashMap::new(),
             tcp: HashMap::new(),
             recorder: None,
+            turn: None,
         }
     }
 

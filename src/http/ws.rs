@@ -114,6 +114,8 @@ pub struct SessionDeps {
     pub penalties: std::sync::Arc<std::sync::Mutex<super::penalty::PenaltyBox>>,
     /// Resume tokens of joined participants ([`super::resume`]).
     pub resumes: std::sync::Arc<std::sync::Mutex<super::resume::ResumeRegistry>>,
+    /// TURN URLs and credentials for `joined` and `resumed` (`None`: TURN is off).
+    pub turn: Option<Arc<crate::turn::TurnGrants>>,
 }
 
 /// A socket that has neither authenticated nor joined an open room by then is closed.
@@ -181,7 +183,8 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
             // queued before it (e.g. `joined`).
             biased;
             event = events.recv() => {
-                let Some(message) = event else { break };
+                let Some(mut message) = event else { break };
+                session.add_ice_servers(&mut message);
                 let bye = match &message {
                     ServerMessage::Bye { reason } => Some(reason.clone()),
                     _ => None,
@@ -283,6 +286,24 @@ async fn send(
 }
 
 impl Session {
+    /// `joined` and `resumed` carry a TURN credential minted for this session. It is added
+    /// here, on the way to the socket, because the SFU core that builds those messages knows
+    /// nothing of TURN, and a credential belongs to the signaling session that hands it out.
+    fn add_ice_servers(&self, message: &mut ServerMessage) {
+        let Some(grants) = &self.deps.turn else {
+            return;
+        };
+        if let ServerMessage::Joined { ice_servers, .. }
+        | ServerMessage::Resumed { ice_servers, .. } = message
+        {
+            let now_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            *ice_servers = grants.ice_servers(now_unix);
+        }
+    }
+
     /// This stranger's socket is being closed for refusals: it counts against its source.
     fn penalize(&self) {
         if let Some(peer) = self.peer {

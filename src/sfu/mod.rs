@@ -739,6 +739,9 @@ impl Sfu {
                 participants: others,
                 simulcast: true,
                 resume,
+                // The edge that carries the message adds the TURN credentials of the session
+                // (the core knows nothing of TURN).
+                ice_servers: Vec::new(),
             },
         );
         // A latecomer learns who speaks now (the others heard it when it changed).

@@ -122,6 +122,7 @@ impl Sfu {
                 paused,
                 active_speaker,
                 resume: grant,
+                ice_servers: Vec::new(),
             },
         );
         for m in again {

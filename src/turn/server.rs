@@ -106,15 +106,17 @@ pub struct ClientKey {
 
 /// Reserves relayed addresses. The server only needs them unique on the host; the edge binds
 /// a UDP socket per address ([`BoundRelayPorts`]), tests count.
-pub trait RelayPorts: Send {
+pub trait RelayPorts: Send + Sync {
     /// A free relayed address of `family`, or `None` when none is left.
     fn reserve(&mut self, family: AddressFamily) -> Option<SocketAddr>;
     /// `addr` is free again.
     fn release(&mut self, addr: SocketAddr);
 }
 
-/// [`RelayPorts`] that binds a UDP socket on the relay IP per allocation (port chosen by the
-/// kernel) and holds it, unread, while the allocation lives.
+/// [`RelayPorts`] that binds a UDP socket per allocation on the wildcard address (port chosen
+/// by the kernel, reserved on every local IP) and holds it, unread, while the allocation
+/// lives. The relayed address reported is the announced IP with that port: clients use it only
+/// as a name for their relay candidate, and the announced IP may be a NAT's, not bindable.
 pub struct BoundRelayPorts {
     ips: Vec<IpAddr>,
     held: HashMap<SocketAddr, std::net::UdpSocket>,
@@ -136,8 +138,13 @@ impl RelayPorts for BoundRelayPorts {
             .ips
             .iter()
             .find(|ip| ip.is_ipv4() == (family == AddressFamily::IPV4))?;
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, 0)).ok()?;
-        let addr = socket.local_addr().ok()?;
+        let wildcard: IpAddr = if ip.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(wildcard, 0)).ok()?;
+        let addr = SocketAddr::new(*ip, socket.local_addr().ok()?.port());
         self.held.insert(addr, socket);
         Some(addr)
     }
@@ -457,7 +464,7 @@ impl TurnServer {
             self.metrics.refuse(Refusal::NoAllocation);
             return None;
         }
-        self.to_peer(alloc.relayed, ch.peer, &bytes[4..4 + data_len])
+        self.deliver_to_peer(alloc.relayed, ch.peer, &bytes[4..4 + data_len])
     }
 
     fn send_indication<'a>(
@@ -487,11 +494,11 @@ impl TurnServer {
         }
         // The attribute's value starts 4 bytes after its header.
         let start = offset + 4;
-        self.to_peer(alloc.relayed, peer, bytes.get(start..start + len)?)
+        self.deliver_to_peer(alloc.relayed, peer, bytes.get(start..start + len)?)
     }
 
     /// Data for the SFU: only to exactly one of its media addresses.
-    fn to_peer<'a>(
+    fn deliver_to_peer<'a>(
         &mut self,
         relayed: SocketAddr,
         peer: SocketAddr,

@@ -287,6 +287,10 @@ export async function startServerAt(addr, name) {
       // HUIZHEN_ADAPTIVE_MEDIA_TOML: more [media] lines (e.g. to try a setting of the adaptive server).
       ...(env.HUIZHEN_ADAPTIVE_MEDIA_TOML ? env.HUIZHEN_ADAPTIVE_MEDIA_TOML.split(';').map((l) => l.trim()) : []),
       '',
+      '[turn]',
+      `udp_listen = "${addr}:0"`,
+      `tcp_listen = "${addr}:0"`,
+      '',
       '[storage]',
       `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
       '',

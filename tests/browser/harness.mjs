@@ -12,7 +12,8 @@
 //      copies; for client development without rebuilding the server).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import { execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -181,7 +182,14 @@ export function assertRunning(server) {
  */
 export async function startServer(
   name,
-  { tmpPrefix = 'huizhen-browser', announceUdp = true, announceTcp = true, extraConfig = () => [], whenReady } = {},
+  {
+    tmpPrefix = 'huizhen-browser',
+    announceUdp = true,
+    announceTcp = true,
+    turnTransports = ['udp', 'tcp'],
+    extraConfig = () => [],
+    whenReady,
+  } = {},
 ) {
   assert.ok(
     fs.existsSync(SERVER_BIN),
@@ -212,6 +220,15 @@ export async function startServer(
       '',
       '[archive]',
       `local_dir = ${JSON.stringify(path.join(dir, 'archive'))}`,
+      '',
+      // The embedded TURN on loopback ports of the kernel's choice (the URLs in `joined` name
+      // the bound ports); over TLS with a self-signed certificate for localhost if asked.
+      '[turn]',
+      `transports = ${JSON.stringify(turnTransports)}`,
+      'udp_listen = "127.0.0.1:0"',
+      'tcp_listen = "127.0.0.1:0"',
+      'tls_listen = "127.0.0.1:0"',
+      ...(turnTransports.includes('tls') ? turnTlsLines() : []),
       '',
       ...extraConfig(dir),
     ].join('\n'),
@@ -264,6 +281,45 @@ export async function startServer(
   return server;
 }
 
+/**
+ * One self-signed certificate for localhost and 127.0.0.1 per test run (openssl), for TURN over
+ * TLS: `{cert, key, spki}`, `spki` the base64 SHA-256 of its public key, which browsers of
+ * `withBrowser(..., {trustTurnCert: true})` trust (and nothing else beyond the usual roots).
+ */
+let turnCert = null;
+export function turnTlsCert() {
+  if (turnCert) return turnCert;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'huizhen-turn-cert-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync(
+    'openssl',
+    [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+      '-days', '2', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-keyout', key, '-out', cert,
+    ],
+    { stdio: 'ignore' },
+  );
+  const pub = execFileSync('openssl', ['x509', '-pubkey', '-noout', '-in', cert]);
+  const der = execFileSync('openssl', ['pkey', '-pubin', '-outform', 'der'], { input: pub });
+  const spki = crypto.createHash('sha256').update(der).digest('base64');
+  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  turnCert = { cert, key, spki };
+  return turnCert;
+}
+
+/** The [turn] lines for TLS with the run's certificate. */
+function turnTlsLines() {
+  const { cert, key } = turnTlsCert();
+  return [
+    `tls_cert = ${JSON.stringify(cert)}`,
+    `tls_key = ${JSON.stringify(key)}`,
+    'tls_host = "localhost"',
+  ];
+}
+
 export async function stopServer(server, { failed = false } = {}) {
   if (!server) return;
   if (failed) printLogTail(server);
@@ -308,18 +364,19 @@ export async function withServer(start, dump, fn, { quiet = false } = {}) {
 // ---------------------------------------------------------------------------------------------
 // Browser and pages
 
-export async function launchBrowser(hostRules) {
+export async function launchBrowser(hostRules, { trustTurnCert = false } = {}) {
   assert.ok(fs.existsSync(CHROMIUM_BIN), `${CHROMIUM_BIN} not found: apt-get install -y chromium`);
+  const trust = trustTurnCert ? [`--ignore-certificate-errors-spki-list=${turnTlsCert().spki}`] : [];
   return chromium.launch({
     executablePath: CHROMIUM_BIN,
-    args: [...CHROMIUM_ARGS, `--host-resolver-rules=${hostRules}`],
+    args: [...CHROMIUM_ARGS, `--host-resolver-rules=${hostRules}`, ...trust],
     headless: true,
   });
 }
 
 /** Run `fn(browser)` with a browser of its own, closed afterwards. */
-export async function withBrowser(hostRules, fn) {
-  const browser = await launchBrowser(hostRules);
+export async function withBrowser(hostRules, fn, launchOptions = {}) {
+  const browser = await launchBrowser(hostRules, launchOptions);
   browsers.add(browser);
   try {
     return await fn(browser);
@@ -426,7 +483,15 @@ export async function snapshot(person) {
       const remote = stats.get(pair.remoteCandidateId) || {};
       out.pair = {
         state: pair.state,
-        local: { protocol: local.protocol, address: local.address, port: local.port, type: local.candidateType, tcpType: local.tcpType },
+        local: {
+          protocol: local.protocol,
+          address: local.address,
+          port: local.port,
+          type: local.candidateType,
+          tcpType: local.tcpType,
+          relayProtocol: local.relayProtocol,
+          url: local.url,
+        },
         remote: { protocol: remote.protocol, address: remote.address, port: remote.port, type: remote.candidateType, tcpType: remote.tcpType },
       };
     }

@@ -18,7 +18,11 @@
 //      both ways meanwhile, the page resumes as the same participant with the same tracks, and
 //      the other never sees it leave;
 //   6. an ICE restart: new ICE credentials on both sides, the same participant and tracks, media
-//      flowing again both ways.
+//      flowing again both ways;
+//   7. relay only (`iceTransportPolicy: "relay"`): two pages reach the server through its embedded
+//      TURN over UDP, then TCP, then TLS (one server each, offering only that transport) and
+//      decode each other; the selected pair's local candidate is a relay of that protocol and
+//      the server's TURN metrics counted the allocations and relayed packets.
 // Every wait is bounded (HUIZHEN_WAIT_MS) and the whole run too (HUIZHEN_TEST_TIMEOUT_MS);
 // servers are killed whatever happens. The server, browser and stats helpers are in harness.mjs.
 //
@@ -62,13 +66,14 @@ async function fetchMetrics(server) {
 }
 
 /** Sum of all samples of a Prometheus metric, over all label sets. */
-function metricSum(text, name) {
+/** The sum of `name`'s samples, of those whose labels contain `labels` if given. */
+function metricSum(text, name, labels = '') {
   let sum = 0;
   let found = false;
   for (const line of text.split('\n')) {
     if (!line || line.startsWith('#')) continue;
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-    if (m && m[1] === name) {
+    if (m && m[1] === name && (m[2] || '').includes(labels)) {
       found = true;
       sum += Number(m[3]);
     }
@@ -79,10 +84,10 @@ function metricSum(text, name) {
 // ---------------------------------------------------------------------------------------------
 // Pages
 
-async function openParticipant(browser, server, room, name, { beforeGoto } = {}) {
+async function openParticipant(browser, server, room, name, { beforeGoto, query = '' } = {}) {
   const participant = await newPerson(browser, name, { viewport: { width: 960, height: 640 } }, { beforePage: beforeGoto });
   const { page } = participant;
-  await page.goto(`${server.pageBase}/room/${encodeURIComponent(room)}?name=${encodeURIComponent(name)}`);
+  await page.goto(`${server.pageBase}/room/${encodeURIComponent(room)}?name=${encodeURIComponent(name)}${query}`);
   try {
     participant.id = await waitFor(`${name} to join room ${room}`, async () => {
       const s = await page.evaluate(() =>
@@ -519,4 +524,43 @@ test('an ICE restart: new credentials, the same participant and tracks, media fl
       await assertNoErrors(participants);
     }),
   ),
+);
+
+test('relay only: media through the embedded TURN over UDP, TCP and TLS', (t) =>
+  withBrowser(HOST_RULES_ICE_TCP, async (browser) => {
+    for (const transport of ['udp', 'tcp', 'tls']) {
+      await withServer(
+        () => startServer(`turn-${transport}`, { announceUdp: true, announceTcp: false, turnTransports: [transport] }),
+        dumpFailure,
+        async (server, participants) => {
+          const room = `room-turn-${transport}`;
+          for (const name of ['Gus', 'Hana']) {
+            participants.push(await openParticipant(browser, server, room, name, { query: '&ice=relay' }));
+          }
+          await waitForMediaFromOthers(participants, `camera+microphone relayed over TURN/${transport}`);
+          await waitForMediaFromOthers(participants, `media still flowing over TURN/${transport}`, { fresh: true });
+          for (const p of participants) {
+            const snap = await snapshot(p);
+            assert.ok(snap.pair, `${p.name} has a selected candidate pair`);
+            assert.equal(snap.pair.local.type, 'relay', `${p.name} sends through TURN: ${JSON.stringify(snap.pair)}`);
+            assert.equal(snap.pair.local.relayProtocol, transport, `${p.name} reaches TURN over ${transport}: ${JSON.stringify(snap.pair)}`);
+            assert.equal(snap.pair.remote.port, server.udpPort, `${p.name} is relayed to the server's media port`);
+          }
+          await assertNoErrors(participants);
+          const metrics = await fetchMetrics(server);
+          // Chromium may allocate more than once per page (one per gathering socket).
+          const allocations = metricSum(metrics, 'huizhen_turn_allocations', `transport="${transport}"`);
+          assert.ok(allocations >= 2, `each page holds an allocation over ${transport}: ${allocations}`);
+          t.diagnostic(`${transport}: ${allocations} allocations held`);
+          const relayedIn = metricSum(metrics, 'huizhen_turn_relayed_in_packets_total');
+          const relayedOut = metricSum(metrics, 'huizhen_turn_relayed_out_packets_total');
+          t.diagnostic(`${transport}: relayed in ${relayedIn}, out ${relayedOut}`);
+          assert.ok(relayedIn > 100, `media was relayed in: ${relayedIn}`);
+          assert.ok(relayedOut > 100, `media was relayed out: ${relayedOut}`);
+          assert.equal(metricSum(metrics, 'huizhen_turn_refused_total', 'reason="forbidden_peer"'), 0, 'no peer refused');
+          t.diagnostic(`${transport}: ${JSON.stringify((await snapshot(participants[0])).pair)}`);
+        },
+      );
+    }
+  }, { trustTurnCert: true }),
 );

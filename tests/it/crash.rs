@@ -69,7 +69,7 @@ fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("huizhen.toml");
     let config = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n\
-         [media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
+         [media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n[turn]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
          [storage]\ndata_dir = \"{}\"\n\
          [archive]\nlocal_dir = \"{}\"\n\
          [clinic]\ngrace_seconds = {GRACE_SECONDS}\ninvite_timeout_seconds = 600\n",

@@ -496,7 +496,7 @@ async fn a_kill_9_mid_recording_keeps_the_completed_segments_and_marks_the_manif
     std::fs::write(
         &config,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n[turn]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
              [storage]\ndata_dir = {:?}\n[archive]\nlocal_dir = {:?}\n[recorder]\nsegment_ms = 1000\nkeyframe_grace_ms = 500\n\
              [clinic]\nseed_demo = true\n",
             data_dir.display().to_string(),

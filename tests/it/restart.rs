@@ -30,7 +30,7 @@ impl Drop for Running {
 fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("huizhen.toml");
     let config = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n[archive]\nlocal_dir = \"{}\"\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n[turn]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n[archive]\nlocal_dir = \"{}\"\n",
         dir.join("data").display(),
         dir.join("archive").display()
     );

@@ -52,7 +52,7 @@ impl ServerDir {
         let api_key = format!("bench-{:016x}{:016x}", random_u64(), random_u64());
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n\
-             [media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
+             [media]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n[turn]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
              [storage]\ndata_dir = \"{}\"\n\
              [archive]\nlocal_dir = \"{}\"\n\
              [api]\nkey = \"{api_key}\"\n",
