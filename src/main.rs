@@ -205,6 +205,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.udp_addr(),
         server.tcp_addr()
     );
+    let turn = server.turn_addrs();
+    if turn.udp.is_some() || turn.tcp.is_some() || turn.tls.is_some() {
+        println!(
+            "  TURN:         udp {:?}  tcp {:?}  tls {:?}  (credentials per session in `joined`)",
+            turn.udp, turn.tcp, turn.tls
+        );
+    } else {
+        println!("  TURN:         off");
+    }
     if let Some(dev) = server.dev_info() {
         println!("Development mode: demo clinic seeded (tokens signed with a generated secret).");
         println!("  Doctor:     {}", dev.links.doctor);

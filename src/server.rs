@@ -47,6 +47,14 @@ pub enum ServerError {
     /// TLS certificate or key unusable.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// A configured value is unusable (read at start-up, e.g. a secret file's content).
+    #[error("{field}: {message}")]
+    Config {
+        /// Dotted field name.
+        field: &'static str,
+        /// What is wrong (never the secret).
+        message: String,
+    },
     /// The database could not be opened or read.
     #[error("storage: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -635,7 +643,27 @@ async fn start_turn(
             _ => None,
         },
     );
-    let secret = crate::turn::TurnSecret::random();
+    let secret = match &t.secret_file {
+        None => crate::turn::TurnSecret::random(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ServerError::SecretFile {
+                path: path.clone(),
+                source,
+            })?;
+            let text = text.trim();
+            if text.len() < crate::auth::config::MIN_HS256_SECRET_BYTES {
+                return Err(ServerError::Config {
+                    field: "turn.secret_file",
+                    message: format!(
+                        "{}: the secret must be at least {} bytes",
+                        path.display(),
+                        crate::auth::config::MIN_HS256_SECRET_BYTES
+                    ),
+                });
+            }
+            crate::turn::TurnSecret::new(text.as_bytes())
+        }
+    };
     let now = std::time::Instant::now();
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -28,6 +28,10 @@ pub struct TurnConfig {
     pub tls_host: Option<String>,
     /// REALM of the long-term credentials.
     pub realm: String,
+    /// A file holding the credential secret (at least 32 bytes), shared with a hospital system
+    /// or another TURN server that mints credentials in the same scheme; default: a random
+    /// secret per start (credentials are then minted only by this server).
+    pub secret_file: Option<PathBuf>,
     /// How long a credential handed out in `joined` is valid, in seconds (60..=604800). An
     /// allocation never outlives its credential.
     pub credential_ttl_seconds: u64,
@@ -53,6 +57,7 @@ impl Default for TurnConfig {
             tls_key: None,
             tls_host: None,
             realm: "huizhen".into(),
+            secret_file: None,
             credential_ttl_seconds: 24 * 3600,
             max_allocations: 4000,
             max_allocations_per_credential: 10,

@@ -980,6 +980,11 @@ impl TurnServer {
         let [peer] = peers[..] else {
             return Err(Failure::bad());
         };
+        // A channel names a whole address: only the SFU's own (a permission is by IP only,
+        // and data to another port of that IP is dropped in `deliver_to_peer`).
+        if !self.peers.contains(&peer) {
+            return Err(Failure::new(ErrorCode::FORBIDDEN, Refusal::ForbiddenPeer));
+        }
         let alloc = self.owned(key, authed)?;
         // A channel is bound to one peer and a peer to one channel (RFC 8656 §12.2).
         if alloc

@@ -321,6 +321,10 @@ fn any_peer_but_the_sfu_is_refused_so_the_server_is_never_an_open_relay() {
     let send = c.send(other_port, b"SSH-2.0-probe");
     assert_eq!(f.server.handle_client(f.now, c.key, &send), None);
     assert_eq!(refused(&f, Refusal::ForbiddenPeer), 5);
+    // A channel names the whole address: only the SFU's own.
+    let reply = c.bind(&mut f, 0x4002, other_port);
+    assert_eq!(error_code(&reply), Some(ErrorCode::FORBIDDEN));
+    assert_eq!(refused(&f, Refusal::ForbiddenPeer), 6);
     // Nor may data arrive from another port to the relayed address.
     assert!(f.server.handle_peer(f.now, relayed, sfu(), b"ok").is_some());
     let stranger: SocketAddr = "192.0.2.1:7882".parse().unwrap();

@@ -15,6 +15,7 @@ mod restart;
 mod resume;
 mod store_audit;
 mod tls;
+mod turn;
 mod vault;
 mod webhook;
 mod webrtc_rs;

@@ -52,6 +52,7 @@ async fn enter_call(mut ws: Ws, consultation: &str, name: &str, index: u8) -> Rs
         Joined {
             participant_id,
             participants,
+            ice_servers: Vec::new(),
         },
         name,
         index,

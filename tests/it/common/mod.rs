@@ -139,6 +139,8 @@ pub struct Joined {
     pub participant_id: String,
     /// Who was already in the room.
     pub participants: Vec<ParticipantInfo>,
+    /// The TURN servers and credential handed out.
+    pub ice_servers: Vec<huizhen_signaling::protocol::IceServer>,
 }
 
 /// The `join` message for protocol v1.
@@ -160,6 +162,7 @@ pub async fn join(ws: &mut Ws, room: &str, display_name: &str) -> Joined {
             participant_id,
             room: joined_room,
             participants,
+            ice_servers,
             ..
         } => {
             assert_eq!(v, PROTOCOL_VERSION, "server protocol version");
@@ -167,6 +170,7 @@ pub async fn join(ws: &mut Ws, room: &str, display_name: &str) -> Joined {
             Joined {
                 participant_id,
                 participants,
+                ice_servers,
             }
         }
         other => panic!("expected joined, got {other:?}"),
