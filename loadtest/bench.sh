@@ -15,6 +15,10 @@
 #                    (BENCH_CAP_STEP visits per step, default 25) and teaching (one more room
 #                    of 100 observers per step)
 #   BENCH_CAP_STEP   visits added per followup capacity step (default 25)
+#   RELAY_SHARE      share of the participants of every huizhen run (0..1, default 0) that
+#                    connect through the server's embedded TURN over UDP (relay-only ICE,
+#                    [turn] below); the reports then show the relayed packets. Janus runs and
+#                    BENCH_BASE_BIN (no TURN) are always direct.
 #   HUIZHEN_BIN      measure this server binary instead of target/release/huizhen
 #   BENCH_BIN        use this generator binary; with both given nothing is built
 #
@@ -42,6 +46,7 @@ OBSERVERS="${BENCH_OBSERVERS:-100}"
 CAPACITY="${BENCH_CAPACITY:-1}"
 CAP_STEP="${BENCH_CAP_STEP:-25}"
 SKIP_JANUS="${BENCH_SKIP_JANUS:-0}"
+RELAY_SHARE="${RELAY_SHARE:-0}"
 NS=hzbench
 mkdir -p "$OUT"
 
@@ -127,9 +132,15 @@ FIXED=(
 	"teaching --units 1 --observers $OBSERVERS"
 )
 
+# The relayed share (RELAY_SHARE) goes to every huizhen run but the adaptive base server's
+# (HZ_RELAY_SHARE overrides it for one run); at 0 the flag is left out.
 hz_gen() {
+	local share="${HZ_RELAY_SHARE:-$RELAY_SHARE}"
+	local relay=()
+	if [ "$share" != 0 ]; then relay=(--relay-share "$share"); fi
 	run_gen "$1" "${PIN_GEN[@]}" "$GEN_BIN" --target huizhen --url ws://127.0.0.1:17880/ws \
-		--server-pid "$HZ_PID" --metrics-url http://127.0.0.1:17880/metrics --client-ip 127.0.0.1 "${@:2}"
+		--server-pid "$HZ_PID" --metrics-url http://127.0.0.1:17880/metrics --client-ip 127.0.0.1 \
+		"${relay[@]}" "${@:2}"
 }
 
 if [ "${BENCH_ADAPTIVE:-0}" = 1 ]; then
@@ -153,9 +164,11 @@ if [ "${BENCH_ADAPTIVE:-0}" = 1 ]; then
 			capped) bin="$SERVER_BIN" extra=("${CAPPED[@]}") ;;
 			esac
 			start_huizhen "$bin"
+			share="$RELAY_SHARE"
+			if [ "$variant" = base ]; then share=0; fi
 			# shellcheck disable=SC2086
-			hz_gen "adaptive-$scenario-$variant" --scenario $scenario $rest --duration "$A_SECS" \
-				--warmup "$A_WARMUP" --ramp 100 "${extra[@]}"
+			HZ_RELAY_SHARE="$share" hz_gen "adaptive-$scenario-$variant" --scenario $scenario $rest \
+				--duration "$A_SECS" --warmup "$A_WARMUP" --ramp 100 "${extra[@]}"
 			stop_huizhen
 		done
 	done

@@ -28,10 +28,17 @@ def load_text(r):
     s = r["scenario"]
     kind = s["kind"]
     if kind == "followup":
-        return f'{r["units"]} visits ({r["participants"]} participants)'
-    if kind == "panel":
-        return f'{r["units"]} rooms of {s["room_size"]} ({r["participants"]} participants)'
-    return f'{r["units"]} room, 1 → {s["observers"]} ({r["participants"]} participants)'
+        text = f'{r["units"]} visits ({r["participants"]} participants)'
+    elif kind == "panel":
+        text = f'{r["units"]} rooms of {s["room_size"]} ({r["participants"]} participants)'
+    else:
+        text = f'{r["units"]} room, 1 → {s["observers"]} ({r["participants"]} participants)'
+    relay, turn = r.get("relay"), r.get("turn")
+    if relay:
+        text += f', {relay["participants"]} relayed through TURN'
+        if turn:
+            text += f' ({turn["relayed_pps"]:,.0f} relayed pkt/s)'
+    return text
 
 
 def row(r):

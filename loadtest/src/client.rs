@@ -68,6 +68,7 @@ impl ClientError {
             ClientError::Protocol(_) => "protocol",
             ClientError::Timeout(_) => "timeout",
             ClientError::MediaFailed => "media_failed",
+            ClientError::Peer(PeerError::Turn(_)) => "turn",
             ClientError::Peer(_) => "peer",
         }
     }

@@ -1,20 +1,21 @@
 //! A simulated participant speaking huizhen's signaling protocol v1 (`/ws`, see
 //! `signaling/PROTOCOL.md`): join a room, offer what it publishes, answer the server's
-//! renegotiations, follow `publish_layers`, leave.
+//! renegotiations, follow `publish_layers`, leave. A relayed participant takes the TURN server
+//! over UDP and the credential of `joined.ice_servers` and connects through it only.
 
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use huizhen_signaling::protocol::{ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use huizhen_signaling::protocol::{ClientMessage, IceServer, ServerMessage, PROTOCOL_VERSION};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{ClientError, Wake, WsStream};
 use crate::link::LinkConfig;
 use crate::media::MediaPlan;
-use crate::peer::{Peer, Shared};
+use crate::peer::{Peer, RelayConfig, Shared};
 use crate::scenario::ParticipantSpec;
 
 /// Most datagrams read per wake-up.
@@ -30,6 +31,8 @@ pub struct ParticipantMedia {
     pub plan: MediaPlan,
     /// Its capped downlink, if it is behind one.
     pub downlink: Option<LinkConfig>,
+    /// It connects through the server's TURN (over UDP, relay-only ICE).
+    pub relay: bool,
 }
 
 /// Runs one participant until `stop` says so (or it fails).
@@ -42,7 +45,11 @@ pub async fn participant(
     shared: Rc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
-    let ParticipantMedia { mut plan, downlink } = media;
+    let ParticipantMedia {
+        mut plan,
+        downlink,
+        relay,
+    } = media;
     let started = Instant::now();
     let mut ws = crate::client::connect(url.as_str()).await?;
     send(
@@ -55,7 +62,7 @@ pub async fn participant(
         },
     )
     .await?;
-    let simulcast = tokio::time::timeout(JOIN_TIMEOUT, wait_joined(&mut ws))
+    let (simulcast, ice_servers) = tokio::time::timeout(JOIN_TIMEOUT, wait_joined(&mut ws))
         .await
         .map_err(|_| ClientError::Timeout("joined"))??;
     if !simulcast && !plan.simulcast.is_empty() {
@@ -65,7 +72,12 @@ pub async fn participant(
         plan.simulcast.clear();
     }
 
-    let mut peer = Peer::bind(ip, spec.index, shared.clone()).await?;
+    let relay = if relay {
+        Some(relay_config(&ice_servers)?)
+    } else {
+        None
+    };
+    let mut peer = Peer::bind(ip, spec.index, shared.clone(), relay).await?;
     if let Some(link) = downlink {
         peer.set_downlink(link);
     }
@@ -134,15 +146,39 @@ pub async fn participant(
     result
 }
 
-/// Waits for `joined`; returns whether the server takes simulcast.
-async fn wait_joined(ws: &mut WsStream) -> Result<bool, ClientError> {
+/// The first TURN server over UDP of `joined.ice_servers`, with its credential (TCP and TLS
+/// URLs are left out: the generator's relayed participants use TURN over UDP).
+fn relay_config(ice_servers: &[IceServer]) -> Result<RelayConfig, ClientError> {
+    ice_servers
+        .iter()
+        .find_map(|s| {
+            Some(RelayConfig {
+                server: crate::turn::udp_server(&s.urls)?,
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+        })
+        .ok_or_else(|| {
+            let urls: Vec<&String> = ice_servers.iter().flat_map(|s| &s.urls).collect();
+            ClientError::Protocol(format!(
+                "joined carries no turn:IP:PORT?transport=udp ICE server (URLs: {urls:?})"
+            ))
+        })
+}
+
+/// Waits for `joined`; returns whether the server takes simulcast, and its ICE servers.
+async fn wait_joined(ws: &mut WsStream) -> Result<(bool, Vec<IceServer>), ClientError> {
     while let Some(message) = ws.next().await {
         let message = message.map_err(|e| ClientError::Connect(e.to_string()))?;
         let Message::Text(text) = message else {
             continue;
         };
         match serde_json::from_str::<ServerMessage>(&text) {
-            Ok(ServerMessage::Joined { simulcast, .. }) => return Ok(simulcast),
+            Ok(ServerMessage::Joined {
+                simulcast,
+                ice_servers,
+                ..
+            }) => return Ok((simulcast, ice_servers)),
             Ok(ServerMessage::Error { code, message }) => {
                 return Err(ClientError::Refused(format!("{code:?}: {message}")))
             }

@@ -98,7 +98,7 @@ pub async fn participant(
                 .as_u64()
                 .ok_or_else(|| ClientError::Protocol(format!("publisher join: {joined}")))?,
         );
-        let mut peer = Peer::bind(ip, spec.index, shared.clone()).await?;
+        let mut peer = Peer::bind(ip, spec.index, shared.clone(), None).await?;
         let offer = peer.offer(Some(plan), &[]);
         let answered = janus
             .message(
@@ -393,7 +393,7 @@ impl Janus {
         let offer = attached["jsep"]["sdp"].as_str().ok_or_else(|| {
             ClientError::Protocol(format!("subscriber join without an offer: {attached}"))
         })?;
-        let mut peer = Peer::bind(ip, index, shared.clone()).await?;
+        let mut peer = Peer::bind(ip, index, shared.clone(), None).await?;
         let answer = peer.answer(offer)?;
         self.message(
             handle,

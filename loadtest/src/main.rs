@@ -14,6 +14,7 @@ mod run;
 mod scenario;
 mod scrape;
 mod stats;
+mod turn;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -89,6 +90,11 @@ struct Args {
     /// Share of the receivers behind the capped downlink (spread evenly), 0..=1.
     #[arg(long, default_value_t = 1.0)]
     capped_share: f64,
+    /// Share of the participants (spread evenly over them, 0..=1) that connect through the
+    /// server's embedded TURN: the TURN/UDP server and credential of `joined.ice_servers`,
+    /// relay-only ICE (a browser's `iceTransportPolicy: "relay"`). huizhen only.
+    #[arg(long, default_value_t = 0.0)]
+    relay_share: f64,
     /// The whole run's length in seconds (it stops by itself then).
     #[arg(long, default_value_t = 20)]
     duration: u64,
@@ -238,7 +244,12 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         }
         None => None,
     };
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.relay_share),
+        "--relay-share must be within 0..=1"
+    );
     if args.target == TargetKind::Janus {
+        anyhow::ensure!(args.relay_share == 0.0, "--relay-share is for huizhen only");
         anyhow::ensure!(simulcast.is_empty(), "--simulcast is for huizhen only");
         anyhow::ensure!(downlink.is_none(), "--downlink-kbps is for huizhen only");
     }
@@ -284,5 +295,6 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         progress: !args.quiet,
         downlink,
         capped_share: args.capped_share,
+        relay_share: args.relay_share,
     })
 }

@@ -1,12 +1,14 @@
 //! One simulated WebRTC endpoint: a str0m `Rtc` (RTP mode, full ICE, real DTLS and SRTP) on its
 //! own UDP socket, sending the synthetic media of a [`MediaClock`] (a camera in one layer or as
 //! simulcast) and measuring what arrives, optionally through an emulated capped downlink
-//! ([`Link`]) that its TWCC feedback then describes to the server.
+//! ([`Link`]) that its TWCC feedback then describes to the server. A relayed peer's only ICE
+//! candidate is a TURN allocation on the server's embedded TURN (over UDP, [`TurnClient`]):
+//! what a browser with `iceTransportPolicy: "relay"` does.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -21,6 +23,10 @@ use crate::link::{Link, LinkConfig};
 use crate::media::{MediaClock, MediaPlan, Outgoing};
 use crate::payload::{self, Kind, Probe};
 use crate::stats::{Arrival, Group, RxStats};
+use crate::turn::{Incoming, TurnClient, TurnCounters};
+
+/// How long a relayed peer may take to get its TURN allocation.
+const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Failures of a peer.
 #[derive(Debug, Error)]
@@ -39,6 +45,20 @@ pub enum PeerError {
     /// str0m gave up on the session.
     #[error("WebRTC session failed: {0}")]
     Rtc(#[from] str0m::RtcError),
+    /// The TURN allocation of a relayed peer failed.
+    #[error("TURN: {0}")]
+    Turn(String),
+}
+
+/// The TURN server and credentials a relayed peer allocates on (from `joined.ice_servers`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The TURN server over UDP.
+    pub server: SocketAddr,
+    /// TURN username.
+    pub username: String,
+    /// TURN password.
+    pub credential: String,
 }
 
 /// What all peers of a run share (one thread: `Rc`).
@@ -91,6 +111,18 @@ pub struct TxCounters {
     pub tracks_paused: u64,
     /// `track_resumed` messages.
     pub tracks_resumed: u64,
+    /// Relayed peers that got their TURN allocation.
+    pub turn_allocations: u64,
+    /// Relayed peers whose allocation failed.
+    pub turn_allocation_failures: u64,
+    /// ChannelBind successes (first binds and refreshes).
+    pub turn_channel_binds: u64,
+    /// Refresh successes.
+    pub turn_refreshes: u64,
+    /// TURN error responses (besides the expected 401/438 challenges) and unanswered requests.
+    pub turn_errors: u64,
+    /// Datagrams a relayed peer could not send (no channel yet and its queue full).
+    pub turn_dropped: u64,
 }
 
 /// A published track.
@@ -109,7 +141,12 @@ struct Track {
 pub struct Peer {
     rtc: Rtc,
     socket: UdpSocket,
+    /// The address of this peer's ICE candidate: the socket's, or the relayed address.
     local: SocketAddr,
+    /// The TURN allocation of a relayed peer.
+    relay: Option<TurnClient>,
+    /// Its counters as last added to the shared ones.
+    relay_reported: TurnCounters,
     shared: Rc<Shared>,
     /// This participant's index (the subscriber in statistics, the publisher in probes).
     index: u32,
@@ -134,14 +171,38 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Opens a UDP socket on `ip` and a full-ICE str0m session (Opus + VP8 only).
-    pub async fn bind(ip: IpAddr, index: u32, shared: Rc<Shared>) -> Result<Peer, PeerError> {
+    /// Opens a UDP socket on `ip` and a full-ICE str0m session (Opus + VP8 only). With `relay`,
+    /// it first allocates on that TURN server from the socket, and the relayed address is its
+    /// only candidate (relay-only ICE); without, the socket's address is (a host candidate).
+    pub async fn bind(
+        ip: IpAddr,
+        index: u32,
+        shared: Rc<Shared>,
+        relay: Option<RelayConfig>,
+    ) -> Result<Peer, PeerError> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
             .await
             .map_err(|source| PeerError::Bind { ip, source })?;
-        let local = socket
+        let host = socket
             .local_addr()
             .map_err(|source| PeerError::Bind { ip, source })?;
+        let relay = match relay {
+            Some(config) => {
+                let result = allocate(&socket, &config, index).await;
+                let mut tx = shared.tx.borrow_mut();
+                match result {
+                    Ok(client) => {
+                        tx.turn_allocations += 1;
+                        Some(client)
+                    }
+                    Err(e) => {
+                        tx.turn_allocation_failures += 1;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let now = Instant::now();
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
@@ -150,12 +211,18 @@ impl Peer {
             .enable_vp8(true)
             .set_stats_interval(None)
             .build(now);
-        let candidate = Candidate::host(local, "udp").map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let (candidate, local) = match relay.as_ref().and_then(TurnClient::relayed) {
+            Some(relayed) => (Candidate::relayed(relayed, host, "udp"), relayed),
+            None => (Candidate::host(host, "udp"), host),
+        };
+        let candidate = candidate.map_err(|e| PeerError::Sdp(e.to_string()))?;
         rtc.add_local_candidate(candidate);
         Ok(Peer {
             rtc,
             socket,
             local,
+            relay,
+            relay_reported: TurnCounters::default(),
             shared,
             index,
             tracks: Vec::new(),
@@ -336,8 +403,19 @@ impl Peer {
         }
     }
 
-    /// One datagram reaches the session.
+    /// One datagram reaches the session (a relayed peer's first crosses its TURN client).
     fn deliver(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        let (source, bytes) = match &mut self.relay {
+            None => (source, bytes),
+            Some(relay) => match relay.unwrap(now, source, bytes) {
+                Incoming::Media { peer, data } => (peer, data),
+                Incoming::Handled => {
+                    self.flush_relay();
+                    return;
+                }
+                Incoming::Ignored => return,
+            },
+        };
         let Ok(contents) = bytes.try_into() else {
             return;
         };
@@ -371,7 +449,8 @@ impl Peer {
     pub fn next_wake(&self) -> Instant {
         let media = self.clock.as_ref().and_then(MediaClock::next_due);
         let link = self.downlink.as_ref().and_then(Link::next_release);
-        [media, link]
+        let relay = self.relay.as_ref().and_then(TurnClient::poll_timeout);
+        [media, link, relay]
             .into_iter()
             .flatten()
             .fold(self.next_timeout, Instant::min)
@@ -383,6 +462,12 @@ impl Peer {
             return;
         }
         self.release_downlink(now);
+        if let Some(relay) = &mut self.relay {
+            if relay.poll_timeout().is_some_and(|t| t <= now) {
+                relay.handle_timeout(now);
+                self.flush_relay();
+            }
+        }
         if now >= self.next_timeout {
             if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
                 tracing::debug!(error = %e, "timeout handling failed");
@@ -462,11 +547,22 @@ impl Peer {
                     self.next_timeout = t;
                     return;
                 }
-                Output::Transmit(t) => {
-                    if self.socket.try_send_to(&t.contents, t.destination).is_err() {
-                        self.shared.tx.borrow_mut().socket_errors += 1;
+                Output::Transmit(t) => match &mut self.relay {
+                    None => {
+                        if self.socket.try_send_to(&t.contents, t.destination).is_err() {
+                            self.shared.tx.borrow_mut().socket_errors += 1;
+                        }
                     }
-                }
+                    Some(relay) => {
+                        let server = relay.server();
+                        if let Some(bytes) = relay.wrap(now, t.destination, &t.contents) {
+                            if self.socket.try_send_to(bytes, server).is_err() {
+                                self.shared.tx.borrow_mut().socket_errors += 1;
+                            }
+                        }
+                        self.flush_relay();
+                    }
+                },
                 Output::Event(event) => self.on_event(now, event),
             }
         }
@@ -529,8 +625,77 @@ impl Peer {
         }
     }
 
-    /// Ends the session (DTLS close is not needed: the server notices the socket).
+    /// Sends what the TURN client has queued (requests, retransmissions, datagrams that
+    /// waited for their channel).
+    fn flush_relay(&mut self) {
+        let Some(relay) = &mut self.relay else {
+            return;
+        };
+        let server = relay.server();
+        while let Some(bytes) = relay.poll_transmit() {
+            if self.socket.try_send_to(&bytes, server).is_err() {
+                self.shared.tx.borrow_mut().socket_errors += 1;
+            }
+        }
+        let now = relay.counters;
+        if now != self.relay_reported {
+            let was = std::mem::replace(&mut self.relay_reported, now);
+            let mut tx = self.shared.tx.borrow_mut();
+            tx.turn_channel_binds += now.channel_binds - was.channel_binds;
+            tx.turn_refreshes += now.refreshes - was.refreshes;
+            tx.turn_errors += now.errors - was.errors;
+            tx.turn_dropped += now.dropped - was.dropped;
+        }
+    }
+
+    /// Ends the session (DTLS close is not needed: the server notices the socket); a relayed
+    /// peer frees its allocation.
     pub fn close(&mut self) {
         self.rtc.disconnect();
+        self.flush_relay();
+        if let Some(relay) = &mut self.relay {
+            if let Some(bytes) = relay.release() {
+                let _ = self.socket.try_send_to(&bytes, relay.server());
+            }
+        }
+    }
+}
+
+/// Allocates on the TURN server of `config` from `socket` (the 401 challenge, then the signed
+/// Allocate), within [`ALLOCATE_TIMEOUT`].
+async fn allocate(
+    socket: &UdpSocket,
+    config: &RelayConfig,
+    index: u32,
+) -> Result<TurnClient, PeerError> {
+    let mut client = TurnClient::new(config.server, &config.username, &config.credential, index);
+    let deadline = Instant::now() + ALLOCATE_TIMEOUT;
+    client.allocate(Instant::now());
+    let mut buf = vec![0u8; 2048];
+    loop {
+        while let Some(bytes) = client.poll_transmit() {
+            socket
+                .send_to(&bytes, config.server)
+                .await
+                .map_err(|e| PeerError::Turn(format!("sending to {}: {e}", config.server)))?;
+        }
+        if client.relayed().is_some() {
+            return Ok(client);
+        }
+        if let Some(why) = client.failed() {
+            return Err(PeerError::Turn(why.to_string()));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(PeerError::Turn("no allocation within 10 s".into()));
+        }
+        let wake = client.poll_timeout().unwrap_or(deadline).min(deadline);
+        match tokio::time::timeout_at(wake.into(), socket.recv_from(&mut buf)).await {
+            Ok(Ok((n, source))) => {
+                client.unwrap(Instant::now(), source, &buf[..n]);
+            }
+            Ok(Err(e)) => return Err(PeerError::Turn(format!("receiving: {e}"))),
+            Err(_) => client.handle_timeout(Instant::now()),
+        }
     }
 }

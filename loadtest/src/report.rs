@@ -41,6 +41,20 @@ pub fn table(r: &Report) -> String {
             ),
         );
     }
+    if let Some(relay) = &r.relay {
+        row(
+            "relayed through TURN/UDP",
+            format!(
+                "{} of {} participants ({} publish; --relay-share {}), {} allocations, {} failed",
+                relay.participants,
+                r.participants,
+                relay.publishers,
+                relay.share,
+                relay.allocations,
+                relay.allocation_failures
+            ),
+        );
+    }
     row("measured window", format!("{:.1} s", r.measured_secs));
     row(
         "forwarded packets/s (received)",
@@ -142,6 +156,45 @@ pub fn table(r: &Report) -> String {
             format!(
                 "{} ({} naming a layer) / {}",
                 r.tx.keyframe_requests, r.tx.keyframe_requests_by_rid, r.tx.publish_layers
+            ),
+        );
+    }
+    for p in &r.paths {
+        row(
+            &format!("{:?} receivers", p.path).to_lowercase(),
+            format!(
+                "{} ({} receiving): {:.0} pkt/s each, loss {:.3} % ({} of {}), delay p50/p99 {:.2}/{:.2} ms",
+                p.receivers,
+                p.receiving,
+                p.received_pps_per_receiver,
+                p.loss * 100.0,
+                p.lost,
+                p.expected,
+                p.delay_p50_ms,
+                p.delay_p99_ms
+            ),
+        );
+    }
+    if let Some(t) = &r.turn {
+        row(
+            "TURN relayed (server, window)",
+            format!(
+                "in {} / out {} packets ({:.0} pkt/s both ways), {:.1} MB; {} allocations held, {} refused",
+                t.relayed_in_packets,
+                t.relayed_out_packets,
+                t.relayed_pps,
+                t.relayed_bytes as f64 / 1e6,
+                t.allocations,
+                t.refused
+            ),
+        );
+    }
+    if r.relay.is_some() {
+        row(
+            "TURN client (generator)",
+            format!(
+                "{} channel binds, {} refreshes, {} errors, {} datagrams dropped",
+                r.tx.turn_channel_binds, r.tx.turn_refreshes, r.tx.turn_errors, r.tx.turn_dropped
             ),
         );
     }

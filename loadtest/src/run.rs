@@ -1,6 +1,9 @@
 //! Runs a scenario against a target: starts participants at the ramp rate, samples the server
 //! and the generator, shows progress, and measures a steady window (or, with
 //! `find_capacity`, one window per load step until loss or delay go over their limits).
+//! A share of the participants can connect through the server's embedded TURN (relay-only
+//! ICE over TURN/UDP); the report then puts what they got next to the direct ones, with the
+//! server's relayed-packet counters.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,8 +21,8 @@ use crate::media::MediaPlan;
 use crate::peer::{Shared, TxCounters};
 use crate::procstat::{self, ProcSample};
 use crate::scenario::{ParticipantSpec, Scenario};
-use crate::scrape::{self, Buckets};
-use crate::stats::{Counts, Group, GroupSummary, RxSummary};
+use crate::scrape::{self, Buckets, TurnSample};
+use crate::stats::{Counts, Group, GroupSummary, PathSummary, RxSummary};
 
 /// Which SFU and where.
 #[derive(Debug, Clone)]
@@ -93,6 +96,40 @@ pub struct RunConfig {
     pub downlink: Option<LinkConfig>,
     /// Share of the receivers behind `downlink` (0..=1).
     pub capped_share: f64,
+    /// Share of the participants that connect through the server's TURN (0..=1, huizhen only).
+    pub relay_share: f64,
+}
+
+/// What the relayed participants did, and what the server's TURN relayed in the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayReport {
+    /// The share asked for (`--relay-share`).
+    pub share: f64,
+    /// Participants started relayed (of `participants`).
+    pub participants: u32,
+    /// Of which publish.
+    pub publishers: u32,
+    /// Relayed participants that got their TURN allocation.
+    pub allocations: u64,
+    /// Relayed participants whose allocation failed.
+    pub allocation_failures: u64,
+}
+
+/// The embedded TURN server's counters over the measured window (scraped from `/metrics`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnFigures {
+    /// Packets relayed from clients to the SFU in the window.
+    pub relayed_in_packets: u64,
+    /// Packets relayed from the SFU to clients in the window.
+    pub relayed_out_packets: u64,
+    /// Both directions per second.
+    pub relayed_pps: f64,
+    /// Payload bytes relayed in the window, both directions.
+    pub relayed_bytes: u64,
+    /// Allocations held at the end of the window.
+    pub allocations: u64,
+    /// Messages refused or dropped in the window.
+    pub refused: u64,
 }
 
 /// The capped downlink of a run, for the report.
@@ -207,15 +244,22 @@ pub struct Report {
     pub generator: ProcFigures,
     /// Time a packet spends inside the server, from its own histogram (`--metrics-url`).
     pub server_latency: Option<ServerLatency>,
+    /// The relayed participants, when `--relay-share` is above 0.
+    pub relay: Option<RelayReport>,
+    /// What the receivers got per path (direct, relayed), when some are relayed.
+    pub paths: Vec<PathSummary>,
+    /// The server's TURN counters in the window (`--metrics-url`, a server with TURN).
+    pub turn: Option<TurnFigures>,
     /// Participants that stopped early, by reason.
     pub errors: BTreeMap<String, u64>,
     /// The capacity search, in `--find-capacity` mode.
     pub capacity: Option<Capacity>,
 }
 
-/// Whether the `n`-th receiver (from 0) is behind the capped link when `share` of them are:
-/// spread evenly, so that any prefix of the receivers holds about `share` capped ones.
-pub fn is_capped(n: u32, share: f64) -> bool {
+/// Whether the `n`-th (from 0) is in a `share` of a sequence, spread evenly, so that any
+/// prefix holds about `share` of them: the receivers behind the capped link, the relayed
+/// participants.
+pub fn in_share(n: u32, share: f64) -> bool {
     let share = share.clamp(0.0, 1.0);
     ((f64::from(n) + 1.0) * share).floor() > (f64::from(n) * share).floor()
 }
@@ -227,6 +271,7 @@ struct Mark {
     server: Option<ProcSample>,
     generator: ProcSample,
     latency: Option<Buckets>,
+    turn: Option<TurnSample>,
 }
 
 struct Runner {
@@ -240,6 +285,9 @@ struct Runner {
     next_index: u32,
     /// Receivers started so far (to put the capped share behind the link evenly).
     receivers: u32,
+    /// Relayed participants started so far, and of them publishers.
+    relayed: u32,
+    relayed_publishers: u32,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
     progress: ProgressBar,
@@ -270,6 +318,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         units: 0,
         next_index: 0,
         receivers: 0,
+        relayed: 0,
+        relayed_publishers: 0,
         tasks: Vec::new(),
         started: Instant::now(),
         progress,
@@ -290,17 +340,22 @@ impl Runner {
         self.started + self.config.duration
     }
 
-    /// A mark for a window's edge: also scrapes the server's latency histogram.
+    /// A mark for a window's edge: also scrapes the server's latency histogram and TURN
+    /// counters.
     async fn window_mark(&self) -> anyhow::Result<Mark> {
-        let latency = match &self.config.metrics_url {
-            Some(url) => Some(Buckets::parse(
-                &scrape::fetch(url).await?,
-                scrape::FORWARD_LATENCY,
-            )),
-            None => None,
+        let (latency, turn) = match &self.config.metrics_url {
+            Some(url) => {
+                let body = scrape::fetch(url).await?;
+                (
+                    Some(Buckets::parse(&body, scrape::FORWARD_LATENCY)),
+                    TurnSample::parse(&body),
+                )
+            }
+            None => (None, None),
         };
         Ok(Mark {
             latency,
+            turn,
             ..self.mark()?
         })
     }
@@ -308,6 +363,7 @@ impl Runner {
     fn mark(&self) -> anyhow::Result<Mark> {
         Ok(Mark {
             latency: None,
+            turn: None,
             at: Instant::now(),
             counts: self.shared.rx.borrow().counts(),
             server: match self.config.server_pid {
@@ -433,7 +489,7 @@ impl Runner {
         } else {
             let n = self.receivers;
             self.receivers += 1;
-            let capped = self.config.downlink.is_some() && is_capped(n, self.config.capped_share);
+            let capped = self.config.downlink.is_some() && in_share(n, self.config.capped_share);
             let group = if capped {
                 Group::Capped
             } else {
@@ -442,10 +498,23 @@ impl Runner {
             shared.rx.borrow_mut().set_group(spec.index, group);
             self.config.downlink.filter(|_| capped)
         };
+        let relay = matches!(target, Target::Huizhen { .. })
+            && in_share(spec.index, self.config.relay_share);
+        if relay {
+            self.relayed += 1;
+            self.relayed_publishers += u32::from(spec.publishes);
+            if !spec.receives.is_empty() {
+                shared.rx.borrow_mut().set_relayed(spec.index);
+            }
+        }
         let handle = tokio::task::spawn_local(async move {
             let result = match target {
                 Target::Huizhen { url } => {
-                    let media = crate::huizhen::ParticipantMedia { plan, downlink };
+                    let media = crate::huizhen::ParticipantMedia {
+                        plan,
+                        downlink,
+                        relay,
+                    };
                     crate::huizhen::participant(url, room, spec, media, ip, shared.clone(), stop)
                         .await
                 }
@@ -605,6 +674,36 @@ impl Runner {
                 }
                 _ => None,
             },
+            relay: (self.config.relay_share > 0.0).then(|| {
+                let tx = self.shared.tx.borrow();
+                RelayReport {
+                    share: self.config.relay_share,
+                    participants: self.relayed,
+                    publishers: self.relayed_publishers,
+                    allocations: tx.turn_allocations,
+                    allocation_failures: tx.turn_allocation_failures,
+                }
+            }),
+            paths: self.shared.rx.borrow().paths(&from.counts, dt),
+            turn: match (&from.turn, &to.turn) {
+                (Some(a), Some(b)) => {
+                    let relayed_in = b.relayed_in.saturating_sub(a.relayed_in);
+                    let relayed_out = b.relayed_out.saturating_sub(a.relayed_out);
+                    Some(TurnFigures {
+                        relayed_in_packets: relayed_in,
+                        relayed_out_packets: relayed_out,
+                        relayed_pps: if dt > 0.0 {
+                            (relayed_in + relayed_out) as f64 / dt
+                        } else {
+                            0.0
+                        },
+                        relayed_bytes: b.relayed_bytes.saturating_sub(a.relayed_bytes),
+                        allocations: b.allocations,
+                        refused: b.refused.saturating_sub(a.refused),
+                    })
+                }
+                _ => None,
+            },
             errors: self.errors.borrow().clone(),
             capacity,
         }
@@ -627,16 +726,16 @@ impl Runner {
 
 #[cfg(test)]
 mod tests {
-    use super::is_capped;
+    use super::in_share;
 
     #[test]
     fn the_capped_share_is_spread_evenly_over_the_receivers() {
-        let capped = |share: f64, n: u32| (0..n).filter(|&i| is_capped(i, share)).count();
+        let capped = |share: f64, n: u32| (0..n).filter(|&i| in_share(i, share)).count();
         assert_eq!(capped(0.5, 10), 5);
         assert_eq!(capped(1.0, 7), 7);
         assert_eq!(capped(0.0, 7), 0);
         assert_eq!(capped(0.25, 100), 25);
         // Alternating at one half: a followup visit has one capped and one free participant.
-        assert!(!is_capped(0, 0.5) && is_capped(1, 0.5));
+        assert!(!in_share(0, 0.5) && in_share(1, 0.5));
     }
 }

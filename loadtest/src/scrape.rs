@@ -1,7 +1,9 @@
 //! The server's own view of the time a packet spends inside it: huizhen exports the histogram
 //! `huizhen_sfu_forward_latency_seconds` (receive to send of the forwarded copies). Two scrapes
 //! of `/metrics` give the histogram of a window; quantiles are interpolated within buckets,
-//! as Prometheus's `histogram_quantile` does.
+//! as Prometheus's `histogram_quantile` does. The same scrapes read the embedded TURN
+//! server's counters ([`TurnSample`]), so a run with relayed participants can put the server's
+//! CPU next to the packets it relayed.
 
 use std::time::Duration;
 
@@ -11,6 +13,65 @@ use tokio::net::TcpStream;
 
 /// The histogram's name.
 pub const FORWARD_LATENCY: &str = "huizhen_sfu_forward_latency_seconds";
+
+/// Packets relayed from TURN clients to the SFU.
+pub const TURN_RELAYED_IN: &str = "huizhen_turn_relayed_in_packets_total";
+/// Packets relayed from the SFU to TURN clients.
+pub const TURN_RELAYED_OUT: &str = "huizhen_turn_relayed_out_packets_total";
+/// Payload bytes relayed, both directions.
+pub const TURN_RELAYED_BYTES: &str = "huizhen_turn_relayed_bytes_total";
+/// Allocations held (a gauge per client transport).
+pub const TURN_ALLOCATIONS: &str = "huizhen_turn_allocations";
+/// Messages refused or dropped, by reason.
+pub const TURN_REFUSED: &str = "huizhen_turn_refused_total";
+
+/// The sum of every sample of the metric `name` in Prometheus text `body` (all label sets),
+/// or `None` when it has none.
+pub fn sum(body: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total
+}
+
+/// The embedded TURN server's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TurnSample {
+    /// Packets relayed from clients to the SFU.
+    pub relayed_in: u64,
+    /// Packets relayed from the SFU to clients.
+    pub relayed_out: u64,
+    /// Payload bytes relayed, both directions.
+    pub relayed_bytes: u64,
+    /// Allocations held, all transports.
+    pub allocations: u64,
+    /// Messages refused or dropped, all reasons.
+    pub refused: u64,
+}
+
+impl TurnSample {
+    /// The TURN counters in `body`; `None` when the server exports none (no TURN metrics).
+    pub fn parse(body: &str) -> Option<TurnSample> {
+        let get = |name| sum(body, name).unwrap_or(0.0) as u64;
+        sum(body, TURN_RELAYED_IN)?;
+        Some(TurnSample {
+            relayed_in: get(TURN_RELAYED_IN),
+            relayed_out: get(TURN_RELAYED_OUT),
+            relayed_bytes: get(TURN_RELAYED_BYTES),
+            allocations: get(TURN_ALLOCATIONS),
+            refused: get(TURN_REFUSED),
+        })
+    }
+}
 
 /// Scraping failed.
 #[derive(Debug, Error)]
@@ -182,6 +243,25 @@ mod tests {
         let half = Buckets(b.0.iter().map(|(x, c)| (*x, c / 2)).collect());
         assert_eq!(b.since(&half).count(), 50);
         assert_eq!(Buckets::parse("", FORWARD_LATENCY).quantile(0.5), None);
+    }
+
+    #[test]
+    fn turn_counters_are_summed_over_their_labels() {
+        let body = "# TYPE huizhen_turn_allocations gauge\n\
+            huizhen_turn_allocations{transport=\"tcp\"} 1\n\
+            huizhen_turn_allocations{transport=\"udp\"} 4\n\
+            huizhen_turn_allocations_created_total{transport=\"udp\"} 9\n\
+            huizhen_turn_relayed_in_packets_total 1200\n\
+            huizhen_turn_relayed_out_packets_total 3400\n\
+            huizhen_turn_refused_total{reason=\"forbidden_peer\"} 2\n";
+        let t = TurnSample::parse(body).unwrap();
+        assert_eq!(
+            t.allocations, 5,
+            "the _created_total counter is another metric"
+        );
+        assert_eq!((t.relayed_in, t.relayed_out, t.refused), (1200, 3400, 2));
+        assert_eq!(t.relayed_bytes, 0);
+        assert_eq!(TurnSample::parse(BODY), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What the receivers measured: loss, reordering, jitter (RFC 3550), delay added between send
 //! and receive, and join times. Sans-IO: times are passed in as microseconds since the epoch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hdrhistogram::Histogram;
 
@@ -58,6 +58,8 @@ pub struct Arrival {
 #[derive(Debug, Clone, Default)]
 struct StreamRx {
     group: Group,
+    /// The subscriber receives through TURN.
+    relayed: bool,
     kind_video: bool,
     layer: u8,
     first_seq: u32,
@@ -118,6 +120,54 @@ pub struct Counts {
     pub received: u64,
     /// The same per receiver group ([`Group`] order: uncapped, capped).
     pub groups: [GroupCounts; 2],
+    /// The same per receiver path ([`Path`] order: direct, relayed through TURN).
+    pub paths: [GroupCounts; 2],
+}
+
+/// How a receiver's media reaches it: straight from the SFU, or through the server's TURN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// Host candidate to the SFU.
+    Direct,
+    /// Relay-only ICE through the embedded TURN (UDP).
+    Relayed,
+}
+
+impl Path {
+    const ALL: [Path; 2] = [Path::Direct, Path::Relayed];
+
+    fn index(self) -> usize {
+        match self {
+            Path::Direct => 0,
+            Path::Relayed => 1,
+        }
+    }
+}
+
+/// What the receivers of one path got in the window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PathSummary {
+    /// Which path.
+    pub path: Path,
+    /// Receivers on it.
+    pub receivers: u64,
+    /// Receivers on it whose first media arrived.
+    pub receiving: u64,
+    /// Packets received per second, all of its receivers.
+    pub received_pps: f64,
+    /// The same per receiver.
+    pub received_pps_per_receiver: f64,
+    /// Lost fraction.
+    pub loss: f64,
+    /// Packets lost.
+    pub lost: u64,
+    /// Packets expected.
+    pub expected: u64,
+    /// Delay median, ms.
+    pub delay_p50_ms: f64,
+    /// 99th percentile, ms.
+    pub delay_p99_ms: f64,
 }
 
 impl Counts {
@@ -142,11 +192,13 @@ fn loss(expected: u64, received: u64) -> f64 {
 pub struct RxStats {
     streams: HashMap<(u32, u32, Kind), StreamRx>,
     groups: HashMap<u32, Group>,
+    relayed: HashSet<u32>,
     received: u64,
     reordered: u64,
     foreign: u64,
     window_delay_us: Histogram<u64>,
     group_delay_us: [Histogram<u64>; 2],
+    path_delay_us: [Histogram<u64>; 2],
     join_ms: Histogram<u64>,
     join_failures: u64,
 }
@@ -165,11 +217,13 @@ impl RxStats {
         RxStats {
             streams: HashMap::new(),
             groups: HashMap::new(),
+            relayed: HashSet::new(),
             received: 0,
             reordered: 0,
             foreign: 0,
             window_delay_us: histogram(),
             group_delay_us: [histogram(), histogram()],
+            path_delay_us: [histogram(), histogram()],
             join_ms: Histogram::new_with_max(600_000, 3).expect("valid histogram bounds"),
             join_failures: 0,
         }
@@ -178,6 +232,11 @@ impl RxStats {
     /// `subscriber` receives through a link of `group` (uncapped unless said).
     pub fn set_group(&mut self, subscriber: u32, group: Group) {
         self.groups.insert(subscriber, group);
+    }
+
+    /// `subscriber` receives through TURN (direct unless said).
+    pub fn set_relayed(&mut self, subscriber: u32) {
+        self.relayed.insert(subscriber);
     }
 
     /// `subscriber` received `probe` at `now_us`.
@@ -193,12 +252,19 @@ impl RxStats {
             .entry((subscriber, probe.publisher, probe.kind))
             .or_insert_with(|| StreamRx {
                 group,
+                relayed: self.relayed.contains(&subscriber),
                 kind_video: probe.kind == Kind::Video,
                 layer: probe.layer,
                 first_seq: probe.seq,
                 highest_seq: probe.seq,
                 ..StreamRx::default()
             });
+        let path = if stream.relayed {
+            Path::Relayed
+        } else {
+            Path::Direct
+        };
+        self.path_delay_us[path.index()].saturating_record(delay);
         stream.received += 1;
         stream.last_us = now_us;
         if probe.kind == Kind::Video {
@@ -260,6 +326,9 @@ impl RxStats {
             g.video_bytes += s.bytes;
             g.skipped += s.skipped;
             g.restarts += s.restarts;
+            let p = &mut counts.paths[usize::from(s.relayed)];
+            p.expected += expected;
+            p.received += s.received;
         }
         counts
     }
@@ -267,7 +336,11 @@ impl RxStats {
     /// Forgets the delays of the current window (the whole-run delays stay).
     pub fn reset_window(&mut self) {
         self.window_delay_us.reset();
-        for h in &mut self.group_delay_us {
+        for h in self
+            .group_delay_us
+            .iter_mut()
+            .chain(self.path_delay_us.iter_mut())
+        {
             h.reset();
         }
     }
@@ -340,6 +413,52 @@ impl RxStats {
                 delay_p50_ms: self.group_delay_us[i].value_at_quantile(0.5) as f64 / 1000.0,
                 delay_p99_ms: self.group_delay_us[i].value_at_quantile(0.99) as f64 / 1000.0,
                 ended_on,
+            });
+        }
+        out
+    }
+
+    /// Per path (direct, relayed), when any receiver is relayed: what its receivers got
+    /// between `since` and now (`secs` apart). Paths without receivers are left out.
+    pub fn paths(&self, since: &Counts, secs: f64) -> Vec<PathSummary> {
+        if self.relayed.is_empty() {
+            return Vec::new();
+        }
+        let now = self.counts();
+        let mut out = Vec::new();
+        for path in Path::ALL {
+            let i = path.index();
+            let on_path = |subscriber: &u32| self.relayed.contains(subscriber) == (i == 1);
+            let receivers = self.groups.keys().filter(|s| on_path(s)).count() as u64;
+            if receivers == 0 {
+                continue;
+            }
+            let receiving = self
+                .streams
+                .keys()
+                .map(|(subscriber, _, _)| *subscriber)
+                .filter(|s| on_path(s))
+                .collect::<HashSet<u32>>()
+                .len() as u64;
+            let (a, b) = (&since.paths[i], &now.paths[i]);
+            let received = b.received.saturating_sub(a.received);
+            let expected = b.expected.saturating_sub(a.expected);
+            let pps = if secs > 0.0 {
+                received as f64 / secs
+            } else {
+                0.0
+            };
+            out.push(PathSummary {
+                path,
+                receivers,
+                receiving,
+                received_pps: pps,
+                received_pps_per_receiver: pps / receivers as f64,
+                loss: loss(expected, received),
+                lost: expected.saturating_sub(received),
+                expected,
+                delay_p50_ms: self.path_delay_us[i].value_at_quantile(0.5) as f64 / 1000.0,
+                delay_p99_ms: self.path_delay_us[i].value_at_quantile(0.99) as f64 / 1000.0,
             });
         }
         out
@@ -656,6 +775,40 @@ mod tests {
         assert_eq!(groups[0].ended_on.get("f"), Some(&1));
         assert_eq!(groups[1].ended_on.get("q"), Some(&1));
         assert_eq!(groups[1].ended_on.get("paused"), Some(&1));
+    }
+
+    #[test]
+    fn relayed_receivers_are_reported_apart() {
+        let mut s = RxStats::new();
+        for subscriber in 1..=3 {
+            s.set_group(subscriber, Group::Uncapped);
+        }
+        assert!(
+            s.paths(&Counts::default(), 1.0).is_empty(),
+            "nobody relayed"
+        );
+        s.set_relayed(2);
+        let start = s.counts();
+        for seq in (0..10).filter(|&n| n != 4) {
+            s.on_packet(1, &probe(seq, 0), Arrival::default(), 1000);
+            s.on_packet(2, &probe(seq, 0), Arrival::default(), 3000);
+        }
+        s.on_packet(2, &probe(10, 0), Arrival::default(), 3000);
+        let paths = s.paths(&start, 1.0);
+        assert_eq!(paths.len(), 2);
+        let (direct, relayed) = (&paths[0], &paths[1]);
+        assert_eq!(
+            (direct.path, direct.receivers, direct.receiving),
+            (Path::Direct, 2, 1)
+        );
+        assert_eq!(
+            (relayed.path, relayed.receivers, relayed.receiving),
+            (Path::Relayed, 1, 1)
+        );
+        assert_eq!((direct.received_pps, direct.lost), (9.0, 1));
+        assert_eq!((relayed.received_pps, relayed.expected), (10.0, 11));
+        assert!((relayed.delay_p50_ms - 3.0).abs() < 0.01);
+        assert!((direct.delay_p99_ms - 1.0).abs() < 0.01);
     }
 
     #[test]

@@ -236,3 +236,50 @@ async fn every_scenario_runs_against_huizhen_with_media_received() {
         Err(_) => panic!("server handle still shared"),
     }
 }
+
+/// `--relay-share 0.5`: one of the two in each visit allocates on the server's embedded TURN
+/// (UDP) with the credential of `joined` and connects relay-only; both still get media, the
+/// report tells the relayed receivers apart, and the server's TURN counters moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_share_connects_through_the_servers_turn() {
+    let server = huizhen::server::start(Config::loopback_for_tests())
+        .await
+        .expect("server starts");
+    let server = std::sync::Arc::new(server);
+    let report = generator(
+        &server,
+        &[
+            "--scenario",
+            "followup",
+            "--units",
+            "2",
+            "--duration",
+            "6",
+            "--relay-share",
+            "0.5",
+        ],
+    )
+    .await;
+    check(&report, 4, 4, 8);
+    assert_eq!(report["relay"]["participants"], 2, "{report:#}");
+    assert_eq!(report["relay"]["allocations"], 2, "{report:#}");
+    let paths = report["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 2, "{report:#}");
+    for p in paths {
+        assert_eq!(p["receiving"], 2, "{report:#}");
+        assert!(p["received_pps"].as_f64().unwrap() > 0.0, "{report:#}");
+    }
+    let turn = &report["turn"];
+    assert!(
+        turn["relayed_in_packets"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+    assert!(
+        turn["relayed_out_packets"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+    match std::sync::Arc::try_unwrap(server) {
+        Ok(server) => server.shutdown().await,
+        Err(_) => panic!("server handle still shared"),
+    }
+}
