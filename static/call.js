@@ -104,6 +104,17 @@ const THUMBNAIL_FPS = 15;
 const ICE_RESTART_AFTER_MS = 2000;
 /** Most ICE restarts per minute (a path that keeps failing is not hammered). */
 const MAX_ICE_RESTARTS_PER_MINUTE = 3;
+/**
+ * The path watchdog: how often the selected candidate pair's received bytes are looked at, and
+ * how long they may stand still, after flowing, before ICE is restarted. A change of network
+ * (Wi-Fi to 4G) or a path that went dark shows here long before ICE calls the connection
+ * `disconnected` (several seconds): whoever sends or receives media gets RTP, RTCP or feedback
+ * from the server many times a second, and a path that carries none of it for a second is dead.
+ */
+const PATH_CHECK_MS = 250;
+const PATH_STALL_MS = 1000;
+/** A restart for a stalled path that brought no bytes back within this is tried again. */
+const PATH_RETRY_MS = 4000;
 
 /** Message types a `Call` consumes. */
 export const MEDIA_MESSAGE_TYPES = new Set([
@@ -257,6 +268,8 @@ export class Call {
    * @param {boolean} [opts.stopLocalMedia]  stop the local tracks on teardown (default true)
    * @param {(p: {id: string, display_name: string}|undefined, id: string) => string} [opts.tileName]
    * @param {boolean} [opts.pinControls]  a "show large" button on remote tiles (default true)
+   * @param {() => void} [opts.onPathStalled]  media stopped arriving on the selected path (a
+   *   change of network): the page should move signaling to a new socket (resume)
    * @param {'all'|'relay'} [opts.iceTransportPolicy]  'relay': media only through the server's
    *   TURN (for networks where direct paths are blocked or must not be tried; default 'all')
    */
@@ -1009,11 +1022,74 @@ export class Call {
   watchPath(pc) {
     clearTimeout(this.iceTimer);
     if (pc !== this.pc || this.state === 'closed' || this.state === 'left') return;
+    if (pc.connectionState === 'connected' && !this.pathTimer) {
+      this.pathTimer = setInterval(() => this.checkPath(pc), PATH_CHECK_MS);
+    }
     if (pc.connectionState === 'failed') this.restartIce('failed');
     else if (pc.connectionState === 'disconnected') {
       this.iceTimer = setTimeout(() => {
         if (pc === this.pc && pc.connectionState === 'disconnected') this.restartIce('disconnected');
       }, ICE_RESTART_AFTER_MS);
+    }
+  }
+
+  /**
+   * The path watchdog (see PATH_STALL_MS): restart ICE when the selected pair's received bytes,
+   * which were growing, stand still. Bytes of a newly selected pair (ICE moved to another
+   * network on its own) start a new watch; after a restart, the watch waits for bytes to flow
+   * again before it can fire once more.
+   */
+  async checkPath(pc) {
+    if (pc !== this.pc || pc.signalingState === 'closed') {
+      clearInterval(this.pathTimer);
+      this.pathTimer = null;
+      return;
+    }
+    if (this.pathBusy) return;
+    this.pathBusy = true;
+    try {
+      const stats = await pc.getStats();
+      let pairId = null;
+      stats.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+      });
+      const pair = pairId ? stats.get(pairId) : null;
+      const now = Date.now();
+      const w = (this.pathWatch ||= { pairId: null, bytes: 0, movedAt: now, streak: 0, flowing: false, retryAt: 0 });
+      if (w.retryAt && now >= w.retryAt && (this.state === 'joined' || this.state === 'resuming')) {
+        // The restart brought nothing back (the new network was not known yet, say): again.
+        w.retryAt = now + PATH_RETRY_MS;
+        this.restartIce('stalled again');
+        return;
+      }
+      if (!pair) return;
+      if (pair.id !== w.pairId) {
+        Object.assign(w, { pairId: pair.id, bytes: pair.bytesReceived || 0, movedAt: now, streak: 0, flowing: false });
+        return;
+      }
+      const bytes = pair.bytesReceived || 0;
+      if (bytes !== w.bytes) {
+        // Flowing means bytes at every check for a while (media and its feedback), not the odd
+        // consent check of an idle connection, whose gaps are no sign of a dead path.
+        w.streak += 1;
+        Object.assign(w, { bytes, movedAt: now, flowing: w.flowing || w.streak >= 4 });
+        if (w.flowing) w.retryAt = 0;
+        return;
+      }
+      w.streak = 0;
+      if (w.flowing && now - w.movedAt >= PATH_STALL_MS && (this.state === 'joined' || this.state === 'resuming')) {
+        w.flowing = false; // once per stall
+        w.retryAt = now + PATH_RETRY_MS;
+        // The network probably changed: the signaling socket rode on it too and may be dead
+        // without knowing it (TCP notices in minutes). The page takes the call back on a new
+        // socket first, so that the restart's offer does not vanish into the old one.
+        this.opts.onPathStalled?.();
+        this.restartIce('stalled');
+      }
+    } catch {
+      // closing; the next tick looks again
+    } finally {
+      this.pathBusy = false;
     }
   }
 
@@ -1308,6 +1384,8 @@ export class Call {
   teardown() {
     clearTimeout(this.offerTimer);
     clearTimeout(this.iceTimer);
+    clearInterval(this.pathTimer);
+    this.pathTimer = null;
     clearTimeout(this.preferencesTimer);
     this.preferencesTimer = null;
     this.resizeObserver?.disconnect();

@@ -68,6 +68,7 @@ const call = new Call({
     setStatus(`Removed by server: ${reason}`, true);
     clearInterval(pingTimer);
   },
+  onPathStalled: () => reconnectSignaling('media path stalled'),
   log: logLine,
   tiles: $('tiles'),
   localVideo: $('local-video'),
@@ -254,6 +255,28 @@ function connect() {
     call.close('closed');
   });
   ws.addEventListener('error', () => logLine('socket error', true));
+}
+
+/**
+ * Move signaling to a new socket now (resume), without waiting for the old one to close: after
+ * a change of network the old TCP connection is dead but does not know it.
+ */
+function reconnectSignaling(reason) {
+  if (!ws || call.state !== 'joined') return;
+  const old = ws;
+  ws = null; // its close event, whenever it comes, is ignored
+  clearInterval(pingTimer);
+  try {
+    old.close(4000, reason);
+  } catch {
+    // already closing
+  }
+  record('local', { type: 'socket_replaced', reason });
+  if (call.suspend()) {
+    resumeAttempt = 0;
+    setStatus('Network changed; reconnecting (the call goes on)…', true);
+    connect();
+  }
 }
 
 async function handleServerMessage(msg) {

@@ -157,6 +157,10 @@ pub struct SimClient {
     pub removed: Option<LeaveReason>,
     /// Drop everything this client sends (simulates a dead peer).
     pub mute_network: bool,
+    /// The address its NAT maps it to now, if not its own: what it sends to the server comes
+    /// from there, and what the server sends there reaches it (a NAT rebinding, a carrier
+    /// moving the phone to another public address).
+    pub nat_addr: Option<SocketAddr>,
     /// Its signaling socket is down: the server's messages to it are lost (counted in
     /// `signals_lost`), as the edge drops them for a detached participant.
     pub signaling_down: bool,
@@ -331,6 +335,7 @@ impl SimNet {
             next_seq: HashMap::new(),
             removed: None,
             mute_network: false,
+            nat_addr: None,
             signaling_down: false,
             signals_lost: 0,
             audio_cap: None,
@@ -685,7 +690,11 @@ impl SimNet {
                     &p.bytes,
                 );
                 self.route_outputs();
-            } else if let Some(i) = self.clients.iter().position(|c| c.addr == p.destination) {
+            } else if let Some(i) = self
+                .clients
+                .iter()
+                .position(|c| c.nat_addr.unwrap_or(c.addr) == p.destination)
+            {
                 let Ok(contents) = p.bytes.as_slice().try_into() else {
                     continue;
                 };
@@ -694,7 +703,7 @@ impl SimNet {
                     Receive {
                         proto: Protocol::Udp,
                         source: p.source,
-                        destination: p.destination,
+                        destination: self.clients[i].addr,
                         contents,
                     },
                 );
@@ -875,7 +884,10 @@ impl SimNet {
                     if c.mute_network {
                         continue;
                     }
-                    let (s, d) = (t.source, t.destination);
+                    let (mut s, d) = (t.source, t.destination);
+                    if d == SERVER_ADDR {
+                        s = c.nat_addr.unwrap_or(s);
+                    }
                     self.put_on_wire(s, d, t.contents.into());
                 }
                 Output::Event(Event::RtpPacket(p)) => {

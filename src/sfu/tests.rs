@@ -741,3 +741,64 @@ fn an_ice_restart_keeps_the_participant_and_its_tracks_and_retires_the_old_crede
     net.sfu.leave(net.now, b_id, LeaveReason::Left);
     assert_eq!(net.sfu.demux_entries().0, ufrags_before - 1);
 }
+
+/// The longest time between two packets `client` received from `publisher` (audio and video)
+/// after `from`, and how many arrived then.
+fn receive_gap(
+    net: &SimNet,
+    client: usize,
+    publisher: usize,
+    from: std::time::Instant,
+) -> (Duration, usize) {
+    let mut mids = net.mids_from(client, publisher, TrackKind::Video);
+    mids.extend(net.mids_from(client, publisher, TrackKind::Audio));
+    let times: Vec<std::time::Instant> = net.clients[client]
+        .received
+        .iter()
+        .filter(|r| mids.contains(&r.mid) && r.at >= from)
+        .map(|r| r.at)
+        .collect();
+    let mut gap = times
+        .first()
+        .map_or(Duration::MAX, |t| t.duration_since(from));
+    for w in times.windows(2) {
+        gap = gap.max(w[1].duration_since(w[0]));
+    }
+    (gap, times.len())
+}
+
+#[test]
+fn after_a_nat_rebinding_the_server_follows_the_media_to_the_new_address() {
+    let mut net = SimNet::new(21);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, b], 10);
+    let b_id = net.clients[b].id;
+    // B's carrier moves it to another public address: everything it sends now comes from
+    // there, and only what is sent there reaches it.
+    net.clients[b].nat_addr = Some("127.99.0.2:40000".parse().unwrap());
+    let t0 = net.now;
+    send_media_from(&mut net, &[a, b], 10, 300);
+    let (down_gap, down) = receive_gap(&net, b, a, t0);
+    let (up_gap, up) = receive_gap(&net, a, b, t0);
+    eprintln!("NAT rebinding: B receives again after a gap of {down_gap:?} ({down} packets), A hears B after {up_gap:?} ({up} packets)");
+    assert!(
+        down >= 400,
+        "A's media reaches B at its new address: {down}"
+    );
+    assert!(up >= 400, "B's media from its new address reaches A: {up}");
+    // The server follows as soon as the new address has been heard from with the ICE
+    // credentials (B's next consent check) and its media arrives there: within the client's
+    // check interval plus the latch's silence, far below the participant's timeout.
+    assert!(
+        down_gap < super::sim::sim_config().peer_timeout,
+        "B's downlink came back before the peer timeout: {down_gap:?}"
+    );
+    assert_eq!(net.clients[b].id, b_id);
+    assert!(net.clients[b].removed.is_none(), "B was not removed");
+    assert!(!net.clients[a]
+        .signals
+        .iter()
+        .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
+}

@@ -135,7 +135,7 @@ export function impairmentUnavailable() {
   }
 }
 
-function netnsLog(args) {
+export function netnsLog(args) {
   try {
     const r = execFileSync(NETNS_SH, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
     return r;
@@ -178,7 +178,7 @@ function uniqueName() {
   return `w${process.pid.toString(36)}${(nsCounter++).toString(36)}`.slice(0, 10);
 }
 
-async function namespaceUp() {
+export async function namespaceUp() {
   const name = uniqueName();
   liveNamespaces.add(name);
   const out = netnsLog(['up', name]);
@@ -192,7 +192,7 @@ async function namespaceUp() {
   return { name, ns: info.NS, rootAddr: info.ROOT_ADDR, nsAddr: info.NS_ADDR, rootIf: info.ROOT_IF };
 }
 
-function namespaceDown(name) {
+export function namespaceDown(name) {
   try {
     netnsLog(['down', name]);
   } finally {
@@ -330,7 +330,7 @@ function logTail(server, lines = 40) {
   }
 }
 
-async function stopServerAt(server, { keep = false } = {}) {
+export async function stopServerAt(server, { keep = false } = {}) {
   if (!server.exited) {
     server.proc.kill('SIGTERM');
     const deadline = Date.now() + 5000;
@@ -343,7 +343,7 @@ async function stopServerAt(server, { keep = false } = {}) {
 }
 
 /** /metrics as {name: sum over label sets} for the huizhen_* samples. */
-async function metrics(server) {
+export async function metrics(server) {
   try {
     const res = await fetch(`${server.base}/metrics`, { signal: AbortSignal.timeout(5000) });
     const text = await res.text();
@@ -373,7 +373,7 @@ function browserArgs(server, media) {
   return args;
 }
 
-async function launch(server, media, ns = null) {
+export async function launch(server, media, ns = null) {
   return chromium.launch({
     executablePath: ns ? CHROMIUM_NETNS : CHROMIUM_BIN,
     args: browserArgs(server, media),
@@ -383,7 +383,7 @@ async function launch(server, media, ns = null) {
   });
 }
 
-async function join(browser, server, room, name) {
+export async function join(browser, server, room, name) {
   const context = await browser.newContext({ viewport: { width: 960, height: 640 } });
   context.setDefaultTimeout(WAIT_MS);
   const page = await context.newPage();

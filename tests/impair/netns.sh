@@ -29,6 +29,18 @@
 #   netns.sh down NAME          stop what runs in the namespace, delete it and the veth pair
 #                               (idempotent)
 #   netns.sh exec NAME CMD...   run CMD inside the namespace
+#   netns.sh link2 NAME         a second network for the namespace (a phone's 4G beside its
+#                               Wi-Fi): veth hzs-NAME 127.78.X.1/24 <-> hzt-NAME 127.78.X.2/24,
+#                               with a source rule so 127.78.X.2 reaches ROOT_ADDR through it;
+#                               prints LINK2_ROOT_IF LINK2_NS_IF LINK2_ADDR (idempotent)
+#   netns.sh link NAME 1|2 up|down
+#                               take the namespace side of network 1 (the first veth) or 2 down
+#                               (its address removed, then the link: the phone leaves the Wi-Fi)
+#                               or up again
+#   netns.sh prefer NAME 1|2     which network new connections use (the default route)
+#   netns.sh blackhole NAME 1|2 on|off
+#                               drop everything network 1 or 2 carries, on both receiving sides
+#                               (a path that goes dark without the interface going down)
 #   netns.sh check              exit 0 if this machine can run the harness, else print why, exit 3
 # NAME: 1-10 characters [a-z0-9]. State lives in /run/huizhen-impair/.
 set -euo pipefail
@@ -226,8 +238,146 @@ cmd_down() {
     ip netns del "$NS"
   fi
   ip link del "$ROOT_IF" 2>/dev/null || true
+  ip link del "hzs-$1" 2>/dev/null || true
+  local n
+  for n in 1 2; do
+    iptables -w 5 -D INPUT -j "HZBH$n-$1" 2>/dev/null || true
+    iptables -w 5 -F "HZBH$n-$1" 2>/dev/null || true
+    iptables -w 5 -X "HZBH$n-$1" 2>/dev/null || true
+  done
   rm -f "$STATE_DIR/$1.subnet" "$STATE_DIR/$1.delay.log"
   say "down $1: namespace $NS and veth $ROOT_IF removed"
+}
+
+cmd_link2() {
+  check_name "${1:-}"; names "$1"
+  ns_exists && [ -f "$STATE_DIR/$1.subnet" ] || die "link2 $1: no such namespace"
+  local x; x="$(cat "$STATE_DIR/$1.subnet")"
+  local ra="127.77.$x.1" ra2="127.78.$x.1" na2="127.78.$x.2"
+  local rif="hzs-$1" nif="hzt-$1"
+  if ! ip link show "$rif" >/dev/null 2>&1; then
+    ip link add "$rif" type veth peer name "$nif"
+    ip link set "$nif" netns "$NS"
+    sysctl -qw "net.ipv4.conf.$rif.route_localnet=1"
+    sysctl -qw "net.ipv4.conf.$rif.rp_filter=0"
+    sysctl -qw "net.ipv6.conf.$rif.disable_ipv6=1" 2>/dev/null || true
+    ip addr add "$ra2/24" dev "$rif"
+    ip link set "$rif" up
+    ip route replace "$na2/32" dev "$rif" src "$ra" table local
+    ip netns exec "$NS" sysctl -qw "net.ipv4.conf.$nif.route_localnet=1"
+    ip netns exec "$NS" sysctl -qw "net.ipv6.conf.$nif.disable_ipv6=1" 2>/dev/null || true
+    ip -n "$NS" addr add "$na2/24" dev "$nif"
+    ip -n "$NS" link set "$nif" up
+    ip -n "$NS" route replace "$na2/32" dev "$nif" table local type local src "$na2" 2>/dev/null || true
+    # Routing to ROOT_ADDR like a phone's: what is bound to the second address leaves over the
+    # second veth (table 178); anything else prefers network 1 (table 177) while it is up or
+    # preferred, else network 2 (table 179). All ahead of the local table, whose 127/8 route
+    # would deliver ROOT_ADDR inside the namespace once network 1's /32 route is gone.
+    local na="127.77.$x.2"
+    ip -n "$NS" route replace "$ra/32" dev "$nif" src "$na2" table 178
+    ip -n "$NS" route replace "$ra/32" dev "$NS_IF" src "$na" table 177 2>/dev/null || true
+    ip -n "$NS" route replace "$ra/32" dev "$nif" src "$na2" table 179
+    # What is bound to the first address never leaves over the second network (a carrier drops
+    # a foreign source address): over network 1 or nowhere.
+    ip -n "$NS" route replace "$ra/32" dev "$NS_IF" src "$na" table 176 2>/dev/null || true
+    ip -n "$NS" route replace unreachable default table 176
+    ip -n "$NS" rule add pref 40 from "$na" lookup 176
+    ip -n "$NS" rule add pref 50 from "$na2" lookup 178
+    ip -n "$NS" rule add pref 60 lookup 177
+    ip -n "$NS" rule add pref 70 lookup 179
+    if ip -n "$NS" rule show pref 0 | grep -q local; then
+      ip -n "$NS" rule add pref 100 lookup local
+      ip -n "$NS" rule del pref 0
+    fi
+    say "link2 $1: $rif $ra2/24 <-> $nif $na2/24, $na2 reaches $ra over $nif"
+  fi
+  printf 'LINK2_ROOT_IF=%s\nLINK2_NS_IF=%s\nLINK2_ADDR=%s\n' "$rif" "$nif" "$na2"
+}
+
+# The interfaces of network 1 or 2: "ROOT_IF NS_IF".
+link_ifs() {
+  case "$2" in
+    1) echo "hzr-$1 hzn-$1" ;;
+    2) echo "hzs-$1 hzt-$1" ;;
+    *) die "network must be 1 or 2, got '$2'" ;;
+  esac
+}
+
+# Which network new connections use (the phone's default route): network 1 while its route
+# exists (it also goes when its interface goes down), else network 2.
+cmd_prefer() {
+  check_name "${1:-}"; names "$1"
+  local x; x="$(cat "$STATE_DIR/$1.subnet")"
+  case "${2:-}" in
+    1)
+      ip -n "$NS" route replace "127.77.$x.1/32" dev "$NS_IF" src "127.77.$x.2" table 177
+      ip -n "$NS" route replace "127.77.$x.1/32" dev "$NS_IF" src "127.77.$x.2" table 176
+      ;;
+    2) ip -n "$NS" route del "127.77.$x.1/32" table 177 2>/dev/null || true ;;
+    *) die "prefer $1: network 1 or 2" ;;
+  esac
+  say "prefer $1: new connections use network $2"
+}
+
+cmd_link() {
+  check_name "${1:-}"; names "$1"
+  local ifs; ifs="$(link_ifs "$1" "${2:-}")"
+  local nif="${ifs#* }"
+  local x; x="$(cat "$STATE_DIR/$1.subnet")"
+  local addr; [ "$2" = 1 ] && addr="127.77.$x.2" || addr="127.78.$x.2"
+  case "${3:-}" in
+    # Leaving a network takes its address too (a phone out of its Wi-Fi's reach loses the
+    # lease), which is what tells the browser that the network is gone.
+    down)
+      ip -n "$NS" addr flush dev "$nif"
+      ip -n "$NS" link set "$nif" down
+      ;;
+    up)
+      ip -n "$NS" link set "$nif" up
+      ip -n "$NS" addr replace "$addr/24" dev "$nif"
+      # The routes through it went with it: back as link2 and up made them.
+      local ra="127.77.$x.1"
+      if [ "$2" = 1 ]; then
+        ip -n "$NS" route replace "$ra/32" dev "$nif" src "$addr" table local
+        ip -n "$NS" route replace "$ra/32" dev "$nif" src "$addr" table 176 2>/dev/null || true
+      else
+        ip -n "$NS" route replace "127.78.$x.1/32" dev "$nif" src "$addr" table local
+        ip -n "$NS" route replace "$ra/32" dev "$nif" src "$addr" table 178
+        ip -n "$NS" route replace "$ra/32" dev "$nif" src "$addr" table 179
+      fi
+      ;;
+    *) die "link $1 $2: say up or down" ;;
+  esac
+  say "link $1: network $2 ($nif) $3"
+}
+
+cmd_blackhole() {
+  check_name "${1:-}"; names "$1"
+  local ifs; ifs="$(link_ifs "$1" "${2:-}")"
+  local rif="${ifs% *}" nif="${ifs#* }"
+  # Our own chain in each namespace, so `off` removes exactly what `on` added.
+  local chain="HZBH$2-$1"
+  case "${3:-}" in
+    on)
+      iptables -w 5 -N "$chain" 2>/dev/null || true
+      iptables -w 5 -F "$chain"
+      iptables -w 5 -A "$chain" -i "$rif" -j DROP
+      iptables -w 5 -C INPUT -j "$chain" 2>/dev/null || iptables -w 5 -I INPUT -j "$chain"
+      ip netns exec "$NS" iptables -w 5 -N "$chain" 2>/dev/null || true
+      ip netns exec "$NS" iptables -w 5 -F "$chain"
+      ip netns exec "$NS" iptables -w 5 -A "$chain" -i "$nif" -j DROP
+      ip netns exec "$NS" iptables -w 5 -C INPUT -j "$chain" 2>/dev/null ||
+        ip netns exec "$NS" iptables -w 5 -I INPUT -j "$chain"
+      ;;
+    off)
+      iptables -w 5 -D INPUT -j "$chain" 2>/dev/null || true
+      iptables -w 5 -F "$chain" 2>/dev/null || true
+      iptables -w 5 -X "$chain" 2>/dev/null || true
+      ip netns exec "$NS" iptables -w 5 -D INPUT -j "$chain" 2>/dev/null || true
+      ;;
+    *) die "blackhole $1 $2: say on or off" ;;
+  esac
+  say "blackhole $1: network $2 $3"
 }
 
 cmd_info() {
@@ -280,6 +430,10 @@ case "${1:-}" in
   clear) shift; cmd_clear "$@" ;;
   info) shift; cmd_info "$@" ;;
   exec) shift; cmd_exec "$@" ;;
+  link2) shift; cmd_link2 "$@" ;;
+  link) shift; cmd_link "$@" ;;
+  prefer) shift; cmd_prefer "$@" ;;
+  blackhole) shift; cmd_blackhole "$@" ;;
   check) shift; cmd_check "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac

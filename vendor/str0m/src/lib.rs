@@ -2306,8 +2306,16 @@ impl Rtc {
                 idle.touch_dtls();
                 dtls.handle_receive(dtls_packet)?;
             }
-            Rtp(rtp) => session.handle_rtp_receive(recv_time, rtp, &mut readiness.wake()),
-            Rtcp(rtcp) => session.handle_rtcp_receive(recv_time, rtcp, &mut readiness.wake()),
+            // huizhen patch 16: the ICE agent follows where the peer's media comes from
+            // (`is` patch 2, `IceAgent::latch_media`).
+            Rtp(rtp) => {
+                ice.latch_media(recv_time, r.source, r.destination);
+                session.handle_rtp_receive(recv_time, rtp, &mut readiness.wake())
+            }
+            Rtcp(rtcp) => {
+                ice.latch_media(recv_time, r.source, r.destination);
+                session.handle_rtcp_receive(recv_time, rtcp, &mut readiness.wake())
+            }
         }
 
         Ok(())
