@@ -60,8 +60,11 @@ export HUIZHEN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/huizhen"
 # happened (the weak participant decodes or is told its video is paused, its audio within the
 # issue's targets, the others undisturbed). Needs root for the namespaces; without it the test
 # says why it skipped. The servers' logs are kept with the SFU's decisions in them, and a
-# failed check prints those decisions.
-log "adaptive media under impaired links (release build, network namespaces, headless Chromium)"
+# failed check prints those decisions. The same run holds the network-change test
+# (tests/browser/netchange.test.mjs, ~1 min): a participant's network goes down or dark
+# mid-call (a second veth pair in the namespace is its other network) and the call carries on
+# as the same participant with the same tracks.
+log "adaptive media under impaired links and network changes (release build, network namespaces, headless Chromium)"
 cargo build --release --locked --bin huizhen
 release_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/huizhen"
 (cd tests/browser && HUIZHEN_BIN="$release_bin" HUIZHEN_TEST_KEEP_LOGS=1 \

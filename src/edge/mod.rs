@@ -646,8 +646,16 @@ impl Edge {
         self.send_batch();
     }
 
-    /// Sends the UDP datagrams gathered by [`Self::transmit`].
+    /// Sends the UDP datagrams gathered by [`Self::transmit`] (the SFU's and TURN's).
     fn send_batch(&mut self) {
+        if let Some(turn) = &mut self.turn {
+            let latency = &self.metrics.forward_latency;
+            turn.send_batch(|forwarded_from| {
+                if let Some(received) = forwarded_from {
+                    latency.observe(received.elapsed().as_secs_f64());
+                }
+            });
+        }
         if self.batch.is_empty() {
             return;
         }
@@ -675,7 +683,16 @@ impl Edge {
             Protocol::Udp => {
                 if let Some(turn) = &mut self.turn {
                     if turn.core.owns(&t.destination) {
-                        turn.relay_to_client(Instant::now(), t.source, t.destination, &t.contents);
+                        turn.relay_to_client(
+                            Instant::now(),
+                            t.source,
+                            t.destination,
+                            &t.contents,
+                            t.forwarded_from,
+                        );
+                        if turn.batch.len() >= batch::MAX_BATCH {
+                            self.send_batch();
+                        }
                         return;
                     }
                 }

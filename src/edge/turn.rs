@@ -43,6 +43,8 @@ pub struct TurnEdge {
     pub metrics: TurnMetrics,
     /// When the core's timers are next looked at.
     pub next_tick: Instant,
+    /// Relayed datagrams for UDP clients, sent with one `sendmmsg` like the SFU's own.
+    pub batch: super::batch::SendBatch,
 }
 
 impl TurnEdge {
@@ -56,7 +58,32 @@ impl TurnEdge {
             streams: HashMap::new(),
             metrics,
             next_tick: Instant::now(),
+            batch: super::batch::SendBatch::default(),
         }
+    }
+
+    /// Send bytes the core produced to `key`'s client, never waiting; relayed media to a UDP
+    /// client waits in the batch for [`Self::send_batch`] (`forwarded_from`: when the packet
+    /// it carries reached the SFU).
+    pub fn relay(&mut self, key: ClientKey, bytes: Vec<u8>, forwarded_from: Option<Instant>) {
+        if key.transport == Transport::Udp && self.udp.is_some() {
+            self.batch.push(key.client, bytes, forwarded_from);
+            return;
+        }
+        self.send_to_client(key, bytes);
+    }
+
+    /// Send the batched datagrams; `sent(forwarded_from)` for each one that left.
+    pub fn send_batch(&mut self, mut sent: impl FnMut(Option<Instant>)) {
+        let (Some(udp), false) = (&self.udp, self.batch.is_empty()) else {
+            return;
+        };
+        let metrics = &self.metrics;
+        self.batch
+            .send(udp, |outcome, forwarded_from| match outcome {
+                super::batch::Sent::Ok => sent(forwarded_from),
+                _ => metrics.refuse(Refusal::QueueFull),
+            });
     }
 
     /// Send bytes the core produced to `key`'s client, never waiting.
@@ -80,22 +107,19 @@ impl TurnEdge {
         }
     }
 
-    /// A datagram the SFU sends to a relayed address: wrapped and sent to the client.
-    /// Returns false if `destination` is not a relayed address (the caller sends it as usual).
+    /// A datagram the SFU sends to a relayed address (the caller checked [`TurnServer::owns`]):
+    /// wrapped for the client and batched or queued.
     pub fn relay_to_client(
         &mut self,
         now: Instant,
         source: SocketAddr,
         destination: SocketAddr,
         contents: &[u8],
-    ) -> bool {
-        if !self.core.owns(&destination) {
-            return false;
-        }
+        forwarded_from: Option<Instant>,
+    ) {
         if let Some((key, bytes)) = self.core.handle_peer(now, destination, source, contents) {
-            self.send_to_client(key, bytes);
+            self.relay(key, bytes, forwarded_from);
         }
-        true
     }
 
     /// Look at the core's timers at most once a second.
