@@ -1159,6 +1159,17 @@ impl Sfu {
                 if let Some(old) = p.retired_ufrag.take() {
                     self.demux.remove_ufrag(&old);
                     debug!(participant = %id, "old ICE credentials retired");
+                    // The new credentials carry media: most often over a new path (another
+                    // network), of which the old path's estimate and congestion say nothing.
+                    // Left as they were, the seconds of loss before the restart kept its
+                    // received video paused for 9-22 s afterwards.
+                    p.congestion_cap = None;
+                    p.queued_at = None;
+                    p.recent_estimates.clear();
+                    if p.estimate.is_some_and(|e| e < INITIAL_ESTIMATE.as_u64()) {
+                        p.rtc.bwe().reset(INITIAL_ESTIMATE);
+                        p.estimate = Some(INITIAL_ESTIMATE.as_u64());
+                    }
                 }
             }
         }
