@@ -404,6 +404,18 @@ impl Allocator {
                 new.insert(v.track, Target::Layer(layer));
             }
         }
+        // A layer climbed to within UPGRADE_TRIAL is the first to go when the link cannot
+        // keep everything: when the room for a second top layer came and went after a change
+        // of speaker, the new speaker's camera had climbed into it and, being kept first by
+        // priority, took the top layer from the one that had held it all along (a swap, two
+        // keyframes, nothing the subscriber asked for).
+        let mut rest = rest;
+        rest.sort_by_key(|v| {
+            self.tracks.get(&v.track).is_some_and(|s| {
+                s.last_up
+                    .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_TRIAL)
+            })
+        });
         for v in &rest {
             if let Some(Target::Layer(floor)) = new.get(&v.track).copied() {
                 let state = self.tracks.get(&v.track).copied();
