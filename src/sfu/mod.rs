@@ -57,6 +57,7 @@ pub use demux::Demux;
 use layers::{LayerMeter, DEFAULT_LAYER_BITRATES};
 pub use metrics::{DropReason, SfuMetrics};
 pub use participant::LeaveReason;
+pub use participant::PeerMode;
 use participant::{Participant, Preference, TrackIn, TrackOut, TrackOutState};
 use retransmit::RetransmitPolicy;
 use switcher::{LayerSwitch, Skip, Verdict};
@@ -243,6 +244,17 @@ pub struct RecordedPacket {
     pub starts_run: bool,
 }
 
+/// The server's side of an ICE restart made outside the SDP ([`Sfu::ice_fragment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceRestarted {
+    /// New local ufrag.
+    pub ufrag: String,
+    /// New local password.
+    pub pwd: String,
+    /// Local candidates, as `candidate:` attribute values.
+    pub candidates: Vec<String>,
+}
+
 /// Signaling input for a joined participant.
 #[derive(Debug, Clone)]
 pub enum SignalInput {
@@ -317,6 +329,8 @@ enum Deferred {
     Forward(RtpPacket),
     TrackPublished(Mid, MediaKind),
     TrackUnpublished(Mid),
+    /// A receive-only peer's offer has an m-line for it to receive on.
+    SlotOffered(Mid, MediaKind),
     KeyframeWanted(KeyframeRequest),
     Remove(LeaveReason),
     /// The estimate fell below what is allocated: allocate again now.
@@ -553,6 +567,19 @@ impl Sfu {
         may_publish: bool,
         resume: Option<ResumeGrant>,
     ) -> Result<ParticipantId, SfuError> {
+        self.join_as(now, room, display_name, may_publish, PeerMode::Full, resume)
+    }
+
+    /// [`Sfu::join`] for a peer that negotiates as `mode` (a WHIP publisher, a WHEP viewer).
+    pub fn join_as(
+        &mut self,
+        now: Instant,
+        room: &str,
+        display_name: &str,
+        may_publish: bool,
+        mode: PeerMode,
+        resume: Option<ResumeGrant>,
+    ) -> Result<ParticipantId, SfuError> {
         if self.participants.len() >= self.config.max_participants {
             self.metrics
                 .joins_refused
@@ -577,6 +604,7 @@ impl Sfu {
         self.next_participant += 1;
         let mut participant = self.new_participant(now, id, room_key, display_name);
         participant.may_publish = may_publish;
+        participant.mode = mode;
         self.demux.insert_ufrag(participant.ufrag.clone(), id);
         self.timers.push(Reverse((participant.next_timeout, id)));
         self.participants.insert(id, participant);
@@ -697,6 +725,8 @@ impl Sfu {
             dirty: false,
             dirty_since: None,
             may_publish: true,
+            mode: PeerMode::Full,
+            slots: Vec::new(),
             recorded: false,
             red: Default::default(),
             audio_room: Default::default(),
@@ -725,6 +755,7 @@ impl Sfu {
         let others: Vec<ParticipantInfo> = members
             .iter()
             .filter_map(|m| self.participants.get(m))
+            .filter(|p| p.mode != PeerMode::ReceiveOnly)
             .map(|p| ParticipantInfo {
                 id: p.id.to_string(),
                 display_name: p.display_name.clone(),
@@ -757,6 +788,9 @@ impl Sfu {
                 },
             );
         }
+        if self.participants[&id].mode == PeerMode::ReceiveOnly {
+            return;
+        }
         for member in members {
             self.signal(
                 *member,
@@ -769,6 +803,11 @@ impl Sfu {
 
     /// Give a newcomer a (to be negotiated) subscription to every track already published.
     fn subscribe_to_existing(&mut self, id: ParticipantId, members: &[ParticipantId]) {
+        // A one-offer peer gets nothing offered (a receive-only one fills its slots once its
+        // offer names them).
+        if self.participants.get(&id).map(|p| p.mode) != Some(PeerMode::Full) {
+            return;
+        }
         let mut wanted = Vec::new();
         for member in members {
             if let Some(p) = self.participants.get(member) {
@@ -839,6 +878,24 @@ impl Sfu {
         p.negotiated_once = true;
         // An offer with new ICE credentials restarts ICE (a change of network, a failed path):
         // str0m answers with new local credentials, which the demux must route from now on.
+        self.follow_local_ufrag(id);
+        self.renegotiate = true;
+        self.signal(
+            id,
+            ServerMessage::Answer {
+                sdp: answer.to_sdp_string(),
+            },
+        );
+        self.drain_and_settle(now, id);
+        Ok(())
+    }
+
+    /// After an ICE restart the demux routes the new server ufrag, and the old one until the
+    /// new credentials carry media (see [`Sfu::handle_datagram`]).
+    fn follow_local_ufrag(&mut self, id: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
         let ufrag = p.rtc.direct_api().local_ice_credentials().ufrag;
         if ufrag != p.ufrag {
             let old = std::mem::replace(&mut p.ufrag, ufrag.clone());
@@ -851,15 +908,69 @@ impl Sfu {
             self.metrics.ice_restarts.inc();
             info!(participant = %id, "ICE restart");
         }
-        self.renegotiate = true;
-        self.signal(
-            id,
-            ServerMessage::Answer {
-                sdp: answer.to_sdp_string(),
-            },
-        );
+    }
+
+    /// ICE from outside the SDP (a WHIP/WHEP `PATCH` with a trickle-ice-sdpfrag): the peer's
+    /// `credentials` (`(ufrag, pwd)`) and `candidates` (`candidate:` lines). Credentials that
+    /// differ from the peer's current ones restart ICE: the answer is the server's new
+    /// credentials and its candidates. Otherwise the candidates are trickled and there is
+    /// nothing to answer.
+    pub fn ice_fragment(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        credentials: Option<(String, String)>,
+        candidates: &[String],
+    ) -> Result<Option<IceRestarted>, SfuError> {
+        // Parsed before anything changes: a bad candidate leaves the session as it was.
+        let parsed = candidates
+            .iter()
+            .map(|c| {
+                let c = c.trim();
+                Candidate::from_sdp_string(c.strip_prefix("a=").unwrap_or(c))
+                    .map_err(|e| SfuError::InvalidCandidate(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        if !p.negotiated_once {
+            return Err(SfuError::NoPendingOffer);
+        }
+        let mut restarted = None;
+        if let Some((ufrag, pwd)) = credentials {
+            if ufrag.is_empty() || pwd.is_empty() || ufrag.len() > 256 || pwd.len() > 256 {
+                return Err(SfuError::InvalidMessage(
+                    "ice-ufrag and ice-pwd must be 1-256 characters".into(),
+                ));
+            }
+            let remote = str0m::IceCreds { ufrag, pass: pwd };
+            let current = p.rtc.direct_api().remote_ice_credentials();
+            if current.as_ref() != Some(&remote) {
+                let local = p.rtc.direct_api().ice_restart(remote);
+                let candidates = p
+                    .rtc
+                    .direct_api()
+                    .local_candidates()
+                    .into_iter()
+                    .map(|c| c.to_sdp_string())
+                    .collect();
+                restarted = Some(IceRestarted {
+                    ufrag: local.ufrag,
+                    pwd: local.pass,
+                    candidates,
+                });
+            }
+        }
+        for c in parsed {
+            p.rtc.add_remote_candidate(c);
+        }
+        if restarted.is_some() {
+            self.follow_local_ufrag(id);
+        }
         self.drain_and_settle(now, id);
-        Ok(())
+        Ok(restarted)
     }
 
     fn handle_answer(
@@ -974,6 +1085,9 @@ impl Sfu {
             for track in &track_ids {
                 self.unsubscribe(*member, id, *track);
             }
+            if p.mode == PeerMode::ReceiveOnly {
+                continue;
+            }
             self.signal(
                 *member,
                 ServerMessage::ParticipantLeft {
@@ -1084,6 +1198,20 @@ impl Sfu {
         let Some(pos) = s.tracks_out.iter().position(|t| t.track == track) else {
             return;
         };
+        if s.mode == PeerMode::ReceiveOnly {
+            // Its m-line stays: the slot keeps the numbering and takes the next track.
+            let out = s.tracks_out.remove(pos);
+            if let Some(slot) = s.slots.iter_mut().find(|sl| sl.track == Some(track)) {
+                slot.track = None;
+                slot.rewriter = out.rewriter;
+                self.metrics
+                    .kind(out.kind == MediaKind::Video)
+                    .subscribed
+                    .dec();
+            }
+            self.fill_slots(subscriber);
+            return;
+        }
         let t = &mut s.tracks_out[pos];
         let mid = t.mid();
         match t.state {
@@ -1355,6 +1483,19 @@ impl Sfu {
             Deferred::Forward(packet) => self.forward(now, id, packet),
             Deferred::TrackPublished(mid, kind) => self.publish(id, mid, kind),
             Deferred::TrackUnpublished(mid) => self.unpublish(id, mid),
+            Deferred::SlotOffered(mid, kind) => {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    if !p.slots.iter().any(|s| s.mid == mid) {
+                        p.slots.push(participant::Slot {
+                            mid,
+                            kind,
+                            track: None,
+                            rewriter: Default::default(),
+                        });
+                    }
+                }
+                self.fill_slots(id);
+            }
             Deferred::KeyframeWanted(req) => self.relay_keyframe_request(now, id, req),
             Deferred::Remove(reason) => self.leave(now, id, reason),
             Deferred::Reallocate => self.reallocate.push(id),
@@ -1465,9 +1606,63 @@ impl Sfu {
         self.renegotiate = true;
         let members = self.members_except(room, id);
         for m in members {
-            if let Some(s) = self.participants.get_mut(&m) {
-                s.tracks_out.push(out.clone());
+            let Some(s) = self.participants.get_mut(&m) else {
+                continue;
+            };
+            match s.mode {
+                PeerMode::Full => s.tracks_out.push(out.clone()),
+                PeerMode::PublishOnly => {}
+                PeerMode::ReceiveOnly => self.fill_slots(m),
             }
+        }
+    }
+
+    /// Give each empty slot of a receive-only peer the earliest published track of its kind
+    /// in the room that no slot of it carries yet (see [`participant::Slot`]).
+    fn fill_slots(&mut self, id: ParticipantId) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        if p.mode != PeerMode::ReceiveOnly || p.slots.iter().all(|s| s.track.is_some()) {
+            return;
+        }
+        let mut published: Vec<(TrackId, TrackOut)> = self
+            .members_except(p.room, id)
+            .iter()
+            .filter_map(|m| self.participants.get(m))
+            .flat_map(|publisher| {
+                publisher
+                    .tracks_in
+                    .iter()
+                    .map(|t| (t.id, new_track_out(t, publisher.id)))
+            })
+            .filter(|(track, _)| !p.slots.iter().any(|s| s.track == Some(*track)))
+            .collect();
+        published.sort_by_key(|(track, _)| *track);
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let mut video = false;
+        for slot in p.slots.iter_mut().filter(|s| s.track.is_none()) {
+            let Some(pos) = published.iter().position(|(_, t)| t.kind == slot.kind) else {
+                continue;
+            };
+            let (track, mut out) = published.remove(pos);
+            out.state = TrackOutState::Open(slot.mid);
+            out.rewriter = slot.rewriter.clone();
+            out.rewriter.restart();
+            slot.track = Some(track);
+            video |= slot.kind == MediaKind::Video;
+            self.metrics
+                .kind(slot.kind == MediaKind::Video)
+                .subscribed
+                .inc();
+            debug!(participant = %id, track = %track, mid = %slot.mid, "slot filled");
+            p.tracks_out.push(out);
+        }
+        if video {
+            // The allocation picks the layer and asks the publisher for a keyframe.
+            self.reallocate.push(id);
         }
     }
 
@@ -2444,7 +2639,12 @@ impl Sfu {
         let ids: Vec<ParticipantId> = self
             .participants
             .values()
-            .filter(|p| p.negotiated_once && p.pending.is_none() && needs_negotiation(p))
+            .filter(|p| {
+                p.mode == PeerMode::Full
+                    && p.negotiated_once
+                    && p.pending.is_none()
+                    && needs_negotiation(p)
+            })
             .map(|p| p.id)
             .collect();
         for id in ids {
@@ -2695,6 +2895,9 @@ fn on_event(
         }
         Event::MediaAdded(m) if m.direction.is_receiving() => {
             Some(Deferred::TrackPublished(m.mid, m.kind))
+        }
+        Event::MediaAdded(m) if p.mode == PeerMode::ReceiveOnly && m.direction.is_sending() => {
+            Some(Deferred::SlotOffered(m.mid, m.kind))
         }
         Event::MediaChanged(m) => {
             let published = p.tracks_in.iter().any(|t| t.mid == m.mid);

@@ -229,6 +229,36 @@ pub struct StatsMemory {
     pub rtt: HashMap<Mid, std::time::Duration>,
 }
 
+/// How a participant negotiates, which decides what it is given to receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerMode {
+    /// A signaling client: the server offers every track of the room as it comes and goes.
+    #[default]
+    Full,
+    /// One offer, no renegotiation, sends only (a WHIP publisher): it is offered nothing.
+    PublishOnly,
+    /// One offer, no renegotiation, receives only (a WHEP viewer): its own receiving m-lines
+    /// are the slots it gets, each filled with a track of the room (see [`Slot`]). Not
+    /// announced to the room: a lecture's audience is not a list of participants.
+    ReceiveOnly,
+}
+
+/// One m-line a receive-only peer offered to receive on. It carries the earliest published
+/// track of its kind that no other slot carries; when that track ends the next one takes the
+/// slot, numbered on from where the last one stopped (the same `Rewriter`), because the peer
+/// cannot be sent a new m-line.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The peer's m-line.
+    pub mid: Mid,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The track it carries now.
+    pub track: Option<TrackId>,
+    /// Numbering of the track it carried last, continued by the next.
+    pub rewriter: Rewriter,
+}
+
 /// One participant of a room.
 pub struct Participant {
     /// Server-assigned id.
@@ -312,6 +342,10 @@ pub struct Participant {
     pub dirty_since: Option<std::time::Instant>,
     /// May send media (observers may not).
     pub may_publish: bool,
+    /// How it negotiates: renegotiating over signaling, or one offer over HTTP (WHIP, WHEP).
+    pub mode: PeerMode,
+    /// A receive-only peer's offered m-lines and what each carries (see [`Slot`]).
+    pub slots: Vec<Slot>,
     /// How long its outgoing streams keep sent packets for NACKs (follows its round trip, see
     /// [`super::retransmit`]).
     pub retransmit_window: std::time::Duration,

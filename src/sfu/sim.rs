@@ -18,7 +18,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
-use super::{LeaveReason, ParticipantId, Sfu, SfuConfig, SfuMetrics, SfuOutput, SignalInput};
+use super::{
+    LeaveReason, ParticipantId, PeerMode, Sfu, SfuConfig, SfuMetrics, SfuOutput, SignalInput,
+};
 
 /// Address the simulated server announces and receives on.
 pub const SERVER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 7882);
@@ -264,12 +266,23 @@ impl SimNet {
         publish: &[MediaKind],
         video_codec: Option<Codec>,
     ) -> usize {
-        self.add_client_full(room, publish, video_codec, true, None)
+        self.add_client_full(room, publish, video_codec, true, None, PeerMode::Full)
+    }
+
+    /// Add a one-offer client as `mode` (a WHIP publisher sending `kinds`, a WHEP viewer
+    /// offering to receive `kinds`), never offered anything by the server.
+    pub fn add_one_offer_client(
+        &mut self,
+        room: &str,
+        kinds: &[MediaKind],
+        mode: PeerMode,
+    ) -> usize {
+        self.add_client_full(room, kinds, Some(Codec::Vp8), true, None, mode)
     }
 
     /// Add a client that tries to publish `publish` but joined without the right to publish.
     pub fn add_observer(&mut self, room: &str, publish: &[MediaKind]) -> usize {
-        self.add_client_full(room, publish, Some(Codec::Vp8), false, None)
+        self.add_client_full(room, publish, Some(Codec::Vp8), false, None, PeerMode::Full)
     }
 
     fn add_client_full(
@@ -279,16 +292,18 @@ impl SimNet {
         video_codec: Option<Codec>,
         may_publish: bool,
         simulcast: Option<&[&str]>,
+        mode: PeerMode,
     ) -> usize {
         let index = self.clients.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)), 5000);
         let id = self
             .sfu
-            .join(
+            .join_as(
                 self.now,
                 room,
                 &format!("client-{index}"),
                 may_publish,
+                mode,
                 None,
             )
             .expect("join accepted");
@@ -316,6 +331,10 @@ impl SimNet {
                 }
                 layers
             });
+            if mode == PeerMode::ReceiveOnly {
+                change.add_media(*kind, Direction::RecvOnly, None, None, None);
+                continue;
+            }
             let mid = change.add_media(*kind, Direction::SendOnly, None, None, layers);
             publish_mids.push((*kind, mid));
         }
@@ -411,6 +430,7 @@ impl SimNet {
             Some(Codec::Vp8),
             true,
             Some(rids),
+            PeerMode::Full,
         )
     }
 

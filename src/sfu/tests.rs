@@ -7,7 +7,7 @@ use huizhen_signaling::protocol::{ServerMessage, TrackKind};
 use str0m::media::MediaKind;
 
 use super::sim::SimNet;
-use super::{retransmit, LeaveReason};
+use super::{retransmit, LeaveReason, PeerMode};
 
 const AV: &[MediaKind] = &[MediaKind::Audio, MediaKind::Video];
 
@@ -801,4 +801,89 @@ fn after_a_nat_rebinding_the_server_follows_the_media_to_the_new_address() {
         .signals
         .iter()
         .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
+}
+
+/// Packets `rx` received since `since` (an index into its `received`), by mid.
+fn received_mids(
+    net: &SimNet,
+    rx: usize,
+    since: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut mids = std::collections::BTreeMap::new();
+    for r in &net.clients[rx].received[since..] {
+        *mids.entry(r.mid.to_string()).or_default() += 1;
+    }
+    mids
+}
+
+#[test]
+fn a_receive_only_viewer_gets_the_rooms_tracks_on_its_own_m_lines_and_the_next_publisher_takes_them_over(
+) {
+    let mut net = SimNet::new(41);
+    let member = net.add_client("lecture", &[]);
+    let lecturer = net.add_simulcast_client("lecture");
+    let viewer = net.add_one_offer_client(
+        "lecture",
+        &[MediaKind::Audio, MediaKind::Video],
+        PeerMode::ReceiveOnly,
+    );
+    net.run_media(Duration::from_secs(3));
+    let first = received_mids(&net, viewer, 0);
+    assert_eq!(
+        first.len(),
+        2,
+        "audio and video on the viewer's two m-lines: {first:?}"
+    );
+    assert!(first.values().all(|n| *n > 20), "{first:?}");
+    // One offer, one answer: the server never offers the viewer anything, and the room is
+    // not told of it (an audience is not a list of participants).
+    let viewer_id = net.clients[viewer].id.to_string();
+    let offers = |net: &SimNet, c: usize| {
+        net.clients[c]
+            .signals
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Offer { .. }))
+            .count()
+    };
+    assert_eq!(offers(&net, viewer), 0);
+    for c in [member, lecturer] {
+        assert!(!net.clients[c].signals.iter().any(|m| matches!(
+            m,
+            ServerMessage::ParticipantJoined { participant } if participant.id == viewer_id
+        )));
+    }
+    // The lecturer leaves, another one publishes: the same m-lines carry the new tracks.
+    let lecturer_id = net.clients[lecturer].id;
+    net.sfu.leave(net.now, lecturer_id, LeaveReason::Left);
+    net.run_for(Duration::from_millis(500));
+    let second = net.add_simulcast_client("lecture");
+    let mark = net.clients[viewer].received.len();
+    net.run_media(Duration::from_secs(3));
+    let after = received_mids(&net, viewer, mark);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        first.keys().collect::<Vec<_>>(),
+        "the second lecturer on the same m-lines: {after:?}"
+    );
+    assert!(after.values().all(|n| *n > 20), "{after:?}");
+    assert_eq!(offers(&net, viewer), 0);
+    // The member, a full client, was offered the second lecturer's tracks as usual.
+    assert_eq!(
+        net.mids_from(member, second, TrackKind::Video).len(),
+        1,
+        "the member subscribes as before"
+    );
+    // A one-offer publisher is offered nothing either.
+    let whip = net.add_one_offer_client("lecture", &[MediaKind::Video], PeerMode::PublishOnly);
+    net.run_media(Duration::from_secs(1));
+    assert_eq!(offers(&net, whip), 0);
+    // The viewer's two slots are counted as subscriptions, and given back when it leaves.
+    let subscribed = |net: &SimNet| {
+        net.sfu.metrics().kind(true).subscribed.get()
+            + net.sfu.metrics().kind(false).subscribed.get()
+    };
+    let before = subscribed(&net);
+    let viewer_id = net.clients[viewer].id;
+    net.sfu.leave(net.now, viewer_id, LeaveReason::Left);
+    assert_eq!(subscribed(&net), before - 2);
 }

@@ -86,6 +86,27 @@ impl<'a> DirectApi<'a> {
         self.rtc.ice.set_remote_credentials(remote_ice_credentials);
     }
 
+    /// The peer's ICE credentials, once known.
+    pub fn remote_ice_credentials(&self) -> Option<IceCreds> {
+        self.rtc.ice.remote_credentials().cloned()
+    }
+
+    /// The local candidates (what an answer fragment lists after [`Self::ice_restart`]).
+    pub fn local_candidates(&self) -> Vec<Candidate> {
+        self.rtc.ice.local_candidates().collect()
+    }
+
+    /// Restart ICE on a signal outside the SDP (a WHIP/WHEP `PATCH` with new credentials):
+    /// new local credentials (returned), the peer's `remote` ones, its candidates and pairs
+    /// forgotten, the local candidates kept. What an offer with new credentials does.
+    pub fn ice_restart(&mut self, remote_ice_credentials: IceCreds) -> IceCreds {
+        self.rtc.idle.touch_ice();
+        let local = IceCreds::new();
+        self.rtc.ice.ice_restart(local.clone(), true);
+        self.rtc.ice.set_remote_credentials(remote_ice_credentials);
+        local
+    }
+
     /// Invalidate a candidate and remove it from the connection.
     ///
     /// This is done for host candidates disappearing due to changes in the network
