@@ -355,6 +355,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         metrics: metrics.clone(),
         connections: Arc::new(Semaphore::new(config.http.max_connections)),
         draining: draining.clone(),
+        whip: Default::default(),
         api: ApiState {
             clinic,
             minter: minter.clone(),

@@ -205,6 +205,26 @@ const en = {
   companion_not_started: 'The consultation has not started yet. Please keep this page open: you will be asked in when it starts.',
   companion_waiting: 'Waiting for the doctor to let you in…',
   companion_ended: 'The consultation has ended. Thank you.',
+
+  // watch page (WHEP player, /watch/<room>)
+  watch_title: 'Live broadcast',
+  watch_consultation: 'consultation',
+  watch_video_label: 'Broadcast video',
+  watch_starting: 'Starting…',
+  watch_connecting: 'Connecting to the broadcast…',
+  watch_waiting: 'The broadcast has not started yet. Trying again in {seconds} s…',
+  watch_playing: 'Live. The sound is off until you turn it on.',
+  watch_playing_sound: 'Live.',
+  watch_stalled: 'The broadcast stopped. Trying again in {seconds} s…',
+  watch_retry_network: 'The connection failed. Trying again in {seconds} s…',
+  watch_retry_server: 'The server could not start the stream ({status}). Trying again in {seconds} s…',
+  watch_gave_up: 'Could not connect to the broadcast.',
+  watch_not_found: 'There is no broadcast at this address.',
+  watch_forbidden: 'This link is not valid (any more).',
+  watch_unsupported: 'This browser cannot play the broadcast.',
+  watch_ended: 'You left the broadcast.',
+  watch_sound_on: 'Tap for sound',
+  watch_retry: 'Try again',
 };
 
 const zh = {
@@ -393,6 +413,26 @@ const zh = {
   companion_not_started: '问诊尚未开始。请保持此页面打开，开始后将请您加入。',
   companion_waiting: '正在等待医生允许您加入…',
   companion_ended: '本次问诊已结束，谢谢。',
+
+  // watch page
+  watch_title: '直播',
+  watch_consultation: '问诊',
+  watch_video_label: '直播视频',
+  watch_starting: '正在启动…',
+  watch_connecting: '正在连接直播…',
+  watch_waiting: '直播尚未开始。{seconds} 秒后重试…',
+  watch_playing: '正在直播。声音已关闭，请点击打开。',
+  watch_playing_sound: '正在直播。',
+  watch_stalled: '直播已中断。{seconds} 秒后重试…',
+  watch_retry_network: '连接失败。{seconds} 秒后重试…',
+  watch_retry_server: '服务器无法开始播放（{status}）。{seconds} 秒后重试…',
+  watch_gave_up: '无法连接到直播。',
+  watch_not_found: '此地址没有直播。',
+  watch_forbidden: '此链接无效或已过期。',
+  watch_unsupported: '此浏览器无法播放直播。',
+  watch_ended: '您已离开直播。',
+  watch_sound_on: '点击打开声音',
+  watch_retry: '重试',
 };
 
 export const DICTIONARY = { en, zh };

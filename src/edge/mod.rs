@@ -73,6 +73,38 @@ pub enum MediaCommand {
         /// The outcome.
         reply: oneshot::Sender<Result<ParticipantId, SfuError>>,
     },
+    /// Join as a one-offer peer (a WHIP publisher, a WHEP viewer) and apply its SDP offer. On
+    /// success the answer is the first `answer` on `events` (queued before the reply); a
+    /// refused offer removes the participant again.
+    JoinWithOffer {
+        /// Room name.
+        room: String,
+        /// Display name.
+        display_name: String,
+        /// Whether its offered tracks are accepted.
+        may_publish: bool,
+        /// How it negotiates.
+        mode: crate::sfu::PeerMode,
+        /// The HTTP session's id.
+        session: u64,
+        /// The offer.
+        sdp: String,
+        /// Where its messages go (the answer; the rest is dropped by the HTTP session).
+        events: mpsc::Sender<ServerMessage>,
+        /// The outcome.
+        reply: oneshot::Sender<Result<ParticipantId, SfuError>>,
+    },
+    /// ICE credentials and candidates from outside the SDP ([`Sfu::ice_fragment`]).
+    IceFragment {
+        /// Who.
+        participant: ParticipantId,
+        /// The peer's `(ufrag, pwd)`, if the fragment has them.
+        credentials: Option<(String, String)>,
+        /// `candidate:` lines.
+        candidates: Vec<String>,
+        /// The server's new credentials and candidates after an ICE restart.
+        reply: oneshot::Sender<Result<Option<crate::sfu::IceRestarted>, SfuError>>,
+    },
     /// The signaling socket `session` of `participant` closed: keep the participant for the
     /// resume grace ([`Sfu::detach`]). Ignored when another socket has taken it over.
     Detach {
@@ -201,6 +233,51 @@ impl MediaHandle {
             session,
             resume,
             events,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| MediaGone)
+    }
+
+    /// Join as a one-offer peer and apply its offer ([`MediaCommand::JoinWithOffer`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn join_with_offer(
+        &self,
+        room: String,
+        display_name: String,
+        may_publish: bool,
+        mode: crate::sfu::PeerMode,
+        session: u64,
+        sdp: String,
+        events: mpsc::Sender<ServerMessage>,
+    ) -> Result<Result<ParticipantId, SfuError>, MediaGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(MediaCommand::JoinWithOffer {
+            room,
+            display_name,
+            may_publish,
+            mode,
+            session,
+            sdp,
+            events,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| MediaGone)
+    }
+
+    /// ICE from an SDP fragment ([`MediaCommand::IceFragment`]).
+    pub async fn ice_fragment(
+        &self,
+        participant: ParticipantId,
+        credentials: Option<(String, String)>,
+        candidates: Vec<String>,
+    ) -> Result<Result<Option<crate::sfu::IceRestarted>, SfuError>, MediaGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(MediaCommand::IceFragment {
+            participant,
+            credentials,
+            candidates,
             reply,
         })
         .await?;
@@ -503,6 +580,54 @@ impl Edge {
                         self.sfu.leave(now, id, LeaveReason::SignalingClosed);
                     }
                 }
+            }
+            MediaCommand::JoinWithOffer {
+                room,
+                display_name,
+                may_publish,
+                mode,
+                session,
+                sdp,
+                events,
+                reply,
+            } => {
+                let result = self
+                    .sfu
+                    .join_as(now, &room, &display_name, may_publish, mode, None)
+                    .and_then(|id| {
+                        let offer = SignalInput::Offer {
+                            sdp,
+                            sources: Default::default(),
+                        };
+                        match self.sfu.handle_signal(now, id, offer) {
+                            Ok(()) => Ok(id),
+                            Err(e) => {
+                                self.sfu.leave(now, id, LeaveReason::Left);
+                                Err(e)
+                            }
+                        }
+                    });
+                if let Ok(id) = result {
+                    self.sessions.insert(id, Attached { session, events });
+                    self.flush();
+                }
+                if reply.send(result.clone()).is_err() {
+                    if let Ok(id) = result {
+                        self.sfu.leave(now, id, LeaveReason::SignalingClosed);
+                    }
+                }
+            }
+            MediaCommand::IceFragment {
+                participant,
+                credentials,
+                candidates,
+                reply,
+            } => {
+                let _ =
+                    reply.send(
+                        self.sfu
+                            .ice_fragment(now, participant, credentials, &candidates),
+                    );
             }
             MediaCommand::Signal { participant, input } => {
                 if let Err(e) = self.sfu.handle_signal(now, participant, input) {

@@ -73,6 +73,11 @@ pub const ASSETS: &[Asset] = &[
         content_type: JS,
         body: include_str!("../../static/companion.js"),
     },
+    Asset {
+        name: "watch.js",
+        content_type: JS,
+        body: include_str!("../../static/watch.js"),
+    },
 ];
 
 /// Top-level pages (`/<name>`), each a plain HTML file in `static/`.
@@ -82,6 +87,7 @@ pub const PAGES: &[(&str, &str)] = &[
     ("doctor", include_str!("../../static/doctor.html")),
     ("expert", include_str!("../../static/expert.html")),
     ("companion", include_str!("../../static/companion.html")),
+    ("watch", include_str!("../../static/watch.html")),
 ];
 
 /// The page served at `/<name>`, if there is one.

@@ -4,6 +4,7 @@ pub mod api;
 pub mod assets;
 pub mod penalty;
 pub mod resume;
+pub mod whip;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers drain.
     pub draining: Arc<AtomicBool>,
+    /// Open WHIP and WHEP sessions.
+    pub whip: Arc<whip::Sessions>,
 }
 
 /// All routes.
@@ -42,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::temporary("/room/demo") }))
         .route("/ws", get(websocket))
         .route("/room/{name}", get(room_page))
+        .route("/watch/{name}", get(watch_page))
         .route("/static/{file}", get(static_file))
         .route("/patient", get(|| clinic_page("patient")))
         .route("/doctor", get(|| clinic_page("doctor")))
@@ -50,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(whip::router())
         .with_state(state)
         .nest("/api/v1", api)
 }
@@ -120,6 +125,12 @@ async fn websocket(
 
 async fn room_page(Path(_name): Path<String>) -> Html<&'static str> {
     Html(assets::ROOM_HTML)
+}
+
+/// The WHEP player of a room (`static/watch.html`; a consultation and token may come in the
+/// query string, read by the page's script).
+async fn watch_page(Path(_name): Path<String>) -> Response {
+    clinic_page("watch").await
 }
 
 /// A clinic page (the token travels in the query string and is read by the page's script).

@@ -45,6 +45,10 @@ pub struct SignalingMetrics {
     pub errors: IntCounterVec,
     /// Upgrades refused because the source is in the penalty box.
     pub blocked_upgrades: prometheus::IntCounter,
+    /// WHIP/WHEP requests by kind, method and HTTP status.
+    pub whip_requests: IntCounterVec,
+    /// Open WHIP/WHEP sessions by kind.
+    pub whip_sessions: prometheus::IntGaugeVec,
 }
 
 impl SignalingMetrics {
@@ -86,11 +90,35 @@ impl SignalingMetrics {
         for kind in MESSAGE_TYPES {
             messages.with_label_values(&[kind]);
         }
+        let whip_requests = IntCounterVec::new(
+            Opts::new(
+                "whip_requests_total",
+                "WHIP and WHEP requests, by kind (whip, whep), method and HTTP status",
+            ),
+            &["kind", "method", "status"],
+        )
+        .expect("metric");
+        let whip_sessions = prometheus::IntGaugeVec::new(
+            Opts::new("whip_sessions", "Open WHIP and WHEP sessions, by kind"),
+            &["kind"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(whip_requests.clone()))
+            .expect("metric");
+        registry
+            .register(Box::new(whip_sessions.clone()))
+            .expect("metric");
+        for kind in ["whip", "whep"] {
+            whip_sessions.with_label_values(&[kind]);
+        }
         SignalingMetrics {
             connections,
             messages,
             errors,
             blocked_upgrades,
+            whip_requests,
+            whip_sessions,
         }
     }
 }
@@ -150,7 +178,7 @@ enum Next {
     Close,
 }
 
-fn next_session_id() -> u64 {
+pub(crate) fn next_session_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }

@@ -19,3 +19,4 @@ mod turn;
 mod vault;
 mod webhook;
 mod webrtc_rs;
+mod whip;
