@@ -31,8 +31,7 @@ if ! command -v iptables >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1 || !
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq iproute2 iptables gcc libnetfilter-queue-dev >/dev/null
 fi
 
-# The GStreamer WHIP test (tests/browser/whip.test.mjs; not in the run yet: GStreamer's RSA
-# DTLS client certificate is refused, see its header) publishes a lecture with GStreamer:
+# The WHIP/WHEP browser test (tests/browser/whip.test.mjs) publishes a lecture with GStreamer:
 # Debian's simple-whip-client (whip-client), webrtcbin and libnice (plugins-bad, nice), VP8
 # (plugins-good), Opus and the test sources (plugins-base). tests/whip/publish.sh builds a small
 # stub with gcc (installed above) that the packaged client needs on this release.
@@ -75,9 +74,10 @@ export HUIZHEN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/huizhen"
 # failed check prints those decisions. The same run holds the network-change test
 # (tests/browser/netchange.test.mjs, ~1 min): a participant's network goes down or dark
 # mid-call (a second veth pair in the namespace is its other network) and the call carries on
-# as the same participant with the same tracks. And the WHIP/WHEP test
-# (tests/browser/whip-browser.test.mjs, ~1 min): a lecture published over WHIP by one Chromium
-# page plays on the /watch page (WHEP) in another.
+# as the same participant with the same tracks. And the WHIP/WHEP tests (~1 min each): a lecture
+# published by GStreamer's simple-whip-client from a namespace (so that libnice offers only the
+# namespace's 127.77.X.2; tests/browser/whip.test.mjs), or over WHIP by a Chromium page
+# (whip-browser.test.mjs), plays on the /watch page (WHEP) in Chromium.
 log "adaptive media under impaired links, network changes, WHIP/WHEP (release build, network namespaces, headless Chromium)"
 cargo build --release --locked --bin huizhen
 release_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/huizhen"

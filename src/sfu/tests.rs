@@ -887,3 +887,84 @@ fn a_receive_only_viewer_gets_the_rooms_tracks_on_its_own_m_lines_and_the_next_p
     net.sfu.leave(net.now, viewer_id, LeaveReason::Left);
     assert_eq!(subscribed(&net), before - 2);
 }
+
+#[test]
+fn an_ice_restart_from_an_sdp_fragment_moves_a_one_offer_peer_to_new_credentials_and_media_carries_on(
+) {
+    let mut net = SimNet::new(43);
+    let _lecturer = net.add_simulcast_client("lecture");
+    let viewer = net.add_one_offer_client(
+        "lecture",
+        &[MediaKind::Audio, MediaKind::Video],
+        PeerMode::ReceiveOnly,
+    );
+    net.run_media(Duration::from_secs(2));
+    let id = net.clients[viewer].id;
+    let before = received_mids(&net, viewer, 0);
+    assert_eq!(before.len(), 2, "{before:?}");
+    // A bad candidate is refused before anything changes; a fragment with the current
+    // credentials is a trickle, not a restart.
+    let current = {
+        let c = &mut net.clients[viewer];
+        c.rtc.direct_api().local_ice_credentials()
+    };
+    assert!(matches!(
+        net.sfu
+            .ice_fragment(net.now, id, None, &["candidate:nonsense".into()]),
+        Err(super::SfuError::InvalidCandidate(_))
+    ));
+    assert_eq!(
+        net.sfu
+            .ice_fragment(
+                net.now,
+                id,
+                Some((current.ufrag.clone(), current.pass.clone())),
+                &[]
+            )
+            .unwrap(),
+        None
+    );
+    // The client restarts (a WHEP player's PATCH with new credentials and its candidate).
+    let (local, candidate, server_old) = {
+        let c = &mut net.clients[viewer];
+        let server_old = c.rtc.direct_api().remote_ice_credentials().unwrap();
+        let local = c.rtc.direct_api().ice_restart(server_old.clone());
+        let candidate = c.rtc.direct_api().local_candidates()[0].to_sdp_string();
+        (local, candidate, server_old)
+    };
+    let answer = net
+        .sfu
+        .ice_fragment(net.now, id, Some((local.ufrag, local.pass)), &[candidate])
+        .unwrap()
+        .expect("new credentials restart ICE");
+    assert_ne!(answer.ufrag, server_old.ufrag);
+    assert!(!answer.candidates.is_empty());
+    {
+        let c = &mut net.clients[viewer];
+        c.rtc
+            .direct_api()
+            .set_remote_ice_credentials(str0m::IceCreds {
+                ufrag: answer.ufrag.clone(),
+                pass: answer.pwd.clone(),
+            });
+        for cand in &answer.candidates {
+            c.rtc
+                .add_remote_candidate(str0m::Candidate::from_sdp_string(cand).unwrap());
+        }
+    }
+    net.route_outputs();
+    assert_eq!(net.sfu.metrics().ice_restarts.get(), 1);
+    let mark = net.clients[viewer].received.len();
+    net.run_media(Duration::from_secs(3));
+    let after = received_mids(&net, viewer, mark);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        after.values().all(|n| *n > 50),
+        "media after the restart: {after:?}"
+    );
+    // The old server ufrag is forgotten once the new one carries media.
+    assert_eq!(net.sfu.demux_entries().0, 2, "one ufrag per participant");
+}

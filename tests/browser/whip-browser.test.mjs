@@ -3,10 +3,8 @@
 // (/watch/<room>, static/watch.js) in another. The server is bound to the root side of a veth
 // (tests/impair/netns.sh, 127.77.X.1) as in whip.test.mjs, the GStreamer variant of this test.
 //
-// whip.test.mjs publishes with GStreamer's simple-whip-client instead and does not pass yet:
-// GStreamer's DTLS presents a self-generated RSA client certificate, which the server's DTLS
-// (dimpl, ECDSA only) does not request, so the handshake fails. It is not in the npm scripts
-// until that is fixed (issue 10).
+// whip.test.mjs publishes with GStreamer's simple-whip-client instead (an RSA DTLS client
+// certificate: vendor/dimpl/PATCHES.md).
 //
 // Asserted, in order:
 //   1. WHEP before anyone publishes: 409 with a Retry-After;
