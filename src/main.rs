@@ -199,6 +199,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "  Open a room:  {scheme}://{http}/room/demo  (open it in two tabs to talk to yourself)"
     );
+    println!(
+        "  Watch it:     {scheme}://{http}/watch/demo  (WHEP player; publish with WHIP to {scheme}://{http}/whip/room/demo)"
+    );
     println!("  Metrics:      {scheme}://{http}/metrics");
     println!(
         "  Media:        udp {}  ice-tcp {:?}",
