@@ -419,6 +419,11 @@ export class Call {
         return this.applyAudioCap(msg.mid);
       case 'bye':
         return this.onBye(msg.reason);
+      case 'restart_ice':
+        // The server hears nothing from us any more (our uplink path broke) although we may
+        // still receive: the path watchdog, which watches what we receive, cannot see it.
+        this.restartIce('asked by the server');
+        return;
       default:
     }
   }

@@ -445,6 +445,11 @@ pub enum ServerMessage {
     },
     /// Answer to `ping`.
     Pong {},
+    /// The server stopped hearing this participant's media although its signaling is alive
+    /// (its uplink path broke, as after a change of network that the page's own receive-side
+    /// watchdog does not see): restart ICE (`restartIce()`, then an offer with new
+    /// credentials). Sent once per silence after media flowed.
+    RestartIce {},
 
     // ----- clinic -----
     /// The token was accepted.

@@ -97,6 +97,8 @@ pub struct SfuMetrics {
     /// Participants taken back by `resume`.
     pub resumes: IntCounter,
     /// ICE restarts (client offers with new ICE credentials).
+    /// `restart_ice` asks sent (a participant's media stopped while its signaling lived).
+    pub ice_restart_requests: IntCounter,
     pub ice_restarts: IntCounter,
     /// Packets of consenting participants handed towards the recorder, by result.
     pub recorder_packets: IntCounterVec,
@@ -327,6 +329,11 @@ impl SfuMetrics {
                 r,
                 "ice_restarts_total",
                 "ICE restarts (client offers with new ICE credentials)",
+            ),
+            ice_restart_requests: counter(
+                r,
+                "ice_restart_requests_total",
+                "restart_ice asks sent: a participant's media stopped while its signaling lived",
             ),
             recorder_packets: counter_vec(
                 r,

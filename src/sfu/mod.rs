@@ -375,6 +375,14 @@ pub const RECORDER_KEYFRAME_RETRY: Duration = Duration::from_millis(100);
 /// How often silent or never-connected participants are looked for. With the 4 s default peer
 /// timeout this removes a dead peer within 4.25 s.
 const LIVENESS_SWEEP: Duration = Duration::from_millis(250);
+/// A participant whose media flowed and then nothing at all arrived for this long while its
+/// signaling is alive is asked to restart ICE (`restart_ice`): its uplink path is broken (a
+/// change of network that its page's receive-side watchdog does not see, because its
+/// downlink still works). Audio alone is 50 packets/s and feedback follows whatever it
+/// receives, so a second of nothing is no pause of a live call; well before `peer_timeout`.
+pub const RESTART_ASK_AFTER: Duration = Duration::from_secs(1);
+/// Datagrams closer than this mark a participant's media as flowing.
+const FLOWING_GAP: Duration = Duration::from_millis(200);
 
 impl Sfu {
     /// A core with no participants.
@@ -716,6 +724,7 @@ impl Sfu {
             detached_since: None,
             retired_ufrag: None,
             restart_checked: false,
+            flowing: false,
             negotiated_once: false,
             connected: false,
             joined_at: now,
@@ -1277,6 +1286,7 @@ impl Sfu {
             self.metrics.drop_packet(DropReason::Rejected);
             return;
         }
+        p.flowing |= now.saturating_duration_since(p.last_rx) < FLOWING_GAP;
         p.last_rx = now;
         if p.retired_ufrag.is_some() {
             // After an ICE restart the old ufrag is forgotten once the new credentials have
@@ -1349,8 +1359,26 @@ impl Sfu {
         }
     }
 
-    /// Remove participants that went silent or never connected.
+    /// Remove participants that went silent or never connected; ask the ones whose media
+    /// stopped to restart ICE.
     fn sweep_liveness(&mut self, now: Instant) {
+        let mut ask = Vec::new();
+        for p in self.participants.values_mut() {
+            if p.flowing
+                && p.connected
+                && p.mode == PeerMode::Full
+                && p.detached_since.is_none()
+                && now.saturating_duration_since(p.last_rx) >= RESTART_ASK_AFTER
+            {
+                p.flowing = false;
+                ask.push(p.id);
+            }
+        }
+        for id in ask {
+            info!(participant = %id, "media stopped arriving: asking for an ICE restart");
+            self.metrics.ice_restart_requests.inc();
+            self.signal(id, ServerMessage::RestartIce {});
+        }
         let expired: Vec<_> =
             self.participants
                 .values()

@@ -324,6 +324,9 @@ pub struct Participant {
     pub retired_ufrag: Option<String>,
     /// A check with the new ufrag arrived since the restart.
     pub restart_checked: bool,
+    /// Datagrams arrived close together lately (media flows): a silence after it asks the
+    /// client to restart ICE once ([`super::RESTART_ASK_AFTER`]).
+    pub flowing: bool,
     /// The client's first offer has been answered; server offers may follow.
     pub negotiated_once: bool,
     /// ICE+DTLS connected at least once.

@@ -968,3 +968,39 @@ fn an_ice_restart_from_an_sdp_fragment_moves_a_one_offer_peer_to_new_credentials
     // The old server ufrag is forgotten once the new one carries media.
     assert_eq!(net.sfu.demux_entries().0, 2, "one ufrag per participant");
 }
+
+#[test]
+fn a_participant_whose_media_stops_arriving_is_asked_once_to_restart_ice_and_comes_back() {
+    let mut net = SimNet::new(44);
+    let a = net.add_simulcast_client("room");
+    let b = net.add_simulcast_client("room");
+    net.run_media(Duration::from_secs(2));
+    let asks = |net: &SimNet| {
+        net.clients[b]
+            .signals
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::RestartIce {}))
+            .count()
+    };
+    assert_eq!(asks(&net), 0, "no ask while media flows");
+    // b's uplink breaks (its downlink still works: its own page would see nothing wrong).
+    net.clients[b].mute_network = true;
+    net.run_media(Duration::from_millis(1600));
+    assert_eq!(asks(&net), 1, "asked after a second of silence");
+    net.run_media(Duration::from_millis(1000));
+    assert_eq!(asks(&net), 1, "once per silence");
+    assert_eq!(net.sfu.metrics().ice_restart_requests.get(), 1);
+    // It restarts ICE over a path that works again: its media reaches a, nobody left.
+    net.clients[b].mute_network = false;
+    net.restart_ice(b);
+    let mark = net.clients[a].received.len();
+    net.run_media(Duration::from_secs(2));
+    let from_b = net.mids_from(a, b, TrackKind::Video);
+    let got = net.clients[a].received[mark..]
+        .iter()
+        .filter(|r| from_b.contains(&r.mid))
+        .count();
+    assert!(got > 20, "b's video reaches a again: {got}");
+    assert!(net.clients[b].removed.is_none());
+    assert_eq!(asks(&net), 1);
+}

@@ -38,9 +38,11 @@
 #                               (its address removed, then the link: the phone leaves the Wi-Fi)
 #                               or up again
 #   netns.sh prefer NAME 1|2     which network new connections use (the default route)
-#   netns.sh blackhole NAME 1|2 on|off
+#   netns.sh blackhole NAME 1|2 on|off [up]
 #                               drop everything network 1 or 2 carries, on both receiving sides
-#                               (a path that goes dark without the interface going down)
+#                               (a path that goes dark without the interface going down); with
+#                               `up`, only what the namespace sends (its uplink breaks, its
+#                               downlink works)
 #   netns.sh check              exit 0 if this machine can run the harness, else print why, exit 3
 # NAME: 1-10 characters [a-z0-9]. State lives in /run/huizhen-impair/.
 set -euo pipefail
@@ -365,7 +367,9 @@ cmd_blackhole() {
       iptables -w 5 -C INPUT -j "$chain" 2>/dev/null || iptables -w 5 -I INPUT -j "$chain"
       ip netns exec "$NS" iptables -w 5 -N "$chain" 2>/dev/null || true
       ip netns exec "$NS" iptables -w 5 -F "$chain"
-      ip netns exec "$NS" iptables -w 5 -A "$chain" -i "$nif" -j DROP
+      if [ "${4:-}" != up ]; then
+        ip netns exec "$NS" iptables -w 5 -A "$chain" -i "$nif" -j DROP
+      fi
       ip netns exec "$NS" iptables -w 5 -C INPUT -j "$chain" 2>/dev/null ||
         ip netns exec "$NS" iptables -w 5 -I INPUT -j "$chain"
       ;;
@@ -377,7 +381,7 @@ cmd_blackhole() {
       ;;
     *) die "blackhole $1 $2: say on or off" ;;
   esac
-  say "blackhole $1: network $2 $3"
+  say "blackhole $1: network $2 $3${4:+ ($4)}"
 }
 
 cmd_info() {
