@@ -118,6 +118,7 @@ const PATH_RETRY_MS = 4000;
 
 /** Message types a `Call` consumes. */
 export const MEDIA_MESSAGE_TYPES = new Set([
+  'restart_ice',
   'joined',
   'resumed',
   'participant_joined',
@@ -420,8 +421,15 @@ export class Call {
       case 'bye':
         return this.onBye(msg.reason);
       case 'restart_ice':
-        // The server hears nothing from us any more (our uplink path broke) although we may
-        // still receive: the path watchdog, which watches what we receive, cannot see it.
+        // The server hears nothing from us any more (our uplink path broke) although we still
+        // receive: the path watchdog, which watches what we receive, cannot see it. What we
+        // send on this network is lost, the signaling socket's frames included: the call
+        // moves to a new socket first (as for a stall), so that the restart's offer arrives.
+        if (this.state !== 'joined') return;
+        // A restart of our own under way (the watchdog saw the same break): another would
+        // only start it over.
+        if ((this.iceRestarts || []).some((t) => Date.now() - t < PATH_RETRY_MS)) return;
+        this.opts.onPathStalled?.();
         this.restartIce('asked by the server');
         return;
       default:

@@ -1286,7 +1286,9 @@ impl Sfu {
             self.metrics.drop_packet(DropReason::Rejected);
             return;
         }
-        p.flowing |= now.saturating_duration_since(p.last_rx) < FLOWING_GAP;
+        // Media and its feedback, not STUN: a restart's checks arrive in bursts with pauses
+        // longer than the ask's silence, and asking again would start the restart over.
+        p.flowing |= !is_stun && now.saturating_duration_since(p.last_rx) < FLOWING_GAP;
         p.last_rx = now;
         if p.retired_ufrag.is_some() {
             // After an ICE restart the old ufrag is forgotten once the new credentials have

@@ -177,6 +177,9 @@ export async function runMove(kind, log = (m) => console.error(m)) {
       const network = moverLocal && moverLocal.startsWith('127.78.') ? '2' : '1';
       log(`uplink: the call runs over ${moverLocal} (network ${network}); its uplink goes dark`);
       netnsLog(['blackhole', ns.name, network, 'on', 'up']);
+      // Its system notices the network has no way out and routes new connections over the
+      // other one (the signaling socket rode on the broken one too).
+      netnsLog(['prefer', ns.name, network === '1' ? '2' : '1']);
     } else {
       log(`restart: the call runs over ${moverLocal}; network 1 goes dark`);
       netnsLog(['blackhole', ns.name, '1', 'on']);
@@ -187,7 +190,7 @@ export async function runMove(kind, log = (m) => console.error(m)) {
     await waitFor(`media from the mover again after the ${kind}`, async () => {
       const a = seen.alice.filter((s) => s.t > t0 + 200);
       const ok = a.length > 2 && a.at(-1).frames > a[0].frames + 10 && a.at(-1).packets > a[0].packets + 20;
-      return { ok, detail: a.at(-1) };
+      return { ok, detail: { alice: a.at(-1), mover: seen.mover.at(-1) } };
     }, WAIT_MS, 200);
     await waitFor(`media to the mover again after the ${kind}`, async () => {
       const m = seen.mover.filter((s) => s.t > t0 + 200);
