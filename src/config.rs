@@ -216,8 +216,10 @@ pub struct MediaConfig {
     pub announce_udp: bool,
     /// Announce passive TCP host candidates (needs `tcp_listen`).
     pub announce_tcp: bool,
-    /// Most participants in one room.
+    /// Most participants in one room (WHEP viewers apart).
     pub max_participants_per_room: usize,
+    /// Most WHEP viewers (receive-only, not announced) in one room.
+    pub max_viewers_per_room: usize,
     /// Most participants on the server.
     pub max_participants: usize,
     /// Minimum interval between keyframe requests to one published track, in milliseconds.
@@ -272,6 +274,7 @@ impl Default for MediaConfig {
             announce_udp: true,
             announce_tcp: true,
             max_participants_per_room: 50,
+            max_viewers_per_room: 1_000,
             max_participants: 2_000,
             keyframe_throttle_ms: 500,
             retransmit_history_ms: 1000,
@@ -380,6 +383,9 @@ impl Config {
         }
         if m.max_participants_per_room < 2 {
             return invalid("media.max_participants_per_room", "must be at least 2");
+        }
+        if m.max_viewers_per_room == 0 {
+            return invalid("media.max_viewers_per_room", "must be at least 1");
         }
         if m.max_participants == 0 {
             return invalid("media.max_participants", "must be at least 1");

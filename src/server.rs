@@ -748,6 +748,7 @@ fn sfu_config(config: &Config, udp: SocketAddr, tcp: Option<SocketAddr>) -> SfuC
         udp_candidates,
         tcp_candidates,
         max_participants_per_room: m.max_participants_per_room,
+        max_viewers_per_room: m.max_viewers_per_room,
         max_participants: m.max_participants,
         keyframe_throttle: m.keyframe_throttle(),
         retransmit_history: m.retransmit_history(),

@@ -148,8 +148,11 @@ pub struct SfuConfig {
     pub udp_candidates: Vec<SocketAddr>,
     /// Passive TCP host candidates to announce.
     pub tcp_candidates: Vec<SocketAddr>,
-    /// Most participants per room.
+    /// Most participants per room (receive-only viewers apart).
     pub max_participants_per_room: usize,
+    /// Most receive-only viewers (WHEP players) per room: a lecture's audience is not a
+    /// meeting, and does not take its seats.
+    pub max_viewers_per_room: usize,
     /// Most participants in total.
     pub max_participants: usize,
     /// Minimum interval between keyframe requests to one track.
@@ -601,12 +604,27 @@ impl Sfu {
             .get(&room_key)
             .map(|r| r.members.clone())
             .unwrap_or_default();
-        if members.len() >= self.config.max_participants_per_room {
+        let viewers = members
+            .iter()
+            .filter(|m| {
+                self.participants
+                    .get(m)
+                    .is_some_and(|p| p.mode == PeerMode::ReceiveOnly)
+            })
+            .count();
+        let (taken, cap) = match mode {
+            PeerMode::ReceiveOnly => (viewers, self.config.max_viewers_per_room),
+            _ => (
+                members.len() - viewers,
+                self.config.max_participants_per_room,
+            ),
+        };
+        if taken >= cap {
             self.metrics
                 .joins_refused
                 .with_label_values(&["room_full"])
                 .inc();
-            return Err(SfuError::RoomFull(self.config.max_participants_per_room));
+            return Err(SfuError::RoomFull(cap));
         }
         let id = ParticipantId(self.next_participant);
         self.next_participant += 1;

@@ -219,6 +219,7 @@ pub fn sim_config() -> SfuConfig {
         udp_candidates: vec![SERVER_ADDR],
         tcp_candidates: vec![],
         max_participants_per_room: 200,
+        max_viewers_per_room: 200,
         max_participants: 1_000,
         keyframe_throttle: Duration::from_millis(500),
         retransmit_history: Duration::from_millis(1000),

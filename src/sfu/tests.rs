@@ -377,6 +377,30 @@ fn room_limit_is_enforced() {
 }
 
 #[test]
+fn receive_only_viewers_have_their_own_limit_and_take_no_seat() {
+    let mut config = super::sim::sim_config();
+    config.max_participants_per_room = 2;
+    config.max_viewers_per_room = 3;
+    let mut net = SimNet::with_config(9, config);
+    let now = net.now;
+    let viewer = |net: &mut SimNet| {
+        net.sfu
+            .join_as(now, "lecture", "viewer", false, PeerMode::ReceiveOnly, None)
+    };
+    for _ in 0..3 {
+        assert!(viewer(&mut net).is_ok());
+    }
+    assert_eq!(viewer(&mut net), Err(super::SfuError::RoomFull(3)));
+    // The viewers took no seat: two participants still fit, not a third.
+    assert!(net.sfu.join(now, "lecture", "one", true, None).is_ok());
+    assert!(net.sfu.join(now, "lecture", "two", true, None).is_ok());
+    assert_eq!(
+        net.sfu.join(now, "lecture", "three", true, None),
+        Err(super::SfuError::RoomFull(2))
+    );
+}
+
+#[test]
 fn forwards_h264_and_vp9() {
     use str0m::format::Codec;
     for codec in [Codec::H264, Codec::Vp9] {
