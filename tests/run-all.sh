@@ -76,8 +76,8 @@ export HUIZHEN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/huizhen"
 # mid-call (a second veth pair in the namespace is its other network) and the call carries on
 # as the same participant with the same tracks. And the WHIP/WHEP tests (~1 min each): a lecture
 # published by GStreamer's simple-whip-client from a namespace (so that libnice offers only the
-# namespace's 127.77.X.2; tests/browser/whip.test.mjs), or over WHIP by a Chromium page
-# (whip-browser.test.mjs), plays on the /watch page (WHEP) in Chromium.
+# namespace's 127.77.X.2), or over WHIP by a Chromium page, plays on the /watch page (WHEP) in
+# Chromium (tests/browser/whip.test.mjs).
 log "adaptive media under impaired links, network changes, WHIP/WHEP (release build, network namespaces, headless Chromium)"
 cargo build --release --locked --bin huizhen
 release_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/huizhen"

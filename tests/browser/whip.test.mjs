@@ -1,6 +1,7 @@
 // WHIP in, WHEP out, with third-party and browser clients: a lecture published by GStreamer
-// (Debian's simple-whip-client, `whip-client`: VP8 + Opus from test sources) and watched on the
-// WHEP player page (/watch/<room>, static/watch.js) in headless Chromium.
+// (Debian's simple-whip-client, `whip-client`: VP8 + Opus from test sources), or by a Chromium
+// page (a canvas and an oscillator, sendonly, max-bundle), and watched on the WHEP player page
+// (/watch/<room>, static/watch.js) in headless Chromium. One flow, two publishers.
 //
 // Topology (all inside 127.0.0.0/8): the server in the root namespace, bound to the root side of
 // a veth (tests/impair/netns.sh, 127.77.X.1: HTTP, UDP media, TURN); whip-client in the
@@ -8,27 +9,30 @@
 // host candidate is 127.77.X.2 (libnice skips loopback interfaces; in the root namespace it
 // would offer the machine's real addresses) and it has no STUN or TURN server; Chromium in the
 // root namespace, opening http://127.77.X.1:PORT/watch/lecture (every other host unresolvable).
-// tests/whip/publish.sh runs the client (and says why it needs a stub libgupnp-igd).
+// tests/whip/publish.sh runs the client (and says why it needs a stub libgupnp-igd). GStreamer's
+// DTLS presents an RSA client certificate: vendor/dimpl/PATCHES.md.
 //
 // Asserted, in order:
 //   1. WHEP before anyone publishes: 409 with a Retry-After (a plain fetch with a recvonly
 //      audio + video offer made by Chromium);
 //   2. the watch page opened then waits (it got the 409) and keeps retrying;
-//   3. whip-client publishes to /whip/room/lecture: its PeerConnection connects, its trickle
-//      PATCHes are accepted, every candidate it sent is 127.77.X.2;
-//   4. the page plays: from getStats(), VP8 frames decoded grow by >= MIN_FRAMES and Opus packets
-//      by >= MIN_PACKETS within MEASURE_MS, over a pair whose remote end is the server; the
-//      TURN servers of the 201's Link headers were parsed (as many as a plain POST gets);
+//   3. the publisher publishes to /whip/room/lecture and connects (whip-client: its trickle
+//      PATCHes are accepted, every candidate it sent is 127.77.X.2; Chromium: 201 with ETag and
+//      the TURN Link headers);
+//   4. the page plays: from getStats(), frames decoded grow by >= MIN_FRAMES and Opus packets
+//      by >= MIN_PACKETS within MEASURE_MS, over a pair whose remote end is the server (and, from
+//      whip-client, VP8 at 640x360); the TURN servers of the 201's Link headers were parsed;
 //   5. a WHEP session made with fetch: 201 with Location, ETag, application/sdp;
 //   6. DELETE of the viewer's session URL: 200, then 404; the page notices and comes back with
 //      a new session that plays again;
 //   7. leaving the page (pagehide) DELETEs its session (a DELETE from the test then gets 404);
-//   8. whip-client stopped (SIGTERM): it DELETEs its session (200), and WHEP answers 409 again.
+//   8. the publisher leaves (whip-client on SIGTERM DELETEs its session; the Chromium one's
+//      DELETE gets 200, then 404), and WHEP answers 409 again.
 // whip-client is killed by pid whatever happens (TERM, then KILL after a bound), the namespace
 // taken down; every wait is bounded.
 //
-// Needs root (the namespace) and whip-client (tests/run-all.sh installs simple-whip-client and
-// the GStreamer plugins); skipped, saying why, without them. Run:
+// Needs root (the namespace) and, for the first test, whip-client (tests/run-all.sh installs
+// simple-whip-client and the GStreamer plugins); skipped, saying why, without them. Run:
 //   cd tests/browser && HUIZHEN_BIN=../../target/release/huizhen node --test whip.test.mjs
 // Env: as harness.mjs and adaptive.mjs; HUIZHEN_TEST_KEEP_LOGS=1 keeps the server's directory
 // (server.log and whip-client.log).
@@ -265,20 +269,135 @@ async function dumpViewer(viewer) {
 
 // ---------------------------------------------------------------------------------------------
 
-function whyUnavailable() {
-  const why = impairmentUnavailable();
-  if (why) return why;
+function whipClientMissing() {
   try {
     execFileSync('sh', ['-c', 'command -v whip-client'], { stdio: 'ignore' });
+    return null;
   } catch {
     return 'whip-client not installed (apt-get install simple-whip-client gstreamer1.0-nice gstreamer1.0-plugins-bad gstreamer1.0-plugins-good gstreamer1.0-plugins-base)';
   }
-  return null;
 }
 
-const unavailable = whyUnavailable();
+// ---------------------------------------------------------------------------------------------
+// The two publishers: what differs between them is how they start, what is checked of their
+// own side, and how they leave.
 
-test('a lecture published with simple-whip-client (WHIP) plays on the watch page (WHEP)', { skip: unavailable || false }, async (t) => {
+/** GStreamer's simple-whip-client in the namespace (VP8 640x360 and Opus from test sources). */
+const GSTREAMER = {
+  name: 'simple-whip-client',
+  async start({ ns, server, t }) {
+    const pub = startPublisher(ns.name, `${server.base}/whip/room/${ROOM}`, path.join(server.dir, 'whip-client.log'));
+    t.diagnostic(`whip-client pid ${pub.pid}: ${PUBLISH_SH} ${ns.name} ${server.base}/whip/room/${ROOM}`);
+    await waitFor('whip-client: PeerConnection connected', async () => {
+      const log = publisherLog(pub);
+      if (pub.exited) {
+        // GStreamer's DTLS (webrtcbin, OpenSSL) presents a self-generated RSA certificate: a
+        // server that only takes ECDSA client certificates fails the handshake
+        // (vendor/dimpl/PATCHES.md).
+        const hint = log.includes('DTLS failed') ? ' (DTLS failed: see vendor/dimpl/PATCHES.md, patch 1)' : '';
+        throw Object.assign(new Error(`whip-client exited ${JSON.stringify(pub.exited)}${hint}:\n${tail(log)}`), { fatal: true });
+      }
+      return { ok: log.includes('PeerConnection connected'), detail: tail(log, 8) };
+    });
+    return {
+      /** Its media as the page decodes it, and its own log: trickle and candidates. */
+      check(s) {
+        assert.match(String(s.video.codec), /VP8/i, "the video is the publisher's VP8");
+        assert.equal(s.video.width, 640, "the publisher's 640x360 video");
+        assert.equal(s.video.height, 360, "the publisher's 640x360 video");
+        const plog = publisherLog(pub);
+        assert.ok(!/\[trickle\] \d+/.test(plog), `a trickle PATCH failed:\n${plog.split('\n').filter((l) => l.includes('[trickle]')).join('\n')}`);
+        // Its own candidates: trickled ("Sending candidates: ...") or put in the offer (-n);
+        // not the answer's ("Found candidate"), which are the server's.
+        const candidates = [...plog.matchAll(/(?:Sending candidates|Adding candidate to SDP): (?:a=)?candidate:\S+ \d+ (UDP|TCP) \d+ (\S+) \d+ typ (\w+)/gi)].map(
+          (m) => `${m[1]} ${m[2]} ${m[3]}`,
+        );
+        assert.ok(candidates.length > 0, 'whip-client logged its candidates');
+        for (const c of candidates) assert.equal(c.split(' ')[1], ns.nsAddr, `whip-client offered only ${ns.nsAddr}: ${c}`);
+        t.diagnostic(`whip-client candidates: ${[...new Set(candidates)].join(', ')}`);
+      },
+      /** SIGTERM: it DELETEs its session. */
+      async stop() {
+        await stopPublisher(pub);
+        const stopped = publisherLog(pub);
+        assert.ok(stopped.includes('Disconnecting from server (Shutting down)'), `whip-client shut down:\n${tail(stopped, 15)}`);
+        assert.ok(!/Disconnecting from server \(Shutting down\)[\s\S]*\[\d{3}\]/.test(stopped), `whip-client's DELETE failed:\n${tail(stopped, 15)}`);
+      },
+      async cleanup(failed) {
+        if (failed) console.error(`--- whip-client log (${pub.logPath}), last lines ---\n${tail(publisherLog(pub), 80)}`);
+        await stopPublisher(pub);
+      },
+    };
+  },
+};
+
+/** A Chromium page publishing a canvas and an oscillator over WHIP (sendonly, max-bundle). */
+const CHROMIUM = {
+  name: 'Chromium',
+  async start({ server, browser, t }) {
+    const page = await browser.newPage();
+    const offer = await page.evaluate(async () => {
+      const c = document.createElement('canvas');
+      c.width = 640;
+      c.height = 360;
+      document.body.appendChild(c);
+      const g = c.getContext('2d');
+      let n = 0;
+      setInterval(() => {
+        g.fillStyle = `hsl(${n++ % 360},80%,50%)`;
+        g.fillRect(0, 0, 640, 360);
+        g.fillStyle = '#fff';
+        g.fillText(String(n), 20 + (n % 500), 180);
+      }, 33);
+      const ac = new AudioContext();
+      const o = ac.createOscillator();
+      const d = ac.createMediaStreamDestination();
+      o.connect(d);
+      o.start();
+      const pc = (window.pubPc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' }));
+      pc.addTransceiver(d.stream.getAudioTracks()[0], { direction: 'sendonly' });
+      pc.addTransceiver(c.captureStream(30).getVideoTracks()[0], { direction: 'sendonly' });
+      await pc.setLocalDescription();
+      await new Promise((r) => {
+        const timer = setTimeout(r, 3000);
+        pc.onicegatheringstatechange = () => {
+          if (pc.iceGatheringState === 'complete') {
+            clearTimeout(timer);
+            r();
+          }
+        };
+      });
+      return pc.localDescription.sdp;
+    });
+    const res = await fetch(`${server.base}/whip/room/${ROOM}`, { method: 'POST', headers: { 'content-type': 'application/sdp' }, body: offer });
+    const answer = await res.text();
+    t.diagnostic(`WHIP POST: ${res.status} location=${res.headers.get('location')} etag=${res.headers.get('etag')} links=${iceServerLinks(res)}`);
+    assert.equal(res.status, 201, answer);
+    assert.ok(res.headers.get('etag'), 'ETag present');
+    assert.ok(iceServerLinks(res) > 0, 'the embedded TURN in Link rel=ice-server');
+    const location = new URL(res.headers.get('location'), server.base).href;
+    await page.evaluate(async (sdp) => window.pubPc.setRemoteDescription({ type: 'answer', sdp }), answer);
+    await waitFor('the Chromium publisher to connect', async () => {
+      const st = await page.evaluate(() => window.pubPc.connectionState);
+      return { ok: st === 'connected', detail: st };
+    });
+    return {
+      check() {},
+      /** It ends its session with DELETE. */
+      async stop() {
+        assert.equal(await httpDelete(location), 200, 'DELETE of the WHIP session');
+        assert.equal(await httpDelete(location), 404, 'second DELETE of the WHIP session');
+        await page.close();
+      },
+      async cleanup() {
+        await page.close().catch(() => {});
+      },
+    };
+  },
+};
+
+/** The lecture: a player waits, `publisher` publishes, the player plays, sessions end. */
+async function lecture(t, publisher) {
   const ns = await namespaceUp();
   let server = null;
   let pub = null;
@@ -303,20 +422,7 @@ test('a lecture published with simple-whip-client (WHIP) plays on the watch page
       });
 
       // 3. Publish.
-      pub = startPublisher(ns.name, `${server.base}/whip/room/${ROOM}`, path.join(server.dir, 'whip-client.log'));
-      t.diagnostic(`whip-client pid ${pub.pid}: ${PUBLISH_SH} ${ns.name} ${server.base}/whip/room/${ROOM}`);
-      await waitFor('whip-client: PeerConnection connected', async () => {
-        const log = publisherLog(pub);
-        if (pub.exited) {
-          // GStreamer's DTLS (webrtcbin, OpenSSL) makes itself an RSA 2048 certificate: a server
-          // that only takes ECDSA client certificates gets none and fails the handshake.
-          const hint = log.includes('DTLS failed')
-            ? " (DTLS failed: GStreamer presents a self-generated RSA client certificate; the server log at RUST_LOG=huizhen=debug says why it was refused)"
-            : '';
-          throw Object.assign(new Error(`whip-client exited ${JSON.stringify(pub.exited)}${hint}:\n${tail(log)}`), { fatal: true });
-        }
-        return { ok: log.includes('PeerConnection connected'), detail: tail(log, 8) };
-      });
+      pub = await publisher.start({ ns, server, browser, t });
 
       // 4. The page plays.
       // The page may be sleeping out the server's Retry-After (plus up to 50 % jitter; the page
@@ -329,25 +435,11 @@ test('a lecture published with simple-whip-client (WHIP) plays on the watch page
           `${s.audio.packetsReceived - play.first.audio.packetsReceived} audio packets in ${play.ms} ms; ` +
           `${s.video.codec} ${s.video.width}x${s.video.height}, ${s.audio.codec} (totalAudioEnergy ${s.audio.totalAudioEnergy}), remote ${JSON.stringify(s.remote)}`,
       );
-      assert.match(String(s.video.codec), /VP8/i, 'the video is the publisher\'s VP8');
-      assert.match(String(s.audio.codec), /opus/i, 'the audio is the publisher\'s Opus');
-      assert.equal(s.video.width, 640, 'the publisher\'s 640x360 video');
-      assert.equal(s.video.height, 360, 'the publisher\'s 640x360 video');
-      assert.equal(s.remote?.address, ns.rootAddr, 'media comes from the server\'s address');
+      assert.match(String(s.audio.codec), /opus/i, "the audio is the publisher's Opus");
+      assert.equal(s.remote?.address, ns.rootAddr, "media comes from the server's address");
       assert.ok(s.element.width > 0 && s.element.muted, `the video element shows the picture, muted: ${JSON.stringify(s.element)}`);
       assert.ok(await viewer.page.locator('#btn-sound').isVisible(), 'the "tap for sound" button is shown while muted');
-
-      // whip-client's side: trickle PATCHes accepted, only the namespace's address offered.
-      const plog = publisherLog(pub);
-      assert.ok(!/\[trickle\] \d+/.test(plog), `a trickle PATCH failed:\n${plog.split('\n').filter((l) => l.includes('[trickle]')).join('\n')}`);
-      // Its own candidates: trickled ("Sending candidates: ...") or put in the offer (-n); not
-      // the answer's ("Found candidate"), which are the server's.
-      const candidates = [...plog.matchAll(/(?:Sending candidates|Adding candidate to SDP): (?:a=)?candidate:\S+ \d+ (UDP|TCP) \d+ (\S+) \d+ typ (\w+)/gi)].map(
-        (m) => `${m[1]} ${m[2]} ${m[3]}`,
-      );
-      assert.ok(candidates.length > 0, 'whip-client logged its candidates');
-      for (const c of candidates) assert.equal(c.split(' ')[1], ns.nsAddr, `whip-client offered only ${ns.nsAddr}: ${c}`);
-      t.diagnostic(`whip-client candidates: ${[...new Set(candidates)].join(', ')}`);
+      pub.check(s);
 
       // 5. A WHEP session made by hand: the headers.
       const direct = await whepPost(server, await viewerOffer(scratch));
@@ -381,11 +473,8 @@ test('a lecture published with simple-whip-client (WHIP) plays on the watch page
       await sleep(2000);
       assert.equal(await httpDelete(last), 404, `DELETE ${last} after the page left (its pagehide DELETE came first)`);
 
-      // 8. The publisher leaves: its DELETE, and nobody publishes any more.
-      await stopPublisher(pub);
-      const stopped = publisherLog(pub);
-      assert.ok(stopped.includes('Disconnecting from server (Shutting down)'), `whip-client shut down:\n${tail(stopped, 15)}`);
-      assert.ok(!/Disconnecting from server \(Shutting down\)[\s\S]*\[\d{3}\]/.test(stopped), `whip-client's DELETE failed:\n${tail(stopped, 15)}`);
+      // 8. The publisher leaves (its session ends), and nobody publishes any more.
+      await pub.stop();
       await waitFor('WHEP to answer 409 again once the publisher left', async () => {
         const r = await whepPost(server, await viewerOffer(scratch));
         if (r.res.status === 201) {
@@ -399,7 +488,6 @@ test('a lecture published with simple-whip-client (WHIP) plays on the watch page
   } finally {
     if (!ok) {
       await dumpViewer(viewer);
-      if (pub) console.error(`--- whip-client log (${pub.logPath}), last lines ---\n${tail(publisherLog(pub), 80)}`);
       if (server) {
         try {
           console.error(`--- server log, last lines ---\n${tail(fs.readFileSync(server.logPath, 'utf8'), 80)}`);
@@ -408,8 +496,16 @@ test('a lecture published with simple-whip-client (WHIP) plays on the watch page
         }
       }
     }
-    await stopPublisher(pub);
+    if (pub) await pub.cleanup(!ok);
     if (server) await stopServerAt(server, { keep: !ok });
     namespaceDown(ns.name);
   }
-});
+}
+
+const noNamespaces = impairmentUnavailable();
+
+test('a lecture published with simple-whip-client (WHIP) plays on the watch page (WHEP)', { skip: noNamespaces || whipClientMissing() || false }, (t) =>
+  lecture(t, GSTREAMER),
+);
+
+test('a lecture published from Chromium over WHIP plays on the watch page (WHEP)', { skip: noNamespaces || false }, (t) => lecture(t, CHROMIUM));
