@@ -568,18 +568,7 @@ impl Edge {
                 let result = self
                     .sfu
                     .join(now, &room, &display_name, may_publish, resume);
-                if let Ok(id) = result {
-                    self.sessions.insert(id, Attached { session, events });
-                    // `joined` must be queued before the session learns the join succeeded,
-                    // so it precedes any reply to the client's next frame.
-                    self.flush();
-                }
-                if reply.send(result.clone()).is_err() {
-                    // The socket closed while joining.
-                    if let Ok(id) = result {
-                        self.sfu.leave(now, id, LeaveReason::SignalingClosed);
-                    }
-                }
+                self.attach(now, result, Attached { session, events }, reply);
             }
             MediaCommand::JoinWithOffer {
                 room,
@@ -607,15 +596,7 @@ impl Edge {
                             }
                         }
                     });
-                if let Ok(id) = result {
-                    self.sessions.insert(id, Attached { session, events });
-                    self.flush();
-                }
-                if reply.send(result.clone()).is_err() {
-                    if let Ok(id) = result {
-                        self.sfu.leave(now, id, LeaveReason::SignalingClosed);
-                    }
-                }
+                self.attach(now, result, Attached { session, events }, reply);
             }
             MediaCommand::IceFragment {
                 participant,
@@ -769,6 +750,29 @@ impl Edge {
             }
         }
         self.send_batch();
+    }
+
+    /// A join's outcome: the participant's messages go to `attached` from now on, and the
+    /// requester learns the result; one that went away meanwhile takes its participant along.
+    fn attach(
+        &mut self,
+        now: Instant,
+        result: Result<ParticipantId, SfuError>,
+        attached: Attached,
+        reply: oneshot::Sender<Result<ParticipantId, SfuError>>,
+    ) {
+        if let Ok(id) = result {
+            self.sessions.insert(id, attached);
+            // `joined` (or the answer) must be queued before the session learns the join
+            // succeeded, so it precedes any reply to the client's next frame.
+            self.flush();
+        }
+        if reply.send(result.clone()).is_err() {
+            // The socket (or HTTP request) went away while joining.
+            if let Ok(id) = result {
+                self.sfu.leave(now, id, LeaveReason::SignalingClosed);
+            }
+        }
     }
 
     /// Sends the UDP datagrams gathered by [`Self::transmit`] (the SFU's and TURN's).
