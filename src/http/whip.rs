@@ -342,7 +342,7 @@ fn check_offer(kind: Kind, headers: &HeaderMap, body: &[u8]) -> Result<String, R
     let (wrong, what) = match kind {
         // A publisher's lines send; a player's receive.
         Kind::Whip => (
-            directions.iter().any(|d| *d == "recvonly"),
+            directions.contains(&"recvonly"),
             "a WHIP offer sends only (no recvonly m-lines)",
         ),
         Kind::Whep => (
@@ -866,6 +866,46 @@ async fn ice_fragment(
         .into_response())
 }
 
+/// The WHIP and WHEP routes (bodies beyond [`MAX_BODY_BYTES`] get 413).
+pub fn router() -> axum::Router<AppState> {
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::{on, MethodFilter};
+    let mut router = axum::Router::new();
+    for kind in [Kind::Whip, Kind::Whep] {
+        let base = format!("/{}", kind.as_str());
+        router = router
+            .route(
+                &format!("{base}/room/{{name}}"),
+                axum::routing::post(
+                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                        post_room(kind, s, p, h, b)
+                    },
+                )
+                .options(move || options(kind)),
+            )
+            .route(
+                &format!("{base}/consultation/{{id}}"),
+                axum::routing::post(
+                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                        post_consultation(kind, s, p, h, b)
+                    },
+                )
+                .options(move || options(kind)),
+            )
+            .route(
+                &format!("{base}/session/{{id}}"),
+                on(
+                    MethodFilter::PATCH,
+                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                        patch(kind, s, p, h, b)
+                    },
+                )
+                .delete(move |s: State<AppState>, p: Path<String>| delete(kind, s, p)),
+            );
+    }
+    router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -923,44 +963,4 @@ mod tests {
         assert!(!room_name_ok(&"a".repeat(65)));
         assert!(!room_name_ok("a/b"));
     }
-}
-
-/// The WHIP and WHEP routes (bodies beyond [`MAX_BODY_BYTES`] get 413).
-pub fn router() -> axum::Router<AppState> {
-    use axum::extract::DefaultBodyLimit;
-    use axum::routing::{on, MethodFilter};
-    let mut router = axum::Router::new();
-    for kind in [Kind::Whip, Kind::Whep] {
-        let base = format!("/{}", kind.as_str());
-        router = router
-            .route(
-                &format!("{base}/room/{{name}}"),
-                axum::routing::post(
-                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                        post_room(kind, s, p, h, b)
-                    },
-                )
-                .options(move || options(kind)),
-            )
-            .route(
-                &format!("{base}/consultation/{{id}}"),
-                axum::routing::post(
-                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                        post_consultation(kind, s, p, h, b)
-                    },
-                )
-                .options(move || options(kind)),
-            )
-            .route(
-                &format!("{base}/session/{{id}}"),
-                on(
-                    MethodFilter::PATCH,
-                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                        patch(kind, s, p, h, b)
-                    },
-                )
-                .delete(move |s: State<AppState>, p: Path<String>| delete(kind, s, p)),
-            );
-    }
-    router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -64,7 +64,7 @@ async fn post_sdp(url: &str, sdp: &str) -> Reply {
     .await
 }
 
-fn header<'a>(reply: &'a Reply, name: impl reqwest::header::AsHeaderName) -> &'a str {
+fn header(reply: &Reply, name: impl reqwest::header::AsHeaderName) -> &str {
     reply
         .headers
         .get(name)
