@@ -172,6 +172,11 @@ async fn whip_and_whep_sessions_answer_with_location_etag_and_turn_and_follow_pa
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        !r.body.contains("not a candidate"),
+        "the reason does not quote the input: {}",
+        r.body
+    );
     // Trickle: a candidate, nothing to answer.
     let r = patch(vec![ct.clone(), ("if-match", etag.clone())], frag).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
