@@ -250,6 +250,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         &config,
         &mut metrics,
         sfu_config.udp_candidates.clone(),
+        sfu_config.tcp_candidates.clone(),
         &public_url(&config, http_addr),
     )
     .await?;
@@ -592,6 +593,7 @@ async fn start_turn(
     config: &Config,
     metrics: &mut Metrics,
     peers: Vec<SocketAddr>,
+    tcp_peers: Vec<SocketAddr>,
     base_url: &str,
 ) -> Result<Option<TurnParts>, ServerError> {
     let t = &config.turn;
@@ -670,7 +672,7 @@ async fn start_turn(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let core = crate::turn::TurnServer::new(
+    let mut core = crate::turn::TurnServer::new(
         crate::turn::server::TurnCoreConfig {
             realm: t.realm.clone(),
             max_allocations: t.max_allocations,
@@ -685,6 +687,8 @@ async fn start_turn(
         now,
         now_unix,
     );
+    // TCP allocations (RFC 6062) reach the SFU's ICE-TCP port.
+    core.set_tcp_peers(tcp_peers);
     let limits = edge::turn::StreamLimits {
         open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         max_connections: t.max_connections,

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -15,7 +15,26 @@ use tracing::debug;
 use super::{MediaCommand, MediaHandle};
 
 /// Largest RFC 4571 frame.
-const MAX_FRAME: usize = u16::MAX as usize;
+pub(super) const MAX_FRAME: usize = u16::MAX as usize;
+
+/// `frame` with its RFC 4571 length prefix; `None` if it is too long to frame.
+pub(super) fn frame_of(frame: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(frame.len()).ok()?;
+    let mut framed = Vec::with_capacity(frame.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(frame);
+    Some(framed)
+}
+
+/// The next RFC 4571 frame into `buf` (at least [`MAX_FRAME`] long); its length.
+pub(super) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let len = usize::from(reader.read_u16().await?);
+    reader.read_exact(&mut buf[..len]).await?;
+    Ok(len)
+}
 
 /// Accept ICE-TCP connections until shutdown.
 pub async fn run(
@@ -56,12 +75,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, media: MediaHandl
     }
     let write_task = tokio::spawn(async move {
         while let Some(frame) = frames.recv().await {
-            let Ok(len) = u16::try_from(frame.len()) else {
+            let Some(framed) = frame_of(&frame) else {
                 continue;
             };
-            let mut framed = Vec::with_capacity(frame.len() + 2);
-            framed.extend_from_slice(&len.to_be_bytes());
-            framed.extend_from_slice(&frame);
             if write_half.write_all(&framed).await.is_err() {
                 break;
             }
@@ -69,11 +85,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, media: MediaHandl
     });
     let mut reader = BufReader::new(read_half);
     let mut buf = vec![0u8; MAX_FRAME];
-    while let Ok(len) = reader.read_u16().await {
-        let len = usize::from(len);
-        if reader.read_exact(&mut buf[..len]).await.is_err() {
-            break;
-        }
+    while let Ok(len) = read_frame(&mut reader, &mut buf).await {
         let frame = MediaCommand::TcpFrame {
             peer,
             local,

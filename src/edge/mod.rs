@@ -195,6 +195,16 @@ pub enum MediaCommand {
         /// The message.
         data: Vec<u8>,
     },
+    /// A `ConnectionBind` from a TURN client over TCP or TLS (RFC 6062): the reader waits for
+    /// the outcome, because on success the connection carries raw bytes from then on.
+    TurnConnectionBind {
+        /// The connection.
+        key: crate::turn::ClientKey,
+        /// The request.
+        data: Vec<u8>,
+        /// The relayed address and the SFU's ICE-TCP address when bound; `None` otherwise.
+        bound: oneshot::Sender<Option<(SocketAddr, SocketAddr)>>,
+    },
     /// A TURN client's TCP or TLS connection closed (its allocation goes with it).
     TurnStreamClosed {
         /// The connection.
@@ -487,6 +497,7 @@ async fn run(
         if let Some(turn) = &mut edge.turn {
             turn.tick(now);
         }
+        edge.close_turn_data();
         edge.flush();
     }
     edge.shutdown();
@@ -518,14 +529,26 @@ impl Edge {
         self.on_turn_message(key, bytes);
     }
 
-    /// One TURN message from a client: a reply to it, or relayed data for the core.
-    fn on_turn_message(&mut self, key: crate::turn::ClientKey, bytes: &[u8]) {
-        let Some(turn) = &mut self.turn else {
-            return;
-        };
+    /// One TURN message from a client: a reply to it, or relayed data for the core. A
+    /// `ConnectionBind` that succeeded returns the relayed address and the SFU's ICE-TCP
+    /// address the connection now carries bytes between.
+    fn on_turn_message(
+        &mut self,
+        key: crate::turn::ClientKey,
+        bytes: &[u8],
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let turn = self.turn.as_mut()?;
         let now = Instant::now();
         match turn.core.handle_client(now, key, bytes) {
             Some(crate::turn::TurnOutput::Reply(reply)) => turn.send_to_client(key, reply),
+            Some(crate::turn::TurnOutput::Bound {
+                reply,
+                relayed,
+                peer,
+            }) => {
+                turn.send_to_client(key, reply);
+                return Some((relayed, peer));
+            }
             Some(crate::turn::TurnOutput::ToPeer {
                 relayed,
                 peer,
@@ -539,6 +562,22 @@ impl Edge {
                 }
             }
             None => {}
+        }
+        None
+    }
+
+    /// Close the TCP data connections whose allocation the TURN core ended: their writers
+    /// go (the connection is shut down once its queue drains) and the SFU forgets them.
+    fn close_turn_data(&mut self) {
+        let Some(turn) = &mut self.turn else {
+            return;
+        };
+        while let Some(closed) = turn.core.poll_closed() {
+            turn.streams.remove(&closed.key);
+            if self.tcp.remove(&closed.relayed).is_some() {
+                self.metrics.ice_tcp_connections.dec();
+            }
+            self.sfu.tcp_closed(closed.relayed);
         }
     }
 
@@ -709,12 +748,19 @@ impl Edge {
                     turn.streams.insert(key, writer);
                 }
             }
-            MediaCommand::TurnStreamFrame { key, data } => self.on_turn_message(key, &data),
+            MediaCommand::TurnStreamFrame { key, data } => {
+                self.on_turn_message(key, &data);
+            }
+            MediaCommand::TurnConnectionBind { key, data, bound } => {
+                let result = self.on_turn_message(key, &data);
+                let _ = bound.send(result);
+            }
             MediaCommand::TurnStreamClosed { key } => {
                 if let Some(turn) = &mut self.turn {
                     turn.streams.remove(&key);
                     turn.core.client_closed(&key);
                 }
+                self.close_turn_data();
             }
         }
     }

@@ -1,5 +1,7 @@
 //! The embedded TURN server's I/O: its UDP socket (read by the media task itself) and its TCP
-//! and TLS listeners (a reader task per connection, like ICE-TCP).
+//! and TLS listeners (a reader task per connection, like ICE-TCP). A TCP allocation's data
+//! connection (RFC 6062) becomes, once bound, an ICE-TCP connection of the SFU whose remote
+//! address is the relayed one.
 //!
 //! The core ([`crate::turn::TurnServer`]) lives in the media task next to the SFU, so relayed
 //! media crosses no channel and no socket between them: a client's ChannelData becomes an SFU
@@ -14,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
-use super::{MediaCommand, MediaHandle};
+use super::{ice_tcp, MediaCommand, MediaHandle};
 use crate::turn::metrics::Refusal;
 use crate::turn::{ClientKey, Transport, TurnMetrics, TurnServer};
 
@@ -249,6 +251,8 @@ async fn serve(
 }
 
 /// Frames in to the media task, bytes out from the bounded queue, until either side ends.
+/// After a successful `ConnectionBind` the connection is a TCP allocation's data connection
+/// and carries ICE-TCP frames to the SFU ([`relay_tcp`]).
 async fn pump<R, W>(
     mut read: R,
     mut write: W,
@@ -261,6 +265,7 @@ async fn pump<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (writer, mut outgoing) = mpsc::channel::<Vec<u8>>(queue);
+    let raw = writer.clone();
     if media
         .send(MediaCommand::TurnStreamOpened { key, writer })
         .await
@@ -278,7 +283,7 @@ async fn pump<R, W>(
     });
     let mut buf = vec![0u8; MAX_STREAM_MESSAGE];
     let mut first = true;
-    loop {
+    let bound = loop {
         let limit = if first {
             FIRST_MESSAGE_TIMEOUT
         } else {
@@ -289,21 +294,104 @@ async fn pump<R, W>(
             Ok(Ok(len)) => len,
             Ok(Err(FrameError::Malformed)) => {
                 metrics.refuse(Refusal::Malformed);
-                break;
+                break None;
             }
-            Ok(Err(FrameError::Closed)) | Err(_) => break,
+            Ok(Err(FrameError::Closed)) | Err(_) => break None,
         };
         first = false;
-        let frame = MediaCommand::TurnStreamFrame {
-            key,
+        let data = buf[..len].to_vec();
+        if is_connection_bind(&data) {
+            // Nothing more is read until the outcome is known: on success the bytes that
+            // follow are the data connection's, not TURN messages.
+            let (bound, outcome) = oneshot::channel();
+            let command = MediaCommand::TurnConnectionBind { key, data, bound };
+            if media.send(command).await.is_err() {
+                break None;
+            }
+            match outcome.await {
+                Ok(Some(bound)) => break Some(bound),
+                Ok(None) => continue,
+                Err(_) => break None,
+            }
+        }
+        if media
+            .send(MediaCommand::TurnStreamFrame { key, data })
+            .await
+            .is_err()
+        {
+            break None;
+        }
+    };
+    if let Some((relayed, peer)) = bound {
+        relay_tcp(&mut read, raw, relayed, peer, &media, queue, &metrics).await;
+    } else {
+        drop(raw);
+    }
+    let _ = media.send(MediaCommand::TurnStreamClosed { key }).await;
+    write_task.abort();
+}
+
+/// Whether `message` is a `ConnectionBind` request (RFC 6062): type 0x000b.
+fn is_connection_bind(message: &[u8]) -> bool {
+    message.len() >= 20 && message[..2] == [0x00, 0x0b]
+}
+
+/// A bound data connection: to the SFU it is an ICE-TCP connection from `relayed` to `peer`
+/// (RFC 4571 frames both ways), until either side ends or the TURN core closes it (its
+/// allocation went away: the edge drops the frame queue, which ends this).
+async fn relay_tcp<R: AsyncRead + Unpin>(
+    read: &mut R,
+    raw: mpsc::Sender<Vec<u8>>,
+    relayed: SocketAddr,
+    peer: SocketAddr,
+    media: &MediaHandle,
+    queue: usize,
+    metrics: &TurnMetrics,
+) {
+    let (framed, mut frames) = mpsc::channel::<Vec<u8>>(queue);
+    let out = metrics.clone();
+    let mut forward = tokio::spawn(async move {
+        while let Some(frame) = frames.recv().await {
+            let Some(bytes) = ice_tcp::frame_of(&frame) else {
+                continue;
+            };
+            out.relayed_out.inc();
+            out.relayed_bytes.inc_by(frame.len() as u64);
+            if raw.send(bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let opened = MediaCommand::TcpOpened {
+        peer: relayed,
+        writer: framed,
+    };
+    if media.send(opened).await.is_err() {
+        forward.abort();
+        return;
+    }
+    let mut buf = vec![0u8; ice_tcp::MAX_FRAME];
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(IDLE_TIMEOUT, ice_tcp::read_frame(read, &mut buf)) => read,
+            _ = &mut forward => break,
+        };
+        let Ok(Ok(len)) = read else {
+            break;
+        };
+        metrics.relayed_in.inc();
+        metrics.relayed_bytes.inc_by(len as u64);
+        let frame = MediaCommand::TcpFrame {
+            peer: relayed,
+            local: peer,
             data: buf[..len].to_vec(),
         };
         if media.send(frame).await.is_err() {
             break;
         }
     }
-    let _ = media.send(MediaCommand::TurnStreamClosed { key }).await;
-    write_task.abort();
+    let _ = media.send(MediaCommand::TcpClosed { peer: relayed }).await;
+    forward.abort();
 }
 
 enum FrameError {

@@ -1,7 +1,7 @@
 //! TURN metrics, in the `huizhen_turn_` sub-registry. Labels are bounded and never personal:
 //! no usernames (they are per session), no client addresses.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Why a TURN message or relayed packet was dropped or refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub struct TurnMetrics {
     pub relayed_bytes: IntCounter,
     /// Open TCP and TLS client connections, by transport.
     pub connections: IntGaugeVec,
+    /// TCP allocations' data connections to the SFU (RFC 6062), bound now.
+    pub tcp_relays: IntGauge,
 }
 
 impl TurnMetrics {
@@ -140,6 +142,15 @@ impl TurnMetrics {
                 "Open TURN client connections over TCP and TLS",
                 &["transport"],
             ),
+            tcp_relays: {
+                let g = IntGauge::new(
+                    "tcp_relays",
+                    "Data connections of TCP allocations (RFC 6062) bound to the SFU's ICE-TCP port",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique");
+                g
+            },
         };
         for t in ["udp", "tcp", "tls"] {
             metrics.allocations.with_label_values(&[t]);

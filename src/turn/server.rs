@@ -1,10 +1,21 @@
-//! The TURN server's core (RFC 8656, UDP allocations), sans-IO with time passed in.
+//! The TURN server's core (RFC 8656 UDP allocations, RFC 6062 TCP allocations), sans-IO with
+//! time passed in.
 //!
 //! ```text
 //!  client ──UDP/TCP/TLS──▶ handle_client ──▶ Reply (to the same client)
-//!                                        └─▶ ToPeer { relayed, peer, data } ──▶ Sfu::handle_datagram
+//!                                        ├─▶ ToPeer { relayed, peer, data } ──▶ Sfu::handle_datagram
+//!                                        └─▶ Bound { relayed, peer } (a TCP data connection)
 //!  Sfu transmit to a relayed address ──▶ handle_peer ──▶ (client, ChannelData | Data indication)
 //! ```
+//!
+//! A TCP allocation (RFC 6062) lets a client whose network passes only TCP reach the SFU's
+//! ICE-TCP port through the relay: `Connect` names the peer (only the SFU's own ICE-TCP
+//! address), the client opens a second connection and sends `ConnectionBind` with the
+//! connection id, and from then that connection carries the raw byte stream (RFC 4571
+//! frames) that the SFU reads as an ICE-TCP connection from the relayed address. The core
+//! only decides who may bind what; the edge moves the bytes. The SFU never connects out
+//! (its ICE-TCP candidates are passive), so peer-initiated connections (`ConnectionAttempt`)
+//! never happen.
 //!
 //! The relay's only peer is this server's own SFU: a permission or channel for any other
 //! address is refused with 403, and data is handed over only when it is addressed to exactly
@@ -34,7 +45,10 @@ use turn_types::attribute::{
     XorRelayedAddress,
 };
 use turn_types::channel::ChannelData;
-use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
+use turn_types::attribute::ConnectionId;
+use turn_types::message::{
+    ALLOCATE, CHANNEL_BIND, CONNECT, CONNECTION_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
+};
 use turn_types::stun::attribute::AttributeType;
 use turn_types::stun::attribute::{
     ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, Realm, Software,
@@ -66,6 +80,10 @@ const MAX_PEERS_PER_ALLOCATION: usize = 8;
 const SOFTWARE: &str = "huizhen";
 /// REQUESTED-TRANSPORT protocol number for UDP.
 const UDP: u8 = 17;
+/// REQUESTED-TRANSPORT protocol number for TCP (RFC 6062).
+const TCP: u8 = 6;
+/// How long a connection made by `Connect` waits for its `ConnectionBind` (RFC 6062 §5.2).
+const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a client reaches the TURN server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,22 +122,34 @@ pub struct ClientKey {
     pub listen: SocketAddr,
 }
 
-/// Reserves relayed addresses. The server only needs them unique on the host; the edge binds
-/// a UDP socket per address ([`BoundRelayPorts`]), tests count.
-pub trait RelayPorts: Send + Sync {
-    /// A free relayed address of `family`, or `None` when none is left.
-    fn reserve(&mut self, family: AddressFamily) -> Option<SocketAddr>;
-    /// `addr` is free again.
-    fn release(&mut self, addr: SocketAddr);
+/// The relayed transport of an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayProtocol {
+    /// UDP (RFC 8656).
+    Udp,
+    /// TCP (RFC 6062).
+    Tcp,
 }
 
-/// [`RelayPorts`] that binds a UDP socket per allocation on the wildcard address (port chosen
-/// by the kernel, reserved on every local IP) and holds it, unread, while the allocation
-/// lives. The relayed address reported is the announced IP with that port: clients use it only
-/// as a name for their relay candidate, and the announced IP may be a NAT's, not bindable.
+/// Reserves relayed addresses. The server only needs them unique on the host per protocol;
+/// the edge binds a socket per address ([`BoundRelayPorts`]), tests count.
+pub trait RelayPorts: Send + Sync {
+    /// A free relayed address of `family`, or `None` when none is left.
+    fn reserve(&mut self, family: AddressFamily, protocol: RelayProtocol) -> Option<SocketAddr>;
+    /// `addr` is free again.
+    fn release(&mut self, addr: SocketAddr, protocol: RelayProtocol);
+}
+
+/// [`RelayPorts`] that binds a socket per allocation on the wildcard address (port chosen by
+/// the kernel, reserved on every local IP) and holds it, unread, while the allocation lives:
+/// UDP for UDP allocations, TCP (bound, never listening) for TCP ones, so no other
+/// connection on the host can come from the same address and be confused with the relayed
+/// one in the SFU's demux. The relayed address reported is the announced IP with that port:
+/// clients use it only as a name for their relay candidate, and the announced IP may be a
+/// NAT's, not bindable.
 pub struct BoundRelayPorts {
     ips: Vec<IpAddr>,
-    held: HashMap<SocketAddr, std::net::UdpSocket>,
+    held: HashMap<(SocketAddr, RelayProtocol), socket2::Socket>,
 }
 
 impl BoundRelayPorts {
@@ -133,24 +163,31 @@ impl BoundRelayPorts {
 }
 
 impl RelayPorts for BoundRelayPorts {
-    fn reserve(&mut self, family: AddressFamily) -> Option<SocketAddr> {
+    fn reserve(&mut self, family: AddressFamily, protocol: RelayProtocol) -> Option<SocketAddr> {
+        use socket2::{Domain, Protocol, Socket, Type};
         let ip = self
             .ips
             .iter()
             .find(|ip| ip.is_ipv4() == (family == AddressFamily::IPV4))?;
-        let wildcard: IpAddr = if ip.is_ipv4() {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
+        let (wildcard, domain): (IpAddr, _) = if ip.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED.into(), Domain::IPV4)
         } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
+            (std::net::Ipv6Addr::UNSPECIFIED.into(), Domain::IPV6)
         };
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(wildcard, 0)).ok()?;
-        let addr = SocketAddr::new(*ip, socket.local_addr().ok()?.port());
-        self.held.insert(addr, socket);
+        let socket = match protocol {
+            RelayProtocol::Udp => Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)),
+            RelayProtocol::Tcp => Socket::new(domain, Type::STREAM, Some(Protocol::TCP)),
+        }
+        .ok()?;
+        socket.bind(&SocketAddr::new(wildcard, 0).into()).ok()?;
+        let port = socket.local_addr().ok()?.as_socket()?.port();
+        let addr = SocketAddr::new(*ip, port);
+        self.held.insert((addr, protocol), socket);
         Some(addr)
     }
 
-    fn release(&mut self, addr: SocketAddr) {
-        self.held.remove(&addr);
+    fn release(&mut self, addr: SocketAddr, protocol: RelayProtocol) {
+        self.held.remove(&(addr, protocol));
     }
 }
 
@@ -179,11 +216,32 @@ pub enum TurnOutput<'a> {
         /// The payload.
         data: &'a [u8],
     },
+    /// A `ConnectionBind` succeeded: send `reply`, and from then on this client connection
+    /// carries the byte stream of a TCP connection from `relayed` to `peer` (the SFU's
+    /// ICE-TCP address), no longer TURN messages.
+    Bound {
+        /// The success response, the last TURN message on the connection.
+        reply: Vec<u8>,
+        /// The allocation's relayed address (the source the SFU sees).
+        relayed: SocketAddr,
+        /// The SFU's ICE-TCP address.
+        peer: SocketAddr,
+    },
+}
+
+/// A TCP data connection the core ended (its allocation went away): the edge closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedData {
+    /// The client's data connection.
+    pub key: ClientKey,
+    /// The relayed address the SFU knew it by.
+    pub relayed: SocketAddr,
 }
 
 struct Allocation {
     key: ClientKey,
     username: String,
+    protocol: RelayProtocol,
     relayed: SocketAddr,
     expires: Instant,
     /// The credential's expiry: the allocation never lives past it.
@@ -192,6 +250,21 @@ struct Allocation {
     allocate_tid: TransactionId,
     permissions: Vec<(IpAddr, Instant)>,
     channels: Vec<Channel>,
+    /// The id of this TCP allocation's connection to the SFU (one is all ICE needs, and a
+    /// second from the same relayed address would be indistinguishable to the SFU).
+    connection: Option<u32>,
+}
+
+/// A TCP allocation's connection to the SFU (RFC 6062).
+#[derive(Debug)]
+struct PeerConnection {
+    allocation: ClientKey,
+    relayed: SocketAddr,
+    peer: SocketAddr,
+    /// Waiting for `ConnectionBind` until then; `None` once bound.
+    bind_by: Option<Instant>,
+    /// The client's data connection, once bound.
+    data: Option<ClientKey>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -244,9 +317,19 @@ pub struct TurnServer {
     anchor: (Instant, u64),
     /// The SFU's media addresses: the only peers.
     peers: Vec<SocketAddr>,
+    /// The SFU's ICE-TCP addresses: the only peers of TCP allocations.
+    tcp_peers: Vec<SocketAddr>,
     relays: Box<dyn RelayPorts>,
     allocations: HashMap<ClientKey, Allocation>,
+    /// UDP allocations by relayed address (the SFU's datagrams to them are wrapped).
     by_relayed: HashMap<SocketAddr, ClientKey>,
+    /// TCP connections to the SFU by connection id, and bound ones by data connection.
+    connections: HashMap<u32, PeerConnection>,
+    by_data: HashMap<ClientKey, u32>,
+    /// Data connections ended by the core, for the edge to close.
+    closed: Vec<ClosedData>,
+    /// Set by a successful `ConnectionBind` for [`Self::handle_client`] to report.
+    just_bound: Option<(SocketAddr, SocketAddr)>,
     per_username: HashMap<String, usize>,
     metrics: TurnMetrics,
 }
@@ -277,12 +360,23 @@ impl TurnServer {
             secret,
             anchor: (now, now_unix),
             peers,
+            tcp_peers: Vec::new(),
             relays,
             allocations: HashMap::new(),
             by_relayed: HashMap::new(),
+            connections: HashMap::new(),
+            by_data: HashMap::new(),
+            closed: Vec::new(),
+            just_bound: None,
             per_username: HashMap::new(),
             metrics,
         }
+    }
+
+    /// Let TCP allocations connect to `peers` (the SFU's ICE-TCP addresses); without any,
+    /// a TCP allocation is refused with 442.
+    pub fn set_tcp_peers(&mut self, peers: Vec<SocketAddr>) {
+        self.tcp_peers = peers;
     }
 
     /// Unix seconds at `now`.
@@ -324,7 +418,17 @@ impl TurnServer {
             return None;
         };
         match msg.class() {
-            MessageClass::Request => self.request(now, key, &msg).map(TurnOutput::Reply),
+            MessageClass::Request => {
+                let reply = self.request(now, key, &msg);
+                match (self.just_bound.take(), reply) {
+                    (Some((relayed, peer)), Some(reply)) => Some(TurnOutput::Bound {
+                        reply,
+                        relayed,
+                        peer,
+                    }),
+                    (_, reply) => reply.map(TurnOutput::Reply),
+                }
+            }
             MessageClass::Indication if msg.method() == SEND => {
                 self.send_indication(now, key, &msg, bytes)
             }
@@ -390,12 +494,29 @@ impl TurnServer {
         Some((alloc.key, out))
     }
 
-    /// A TCP or TLS client's connection closed: its allocation goes with it (RFC 8656 §3.1).
+    /// A TCP or TLS client's connection closed: its allocation goes with it (RFC 8656 §3.1);
+    /// a data connection's end ends the connection to the SFU, and the allocation may
+    /// `Connect` again.
     pub fn client_closed(&mut self, key: &ClientKey) {
+        if let Some(id) = self.by_data.remove(key) {
+            self.drop_connection(id);
+            return;
+        }
         self.remove(key);
     }
 
-    /// Expire allocations, permissions and channels.
+    /// The next data connection the core ended (its allocation expired, was deleted, or its
+    /// control connection closed): the edge closes it and tells the SFU.
+    pub fn poll_closed(&mut self) -> Option<ClosedData> {
+        self.closed.pop()
+    }
+
+    /// Data connections bound now.
+    pub fn data_connection_count(&self) -> usize {
+        self.by_data.len()
+    }
+
+    /// Expire allocations, permissions, channels and unbound connections.
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<ClientKey> = self
             .allocations
@@ -406,24 +527,59 @@ impl TurnServer {
         for key in expired {
             self.remove(&key);
         }
+        let unbound: Vec<u32> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.bind_by.is_some_and(|by| by <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unbound {
+            self.metrics.refuse(Refusal::NoAllocation);
+            self.drop_connection(id);
+        }
         for alloc in self.allocations.values_mut() {
             alloc.permissions.retain(|(_, until)| *until > now);
             alloc.channels.retain(|c| c.expires > now);
         }
     }
 
-    /// The next time [`Self::handle_timeout`] has work (allocation expiry; permissions and
-    /// channels are also checked lazily on use).
+    /// The next time [`Self::handle_timeout`] has work (allocation expiry, a connection's
+    /// bind deadline; permissions and channels are also checked lazily on use).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.allocations.values().map(|a| a.expires).min()
+        let allocations = self.allocations.values().map(|a| a.expires);
+        let binds = self.connections.values().filter_map(|c| c.bind_by);
+        allocations.chain(binds).min()
+    }
+
+    /// Forget connection `id`; its allocation may connect again.
+    fn drop_connection(&mut self, id: u32) -> Option<PeerConnection> {
+        let conn = self.connections.remove(&id)?;
+        if let Some(data) = conn.data {
+            self.by_data.remove(&data);
+            self.metrics.tcp_relays.dec();
+        }
+        if let Some(alloc) = self.allocations.get_mut(&conn.allocation) {
+            alloc.connection = None;
+        }
+        Some(conn)
     }
 
     fn remove(&mut self, key: &ClientKey) {
         let Some(alloc) = self.allocations.remove(key) else {
             return;
         };
-        self.by_relayed.remove(&alloc.relayed);
-        self.relays.release(alloc.relayed);
+        if let Some(conn) = alloc.connection.and_then(|id| self.drop_connection(id)) {
+            if let Some(data) = conn.data {
+                self.closed.push(ClosedData {
+                    key: data,
+                    relayed: conn.relayed,
+                });
+            }
+        }
+        if alloc.protocol == RelayProtocol::Udp {
+            self.by_relayed.remove(&alloc.relayed);
+        }
+        self.relays.release(alloc.relayed, alloc.protocol);
         if let Some(n) = self.per_username.get_mut(&alloc.username) {
             *n -= 1;
             if *n == 0 {
@@ -529,7 +685,16 @@ impl TurnServer {
             self.metrics.requests.with_label_values(&["binding"]).inc();
             return Some(b.finish());
         }
-        if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
+        if ![
+            ALLOCATE,
+            REFRESH,
+            CREATE_PERMISSION,
+            CHANNEL_BIND,
+            CONNECT,
+            CONNECTION_BIND,
+        ]
+        .contains(&method)
+        {
             self.metrics.refuse(Refusal::BadRequest);
             return self.error_reply(msg, None, &Failure::bad());
         }
@@ -541,6 +706,8 @@ impl TurnServer {
             m if m == ALLOCATE => self.allocate(now, key, msg, &authed),
             m if m == REFRESH => self.refresh(now, key, msg, &authed),
             m if m == CREATE_PERMISSION => self.create_permission(now, key, msg, &authed),
+            m if m == CONNECT => self.connect(now, key, msg, &authed),
+            m if m == CONNECTION_BIND => self.connection_bind(key, msg, &authed),
             _ => self.channel_bind(now, key, msg, &authed),
         };
         match result {
@@ -775,17 +942,26 @@ impl TurnServer {
                 unknown,
             });
         }
-        match transport {
+        let protocol = match transport {
             None => return Err(Failure::bad()),
-            Some(UDP) => {}
-            // TCP allocations (RFC 6062) would relay to the SFU's ICE-TCP port; browsers
-            // never ask for them (they reach TURN over TCP with UDP allocations).
+            Some(UDP) => RelayProtocol::Udp,
+            // RFC 6062 §5.1: a TCP allocation is made over TCP or TLS only, and here only
+            // when the SFU has an ICE-TCP address to connect to.
+            Some(TCP) if !key.transport.is_stream() => return Err(Failure::bad()),
+            Some(TCP) if !self.tcp_peers.is_empty() => RelayProtocol::Tcp,
             Some(_) => {
                 return Err(Failure::new(
                     ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL,
                     Refusal::BadRequest,
                 ))
             }
+        };
+        if protocol == RelayProtocol::Tcp && msg.has_attribute(DontFragment::TYPE) {
+            return Err(Failure::bad());
+        }
+        if self.by_data.contains_key(&key) {
+            // A data connection carries bytes, not requests (the edge never passes any).
+            return Err(Failure::bad());
         }
         if self.allocations.len() >= self.config.max_allocations {
             return Err(Failure::new(
@@ -804,8 +980,11 @@ impl TurnServer {
                 Refusal::Quota,
             ));
         }
-        if !self
-            .peers
+        let peers = match protocol {
+            RelayProtocol::Udp => &self.peers,
+            RelayProtocol::Tcp => &self.tcp_peers,
+        };
+        if !peers
             .iter()
             .any(|p| p.is_ipv4() == (family == AddressFamily::IPV4))
         {
@@ -814,7 +993,7 @@ impl TurnServer {
                 Refusal::BadRequest,
             ));
         }
-        let Some(relayed) = self.relays.reserve(family) else {
+        let Some(relayed) = self.relays.reserve(family, protocol) else {
             return Err(Failure::new(
                 ErrorCode::INSUFFICIENT_CAPACITY,
                 Refusal::Capacity,
@@ -828,15 +1007,19 @@ impl TurnServer {
             Allocation {
                 key,
                 username: authed.username.clone(),
+                protocol,
                 relayed,
                 expires,
                 credential_expires: authed.credential_expires,
                 allocate_tid: msg.transaction_id(),
                 permissions: Vec::new(),
                 channels: Vec::new(),
+                connection: None,
             },
         );
-        self.by_relayed.insert(relayed, key);
+        if protocol == RelayProtocol::Udp {
+            self.by_relayed.insert(relayed, key);
+        }
         *self
             .per_username
             .entry(authed.username.clone())
@@ -1015,6 +1198,114 @@ impl TurnServer {
     }
 }
 
+impl TurnServer {
+    /// `Connect` (RFC 6062 §5.2) on a TCP allocation: to the SFU's ICE-TCP address only. The
+    /// "connection" is in-process, so it succeeds at once; it waits for its `ConnectionBind`.
+    fn connect(
+        &mut self,
+        now: Instant,
+        key: ClientKey,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) -> Result<Vec<u8>, Failure> {
+        let peer = msg
+            .attribute::<XorPeerAddress>()
+            .map_err(|_| Failure::bad())?
+            .addr(msg.transaction_id());
+        if let Some((_, attr)) = msg.iter_attributes().find(|(_, a)| {
+            let t = a.get_type();
+            t != XorPeerAddress::TYPE && !is_auth_attribute(t) && t.comprehension_required()
+        }) {
+            return Err(Failure {
+                code: ErrorCode::UNKNOWN_ATTRIBUTE,
+                refusal: Refusal::BadRequest,
+                unknown: vec![attr.get_type()],
+            });
+        }
+        let allowed = self.tcp_peers.contains(&peer);
+        let alloc = self.owned(key, authed)?;
+        if alloc.protocol != RelayProtocol::Tcp {
+            return Err(Failure::bad());
+        }
+        if !allowed {
+            return Err(Failure::new(ErrorCode::FORBIDDEN, Refusal::ForbiddenPeer));
+        }
+        if alloc.connection.is_some() {
+            return Err(Failure::new(
+                ErrorCode::CONNECTION_ALREADY_EXISTS,
+                Refusal::BadRequest,
+            ));
+        }
+        permit(alloc, peer.ip(), now)?;
+        let relayed = alloc.relayed;
+        // Unguessable, so a stranger's ConnectionBind cannot name it (it would also need the
+        // allocation's credential).
+        let id = loop {
+            let id = rand::random::<u32>();
+            if id != 0 && !self.connections.contains_key(&id) {
+                break id;
+            }
+        };
+        if let Some(alloc) = self.allocations.get_mut(&key) {
+            alloc.connection = Some(id);
+        }
+        self.connections.insert(
+            id,
+            PeerConnection {
+                allocation: key,
+                relayed,
+                peer,
+                bind_by: Some(now + CONNECTION_BIND_TIMEOUT),
+                data: None,
+            },
+        );
+        self.signed_success(msg, authed, |b| {
+            b.add_attribute(&ConnectionId::new(id)).ok()?;
+            Some(())
+        })
+    }
+
+    /// `ConnectionBind` (RFC 6062 §5.4) on a new connection: with the allocation's own
+    /// credential, it becomes the data connection of a pending connection.
+    fn connection_bind(
+        &mut self,
+        key: ClientKey,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) -> Result<Vec<u8>, Failure> {
+        if !key.transport.is_stream()
+            || self.allocations.contains_key(&key)
+            || self.by_data.contains_key(&key)
+        {
+            return Err(Failure::bad());
+        }
+        let id = msg
+            .attribute::<ConnectionId>()
+            .map_err(|_| Failure::bad())?
+            .id();
+        let Some(conn) = self.connections.get(&id).filter(|c| c.data.is_none()) else {
+            return Err(Failure::new(ErrorCode::BAD_REQUEST, Refusal::NoAllocation));
+        };
+        let Some(alloc) = self.allocations.get(&conn.allocation) else {
+            return Err(Failure::new(ErrorCode::BAD_REQUEST, Refusal::NoAllocation));
+        };
+        if alloc.username != authed.username {
+            return Err(Failure::new(
+                ErrorCode::WRONG_CREDENTIALS,
+                Refusal::Unauthorized,
+            ));
+        }
+        let reply = self.signed_success(msg, authed, |_| Some(()))?;
+        let conn = self.connections.get_mut(&id).expect("checked above");
+        conn.bind_by = None;
+        conn.data = Some(key);
+        self.by_data.insert(key, id);
+        self.just_bound = Some((conn.relayed, conn.peer));
+        self.metrics.tcp_relays.inc();
+        Ok(reply)
+    }
+}
+
 /// Install or refresh the permission for `ip`.
 fn permit(alloc: &mut Allocation, ip: IpAddr, now: Instant) -> Result<(), Failure> {
     match alloc.permissions.iter_mut().find(|(p, _)| *p == ip) {
@@ -1058,6 +1349,8 @@ fn method_label(method: Method) -> &'static str {
         m if m == REFRESH => "refresh",
         m if m == CREATE_PERMISSION => "create_permission",
         m if m == CHANNEL_BIND => "channel_bind",
+        m if m == CONNECT => "connect",
+        m if m == CONNECTION_BIND => "connection_bind",
         _ => "other",
     }
 }

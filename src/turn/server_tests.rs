@@ -11,7 +11,7 @@ struct CountingPorts {
 }
 
 impl RelayPorts for CountingPorts {
-    fn reserve(&mut self, _family: AddressFamily) -> Option<SocketAddr> {
+    fn reserve(&mut self, _family: AddressFamily, _protocol: RelayProtocol) -> Option<SocketAddr> {
         let mut held = self.held.lock().unwrap();
         if held.len() >= self.limit {
             return None;
@@ -21,7 +21,7 @@ impl RelayPorts for CountingPorts {
         held.push(addr);
         Some(addr)
     }
-    fn release(&mut self, addr: SocketAddr) {
+    fn release(&mut self, addr: SocketAddr, _protocol: RelayProtocol) {
         self.held.lock().unwrap().retain(|a| *a != addr);
     }
 }
@@ -587,9 +587,14 @@ fn malformed_input_is_dropped_and_counted_and_unknown_attributes_are_named() {
     let msg = Message::from_bytes(&reply).unwrap();
     msg.validate_integrity(&c.credentials()).unwrap();
 
-    // TCP allocations and missing REQUESTED-TRANSPORT.
+    // A TCP allocation over UDP (RFC 6062 §5.1), an unknown transport (SCTP), and a
+    // missing REQUESTED-TRANSPORT.
     let reply = c.call(&mut f, ALLOCATE, |b, _| {
-        b.add_attribute(&RequestedTransport::new(6)).unwrap();
+        b.add_attribute(&RequestedTransport::new(TCP)).unwrap();
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::BAD_REQUEST));
+    let reply = c.call(&mut f, ALLOCATE, |b, _| {
+        b.add_attribute(&RequestedTransport::new(132)).unwrap();
     });
     assert_eq!(
         error_code(&reply),
@@ -613,5 +618,253 @@ fn a_binding_request_is_answered_without_credentials() {
     assert_eq!(
         msg.attribute::<XorMappedAddress>().unwrap().addr(tid),
         key.client
+    );
+}
+
+// ---- TCP allocations (RFC 6062) ----
+
+const SFU_TCP: &str = "127.0.0.1:7881";
+
+fn sfu_tcp() -> SocketAddr {
+    SFU_TCP.parse().unwrap()
+}
+
+fn tcp_fixture() -> Fixture {
+    let mut f = fixture();
+    f.server.set_tcp_peers(vec![sfu_tcp()]);
+    f
+}
+
+impl Client {
+    /// A client on its own TCP connection from `port`, sharing `other`'s credential.
+    fn tcp_sibling(other: &Client, port: u16) -> Client {
+        Client {
+            key: ClientKey {
+                transport: Transport::Tcp,
+                client: format!("127.0.0.9:{port}").parse().unwrap(),
+                listen: "127.0.0.1:3479".parse().unwrap(),
+            },
+            username: other.username.clone(),
+            password: other.password.clone(),
+            nonce: None,
+        }
+    }
+
+    fn tcp(f: &Fixture, port: u16) -> Client {
+        Client::tcp_sibling(&Client::new(f, 1, 3600), port)
+    }
+
+    fn allocate_tcp(&mut self, f: &mut Fixture) -> Vec<u8> {
+        self.call(f, ALLOCATE, |b, _| {
+            b.add_attribute(&RequestedTransport::new(TCP)).unwrap();
+        })
+    }
+
+    fn connect(&mut self, f: &mut Fixture, peer: SocketAddr) -> Vec<u8> {
+        self.call(f, CONNECT, move |b, tid| {
+            b.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+        })
+    }
+
+    /// `ConnectionBind`: the core's whole output (a `Bound` on success).
+    fn connection_bind(&mut self, f: &mut Fixture, id: u32) -> TurnOutput<'static> {
+        // Learn the nonce first (the 401 of an unsigned request).
+        if self.nonce.is_none() {
+            let first = self.request(CONNECTION_BIND, TransactionId::generate(), |b, _| {
+                b.add_attribute(&ConnectionId::new(id)).unwrap();
+            });
+            let reply = reply_of(f.server.handle_client(f.now, self.key, &first));
+            assert_eq!(error_code(&reply), Some(ErrorCode::UNAUTHORIZED));
+            let msg = Message::from_bytes(&reply).unwrap();
+            self.nonce = Some(msg.attribute::<Nonce>().unwrap().nonce().to_owned());
+        }
+        let bytes = self.request(CONNECTION_BIND, TransactionId::generate(), |b, _| {
+            b.add_attribute(&ConnectionId::new(id)).unwrap();
+        });
+        match f.server.handle_client(f.now, self.key, &bytes) {
+            Some(TurnOutput::Reply(r)) => TurnOutput::Reply(r),
+            Some(TurnOutput::Bound {
+                reply,
+                relayed,
+                peer,
+            }) => TurnOutput::Bound {
+                reply,
+                relayed,
+                peer,
+            },
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn connection_id_of(reply: &[u8]) -> u32 {
+    Message::from_bytes(reply)
+        .unwrap()
+        .attribute::<ConnectionId>()
+        .expect("a CONNECTION-ID")
+        .id()
+}
+
+#[test]
+fn a_tcp_allocation_connects_only_to_the_sfu_ice_tcp_port_and_binds_a_data_connection() {
+    let mut f = tcp_fixture();
+    let mut control = Client::tcp(&f, 6000);
+    let reply = control.allocate_tcp(&mut f);
+    control.assert_signed_success(&reply);
+    let relayed = relayed_of(&reply);
+    assert!(
+        !f.server.owns(&relayed),
+        "a TCP relayed address is not a UDP one"
+    );
+
+    // Anything but the SFU's ICE-TCP address is refused: another host, another port of
+    // the SFU's IP (ssh), the SFU's UDP media port.
+    for other in ["127.0.0.2:7881", "127.0.0.1:22", SFU] {
+        let reply = control.connect(&mut f, other.parse().unwrap());
+        assert_eq!(error_code(&reply), Some(ErrorCode::FORBIDDEN), "{other}");
+    }
+    assert_eq!(refused(&f, Refusal::ForbiddenPeer), 3);
+
+    let reply = control.connect(&mut f, sfu_tcp());
+    control.assert_signed_success(&reply);
+    let id = connection_id_of(&reply);
+    // One connection per allocation.
+    let again = control.connect(&mut f, sfu_tcp());
+    assert_eq!(
+        error_code(&again),
+        Some(ErrorCode::CONNECTION_ALREADY_EXISTS)
+    );
+
+    // Another credential cannot take the connection, nor can an unknown id be bound.
+    let mut stranger = Client::tcp(&f, 6100);
+    match stranger.connection_bind(&mut f, id) {
+        TurnOutput::Reply(r) => assert_eq!(error_code(&r), Some(ErrorCode::WRONG_CREDENTIALS)),
+        other => panic!("a stranger bound: {other:?}"),
+    }
+    let mut data = Client::tcp_sibling(&control, 6001);
+    match data.connection_bind(&mut f, id ^ 1) {
+        TurnOutput::Reply(r) => assert_eq!(error_code(&r), Some(ErrorCode::BAD_REQUEST)),
+        other => panic!("an unknown id bound: {other:?}"),
+    }
+    // The control connection itself cannot become the data connection.
+    match control.connection_bind(&mut f, id) {
+        TurnOutput::Reply(r) => assert_eq!(error_code(&r), Some(ErrorCode::BAD_REQUEST)),
+        other => panic!("the control connection bound: {other:?}"),
+    }
+
+    match data.connection_bind(&mut f, id) {
+        TurnOutput::Bound {
+            reply,
+            relayed: r,
+            peer,
+        } => {
+            data.assert_signed_success(&reply);
+            assert_eq!((r, peer), (relayed, sfu_tcp()));
+        }
+        other => panic!("not bound: {other:?}"),
+    }
+    assert_eq!(f.server.data_connection_count(), 1);
+    assert_eq!(f.metrics.tcp_relays.get(), 1);
+    // Bound once: a second data connection with the same id is refused.
+    let mut second = Client::tcp_sibling(&control, 6002);
+    match second.connection_bind(&mut f, id) {
+        TurnOutput::Reply(r) => assert_eq!(error_code(&r), Some(ErrorCode::BAD_REQUEST)),
+        other => panic!("bound twice: {other:?}"),
+    }
+
+    // The data connection's end frees the allocation to connect again.
+    f.server.client_closed(&data.key);
+    assert_eq!(f.metrics.tcp_relays.get(), 0);
+    assert_eq!(f.server.poll_closed(), None, "the edge already knows");
+    let reply = control.connect(&mut f, sfu_tcp());
+    control.assert_signed_success(&reply);
+    let id = connection_id_of(&reply);
+    let mut data = Client::tcp_sibling(&control, 6003);
+    assert!(matches!(
+        data.connection_bind(&mut f, id),
+        TurnOutput::Bound { .. }
+    ));
+
+    // The control connection's end takes the allocation and its data connection with it.
+    let held = f.held.lock().unwrap().len();
+    f.server.client_closed(&control.key);
+    assert_eq!(
+        f.server.poll_closed(),
+        Some(ClosedData {
+            key: data.key,
+            relayed
+        })
+    );
+    assert_eq!(f.server.poll_closed(), None);
+    assert_eq!(f.server.data_connection_count(), 0);
+    assert_eq!(f.metrics.tcp_relays.get(), 0);
+    assert_eq!(f.held.lock().unwrap().len(), held - 1, "relay port released");
+}
+
+#[test]
+fn tcp_allocations_are_refused_where_they_cannot_work() {
+    // No ICE-TCP address to connect to: 442.
+    let mut f = fixture();
+    let mut c = Client::tcp(&f, 6000);
+    let reply = c.allocate_tcp(&mut f);
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL)
+    );
+
+    let mut f = tcp_fixture();
+    // Over UDP: 400 (RFC 6062 §5.1).
+    let mut over_udp = Client::new(&f, 5000, 3600);
+    let reply = over_udp.allocate_tcp(&mut f);
+    assert_eq!(error_code(&reply), Some(ErrorCode::BAD_REQUEST));
+    // Connect on a UDP allocation: 400.
+    over_udp.allocate(&mut f);
+    let reply = over_udp.connect(&mut f, sfu_tcp());
+    assert_eq!(error_code(&reply), Some(ErrorCode::BAD_REQUEST));
+    // Connect without an allocation: 437.
+    let mut none = Client::tcp(&f, 6001);
+    let reply = none.connect(&mut f, sfu_tcp());
+    assert_eq!(error_code(&reply), Some(ErrorCode::ALLOCATION_MISMATCH));
+    // DONT-FRAGMENT makes no sense on TCP: 400.
+    let mut c = Client::tcp(&f, 6002);
+    let reply = c.call(&mut f, ALLOCATE, |b, _| {
+        b.add_attribute(&RequestedTransport::new(TCP)).unwrap();
+        b.add_attribute(&DontFragment::new()).unwrap();
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::BAD_REQUEST));
+    assert_eq!(f.server.allocation_count(), 1, "only the UDP allocation");
+}
+
+#[test]
+fn an_unbound_connection_lapses_after_30_s_and_an_expired_allocation_closes_its_data() {
+    let mut f = tcp_fixture();
+    let mut control = Client::tcp(&f, 6000);
+    let relayed = relayed_of(&control.allocate_tcp(&mut f));
+    let id = connection_id_of(&control.connect(&mut f, sfu_tcp()));
+    assert!(f.server.poll_timeout().unwrap() <= f.now + CONNECTION_BIND_TIMEOUT);
+    f.now += CONNECTION_BIND_TIMEOUT;
+    f.server.handle_timeout(f.now);
+    let mut data = Client::tcp_sibling(&control, 6001);
+    match data.connection_bind(&mut f, id) {
+        TurnOutput::Reply(r) => assert_eq!(error_code(&r), Some(ErrorCode::BAD_REQUEST)),
+        other => panic!("a lapsed connection bound: {other:?}"),
+    }
+    // The allocation may connect again, and bind in time.
+    let id = connection_id_of(&control.connect(&mut f, sfu_tcp()));
+    assert!(matches!(
+        data.connection_bind(&mut f, id),
+        TurnOutput::Bound { .. }
+    ));
+    // Not refreshed: the allocation expires after its lifetime, and its data connection
+    // is handed to the edge to close.
+    f.now += DEFAULT_LIFETIME;
+    f.server.handle_timeout(f.now);
+    assert_eq!(f.server.allocation_count(), 0);
+    assert_eq!(
+        f.server.poll_closed(),
+        Some(ClosedData {
+            key: data.key,
+            relayed
+        })
     );
 }
