@@ -39,13 +39,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use turn_types::attribute::ConnectionId;
 use turn_types::attribute::{
     AdditionalAddressFamily, ChannelNumber, Data as AData, DontFragment, EvenPort, Lifetime,
     RequestedAddressFamily, RequestedTransport, ReservationToken, XorPeerAddress,
     XorRelayedAddress,
 };
 use turn_types::channel::ChannelData;
-use turn_types::attribute::ConnectionId;
 use turn_types::message::{
     ALLOCATE, CHANNEL_BIND, CONNECT, CONNECTION_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
 };

@@ -798,7 +798,11 @@ fn a_tcp_allocation_connects_only_to_the_sfu_ice_tcp_port_and_binds_a_data_conne
     assert_eq!(f.server.poll_closed(), None);
     assert_eq!(f.server.data_connection_count(), 0);
     assert_eq!(f.metrics.tcp_relays.get(), 0);
-    assert_eq!(f.held.lock().unwrap().len(), held - 1, "relay port released");
+    assert_eq!(
+        f.held.lock().unwrap().len(),
+        held - 1,
+        "relay port released"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The embedded TURN server through the running server's sockets, with a small client built
 //! on the `turn-types` codecs: the credential from `joined` allocates; a permission for any
 //! other address is refused; data sent to another port of the SFU's own IP (where a stranger
-//! listens) never arrives; an expired credential is refused; TURN over TCP frames the same.
+//! listens) never arrives; an expired credential is refused; TURN over TCP frames the same;
+//! a TCP allocation (RFC 6062) carries a str0m peer's ICE-TCP session to the SFU, whose
+//! audio a webrtc-rs subscriber receives.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,8 +11,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use turn_types::attribute::{Data as AData, RequestedTransport, XorPeerAddress, XorRelayedAddress};
-use turn_types::message::{ALLOCATE, CREATE_PERMISSION, SEND};
+use turn_types::attribute::{
+    ConnectionId, Data as AData, RequestedTransport, XorPeerAddress, XorRelayedAddress,
+};
+use turn_types::message::{ALLOCATE, CONNECT, CONNECTION_BIND, CREATE_PERMISSION, SEND};
 use turn_types::stun::attribute::{ErrorCode, Nonce, Realm, Username};
 use turn_types::stun::message::{
     IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageType,
@@ -18,6 +22,8 @@ use turn_types::stun::message::{
 };
 use turn_types::stun::prelude::*;
 
+use crate::common::media::Kind;
+use crate::common::rs_client::RsPeer;
 use crate::common::{self, metric_sum};
 
 /// One TURN client over UDP or TCP.
@@ -141,9 +147,14 @@ impl Client {
     }
 
     async fn allocate(&mut self) -> (Option<u16>, Option<SocketAddr>) {
+        self.allocate_protocol(17).await
+    }
+
+    /// An allocation relaying `protocol` (17 UDP, 6 TCP).
+    async fn allocate_protocol(&mut self, protocol: u8) -> (Option<u16>, Option<SocketAddr>) {
         let (code, reply) = self
             .call(ALLOCATE, &|b, _| {
-                b.add_attribute(&RequestedTransport::new(17)).unwrap();
+                b.add_attribute(&RequestedTransport::new(protocol)).unwrap();
             })
             .await;
         let msg = Message::from_bytes(&reply).unwrap();
@@ -152,6 +163,39 @@ impl Client {
             .ok()
             .map(|a| a.addr(msg.transaction_id()));
         (code, relayed)
+    }
+
+    /// `Connect` (RFC 6062): the error code, or the connection id.
+    async fn connect(&mut self, peer: SocketAddr) -> Result<u32, u16> {
+        let (code, reply) = self
+            .call(CONNECT, &move |b, tid| {
+                b.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+            })
+            .await;
+        match code {
+            Some(code) => Err(code),
+            None => Ok(Message::from_bytes(&reply)
+                .unwrap()
+                .attribute::<ConnectionId>()
+                .expect("a CONNECTION-ID")
+                .id()),
+        }
+    }
+
+    /// `ConnectionBind` (RFC 6062) on this connection: the error code, if any.
+    async fn connection_bind(&mut self, id: u32) -> Option<u16> {
+        self.call(CONNECTION_BIND, &move |b, _| {
+            b.add_attribute(&ConnectionId::new(id)).unwrap();
+        })
+        .await
+        .0
+    }
+
+    fn into_stream(self) -> TcpStream {
+        match self.transport {
+            Conn::Tcp(s) => s,
+            Conn::Udp(..) => panic!("not a TCP client"),
+        }
     }
 
     async fn permit(&mut self, peer: SocketAddr) -> Option<u16> {
@@ -327,4 +371,223 @@ async fn credentials_from_a_shared_secret_work_until_they_expire() {
     );
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A str0m peer publishing audio over a TCP allocation's data connection: ICE-TCP frames
+/// (RFC 4571) written to and read from `data`, its local candidate the relayed address.
+/// Runs until `stop` or 20 s; returns (connected, packets written).
+async fn publish_through_tcp_relay(
+    ws: &mut common::Ws,
+    mut data: TcpStream,
+    relayed: SocketAddr,
+    publisher: u8,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (bool, u32) {
+    use huizhen_signaling::protocol::{ClientMessage, ServerMessage};
+    use std::time::Instant;
+    use str0m::change::SdpAnswer;
+    use str0m::media::{Direction, MediaKind, MediaTime};
+    use str0m::net::{Protocol, Receive, TcpType};
+    use str0m::{Candidate, Event, Input, Output, Rtc};
+
+    let start = Instant::now();
+    let mut rtc = Rtc::builder().build(start);
+    let candidate = Candidate::builder()
+        .tcp()
+        .host(relayed)
+        .tcptype(TcpType::Active)
+        .build()
+        .unwrap();
+    rtc.add_local_candidate(candidate);
+    let mut change = rtc.sdp_api();
+    let mid = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().unwrap();
+    common::send_msg(
+        ws,
+        &ClientMessage::Offer {
+            sdp: offer.to_sdp_string(),
+            sources: Default::default(),
+        },
+    )
+    .await;
+    let answer = loop {
+        match common::recv_msg(ws).await {
+            ServerMessage::Answer { sdp } => break sdp,
+            _ => continue,
+        }
+    };
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+
+    let (mut read, mut write) = data.split();
+    let mut buf = vec![0u8; 65536];
+    let (mut connected, mut seq) = (false, 0u32);
+    let mut next_audio = Instant::now();
+    let deadline = start + Duration::from_secs(20);
+    while Instant::now() < deadline && !*stop.borrow() {
+        let timeout = match rtc.poll_output().unwrap() {
+            Output::Timeout(t) => t,
+            Output::Transmit(t) => {
+                assert_eq!(t.proto, Protocol::Tcp);
+                let mut framed = (t.contents.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&t.contents);
+                if write.write_all(&framed).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Output::Event(Event::Connected) => {
+                connected = true;
+                continue;
+            }
+            Output::Event(_) => continue,
+        };
+        let now = Instant::now();
+        if connected && now >= next_audio {
+            let writer = rtc.writer(mid).unwrap();
+            let pt = writer.payload_params().next().unwrap().pt();
+            let payload =
+                common::media::build_payload(publisher, common::media::Kind::Audio, seq, false);
+            writer
+                .write(
+                    pt,
+                    now,
+                    MediaTime::from_90khz(u64::from(seq) * 1800),
+                    payload,
+                )
+                .unwrap();
+            seq += 1;
+            next_audio = now + Duration::from_millis(20);
+            continue;
+        }
+        let wake = timeout
+            .min(if connected { next_audio } else { timeout })
+            .min(deadline);
+        let wait = wake
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        tokio::select! {
+            got = async {
+                let len = read.read_u16().await.ok()? as usize;
+                read.read_exact(&mut buf[..len]).await.ok()?;
+                Some(len)
+            } => {
+                let Some(len) = got else { break };
+                let source = t_peer(&answer);
+                let input = Input::Receive(
+                    Instant::now(),
+                    Receive::new(Protocol::Tcp, source, relayed, &buf[..len]).unwrap(),
+                );
+                rtc.handle_input(input).unwrap();
+            }
+            _ = tokio::time::sleep(wait) => {
+                rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+            }
+        }
+    }
+    (connected, seq)
+}
+
+/// The SFU's passive ICE-TCP candidate in an answer.
+fn t_peer(answer: &str) -> SocketAddr {
+    answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:") && l.contains(" tcp "))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{}:{}", f[4], f[5]).parse().ok()
+        })
+        .expect("a TCP candidate in the answer")
+}
+
+#[tokio::test]
+async fn a_tcp_allocation_carries_an_ice_tcp_session_to_the_sfu_and_nowhere_else() {
+    common::init_tracing();
+    let server = common::start_server().await;
+    let turn_tcp = server.turn_addrs().tcp.expect("TURN over TCP");
+    let ice_tcp = server.tcp_addr().expect("ICE-TCP");
+    let room = common::unique_room("turn-tcp");
+    let mut ws = common::connect_ws(server.http_addr()).await;
+    let joined = common::join(&mut ws, &room, "Relayed").await;
+    let ice = joined.ice_servers.first().expect("TURN in joined").clone();
+
+    let mut control = Client::tcp(turn_tcp, &ice.username, &ice.credential).await;
+    let (code, relayed) = control.allocate_protocol(6).await;
+    assert_eq!(code, None, "a TCP allocation");
+    let relayed = relayed.expect("a relayed address");
+    // Only the SFU's ICE-TCP address: not another port of its IP, not its UDP port.
+    let stranger = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(
+        control.connect(stranger.local_addr().unwrap()).await,
+        Err(403)
+    );
+    assert_eq!(control.connect(server.udp_addr()).await, Err(403));
+    let id = control
+        .connect(ice_tcp)
+        .await
+        .expect("connected to the SFU");
+    assert_eq!(control.connect(ice_tcp).await, Err(446), "one connection");
+    // Another credential cannot bind it.
+    let mut thief = Client::tcp(turn_tcp, "1:someone", "password").await;
+    assert_eq!(thief.connection_bind(id).await, Some(401));
+    let mut data = Client::tcp(turn_tcp, &ice.username, &ice.credential).await;
+    assert_eq!(data.connection_bind(id).await, None, "bound");
+    let data = data.into_stream();
+
+    // A webrtc-rs subscriber in the same room receives what comes through the relay.
+    let subscriber = RsPeer::connect(server.http_addr(), &room, "Sub", 2)
+        .await
+        .expect("subscriber connects");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let publish = tokio::spawn(async move {
+        let result = publish_through_tcp_relay(&mut ws, data, relayed, 7, stop_rx).await;
+        (result, ws)
+    });
+    let mut received = 0;
+    for _ in 0..100 {
+        received = subscriber.received_from(7, Kind::Audio);
+        if received >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = metrics(&server).await;
+    assert_eq!(metric_sum(&text, "huizhen_turn_tcp_relays"), 1.0);
+    assert!(metric_sum(&text, "huizhen_turn_relayed_in_packets_total") >= 50.0);
+    assert!(
+        metric_sum(
+            &text,
+            "huizhen_turn_refused_total{reason=\"forbidden_peer\"}"
+        ) >= 2.0
+    );
+
+    // The control connection's end takes the allocation and its data connection: the
+    // server closes it under the publisher, which stops.
+    drop(control);
+    let mut gone = false;
+    for _ in 0..50 {
+        let text = metrics(&server).await;
+        if metric_sum(&text, "huizhen_turn_tcp_relays") == 0.0
+            && metric_sum(&text, "huizhen_turn_allocations{transport=\"tcp\"}") == 0.0
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ((connected, sent), _ws) = tokio::time::timeout(Duration::from_secs(5), publish)
+        .await
+        .expect("the publisher saw its data connection close")
+        .unwrap();
+    drop(stop_tx);
+    assert!(connected, "ICE-TCP and DTLS through the TCP relay");
+    assert!(
+        received >= 50,
+        "the subscriber got {received} of {sent} packets sent through the TCP relay"
+    );
+    assert_eq!(subscriber.corrupt_packets(), 0);
+    assert!(gone, "the data connection ended with its allocation");
+    subscriber.close().await;
+    server.shutdown().await;
 }
