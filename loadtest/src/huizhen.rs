@@ -87,6 +87,7 @@ pub async fn participant(
         &ClientMessage::Offer {
             sdp: offer,
             sources: Default::default(),
+            renew: false,
         },
     )
     .await?;

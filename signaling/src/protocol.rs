@@ -90,6 +90,11 @@ pub enum ClientMessage {
         /// instruments; receivers see it in `track_added`.
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         sources: std::collections::BTreeMap<String, TrackSource>,
+        /// The first offer of a fresh peer connection that replaces the client's current one
+        /// (after a change of network): the participant, its seat and its track ids stay,
+        /// everything it receives is offered anew. Absent: false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        renew: bool,
     },
     /// The client's answer to a server [`ServerMessage::Offer`].
     Answer {

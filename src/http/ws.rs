@@ -415,9 +415,16 @@ impl Session {
                 ..
             } => self.join_room(room, display_name, token).await,
             ClientMessage::Auth { token } => self.authenticate(&token).await,
-            ClientMessage::Offer { sdp, sources } => {
-                self.signal(SignalInput::Offer { sdp, sources }).await
-            }
+            ClientMessage::Offer {
+                sdp,
+                sources,
+                renew: false,
+            } => self.signal(SignalInput::Offer { sdp, sources }).await,
+            ClientMessage::Offer {
+                sdp,
+                sources,
+                renew: true,
+            } => self.signal(SignalInput::Renew { sdp, sources }).await,
             ClientMessage::TrackPreferences { tracks } => {
                 self.signal(SignalInput::Preferences(tracks)).await
             }

@@ -100,6 +100,8 @@ pub struct SfuMetrics {
     /// `restart_ice` asks sent (a participant's media stopped while its signaling lived).
     pub ice_restart_requests: IntCounter,
     pub ice_restarts: IntCounter,
+    /// Sessions renewed: a client's fresh peer connection took over its participant.
+    pub session_renewals: IntCounter,
     /// Packets of consenting participants handed towards the recorder, by result.
     pub recorder_packets: IntCounterVec,
     /// Subscribers' send-side bandwidth estimates, sampled at each allocation round.
@@ -329,6 +331,11 @@ impl SfuMetrics {
                 r,
                 "ice_restarts_total",
                 "ICE restarts (client offers with new ICE credentials)",
+            ),
+            session_renewals: counter(
+                r,
+                "session_renewals_total",
+                "Participants whose client replaced its peer connection (same participant and tracks)",
             ),
             ice_restart_requests: counter(
                 r,

@@ -46,7 +46,9 @@ use huizhen_signaling::protocol::{
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt, Rids};
+use str0m::media::{
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids,
+};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -266,6 +268,14 @@ pub enum SignalInput {
         /// The SDP.
         sdp: String,
         /// Sources by mid (see [`ClientMessage::Offer`](huizhen_signaling::protocol::ClientMessage::Offer)).
+        sources: std::collections::BTreeMap<String, TrackSource>,
+    },
+    /// The first offer of a client's fresh peer connection, which replaces its session (see
+    /// [`Sfu::renew`]).
+    Renew {
+        /// The SDP.
+        sdp: String,
+        /// Sources by mid, as for an offer.
         sources: std::collections::BTreeMap<String, TrackSource>,
     },
     /// How the client shows the tracks it receives.
@@ -871,6 +881,14 @@ impl Sfu {
                 }
                 self.handle_offer(now, id, &sdp)?
             }
+            SignalInput::Renew { sdp, sources } => {
+                if sources.len() > MAX_SOURCES {
+                    return Err(SfuError::InvalidMessage(format!(
+                        "an offer names the sources of at most {MAX_SOURCES} m-lines"
+                    )));
+                }
+                self.renew(now, id, &sdp, sources)?
+            }
             SignalInput::Preferences(prefs) => {
                 if prefs.len() > MAX_PREFERENCES {
                     return Err(SfuError::InvalidMessage(format!(
@@ -913,6 +931,181 @@ impl Sfu {
                 sdp: answer.to_sdp_string(),
             },
         );
+        self.drain_and_settle(now, id);
+        Ok(())
+    }
+
+    /// A client's fresh peer connection takes over its participant: a new WebRTC session
+    /// from `sdp` (its first offer) replaces the old one, and the participant keeps its id,
+    /// its seat, and the ids of the tracks it publishes, so the others see the same
+    /// participant and tracks and nothing leaves or joins.
+    ///
+    /// Why: after a change of network Chromium keeps sending on its old candidate pair until
+    /// that pair has received nothing for 2.5 s (or, while it still receives, until it stops
+    /// being writable, ~5 s), even after an ICE restart found a working one: the others saw a
+    /// 3.6-5.5 s gap. A new peer connection has no old pair; the page renews when its path
+    /// watchdog fires or the server asks for a restart.
+    ///
+    /// The client's sending m-lines are matched to its published tracks by kind and source
+    /// (camera, microphone, screen, instrument), in order; a published track without a match
+    /// is unpublished. Every subscription of the participant is offered anew on the fresh
+    /// session (the server's offer follows the answer, with `track_added` per track).
+    /// Subscribers of its tracks go on with the same outgoing streams: the new source is
+    /// numbered on from where the old one stopped, as after a layer switch.
+    pub fn renew(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        sdp: &str,
+        sources: std::collections::BTreeMap<String, TrackSource>,
+    ) -> Result<(), SfuError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
+        let p = self
+            .participants
+            .get(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        if p.mode != PeerMode::Full {
+            return Err(SfuError::InvalidMessage(
+                "only a signaling client can renew its session".into(),
+            ));
+        }
+        let (room, name) = (p.room, p.display_name.clone());
+        let mut fresh = self.new_participant(now, id, room, &name);
+        let answer = fresh
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        // The fresh session's receiving m-lines (the client sends on them), in SDP order.
+        let mut offered: Vec<(Mid, MediaKind, TrackSource, Vec<Rid>)> = sdp
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+            .filter_map(|mid| fresh.rtc.media(Mid::from(mid)))
+            .filter(|m| m.direction().is_receiving())
+            .map(|m| {
+                let kind = m.kind();
+                let source = sources
+                    .get(&m.mid().to_string())
+                    .copied()
+                    .unwrap_or(TrackSource::default_for(track_kind(kind)));
+                let rids = match m.rids_rx() {
+                    Rids::Specific(rids) if kind == MediaKind::Video => rids.clone(),
+                    _ => Vec::new(),
+                };
+                (m.mid(), kind, source, rids)
+            })
+            .collect();
+        // Match the published tracks; those without a match end now.
+        let mut rebound: Vec<(TrackId, Mid, Mid, Vec<Rid>)> = Vec::new();
+        let mut ended = Vec::new();
+        for t in &p.tracks_in {
+            match offered
+                .iter()
+                .position(|(_, kind, source, _)| *kind == t.kind && *source == t.source)
+            {
+                Some(pos) => {
+                    let (mid, _, _, rids) = offered.remove(pos);
+                    rebound.push((t.id, t.mid, mid, rids));
+                }
+                None => ended.push(t.mid),
+            }
+        }
+        for mid in ended {
+            self.unpublish(id, mid);
+        }
+        let Some(p) = self.participants.get_mut(&id) else {
+            return Err(SfuError::UnknownParticipant);
+        };
+        // Who it is and what it may do stay; what belonged to the old session goes.
+        fresh.may_publish = p.may_publish;
+        fresh.recorded = p.recorded;
+        fresh.detached_since = p.detached_since;
+        fresh.joined_at = p.joined_at;
+        fresh.negotiated_once = true;
+        fresh.sources = sources.into_iter().collect();
+        fresh.retransmit_window = p.retransmit_window;
+        for (track, old_mid, mid, rids) in &rebound {
+            let Some(pos) = p.tracks_in.iter().position(|t| t.mid == *old_mid) else {
+                continue;
+            };
+            let mut t = p.tracks_in.swap_remove(pos);
+            debug_assert_eq!(t.id, *track);
+            t.mid = *mid;
+            t.rids = rids.clone();
+            t.layers = Default::default();
+            t.red = Default::default();
+            t.last_params = None;
+            t.dynacast = Default::default();
+            t.speech_cap = Default::default();
+            // The recorder's run restarts on the new source's first keyframe.
+            t.record.current = None;
+            fresh.tracks_in.push(t);
+        }
+        let mut unsubscribed = [0u64; 2];
+        fresh.tracks_out = std::mem::take(&mut p.tracks_out)
+            .into_iter()
+            .filter_map(|mut t| {
+                let video = usize::from(t.kind == MediaKind::Video);
+                match t.state {
+                    TrackOutState::Open(_) => unsubscribed[video] += 1,
+                    TrackOutState::ToStop(_) => {
+                        unsubscribed[video] += 1;
+                        return None;
+                    }
+                    TrackOutState::NegotiatingStop(_) => return None,
+                    TrackOutState::Negotiating(_) if t.stop_when_open => return None,
+                    TrackOutState::ToOpen | TrackOutState::Negotiating(_) => {}
+                }
+                t.state = TrackOutState::ToOpen;
+                t.switch.current = None;
+                t.rewriter.restart();
+                t.pt_map = None;
+                t.history = None;
+                t.last_pli = None;
+                Some(t)
+            })
+            .collect();
+        for (video, n) in unsubscribed.into_iter().enumerate() {
+            self.metrics.kind(video == 1).subscribed.sub(n as i64);
+        }
+        let old = std::mem::replace(p, fresh);
+        self.demux.remove(id, &old.ufrag);
+        if let Some(retired) = &old.retired_ufrag {
+            self.demux.remove_ufrag(retired);
+        }
+        self.demux.insert_ufrag(p.ufrag.clone(), id);
+        self.timers.push(Reverse((p.next_timeout, id)));
+        drop(old);
+        // Its subscribers now take the tracks from the new m-lines.
+        let room = self
+            .participants
+            .get(&id)
+            .map(|p| p.room)
+            .ok_or(SfuError::UnknownParticipant)?;
+        for m in self.members_except(room, id) {
+            let Some(s) = self.participants.get_mut(&m) else {
+                continue;
+            };
+            for t in s.tracks_out.iter_mut().filter(|t| t.publisher == id) {
+                if let Some((_, _, mid, _)) = rebound.iter().find(|(track, ..)| *track == t.track) {
+                    t.source_mid = *mid;
+                    t.switch.current = None;
+                    t.rewriter.restart();
+                    t.last_pli = None;
+                }
+            }
+            self.reallocate.push(m);
+        }
+        self.metrics.session_renewals.inc();
+        info!(participant = %id, tracks = rebound.len(), "session renewed");
+        self.renegotiate = true;
+        self.signal(
+            id,
+            ServerMessage::Answer {
+                sdp: answer.to_sdp_string(),
+            },
+        );
+        self.reallocate.push(id);
         self.drain_and_settle(now, id);
         Ok(())
     }

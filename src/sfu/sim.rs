@@ -416,6 +416,75 @@ impl SimNet {
         creds.ufrag
     }
 
+    /// `client` replaces its peer connection (a page's fresh `RTCPeerConnection` after a
+    /// change of network): a new VP8/Opus `Rtc` at `addr` publishing the same kinds (and the
+    /// same simulcast layers), whose first offer renews the session. Returns nothing: the
+    /// answer and the server's offer follow as usual.
+    pub fn renew_session(&mut self, client: usize, addr: SocketAddr) {
+        let now = self.now;
+        let opus_red = self.opus_red;
+        let c = &mut self.clients[client];
+        let kinds: Vec<MediaKind> = c.publish_mids.iter().map(|(k, _)| *k).collect();
+        let rids: Option<Vec<&str>> = c.encoder.as_ref().map(|enc| {
+            SIM_LAYERS
+                .iter()
+                .zip(enc.active)
+                .filter(|(_, active)| *active)
+                .map(|((rid, _, _), _)| *rid)
+                .collect()
+        });
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, opus_red)
+            .enable_vp8(true)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        let mut change = rtc.sdp_api();
+        let mut publish_mids = Vec::new();
+        for kind in kinds {
+            let layers = rids
+                .as_ref()
+                .filter(|_| kind == MediaKind::Video)
+                .map(|rids| {
+                    let mut layers = Simulcast::new();
+                    for rid in rids {
+                        layers.add_send_layer(SimulcastLayer::new(rid));
+                    }
+                    layers
+                });
+            let mid = change.add_media(kind, Direction::SendOnly, None, None, layers);
+            publish_mids.push((kind, mid));
+        }
+        if publish_mids.is_empty() {
+            change.add_channel("control".into());
+        }
+        let (offer, pending) = change.apply().expect("client offer");
+        c.rtc = rtc;
+        c.addr = addr;
+        c.nat_addr = None;
+        c.mute_network = false;
+        c.pending = Some(pending);
+        c.publish_mids = publish_mids;
+        c.next_seq.clear();
+        c.next_timeout = now;
+        if let Some(enc) = c.encoder.as_mut() {
+            enc.keyframe_due = [true; 3];
+        }
+        let id = c.id;
+        self.sfu
+            .handle_signal(
+                now,
+                id,
+                SignalInput::Renew {
+                    sdp: offer.to_sdp_string(),
+                    sources: Default::default(),
+                },
+            )
+            .expect("renewal accepted");
+        self.route_outputs();
+    }
+
     /// Join `room` with a microphone and a simulcast camera (the layers of [`SIM_LAYERS`]),
     /// and run until negotiated. Returns the index.
     pub fn add_simulcast_client(&mut self, room: &str) -> usize {

@@ -827,6 +827,145 @@ fn after_a_nat_rebinding_the_server_follows_the_media_to_the_new_address() {
         .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
 }
 
+#[test]
+fn a_renewed_session_keeps_the_participant_its_track_ids_and_its_subscriptions() {
+    let mut net = SimNet::new(23);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, b], 10);
+    let b_id = net.clients[b].id;
+    let tracks_of_b = |net: &SimNet| {
+        let pid = b_id.to_string();
+        net.clients[a]
+            .signals
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::TrackAdded {
+                    participant_id,
+                    track_id,
+                    mid,
+                    ..
+                } if *participant_id == pid => Some((track_id.clone(), mid.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = tracks_of_b(&net);
+    assert_eq!(before.len(), 2);
+    let a_signals = net.clients[a].signals.len();
+    let subscribed = |net: &SimNet| {
+        net.sfu.metrics().kind(true).subscribed.get()
+            + net.sfu.metrics().kind(false).subscribed.get()
+    };
+    let subscribed_before = subscribed(&net);
+    let b_mark = net.clients[b].received.len();
+    let a_mark = net.clients[a].received.len();
+
+    // B's network changes and its page replaces the peer connection.
+    let t0 = net.now;
+    net.renew_session(b, "127.99.0.3:41000".parse().unwrap());
+    send_media_from(&mut net, &[a, b], 10, 150);
+
+    // A: the same participant and tracks on the same mids, nothing removed or added.
+    assert_eq!(tracks_of_b(&net), before);
+    assert!(
+        !net.clients[a].signals[a_signals..].iter().any(|m| matches!(
+            m,
+            ServerMessage::ParticipantLeft { .. }
+                | ServerMessage::TrackRemoved { .. }
+                | ServerMessage::ParticipantJoined { .. }
+        ))
+    );
+    let (up_gap, up) = receive_gap(&net, a, b, t0);
+    assert!(up >= 250, "A hears B's new session: {up} packets");
+    let back = seqs(&net.payloads_from(a, b, TrackKind::Audio));
+    assert!(back.contains(&149), "the last payload arrived: {back:?}");
+    // The outgoing numbering continues across the new source: no jump on A's m-lines.
+    let mut mids = net.mids_from(a, b, TrackKind::Audio);
+    mids.extend(net.mids_from(a, b, TrackKind::Video));
+    assert_eq!(mids.len(), 2);
+    for mid in mids {
+        let seqs: Vec<u16> = net.clients[a].received[a_mark..]
+            .iter()
+            .filter(|r| r.mid == mid)
+            .map(|r| r.seq)
+            .collect();
+        assert!(seqs.len() > 100, "{} packets", seqs.len());
+        let worst = seqs
+            .windows(2)
+            .map(|w| w[1].wrapping_sub(w[0]))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 2,
+            "sequence numbers continue on mid {mid}: a step of {worst}"
+        );
+    }
+    // B: the room's tracks offered anew on its fresh session, and received there.
+    let b_after: Vec<&super::sim::Received> = net.clients[b].received[b_mark..].iter().collect();
+    assert!(
+        b_after.len() > 200,
+        "B receives A on its new session: {}",
+        b_after.len()
+    );
+    assert_eq!(net.clients[b].id, b_id);
+    assert!(net.clients[b].removed.is_none());
+    assert_eq!(net.sfu.metrics().session_renewals.get(), 1);
+    assert_eq!(subscribed(&net), subscribed_before);
+    assert_eq!(net.sfu.demux_entries().0, 2, "one ufrag per participant");
+    eprintln!("renewal: A hears B again after a gap of {up_gap:?} ({up} packets)");
+
+    // A renewal that drops the camera unpublishes it (A is told), the microphone stays.
+    net.clients[b]
+        .publish_mids
+        .retain(|(k, _)| *k == MediaKind::Audio);
+    net.renew_session(b, "127.99.0.4:41000".parse().unwrap());
+    net.run_for(Duration::from_millis(500));
+    assert!(net.mids_from(a, b, TrackKind::Video).is_empty());
+    assert_eq!(net.mids_from(a, b, TrackKind::Audio).len(), 1);
+    // Bad SDP changes nothing.
+    let err = net
+        .sfu
+        .handle_signal(
+            net.now,
+            b_id,
+            super::SignalInput::Renew {
+                sdp: "v=0".into(),
+                sources: Default::default(),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, super::SfuError::InvalidSdp(_)), "{err:?}");
+    assert_eq!(net.sfu.metrics().session_renewals.get(), 2);
+}
+
+#[test]
+fn a_renewed_simulcast_publisher_is_forwarded_again_from_its_new_keyframes() {
+    let mut net = SimNet::new(24);
+    let a = net.add_simulcast_client("room");
+    let b = net.add_simulcast_client("room");
+    net.run_media(Duration::from_secs(3));
+    let video = net.mids_from(a, b, TrackKind::Video);
+    assert_eq!(video.len(), 1);
+    let mark = net.clients[a].received.len();
+    let t0 = net.now;
+    net.renew_session(b, "127.99.0.5:41000".parse().unwrap());
+    net.run_media(Duration::from_secs(3));
+    let after = received_mids(&net, a, mark);
+    let frames = net.clients[a].received[mark..]
+        .iter()
+        .filter(|r| r.mid == video[0] && r.marker && r.at > t0 + Duration::from_secs(1))
+        .count();
+    assert!(
+        frames > 30,
+        "A decodes B's camera from the new session on the same m-line: {frames} frames, {after:?}"
+    );
+    assert_eq!(net.mids_from(a, b, TrackKind::Video), video);
+    let (gap, _) = receive_gap(&net, a, b, t0);
+    eprintln!("simulcast renewal: A hears B again after {gap:?}");
+}
+
 /// Packets `rx` received since `since` (an index into its `received`), by mid.
 fn received_mids(
     net: &SimNet,

@@ -407,6 +407,7 @@ async fn publish_through_tcp_relay(
         &ClientMessage::Offer {
             sdp: offer.to_sdp_string(),
             sources: Default::default(),
+            renew: false,
         },
     )
     .await;

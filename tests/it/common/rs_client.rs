@@ -474,6 +474,7 @@ impl RsPeer {
             .send(ClientMessage::Offer {
                 sdp: offer_sdp,
                 sources: Default::default(),
+                renew: false,
             })
             .map_err(|_| anyhow!("signaling task gone"))?;
         let signaling = tokio::spawn(signaling_task(
