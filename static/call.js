@@ -106,15 +106,21 @@ const ICE_RESTART_AFTER_MS = 2000;
 const MAX_ICE_RESTARTS_PER_MINUTE = 3;
 /**
  * The path watchdog: how often the selected candidate pair's received bytes are looked at, and
- * how long they may stand still, after flowing, before ICE is restarted. A change of network
- * (Wi-Fi to 4G) or a path that went dark shows here long before ICE calls the connection
- * `disconnected` (several seconds): whoever sends or receives media gets RTP, RTCP or feedback
- * from the server many times a second, and a path that carries none of it for a second is dead.
+ * how long they may stand still, after flowing, before the path is recovered (a new peer
+ * connection or an ICE restart). A change of network (Wi-Fi to 4G) or a path that went dark
+ * shows here long before ICE calls the connection `disconnected` (several seconds): whoever
+ * sends or receives media gets RTP, RTCP or feedback from the server many times a second (a
+ * publisher at least 4 transport-wide feedback packets a second; a silent microphone with DTX
+ * still 2-3 packets), and the watch only arms after bytes came at every check for a second.
+ * A path that carries none of it for 750 ms is dead; every 250 ms less here is as much less of
+ * the gap the others see after a change of network (it was 1 s: 1.9-2.0 s gaps with a renewal).
  */
 const PATH_CHECK_MS = 250;
-const PATH_STALL_MS = 1000;
+const PATH_STALL_MS = 750;
 /** A restart for a stalled path that brought no bytes back within this is tried again. */
 const PATH_RETRY_MS = 4000;
+/** Most peer connections replaced per minute (see `renewPeerConnection`); then ICE restarts. */
+const MAX_RENEWALS_PER_MINUTE = 3;
 
 /** Message types a `Call` consumes. */
 export const MEDIA_MESSAGE_TYPES = new Set([
@@ -273,11 +279,19 @@ export class Call {
    *   change of network): the page should move signaling to a new socket (resume)
    * @param {'all'|'relay'} [opts.iceTransportPolicy]  'relay': media only through the server's
    *   TURN (for networks where direct paths are blocked or must not be tried; default 'all')
+   * @param {'renew'|'restart'} [opts.pathRecovery]  what a stalled path (or the server's
+   *   `restart_ice`) gets: a fresh peer connection behind the same participant ('renew',
+   *   default: media back within about a second of noticing) or an ICE restart ('restart':
+   *   Chromium keeps its old pair until it has received nothing for 2.5 s)
    */
   constructor(opts) {
     this.opts = opts;
     /** The RTCPeerConnection (null until joined). */
     this.pc = null;
+    /** How many peer connections this call has had (a renewal makes a new one). */
+    this.generation = 0;
+    /** A renewal's offer is under way: its answer carries `renewed`, older ones are stale. */
+    this.renewing = false;
     /** Our participant id, from `joined`. */
     this.participantId = null;
     /** The SFU room, from `joined`. */
@@ -385,7 +399,7 @@ export class Call {
       case 'offer':
         return this.onServerOffer(msg.sdp);
       case 'answer':
-        return this.onServerAnswer(msg.sdp);
+        return this.onServerAnswer(msg.sdp, msg.renewed === true);
       case 'track_added':
         this.rememberTrack(msg);
         this.renderRemoteTracks();
@@ -429,8 +443,9 @@ export class Call {
         // A restart of our own under way (the watchdog saw the same break): another would
         // only start it over.
         if ((this.iceRestarts || []).some((t) => Date.now() - t < PATH_RETRY_MS)) return;
+        if ((this.renewals || []).some((t) => Date.now() - t < PATH_RETRY_MS)) return;
         this.opts.onPathStalled?.();
-        this.restartIce('asked by the server');
+        this.recoverPath('asked by the server');
         return;
       default:
     }
@@ -709,6 +724,7 @@ export class Call {
       bundlePolicy: 'max-bundle',
     });
     this.pc = pc;
+    this.generation += 1;
 
     pc.addEventListener('negotiationneeded', () => this.enqueue(() => this.makeOffer()));
     pc.addEventListener('icecandidate', ({ candidate }) => {
@@ -769,6 +785,7 @@ export class Call {
       const msg = { type: 'offer', sdp: pc.localDescription.sdp };
       const sources = this.sendingSources(pc);
       if (Object.keys(sources).length) msg.sources = sources;
+      if (this.renewing) msg.renew = true;
       this.send(msg);
     } finally {
       this.makingOffer = false;
@@ -790,6 +807,12 @@ export class Call {
   async onServerOffer(sdp) {
     const pc = this.pc;
     if (!pc || pc.signalingState === 'closed') return;
+    if (this.renewing) {
+      // An offer for the replaced peer connection (the server renews the session when our
+      // offer arrives, and offers the fresh one what it receives after its answer).
+      this.record('local', { type: 'stale_offer' });
+      return;
+    }
     // Polite peer: never ignore the server's offer. A pending local offer is rolled back
     // implicitly by setRemoteDescription; negotiationneeded fires again once stable.
     const collision = this.makingOffer || pc.signalingState !== 'stable';
@@ -935,9 +958,15 @@ export class Call {
     this.record('local', { type: 'senders_reattached' });
   }
 
-  async onServerAnswer(sdp) {
+  async onServerAnswer(sdp, renewed = false) {
     const pc = this.pc;
     if (!pc) return;
+    if (this.renewing !== renewed) {
+      // While renewing, only the renewal's answer is ours; without a renewal, a renewal's
+      // answer is not.
+      this.record('local', { type: 'stale_answer', state: pc.signalingState });
+      return;
+    }
     if (pc.signalingState !== 'have-local-offer') {
       // Our offer was rolled back (collision or timeout); this answer is stale.
       this.record('local', { type: 'stale_answer', state: pc.signalingState });
@@ -946,6 +975,7 @@ export class Call {
     }
     clearTimeout(this.offerTimer);
     await pc.setRemoteDescription({ type: 'answer', sdp: this.withOpusParams(pc, sdp, false) });
+    this.renewing = false;
     this.offerFailures = 0;
     this.renderRemoteTracks();
     await this.applyAllLayers();
@@ -1072,7 +1102,7 @@ export class Call {
       if (w.retryAt && now >= w.retryAt && (this.state === 'joined' || this.state === 'resuming')) {
         // The restart brought nothing back (the new network was not known yet, say): again.
         w.retryAt = now + PATH_RETRY_MS;
-        this.restartIce('stalled again');
+        this.recoverPath('stalled again');
         return;
       }
       if (!pair) return;
@@ -1097,13 +1127,80 @@ export class Call {
         // without knowing it (TCP notices in minutes). The page takes the call back on a new
         // socket first, so that the restart's offer does not vanish into the old one.
         this.opts.onPathStalled?.();
-        this.restartIce('stalled');
+        this.recoverPath('stalled');
       }
     } catch {
       // closing; the next tick looks again
     } finally {
       this.pathBusy = false;
     }
+  }
+
+  /** A stalled path: a fresh peer connection, or an ICE restart (`opts.pathRecovery`). */
+  recoverPath(why) {
+    if (this.opts.pathRecovery !== 'restart' && this.renewPeerConnection(why)) return;
+    this.restartIce(why);
+  }
+
+  /**
+   * Replace the peer connection after a change of network. An ICE restart finds the new path
+   * quickly, but Chromium keeps sending on its old candidate pair until that pair has received
+   * nothing for 2.5 s (or, while it still receives, until it stops being writable): the others
+   * saw 3.6-5.5 s of nothing. A fresh connection has no old pair. The server keeps the
+   * participant, its seat and its track ids (an `offer` with `renew`), and offers what we
+   * receive anew on the fresh connection. Bounded per minute; false when not done.
+   */
+  renewPeerConnection(why) {
+    const old = this.pc;
+    if (!old || old.signalingState === 'closed' || (this.state !== 'joined' && this.state !== 'resuming')) return false;
+    const now = Date.now();
+    this.renewals = (this.renewals || []).filter((t) => now - t < 60000);
+    if (this.renewals.length >= MAX_RENEWALS_PER_MINUTE) return false;
+    this.renewals.push(now);
+    this.record('local', { type: 'pc_renewed', why });
+    this.log(`new media connection (${why})`);
+    clearInterval(this.pathTimer);
+    this.pathTimer = null;
+    this.pathWatch = null;
+    clearTimeout(this.iceTimer);
+    clearTimeout(this.offerTimer);
+    this.makingOffer = false;
+    this.offerFailures = 0;
+    // What we receive comes back on the fresh connection's m-lines (track_added again); the
+    // server's requests about what we send name the old m-lines.
+    for (const el of this.mediaElements.values()) this.removeMediaElement(el);
+    this.mediaElements.clear();
+    for (const info of this.remoteTracks.values()) info.mid = null;
+    this.wantedLayers.clear();
+    this.audioCaps.clear();
+    this.preferencesSent.clear();
+    const screen = this.screenStream;
+    const instrument = this.instrumentStream;
+    this.screenTransceiver = null;
+    this.instrumentTransceiver = null;
+    this.renewing = true;
+    old.close();
+    this.createPeerConnection();
+    const pc = this.pc;
+    const screenTrack = screen?.getVideoTracks()[0];
+    if (screenTrack && screenTrack.readyState === 'live') {
+      this.screenTransceiver = pc.addTransceiver(screenTrack, {
+        direction: 'sendonly',
+        streams: [screen],
+        sendEncodings: [{ priority: 'high', networkPriority: 'high' }],
+      });
+      this.setDegradationPreference(this.screenTransceiver.sender, 'maintain-resolution');
+    }
+    const instrumentTrack = instrument?.getAudioTracks()[0];
+    if (instrumentTrack && instrumentTrack.readyState === 'live') {
+      this.instrumentTransceiver = pc.addTransceiver(instrumentTrack, {
+        direction: 'sendonly',
+        streams: [instrument],
+        sendEncodings: [{ maxBitrate: INSTRUMENT_BITRATE, priority: 'high', networkPriority: 'high' }],
+      });
+    }
+    this.changed();
+    return true;
   }
 
   /** Ask the browser for new ICE credentials (it offers them); bounded per minute. */

@@ -193,7 +193,7 @@ async fn on_signal(ws: &mut WsStream, peer: &mut Peer, text: &str) -> Result<(),
     let message: ServerMessage = serde_json::from_str(text)
         .map_err(|e| ClientError::Protocol(format!("{e}: {text:.120}")))?;
     match message {
-        ServerMessage::Answer { sdp } => peer.accept_answer(&sdp)?,
+        ServerMessage::Answer { sdp, .. } => peer.accept_answer(&sdp)?,
         ServerMessage::Offer { sdp } => {
             let answer = peer.answer(&sdp)?;
             send(ws, &ClientMessage::Answer { sdp: answer }).await?;

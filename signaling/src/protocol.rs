@@ -368,6 +368,10 @@ pub enum ServerMessage {
     Answer {
         /// The session description.
         sdp: String,
+        /// It answers an offer with `renew`: the answer for the fresh peer connection (an
+        /// answer to an offer of the replaced one may still be on its way). Absent: false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        renewed: bool,
     },
     /// A track of another participant is now sent to this client on `mid`.
     TrackAdded {

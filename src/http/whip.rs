@@ -716,7 +716,7 @@ async fn has_publisher(deps: &SessionDeps, room: &str) -> Result<bool, Refusal> 
 async fn first_answer(events: &mut mpsc::Receiver<ServerMessage>) -> Option<String> {
     loop {
         match events.try_recv() {
-            Ok(ServerMessage::Answer { sdp }) => return Some(sdp),
+            Ok(ServerMessage::Answer { sdp, .. }) => return Some(sdp),
             Ok(_) => continue,
             Err(_) => return None,
         }

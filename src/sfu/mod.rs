@@ -929,6 +929,7 @@ impl Sfu {
             id,
             ServerMessage::Answer {
                 sdp: answer.to_sdp_string(),
+                renewed: false,
             },
         );
         self.drain_and_settle(now, id);
@@ -1103,6 +1104,7 @@ impl Sfu {
             id,
             ServerMessage::Answer {
                 sdp: answer.to_sdp_string(),
+                renewed: true,
             },
         );
         self.reallocate.push(id);

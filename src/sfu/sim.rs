@@ -911,7 +911,7 @@ impl SimNet {
             return;
         }
         let reply = match &message {
-            ServerMessage::Answer { sdp } => {
+            ServerMessage::Answer { sdp, .. } => {
                 let c = &mut self.clients[i];
                 if let Some(pending) = c.pending.take() {
                     let answer = SdpAnswer::from_sdp_string(sdp).expect("server answer parses");

@@ -911,6 +911,13 @@ fn a_renewed_session_keeps_the_participant_its_track_ids_and_its_subscriptions()
     );
     assert_eq!(net.clients[b].id, b_id);
     assert!(net.clients[b].removed.is_none());
+    assert!(
+        net.clients[b]
+            .signals
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Answer { renewed: true, .. })),
+        "the renewal's answer says so"
+    );
     assert_eq!(net.sfu.metrics().session_renewals.get(), 1);
     assert_eq!(subscribed(&net), subscribed_before);
     assert_eq!(net.sfu.demux_entries().0, 2, "one ufrag per participant");

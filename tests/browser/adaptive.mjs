@@ -383,7 +383,7 @@ export async function launch(server, media, ns = null) {
   });
 }
 
-export async function join(browser, server, room, name) {
+export async function join(browser, server, room, name, query = '') {
   const context = await browser.newContext({ viewport: { width: 960, height: 640 } });
   context.setDefaultTimeout(WAIT_MS);
   const page = await context.newPage();
@@ -392,7 +392,7 @@ export async function join(browser, server, room, name) {
     person.console.push(`${m.type()}: ${m.text()}`);
     if (person.console.length > 200) person.console.shift();
   });
-  await page.goto(`${server.base}/room/${encodeURIComponent(room)}?name=${encodeURIComponent(name)}`);
+  await page.goto(`${server.base}/room/${encodeURIComponent(room)}?name=${encodeURIComponent(name)}${query}`);
   person.id = await waitFor(`${name} to join room ${room}`, async () => {
     const s = await page.evaluate(() => (window.huizhen ? { id: window.huizhen.participantId, state: window.huizhen.state, errors: window.huizhen.errors } : null));
     return { ok: !!(s && s.id && s.state === 'joined'), value: s && s.id, detail: s };

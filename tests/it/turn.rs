@@ -413,7 +413,7 @@ async fn publish_through_tcp_relay(
     .await;
     let answer = loop {
         match common::recv_msg(ws).await {
-            ServerMessage::Answer { sdp } => break sdp,
+            ServerMessage::Answer { sdp, .. } => break sdp,
             _ => continue,
         }
     };

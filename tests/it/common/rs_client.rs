@@ -1035,7 +1035,7 @@ async fn signaling_task(
                 };
                 shared.lock().unwrap().log.push((Instant::now(), msg.clone()));
                 match msg {
-                    ServerMessage::Answer { sdp } => {
+                    ServerMessage::Answer { sdp, .. } => {
                         shared.lock().unwrap().last_remote_sdp = sdp.clone();
                         if let Err(e) = check_remote_candidates(&sdp) {
                             fail(format!("server answer: {e}"));
