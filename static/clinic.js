@@ -262,13 +262,14 @@ export function createClinicPage(opts) {
     return true;
   }
 
-  function connect() {
+  function connect(onOpen = null) {
     clearTimeout(reconnectTimer);
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const socket = new WebSocket(`${scheme}://${location.host}/ws`);
     ws = socket;
     setConnection(reconnectAttempt ? 'reconnecting' : 'connecting', reconnectAttempt ? 'conn_reconnecting' : 'conn_connecting');
     socket.addEventListener('open', () => {
+      onOpen?.();
       setConnection('open', 'conn_connecting');
       send({ type: 'auth', token: params.token });
       clearInterval(pingTimer);
@@ -311,6 +312,33 @@ export function createClinicPage(opts) {
       reconnectAttempt += 1;
       setConnection('reconnecting', 'conn_reconnecting');
       reconnectTimer = setTimeout(connect, delay);
+    });
+  }
+
+  /**
+   * The call's media path stalled (a change of network): the socket rode on the same network
+   * and may be dead without knowing it (TCP notices in minutes), so the page takes the call
+   * back on a new socket now (`auth`, then `resume`); the old one is closed once the new one is
+   * open. The call's recovery offer waits for the resume.
+   */
+  function replaceSocket(reason) {
+    if (!ws || !call || call.state !== 'joined') return;
+    const old = ws;
+    ws = null; // its frames and its close event are ignored from now on
+    clearInterval(pingTimer);
+    record('local', { type: 'socket_replaced', reason });
+    if (!call.suspend()) {
+      old.close(4000, reason);
+      return;
+    }
+    updateCallView();
+    reconnectAttempt = 0;
+    connect(() => {
+      try {
+        old.close(4000, reason);
+      } catch {
+        // already closing
+      }
     });
   }
 
@@ -664,6 +692,7 @@ export function createClinicPage(opts) {
       localStream: stream,
       stopLocalMedia: false,
       tileName: (p) => (p ? p.display_name || t('unknown_name') : t('unknown_name')),
+      onPathStalled: () => replaceSocket('media path stalled'),
     });
     call.state = 'joining';
     updateCallView();

@@ -102,6 +102,8 @@ pub struct SfuMetrics {
     pub ice_restarts: IntCounter,
     /// Sessions renewed: a client's fresh peer connection took over its participant.
     pub session_renewals: IntCounter,
+    /// Media taken from a new address on its SRTP's word, before ICE checked it.
+    pub media_source_moves: IntCounter,
     /// Packets of consenting participants handed towards the recorder, by result.
     pub recorder_packets: IntCounterVec,
     /// Subscribers' send-side bandwidth estimates, sampled at each allocation round.
@@ -331,6 +333,11 @@ impl SfuMetrics {
                 r,
                 "ice_restarts_total",
                 "ICE restarts (client offers with new ICE credentials)",
+            ),
+            media_source_moves: counter(
+                r,
+                "media_source_moves_total",
+                "Participants whose media came from a new address (a NAT rebinding) and was taken on its SRTP authentication",
             ),
             session_renewals: counter(
                 r,

@@ -359,6 +359,9 @@ pub struct Sfu {
     participants: FixedMap<ParticipantId, Participant>,
     rooms: HashMap<String, RoomKey>,
     room_members: HashMap<RoomKey, Room>,
+    /// Incoming SSRC -> its publisher, for media that arrives from an address ICE has not
+    /// checked yet (see [`Sfu::handle_datagram`]).
+    media_owners: HashMap<u32, ParticipantId>,
     demux: Demux<ParticipantId>,
     outputs: VecDeque<SfuOutput>,
     next_participant: u64,
@@ -407,6 +410,7 @@ impl Sfu {
             rooms: HashMap::new(),
             room_members: HashMap::new(),
             demux: Demux::default(),
+            media_owners: HashMap::new(),
             outputs: VecDeque::new(),
             next_participant: 1,
             next_track: 1,
@@ -753,6 +757,9 @@ impl Sfu {
             retired_ufrag: None,
             restart_checked: false,
             flowing: false,
+            rtp_received: 0,
+            media_source: None,
+            unverified_tries: (now, 0),
             negotiated_once: false,
             connected: false,
             joined_at: now,
@@ -1071,6 +1078,7 @@ impl Sfu {
         }
         let old = std::mem::replace(p, fresh);
         self.demux.remove(id, &old.ufrag);
+        self.media_owners.retain(|_, owner| *owner != id);
         if let Some(retired) = &old.retired_ufrag {
             self.demux.remove_ufrag(retired);
         }
@@ -1269,6 +1277,7 @@ impl Sfu {
         }
         p.rtc.disconnect();
         self.demux.remove(id, &p.ufrag);
+        self.media_owners.retain(|_, owner| *owner != id);
         if let Some(old) = &p.retired_ufrag {
             self.demux.remove_ufrag(old);
         }
@@ -1470,9 +1479,18 @@ impl Sfu {
             self.metrics.drop_packet(DropReason::Malformed);
             return;
         };
-        let Some(id) = self.demux.lookup(proto, source, bytes) else {
-            self.metrics.drop_packet(DropReason::UnknownSource);
-            return;
+        // RTP from an address nobody has been heard from (a NAT rebinding: the carrier moved the
+        // client to another public address) goes to the publisher of its SSRC, which keeps it
+        // only if it decrypts and authenticates (below).
+        let (id, by_ssrc) = match self.demux.lookup(proto, source, bytes) {
+            Some(id) => (id, false),
+            None => match rtp_ssrc(bytes).and_then(|ssrc| self.media_owners.get(&ssrc)) {
+                Some(id) => (*id, true),
+                None => {
+                    self.metrics.drop_packet(DropReason::UnknownSource);
+                    return;
+                }
+            },
         };
         let input = Input::Receive(
             now,
@@ -1487,10 +1505,17 @@ impl Sfu {
             self.metrics.drop_packet(DropReason::UnknownSource);
             return;
         };
-        if !p.rtc.accepts(&input) {
+        // Not from a checked ICE address: media from an address its SRTP authenticated from
+        // before, or a first try at one (bounded per participant: each costs a decryption).
+        let unverified = !p.rtc.accepts(&input);
+        if unverified
+            && p.media_source != Some((proto, source))
+            && !(by_ssrc && p.try_unverified(now))
+        {
             self.metrics.drop_packet(DropReason::UnknownSource);
             return;
         }
+        let rtp_before = p.rtp_received;
         let is_stun = demux::classify(bytes) == demux::PacketClass::Stun;
         if let Err(e) = p.rtc.handle_input(input) {
             // A forged or corrupt packet must not cost the participant its call.
@@ -1529,6 +1554,20 @@ impl Sfu {
             debug!(participant = %id, ?proto, "learnt transport address");
         }
         self.drain_and_settle(now, id);
+        if unverified && by_ssrc {
+            // SRTP authenticated it (a packet was forwarded): the sender holds the session's
+            // keys, so its media is taken from there at once, before ICE has checked the
+            // address (the client's next consent check, 1-2.5 s later, moves what the server
+            // sends). The others hear it again without waiting for that check.
+            if let Some(p) = self.participants.get_mut(&id) {
+                if p.rtp_received > rtp_before {
+                    p.media_source = Some((proto, source));
+                    self.demux.learn_source(proto, source, id);
+                    self.metrics.media_source_moves.inc();
+                    debug!(participant = %id, "media from a new address authenticated");
+                }
+            }
+        }
     }
 
     /// An ICE-TCP connection closed: its address no longer routes anywhere.
@@ -1940,6 +1979,7 @@ impl Sfu {
             return;
         };
         let ssrc = packet.header.ssrc;
+        p.rtp_received += 1;
         let (mid, layer) = match p.ssrc_layer.get(&ssrc) {
             Some(known) => *known,
             None => {
@@ -1961,6 +2001,7 @@ impl Sfu {
                     _ => 0,
                 };
                 p.ssrc_layer.insert(ssrc, (mid, layer));
+                self.media_owners.insert(*ssrc, id);
                 (mid, layer)
             }
         };
@@ -2940,6 +2981,17 @@ impl Sfu {
         // drives the send-side bandwidth estimate the allocation runs on.
         self.signal(id, ServerMessage::Offer { sdp });
     }
+}
+
+/// The SSRC of an RTP packet (not RTCP, RFC 5761: payload types 192-223 are RTCP).
+fn rtp_ssrc(bytes: &[u8]) -> Option<u32> {
+    if demux::classify(bytes) != demux::PacketClass::Rtp || bytes.len() < 12 {
+        return None;
+    }
+    if (192..=223).contains(&bytes[1]) {
+        return None;
+    }
+    Some(u32::from_be_bytes(bytes[8..12].try_into().ok()?))
 }
 
 /// A candidate that does not parse. The parser's message quotes the whole line, address

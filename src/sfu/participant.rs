@@ -327,6 +327,13 @@ pub struct Participant {
     /// Datagrams arrived close together lately (media flows): a silence after it asks the
     /// client to restart ICE once ([`super::RESTART_ASK_AFTER`]).
     pub flowing: bool,
+    /// RTP packets of it that decrypted (counted as they are forwarded).
+    pub rtp_received: u64,
+    /// An address its SRTP authenticated from that ICE has not checked (a NAT rebinding):
+    /// its media is accepted from there.
+    pub media_source: Option<(str0m::net::Protocol, std::net::SocketAddr)>,
+    /// Tries of media from unchecked addresses in the current second: (second's start, count).
+    pub unverified_tries: (Instant, u32),
     /// The client's first offer has been answered; server offers may follow.
     pub negotiated_once: bool,
     /// ICE+DTLS connected at least once.
@@ -622,7 +629,23 @@ impl Participant {
 /// all its decoder can use, and the publisher's other subscribers pay for each one.
 pub const SUBSCRIPTION_PLI_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most packets per second from unchecked addresses tried against a participant's SRTP keys
+/// (a stranger who learns an SSRC can make the server try each packet it sends).
+pub const UNVERIFIED_TRIES_PER_SECOND: u32 = 50;
+
 impl Participant {
+    /// One more packet from an unchecked address may be tried now (see
+    /// [`UNVERIFIED_TRIES_PER_SECOND`]).
+    pub fn try_unverified(&mut self, now: Instant) -> bool {
+        let (start, count) = &mut self.unverified_tries;
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= UNVERIFIED_TRIES_PER_SECOND
+    }
+
     /// The published track on `mid`.
     pub fn track_in_mut(&mut self, mid: Mid) -> Option<&mut TrackIn> {
         self.tracks_in.iter_mut().find(|t| t.mid == mid)

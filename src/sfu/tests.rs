@@ -819,6 +819,13 @@ fn after_a_nat_rebinding_the_server_follows_the_media_to_the_new_address() {
         down_gap < super::sim::sim_config().peer_timeout,
         "B's downlink came back before the peer timeout: {down_gap:?}"
     );
+    // B's media is taken from its new address on its SRTP's word: A hears it at once (in
+    // virtual time, the next packet), without waiting for that check.
+    assert_eq!(net.sfu.metrics().media_source_moves.get(), 1);
+    assert!(
+        up_gap < Duration::from_millis(100),
+        "A heard B again with its next packets: {up_gap:?}"
+    );
     assert_eq!(net.clients[b].id, b_id);
     assert!(net.clients[b].removed.is_none(), "B was not removed");
     assert!(!net.clients[a]
@@ -971,6 +978,59 @@ fn a_renewed_simulcast_publisher_is_forwarded_again_from_its_new_keyframes() {
     assert_eq!(net.mids_from(a, b, TrackKind::Video), video);
     let (gap, _) = receive_gap(&net, a, b, t0);
     eprintln!("simulcast renewal: A hears B again after {gap:?}");
+}
+
+#[test]
+fn rtp_from_an_unchecked_address_counts_only_if_it_authenticates_and_tries_are_bounded() {
+    let mut net = SimNet::new(22);
+    let a = net.add_client("room", AV);
+    let b = net.add_client("room", AV);
+    net.run_for(Duration::from_secs(1));
+    send_media(&mut net, &[a, b], 10);
+    let b_id = net.clients[b].id;
+    let ssrc = *net
+        .sfu
+        .media_owners
+        .iter()
+        .find(|(_, owner)| **owner == b_id)
+        .expect("B's SSRC is known")
+        .0;
+    let a_before = net.clients[a].received.len();
+    let unknown = |net: &SimNet| {
+        net.sfu
+            .metrics()
+            .dropped_packets
+            .with_label_values(&["unknown_source"])
+            .get()
+    };
+    let dropped_before = unknown(&net);
+    // A stranger who learnt B's SSRC sends RTP with it from its own address: 200 packets
+    // within one virtual second.
+    let stranger: SocketAddr = "127.66.0.1:4000".parse().unwrap();
+    for seq in 0..200u16 {
+        let mut forged = vec![0x80, 96];
+        forged.extend_from_slice(&seq.to_be_bytes());
+        forged.extend_from_slice(&[0, 0, 0, 1]);
+        forged.extend_from_slice(&ssrc.to_be_bytes());
+        forged.extend_from_slice(&[0xab; 120]);
+        net.inject(stranger, &forged);
+    }
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.clients[a].received.len(),
+        a_before,
+        "nothing of the stranger's reached A"
+    );
+    assert_eq!(net.sfu.metrics().media_source_moves.get(), 0);
+    let p = net.sfu.participants.get(&b_id).unwrap();
+    assert_eq!(p.media_source, None, "the stranger's address is not taken");
+    // Past the per-second budget the packets are not even tried.
+    let beyond = 200 - u64::from(super::participant::UNVERIFIED_TRIES_PER_SECOND);
+    let dropped = unknown(&net) - dropped_before;
+    assert!(dropped >= beyond, "{dropped} dropped untried");
+    // B goes on as before.
+    send_media_from(&mut net, &[b], 10, 20);
+    assert!(net.clients[a].received.len() >= a_before + 40);
 }
 
 /// Packets `rx` received since `since` (an index into its `received`), by mid.

@@ -14,7 +14,10 @@
 //      participant;
 //   4. uplink: both networks up; only what the mover sends on the network carrying the call is
 //      lost (its downlink works, so its watchdog sees nothing): the server, hearing nothing for
-//      a second, sends `restart_ice`, and the page renews its peer connection.
+//      a second, sends `restart_ice`, and the page renews its peer connection;
+//   5. rebind: a NAT rebinding (`netns.sh rebind`): the mover's UDP leaves from new ports, the
+//      mover does not know; the server takes its media from there on its SRTP (no restart, no
+//      renewal: the path migrates without one).
 //
 // Asserted: media flows again both ways within a bounded wait; the participant ids, the track
 // ids each receives of the other and the mover's seat in the room are unchanged (alice never
@@ -145,7 +148,8 @@ export async function runMove(kind, log = (m) => console.error(m)) {
   try {
     netnsLog(['link2', ns.name]);
     const dark = kind === 'restart' || kind === 'renew';
-    if (dark) netnsLog(['link', ns.name, '2', 'down']);
+    if (dark || kind === 'rebind') netnsLog(['link', ns.name, '2', 'down']);
+    if (kind === 'rebind') netnsLog(['rebind', ns.name, 'prepare']);
     server = await startServerAt(ns.rootAddr, `move-${kind}`);
     const rootBrowser = await launch(server, {});
     browsers.push(rootBrowser);
@@ -167,6 +171,7 @@ export async function runMove(kind, log = (m) => console.error(m)) {
     const metricsBefore = await metrics(server);
     const restartsBefore = metricsBefore.huizhen_sfu_ice_restarts_total || 0;
     const renewalsBefore = metricsBefore.huizhen_sfu_session_renewals_total || 0;
+    const movesBefore = metricsBefore.huizhen_sfu_media_source_moves_total || 0;
     const asksBefore = metricsBefore.huizhen_sfu_ice_restart_requests_total || 0;
 
     // Sample both directions every TICK_MS while the network changes.
@@ -185,7 +190,11 @@ export async function runMove(kind, log = (m) => console.error(m)) {
     await sleep(1000);
     const moverLocal = seen.mover.at(-1)?.local;
     const t0 = Date.now();
-    if (kind === 'migrate') {
+    if (kind === 'rebind') {
+      // The carrier's NAT maps the mover's UDP to new ports; the mover does not know.
+      log(`rebind: the call runs over ${moverLocal}; its NAT mapping changes`);
+      netnsLog(['rebind', ns.name, 'now']);
+    } else if (kind === 'migrate') {
       // The network the call runs on goes away.
       const network = moverLocal && moverLocal.startsWith('127.78.') ? '2' : '1';
       log(`migrate: the call runs over ${moverLocal} (network ${network}); taking it down`);
@@ -228,6 +237,7 @@ export async function runMove(kind, log = (m) => console.error(m)) {
     const restartsAfter = metricsAfter.huizhen_sfu_ice_restarts_total || 0;
     const asksAfter = metricsAfter.huizhen_sfu_ice_restart_requests_total || 0;
     const renewalsAfter = metricsAfter.huizhen_sfu_session_renewals_total || 0;
+    const movesAfter = metricsAfter.huizhen_sfu_media_source_moves_total || 0;
     const figures = {
       kind,
       path: `${moverLocal} -> ${after.mover.local}`,
@@ -239,6 +249,7 @@ export async function runMove(kind, log = (m) => console.error(m)) {
       pageRenewals: after.mover.renewals,
       serverRestarts: restartsAfter - restartsBefore,
       serverRenewals: renewalsAfter - renewalsBefore,
+      serverSourceMoves: movesAfter - movesBefore,
       serverAsks: asksAfter - asksBefore,
       moverTimeline: after.mover.timeline
         .filter((e) => e.at >= t0 - 500)
@@ -250,7 +261,15 @@ export async function runMove(kind, log = (m) => console.error(m)) {
     assert.deepEqual(after.alice.tracks, before.alice.tracks, "alice receives the mover's same tracks");
     assert.deepEqual(after.mover.tracks, before.mover.tracks, "the mover receives alice's same tracks");
     assert.deepEqual(after.alice.left, [], 'alice never saw anyone leave');
-    assert.notEqual(after.mover.local, moverLocal, `the mover's media left the old network: ${figures.path}`);
+    if (kind === 'rebind') {
+      // The mover did nothing: same pair, no restart, no renewal; the server took its media
+      // from the new port on its SRTP.
+      assert.equal(after.mover.local, moverLocal, `the mover kept its path: ${figures.path}`);
+      assert.deepEqual([...after.mover.restarts, ...after.mover.renewals], [], 'the mover did nothing');
+      assert.ok(figures.serverSourceMoves >= 1, `the server took the media from the new port: ${figures.serverSourceMoves}`);
+    } else {
+      assert.notEqual(after.mover.local, moverLocal, `the mover's media left the old network: ${figures.path}`);
+    }
     if (kind === 'uplink') {
       assert.ok(figures.serverAsks >= 1, `the server asked for a restart: ${figures.serverAsks}`);
       assert.ok(
@@ -281,7 +300,7 @@ const unavailable = process.argv[2] === 'bench' ? null : impairmentUnavailable()
 if (process.argv[2] === 'bench') {
   const n = Number(process.argv[3] || 3);
   const rows = [];
-  for (const kind of ['migrate', 'restart', 'renew', 'uplink']) {
+  for (const kind of ['migrate', 'restart', 'renew', 'uplink', 'rebind']) {
     for (let i = 0; i < n; i++) rows.push(await runMove(kind));
   }
   console.log('| case | path | alice: video gap | alice: audio gap | mover: video gap | mover: audio gap | page restarts | page renewals |');
@@ -308,6 +327,10 @@ if (process.argv[2] === 'bench') {
   });
   test('uplink: what the mover sends is lost, the server asks it to restart ICE', { skip: unavailable || false }, async (t) => {
     const f = await runMove('uplink', (m) => t.diagnostic(m));
+    t.diagnostic(JSON.stringify(f));
+  });
+  test('rebind: the NAT gives the mover new ports, the server follows its media without a restart', { skip: unavailable || false }, async (t) => {
+    const f = await runMove('rebind', (m) => t.diagnostic(m));
     t.diagnostic(JSON.stringify(f));
   });
 }

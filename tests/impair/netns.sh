@@ -43,6 +43,13 @@
 #                               (a path that goes dark without the interface going down); with
 #                               `up`, only what the namespace sends (its uplink breaks, its
 #                               downlink works)
+#   netns.sh rebind NAME prepare|now
+#                               a NAT rebinding on network 1 (a carrier's NAT gives the phone's
+#                               UDP flows a new public port mid-call; the phone does not know):
+#                               `prepare`, before the call, leaves the namespace's UDP untracked so
+#                               no NAT state pins a flow; `now` maps every UDP flow leaving through
+#                               network 1 to a new source port (61000-61999). What is sent to the
+#                               old port still arrives.
 #   netns.sh check              exit 0 if this machine can run the harness, else print why, exit 3
 # NAME: 1-10 characters [a-z0-9]. State lives in /run/huizhen-impair/.
 set -euo pipefail
@@ -321,6 +328,31 @@ cmd_prefer() {
   say "prefer $1: new connections use network $2"
 }
 
+cmd_rebind() {
+  check_name "${1:-}"; names "$1"
+  local x; x="$(cat "$STATE_DIR/$1.subnet")"
+  local nx=(ip netns exec "$NS" iptables -w 5)
+  case "${2:-}" in
+    prepare)
+      "${nx[@]}" -t raw -C OUTPUT -o "$NS_IF" -p udp -j CT --notrack 2>/dev/null ||
+        "${nx[@]}" -t raw -A OUTPUT -o "$NS_IF" -p udp -j CT --notrack
+      "${nx[@]}" -t raw -C PREROUTING -i "$NS_IF" -p udp -j CT --notrack 2>/dev/null ||
+        "${nx[@]}" -t raw -A PREROUTING -i "$NS_IF" -p udp -j CT --notrack
+      ;;
+    now)
+      # The NAT rule first, then tracking: the next packet of each flow opens a NAT mapping.
+      "${nx[@]}" -t nat -A POSTROUTING -o "$NS_IF" -p udp -j SNAT --to-source "127.77.$x.2:61000-61999"
+      "${nx[@]}" -t raw -D OUTPUT -o "$NS_IF" -p udp -j CT --notrack 2>/dev/null || true
+      # Inbound tracking once the flows' next packets have opened their mappings (media flows
+      # many times a second): an inbound packet first would open the flow unmapped.
+      sleep 0.2
+      "${nx[@]}" -t raw -D PREROUTING -i "$NS_IF" -p udp -j CT --notrack 2>/dev/null || true
+      ;;
+    *) die "rebind $1: prepare or now" ;;
+  esac
+  say "rebind $1: $2"
+}
+
 cmd_link() {
   check_name "${1:-}"; names "$1"
   local ifs; ifs="$(link_ifs "$1" "${2:-}")"
@@ -438,6 +470,7 @@ case "${1:-}" in
   link) shift; cmd_link "$@" ;;
   prefer) shift; cmd_prefer "$@" ;;
   blackhole) shift; cmd_blackhole "$@" ;;
+  rebind) shift; cmd_rebind "$@" ;;
   check) shift; cmd_check "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac
