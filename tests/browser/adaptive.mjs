@@ -37,7 +37,7 @@
 //      HUIZHEN_ADAPTIVE_EXTRA_TOML (more config sections, appended verbatim),
 //      HUIZHEN_TEST_KEEP_LOGS=1 (keep the server's log directory).
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -142,6 +142,19 @@ export function netnsLog(args) {
   } catch (err) {
     throw new Error(`netns.sh ${args.join(' ')} failed: ${(err.stderr || '').trim() || err.message}`);
   }
+}
+
+/**
+ * `netnsLog` without blocking the event loop: what samples a page while the network changes
+ * goes on sampling (a synchronous call left a hole in the samples as long as the command).
+ */
+export function netnsAsync(args) {
+  return new Promise((resolve, reject) => {
+    execFile(NETNS_SH, args, { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`netns.sh ${args.join(' ')} failed: ${(stderr || '').trim() || err.message}`));
+      else resolve(stdout);
+    });
+  });
 }
 
 // Namespaces still up are taken down whatever happens (exit, Ctrl-C).

@@ -40,6 +40,7 @@ import {
   metrics,
   namespaceDown,
   namespaceUp,
+  netnsAsync,
   netnsLog,
   startServerAt,
   stopServerAt,
@@ -193,26 +194,26 @@ export async function runMove(kind, log = (m) => console.error(m)) {
     if (kind === 'rebind') {
       // The carrier's NAT maps the mover's UDP to new ports; the mover does not know.
       log(`rebind: the call runs over ${moverLocal}; its NAT mapping changes`);
-      netnsLog(['rebind', ns.name, 'now']);
+      await netnsAsync(['rebind', ns.name, 'now']);
     } else if (kind === 'migrate') {
       // The network the call runs on goes away.
       const network = moverLocal && moverLocal.startsWith('127.78.') ? '2' : '1';
       log(`migrate: the call runs over ${moverLocal} (network ${network}); taking it down`);
-      netnsLog(['link', ns.name, network, 'down']);
+      await netnsAsync(['link', ns.name, network, 'down']);
     } else if (kind === 'uplink') {
       // Only what the mover sends on the network it uses is lost: it still receives, so its
       // own watchdog sees nothing; the server, hearing nothing, asks it to restart ICE.
       const network = moverLocal && moverLocal.startsWith('127.78.') ? '2' : '1';
       log(`uplink: the call runs over ${moverLocal} (network ${network}); its uplink goes dark`);
-      netnsLog(['blackhole', ns.name, network, 'on', 'up']);
+      await netnsAsync(['blackhole', ns.name, network, 'on', 'up']);
       // Its system notices the network has no way out and routes new connections over the
       // other one (the signaling socket rode on the broken one too).
-      netnsLog(['prefer', ns.name, network === '1' ? '2' : '1']);
+      await netnsAsync(['prefer', ns.name, network === '1' ? '2' : '1']);
     } else {
       log(`${kind}: the call runs over ${moverLocal}; network 1 goes dark`);
-      netnsLog(['blackhole', ns.name, '1', 'on']);
+      await netnsAsync(['blackhole', ns.name, '1', 'on']);
       // The phone's system notices and routes new connections over the other network.
-      netnsLog(['prefer', ns.name, '2']);
+      await netnsAsync(['prefer', ns.name, '2']);
     }
     // Media comes back both ways (bounded).
     await waitFor(`media from the mover again after the ${kind}`, async () => {

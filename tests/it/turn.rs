@@ -553,7 +553,39 @@ async fn a_tcp_allocation_carries_an_ice_tcp_session_to_the_sfu_and_nowhere_else
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A flood at the TURN UDP port from many source ports while the relayed call goes on:
+    // junk, unauthenticated and wrongly signed Allocates, ChannelData and Send indications for
+    // allocations that do not exist. Refused and counted; no allocation made; the call goes on.
+    let udp = server.turn_addrs().udp.expect("TURN over UDP");
+    let before_flood = subscriber.received_from(7, Kind::Audio);
+    let flood = flood_turn_udp(udp, ice_tcp, 20_000).await;
+    let mut during = 0;
+    for _ in 0..50 {
+        during = subscriber.received_from(7, Kind::Audio) - before_flood;
+        if during >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        during >= 50,
+        "the relayed call went on through a flood of {flood} messages: {during} packets"
+    );
     let text = metrics(&server).await;
+    assert_eq!(
+        metric_sum(&text, "huizhen_turn_allocations{transport=\"udp\"}"),
+        0.0,
+        "the flood made no allocation"
+    );
+    for reason in ["malformed", "no_allocation", "stale_nonce"] {
+        assert!(
+            metric_sum(
+                &text,
+                &format!("huizhen_turn_refused_total{{reason=\"{reason}\"}}")
+            ) >= 1000.0,
+            "refused as {reason}: {text}"
+        );
+    }
     assert_eq!(metric_sum(&text, "huizhen_turn_tcp_relays"), 1.0);
     assert!(metric_sum(&text, "huizhen_turn_relayed_in_packets_total") >= 50.0);
     assert!(
@@ -591,4 +623,59 @@ async fn a_tcp_allocation_carries_an_ice_tcp_session_to_the_sfu_and_nowhere_else
     assert!(gone, "the data connection ended with its allocation");
     subscriber.close().await;
     server.shutdown().await;
+}
+
+/// Send `n` bad TURN messages to `server` over UDP from 16 source ports, as fast as the
+/// sockets take them: junk, ChannelData and Send indications without an allocation,
+/// Allocates without credentials and with a forged one. Returns how many were sent.
+async fn flood_turn_udp(server: SocketAddr, peer: SocketAddr, n: usize) -> usize {
+    let mut sockets = Vec::new();
+    for _ in 0..16 {
+        sockets.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let forged = Client {
+        transport: Conn::Udp(UdpSocket::bind("127.0.0.1:0").await.unwrap(), server),
+        username: "4000000000:stranger".into(),
+        password: "not-the-hmac".into(),
+        nonce: Some("ffffffffff-000000000000000000000000".into()),
+    };
+    let unsigned = Client {
+        nonce: None,
+        ..Client {
+            transport: Conn::Udp(UdpSocket::bind("127.0.0.1:0").await.unwrap(), server),
+            username: String::new(),
+            password: String::new(),
+            nonce: None,
+        }
+    };
+    let allocate = |c: &Client| {
+        c.request(ALLOCATE, TransactionId::generate(), &|b, _| {
+            b.add_attribute(&RequestedTransport::new(17)).unwrap();
+        })
+    };
+    let mut send = Message::builder(
+        MessageType::from_class_method(MessageClass::Indication, SEND),
+        TransactionId::generate(),
+        MessageWriteVec::new(),
+    );
+    let tid = send.transaction_id();
+    send.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+    send.add_attribute(&AData::new(b"relay me")).unwrap();
+    let send = send.finish();
+    let kinds: [Vec<u8>; 5] = [
+        b"\x17\x03\x03 definitely not TURN".to_vec(),
+        vec![0x40, 0x01, 0x00, 0x04, 1, 2, 3, 4],
+        send,
+        allocate(&unsigned),
+        allocate(&forged),
+    ];
+    for i in 0..n {
+        let socket = &sockets[i % sockets.len()];
+        // Unbounded in nothing but count: a full socket buffer just drops (UDP).
+        let _ = socket.send_to(&kinds[i % kinds.len()], server).await;
+        if i % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    n
 }
