@@ -77,7 +77,9 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct SignalingConfig {
     /// Allow `join` by room name without a clinic consultation (development, open meetings).
-    pub open_rooms: bool,
+    /// Unset: on only in development mode (no token key configured), off otherwise, so a
+    /// production server admits calls only through the clinic's access rules.
+    pub open_rooms: Option<bool>,
     /// Base URL printed in links (`http(s)://host:port`); derived from `http.listen` if unset.
     pub public_url: Option<String>,
     /// How long a participant whose WebSocket dropped is kept (media and all) for `resume`;
@@ -95,7 +97,7 @@ impl SignalingConfig {
 impl Default for SignalingConfig {
     fn default() -> Self {
         SignalingConfig {
-            open_rooms: true,
+            open_rooms: None,
             public_url: None,
             resume_grace_seconds: 30,
         }

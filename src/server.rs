@@ -244,6 +244,13 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     if generated_secret {
         warn!("auth: no token key configured; using a generated development secret (tokens from a hospital system will not verify)");
     }
+    // Rooms by name: on in development unless configured, off in production unless configured.
+    let open_rooms = config.signaling.open_rooms.unwrap_or(generated_secret);
+    match (config.signaling.open_rooms, open_rooms) {
+        (None, true) => warn!("development mode: open rooms are on (anyone may join a room by name; signaling.open_rooms = false turns them off)"),
+        (Some(true), _) => info!("open rooms are on (signaling.open_rooms): anyone may join a room by name"),
+        _ => info!("open rooms are off: calls go through the clinic (signaling.open_rooms)"),
+    }
 
     let sfu_config = sfu_config(&config, udp_addr, tcp_addr);
     let turn = start_turn(
@@ -340,7 +347,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             clinic: clinic.clone(),
             verifier,
             metrics: signaling,
-            open_rooms: config.signaling.open_rooms,
+            open_rooms,
             sources: sources.clone(),
             penalties: Arc::new(std::sync::Mutex::new(http::penalty::PenaltyBox::new(
                 PENALTY_WINDOW,

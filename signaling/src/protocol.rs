@@ -19,7 +19,18 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
 /// Longest accepted room name, in bytes.
-pub const MAX_ROOM_NAME_BYTES: usize = 128;
+pub const MAX_ROOM_NAME_BYTES: usize = 64;
+
+/// Whether `name` may name a room: 1-[`MAX_ROOM_NAME_BYTES`] characters of `A-Z a-z 0-9 - _ .`.
+/// A small alphabet on purpose: no look-alikes (`consult\u{200b}-c1` passed for a consultation
+/// room), nothing a URL path or a log line has to escape.
+pub fn room_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ROOM_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
 
 /// Longest accepted resume token, in bytes (the server issues 43).
 pub const MAX_RESUME_TOKEN_BYTES: usize = 128;
@@ -870,13 +881,10 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
         if *v != PROTOCOL_VERSION {
             return Err(ProtocolError::UnsupportedVersion(*v));
         }
-        if room.is_empty() || room.len() > MAX_ROOM_NAME_BYTES {
+        if !room_name_ok(room) {
             return Err(invalid(format!(
-                "room must be 1..={MAX_ROOM_NAME_BYTES} bytes"
+                "room names are 1-{MAX_ROOM_NAME_BYTES} characters of A-Z a-z 0-9 - _ ."
             )));
-        }
-        if room.chars().any(|c| c.is_control()) {
-            return Err(invalid("room must not contain control characters".into()));
         }
         if display_name.len() > MAX_DISPLAY_NAME_BYTES {
             return Err(invalid(format!(
@@ -911,6 +919,29 @@ impl ServerMessage {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn room_names_are_a_small_safe_alphabet() {
+        for ok in ["demo", "lecture-2026.12_a", &"a".repeat(64)] {
+            assert!(room_name_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "consult\u{200b}-c1",
+            "Room 1",
+            "a/b",
+            "病房",
+            &"a".repeat(65),
+        ] {
+            assert!(!room_name_ok(bad), "{bad:?}");
+            let frame = format!(
+                r#"{{"type":"join","v":1,"room":{},"display_name":"d"}}"#,
+                serde_json::to_string(bad).unwrap()
+            );
+            assert!(parse_client_message(&frame).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -39,8 +39,9 @@ use crate::clinic::{ClinicCommand, ClinicRequest, CommandReply};
 use crate::edge::{MediaCommand, SIGNAL_QUEUE};
 use crate::sfu::{LeaveReason, ParticipantId, PeerMode, SfuError};
 
-use super::ws::{SessionDeps, CONSULTATION_ROOM_PREFIX};
+use super::ws::SessionDeps;
 use super::AppState;
+use huizhen_signaling::protocol::room_name_ok;
 
 /// `Content-Type` of an offer and an answer.
 pub const SDP: &str = "application/sdp";
@@ -51,7 +52,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What a WHEP player is told to wait before trying again when nobody publishes yet.
 pub const RETRY_AFTER_SECS: u64 = 5;
 /// Room names reachable by name: the characters of a URL path segment that need no escaping.
-const MAX_ROOM_NAME: usize = 64;
 
 /// Publish (WHIP) or play (WHEP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,14 +390,6 @@ fn nothing_accepted(answer: &str) -> bool {
     !ports.is_empty() && ports.iter().all(|p| *p == "0")
 }
 
-fn room_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_ROOM_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
@@ -412,6 +404,30 @@ fn new_etag() -> String {
     format!("\"{}\"", random_hex(8))
 }
 
+/// A room by name may be entered: a name of the safe alphabet, not a consultation's, and open
+/// rooms on.
+fn room_open(deps: &SessionDeps, name: &str) -> Result<(), Refusal> {
+    if !room_name_ok(name) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    if super::ws::is_consultation_room(name) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "consultation rooms are reached at /whip/consultation/{id}",
+        ));
+    }
+    if !deps.open_rooms {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "joining rooms by name is disabled on this server (signaling.open_rooms)",
+        ));
+    }
+    Ok(())
+}
+
 async fn create(
     kind: Kind,
     state: &AppState,
@@ -420,6 +436,11 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let deps = &state.session;
+    // Whether the room may be entered at all comes first: a stranger's body for a room that
+    // is closed to it is not looked at.
+    if let Target::Room(name) = &target {
+        room_open(deps, name)?;
+    }
     let sdp = check_offer(kind, headers, &body)?;
     let token = bearer(headers)?;
     let session = super::ws::next_session_id();
@@ -427,24 +448,6 @@ async fn create(
     // The room, whether it may publish, and the clinic session to close afterwards.
     let (room, display_name, may_publish, clinic) = match target {
         Target::Room(name) => {
-            if !room_name_ok(&name) {
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
-                ));
-            }
-            if name.starts_with(CONSULTATION_ROOM_PREFIX) {
-                return Err(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "consultation rooms are reached at /whip/consultation/{id}",
-                ));
-            }
-            if !deps.open_rooms {
-                return Err(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "joining rooms by name is disabled on this server (signaling.open_rooms)",
-                ));
-            }
             let display_name = match token {
                 Some(token) => verify(deps, token)?.display_name,
                 None => match kind {

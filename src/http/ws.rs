@@ -154,6 +154,13 @@ pub const MAX_STRANGER_REFUSALS: u32 = 3;
 /// Rooms of consultations: only reachable through `join_consultation`.
 pub const CONSULTATION_ROOM_PREFIX: &str = "consult-";
 
+/// Whether a room name is in the consultation rooms' namespace, in any letter case (a name
+/// that only looks like one is refused as well).
+pub fn is_consultation_room(name: &str) -> bool {
+    name.get(..CONSULTATION_ROOM_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(CONSULTATION_ROOM_PREFIX))
+}
+
 struct Session {
     id: u64,
     deps: SessionDeps,
@@ -450,7 +457,7 @@ impl Session {
                 "this socket has already joined a room; open a new socket to join another".into(),
             ));
         }
-        if room.starts_with(CONSULTATION_ROOM_PREFIX) {
+        if is_consultation_room(&room) {
             return self
                 .refuse(
                     "join",

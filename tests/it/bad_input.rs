@@ -292,3 +292,61 @@ async fn a_source_whose_sockets_keep_being_closed_for_refusals_is_shut_out() {
     assert_eq!(status, 200);
     server.shutdown().await;
 }
+
+/// A server with a token key (production) admits calls through the clinic only: rooms by name
+/// are refused over the WebSocket and WHIP unless `signaling.open_rooms` says otherwise.
+#[tokio::test]
+async fn open_rooms_are_off_in_production_unless_configured() {
+    init_tracing();
+    let secret = "a-production-secret-from-the-hospital-0123456789".to_owned();
+    for open_rooms in [None, Some(false), Some(true)] {
+        let mut config = huizhen::config::Config::loopback_for_tests();
+        config.auth.hs256_secret = Some(secret.clone());
+        config.signaling.open_rooms = open_rooms;
+        let server = huizhen::server::start(config).await.unwrap();
+        let mut ws = connect_ws(server.http_addr()).await;
+        send_msg(&mut ws, &join_msg("demo", "Stranger")).await;
+        let whip = reqwest::Client::new()
+            .post(format!("http://{}/whip/room/demo", server.http_addr()))
+            .header("content-type", "application/sdp")
+            .body("v=0\r\n")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if open_rooms == Some(true) {
+            assert!(
+                matches!(recv_msg(&mut ws).await, ServerMessage::Joined { .. }),
+                "configured on: joined"
+            );
+            assert_ne!(
+                whip.as_u16(),
+                403,
+                "configured on: WHIP is not refused as forbidden"
+            );
+        } else {
+            let message = expect_error(&mut ws, ErrorCode::Forbidden).await;
+            assert!(message.contains("open_rooms"), "{message}");
+            assert_eq!(whip.as_u16(), 403, "{open_rooms:?}");
+        }
+        server.shutdown().await;
+    }
+}
+
+/// Room names are a small alphabet; consultation rooms are out of reach by name in any case.
+#[tokio::test]
+async fn room_names_outside_the_alphabet_or_like_consultations_are_refused() {
+    init_tracing();
+    let server = start_server().await;
+    for (room, code) in [
+        ("consult\u{200b}-c1", ErrorCode::InvalidMessage),
+        ("Consult-c1", ErrorCode::Forbidden),
+        ("a room", ErrorCode::InvalidMessage),
+    ] {
+        let mut ws = connect_ws(server.http_addr()).await;
+        send_msg(&mut ws, &join_msg(room, "Stranger")).await;
+        let message = expect_error(&mut ws, code).await;
+        assert!(!message.contains(room), "the name is not echoed: {message}");
+    }
+    server.shutdown().await;
+}
