@@ -38,6 +38,54 @@ pub const MAX_RESUME_TOKEN_BYTES: usize = 128;
 /// Longest accepted display name, in bytes.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 128;
 
+/// Longest accepted text `request_id`, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// A client's label for one request (the optional `request_id` of any client message): the
+/// server echoes it in the reply to that message (the `error` it caused, or `joined`,
+/// `resumed`, `answer`, ...), so a client with several requests in flight knows which one an
+/// error is about. A non-negative integer or a string of at most [`MAX_REQUEST_ID_BYTES`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// A number.
+    Number(u64),
+    /// A string.
+    Text(String),
+}
+
+/// The `request_id` of a client frame: `Ok(None)` when it has none (or is not a JSON object),
+/// an error when it has one that is not a [`RequestId`] (the error does not quote it).
+pub fn request_id_of(frame: &str) -> Result<Option<RequestId>, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        request_id: Option<serde_json::Value>,
+    }
+    let Ok(Only { request_id }) = serde_json::from_str::<Only>(frame) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ProtocolError::InvalidMessage {
+        kind: "request_id".into(),
+        detail: format!(
+            "request_id must be a non-negative integer or a string of at most {MAX_REQUEST_ID_BYTES} bytes"
+        ),
+    }
+    };
+    match request_id {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .map(|n| Some(RequestId::Number(n)))
+            .ok_or_else(invalid),
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_REQUEST_ID_BYTES => {
+            Ok(Some(RequestId::Text(s)))
+        }
+        Some(_) => Err(invalid()),
+    }
+}
+
 /// A token to take a participant back after its socket dropped ([`ClientMessage::Resume`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeGrant {
@@ -906,6 +954,23 @@ impl ServerMessage {
         serde_json::to_string(self).unwrap_or_else(|_| {
             r#"{"type":"error","code":"internal","message":"serialization failed"}"#.into()
         })
+    }
+
+    /// [`Self::to_json`] with `request_id` added (the reply to a request that had one).
+    pub fn to_json_for(&self, request_id: Option<&RequestId>) -> String {
+        let Some(id) = request_id else {
+            return self.to_json();
+        };
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                map.insert(
+                    "request_id".into(),
+                    serde_json::to_value(id).unwrap_or(serde_json::Value::Null),
+                );
+                serde_json::Value::Object(map).to_string()
+            }
+            _ => self.to_json(),
+        }
     }
 
     /// Build an error frame.

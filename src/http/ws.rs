@@ -11,7 +11,9 @@
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use huizhen_signaling::protocol::{parse_client_message, ClientMessage, ErrorCode, ServerMessage};
+use huizhen_signaling::protocol::{
+    parse_client_message, request_id_of, ClientMessage, ErrorCode, RequestId, ServerMessage,
+};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -174,8 +176,46 @@ struct Session {
     peer: Option<std::net::IpAddr>,
     /// Refused frames while neither authenticated nor joined.
     stranger_refusals: u32,
+    /// Requests whose reply comes from the media task (`joined`, `resumed`, `answer`) and
+    /// their `request_id`, oldest first (bounded).
+    awaiting: std::collections::VecDeque<(Awaited, RequestId)>,
     /// The participant's current resume token (given in `joined` or `resumed`).
     resume_token: Option<String>,
+}
+
+/// A reply that arrives from the media task rather than from the frame's handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    Joined,
+    Resumed,
+    Answer,
+}
+
+/// Requests remembered for [`Awaited`] replies (more in flight lose their ids, oldest first).
+const MAX_AWAITED: usize = 8;
+
+impl Awaited {
+    /// What `message` (a client request) is answered with, if it comes from the media task.
+    fn of(message: &ClientMessage) -> Option<Awaited> {
+        match message {
+            ClientMessage::Join { .. } | ClientMessage::JoinConsultation { .. } => {
+                Some(Awaited::Joined)
+            }
+            ClientMessage::Resume { .. } => Some(Awaited::Resumed),
+            ClientMessage::Offer { .. } => Some(Awaited::Answer),
+            _ => None,
+        }
+    }
+
+    /// Whether `message` is this kind of reply.
+    fn is(self, message: &ServerMessage) -> bool {
+        matches!(
+            (self, message),
+            (Awaited::Joined, ServerMessage::Joined { .. })
+                | (Awaited::Resumed, ServerMessage::Resumed { .. })
+                | (Awaited::Answer, ServerMessage::Answer { .. })
+        )
+    }
 }
 
 /// What to do after a client frame.
@@ -208,6 +248,7 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
         source,
         peer,
         stranger_refusals: 0,
+        awaiting: Default::default(),
         resume_token: None,
     };
     let deadline = tokio::time::sleep(AUTH_DEADLINE);
@@ -224,7 +265,13 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                     ServerMessage::Bye { reason } => Some(reason.clone()),
                     _ => None,
                 };
-                if send(&mut sink, &metrics, &message).await.is_err() {
+                let request_id = session
+                    .awaiting
+                    .iter()
+                    .position(|(kind, _)| kind.is(&message))
+                    .and_then(|i| session.awaiting.remove(i))
+                    .map(|(_, id)| id);
+                if send(&mut sink, &metrics, &message, request_id.as_ref()).await.is_err() {
                     break;
                 }
                 if let Some(reason) = bye {
@@ -264,13 +311,20 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                     ErrorCode::NotAuthenticated,
                     format!("no auth within {} s; closing", AUTH_DEADLINE.as_secs()),
                 );
-                let _ = send(&mut sink, &metrics, &message).await;
+                let _ = send(&mut sink, &metrics, &message, None).await;
                 session.penalize();
                 break;
             }
             frame = stream.next() => {
+                let mut request_id = None;
                 let next = match frame {
-                    Some(Ok(Message::Text(text))) => session.on_text(&text).await,
+                    Some(Ok(Message::Text(text))) => match request_id_of(&text) {
+                        Ok(id) => {
+                            request_id = id;
+                            session.on_text(&text, request_id.as_ref()).await
+                        }
+                        Err(e) => Next::Reply(session.error(e.code(), e.to_string())),
+                    },
                     Some(Ok(Message::Binary(_))) => Next::Reply(session.error(
                         ErrorCode::BadJson,
                         "binary frames are not supported; send JSON text frames".into(),
@@ -282,7 +336,13 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                     Next::Continue => {}
                     Next::Reply(message) => {
                         let refused = matches!(message, ServerMessage::Error { .. });
-                        if send(&mut sink, &metrics, &message).await.is_err() {
+                        if refused {
+                            // Its reply will not come from the media task.
+                            if let Some(id) = &request_id {
+                                session.awaiting.retain(|(_, waiting)| waiting != id);
+                            }
+                        }
+                        if send(&mut sink, &metrics, &message, request_id.as_ref()).await.is_err() {
                             break;
                         }
                         if refused && session.is_stranger() {
@@ -292,7 +352,7 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                                     ErrorCode::TooManyRefusals,
                                     "too many refused frames before authenticating; closing".into(),
                                 );
-                                let _ = send(&mut sink, &metrics, &message).await;
+                                let _ = send(&mut sink, &metrics, &message, None).await;
                                 session.penalize();
                                 break;
                             }
@@ -308,16 +368,20 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
     metrics.connections.dec();
 }
 /// Write one message; every error frame, whoever produced it, is counted here.
+/// `request_id`: the client's label of the request this answers, echoed.
 async fn send(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     metrics: &SignalingMetrics,
     message: &ServerMessage,
+    request_id: Option<&RequestId>,
 ) -> Result<(), axum::Error> {
     if let ServerMessage::Error { code, .. } = message {
         metrics.errors.with_label_values(&[code.as_str()]).inc();
     }
-    sink.send(Message::Text(Utf8Bytes::from(message.to_json())))
-        .await
+    sink.send(Message::Text(Utf8Bytes::from(
+        message.to_json_for(request_id),
+    )))
+    .await
 }
 
 impl Session {
@@ -396,7 +460,7 @@ impl Session {
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Next {
+    async fn on_text(&mut self, text: &str, request_id: Option<&RequestId>) -> Next {
         let message = match parse_client_message(text) {
             Ok(m) => m,
             Err(e) => {
@@ -413,6 +477,12 @@ impl Session {
             .messages
             .with_label_values(&[message_type(&message)])
             .inc();
+        if let (Some(kind), Some(id)) = (Awaited::of(&message), request_id) {
+            if self.awaiting.len() >= MAX_AWAITED {
+                self.awaiting.pop_front();
+            }
+            self.awaiting.push_back((kind, id.clone()));
+        }
         match message {
             ClientMessage::Ping {} => Next::Reply(ServerMessage::Pong {}),
             ClientMessage::Join {

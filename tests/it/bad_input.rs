@@ -350,3 +350,64 @@ async fn room_names_outside_the_alphabet_or_like_consultations_are_refused() {
     }
     server.shutdown().await;
 }
+
+/// Next text frame as JSON (the `request_id` is not part of [`ServerMessage`]).
+async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the socket is open")
+            .expect("no socket error");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            return serde_json::from_str(&text).expect("JSON");
+        }
+    }
+}
+
+/// A request's `request_id` comes back in its reply, whether the reply is an error, a `pong`,
+/// or `joined` from the media task; a bad one is refused without being quoted.
+#[tokio::test]
+async fn request_ids_are_echoed_in_replies_and_errors() {
+    init_tracing();
+    let server = start_server().await;
+    let mut ws = connect_ws(server.http_addr()).await;
+    send_text(&mut ws, r#"{"type":"ping","request_id":7}"#).await;
+    let pong = next_json(&mut ws).await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["request_id"].as_u64()),
+        (Some("pong"), Some(7))
+    );
+    send_text(
+        &mut ws,
+        r#"{"type":"offer","sdp":"v=0","request_id":"o-1"}"#,
+    )
+    .await;
+    let error = next_json(&mut ws).await;
+    assert_eq!(error["code"], "not_joined");
+    assert_eq!(error["request_id"], "o-1");
+    let long = "x".repeat(65);
+    send_text(
+        &mut ws,
+        format!(r#"{{"type":"ping","request_id":"{long}"}}"#),
+    )
+    .await;
+    let error = next_json(&mut ws).await;
+    assert_eq!(error["code"], "invalid_message");
+    assert!(!error.to_string().contains(&long), "not quoted: {error}");
+    send_text(
+        &mut ws,
+        r#"{"type":"join","v":1,"room":"rid-room","display_name":"Ann","request_id":"j-1"}"#,
+    )
+    .await;
+    let joined = next_json(&mut ws).await;
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(joined["request_id"], "j-1");
+    // A frame without one gets a reply without one.
+    send_text(&mut ws, r#"{"type":"ping"}"#).await;
+    let pong = next_json(&mut ws).await;
+    assert!(pong.get("request_id").is_none(), "{pong}");
+    server.shutdown().await;
+}
