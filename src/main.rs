@@ -38,11 +38,48 @@ enum Command {
     },
 }
 
+/// Where a tool finds the server's data: the same rule for every subcommand. The configuration
+/// file (`--config` or `HUIZHEN_CONFIG`; without one, the embedded defaults, as `serve` uses),
+/// then `--data-dir` over its `storage.data_dir`. Tools never create a database, a secret or
+/// an archive: what is missing is named and the tool fails.
 #[derive(clap::Args)]
-struct ArchiveArgs {
-    /// TOML configuration file (archive location, keys, data directory).
+struct DataArgs {
+    /// TOML configuration file (the server's).
     #[arg(long, env = "HUIZHEN_CONFIG")]
     config: Option<PathBuf>,
+    /// Override storage.data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// The server's database, which must exist (a tool never creates one).
+fn existing_store(config: &Config) -> anyhow::Result<huizhen::store::Store> {
+    let path = config.storage.data_dir.join("huizhen.db");
+    anyhow::ensure!(
+        path.is_file(),
+        "no database at {} (give the server's --config or --data-dir)",
+        path.display()
+    );
+    Ok(huizhen::store::Store::open(&path)?)
+}
+
+#[derive(clap::Args)]
+struct ArchiveArgs {
+    #[command(flatten)]
+    data: DataArgs,
     /// Key-encryption key file (32 bytes, hex or base64); default: recording.kek_file/kek_env,
     /// or the development key in the data directory.
     #[arg(long)]
@@ -86,9 +123,8 @@ enum RecordingCommand {
 
 #[derive(clap::Args)]
 struct TokenArgs {
-    /// TOML configuration file (for the key and the data directory).
-    #[arg(long, env = "HUIZHEN_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// User id.
     #[arg(long)]
     sub: String,
@@ -116,15 +152,13 @@ struct TokenArgs {
 enum AuditCommand {
     /// Check the hash chain of the audit trail; names the first bad entry.
     Verify {
-        /// TOML configuration file (for the data directory).
-        #[arg(long, env = "HUIZHEN_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// Write the audit trail as JSON lines (for a regulator's platform).
     Export {
-        /// TOML configuration file (for the data directory).
-        #[arg(long, env = "HUIZHEN_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
         /// Output file; standard output if absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -256,17 +290,22 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
-fn config_or_default(path: &Option<PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(p) => Config::from_file(p)?,
-        None => Config::default(),
-    })
-}
-
 fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
-    let config = config_or_default(&args.config)?;
-    let store = huizhen::store::Store::open(&config.storage.data_dir.join("huizhen.db"))?;
-    let (auth, _) = huizhen::server::resolve_auth(&config, &store)?;
+    let config = args.data.config()?;
+    let auth = if config.auth.is_dev_mode() {
+        // The development secret the server generated and kept in its database: without
+        // one, tokens minted with a fresh secret would be refused by the server.
+        let store = existing_store(&config)?;
+        let path = config.storage.data_dir.join("huizhen.db");
+        anyhow::ensure!(
+            store.get_meta(huizhen::server::DEV_SECRET_KEY)?.is_some(),
+            "no development secret in {} (start the server once, or configure [auth])",
+            path.display()
+        );
+        huizhen::server::resolve_auth(&config, &store)?.0
+    } else {
+        config.auth.clone()
+    };
     let minter = huizhen::auth::TokenMinter::new(&auth)?;
     let role: huizhen_signaling::clinic::Role =
         serde_json::from_value(serde_json::Value::String(args.role.clone()))
@@ -284,12 +323,10 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
 
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let (config, out) = match &command {
-        AuditCommand::Verify { config } => (config_or_default(config)?, None),
-        AuditCommand::Export { config, out } => (config_or_default(config)?, Some(out.clone())),
+        AuditCommand::Verify { data } => (data.config()?, None),
+        AuditCommand::Export { data, out } => (data.config()?, Some(out.clone())),
     };
-    let path = config.storage.data_dir.join("huizhen.db");
-    anyhow::ensure!(path.exists(), "no database at {}", path.display());
-    let store = huizhen::store::Store::open(&path)?;
+    let store = existing_store(&config)?;
     let entries = store.audit_entries(1)?;
     match out {
         None => match huizhen::audit::verify(&entries) {
@@ -359,8 +396,13 @@ async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
         | RecordingCommand::Verify { archive, .. }
         | RecordingCommand::Export { archive, .. } => archive,
     };
-    let config = config_or_default(&args.config)?;
-    let store = huizhen::archive::build_store(&config.archive)?;
+    let config = args.data.config()?;
+    let store = huizhen::archive::build_store_read_only(&config.archive).with_context(|| {
+        format!(
+            "opening the archive (archive.local_dir {}; give the server's --config)",
+            config.archive.local_dir.display()
+        )
+    })?;
     let (kek, signer) = archive_keys(&config, args)?;
     match &command {
         RecordingCommand::List { .. } => {

@@ -548,7 +548,8 @@ fn resolve_api_key(config: &Config, store: &Store) -> Result<(String, bool), Ser
     Ok((key, true))
 }
 
-const DEV_SECRET_KEY: &str = "dev_hs256_secret";
+/// The database meta key of the development token secret (see [`resolve_auth`]).
+pub const DEV_SECRET_KEY: &str = "dev_hs256_secret";
 const DEV_API_KEY: &str = "dev_api_key";
 
 /// Base URL for printed links.

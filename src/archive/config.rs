@@ -366,6 +366,19 @@ pub fn build_store(config: &ArchiveConfig) -> Result<Arc<dyn ArchiveStore>, Arch
     }
 }
 
+/// [`build_store`] for tools that only read (verification, export, listing): a local archive
+/// must exist already (it is never created, so a tool run from the wrong directory fails
+/// naming the path it looked at instead of showing an empty archive) and is opened read-only.
+pub fn build_store_read_only(
+    config: &ArchiveConfig,
+) -> Result<Arc<dyn ArchiveStore>, ArchiveError> {
+    config.validate()?;
+    match config.backend {
+        ArchiveBackend::Local => Ok(Arc::new(LocalStore::open_read_only(&config.local_dir)?)),
+        ArchiveBackend::S3 => build_store(config),
+    }
+}
+
 /// `https://` anywhere, `http://` only to this machine: segments are encrypted, but the
 /// credentials' signatures and object names would cross the network in clear text.
 fn check_endpoint(endpoint: &str) -> Result<(), String> {

@@ -44,7 +44,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use config::{build_store, ArchiveBackend, ArchiveConfig, ObjectLockMode};
+pub use config::{
+    build_store, build_store_read_only, ArchiveBackend, ArchiveConfig, ObjectLockMode,
+};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use s3::{S3Settings, S3Store};

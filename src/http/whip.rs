@@ -329,7 +329,7 @@ fn check_offer(kind: Kind, headers: &HeaderMap, body: &[u8]) -> Result<String, R
             "the body is not an SDP offer (it does not parse)",
         ));
     }
-    let directions = m_line_directions(text);
+    let directions = crate::sfu::m_line_directions(text);
     if directions.is_empty() {
         return Err(Refusal::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -353,30 +353,6 @@ fn check_offer(kind: Kind, headers: &HeaderMap, body: &[u8]) -> Result<String, R
         return Err(Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, what));
     }
     Ok(text.to_owned())
-}
-
-/// The direction attribute of each audio or video m-section (`sendrecv` when absent).
-fn m_line_directions(sdp: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    let mut media = false;
-    for line in sdp.lines().map(str::trim) {
-        if let Some(m) = line.strip_prefix("m=") {
-            media = m.starts_with("audio") || m.starts_with("video");
-            if media {
-                out.push("sendrecv");
-            }
-        } else if media {
-            if let Some(d) = ["sendrecv", "sendonly", "recvonly", "inactive"]
-                .into_iter()
-                .find(|d| line.strip_prefix("a=") == Some(*d))
-            {
-                if let Some(last) = out.last_mut() {
-                    *last = d;
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The answer's m-lines all refused (port 0): no codec in common.
@@ -942,7 +918,10 @@ mod tests {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n\
                    m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
                    m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=recvonly\r\n";
-        assert_eq!(m_line_directions(sdp), vec!["sendonly", "sendrecv"]);
+        assert_eq!(
+            crate::sfu::m_line_directions(sdp),
+            vec!["sendonly", "sendrecv"]
+        );
     }
 
     #[test]

@@ -140,6 +140,25 @@ const STATS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Most `sources` entries an offer may carry (more m-lines than any client publishes).
 const MAX_SOURCES: usize = 32;
+
+/// Most tracks one participant publishes (a camera, a microphone, a screen share and a
+/// clinical instrument are four; a client offering more sending m-lines is refused before its
+/// offer is negotiated, so a stranger cannot make the server hold hundreds of streams).
+pub const MAX_PUBLISHED_TRACKS: usize = 8;
+
+/// Refuse an offer that would publish more than [`MAX_PUBLISHED_TRACKS`].
+fn check_published(sdp: &str) -> Result<(), SfuError> {
+    let sending = m_line_directions(sdp)
+        .iter()
+        .filter(|d| **d == "sendonly" || **d == "sendrecv")
+        .count();
+    if sending > MAX_PUBLISHED_TRACKS {
+        return Err(SfuError::InvalidMessage(format!(
+            "an offer sends at most {MAX_PUBLISHED_TRACKS} tracks ({sending} sending m-lines)"
+        )));
+    }
+    Ok(())
+}
 /// Most entries of one `track_preferences` (more tracks than a room of the largest size
 /// sends one subscriber).
 pub const MAX_PREFERENCES: usize = 512;
@@ -911,6 +930,7 @@ impl Sfu {
     }
 
     fn handle_offer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
+        check_published(sdp)?;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
         let p = self
             .participants
@@ -967,6 +987,7 @@ impl Sfu {
         sdp: &str,
         sources: std::collections::BTreeMap<String, TrackSource>,
     ) -> Result<(), SfuError> {
+        check_published(sdp)?;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
         let p = self
             .participants
@@ -2981,6 +3002,30 @@ impl Sfu {
         // drives the send-side bandwidth estimate the allocation runs on.
         self.signal(id, ServerMessage::Offer { sdp });
     }
+}
+
+/// The direction attribute of each audio or video m-section (`sendrecv` when absent).
+pub fn m_line_directions(sdp: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut media = false;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            media = m.starts_with("audio") || m.starts_with("video");
+            if media {
+                out.push("sendrecv");
+            }
+        } else if media {
+            if let Some(d) = ["sendrecv", "sendonly", "recvonly", "inactive"]
+                .into_iter()
+                .find(|d| line.strip_prefix("a=") == Some(*d))
+            {
+                if let Some(last) = out.last_mut() {
+                    *last = d;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The SSRC of an RTP packet (not RTCP, RFC 5761: payload types 192-223 are RTCP).

@@ -323,6 +323,50 @@ fn garbage_datagrams_are_counted_and_do_not_disturb_the_room() {
 }
 
 #[test]
+fn an_offer_publishing_more_than_the_track_cap_is_refused_before_negotiation() {
+    use super::{SfuError, SignalInput, MAX_PUBLISHED_TRACKS};
+    let mut net = SimNet::new(8);
+    let a = net.add_client("room", AV);
+    let id = net.clients[a].id;
+    let offer = |n: usize| {
+        let mut rtc = str0m::Rtc::builder().build(net.now);
+        rtc.add_local_candidate(
+            str0m::Candidate::host("127.0.0.9:9".parse().unwrap(), "udp").unwrap(),
+        );
+        let mut change = rtc.sdp_api();
+        for _ in 0..n {
+            change.add_media(
+                MediaKind::Audio,
+                str0m::media::Direction::SendOnly,
+                None,
+                None,
+                None,
+            );
+        }
+        change.apply().unwrap().0.to_sdp_string()
+    };
+    let too_many = offer(MAX_PUBLISHED_TRACKS + 1);
+    for input in [
+        SignalInput::Offer {
+            sdp: too_many.clone(),
+            sources: Default::default(),
+        },
+        SignalInput::Renew {
+            sdp: too_many.clone(),
+            sources: Default::default(),
+        },
+    ] {
+        let err = net.sfu.handle_signal(net.now, id, input).unwrap_err();
+        assert!(
+            matches!(&err, SfuError::InvalidMessage(m) if m.contains("at most 8")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(net.sfu.track_counts().0, 2, "still A's two tracks");
+    assert_eq!(net.sfu.metrics().session_renewals.get(), 0);
+}
+
+#[test]
 fn bad_sdp_and_candidates_get_typed_errors() {
     use super::{SfuError, SignalInput};
     let mut net = SimNet::new(7);

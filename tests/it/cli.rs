@@ -56,8 +56,10 @@ fn serve_prints_links_and_stops_on_sigterm() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let mut http_addr = None;
+    let mut seen = Vec::new();
     for _ in 0..10 {
         let Some(Ok(line)) = lines.next() else { break };
+        seen.push(line.clone());
         if let Some(rest) = line.split("http://").nth(1) {
             if line.contains("/room/demo") {
                 http_addr = rest.split('/').next().map(str::to_owned);
@@ -66,6 +68,15 @@ fn serve_prints_links_and_stops_on_sigterm() {
         }
     }
     let addr = http_addr.expect("a room link on stdout");
+    // The development-mode warnings come first; into a pipe, without colour codes.
+    assert!(
+        seen.iter().any(|l| l.contains("WARN")),
+        "a warning was logged: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains('\u{1b}')),
+        "no escape codes in piped output: {seen:?}"
+    );
     assert_eq!(http_status(&addr, "/readyz"), Some(200));
 
     let pid = child.id().to_string();
@@ -108,6 +119,61 @@ fn bad_config_is_refused_with_the_field_name() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tools never create what they read: pointed at an empty place they fail, name the path they
+/// looked at, and leave nothing behind (before: a fresh database with a new secret, whose
+/// tokens the server refused, or an empty archive, and exit 0).
+#[test]
+fn tools_refuse_missing_data_naming_the_path_and_create_nothing() {
+    let dir = std::env::temp_dir().join(format!("huizhen-cli-empty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let data_arg = data.to_str().unwrap();
+    for args in [
+        vec![
+            "token",
+            "--data-dir",
+            data_arg,
+            "--sub",
+            "u1",
+            "--name",
+            "A",
+            "--role",
+            "patient",
+        ],
+        vec!["audit", "verify", "--data-dir", data_arg],
+        vec!["audit", "export", "--data-dir", data_arg],
+    ] {
+        let (ok, stderr) = run(&args);
+        assert!(!ok, "{args:?} failed");
+        assert!(
+            stderr.contains(&data.join("huizhen.db").display().to_string()),
+            "{args:?} names the database it looked for: {stderr}"
+        );
+    }
+    // The archive: by default `huizhen-archive` in the current directory.
+    let (ok, stderr) = run(&["recording", "list"]);
+    assert!(!ok);
+    assert!(stderr.contains("huizhen-archive"), "{stderr}");
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing was created in {}",
+        dir.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
