@@ -51,8 +51,6 @@ pub const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What a WHEP player is told to wait before trying again when nobody publishes yet.
 pub const RETRY_AFTER_SECS: u64 = 5;
-/// Room names reachable by name: the characters of a URL path segment that need no escaping.
-
 /// Publish (WHIP) or play (WHEP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
