@@ -202,6 +202,13 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
     /// Most simultaneous WebSocket connections.
     pub max_connections: usize,
+    /// Most open HTTP connections (WebSockets included); over it a connection is closed at once.
+    pub max_http_connections: usize,
+    /// Most open HTTP connections from one IP address (a hospital's NAT carries many users).
+    pub max_connections_per_source: usize,
+    /// A request head (and a TLS handshake) must arrive within this; an idle keep-alive
+    /// connection closes after it.
+    pub header_read_timeout_seconds: u64,
 }
 
 /// Media (SFU) settings.
@@ -263,6 +270,9 @@ impl Default for HttpConfig {
             tls_cert: None,
             tls_key: None,
             max_connections: 10_000,
+            max_http_connections: 12_000,
+            max_connections_per_source: 1_000,
+            header_read_timeout_seconds: 10,
         }
     }
 }
@@ -363,6 +373,15 @@ impl Config {
                 "http.tls_cert",
                 "tls_cert and tls_key must be set together (or both left out)",
             );
+        }
+        if self.http.max_http_connections == 0 {
+            return invalid("http.max_http_connections", "must be at least 1");
+        }
+        if self.http.max_connections_per_source == 0 {
+            return invalid("http.max_connections_per_source", "must be at least 1");
+        }
+        if !(1..=300).contains(&self.http.header_read_timeout_seconds) {
+            return invalid("http.header_read_timeout_seconds", "must be 1..=300");
         }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1");

@@ -30,6 +30,9 @@ use huizhen_signaling::clinic::ClinicEngine;
 
 /// How long shutdown waits for sessions to finish before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// An HTTP connection (a WebSocket too) from which nothing is read this long is closed: twice
+/// the longest ping interval the protocol asks of clients (30 s).
+const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +330,13 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     } else {
         None
     };
+    // What start-up changed (a restart's grace marks, the demo seed) is on disk before the
+    // server answers anyone: the clinic task wrote it at its start, and a REST read right
+    // after start could find no demo appointment yet (a browser test, 1 run in many).
+    let changes = engine.take_changes();
+    if !changes.is_empty() {
+        crate::clinic::blocking(|| store.commit(&changes, &[], &[]))?;
+    }
     let (clinic, clinic_task) = crate::clinic::spawn(
         ClinicParts {
             engine,
@@ -339,6 +349,16 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             registry: metrics.component("clinic"),
         },
         shutdown_rx.clone(),
+    );
+    let gate = http::serve::Gate::new(
+        http::serve::ConnLimits {
+            max_connections: config.http.max_http_connections,
+            max_connections_per_source: config.http.max_connections_per_source,
+            header_read_timeout: Duration::from_secs(config.http.header_read_timeout_seconds),
+            tls_handshake_timeout: Duration::from_secs(config.http.header_read_timeout_seconds),
+            idle_timeout: HTTP_IDLE_TIMEOUT,
+        },
+        http::serve::HttpMetrics::new(&metrics.component("http")),
     );
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -375,18 +395,17 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     };
     let app = http::router(state);
     let tls = config.http.tls_cert.is_some();
-    let http_task = match (&config.http.tls_cert, &config.http.tls_key) {
-        (Some(cert), Some(key)) => {
-            spawn_https(http_listener, app, cert, key, shutdown_rx.clone()).await?
-        }
+    let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, &[b"h2", b"http/1.1"])?),
         _ => {
             warn!(
                 "no TLS certificate configured: serving plain HTTP (local-only mode; browsers \
                  allow camera access only on localhost without TLS)"
             );
-            spawn_http(http_listener, app, shutdown_rx.clone())
+            None
         }
     };
+    let http_task = spawn_http(http_listener, http_tls, app, gate, shutdown_rx.clone());
     // The media task stops last so that sessions still get their `bye`.
     tasks.insert(0, http_task);
     tasks.push(clinic_task);
@@ -629,7 +648,7 @@ async fn start_turn(
             let (Some(cert), Some(key)) = (cert, key) else {
                 return Err(ServerError::Tls("turn: tls needs a certificate".into()));
             };
-            let acceptor = turn_tls_acceptor(cert, key)?;
+            let acceptor = tls_acceptor(cert, key, &[])?;
             Some((bind_tcp("TURN TLS", addr).await?, acceptor))
         }
         None => None,
@@ -722,8 +741,12 @@ async fn start_turn(
     }))
 }
 
-/// A rustls acceptor for TURN over TLS from PEM files.
-fn turn_tls_acceptor(cert: &Path, key: &Path) -> Result<edge::turn::TlsAcceptor, ServerError> {
+/// A rustls acceptor from PEM files (HTTPS, TURN over TLS); `alpn`: the protocols offered.
+fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<edge::turn::TlsAcceptor, ServerError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
@@ -731,10 +754,11 @@ fn turn_tls_acceptor(cert: &Path, key: &Path) -> Result<edge::turn::TlsAcceptor,
         .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
-    let server = rustls::ServerConfig::builder()
+    let mut server = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -772,62 +796,17 @@ fn sfu_config(config: &Config, udp: SocketAddr, tcp: Option<SocketAddr>) -> SfuC
 
 fn spawn_http(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
+    gate: Arc<http::serve::Gate>,
+    shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        // Signaling is many small frames: without TCP_NODELAY a frame written right after
-        // another waits for the client's delayed ACK (~40 ms).
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-        if let Err(e) = result {
-            warn!(error = %e, "HTTP server failed");
-        }
-    })
-}
-
-async fn spawn_https(
-    listener: TcpListener,
-    app: axum::Router,
-    cert: &Path,
-    key: &Path,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, ServerError> {
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
-    let std_listener = listener
-        .into_std()
-        .map_err(|e| ServerError::Tls(format!("listener: {e}")))?;
-    let handle = axum_server::Handle::new();
-    let shutdown_handle = handle.clone();
-    tokio::spawn(async move {
-        let _ = shutdown.changed().await;
-        shutdown_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
-    });
-    // TCP_NODELAY under TLS too (see spawn_http).
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-        .acceptor(axum_server::accept::NoDelayAcceptor::new());
-    let server = axum_server::from_tcp(std_listener)
-        .map_err(|e| ServerError::Tls(format!("listener: {e}")))?
-        .acceptor(acceptor)
-        .handle(handle);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = server
-            .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .await
-        {
-            warn!(error = %e, "HTTPS server failed");
-        }
-    }))
+    tokio::spawn(http::serve::serve(
+        listener,
+        tls,
+        app,
+        gate,
+        shutdown,
+        SHUTDOWN_GRACE,
+    ))
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod assets;
 pub mod penalty;
 pub mod resume;
+pub mod serve;
 pub mod whip;
 pub mod ws;
 

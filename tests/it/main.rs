@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod clinic_api;
 mod crash;
+mod limits;
 mod recorder_mux;
 mod recording;
 mod restart;
