@@ -258,7 +258,23 @@ async fn appointments_queue_and_audit_chain_survive_a_restart() {
         ),
         "place kept: {w1:?}"
     );
-    let (_, entries) = http(&server.http, &server.api_key, "GET", "/api/v1/audit", None).await;
+    // A reconnecting patient may be shown its place as soon as it authenticates (the queue
+    // came back with the restart), before its check-in's batch is committed: the audit is
+    // read again until both reconnections are in it (bounded), then checked exactly.
+    let mut entries = serde_json::Value::Null;
+    for _ in 0..50 {
+        entries = http(&server.http, &server.api_key, "GET", "/api/v1/audit", None)
+            .await
+            .1;
+        let reconnected = entries
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["kind"] == "reconnected").count())
+            .unwrap_or(0);
+        if reconnected >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let kinds: Vec<&str> = entries
         .as_array()
         .unwrap()
