@@ -192,7 +192,7 @@ pub(crate) fn sps_size(sps: &[u8]) -> Option<(u32, u32)> {
         crop_t = r.ue()?;
         crop_b = r.ue()?;
     }
-    let (sub_w, sub_h) = match (chroma_format_idc, separate_colour_plane) {
+    let (sub_w, sub_h): (u32, u32) = match (chroma_format_idc, separate_colour_plane) {
         (0, _) | (3, 1) => (1, 1),
         (1, _) => (2, 2),
         (2, _) => (2, 1),
@@ -200,9 +200,14 @@ pub(crate) fn sps_size(sps: &[u8]) -> Option<(u32, u32)> {
     };
     let crop_x = sub_w;
     let crop_y = sub_h * (2 - frame_mbs_only);
-    let width = (width_mbs * 16).checked_sub(crop_x * (crop_l + crop_r))?;
-    let height =
-        ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y * (crop_t + crop_b))?;
+    // Every value is the sender's: checked, so a size past u32 is refused, not wrapped.
+    let width = width_mbs
+        .checked_mul(16)?
+        .checked_sub(crop_x.checked_mul(crop_l.checked_add(crop_r)?)?)?;
+    let height = (2 - frame_mbs_only)
+        .checked_mul(height_units)?
+        .checked_mul(16)?
+        .checked_sub(crop_y.checked_mul(crop_t.checked_add(crop_b)?)?)?;
     (width > 0 && height > 0 && width <= 16_384 && height <= 16_384).then_some((width, height))
 }
 
@@ -386,5 +391,19 @@ mod tests {
         assert_eq!(opus_samples(&[0x78]), Some(960));
         assert_eq!(opus_samples(&[0xFB, 0x03]), Some(2_880));
         assert_eq!(opus_samples(&[]), None);
+    }
+
+    #[test]
+    fn an_sps_whose_size_overflows_is_refused() {
+        // Found by fuzz/depacketize: a baseline SPS with 2^32 - 1 macroblocks across
+        // (ue 2^32 - 2) overflowed `width_mbs * 16` and panicked in debug builds.
+        let sps = [
+            0x67, 0x42, 0x00, 0x1F, 0xF8, 0x00, 0x00, 0x00, 0x07, 0xFF, 0xFF, 0xFF, 0xFF, 0x40,
+        ];
+        assert_eq!(sps_size(&sps), None);
+        // And inside an access unit, as the depacketizer hands it over.
+        let mut au = vec![0, 0, 0, sps.len() as u8];
+        au.extend_from_slice(&sps);
+        assert_eq!(h264(&au).size, None);
     }
 }
