@@ -15,10 +15,10 @@ use tracing::debug;
 use super::{MediaCommand, MediaHandle};
 
 /// Largest RFC 4571 frame.
-pub(super) const MAX_FRAME: usize = u16::MAX as usize;
+pub const MAX_FRAME: usize = u16::MAX as usize;
 
 /// `frame` with its RFC 4571 length prefix; `None` if it is too long to frame.
-pub(super) fn frame_of(frame: &[u8]) -> Option<Vec<u8>> {
+pub fn frame_of(frame: &[u8]) -> Option<Vec<u8>> {
     let len = u16::try_from(frame.len()).ok()?;
     let mut framed = Vec::with_capacity(frame.len() + 2);
     framed.extend_from_slice(&len.to_be_bytes());
@@ -27,7 +27,7 @@ pub(super) fn frame_of(frame: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The next RFC 4571 frame into `buf` (at least [`MAX_FRAME`] long); its length.
-pub(super) async fn read_frame<R: AsyncRead + Unpin>(
+pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut [u8],
 ) -> std::io::Result<usize> {

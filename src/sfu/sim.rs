@@ -724,6 +724,20 @@ impl SimNet {
         self.drain_client(client);
     }
 
+    /// Have `client` send `packet` as it is (any header values: the fuzz targets) on its
+    /// published m-line `mid`, layer `rid`.
+    pub fn send_rtp_write(&mut self, client: usize, mid: Mid, rid: Option<Rid>, packet: RtpWrite) {
+        let now = self.now;
+        let c = &mut self.clients[client];
+        let mut api = c.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, rid) else {
+            return;
+        };
+        tx.write_rtp(packet);
+        let _ = c.rtc.handle_input(Input::Timeout(now));
+        self.drain_client(client);
+    }
+
     /// Advance virtual time by `d`, delivering datagrams and firing timers.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
