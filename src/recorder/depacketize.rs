@@ -57,7 +57,9 @@ fn h264_depacketizer() -> H264Packet {
 
 /// Whether an H.264 STAP-A payload's length fields stay inside it. rtc-rtp indexes past the
 /// end (and panics) on a STAP-A that ends one byte after a NAL unit, so such payloads are
-/// refused here first: they come from a remote sender.
+/// refused here first: they come from a remote sender. So are empty NAL units (a NAL unit
+/// has at least its header byte), which rtc-rtp would write into the AVCC frame as
+/// zero-length entries that decoders refuse.
 fn stap_a_ok(payload: &[u8]) -> bool {
     if payload.first().map(|b| b & 0x1F) != Some(24) {
         return true;
@@ -67,7 +69,11 @@ fn stap_a_ok(payload: &[u8]) -> bool {
         let Some(len) = payload.get(pos..pos + 2) else {
             return false;
         };
-        pos += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len == 0 {
+            return false;
+        }
+        pos += 2 + len;
         if pos > payload.len() {
             return false;
         }
@@ -580,6 +586,23 @@ mod tests {
                 a.push(ts, r >> 24 & 1 == 1, &payload, &mut out);
             }
         }
+    }
+
+    #[test]
+    fn a_stap_a_with_an_empty_nal_unit_is_refused() {
+        // Found by fuzz/depacketize: a STAP-A with zero-length entries between its SPS and
+        // the end became zero-length NAL units in the AVCC frame.
+        let mut a = Assembler::new(RecordCodec::H264, 1 << 20);
+        let mut out = Vec::new();
+        let stap = [0x78, 0, 2, 0x67, 0x42, 0, 0, 0, 2, 0x68, 0xCE];
+        a.push(3000, false, &stap, &mut out);
+        a.push(3000, true, &[0x65, 0x88, 0x80], &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.stats().bad_packets, 1);
+        // A trailing empty entry too.
+        let mut a = Assembler::new(RecordCodec::H264, 1 << 20);
+        a.push(0, false, &[0x78, 0, 2, 0x67, 0x42, 0, 0], &mut out);
+        assert_eq!(a.stats().bad_packets, 1);
     }
 
     #[test]
