@@ -200,7 +200,9 @@ pub struct HttpConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
-    /// Most simultaneous WebSocket connections.
+    /// Most simultaneous signaling sessions that authenticated, joined or resumed (a
+    /// WebSocket that has not is bounded by `max_http_connections`, the per-source cap and the
+    /// 10 s authentication deadline instead).
     pub max_connections: usize,
     /// Most open HTTP connections (WebSockets included); over it a connection is closed at once.
     pub max_http_connections: usize,

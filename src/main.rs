@@ -7,6 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use huizhen::config::Config;
 
+/// Freed memory goes back to the system (measured in the README's "What strangers cost").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// huizhen (会诊): real-time telemedicine media server.
 #[derive(Parser)]
 #[command(version, about)]
@@ -84,10 +88,15 @@ struct ArchiveArgs {
     /// or the development key in the data directory.
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Expected manifest signer: Ed25519 public key (PEM or base64); default: the server's own
-    /// signing key from the data directory, if present.
+    /// Pinned manifest signer: an Ed25519 public key (base64 or PEM, or a file holding one);
+    /// repeatable. Default: `recording.signer_public_keys`, else the server's own signing key
+    /// (`recording.signing_key_file` or the data directory) when it is at hand.
+    #[arg(long = "signer")]
+    signers: Vec<String>,
+    /// With no pinned signer, accept whatever key a manifest names: proves the recording was
+    /// not changed since it was signed, not who signed it.
     #[arg(long)]
-    signer: Option<String>,
+    any_signer: bool,
 }
 
 #[derive(Subcommand)]
@@ -353,13 +362,15 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Keys for reading the archive: the KEK (if any) and the expected signer (if known).
+/// Keys for reading the archive: the KEK (if any) and the pinned signers (empty when none is
+/// known), with where the signers came from.
 fn archive_keys(
     config: &Config,
     args: &ArchiveArgs,
 ) -> anyhow::Result<(
     Option<huizhen::vault::LocalKek>,
-    Option<huizhen::vault::VerifyingKey>,
+    Vec<huizhen::vault::VerifyingKey>,
+    String,
 )> {
     let data_dir = &config.storage.data_dir;
     let kek = match &args.key {
@@ -374,20 +385,58 @@ fn archive_keys(
             }
         },
     };
-    let signer = match &args.signer {
-        Some(text) => Some(match std::fs::read_to_string(text) {
-            Ok(pem) => huizhen::vault::parse_verifying_key(&pem)?,
-            Err(_) => huizhen::vault::parse_verifying_key(text)?,
-        }),
-        None => {
-            let path = config.recording.signing_key_path(data_dir);
-            path.exists()
-                .then(|| huizhen::vault::load_signing_key(&path).map(|k| k.verifying_key()))
-                .transpose()?
-        }
-    };
-    Ok((kek, signer))
+    if !args.signers.is_empty() {
+        let keys = args
+            .signers
+            .iter()
+            .map(|text| match std::fs::read_to_string(text) {
+                Ok(pem) => huizhen::vault::parse_verifying_key(&pem),
+                Err(_) => huizhen::vault::parse_verifying_key(text),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok((kek, keys, "--signer".into()));
+    }
+    let configured = config.recording.pinned_signers()?;
+    if !configured.is_empty() {
+        return Ok((kek, configured, "recording.signer_public_keys".into()));
+    }
+    let path = config.recording.signing_key_path(data_dir);
+    if path.exists() {
+        let key = huizhen::vault::load_signing_key(&path)?.verifying_key();
+        return Ok((
+            kek,
+            vec![key],
+            format!("the server's key {}", path.display()),
+        ));
+    }
+    Ok((
+        kek,
+        Vec::new(),
+        format!("none (no key at {})", path.display()),
+    ))
 }
+
+/// Which signers a verification accepts: the pinned ones, or with `--any-signer` and nothing
+/// pinned, any (said on standard error). Nothing pinned and no `--any-signer`: `None`.
+fn signer_policy<'a>(
+    pinned: &'a [huizhen::vault::VerifyingKey],
+    from: &str,
+    any_signer: bool,
+) -> Option<huizhen::vault::Signers<'a>> {
+    if !pinned.is_empty() {
+        eprintln!("pinned signer: {from}");
+        Some(huizhen::vault::Signers::Pinned(pinned))
+    } else if any_signer {
+        eprintln!("no pinned signer ({from}); --any-signer: the origin is NOT verified");
+        Some(huizhen::vault::Signers::AnyKey)
+    } else {
+        None
+    }
+}
+
+const NO_SIGNER: &str = "origin UNVERIFIED: no pinned signer; give --signer KEY, set \
+recording.signer_public_keys, run where the server's signing key is, or accept any signer \
+explicitly with --any-signer";
 
 async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -403,7 +452,8 @@ async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
             config.archive.local_dir.display()
         )
     })?;
-    let (kek, signer) = archive_keys(&config, args)?;
+    let (kek, pinned, signers_from) = archive_keys(&config, args)?;
+    let policy = signer_policy(&pinned, &signers_from, args.any_signer);
     match &command {
         RecordingCommand::List { .. } => {
             for r in huizhen::recorder::tools::list(store.as_ref()).await? {
@@ -429,19 +479,22 @@ async fn recording(command: RecordingCommand) -> anyhow::Result<()> {
             if kek_ref.is_none() {
                 eprintln!("no key-encryption key: checking signature and hashes only (use --key)");
             }
+            // Without a pinned signer the recording is still checked (and the report says what
+            // holds), but the answer is a failure unless any signer was accepted explicitly.
+            let signers = policy.unwrap_or(huizhen::vault::Signers::AnyKey);
             let report =
-                huizhen::recorder::tools::verify(store.as_ref(), id, signer.as_ref(), kek_ref)
-                    .await?;
+                huizhen::recorder::tools::verify(store.as_ref(), id, signers, kek_ref).await?;
             println!("{report}");
             anyhow::ensure!(report.is_ok(), "recording {id} FAILED verification");
+            anyhow::ensure!(policy.is_some(), "recording {id}: {NO_SIGNER}");
             Ok(())
         }
         RecordingCommand::Export {
             id, out, composite, ..
         } => {
+            let signers = policy.with_context(|| format!("not exporting {id}: {NO_SIGNER}"))?;
             let kek = kek.context("export needs the key-encryption key (--key FILE)")?;
-            let files =
-                huizhen::recorder::tools::export(store, id, signer.as_ref(), &kek, out).await?;
+            let files = huizhen::recorder::tools::export(store, id, signers, &kek, out).await?;
             for (f, _) in &files {
                 println!("{}", f.display());
             }

@@ -60,6 +60,11 @@ cargo build --workspace --all-targets --locked
 log "Rust tests"
 cargo test --workspace --locked -- --test-threads=2
 
+log "fuzz targets, 10 s each (fuzz/README.md)"
+# Installs cargo-fuzz if missing, builds the fuzz crate (stable, -s none), runs every target;
+# exits non-zero on a crash and prints the artifact.
+fuzz/run.sh 10
+
 log "browser tests (headless Chromium)"
 export HUIZHEN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/huizhen"
 (cd tests/browser && npm test)

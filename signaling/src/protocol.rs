@@ -537,13 +537,19 @@ pub enum ServerMessage {
     /// with a fresh token of the same user on this socket to keep the session; at expiry the
     /// server sends `bye {reason: "token_expired"}` and closes the socket.
     TokenExpiring {
-        /// When the token expires (seconds since the epoch).
+        /// When the token expires (seconds since the epoch; kept for v1 clients, use
+        /// `expires_at_ms`).
         expires_at: u64,
+        /// The same, milliseconds since the epoch like every other time in the protocol.
+        expires_at_ms: u64,
     },
     /// A fresh token was accepted on this socket; the session now lasts until `expires_at`.
     TokenRenewed {
-        /// When the new token expires (seconds since the epoch).
+        /// When the new token expires (seconds since the epoch; kept for v1 clients, use
+        /// `expires_at_ms`).
         expires_at: u64,
+        /// The same, milliseconds since the epoch.
+        expires_at_ms: u64,
     },
     /// Patient: your place in the waiting room (sent on every change).
     Waiting {
@@ -579,7 +585,8 @@ pub enum ServerMessage {
     InvitationStatus {
         /// The invitation.
         invitation: String,
-        /// The consultation.
+        /// The consultation the invitation opened (for `declined`, `expired` and
+        /// `cancelled`: the one it would have opened, now discarded).
         consultation: String,
         /// The patient.
         patient: String,
@@ -620,8 +627,11 @@ pub enum ServerMessage {
         consultation: String,
         /// Path (with token) to open on the expert's side, relative to this server.
         path: String,
-        /// The link's token expires at this Unix time (seconds).
+        /// The link's token expires at this Unix time (seconds; kept for v1 clients, use
+        /// `expires_at_ms`).
         expires_at: u64,
+        /// The same, milliseconds since the epoch.
+        expires_at_ms: u64,
     },
     /// The consultation ended; your media session in it is closed.
     ConsultationEnded {
@@ -977,13 +987,53 @@ impl ServerMessage {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         ServerMessage::Error {
             code,
-            message: message.into(),
+            message: bounded_message(message.into()),
         }
     }
 }
 
+/// The longest error message sent, in bytes: messages may quote what was wrong, and what was
+/// wrong may be a 200 KB candidate; a client gets the start of it.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 300;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE_BYTES`] (at a character boundary), saying how long it
+/// was.
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() <= MAX_ERROR_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut cut = MAX_ERROR_MESSAGE_BYTES;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&format!("... ({total} bytes in all)"));
+    message
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn error_messages_quote_a_bounded_prefix() {
+        use super::*;
+        let short = ServerMessage::error(ErrorCode::InvalidMessage, "bad \"x\"");
+        assert!(matches!(&short, ServerMessage::Error { message, .. } if message == "bad \"x\""));
+        let long = format!("invalid candidate {}", "é".repeat(100_000));
+        let ServerMessage::Error { message, .. } =
+            ServerMessage::error(ErrorCode::InvalidMessage, long.clone())
+        else {
+            unreachable!()
+        };
+        assert!(
+            message.len() < MAX_ERROR_MESSAGE_BYTES + 40,
+            "{}",
+            message.len()
+        );
+        assert!(message.starts_with("invalid candidate éé"));
+        assert!(message.ends_with(&format!("({} bytes in all)", long.len())));
+    }
 
     #[test]
     fn room_names_are_a_small_safe_alphabet() {

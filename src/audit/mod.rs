@@ -308,14 +308,17 @@ mod tests {
             },
             E::Declined {
                 invitation: "i".into(),
+                consultation: "c".into(),
                 patient: "p".into(),
             },
             E::InvitationExpired {
                 invitation: "i".into(),
+                consultation: "c".into(),
                 patient: "p".into(),
             },
             E::InvitationCancelled {
                 invitation: "i".into(),
+                consultation: "c".into(),
                 patient: "p".into(),
             },
             E::ConsultationStarted {

@@ -1122,6 +1122,7 @@ impl Service {
                 s.warned = true;
                 let message = ServerMessage::TokenExpiring {
                     expires_at: s.expires_at,
+                    expires_at_ms: s.expires_at.saturating_mul(1000),
                 };
                 self.effects
                     .get_mut()
@@ -1441,6 +1442,7 @@ impl Service {
                 consultation: consultation.0.clone(),
                 path: format!("/expert?token={token}&consultation={}", consultation.0),
                 expires_at: claims.exp,
+                expires_at_ms: claims.exp.saturating_mul(1000),
             },
         );
         Ok(CommandReply::Done)

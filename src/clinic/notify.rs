@@ -76,14 +76,17 @@ impl Service {
             }
             ClinicEvent::Declined {
                 invitation,
+                consultation,
                 patient,
             }
             | ClinicEvent::InvitationExpired {
                 invitation,
+                consultation,
                 patient,
             }
             | ClinicEvent::InvitationCancelled {
                 invitation,
+                consultation,
                 patient,
             } => {
                 let status = match event {
@@ -93,13 +96,7 @@ impl Service {
                 };
                 if let Some(clinic) = self.engine.patient_view(now, patient).map(|v| v.clinic) {
                     touched.insert(clinic.clone());
-                    self.invitation_status(
-                        &clinic,
-                        invitation,
-                        &ConsultationId(String::new()),
-                        patient,
-                        status,
-                    );
+                    self.invitation_status(&clinic, invitation, consultation, patient, status);
                 }
             }
             ClinicEvent::ConsultationStarted { consultation, .. } => {
@@ -225,12 +222,19 @@ impl Service {
         &self,
         consultation: &ConsultationId,
         recording: &str,
-    ) -> Option<(Vec<crate::vault::ConsentRecord>, Option<Millis>)> {
+    ) -> Option<(
+        Vec<crate::vault::ConsentRecord>,
+        Vec<(String, String)>,
+        Option<Millis>,
+    )> {
         use huizhen_signaling::clinic::ConsentDecision as Decision;
-        let rec = self
-            .engine
-            .consultation(consultation)
-            .and_then(|c| c.recordings.iter().find(|r| r.id == recording))?;
+        let c = self.engine.consultation(consultation)?;
+        let rec = c.recordings.iter().find(|r| r.id == recording)?;
+        let people = c
+            .seats
+            .iter()
+            .map(|s| (s.user.0.clone(), s.role.as_str().to_owned()))
+            .collect();
         let consents = rec
             .consents
             .iter()
@@ -247,7 +251,7 @@ impl Service {
                 })
             })
             .collect();
-        Some((consents, rec.stopped_at))
+        Some((consents, people, rec.stopped_at))
     }
 
     /// Hand the recorder every consent decision and let it seal the manifest.
@@ -257,13 +261,15 @@ impl Service {
         recording: &str,
         now: Millis,
     ) {
-        let Some((consents, stopped_at)) = self.consent_records(consultation, recording) else {
+        let Some((consents, people, stopped_at)) = self.consent_records(consultation, recording)
+        else {
             return;
         };
         self.effect(Effect::Recorder(RecorderCommand::Stop {
             recording: recording.to_owned(),
             ended_at_ms: stopped_at.unwrap_or(now).0,
             consents,
+            people,
         }));
     }
 
@@ -279,10 +285,11 @@ impl Service {
             .map(|r| r.id.clone());
         if let Some(id) = &recording {
             // Journaled with every segment, so a crash cannot separate media from its consent.
-            if let Some((consents, _)) = self.consent_records(consultation, id) {
+            if let Some((consents, people, _)) = self.consent_records(consultation, id) {
                 self.effect(Effect::Recorder(RecorderCommand::Consents {
                     recording: id.clone(),
                     consents,
+                    people,
                 }));
             }
         }

@@ -117,7 +117,8 @@ pub struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "code": self.1, "message": self.2 }))).into_response()
+        let message = huizhen_signaling::protocol::bounded_message(self.2);
+        (self.0, Json(json!({ "code": self.1, "message": message }))).into_response()
     }
 }
 
@@ -701,7 +702,12 @@ async fn create_token(
         .map_err(refused)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "jti": jti, "expires_at": claims.exp })),
+        Json(json!({
+            "token": token,
+            "jti": jti,
+            "expires_at": claims.exp,
+            "expires_at_ms": claims.exp.saturating_mul(1000),
+        })),
     )
         .into_response())
 }

@@ -7,11 +7,12 @@ pub mod resume;
 pub mod serve;
 pub mod whip;
 pub mod ws;
+pub mod ws_guard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -31,7 +32,8 @@ pub struct AppState {
     pub api: api::ApiState,
     /// All metric registries.
     pub metrics: Metrics,
-    /// Caps simultaneous WebSockets.
+    /// Caps simultaneous trusted WebSockets (authenticated, joined or resumed); strangers
+    /// count only against the HTTP connection caps, so that they cannot keep a doctor out.
     pub connections: Arc<Semaphore>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers drain.
     pub draining: Arc<AtomicBool>,
@@ -60,15 +62,24 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
 }
 
-/// Read buffer of a signaling WebSocket (it grows for a larger frame, up to the frame limit).
-const SIGNALING_BUFFER_BYTES: usize = 8 * 1024;
+/// Read buffer of a signaling WebSocket: most frames are small, a larger one (an SDP offer)
+/// has its length reserved when its header is read (after authentication, up to the frame
+/// limit). 1 KiB of every idle socket's ~6 KiB (README, "What strangers cost").
+const SIGNALING_BUFFER_BYTES: usize = 1024;
 
+/// `GET /ws`: the signaling WebSocket. The upgrade is done here rather than by axum's
+/// extractor so that the connection passes a [`ws_guard::StrangerGuard`] before tungstenite
+/// reads it (what a stranger may make the server hold).
 async fn websocket(
     State(state): State<AppState>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    upgrade: WebSocketUpgrade,
+    mut request: axum::extract::Request,
 ) -> Response {
     let peer = peer.map(|axum::Extension(info)| info.0.ip());
+    let accept = match upgrade_accept_key(request.headers()) {
+        Ok(accept) => accept,
+        Err(response) => return response,
+    };
     if let Some(ip) = peer {
         let blocked = state
             .session
@@ -104,24 +115,92 @@ async fn websocket(
                 .into_response();
         }
     }
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
-    };
     if state.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    upgrade
-        // Frames above the protocol limit still reach the parser, which answers with an error
-        // frame; only absurd sizes are cut off by the WebSocket layer.
-        .max_message_size(MAX_FRAME_BYTES * 4)
-        // Signaling frames are small (SDP is the largest, a few KiB): tungstenite's default
-        // 128 KiB read and write buffers per socket would be most of a participant's memory.
-        .read_buffer_size(SIGNALING_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            ws::serve(socket, state.session.clone(), peer).await;
-            drop(permit);
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded",
+        )
+            .into_response();
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let trust = ws_guard::Trust::default();
+        let io =
+            ws_guard::StrangerGuard::new(hyper_util::rt::TokioIo::new(upgraded), trust.clone());
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            // Frames above the protocol limit still reach the parser, which answers with an
+            // error frame; only absurd sizes are cut off by the WebSocket layer.
+            .max_message_size(Some(MAX_FRAME_BYTES * 4))
+            .max_frame_size(Some(MAX_FRAME_BYTES * 4))
+            // Signaling frames are small (SDP is the largest, a few KiB): tungstenite's
+            // default 128 KiB read and write buffers per socket would be most of a
+            // participant's memory.
+            .read_buffer_size(SIGNALING_BUFFER_BYTES)
+            .write_buffer_size(0);
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(config),
+        )
+        .await;
+        ws::serve(
+            socket,
+            state.session.clone(),
+            peer,
+            trust,
+            state.connections,
+        )
+        .await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The `Sec-WebSocket-Accept` of a valid WebSocket upgrade request (RFC 6455 §4.2.1), or the
+/// answer to an invalid one.
+fn upgrade_accept_key(headers: &header::HeaderMap) -> Result<String, Response> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "signaling needs a WebSocket upgrade",
+        )
+            .into_response());
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "WebSocket version 13 only",
+        )
+            .into_response());
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key").into_response());
+    };
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
 async fn room_page(Path(_name): Path<String>) -> Html<&'static str> {

@@ -169,12 +169,12 @@ pub struct Admitted<S> {
 }
 
 impl<S> Admitted<S> {
-    fn new(inner: S, permit: Permit, first_byte: Duration, idle: Duration) -> Self {
+    fn new(inner: S, permit: Permit, limits: &ConnLimits) -> Self {
         Admitted {
             inner,
             _permit: permit,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(first_byte)),
+            idle: limits.idle_timeout,
+            deadline: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
         }
     }
 }
@@ -235,6 +235,128 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
     }
 }
 
+/// The largest request head (request line and headers) a connection may send.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Read a connection's first request head (up to its blank line, or [`MAX_HEAD_BYTES`])
+/// into a buffer that grows only with what arrived: hyper would set aside ~16 KiB for it
+/// (a read and a write buffer of 8 KiB each) from the first byte, for a stranger sending a
+/// byte a second too. The first byte must come by `Admitted`'s first-byte deadline; the rest of
+/// the head within `head_timeout` of it. `None`: the client went away or was too slow.
+async fn first_head<S: AsyncRead + Unpin>(io: &mut S, head_timeout: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 512];
+    let n = io.read(&mut chunk).await.ok()?;
+    if n == 0 {
+        return None;
+    }
+    head.extend_from_slice(&chunk[..n]);
+    let rest = async {
+        let mut searched: usize = 0;
+        loop {
+            let from = searched.saturating_sub(3);
+            if head[from..].windows(4).any(|w| w == b"\r\n\r\n") || head.len() >= MAX_HEAD_BYTES {
+                return Some(());
+            }
+            searched = head.len();
+            let n = io.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(head_timeout, rest).await.ok()??;
+    Some(head)
+}
+
+/// A connection whose first bytes were read already ([`first_head`]): they are read again
+/// first, then the connection.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serve HTTP/1.1 (upgrades included) or HTTP/2 on one admitted connection.
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    peer: std::net::SocketAddr,
+    limits: ConnLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = app.map_request(move |mut req: axum::http::Request<_>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req
+    });
+    let service = TowerToHyperService::new(service);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // A request head above this gets 431: hyper's default (~400 KiB) would let a slow
+        // client hold that much per connection.
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let _ = watcher.watch(conn.into_owned()).await;
+}
+
 /// Serve `app` on `listener` (over TLS with `tls`) until `shutdown`, then give open
 /// connections `grace` to finish.
 pub async fn serve(
@@ -278,26 +400,21 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = app.map_request(move |mut req: axum::http::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            });
-            let service = TowerToHyperService::new(service);
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
+            // Until a request head has come, the task holds only the connection: serving it
+            // (hyper's connection, its buffers, the router) is boxed and made afterwards, so
+            // that an idle or slow stranger costs a few KiB.
             match tls {
                 None => {
-                    let io = TokioIo::new(Admitted::new(
-                        stream,
-                        permit,
-                        limits.header_read_timeout,
-                        limits.idle_timeout,
-                    ));
-                    let conn = builder.serve_connection_with_upgrades(io, service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let mut io = Admitted::new(stream, permit, &limits);
+                    let Some(prefix) = first_head(&mut io, limits.header_read_timeout).await else {
+                        return;
+                    };
+                    let io = Prefixed {
+                        prefix,
+                        at: 0,
+                        inner: io,
+                    };
+                    Box::pin(serve_connection(io, app, peer, limits, watcher)).await;
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -310,14 +427,16 @@ pub async fn serve(
                             .inc();
                         return;
                     };
-                    let io = TokioIo::new(Admitted::new(
-                        stream,
-                        permit,
-                        limits.header_read_timeout,
-                        limits.idle_timeout,
-                    ));
-                    let conn = builder.serve_connection_with_upgrades(io, service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let mut io = Admitted::new(stream, permit, &limits);
+                    let Some(prefix) = first_head(&mut io, limits.header_read_timeout).await else {
+                        return;
+                    };
+                    let io = Prefixed {
+                        prefix,
+                        at: 0,
+                        inner: io,
+                    };
+                    Box::pin(serve_connection(io, app, peer, limits, watcher)).await;
                 }
             }
         });

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -112,7 +112,7 @@ impl Refusal {
     fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
         Refusal {
             status,
-            reason: reason.into(),
+            reason: huizhen_signaling::protocol::bounded_message(reason.into()),
             retry_after: None,
             bearer: false,
         }
@@ -200,7 +200,7 @@ pub(super) async fn post_room(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let r = create(kind, &state, Target::Room(name), &headers, body).await;
     finish(&state, kind, "post", r)
@@ -211,7 +211,7 @@ pub(super) async fn post_consultation(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let r = create(kind, &state, Target::Consultation(id), &headers, body).await;
     finish(&state, kind, "post", r)
@@ -222,7 +222,7 @@ pub(super) async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let r = ice_fragment(kind, &state, &id, &headers, body).await;
     finish(&state, kind, "patch", r)
@@ -306,6 +306,27 @@ fn verify(deps: &SessionDeps, token: &str) -> Result<Verified, Refusal> {
         r.bearer = true;
         r
     })
+}
+
+/// The request's body, read only now that the asker is known: at most [`MAX_BODY_BYTES`]
+/// (413 beyond).
+async fn read_body(body: Body) -> Result<Bytes, Refusal> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let too_long = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            if too_long {
+                Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                Refusal::new(StatusCode::BAD_REQUEST, "the body could not be read")
+            }
+        })
 }
 
 /// The offer's text, checked before anything is joined: SDP (400 otherwise) whose m-lines go
@@ -407,7 +428,7 @@ async fn create(
     state: &AppState,
     target: Target,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Refusal> {
     let deps = &state.session;
     // Whether the room may be entered at all comes first: a stranger's body for a room that
@@ -415,15 +436,26 @@ async fn create(
     if let Target::Room(name) = &target {
         room_open(deps, name)?;
     }
-    let sdp = check_offer(kind, headers, &body)?;
+    // Who is asking comes before the body is read: a stranger's body is never buffered.
     let token = bearer(headers)?;
+    if matches!(target, Target::Consultation(_)) && token.is_none() {
+        let mut r = Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "a consultation needs Authorization: Bearer <token>",
+        );
+        r.bearer = true;
+        return Err(r);
+    }
+    let verified = token.map(|token| verify(deps, token)).transpose()?;
+    let body = read_body(body).await?;
+    let sdp = check_offer(kind, headers, &body)?;
     let session = super::ws::next_session_id();
     let (events_tx, events_rx) = mpsc::channel(SIGNAL_QUEUE);
     // The room, whether it may publish, and the clinic session to close afterwards.
     let (room, display_name, may_publish, clinic) = match target {
         Target::Room(name) => {
-            let display_name = match token {
-                Some(token) => verify(deps, token)?.display_name,
+            let display_name = match verified {
+                Some(verified) => verified.display_name,
                 None => match kind {
                     Kind::Whip => "WHIP publisher".to_owned(),
                     Kind::Whep => "viewer".to_owned(),
@@ -432,15 +464,9 @@ async fn create(
             (name, display_name, kind == Kind::Whip, None)
         }
         Target::Consultation(id) => {
-            let Some(token) = token else {
-                let mut r = Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    "a consultation needs Authorization: Bearer <token>",
-                );
-                r.bearer = true;
-                return Err(r);
+            let Some(verified) = verified else {
+                unreachable!("a consultation without a token was refused above");
             };
-            let verified = verify(deps, token)?;
             let (room, may_publish) =
                 enter_consultation(deps, session, &verified, &id, events_tx.clone()).await?;
             if kind == Kind::Whip && !may_publish {
@@ -775,7 +801,7 @@ async fn ice_fragment(
     state: &AppState,
     id: &str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Refusal> {
     let session = session_of(state, kind, id)?;
     let Some(if_match) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
@@ -797,6 +823,7 @@ async fn ice_fragment(
             "PATCH takes application/trickle-ice-sdpfrag",
         ));
     }
+    let body = read_body(body).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the fragment is not UTF-8 text"))?;
     let fragment = parse_fragment(text).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
@@ -840,9 +867,9 @@ async fn ice_fragment(
         .into_response())
 }
 
-/// The WHIP and WHEP routes (bodies beyond [`MAX_BODY_BYTES`] get 413).
+/// The WHIP and WHEP routes (bodies beyond [`MAX_BODY_BYTES`] get 413, read by
+/// [`read_body`] once the asker is known).
 pub fn router() -> axum::Router<AppState> {
-    use axum::extract::DefaultBodyLimit;
     use axum::routing::{on, MethodFilter};
     let mut router = axum::Router::new();
     for kind in [Kind::Whip, Kind::Whep] {
@@ -851,7 +878,7 @@ pub fn router() -> axum::Router<AppState> {
             .route(
                 &format!("{base}/room/{{name}}"),
                 axum::routing::post(
-                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Body| {
                         post_room(kind, s, p, h, b)
                     },
                 )
@@ -860,7 +887,7 @@ pub fn router() -> axum::Router<AppState> {
             .route(
                 &format!("{base}/consultation/{{id}}"),
                 axum::routing::post(
-                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Body| {
                         post_consultation(kind, s, p, h, b)
                     },
                 )
@@ -870,14 +897,14 @@ pub fn router() -> axum::Router<AppState> {
                 &format!("{base}/session/{{id}}"),
                 on(
                     MethodFilter::PATCH,
-                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    move |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Body| {
                         patch(kind, s, p, h, b)
                     },
                 )
                 .delete(move |s: State<AppState>, p: Path<String>| delete(kind, s, p)),
             );
     }
-    router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    router
 }
 
 #[cfg(test)]

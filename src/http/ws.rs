@@ -9,7 +9,14 @@
 //! refusals reach the audit trail through the clinic's bounded [`RefusalLog`]
 //! (crate::clinic::refusals::RefusalLog), naming the source only as a keyed hash.
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::ws_guard::{StrangerGuard, Trust};
+
+/// A signaling WebSocket, upgraded by the server (see `http::websocket`).
+pub type WebSocket = tokio_tungstenite::WebSocketStream<
+    StrangerGuard<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+>;
 use futures_util::{SinkExt, StreamExt};
 use huizhen_signaling::protocol::{
     parse_client_message, request_id_of, ClientMessage, ErrorCode, RequestId, ServerMessage,
@@ -166,7 +173,12 @@ pub fn is_consultation_room(name: &str) -> bool {
 struct Session {
     id: u64,
     deps: SessionDeps,
-    events_tx: mpsc::Sender<ServerMessage>,
+    /// Where the media task and the clinic send this session's messages; made when first
+    /// handed out (a stranger's socket never needs one: its block of slots is most of what an
+    /// idle socket would cost).
+    events_tx: Option<mpsc::Sender<ServerMessage>>,
+    /// The receiving end of a channel just made, for the session loop to take.
+    events_rx: Option<mpsc::Receiver<ServerMessage>>,
     participant: Option<ParticipantId>,
     identity: Option<(Actor, String)>,
     consultation: Option<ConsultationId>,
@@ -232,16 +244,26 @@ pub(crate) fn next_session_id() -> u64 {
 
 /// Serve one WebSocket until either side ends it. `peer` is the client's address (hashed for
 /// the audit trail, never kept).
-pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::IpAddr>) {
+///
+/// `trust` is granted once the socket authenticates, joins or resumes: until then the guard
+/// under the socket bounds what it may send (see [`super::ws_guard`]).
+pub async fn serve(
+    socket: WebSocket,
+    deps: SessionDeps,
+    peer: Option<std::net::IpAddr>,
+    trust: Trust,
+    seats: std::sync::Arc<tokio::sync::Semaphore>,
+) {
     let metrics = deps.metrics.clone();
     metrics.connections.inc();
     let (mut sink, mut stream) = socket.split();
-    let (events_tx, mut events) = mpsc::channel(SIGNAL_QUEUE);
+    let mut events: Option<mpsc::Receiver<ServerMessage>> = None;
     let source = peer.map(|ip| deps.sources.source(ip));
     let mut session = Session {
         id: next_session_id(),
         deps,
-        events_tx,
+        events_tx: None,
+        events_rx: None,
         participant: None,
         identity: None,
         consultation: None,
@@ -253,12 +275,35 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
     };
     let deadline = tokio::time::sleep(AUTH_DEADLINE);
     tokio::pin!(deadline);
+    // Held while the socket is trusted: the cap on signaling sessions.
+    let mut seat = None;
     loop {
+        if events.is_none() {
+            events = session.events_rx.take();
+        }
+        if seat.is_none() && !session.is_stranger() {
+            let Ok(permit) = seats.clone().try_acquire_owned() else {
+                let message = session.error(
+                    ErrorCode::Unavailable,
+                    "the server has all the signaling sessions it takes; retry later".into(),
+                );
+                let _ = send(&mut sink, &metrics, &message, None).await;
+                break;
+            };
+            seat = Some(permit);
+            // Authenticated, joined or resumed: frames up to the protocol's limit from now on.
+            trust.grant();
+        }
         tokio::select! {
             // Server messages first: replies to a frame must not overtake what the media task
             // queued before it (e.g. `joined`).
             biased;
-            event = events.recv() => {
+            event = async {
+                match events.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 let Some(mut message) = event else { break };
                 session.add_ice_servers(&mut message);
                 let bye = match &message {
@@ -321,7 +366,9 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                     Some(Ok(Message::Text(text))) => match request_id_of(&text) {
                         Ok(id) => {
                             request_id = id;
-                            session.on_text(&text, request_id.as_ref()).await
+                            // Boxed: its future is most of the session's size, and an idle socket
+                            // should not carry it.
+                            Box::pin(session.on_text(&text, request_id.as_ref())).await
                         }
                         Err(e) => Next::Reply(session.error(e.code(), e.to_string())),
                     },
@@ -329,7 +376,9 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
                         ErrorCode::BadJson,
                         "binary frames are not supported; send JSON text frames".into(),
                     )),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Next::Continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        Next::Continue
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Next::Close,
                 };
                 match next {
@@ -363,7 +412,8 @@ pub async fn serve(socket: WebSocket, deps: SessionDeps, peer: Option<std::net::
             }
         }
     }
-    session.close().await;
+    // Boxed for the same reason as `on_text`.
+    Box::pin(session.close()).await;
     let _ = sink.send(Message::Close(None)).await;
     metrics.connections.dec();
 }
@@ -374,7 +424,7 @@ async fn send(
     metrics: &SignalingMetrics,
     message: &ServerMessage,
     request_id: Option<&RequestId>,
-) -> Result<(), axum::Error> {
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     if let ServerMessage::Error { code, .. } = message {
         metrics.errors.with_label_values(&[code.as_str()]).inc();
     }
@@ -415,6 +465,17 @@ impl Session {
                 debug!("source blocked after repeated refusals");
             }
         }
+    }
+
+    /// The sender of this session's messages (the channel is made on first use).
+    fn events_tx(&mut self) -> mpsc::Sender<ServerMessage> {
+        if let Some(tx) = &self.events_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
+        self.events_tx = Some(tx.clone());
+        self.events_rx = Some(rx);
+        tx
     }
 
     /// Neither authenticated nor in a room: a stranger, bounded in time and refusals.
@@ -562,17 +623,11 @@ impl Session {
         info!(room = %Redacted(&room), display_name = %Redacted(&display_name), "join requested");
         let grant = self.resumes().grant(std::time::Instant::now());
         let (token, grant) = grant.unzip();
+        let events = self.events_tx();
         match self
             .deps
             .media
-            .join(
-                room,
-                display_name,
-                may_publish,
-                self.id,
-                grant,
-                self.events_tx.clone(),
-            )
+            .join(room, display_name, may_publish, self.id, grant, events)
             .await
         {
             Ok(Ok(id)) => {
@@ -658,7 +713,7 @@ impl Session {
         }
         let actor = verified.actor.clone();
         let display_name = verified.display_name.clone();
-        let (session, events) = (self.id, self.events_tx.clone());
+        let (session, events) = (self.id, self.events_tx());
         let seats = self
             .deps
             .clinic
@@ -708,7 +763,10 @@ impl Session {
                     *actor = verified.actor;
                     *name = verified.display_name;
                 }
-                Next::Reply(ServerMessage::TokenRenewed { expires_at })
+                Next::Reply(ServerMessage::TokenRenewed {
+                    expires_at,
+                    expires_at_ms: expires_at.saturating_mul(1000),
+                })
             }
             Err((code, message)) => Next::Reply(self.error(code, message)),
         }
@@ -756,10 +814,11 @@ impl Session {
             ));
         };
         let participant = entry.participant;
+        let events = self.events_tx();
         match self
             .deps
             .media
-            .resume(participant, self.id, grant, self.events_tx.clone())
+            .resume(participant, self.id, grant, events)
             .await
         {
             Ok(Ok(())) => {

@@ -112,12 +112,33 @@ impl RecordingArchiver {
             self.manifest.participants.push(Participant {
                 user_id: user_id.to_owned(),
                 role: role.to_owned(),
+                refused_consent: false,
             });
         }
     }
 
-    /// Record the consent decisions (replacing earlier ones).
-    pub fn set_consents(&mut self, consents: Vec<ConsentRecord>) {
+    /// Record the consent decisions (replacing earlier ones) and who is in the consultation
+    /// (user id, role): every one of them is listed as a participant, and those whose last
+    /// decision is a refusal are marked, so the manifest shows who took part without being
+    /// recorded.
+    pub fn set_consents(&mut self, consents: Vec<ConsentRecord>, people: &[(String, String)]) {
+        let participants = &mut self.manifest.participants;
+        let deciders = consents.iter().map(|c| (c.user_id.as_str(), "unknown"));
+        let present = people.iter().map(|(u, r)| (u.as_str(), r.as_str()));
+        for (user, role) in present.chain(deciders) {
+            if !participants.iter().any(|p| p.user_id == user) {
+                participants.push(Participant {
+                    user_id: user.to_owned(),
+                    role: role.to_owned(),
+                    refused_consent: false,
+                });
+            }
+        }
+        for p in participants.iter_mut() {
+            let last = consents.iter().rev().find(|c| c.user_id == p.user_id);
+            p.refused_consent =
+                last.is_some_and(|c| c.decision == crate::vault::ConsentDecision::Refused);
+        }
         self.manifest.consents = consents;
     }
 
@@ -294,18 +315,36 @@ mod tests {
         let end = start + Duration::from_secs(13);
         core.finish(end);
         drain(&mut core, &mut archiver, end);
-        archiver.set_consents(vec![
-            ConsentRecord {
-                user_id: "pat-a".into(),
-                decision: ConsentDecision::Granted,
-                at_ms: 1_500,
-            },
-            ConsentRecord {
-                user_id: "dr-li".into(),
-                decision: ConsentDecision::Granted,
-                at_ms: 1_000,
-            },
-        ]);
+        archiver.set_consents(
+            vec![
+                ConsentRecord {
+                    user_id: "pat-a".into(),
+                    decision: ConsentDecision::Granted,
+                    at_ms: 1_500,
+                },
+                ConsentRecord {
+                    user_id: "dr-li".into(),
+                    decision: ConsentDecision::Granted,
+                    at_ms: 1_000,
+                },
+                ConsentRecord {
+                    user_id: "son-a".into(),
+                    decision: ConsentDecision::Granted,
+                    at_ms: 1_200,
+                },
+                ConsentRecord {
+                    user_id: "son-a".into(),
+                    decision: ConsentDecision::Refused,
+                    at_ms: 1_300,
+                },
+            ],
+            &[
+                ("pat-a".into(), "patient".into()),
+                ("dr-li".into(), "doctor".into()),
+                ("son-a".into(), "companion".into()),
+                ("expert-z".into(), "expert".into()),
+            ],
+        );
         let manifest_object = archiver.finish(14_000, signer);
         let manifest = Manifest::from_json(&manifest_object.bytes).unwrap();
         store.insert(manifest_object.key, manifest_object.bytes);
@@ -318,6 +357,22 @@ mod tests {
         let signer = SigningKey::from_bytes(&[3; 32]);
         let (store, manifest) = record(&kek, &signer);
         assert_eq!(manifest.tracks.len(), 2);
+        // Everyone in the consultation is listed; the companion whose last answer was a
+        // refusal is marked, and nobody else is.
+        let listed: Vec<(&str, &str, bool)> = manifest
+            .participants
+            .iter()
+            .map(|p| (p.user_id.as_str(), p.role.as_str(), p.refused_consent))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("pat-a", "patient", false),
+                ("dr-li", "doctor", false),
+                ("son-a", "companion", true),
+                ("expert-z", "expert", false),
+            ]
+        );
         assert!(
             manifest.tracks.iter().all(|t| t.segments.len() >= 3),
             "4 s segments of 12 s"
@@ -326,7 +381,7 @@ mod tests {
         let report = verify_recording(
             &manifest,
             |k| store.get(k).cloned().ok_or("missing"),
-            Some(&signer.verifying_key()),
+            crate::vault::Signers::Pinned(&[signer.verifying_key()]),
             Some(&kek),
         );
         assert!(report.is_ok(), "{report}");
@@ -355,7 +410,7 @@ mod tests {
         let report = verify_recording(
             &manifest,
             |k| store.get(k).cloned().ok_or("missing"),
-            None,
+            crate::vault::Signers::AnyKey,
             Some(&kek),
         );
         let failure = report.first_failure.as_ref().expect("tamper found");

@@ -69,6 +69,9 @@ pub enum RecorderCommand {
         recording: String,
         /// Every decision.
         consents: Vec<ConsentRecord>,
+        /// Everyone in the consultation (user id, role): the manifest lists them all, those
+        /// who refused marked as such.
+        people: Vec<(String, String)>,
     },
     /// The recording ends: finish every track, sign and archive the manifest.
     Stop {
@@ -78,6 +81,8 @@ pub enum RecorderCommand {
         ended_at_ms: u64,
         /// Every consent decision.
         consents: Vec<ConsentRecord>,
+        /// Everyone in the consultation (user id, role).
+        people: Vec<(String, String)>,
     },
 }
 
@@ -307,9 +312,10 @@ impl Task {
             RecorderCommand::Consents {
                 recording,
                 consents,
+                people,
             } => {
                 if let Some(active) = self.active.get_mut(&recording) {
-                    active.archiver.set_consents(consents);
+                    active.archiver.set_consents(consents, &people);
                     journal(&self.parts.journal_dir, active.archiver.draft());
                 }
             }
@@ -317,8 +323,9 @@ impl Task {
                 recording,
                 ended_at_ms,
                 consents,
+                people,
             } => {
-                self.stop(&recording, ended_at_ms, Some(consents), None)
+                self.stop(&recording, ended_at_ms, Some((consents, people)), None)
                     .await
             }
         }
@@ -358,7 +365,7 @@ impl Task {
         &mut self,
         recording: &str,
         ended_at_ms: u64,
-        consents: Option<Vec<ConsentRecord>>,
+        consents: Option<(Vec<ConsentRecord>, Vec<(String, String)>)>,
         interrupted: Option<String>,
     ) {
         let Some(mut active) = self.active.remove(recording) else {
@@ -367,8 +374,8 @@ impl Task {
         self.owner.retain(|_, r| r != recording);
         active.core.finish(Instant::now());
         Self::drain(&mut active, &self.parts, &self.counters).await;
-        if let Some(consents) = consents {
-            active.archiver.set_consents(consents);
+        if let Some((consents, people)) = consents {
+            active.archiver.set_consents(consents, &people);
         }
         let manifest = active.archiver.draft().clone();
         let object =

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use crate::archive::{ArchiveError, ArchiveStore};
 use crate::vault::{
-    open_recorded_segment, verify_recording, KeyWrapper, Manifest, ManifestError, VerifyReport,
-    VerifyingKey,
+    open_recorded_segment, verify_recording, KeyWrapper, Manifest, ManifestError, Signers,
+    VerifyReport,
 };
 
 use super::archiver::manifest_key;
@@ -119,19 +119,19 @@ async fn fetch_all(
     Ok((manifest, objects))
 }
 
-/// Verify a recording: signature (by `signer` if given), hashes, and with a key-encryption key
-/// every chunk tag.
+/// Verify a recording: signature (by a pinned signer, or any key when asked), hashes, and with
+/// a key-encryption key every chunk tag.
 pub async fn verify(
     store: &dyn ArchiveStore,
     id: &str,
-    signer: Option<&VerifyingKey>,
+    signers: Signers<'_>,
     kek: Option<&dyn KeyWrapper>,
 ) -> Result<VerifyReport, ToolError> {
     let (manifest, objects) = fetch_all(store, id).await?;
     Ok(verify_recording(
         &manifest,
         |key| objects.get(key).cloned().ok_or("missing from the archive"),
-        signer,
+        signers,
         kek,
     ))
 }
@@ -141,7 +141,7 @@ pub async fn verify(
 pub async fn export(
     store: Arc<dyn ArchiveStore>,
     id: &str,
-    signer: Option<&VerifyingKey>,
+    signers: Signers<'_>,
     kek: &dyn KeyWrapper,
     out_dir: &Path,
 ) -> Result<Vec<(PathBuf, u64)>, ToolError> {
@@ -149,7 +149,7 @@ pub async fn export(
     let report = verify_recording(
         &manifest,
         |key| objects.get(key).cloned().ok_or("missing from the archive"),
-        signer,
+        signers,
         Some(kek),
     );
     if !report.is_ok() {

@@ -148,6 +148,7 @@ pub const MAX_PUBLISHED_TRACKS: usize = 8;
 
 /// Refuse an offer that would publish more than [`MAX_PUBLISHED_TRACKS`].
 fn check_published(sdp: &str) -> Result<(), SfuError> {
+    check_payload_types(sdp)?;
     let sending = m_line_directions(sdp)
         .iter()
         .filter(|d| **d == "sendonly" || **d == "sendrecv")
@@ -159,6 +160,40 @@ fn check_published(sdp: &str) -> Result<(), SfuError> {
     }
     Ok(())
 }
+/// Every `a=rtpmap` names a payload type its m-line lists. Found by fuzzing: an audio m-line
+/// mapping a payload type it does not list, which the video m-line maps too, made str0m panic
+/// ("Pt locked multiple times"); no WebRTC client writes such an SDP.
+fn check_payload_types(sdp: &str) -> Result<(), SfuError> {
+    let mut listed: Vec<&str> = Vec::new();
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            listed = m.split_whitespace().skip(3).collect();
+        } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
+            let pt = map.split_whitespace().next().unwrap_or("");
+            if !listed.contains(&pt) {
+                return Err(SfuError::InvalidSdp(format!(
+                    "a=rtpmap for payload type {pt}, which its m-line does not list"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one of str0m's SDP negotiations, turning a panic inside it into an error: a malformed
+/// description must never take the media task down. Its session is then in an unknown state:
+/// the caller removes the participant.
+fn negotiate<T>(
+    f: impl FnOnce() -> Result<T, str0m::RtcError>,
+) -> Result<Result<T, SfuError>, SfuError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Ok(r.map_err(|e| SfuError::InvalidSdp(e.to_string()))),
+        Err(_) => Err(SfuError::InvalidSdp(
+            "the session description broke the WebRTC session; leaving".into(),
+        )),
+    }
+}
+
 /// Most entries of one `track_preferences` (more tracks than a room of the largest size
 /// sends one subscriber).
 pub const MAX_PREFERENCES: usize = 512;
@@ -942,11 +977,14 @@ impl Sfu {
             debug!(participant = %id, "ignoring client offer that collides with a server offer");
             return Ok(());
         }
-        let answer = p
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = match negotiate(|| p.rtc.sdp_api().accept_offer(offer)) {
+            Ok(answer) => answer?,
+            Err(broken) => {
+                warn!(participant = %id, "an offer broke the session; removing the participant");
+                self.leave(now, id, LeaveReason::Disconnected);
+                return Err(broken);
+            }
+        };
         p.negotiated_once = true;
         // An offer with new ICE credentials restarts ICE (a change of network, a failed path):
         // str0m answers with new local credentials, which the demux must route from now on.
@@ -1000,11 +1038,8 @@ impl Sfu {
         }
         let (room, name) = (p.room, p.display_name.clone());
         let mut fresh = self.new_participant(now, id, room, &name);
-        let answer = fresh
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        // A panic here broke only the fresh session, which is dropped.
+        let answer = negotiate(|| fresh.rtc.sdp_api().accept_offer(offer))??;
         // The fresh session's receiving m-lines (the client sends on them), in SDP order.
         let mut offered: Vec<(Mid, MediaKind, TrackSource, Vec<Rid>)> = sdp
             .lines()
@@ -1234,9 +1269,18 @@ impl Sfu {
             .participants
             .get_mut(&id)
             .ok_or(SfuError::UnknownParticipant)?;
+        check_payload_types(sdp)?;
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(sdp_error)?;
         let pending = p.pending.take().ok_or(SfuError::NoPendingOffer)?;
-        if let Err(e) = p.rtc.sdp_api().accept_answer(pending, answer) {
+        let accepted = match negotiate(|| p.rtc.sdp_api().accept_answer(pending, answer)) {
+            Ok(accepted) => accepted,
+            Err(broken) => {
+                warn!(participant = %id, "an answer broke the session; removing the participant");
+                self.leave(now, id, LeaveReason::Disconnected);
+                return Err(broken);
+            }
+        };
+        if let Err(e) = accepted {
             // Our offer is void: what was being opened is offered again on the next change.
             for t in &mut p.tracks_out {
                 match t.state {
@@ -1245,7 +1289,7 @@ impl Sfu {
                     _ => {}
                 }
             }
-            return Err(SfuError::InvalidSdp(e.to_string()));
+            return Err(e);
         }
         let mut opened = Vec::new();
         for t in &mut p.tracks_out {

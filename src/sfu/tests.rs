@@ -367,6 +367,41 @@ fn an_offer_publishing_more_than_the_track_cap_is_refused_before_negotiation() {
 }
 
 #[test]
+fn an_offer_that_made_str0m_panic_is_refused_and_a_panic_in_negotiation_is_contained() {
+    use super::{negotiate, SfuError, SignalInput};
+    // Found by the `whip` fuzz target: an audio m-line mapping a payload type it does not
+    // list, which the video m-line maps too ("Pt locked multiple times" inside str0m).
+    let crash = include_str!("../../fuzz/crashes/whip-str0m-pt-locked-multiple-times");
+    let mut net = SimNet::new(9);
+    let a = net.add_client("room", AV);
+    let id = net.clients[a].id;
+    for input in [
+        SignalInput::Offer {
+            sdp: crash.into(),
+            sources: Default::default(),
+        },
+        SignalInput::Renew {
+            sdp: crash.into(),
+            sources: Default::default(),
+        },
+    ] {
+        let err = net.sfu.handle_signal(net.now, id, input).unwrap_err();
+        assert!(
+            matches!(&err, SfuError::InvalidSdp(m) if m.contains("its m-line does not list")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        net.sfu.track_counts().0,
+        2,
+        "A is still there with its tracks"
+    );
+    // Whatever else str0m might panic on is an error, not the end of the media task.
+    let r: Result<Result<(), SfuError>, SfuError> = negotiate(|| panic!("inside str0m"));
+    assert!(matches!(r, Err(SfuError::InvalidSdp(_))));
+}
+
+#[test]
 fn bad_sdp_and_candidates_get_typed_errors() {
     use super::{SfuError, SignalInput};
     let mut net = SimNet::new(7);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{KeyError, LocalKek};
 use super::segment::{Cipher, DEFAULT_CHUNK_BYTES};
+use ed25519_dalek::VerifyingKey;
 
 /// Smallest configurable chunk: below this the per-chunk tag and call overhead dominate.
 pub const MIN_CONFIG_CHUNK_BYTES: u32 = 4 * 1024;
@@ -34,6 +35,11 @@ pub struct VaultConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Plaintext bytes per encrypted chunk.
     pub chunk_bytes: u32,
+    /// Public keys (base64 of the 32-byte Ed25519 key, or PEM) whose manifest signatures
+    /// `huizhen recording verify` and `export` accept: the server's, and the previous one while
+    /// a key is rotated. Empty: the server's own key from `signing_key_file` (or the data
+    /// directory) when it is at hand; otherwise the tools refuse unless told `--any-signer`.
+    pub signer_public_keys: Vec<String>,
 }
 
 impl Default for VaultConfig {
@@ -44,6 +50,7 @@ impl Default for VaultConfig {
             kek_env: None,
             signing_key_file: None,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            signer_public_keys: Vec::new(),
         }
     }
 }
@@ -106,7 +113,23 @@ impl VaultConfig {
         {
             return invalid("recording.signing_key_file", "must not be empty".to_owned());
         }
+        for (i, key) in self.signer_public_keys.iter().enumerate() {
+            if let Err(e) = crate::vault::parse_verifying_key(key) {
+                return invalid(
+                    "recording.signer_public_keys",
+                    format!("entry {}: {e}", i + 1),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The pinned manifest signers configured (validated at load).
+    pub fn pinned_signers(&self) -> Result<Vec<VerifyingKey>, crate::vault::SigningKeyError> {
+        self.signer_public_keys
+            .iter()
+            .map(|k| crate::vault::parse_verifying_key(k))
+            .collect()
     }
 
     /// Where the KEK comes from, if configured.

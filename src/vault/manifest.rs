@@ -26,8 +26,13 @@ use sha2::{Digest, Sha256};
 use super::keys::WrappedKey;
 use super::segment::Cipher;
 
-/// The manifest format this build writes and reads.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// The manifest format this build writes. It reads this one and every earlier one since
+/// [`OLDEST_MANIFEST_FORMAT_VERSION`]: version 2 added `participants[].refused_consent`, so a
+/// version 1 manifest parses (and its signature verifies) unchanged.
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+
+/// The oldest manifest format this build reads.
+pub const OLDEST_MANIFEST_FORMAT_VERSION: u32 = 1;
 
 /// Domain-separation prefix of the signed message.
 pub const SIGNING_CONTEXT: &[u8] = b"huizhen recording manifest v1\n";
@@ -75,6 +80,10 @@ pub struct Participant {
     pub user_id: String,
     /// Their role in the consultation (e.g. `doctor`, `patient`, `interpreter`).
     pub role: String,
+    /// Their last answer to the recording request was a refusal: they took part, and none of
+    /// their media is in the recording (format 2; absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_consent: bool,
 }
 
 /// A participant's answer to the recording request.
@@ -197,7 +206,7 @@ pub enum ManifestError {
     #[error("malformed manifest: {0}")]
     Malformed(#[from] serde_json::Error),
     /// Written by a newer format.
-    #[error("unsupported manifest format version {found} (this build reads version {MANIFEST_FORMAT_VERSION})")]
+    #[error("unsupported manifest format version {found} (this build reads versions {OLDEST_MANIFEST_FORMAT_VERSION} to {MANIFEST_FORMAT_VERSION})")]
     UnsupportedVersion {
         /// The version found.
         found: u32,
@@ -257,7 +266,9 @@ impl Manifest {
     /// Parse a stored manifest, refusing unknown fields and newer format versions.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let manifest: Manifest = serde_json::from_slice(bytes)?;
-        if manifest.format_version != MANIFEST_FORMAT_VERSION {
+        if !(OLDEST_MANIFEST_FORMAT_VERSION..=MANIFEST_FORMAT_VERSION)
+            .contains(&manifest.format_version)
+        {
             return Err(ManifestError::UnsupportedVersion {
                 found: manifest.format_version,
             });
@@ -346,6 +357,25 @@ impl Manifest {
         self.verify_signature()
     }
 
+    /// Check that the signature is valid and made by one of `pinned` (none pinned: refused).
+    pub fn verify_signed_by_one_of(&self, pinned: &[VerifyingKey]) -> Result<(), ManifestError> {
+        if self.signature.is_empty() {
+            return Err(ManifestError::Unsigned);
+        }
+        let found = self.signer()?;
+        if !pinned.contains(&found) {
+            return Err(ManifestError::UnexpectedSigner {
+                expected: pinned
+                    .iter()
+                    .map(|k| b64().encode(k.as_bytes()))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                found: self.signer_public_key.clone(),
+            });
+        }
+        self.verify_signature()
+    }
+
     /// Number of segments across all tracks.
     pub fn segment_count(&self) -> usize {
         self.tracks.iter().map(|t| t.segments.len()).sum()
@@ -390,10 +420,12 @@ mod tests {
             Participant {
                 user_id: "dr-li".into(),
                 role: "doctor".into(),
+                refused_consent: false,
             },
             Participant {
                 user_id: "pt-wang".into(),
                 role: "patient".into(),
+                refused_consent: false,
             },
         ];
         m.consents = vec![
@@ -493,7 +525,7 @@ mod tests {
         let m = sample();
         let text = String::from_utf8(m.canonical_bytes()).unwrap();
         assert!(text.starts_with(
-            r#"{"format_version":1,"recording_id":"rec-1","consultation":"consult-9","room":"room-3","started_at_ms":1700000000000,"ended_at_ms":null,"interrupted":null,"participants":[{"user_id":"dr-li","role":"doctor"}"#
+            r#"{"format_version":2,"recording_id":"rec-1","consultation":"consult-9","room":"room-3","started_at_ms":1700000000000,"ended_at_ms":null,"interrupted":null,"participants":[{"user_id":"dr-li","role":"doctor"}"#
         ), "{text}");
         assert!(
             text.ends_with(r#""signer_public_key":"","signature":""}"#),
@@ -514,11 +546,43 @@ mod tests {
             Manifest::from_json(value.to_string().as_bytes()),
             Err(ManifestError::Malformed(_))
         ));
-        let mut m2 = m.clone();
-        m2.format_version = 2;
+        for version in [0, MANIFEST_FORMAT_VERSION + 1] {
+            let mut m2 = m.clone();
+            m2.format_version = version;
+            assert!(matches!(
+                Manifest::from_json(&m2.to_json()),
+                Err(ManifestError::UnsupportedVersion { found }) if found == version
+            ));
+        }
+    }
+
+    #[test]
+    fn a_version_1_manifest_still_reads_and_verifies_and_refusers_are_marked_in_version_2() {
+        // Version 1 had no `refused_consent`: a manifest written then (no participant marked)
+        // has the same canonical bytes today, so its signature holds.
+        let mut v1 = sample();
+        v1.format_version = 1;
+        v1.sign(&key(1));
+        let text = String::from_utf8(v1.to_json()).unwrap();
+        assert!(!text.contains("refused_consent"), "{text}");
+        let read = Manifest::from_json(text.as_bytes()).unwrap();
+        read.verify_signature().unwrap();
+        assert_eq!(read, v1);
+
+        let mut v2 = sample();
+        v2.participants[1].refused_consent = true;
+        v2.sign(&key(1));
+        let text = String::from_utf8(v2.canonical_bytes()).unwrap();
+        assert!(text.contains(r#""refused_consent":true"#), "{text}");
+        let read = Manifest::from_json(&v2.to_json()).unwrap();
+        assert!(read.participants[1].refused_consent);
+        read.verify_signature().unwrap();
+        // The mark is signed: removing it breaks the signature.
+        let mut edited = read.clone();
+        edited.participants[1].refused_consent = false;
         assert!(matches!(
-            Manifest::from_json(&m2.to_json()),
-            Err(ManifestError::UnsupportedVersion { found: 2 })
+            edited.verify_signature(),
+            Err(ManifestError::BadSignature)
         ));
     }
 

@@ -34,7 +34,7 @@ pub use segment::{
 };
 pub use signing::{
     load_or_generate_signing_key, load_signing_key, load_verifying_key, parse_verifying_key,
-    SigningKeyError,
+    public_key_base64, SigningKeyError,
 };
 
 /// What is wrong with one stored segment.
@@ -125,8 +125,11 @@ pub enum KeyCheck {
 pub struct VerifyReport {
     /// The recording.
     pub recording_id: String,
-    /// The signature check (against the expected signer, when one was given).
+    /// The signature check (against the pinned signers, when there were any).
     pub signature: Result<(), ManifestError>,
+    /// Whether the signer was checked against pinned keys; false when any key was accepted
+    /// (then a good signature proves integrity, not origin).
+    pub origin_pinned: bool,
     /// The data-key check.
     pub key: KeyCheck,
     /// Manifest statements that contradict its own consent records (a track of a participant
@@ -162,9 +165,13 @@ impl VerifyReport {
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "recording {}", self.recording_id)?;
-        match &self.signature {
-            Ok(()) => writeln!(f, "  signature: ok")?,
-            Err(e) => writeln!(f, "  signature: FAILED: {e}")?,
+        match (&self.signature, self.origin_pinned) {
+            (Ok(()), true) => writeln!(f, "  signature: ok, by a pinned signer")?,
+            (Ok(()), false) => writeln!(
+                f,
+                "  signature: ok, by the key the manifest names; ORIGIN UNVERIFIED (no pinned signer)"
+            )?,
+            (Err(e), _) => writeln!(f, "  signature: FAILED: {e}")?,
         }
         match &self.key {
             KeyCheck::NotChecked => writeln!(f, "  data key: not checked (no key given)")?,
@@ -197,22 +204,36 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+/// Whose signature a verification accepts.
+#[derive(Debug, Clone, Copy)]
+pub enum Signers<'a> {
+    /// Only one of these keys (the server's; more than one while a key is being rotated): a
+    /// manifest that verifies came from the server. What `verify` and `export` require unless
+    /// told otherwise.
+    Pinned(&'a [VerifyingKey]),
+    /// Whatever key the manifest names: proves that nothing changed since it was signed, not
+    /// who signed it (anyone can re-sign an edited manifest with a fresh key). Only when asked
+    /// for explicitly.
+    AnyKey,
+}
+
 /// Check a recording: the manifest signature, every segment's presence, size and SHA-256 and,
 /// when `kek` is given, every chunk tag (by authenticating under the unwrapped data key).
 ///
 /// `fetch` returns an object's bytes by key; its error is reported as a missing segment. Every
 /// segment is checked (so the report can count them), and the first bad one is named. With
-/// `expected_signer` the manifest must be signed by that key, otherwise by the key it names
-/// (which proves integrity but not origin).
+/// [`Signers::Pinned`] the manifest must be signed by one of those keys; with
+/// [`Signers::AnyKey`] by the key it names (which proves integrity but not origin; the report
+/// says so).
 pub fn verify_recording<E: fmt::Display>(
     manifest: &Manifest,
     mut fetch: impl FnMut(&str) -> Result<Vec<u8>, E>,
-    expected_signer: Option<&VerifyingKey>,
+    signers: Signers<'_>,
     kek: Option<&dyn KeyWrapper>,
 ) -> VerifyReport {
-    let signature = match expected_signer {
-        Some(expected) => manifest.verify_signed_by(expected),
-        None => manifest.verify_signature(),
+    let (signature, origin_pinned) = match signers {
+        Signers::Pinned(keys) => (manifest.verify_signed_by_one_of(keys), true),
+        Signers::AnyKey => (manifest.verify_signature(), false),
     };
     let (key, data_key) = match kek.map(|k| k.unwrap(&manifest.wrapped_key)) {
         None => (KeyCheck::NotChecked, None),
@@ -222,6 +243,7 @@ pub fn verify_recording<E: fmt::Display>(
     let mut report = VerifyReport {
         recording_id: manifest.recording_id.clone(),
         signature,
+        origin_pinned,
         key,
         consent_problems: consent_problems(manifest),
         segments_total: manifest.segment_count(),
@@ -379,6 +401,7 @@ mod tests {
         m.participants.push(Participant {
             user_id: "u1".into(),
             role: "doctor".into(),
+            refused_consent: false,
         });
         m.consents.push(ConsentRecord {
             user_id: "u1".into(),
@@ -427,15 +450,47 @@ mod tests {
     fn intact_recording_verifies_with_and_without_key() {
         for cipher in [Cipher::Aes256Gcm, Cipher::Sm4Gcm] {
             let (m, store, kek, sk) = recording(cipher);
-            let r = verify_recording(&m, fetch(&store), Some(&sk.verifying_key()), Some(&kek));
+            let r = verify_recording(
+                &m,
+                fetch(&store),
+                Signers::Pinned(&[sk.verifying_key()]),
+                Some(&kek),
+            );
             assert!(r.is_ok(), "{r}");
             assert_eq!(r.segments_authenticated, 2);
             assert_eq!(r.chunks_authenticated, 2);
-            let r = verify_recording(&m, fetch(&store), None, None);
+            let r = verify_recording(&m, fetch(&store), Signers::AnyKey, None);
             assert!(r.is_ok(), "{r}");
             assert!(matches!(r.key, KeyCheck::NotChecked));
             assert!(r.to_string().ends_with("result: OK"));
         }
+    }
+
+    #[test]
+    fn a_manifest_edited_and_re_signed_with_a_fresh_key_is_refused_by_a_pinned_signer() {
+        let (mut m, store, kek, server) = recording(Cipher::Aes256Gcm);
+        // Someone with write access to the archive drops a track and re-signs.
+        m.tracks.pop();
+        let forger = SigningKey::from_bytes(&[0x55; 32]);
+        m.sign(&forger);
+        let pinned = [server.verifying_key()];
+        let r = verify_recording(&m, fetch(&store), Signers::Pinned(&pinned), Some(&kek));
+        assert!(
+            matches!(r.signature, Err(ManifestError::UnexpectedSigner { .. })),
+            "{r}"
+        );
+        assert!(!r.is_ok());
+        assert!(r.to_string().ends_with("result: FAILED"), "{r}");
+        // Rotation: the old and new keys pinned together, either verifies.
+        let rotated = [forger.verifying_key(), server.verifying_key()];
+        let (m_ok, store_ok, _, _) = recording(Cipher::Aes256Gcm);
+        let r = verify_recording(&m_ok, fetch(&store_ok), Signers::Pinned(&rotated), None);
+        assert!(r.is_ok() && r.origin_pinned, "{r}");
+        // Any key: the forgery's integrity holds, and the report says the origin is unknown.
+        let r = verify_recording(&m, fetch(&store), Signers::AnyKey, Some(&kek));
+        assert!(r.signature.is_ok());
+        assert!(!r.origin_pinned);
+        assert!(r.to_string().contains("ORIGIN UNVERIFIED"), "{r}");
     }
 
     #[test]
@@ -447,7 +502,7 @@ mod tests {
         let last = obj.len() - 1;
         obj[last] ^= 1;
         m.tracks[0].segments[1].sha256 = sha256_hex(obj);
-        let r = verify_recording(&m, fetch(&store), None, Some(&kek));
+        let r = verify_recording(&m, fetch(&store), Signers::AnyKey, Some(&kek));
         assert!(matches!(r.signature, Err(ManifestError::BadSignature)));
         let first = r.first_failure.unwrap();
         assert_eq!((first.track_id.as_str(), first.index), ("a", 1));
@@ -462,7 +517,7 @@ mod tests {
         let (mut m, store, _, sk) = recording(Cipher::Aes256Gcm);
         m.consents[0].decision = ConsentDecision::Refused;
         m.sign(&sk);
-        let r = verify_recording(&m, fetch(&store), None, None);
+        let r = verify_recording(&m, fetch(&store), Signers::AnyKey, None);
         assert!(r.signature.is_ok());
         assert!(!r.is_ok());
         assert!(r.consent_problems[0].contains("no granted consent"), "{r}");
@@ -474,7 +529,7 @@ mod tests {
         let dup = m.tracks[0].segments[0].clone();
         m.tracks[0].segments.push(dup);
         m.sign(&sk);
-        let r = verify_recording(&m, fetch(&store), None, None);
+        let r = verify_recording(&m, fetch(&store), Signers::AnyKey, None);
         assert_eq!(
             r.first_failure.unwrap().problem,
             SegmentProblem::DuplicateIndex
@@ -483,7 +538,7 @@ mod tests {
         let (mut m, store, _, sk) = recording(Cipher::Aes256Gcm);
         m.cipher = Cipher::Sm4Gcm;
         m.sign(&sk);
-        let r = verify_recording(&m, fetch(&store), None, None);
+        let r = verify_recording(&m, fetch(&store), Signers::AnyKey, None);
         assert!(matches!(
             r.first_failure.unwrap().problem,
             SegmentProblem::CipherMismatch { .. }

@@ -1550,7 +1550,7 @@ async fn a_session_is_warned_renewed_and_ended_with_its_token() {
     })
     .await;
     assert!(
-        matches!(warning, ServerMessage::TokenExpiring { expires_at } if expires_at <= now_secs() + 3)
+        matches!(warning, ServerMessage::TokenExpiring { expires_at, expires_at_ms } if expires_at <= now_secs() + 3 && expires_at_ms == expires_at * 1000)
     );
     // A fresh token of the same user extends the session...
     send_msg(
@@ -1565,7 +1565,7 @@ async fn a_session_is_warned_renewed_and_ended_with_its_token() {
     })
     .await;
     assert!(
-        matches!(renewed, ServerMessage::TokenRenewed { expires_at } if expires_at > now_secs() + 3000)
+        matches!(renewed, ServerMessage::TokenRenewed { expires_at, expires_at_ms } if expires_at > now_secs() + 3000 && expires_at_ms == expires_at * 1000)
     );
     // ...and one of another user is refused on this socket.
     expect_refused(

@@ -266,7 +266,7 @@ async fn a_consultation_is_recorded_for_consenting_participants_only() {
     let report = huizhen::vault::verify_recording(
         &manifest,
         fetch,
-        Some(&signer.verifying_key()),
+        huizhen::vault::Signers::Pinned(&[signer.verifying_key()]),
         Some(&kek),
     );
     assert!(report.is_ok(), "{report}");
@@ -659,7 +659,7 @@ async fn an_s3_outage_mid_call_loses_nothing() {
     let report = huizhen::recorder::tools::verify(
         store.as_ref(),
         &id,
-        Some(&signer.verifying_key()),
+        huizhen::vault::Signers::Pinned(&[signer.verifying_key()]),
         Some(&kek),
     )
     .await

@@ -50,6 +50,7 @@ fn record(cipher: Cipher) -> Fixture {
         manifest.participants.push(Participant {
             user_id: user.into(),
             role: role.into(),
+            refused_consent: false,
         });
         manifest.consents.push(ConsentRecord {
             user_id: user.into(),
@@ -108,7 +109,7 @@ fn verify(f: &Fixture, kek: Option<&dyn KeyWrapper>) -> VerifyReport {
                 .cloned()
                 .ok_or_else(|| format!("no object `{key}`"))
         },
-        Some(&f.signer.verifying_key()),
+        huizhen::vault::Signers::Pinned(&[f.signer.verifying_key()]),
         kek,
     )
 }
@@ -366,4 +367,103 @@ fn reports_never_contain_key_material() {
         assert!(!text.contains(KEK_HEX));
     }
     assert_eq!(format!("{data_key:?}"), "DataKey(<redacted>)");
+}
+
+/// `huizhen recording verify` and `export` on a local archive holding the fixture's
+/// recording: without a pinned signer they refuse (unless `--any-signer`), a pinned signer
+/// accepts the real manifest, and a manifest edited and re-signed with a fresh key is refused
+/// by the pinned key, given on the command line or in the configuration.
+#[tokio::test]
+async fn the_cli_pins_the_manifest_signer() {
+    use huizhen::archive::{ArchiveStore, PutOptions};
+    use std::process::Command;
+    const BIN: &str = env!("CARGO_BIN_EXE_huizhen");
+    let dir = std::env::temp_dir().join(format!("huizhen-signer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let archive = dir.join("archive");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let f = record(Cipher::Aes256Gcm);
+    let store = huizhen::archive::local::LocalStore::open(&archive).unwrap();
+    for (key, bytes) in &f.store {
+        store
+            .put(key, bytes.clone().into(), PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let manifest_key = huizhen::recorder::archiver::manifest_key(RECORDING);
+    let put_manifest = |m: &Manifest| {
+        let path = archive.join(&manifest_key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, m.to_json()).unwrap();
+    };
+    put_manifest(&f.manifest);
+    let real = huizhen::vault::public_key_base64(&f.signer.verifying_key());
+    let config = dir.join("huizhen.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!("[archive]\nlocal_dir = \"{}\"\n{extra}", archive.display()),
+        )
+        .unwrap();
+    };
+    write_config("");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["recording"])
+            .args(args)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // No signer pinned anywhere: checked, reported, refused.
+    let (ok, out) = run(&["verify", RECORDING]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("ORIGIN UNVERIFIED"), "{out}");
+    assert!(out.contains("--any-signer"), "{out}");
+    // Asked explicitly: integrity only, exit 0.
+    let (ok, out) = run(&["verify", RECORDING, "--any-signer"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ORIGIN UNVERIFIED"), "{out}");
+    // Pinned on the command line: the real manifest verifies.
+    let (ok, out) = run(&["verify", RECORDING, "--signer", &real]);
+    assert!(ok, "{out}");
+    assert!(out.contains("by a pinned signer"), "{out}");
+    // Export refuses without a pinned signer, before writing anything.
+    let export_dir = dir.join("export");
+    let (ok, out) = run(&["export", RECORDING, "--out", export_dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.contains("not exporting"), "{out}");
+    assert!(!export_dir.exists());
+
+    // Someone with write access to the archive drops the patient's track and consent, and
+    // re-signs with a key of their own.
+    let mut forged = f.manifest.clone();
+    forged.tracks.retain(|t| t.participant != "pt-chen");
+    forged.consents.retain(|c| c.user_id != "pt-chen");
+    forged.participants.retain(|p| p.user_id != "pt-chen");
+    forged.sign(&SigningKey::from_bytes(&[0x77; 32]));
+    put_manifest(&forged);
+    let (ok, out) = run(&["verify", RECORDING, "--signer", &real]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("not by the expected key"), "{out}");
+    // Pinned in the configuration: refused the same way.
+    write_config(&format!("[recording]\nsigner_public_keys = [\"{real}\"]\n"));
+    let (ok, out) = run(&["verify", RECORDING]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("not by the expected key"), "{out}");
+    assert!(out.contains("recording.signer_public_keys"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

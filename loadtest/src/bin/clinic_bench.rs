@@ -15,6 +15,8 @@ mod events;
 mod flood;
 #[path = "clinic_bench/history.rs"]
 mod history;
+#[path = "clinic_bench/hold.rs"]
+mod hold;
 #[path = "clinic_bench/roundtrip.rs"]
 mod roundtrip;
 #[path = "clinic_bench/server.rs"]
@@ -40,6 +42,8 @@ enum Scenario {
     Events,
     /// 4: unauthenticated frame flood: audit rows, closed sockets, REST latency.
     Flood,
+    /// 5: strangers' idle and slow connections held: memory, and a doctor joining meanwhile.
+    Hold,
 }
 
 #[derive(Debug, Parser)]
@@ -120,6 +124,16 @@ struct Args {
     #[arg(long, default_value_t = 65)]
     flood_audit_wait: u64,
 
+    /// Connections of each kind held at once (scenario hold).
+    #[arg(long, default_value_t = 10_000)]
+    hold_count: usize,
+    /// Source addresses they come from (127.0.1.1 on; the server caps 1,000 per source).
+    #[arg(long, default_value_t = 20)]
+    hold_sources: usize,
+    /// Doctor joins measured per kind.
+    #[arg(long, default_value_t = 5)]
+    hold_joins: usize,
+
     /// Also write the table as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -143,6 +157,7 @@ fn load_average() -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -239,6 +254,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     audit_wait_secs: args.flood_audit_wait,
                 };
                 flood::run(&spec, &dir, &settings, &mut report).await
+            }
+            Scenario::Hold => {
+                let settings = hold::Settings {
+                    count: args.hold_count,
+                    sources: args.hold_sources.clamp(1, 250),
+                    joins: args.hold_joins,
+                };
+                tokio::task::LocalSet::new()
+                    .run_until(hold::run(&spec, &dir, &settings, &mut report))
+                    .await
             }
         };
         report.add(

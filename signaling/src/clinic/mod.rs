@@ -175,6 +175,8 @@ pub enum ClinicEvent {
     Declined {
         /// Invitation.
         invitation: InvitationId,
+        /// The consultation it would have opened.
+        consultation: ConsultationId,
         /// Patient.
         patient: UserId,
     },
@@ -182,6 +184,8 @@ pub enum ClinicEvent {
     InvitationExpired {
         /// Invitation.
         invitation: InvitationId,
+        /// The consultation it would have opened.
+        consultation: ConsultationId,
         /// Patient.
         patient: UserId,
     },
@@ -189,6 +193,8 @@ pub enum ClinicEvent {
     InvitationCancelled {
         /// Invitation.
         invitation: InvitationId,
+        /// The consultation it would have opened.
+        consultation: ConsultationId,
         /// Patient.
         patient: UserId,
     },
@@ -1262,6 +1268,7 @@ impl ClinicEngine {
         self.consultation_of_doctor(actor, &inv.consultation)?;
         self.drop_invitation(invitation);
         self.emit(ClinicEvent::InvitationCancelled {
+            consultation: inv.consultation.clone(),
             invitation: inv.id,
             patient: inv.patient,
         });
@@ -1367,6 +1374,7 @@ impl ClinicEngine {
         }
         self.drop_invitation(invitation);
         self.emit(ClinicEvent::Declined {
+            consultation: inv.consultation.clone(),
             invitation: inv.id,
             patient: inv.patient,
         });
@@ -1887,6 +1895,7 @@ impl ClinicEngine {
         for inv in expired {
             self.drop_invitation(&inv.id);
             self.emit(ClinicEvent::InvitationExpired {
+                consultation: inv.consultation.clone(),
                 invitation: inv.id,
                 patient: inv.patient,
             });
