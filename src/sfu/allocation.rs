@@ -85,6 +85,12 @@ pub const RESUME_MARGIN: f64 = 1.1;
 /// (3 s made the simulator's cut to 300 kbit/s lose a tenth of the voices in one second in
 /// 4 runs of 40: the second resume came later, on a worse moment; 1.5 s: 0 of 40.)
 pub const RESUME_SPACING: Duration = Duration::from_millis(1500);
+/// A paused video the subscriber shows large resumes in place of a flowing one (a swap: a
+/// keyframe from its publisher) at most once per this long. The large tile follows the active
+/// speaker; on a link with room for one video, every change of speaker swapped the two
+/// cameras (CI, Chromium joining at 300 kbit/s: a swap every ~6 s, 1.1 keyframes per 10 s from
+/// a publisher). The same pace as the top layer following the large tile.
+pub const PIN_SWAP_SPACING: Duration = Duration::from_secs(10);
 
 /// Why a video is upgraded before others. Higher first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -218,6 +224,8 @@ impl State {
 #[derive(Debug, Default)]
 pub struct Allocator {
     tracks: HashMap<TrackId, State>,
+    /// When a pinned video last resumed in place of a flowing one.
+    last_pin_swap: Option<Instant>,
 }
 
 impl Allocator {
@@ -307,10 +315,17 @@ impl Allocator {
             }
             _ => 0,
         };
+        // A paused pinned video goes first (and may displace a flowing one) at most once per
+        // PIN_SWAP_SPACING; until then it waits among the paused ones.
+        let swap_allowed = self
+            .last_pin_swap
+            .is_none_or(|at| now.saturating_duration_since(at) >= PIN_SWAP_SPACING);
+        let first =
+            |v: &VideoTrack| v.priority == Priority::Pinned && (swap_allowed || tier(v.track) > 0);
         let mut floor_order = order.clone();
         floor_order.sort_by(|a, b| {
-            (b.priority == Priority::Pinned)
-                .cmp(&(a.priority == Priority::Pinned))
+            first(b)
+                .cmp(&first(a))
                 .then(tier(b.track).cmp(&tier(a.track)))
                 .then(b.priority.cmp(&a.priority))
                 .then(a.track.cmp(&b.track))
@@ -507,6 +522,17 @@ impl Allocator {
             if let (Some(top), Some((_, _))) = (v.max_layer, v.lowest()) {
                 outcome.desired += v.best_at_most(top).map_or(0, |(_, b)| b);
             }
+        }
+        let resumed_pinned = outcome.changes.iter().any(|c| {
+            c.from.layer().is_none()
+                && c.to.layer().is_some()
+                && order
+                    .iter()
+                    .any(|v| v.track == c.track && v.priority == Priority::Pinned)
+        });
+        let paused = outcome.changes.iter().any(|c| c.to == Target::Paused);
+        if resumed_pinned && paused {
+            self.last_pin_swap = Some(now);
         }
         outcome.desired += audio;
         outcome.next_step = next_step;
@@ -1210,6 +1236,62 @@ mod tests {
             swaps.iter().all(|u| *u >= 1),
             "the top layer never followed: {swaps:?}"
         );
+    }
+
+    #[test]
+    fn where_one_video_fits_the_shown_one_follows_the_large_tile_at_most_once_per_10_s() {
+        // Room for one lowest layer only. CI, Chromium joining at 300 kbit/s: the large tile
+        // followed the speaker, and a change of speaker paused one camera and resumed the
+        // other every ~6 s, a keyframe from a publisher each time (bob's camera: 1.1 per 10 s
+        // against the 1 allowed).
+        let estimate = AUDIO + Q + Q / 2;
+        let pinned_first = |first: bool| {
+            let (mut one, mut two) = (cam(1), cam(2));
+            if first {
+                one.priority = Priority::Pinned;
+            } else {
+                two.priority = Priority::Pinned;
+            }
+            [one, two]
+        };
+        // The speaker (and with it the large tile) changes every 2, 3, 6 or 10 s for a minute.
+        for every in [8, 12, 24, 40] {
+            let mut a = Allocator::default();
+            let mut now = Instant::now();
+            settle(&mut a, &mut now, 12, estimate, &pinned_first(true));
+            assert_eq!(targets(&a, &[1, 2]), vec![Target::Layer(0), Target::Paused]);
+            let mut swaps: Vec<Instant> = Vec::new();
+            let mut last = targets(&a, &[1, 2]);
+            for round in 0..240 {
+                let videos = pinned_first((round / every) % 2 == 1);
+                a.allocate(now, estimate, AUDIO, &videos);
+                let t = targets(&a, &[1, 2]);
+                assert!(
+                    t.iter().filter(|t| t.layer().is_some()).count() <= 1,
+                    "two videos on a link for one: {t:?}"
+                );
+                if (0..2).any(|i| last[i] == Target::Paused && t[i].layer().is_some()) {
+                    swaps.push(now);
+                }
+                last = t;
+                now += Duration::from_millis(250);
+            }
+            // Each swap costs a publisher a keyframe: at most one per 10 s; and the shown
+            // video still follows the large tile.
+            let gaps: Vec<u128> = swaps
+                .windows(2)
+                .map(|w| (w[1] - w[0]).as_millis())
+                .collect();
+            assert!(
+                gaps.iter().all(|g| *g >= 10_000),
+                "every {every} rounds: swaps {gaps:?} ms apart"
+            );
+            assert!(
+                swaps.len() >= 2,
+                "every {every} rounds: never followed: {} swaps",
+                swaps.len()
+            );
+        }
     }
 
     #[test]
