@@ -3,7 +3,7 @@
 //! Each component registers its metrics in its own prefixed sub-registry (`huizhen_sfu_`,
 //! `huizhen_signaling_`, ...); `/metrics` concatenates them with the process collector.
 
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -12,6 +12,49 @@ use crate::config::LogFormat;
 #[derive(Clone)]
 pub struct Metrics {
     registries: Vec<Registry>,
+    runtime: RuntimeGauges,
+}
+
+/// The tokio runtime's own figures, read when `/metrics` is rendered: a task that never ends
+/// (a leak a soak must see) shows as alive tasks that do not come back to their baseline.
+#[derive(Clone)]
+struct RuntimeGauges {
+    alive_tasks: IntGauge,
+    workers: IntGauge,
+    global_queue: IntGauge,
+}
+
+impl RuntimeGauges {
+    fn register(registry: &Registry) -> RuntimeGauges {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        RuntimeGauges {
+            alive_tasks: gauge(
+                "huizhen_runtime_alive_tasks",
+                "Tasks alive in the runtime that renders /metrics (spawned and not yet finished).",
+            ),
+            workers: gauge("huizhen_runtime_workers", "Worker threads of that runtime."),
+            global_queue: gauge(
+                "huizhen_runtime_global_queue_depth",
+                "Tasks waiting in that runtime's global queue.",
+            ),
+        }
+    }
+
+    /// Reads the current runtime's figures (none outside a runtime).
+    fn update(&self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let m = handle.metrics();
+            self.alive_tasks.set(m.num_alive_tasks() as i64);
+            self.workers.set(m.num_workers() as i64);
+            self.global_queue.set(m.global_queue_depth() as i64);
+        }
+    }
 }
 
 impl Metrics {
@@ -26,8 +69,10 @@ impl Metrics {
             );
             let _ = process.register(Box::new(collector));
         }
+        let runtime = RuntimeGauges::register(&process);
         Metrics {
             registries: vec![process],
+            runtime,
         }
     }
 
@@ -41,6 +86,7 @@ impl Metrics {
 
     /// Everything in Prometheus text format.
     pub fn render(&self) -> String {
+        self.runtime.update();
         let families: Vec<_> = self.registries.iter().flat_map(|r| r.gather()).collect();
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
@@ -71,5 +117,43 @@ pub fn init_logging(format: LogFormat) {
     };
     if result.is_err() {
         // Already installed (tests start several servers in one process).
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, name: &str) -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {text}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alive_tasks_follow_the_runtime() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        let before = value(&text, "huizhen_runtime_alive_tasks");
+        assert_eq!(value(&text, "huizhen_runtime_workers"), 2);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let held: Vec<_> = (0..5)
+            .map(|_| {
+                let mut rx = rx.clone();
+                tokio::spawn(async move { rx.wait_for(|go| *go).await.is_ok() })
+            })
+            .collect();
+        assert_eq!(
+            value(&metrics.render(), "huizhen_runtime_alive_tasks"),
+            before + 5
+        );
+        tx.send(true).unwrap();
+        for task in held {
+            assert!(task.await.unwrap());
+        }
+        assert_eq!(
+            value(&metrics.render(), "huizhen_runtime_alive_tasks"),
+            before
+        );
     }
 }

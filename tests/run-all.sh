@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need and run every test: Rust unit and integration tests (including
-# the webrtc-rs clients), the benchmark build, and the headless-Chromium browser tests.
+# the webrtc-rs clients), the benchmark build, and the headless-Chromium browser tests (one of them
+# against aiortc, a third WebRTC stack, from a Python virtualenv in tests/interop/.venv).
 # Usage: tests/run-all.sh        (from anywhere; needs root or sudo for apt on a fresh machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,21 @@ fi
 
 log "installing browser test packages (playwright-core, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+
+# The interop test (tests/browser/interop.test.mjs) runs a third independent WebRTC stack,
+# aiortc (Python, from PyPI), against the server next to a Chromium page. Its virtualenv is
+# tests/interop/.venv (the test's default HUIZHEN_INTEROP_PYTHON), pinned by requirements.txt.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  log "installing python3-venv (the aiortc interop client's virtualenv)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+fi
+if ! tests/interop/.venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf tests/interop/.venv
+  python3 -m venv tests/interop/.venv
+fi
+log "installing the aiortc interop client (tests/interop/requirements.txt)"
+tests/interop/.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
 
 # The archive tests (tests/it/archive.rs) run against a real S3 server process that checks SigV4
 # signatures. Pinned: later s3s-fs releases need a newer compiler.

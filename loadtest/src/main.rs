@@ -101,6 +101,11 @@ struct Args {
     /// Participants started per second.
     #[arg(long, default_value_t = 50)]
     ramp: u32,
+    /// Churn for a soak: each unit's participants leave after about this many seconds
+    /// (spread from half to one and a half times it) and a fresh unit, in new rooms, takes
+    /// its place, so the load stays steady while people join and leave all the time.
+    #[arg(long)]
+    churn_secs: Option<f64>,
     /// Seconds to settle after the last join before measuring.
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
@@ -210,6 +215,10 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         "--units must be at least 1"
     );
     anyhow::ensure!(args.duration > 0, "--duration must be at least 1 s");
+    if let Some(c) = args.churn_secs {
+        anyhow::ensure!(c >= 1.0, "--churn-secs must be at least 1");
+        anyhow::ensure!(!args.find_capacity, "--churn-secs is for a fixed load");
+    }
     anyhow::ensure!(
         (2..=100).contains(&args.room_size),
         "--room-size must be within 2..=100"
@@ -296,5 +305,6 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         downlink,
         capped_share: args.capped_share,
         relay_share: args.relay_share,
+        churn: args.churn_secs.map(Duration::from_secs_f64),
     })
 }

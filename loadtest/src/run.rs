@@ -98,6 +98,10 @@ pub struct RunConfig {
     pub capped_share: f64,
     /// Share of the participants that connect through the server's TURN (0..=1, huizhen only).
     pub relay_share: f64,
+    /// Churn: a unit's participants leave after about this long (spread from half to one and
+    /// a half times it) and a fresh unit, in new rooms, takes its place (a soak's join and
+    /// leave traffic at a steady load). `None`: everyone stays to the end.
+    pub churn: Option<Duration>,
 }
 
 /// What the relayed participants did, and what the server's TURN relayed in the window.
@@ -254,6 +258,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// The capacity search, in `--find-capacity` mode.
     pub capacity: Option<Capacity>,
+    /// Units that left and were replaced (`--churn-secs`).
+    pub units_churned: u32,
 }
 
 /// Whether the `n`-th (from 0) is in a `share` of a sequence, spread evenly, so that any
@@ -281,8 +287,14 @@ struct Runner {
     errors: Rc<RefCell<BTreeMap<String, u64>>>,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
+    /// Units running now.
     units: u32,
+    /// The next unit's number (its rooms' names): units that left are not reused.
+    next_unit: u32,
     next_index: u32,
+    /// With churn: when each running unit leaves, and how it is told to.
+    lives: Vec<(Instant, watch::Sender<bool>)>,
+    churned: u32,
     /// Receivers started so far (to put the capped share behind the link evenly).
     receivers: u32,
     /// Relayed participants started so far, and of them publishers.
@@ -316,7 +328,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         stop_tx,
         stop_rx,
         units: 0,
+        next_unit: 0,
         next_index: 0,
+        lives: Vec::new(),
+        churned: 0,
         receivers: 0,
         relayed: 0,
         relayed_publishers: 0,
@@ -380,9 +395,44 @@ impl Runner {
         self.settle().await;
         let from = self.window_mark().await?;
         self.shared.rx.borrow_mut().reset_window();
-        self.watch_until(self.deadline()).await;
+        if self.config.churn.is_some() {
+            self.churn_until(self.deadline()).await;
+        } else {
+            self.watch_until(self.deadline()).await;
+        }
         let to = self.window_mark().await?;
         Ok(self.report(&from, &to, None))
+    }
+
+    /// Until `end`: every second, the units whose time is up leave and as many fresh ones
+    /// start.
+    async fn churn_until(&mut self, end: Instant) {
+        let end = end.min(self.deadline());
+        while Instant::now() < end {
+            let next = (Instant::now() + Duration::from_secs(1)).min(end);
+            self.watch_until(next).await;
+            let now = Instant::now();
+            let before = self.lives.len();
+            self.lives.retain(|(ends, stop)| {
+                let leave = *ends <= now;
+                if leave {
+                    let _ = stop.send(true);
+                }
+                !leave
+            });
+            let left = (before - self.lives.len()) as u32;
+            self.units -= left;
+            self.churned += left;
+            self.tasks.retain(|t| !t.is_finished());
+            self.add_units(left).await;
+        }
+    }
+
+    /// How long unit `n` stays with churn `mean`: spread evenly over half to one and a half
+    /// times the mean (golden-ratio steps), so that leaves do not come in waves.
+    fn lifetime(mean: Duration, n: u32) -> Duration {
+        let frac = (f64::from(n) * 0.618_033_988_75).fract();
+        mean.mul_f64(0.5 + frac)
     }
 
     async fn find_capacity(&mut self, limits: CapacityLimits) -> anyhow::Result<Report> {
@@ -459,26 +509,35 @@ impl Runner {
     async fn add_units(&mut self, n: u32) {
         let gap = Duration::from_secs_f64(1.0 / f64::from(self.config.ramp_per_sec.max(1)));
         for _ in 0..n {
-            let unit = self.units;
+            let unit = self.next_unit;
             let specs = self.config.scenario.participants(unit, self.next_index);
             self.next_index += specs.len() as u32;
+            self.next_unit += 1;
             self.units += 1;
+            let stop = match self.config.churn {
+                Some(mean) => {
+                    let (tx, rx) = watch::channel(false);
+                    self.lives
+                        .push((Instant::now() + Self::lifetime(mean, unit), tx));
+                    rx
+                }
+                None => self.stop_rx.clone(),
+            };
             // Publishers first: Janus subscribers wait for them anyway.
             for spec in specs {
                 if Instant::now() >= self.deadline() {
                     return;
                 }
-                self.spawn(spec);
+                self.spawn(spec, stop.clone());
                 self.show_progress();
                 tokio::time::sleep(gap).await;
             }
         }
     }
 
-    fn spawn(&mut self, spec: ParticipantSpec) {
+    fn spawn(&mut self, spec: ParticipantSpec, stop: watch::Receiver<bool>) {
         let plan = self.config.plan.clone();
         let shared = self.shared.clone();
-        let stop = self.stop_rx.clone();
         let errors = self.errors.clone();
         let ip = self.config.client_ip;
         let room = format!("{}-{}", self.config.room_prefix, spec.unit);
@@ -706,12 +765,16 @@ impl Runner {
             },
             errors: self.errors.borrow().clone(),
             capacity,
+            units_churned: self.churned,
         }
     }
 
     /// Tells every participant to leave and waits (briefly) for them.
     async fn finish(&mut self) {
         let _ = self.stop_tx.send(true);
+        for (_, stop) in self.lives.drain(..) {
+            let _ = stop.send(true);
+        }
         let tasks = std::mem::take(&mut self.tasks);
         let all = futures_util::future::join_all(tasks);
         if tokio::time::timeout(Duration::from_secs(5), all)
@@ -727,6 +790,25 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::in_share;
+
+    #[test]
+    fn churned_units_live_half_to_one_and_a_half_times_the_mean_and_leave_spread_out() {
+        let mean = std::time::Duration::from_secs(60);
+        let lives: Vec<f64> = (0..1000)
+            .map(|n| super::Runner::lifetime(mean, n).as_secs_f64())
+            .collect();
+        assert!(lives.iter().all(|l| (30.0..90.0).contains(l)), "{lives:?}");
+        let avg = lives.iter().sum::<f64>() / lives.len() as f64;
+        assert!((avg - 60.0).abs() < 1.0, "mean {avg}");
+        // Spread: every 6 s bucket of the range holds some of any 100 consecutive units.
+        for window in lives.chunks(100) {
+            let mut buckets = [0; 10];
+            for l in window {
+                buckets[((l - 30.0) / 6.0) as usize] += 1;
+            }
+            assert!(buckets.iter().all(|b| *b > 0), "{buckets:?}");
+        }
+    }
 
     #[test]
     fn the_capped_share_is_spread_evenly_over_the_receivers() {

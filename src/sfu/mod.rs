@@ -699,6 +699,14 @@ impl Sfu {
         let mut participant = self.new_participant(now, id, room_key, display_name);
         participant.may_publish = may_publish;
         participant.mode = mode;
+        // A receive-only viewer (WHEP) is sent to on the lines it offers; everyone else only
+        // on lines the server offers, so their own sendrecv lines are answered recvonly.
+        if mode == PeerMode::ReceiveOnly {
+            participant
+                .rtc
+                .direct_api()
+                .set_answer_sendrecv_as_recvonly(false);
+        }
         self.demux.insert_ufrag(participant.ufrag.clone(), id);
         self.timers.push(Reverse((participant.next_timeout, id)));
         self.participants.insert(id, participant);
@@ -758,6 +766,10 @@ impl Sfu {
             // sooner is 250 ms less of a weak link's audio lost when it is overfilled.
             .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
+        // The server sends to a client on m-lines it offers itself (except a receive-only
+        // viewer's, see `join_as`): a client's own sendrecv line is answered recvonly, without
+        // its msid and SSRCs copied back (an independent client showed them as remote tracks).
+        rtc.direct_api().set_answer_sendrecv_as_recvonly(true);
         for addr in &self.config.udp_candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {

@@ -94,6 +94,8 @@ pub(crate) struct Session {
     last_twcc: Instant,
     /// How often transport-wide feedback is sent (huizhen patch: settable).
     twcc_interval: Duration,
+    /// huizhen patch: see `DirectApi::set_answer_sendrecv_as_recvonly`.
+    pub(crate) answer_sendrecv_as_recvonly: bool,
     twcc: u64,
     twcc_rx_register: TwccRecvRegister,
     twcc_tx_register: TwccSendRegister,
@@ -206,6 +208,7 @@ impl Session {
             last_nack: already_happened(),
             last_twcc: already_happened(),
             twcc_interval: TWCC_INTERVAL,
+            answer_sendrecv_as_recvonly: false,
             twcc: 0,
             twcc_rx_register: TwccRecvRegister::new(100),
             twcc_tx_register: TwccSendRegister::new(1000),

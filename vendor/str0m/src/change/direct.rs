@@ -231,6 +231,17 @@ impl<'a> DirectApi<'a> {
         self.rtc.session.set_twcc_feedback_interval(interval)
     }
 
+    /// huizhen patch: answer every m-line the remote offers `sendrecv` with `recvonly`.
+    ///
+    /// An SFU that sends to a client only on m-lines it offers itself never sends on the
+    /// client's own lines. Answered `sendrecv` (the inverted direction), those lines came back
+    /// with the client's own msid, and an independent client showed a remote track for each of
+    /// its own cameras that never received anything. Only lines the remote creates are
+    /// affected; `sendonly`, `recvonly` and `inactive` offers are answered as before.
+    pub fn set_answer_sendrecv_as_recvonly(&mut self, enabled: bool) {
+        self.rtc.session.answer_sendrecv_as_recvonly = enabled;
+    }
+
     /// Enable twcc feedback.
     pub fn enable_twcc_feedback(&mut self) {
         self.rtc.session.enable_twcc_feedback()

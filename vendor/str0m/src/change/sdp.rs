@@ -821,8 +821,11 @@ fn as_sdp(session: &Session, params: AsSdpParams) -> Sdp {
         let mut lines = v
             .iter()
             .map(|m| {
-                // Candidates should only be in the first BUNDLE mid
-                let include_candidates = m.index() == 0;
+                // huizhen patch: the candidates in every m-section, not only the first: a
+                // client that reads them from the section it bundles on (or from each
+                // section) found none and never connected. They are the same transport's;
+                // bundle-aware clients ignore the duplicates.
+                let include_candidates = true;
 
                 let attrs = params.media_attributes(include_candidates);
 
@@ -1088,6 +1091,7 @@ fn sync_medias<'a>(
                         &session.exts,
                         &mut session.streams,
                         bundle_mids,
+                        session.answer_sendrecv_as_recvonly,
                     );
 
                     continue;
@@ -1168,6 +1172,7 @@ fn add_new_lines(
                 &session.exts,
                 &mut session.streams,
                 bundle_mids,
+                session.answer_sendrecv_as_recvonly,
             );
 
             session.add_media(media);
@@ -1227,6 +1232,8 @@ fn update_media(
     exts: &ExtensionMap,
     streams: &mut Streams,
     bundle_mids: Option<&[Mid]>,
+    // huizhen patch: see `DirectApi::set_answer_sendrecv_as_recvonly`.
+    sendrecv_as_recvonly: bool,
 ) {
     // If the m-line has port=0, it could mean:
     // 1. The m-line is rejected (not in BUNDLE group)
@@ -1256,7 +1263,12 @@ fn update_media(
     // All changes come from the other side, either via an incoming OFFER
     // or a ANSWER from our OFFER. Either way, the direction is inverted to
     // how we have it locally.
-    let new_dir = m.direction().invert();
+    let mut new_dir = m.direction().invert();
+    // huizhen patch: this side never sends on a line the remote created (see
+    // `DirectApi::set_answer_sendrecv_as_recvonly`).
+    if sendrecv_as_recvonly && media.remote_created() && new_dir == Direction::SendRecv {
+        new_dir = Direction::RecvOnly;
+    }
     //
     let change_direction_disallowed = !media.remote_created()
         && media.direction() == Direction::Inactive
@@ -1469,7 +1481,11 @@ impl AsSdpMediaLine for Media {
         }
 
         attrs.push(self.direction().into());
-        if !self.disabled() {
+        // huizhen patch: a stream id and track only for a line this side sends on. A
+        // `recvonly` answer carried the remote's own msid back (str0m keeps the remote's msid
+        // for a line the remote created).
+        let sending = !self.disabled() && self.direction().is_sending();
+        if sending {
             attrs.push(MediaAttribute::Msid(self.msid().clone()));
         }
         attrs.push(MediaAttribute::RtcpMux);
@@ -1515,7 +1531,8 @@ impl AsSdpMediaLine for Media {
         }
 
         // Outgoing SSRCs
-        let ssrcs_tx: &[(Ssrc, Option<Ssrc>)] = if self.disabled() { &[] } else { ssrcs_tx };
+        // huizhen patch: and SSRCs likewise, only where this side sends.
+        let ssrcs_tx: &[(Ssrc, Option<Ssrc>)] = if sending { ssrcs_tx } else { &[] };
         let msid = format!("{} {}", self.msid().stream_id, self.msid().track_id);
         for (ssrc, ssrc_rtx) in ssrcs_tx {
             attrs.push(MediaAttribute::Ssrc {
@@ -1573,6 +1590,8 @@ impl From<MediaKind> for MediaType {
 
 struct AsSdpParams<'a, 'b> {
     pub candidates: Vec<Candidate>,
+    /// huizhen patch: the local agent is ICE-lite (all candidates known up front).
+    pub ice_lite: bool,
     pub creds: IceCreds,
     pub fingerprint: &'a Fingerprint,
     pub setup: Setup,
@@ -1623,6 +1642,7 @@ impl<'a, 'b> AsSdpParams<'a, 'b> {
 
         AsSdpParams {
             candidates,
+            ice_lite: rtc.ice.ice_lite(),
             creds,
             fingerprint: rtc.dtls.local_fingerprint(),
             setup,
@@ -1635,7 +1655,7 @@ impl<'a, 'b> AsSdpParams<'a, 'b> {
     fn media_attributes(&self, include_candidates: bool) -> Vec<MediaAttribute> {
         use MediaAttribute::*;
 
-        let mut v = if include_candidates {
+        let mut v: Vec<MediaAttribute> = if include_candidates {
             self.candidates
                 .iter()
                 .map(|c| Candidate(c.clone()))
@@ -1643,6 +1663,11 @@ impl<'a, 'b> AsSdpParams<'a, 'b> {
         } else {
             vec![]
         };
+        // huizhen patch: an ICE-lite agent knows all its candidates when it writes the SDP
+        // (RFC 8838 section 8.2: say so, so that a client need not wait for more).
+        if include_candidates && self.ice_lite {
+            v.push(EndOfCandidates);
+        }
 
         v.push(IceUfrag(self.creds.ufrag.clone()));
         v.push(IcePwd(self.creds.pass.clone()));
