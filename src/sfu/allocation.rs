@@ -641,6 +641,17 @@ mod tests {
         }
     }
 
+    /// Cameras 1 and 2, the first or the second shown large (pinned).
+    fn pinned_first(first: bool) -> [VideoTrack; 2] {
+        let (mut one, mut two) = (cam(1), cam(2));
+        if first {
+            one.priority = Priority::Pinned;
+        } else {
+            two.priority = Priority::Pinned;
+        }
+        [one, two]
+    }
+
     fn targets(a: &Allocator, ids: &[u64]) -> Vec<Target> {
         ids.iter().map(|i| a.target(TrackId(*i))).collect()
     }
@@ -1199,15 +1210,6 @@ mod tests {
         let mut now = Instant::now();
         // Room for one top layer beside the other's lowest.
         let estimate = AUDIO + F + Q + 250_000;
-        let pinned_first = |first: bool| {
-            let (mut one, mut two) = (cam(1), cam(2));
-            if first {
-                one.priority = Priority::Pinned;
-            } else {
-                two.priority = Priority::Pinned;
-            }
-            [one, two]
-        };
         settle(&mut a, &mut now, 12, estimate, &pinned_first(true));
         assert_eq!(
             targets(&a, &[1, 2]),
@@ -1245,15 +1247,6 @@ mod tests {
         // other every ~6 s, a keyframe from a publisher each time (bob's camera: 1.1 per 10 s
         // against the 1 allowed).
         let estimate = AUDIO + Q + Q / 2;
-        let pinned_first = |first: bool| {
-            let (mut one, mut two) = (cam(1), cam(2));
-            if first {
-                one.priority = Priority::Pinned;
-            } else {
-                two.priority = Priority::Pinned;
-            }
-            [one, two]
-        };
         // The speaker (and with it the large tile) changes every 2, 3, 6 or 10 s for a minute.
         for every in [8, 12, 24, 40] {
             let mut a = Allocator::default();
