@@ -83,6 +83,8 @@ pub enum Wake {
     Signal(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     /// A timer.
     Timer,
+    /// Time to ping the signaling socket.
+    Ping,
     /// The run is over.
     Stop,
 }

@@ -23,6 +23,10 @@ pub const BURST: usize = 64;
 
 /// How long the server may take to answer `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a participant pings its signaling socket, as the pages do: the server closes a
+/// socket it has read nothing from for 60 s (`http.idle_timeout`), and a participant that only
+/// sends media says nothing on its socket after the offer.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
 
 /// What a participant sends (if it publishes) and the link it receives through.
 #[derive(Debug, Clone)]
@@ -96,6 +100,10 @@ pub async fn participant(
     let mut join_recorded = false;
     let sleep = tokio::time::sleep_until(peer.next_wake().into());
     tokio::pin!(sleep);
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + PING_INTERVAL,
+        PING_INTERVAL,
+    );
     let result = loop {
         let wake = tokio::time::Instant::from_std(peer.next_wake());
         if sleep.deadline() != wake {
@@ -108,6 +116,7 @@ pub async fn participant(
             },
             m = ws.next() => Wake::Signal(m),
             _ = &mut sleep => Wake::Timer,
+            _ = ping.tick() => Wake::Ping,
             _ = stop.changed() => Wake::Stop,
         };
         match event {
@@ -122,6 +131,11 @@ pub async fn participant(
             }
             Wake::Signal(Some(Ok(Message::Close(_))) | None) => break Err(ClientError::Closed),
             Wake::Signal(Some(Err(e))) => break Err(ClientError::Connect(e.to_string())),
+            Wake::Ping => {
+                if let Err(e) = send(&mut ws, &ClientMessage::Ping {}).await {
+                    break Err(e);
+                }
+            }
             Wake::Signal(Some(Ok(_))) | Wake::Timer => {}
             Wake::Stop => break Ok(()),
         }

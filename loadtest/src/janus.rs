@@ -206,7 +206,7 @@ pub async fn participant(
             }
             Wake::Signal(Some(Ok(Message::Close(_))) | None) => break Err(ClientError::Closed),
             Wake::Signal(Some(Err(e))) => break Err(ClientError::Connect(e.to_string())),
-            Wake::Signal(Some(Ok(_))) | Wake::Timer => {}
+            Wake::Signal(Some(Ok(_))) | Wake::Timer | Wake::Ping => {}
             Wake::Stop => break Ok(()),
         }
         let now = Instant::now();
