@@ -100,10 +100,8 @@ pub async fn participant(
     let mut join_recorded = false;
     let sleep = tokio::time::sleep_until(peer.next_wake().into());
     tokio::pin!(sleep);
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + PING_INTERVAL,
-        PING_INTERVAL,
-    );
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let result = loop {
         let wake = tokio::time::Instant::from_std(peer.next_wake());
         if sleep.deadline() != wake {
