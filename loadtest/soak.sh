@@ -88,7 +88,9 @@ curl -sf http://127.0.0.1:17980/readyz >/dev/null || {
 	exit 1
 }
 
-# One sample: elapsed s, RSS KiB, open files, alive tasks, threads, participants, rooms.
+# One sample: elapsed s, RSS KiB, open files, alive tasks, threads, participants, rooms, and
+# the allocator's live and resident KiB (a leak climbs in the first, fragmentation only in the
+# second).
 START=$(date +%s)
 sample() {
 	local m rss fds threads
@@ -97,9 +99,10 @@ sample() {
 	threads=$(awk '/^Threads:/ { print $2 }' "/proc/$HZ_PID/status")
 	fds=$(find "/proc/$HZ_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
 	metric() { awk -v n="$1" '$1 == n { print $2; exit }' <<<"$m"; }
-	echo "$(($(date +%s) - START)),$rss,$fds,$(metric huizhen_runtime_alive_tasks),$threads,$(metric huizhen_sfu_participants),$(metric huizhen_sfu_rooms),$1"
+	kib() { awk -v n="$1" '$1 == n { printf "%d", $2 / 1024; exit }' <<<"$m"; }
+	echo "$(($(date +%s) - START)),$rss,$fds,$(metric huizhen_runtime_alive_tasks),$threads,$(metric huizhen_sfu_participants),$(metric huizhen_sfu_rooms),$(kib huizhen_process_heap_allocated_bytes),$(kib huizhen_process_heap_resident_bytes),$1"
 }
-echo "elapsed_s,rss_kib,open_files,alive_tasks,threads,participants,rooms,phase" >"$OUT/samples.csv"
+echo "elapsed_s,rss_kib,open_files,alive_tasks,threads,participants,rooms,heap_allocated_kib,heap_resident_kib,phase" >"$OUT/samples.csv"
 # Baseline: the idle server, a few samples.
 for _ in 1 2 3; do
 	sample baseline >>"$OUT/samples.csv"
@@ -162,16 +165,19 @@ print(f"Soak: {visits} follow-up visits held, each ~{churn} s (replaced as they 
 print(f"Units replaced: {report.get('units_churned', 'n/a')}; loss {report.get('rx', {}).get('loss', float('nan')) * 100:.3f} %; "
       f"errors {report.get('errors', {})}")
 print()
-print("| | RSS MiB | open files | alive tasks | threads | participants | rooms |")
-print("|---|---|---|---|---|---|---|")
+print("| | RSS MiB | heap live MiB | heap resident MiB | open files | alive tasks | threads | participants | rooms |")
+print("|---|---|---|---|---|---|---|---|---|")
 for name, rs in [("idle, before", base), (f"load, first {span/60:.0f} min (from 2 min)", first),
                  (f"load, last {span/60:.0f} min", last), ("60 s after the last left", after[-1:])]:
-    print(f"| {name} | {mean(rs, 'rss_kib')/1024:.1f} | {mean(rs, 'open_files'):.0f} | "
+    print(f"| {name} | {mean(rs, 'rss_kib')/1024:.1f} | {mean(rs, 'heap_allocated_kib')/1024:.1f} | "
+          f"{mean(rs, 'heap_resident_kib')/1024:.1f} | {mean(rs, 'open_files'):.0f} | "
           f"{mean(rs, 'alive_tasks'):.0f} | {mean(rs, 'threads'):.0f} | {mean(rs, 'participants'):.0f} | "
           f"{mean(rs, 'rooms'):.0f} |")
 growth = (mean(last, "rss_kib") / mean(first, "rss_kib") - 1) * 100
 print()
 print(f"RSS growth under load, first to last window: {growth:+.1f} % (target < 5 %)")
+heap = (mean(last, "heap_allocated_kib") / mean(first, "heap_allocated_kib") - 1) * 100
+print(f"Live heap growth under load, first to last window: {heap:+.1f} %")
 b, a = base[-1], after[-1]
 for k in ["open_files", "alive_tasks"]:
     print(f"{k}: baseline {num(b, k):.0f}, after {num(a, k):.0f}")

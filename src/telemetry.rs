@@ -22,6 +22,8 @@ struct RuntimeGauges {
     alive_tasks: IntGauge,
     workers: IntGauge,
     global_queue: IntGauge,
+    heap_allocated: IntGauge,
+    heap_resident: IntGauge,
 }
 
 impl RuntimeGauges {
@@ -43,11 +45,29 @@ impl RuntimeGauges {
                 "huizhen_runtime_global_queue_depth",
                 "Tasks waiting in that runtime's global queue.",
             ),
+            heap_allocated: gauge(
+                "huizhen_process_heap_allocated_bytes",
+                "Bytes the allocator (jemalloc) has handed out and not had back: live data.",
+            ),
+            heap_resident: gauge(
+                "huizhen_process_heap_resident_bytes",
+                "Bytes of memory the allocator holds in RAM (live data, its metadata and pages \
+                 freed but not yet returned).",
+            ),
         }
     }
 
-    /// Reads the current runtime's figures (none outside a runtime).
+    /// Reads the current runtime's figures (none outside a runtime) and the allocator's (zero
+    /// where jemalloc is not the process's allocator, as in tests).
     fn update(&self) {
+        if tikv_jemalloc_ctl::epoch::advance().is_ok() {
+            if let Ok(n) = tikv_jemalloc_ctl::stats::allocated::read() {
+                self.heap_allocated.set(n as i64);
+            }
+            if let Ok(n) = tikv_jemalloc_ctl::stats::resident::read() {
+                self.heap_resident.set(n as i64);
+            }
+        }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let m = handle.metrics();
             self.alive_tasks.set(m.num_alive_tasks() as i64);
