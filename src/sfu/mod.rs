@@ -121,6 +121,10 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest interval between probes that found nothing.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(16);
 
+/// The desired rate, as a multiple of the estimate, of the probe that measures a link whose
+/// ceiling lapses (str0m probes at it and at twice it, capped at twice the estimate).
+const CEILING_PROBE_ABOVE: f64 = 1.25;
+
 /// While a link is tight for the voices, the desired rate given to str0m changes only when the
 /// wish moves out of this band (a factor either way) around the one held.
 const TIGHT_WISH_BAND: f64 = 1.3;
@@ -816,6 +820,7 @@ impl Sfu {
             last_tx: None,
             delivery: Default::default(),
             congestion_cap: None,
+            ceiling_probed: None,
             allocated_video: 0,
             pending: None,
             offer_sdp: None,
@@ -2933,17 +2938,30 @@ impl Sfu {
             });
             outcome.desired.max(minimum).max(half)
         };
-        let targets = (s.payload_rate(minimum), s.payload_rate(desired));
+        let mut targets = (s.payload_rate(minimum), s.payload_rate(desired));
         // A link tight for the audio is probed too, once the embargo after its last
         // overfilling is over (`participant::PROBE_EMBARGO`): the probe is one short cluster just above the estimate (the
         // desired rate there is twice the media), and without it an audio-only link that
         // recovered may never show it (its estimate stays near 1.5 times the audio, and
         // str0m's periodic probes need the audio below 65 % of the estimate: simulator, 1 run
         // in 15 stayed audio-only for 90 s after the link cleared).
+        // A ceiling that outlived its memory on a link with no video waits for a probe to
+        // measure the link (see `Participant::link_ceiling`): one is asked above the estimate,
+        // whatever the wish, since the stale estimate is what it must replace.
+        let measure = outcome.next_step.is_some()
+            && !s.embargoed(now)
+            && s.ceiling_wants_probe(now)
+            && s.estimate.is_some();
+        if measure {
+            let stale = s.estimate.unwrap_or(0);
+            targets.1 = targets.1.max((stale as f64 * CEILING_PROBE_ABOVE) as u64);
+            s.ceiling_probed = Some(now);
+            debug!(participant = %id, estimate = stale, desired = targets.1, "the link's ceiling lapses: probe asked to measure it first");
+        }
         let probe = outcome.next_step.is_some()
             && !s.embargoed(now)
             && s.estimate.is_some_and(|e| e < targets.1)
-            && s.next_probe.is_none_or(|t| now >= t);
+            && (measure || s.next_probe.is_none_or(|t| now >= t));
         if probe {
             // str0m probes when the desired rate rises above the estimate, once: a paused
             // video or a pending upgrade would otherwise wait for the estimate to grow on
