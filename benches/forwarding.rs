@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use huizhen::sfu::sim::{SimNet, SERVER_ADDR};
-use huizhen::sfu::SfuOutput;
+use huizhen::sfu::{LeaveReason, SfuOutput};
 use str0m::media::MediaKind;
 use str0m::net::Protocol;
 
@@ -64,5 +64,27 @@ fn forwarding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forwarding);
+/// A participant joining an empty room and leaving it: what the server spends on a join before
+/// any signaling or media (its str0m session, DTLS certificate included). The soak's churn
+/// (participants joining and leaving all the time) costs about this per visitor.
+fn join_and_leave(c: &mut Criterion) {
+    let mut group = c.benchmark_group("participant");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+    let mut net = SimNet::new(7);
+    group.bench_function("join_and_leave", |b| {
+        b.iter(|| {
+            let now = net.now;
+            let id = net
+                .sfu
+                .join(now, "bench-join", "visitor", true, None)
+                .expect("join");
+            net.sfu.leave(now, id, LeaveReason::Left);
+            while net.sfu.poll_output().is_some() {}
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, forwarding, join_and_leave);
 criterion_main!(benches);

@@ -45,6 +45,7 @@ use huizhen_signaling::protocol::{
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{
     Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids,
@@ -412,6 +413,14 @@ enum Deferred {
 pub struct Sfu {
     config: SfuConfig,
     metrics: SfuMetrics,
+    /// The DTLS certificate every participant's session presents. Generating a key pair per
+    /// session was most of a join's cost (1.59 ms of a join and leave in the core) and left
+    /// its C allocations behind in the soak. The certificate only has to match the
+    /// fingerprint in the session's SDP, which travels over the authenticated signaling
+    /// channel, and each handshake derives its own keys (ECDHE): one per SFU core serves all,
+    /// as mediasoup has one per worker. `None` where the crypto provider cannot generate
+    /// one: str0m then tries per session, as before.
+    dtls_cert: Option<DtlsCert>,
     /// Iterated in allocation rounds, sweeps and negotiation: a fixed hasher keeps that
     /// order the same from run to run, so simulations replay exactly.
     participants: FixedMap<ParticipantId, Participant>,
@@ -461,9 +470,13 @@ const FLOWING_GAP: Duration = Duration::from_millis(200);
 impl Sfu {
     /// A core with no participants.
     pub fn new(config: SfuConfig, metrics: SfuMetrics) -> Sfu {
+        let dtls_cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
         Sfu {
             config,
             metrics,
+            dtls_cert,
             participants: FixedMap::default(),
             rooms: HashMap::new(),
             room_members: HashMap::new(),
@@ -752,7 +765,7 @@ impl Sfu {
         room: RoomKey,
         display_name: &str,
     ) -> Participant {
-        let mut rtc = Rtc::builder()
+        let rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
@@ -768,8 +781,12 @@ impl Sfu {
             // Four times a second: the loss in them (over the last second) is how an
             // overfilled link is noticed (see `Participant::note_delivery`), and every 250 ms
             // sooner is 250 ms less of a weak link's audio lost when it is overfilled.
-            .set_stats_interval(Some(STATS_INTERVAL))
-            .build(now);
+            .set_stats_interval(Some(STATS_INTERVAL));
+        let mut rtc = match &self.dtls_cert {
+            Some(cert) => rtc.set_dtls_cert(cert.clone()),
+            None => rtc,
+        }
+        .build(now);
         // The server sends to a client on m-lines it offers itself (except a receive-only
         // viewer's, see `join_as`): a client's own sendrecv line is answered recvonly, without
         // its msid and SSRCs copied back (an independent client showed them as remote tracks).
