@@ -612,30 +612,31 @@ impl Participant {
     /// was paused again, the voices lost meanwhile (3.7 % concealed in a 45 s window).
     pub fn link_ceiling(&self, now: Instant) -> Option<u64> {
         let (at, cap) = self.congestion_cap?;
-        let age = now.saturating_duration_since(at);
-        if age < LINK_CEILING_MEMORY {
+        if now.saturating_duration_since(at) < LINK_CEILING_MEMORY {
             return Some(cap);
         }
-        let measured = self.ceiling_probed.is_some_and(|p| {
-            p >= at + LINK_CEILING_MEMORY
-                && now.saturating_duration_since(p) >= CEILING_PROBE_SETTLE
-        });
-        (self.allocated_video == 0 && !measured && age < LINK_CEILING_LIMIT).then_some(cap)
+        let (cap, probed) = self.overdue_ceiling(now)?;
+        let settled =
+            probed.is_some_and(|p| now.saturating_duration_since(p) >= CEILING_PROBE_SETTLE);
+        (!settled).then_some(cap)
     }
 
     /// The ceiling outlived its memory on a link with no video and no probe has been asked
     /// to measure it yet: the next allocation round asks one (see [`Self::link_ceiling`]).
     pub fn ceiling_wants_probe(&self, now: Instant) -> bool {
-        let Some((at, _)) = self.congestion_cap else {
-            return false;
-        };
+        self.overdue_ceiling(now)
+            .is_some_and(|(_, probed)| probed.is_none())
+    }
+
+    /// A ceiling past its memory, before [`LINK_CEILING_LIMIT`], on a link with no video:
+    /// its rate, and when the probe that measures the link was asked since the lapse.
+    fn overdue_ceiling(&self, now: Instant) -> Option<(u64, Option<Instant>)> {
+        let (at, cap) = self.congestion_cap?;
         let age = now.saturating_duration_since(at);
-        age >= LINK_CEILING_MEMORY
-            && age < LINK_CEILING_LIMIT
-            && self.allocated_video == 0
-            && !self
-                .ceiling_probed
-                .is_some_and(|p| p >= at + LINK_CEILING_MEMORY)
+        let overdue =
+            (LINK_CEILING_MEMORY..LINK_CEILING_LIMIT).contains(&age) && self.allocated_video == 0;
+        let lapsed_at = at + LINK_CEILING_MEMORY;
+        overdue.then(|| (cap, self.ceiling_probed.filter(|p| *p >= lapsed_at)))
     }
 
     /// The congestion cap, while it holds.
